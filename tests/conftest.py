@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require
+
+TEST_KAFKA_PORT = int(os.environ.get("PKTSTREAM_TEST_KAFKA_PORT", "19092"))
+
+
+@pytest.fixture(scope="session")
+def root() -> None:
+    require(os.geteuid() == 0, "needs root (XDP, network namespaces)")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker: the one PKTSTREAM_TEST_BOOTSTRAP names, else a local one started here."""
+    named = os.environ.get("PKTSTREAM_TEST_BOOTSTRAP")
+    if named:
+        yield named
+        return
+    from pktstream.producer.kafka_local import LocalKafka
+
+    data_dir = Path(tempfile.mkdtemp(prefix="pktstream-test-kafka-"))
+    lk = LocalKafka(port=TEST_KAFKA_PORT, data_dir=data_dir)
+    lk.down()
+    bootstrap = lk.up()
+    try:
+        yield bootstrap
+    finally:
+        lk.down()
+
+
+@pytest.fixture(scope="session")
+def _clean_netns(root: None) -> None:
+    cleanup_stale()
+
+
+@pytest.fixture
+def make_host(_clean_netns: None) -> Iterator[Callable[..., NetnsHost]]:
+    """Factory of test hosts (namespace + veth); all are removed after the test."""
+    made: list[NetnsHost] = []
+
+    def make(ipv6: bool = False) -> NetnsHost:
+        h = create_host(index=len(made), ipv6=ipv6)
+        made.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in made:
+            destroy_host(h.ns, h.host_if)
+
+
+@pytest.fixture
+def test_host(make_host: Callable[..., NetnsHost]) -> NetnsHost:
+    return make_host()
