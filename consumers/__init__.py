@@ -1,0 +1,1 @@
+"""pktstream consumers: read the packet topic."""

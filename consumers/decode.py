@@ -1,0 +1,81 @@
+"""Decoding of packet-topic messages (Avro containers) and presentation helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+
+class DecodeError(ValueError):
+    """A message that is not a readable packet container; ``reason`` says why."""
+
+
+@dataclass
+class Container:
+    metadata: dict[str, str]
+    records: list[dict[str, Any]]
+
+
+def decode_container(value: bytes | None) -> Container:
+    """Read one Avro Object Container File; raise DecodeError on anything malformed."""
+    if not value:
+        raise DecodeError("empty message")
+    try:
+        reader = fastavro.reader(io.BytesIO(value))
+        records = list(reader)
+        meta = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in reader.metadata.items()}
+    except Exception as e:  # fastavro raises many types on corrupt input
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    return Container(metadata=meta, records=[r for r in records if isinstance(r, dict)])
+
+
+def addr_text(addr: bytes) -> str:
+    """A 16-byte address as text; IPv4-mapped addresses as dotted quads."""
+    ip = ipaddress.IPv6Address(addr)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def escape_payload(b: bytes) -> str:
+    """Printable ASCII as is, everything else as \\xNN (and \\r, \\n, \\t, \\\\)."""
+    out = []
+    for c in b:
+        if c == 0x5C:
+            out.append("\\\\")
+        elif c == 0x0D:
+            out.append("\\r")
+        elif c == 0x0A:
+            out.append("\\n")
+        elif c == 0x09:
+            out.append("\\t")
+        elif 0x20 <= c < 0x7F:
+            out.append(chr(c))
+        else:
+            out.append(f"\\x{c:02x}")
+    return "".join(out)
+
+
+def present(rec: dict[str, Any], payload: str = "text") -> dict[str, Any]:
+    """A record made readable: addresses as text, payload escaped, base64 or hex."""
+    out = dict(rec)
+    out["src_addr"] = addr_text(rec["src_addr"])
+    out["dst_addr"] = addr_text(rec["dst_addr"])
+    p: bytes = rec["payload"]
+    if payload == "base64":
+        out["payload"] = base64.b64encode(p).decode()
+    elif payload == "hex":
+        out["payload"] = p.hex()
+    elif payload == "none":
+        out.pop("payload")
+    else:
+        out["payload"] = escape_payload(p)
+    return out
+
+
+def iter_records(value: bytes) -> Iterator[dict[str, Any]]:
+    yield from decode_container(value).records

@@ -1,0 +1,178 @@
+"""Compile, load and attach the XDP program; expose its ring buffer and counters."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from pktstream.bpf import BPF_DIR, PROGRAM
+from pktstream.producer import record, sysbpf
+from pktstream.producer.errors import BpfLoadError, InterfaceError, PrivilegeError
+from pktstream.producer.ringbuf import RingReader
+
+log = structlog.get_logger("pktstream.capture")
+
+# Capabilities needed to load an XDP program, attach it and use the ring
+# buffer (kernel >= 5.8 splits them out of CAP_SYS_ADMIN).
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+REQUIRED_CAPS = {"CAP_BPF": CAP_BPF, "CAP_NET_ADMIN": CAP_NET_ADMIN, "CAP_PERFMON": CAP_PERFMON}
+
+
+def effective_capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    """Raise PrivilegeError naming every missing capability."""
+    eff = effective_capabilities()
+    missing = [name for name, bit in REQUIRED_CAPS.items() if not eff & (1 << bit)]
+    # CAP_SYS_ADMIN implies the BPF and perfmon powers on every kernel.
+    if missing and eff & (1 << CAP_SYS_ADMIN):
+        missing = [m for m in missing if m == "CAP_NET_ADMIN"]
+    if missing:
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        raise PrivilegeError(
+            f"running as {who} without {', '.join(missing)}; loading and attaching the XDP program needs "
+            f"{', '.join(REQUIRED_CAPS)}. Run as root (sudo) or grant them, e.g. "
+            "setpriv --inh-caps=+bpf,+net_admin,+perfmon --ambient-caps=+bpf,+net_admin,+perfmon"
+        )
+
+
+def interfaces() -> list[str]:
+    return sorted(name for _, name in socket.if_nameindex())
+
+
+def ifindex_of(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise InterfaceError(
+            f"unknown interface {name!r}; interfaces on this host: {', '.join(interfaces())}"
+        ) from None
+
+
+def default_route_interface() -> str | None:
+    """The interface of the IPv4 (else IPv6) default route, if any."""
+    try:
+        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 2 and cols[1] == "00000000" and int(cols[3], 16) & 0x2:
+                return cols[0]
+        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
+            cols = line.split()
+            if len(cols) >= 10 and cols[0] == "0" * 32 and cols[1] == "00" and cols[9] != "lo":
+                return cols[9]
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Counters:
+    packets: int = 0
+    records: int = 0
+    ringbuf_full: int = 0
+    sampled_out: int = 0
+    ringbuf_full_per_cpu: tuple[int, ...] = ()
+
+
+class Capture:
+    """The loaded XDP program: attach/detach, ring-buffer reader, counters, config."""
+
+    def __init__(
+        self,
+        payload_bytes: int = 64,
+        ringbuf_bytes: int = 16 << 20,
+        bpf_dir: Path = BPF_DIR,
+    ) -> None:
+        try:
+            from bcc import BPF
+        except ImportError as e:  # pragma: no cover - set-up problem
+            raise BpfLoadError(
+                "cannot import bcc: install Debian's python3-bpfcc and make the virtual environment see it "
+                "(the README's set-up does both)"
+            ) from e
+        self.payload_bytes = payload_bytes
+        self.dtype = record.record_dtype(payload_bytes)
+        pages = ringbuf_bytes // os.sysconf("SC_PAGE_SIZE")
+        cflags = [f"-I{bpf_dir}", f"-DPAYLOAD_BYTES={payload_bytes}", f"-DRINGBUF_PAGES={pages}"]
+        try:
+            self.bpf = BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
+            self.fn = self.bpf.load_func(b"xdp_capture", BPF.XDP)
+        except Exception as e:
+            raise BpfLoadError(f"loading the XDP program failed: {e}") from e
+        self.prog_fd: int = self.fn.fd
+        events = self.bpf[b"events"]
+        self.reader = RingReader(events.map_fd, int(events.max_entries), self.dtype)
+        self._counters = self.bpf[b"counters"]
+        self._config = self.bpf[b"config"]
+        self.link_fd: int | None = None
+        self.ifindex = 0
+        self.interface = ""
+
+    def attach(self, interface: str, mode: str = "auto") -> None:
+        self.ifindex = ifindex_of(interface)
+        self.interface = interface
+        try:
+            self.link_fd = sysbpf.xdp_link_create(self.prog_fd, self.ifindex, mode)
+        except OSError as e:
+            hint = ""
+            if e.errno == 16:  # EBUSY
+                hint = " (another XDP program is attached; `ip link set dev IF xdp off` removes a stale one)"
+            elif e.errno in (95, 22) and mode == "native":  # EOPNOTSUPP / EINVAL
+                hint = " (the driver has no native XDP; use xdp_mode=generic or auto)"
+            raise BpfLoadError(f"attaching XDP to {interface} in {mode} mode failed: {e}{hint}") from e
+        log.info("xdp_attached", interface=interface, ifindex=self.ifindex, mode=mode)
+
+    def detach(self) -> None:
+        if self.link_fd is not None:
+            os.close(self.link_fd)
+            self.link_fd = None
+            log.info("xdp_detached", interface=self.interface)
+
+    def set_sample_rate(self, rate: int) -> None:
+        self._config[ctypes.c_uint32(record.CFG_SAMPLE_RATE)] = ctypes.c_uint32(max(1, rate))
+
+    def counters(self) -> Counters:
+        def per_cpu(idx: int) -> list[int]:
+            return [int(v) for v in self._counters[ctypes.c_uint32(idx)]]
+
+        full = per_cpu(record.CNT_RINGBUF_FULL)
+        return Counters(
+            packets=sum(per_cpu(record.CNT_PACKETS)),
+            records=sum(per_cpu(record.CNT_RECORDS)),
+            ringbuf_full=sum(full),
+            sampled_out=sum(per_cpu(record.CNT_SAMPLED_OUT)),
+            ringbuf_full_per_cpu=tuple(full),
+        )
+
+    def test_run(self, frame: bytes, repeat: int = 1, ifindex: int = 0) -> sysbpf.TestRunResult:
+        return sysbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ifindex=ifindex)
+
+    def close(self) -> None:
+        self.detach()
+        self.reader.close()
+        self.bpf.cleanup()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def empty_records(payload_bytes: int) -> np.ndarray[Any, np.dtype[np.void]]:
+    return np.zeros(0, dtype=record.record_dtype(payload_bytes))

@@ -1,0 +1,164 @@
+"""The ``pktstream`` command: produce, tail, kafka up|down|status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from pktstream.producer.config import ProducerConfig, load_config
+from pktstream.producer.errors import ConfigError, PktstreamError
+from pktstream.producer.log import configure_logging
+
+log = structlog.get_logger("pktstream")
+
+# produce flags: (flag, config field, type, help)
+_PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--interface", "interface", str, "interface to capture on (default: the default route's)"),
+    ("--bootstrap-servers", "bootstrap_servers", str, "Kafka to publish to (default: start the local broker)"),
+    ("--local-kafka-port", "local_kafka_port", int, "port of the local broker (default 9092)"),
+    ("--topic", "topic", str, "packet topic (default pktstream.packets)"),
+    ("--partitions", "partitions", int, "partitions when creating the topic"),
+    ("--payload-bytes", "payload_bytes", int, "payload prefix per packet, 0..256 (default 64)"),
+    ("--ringbuf-bytes", "ringbuf_bytes", int, "ring buffer size (power of two)"),
+    ("--xdp-mode", "xdp_mode", str, "auto | native | generic"),
+    ("--sample-rate", "sample_rate", int, "capture 1 packet in N"),
+    ("--codec", "codec", str, "Avro codec: null | deflate | snappy | zstandard"),
+    ("--compression", "compression", str, "Kafka compression: none | gzip | snappy | lz4 | zstd"),
+    ("--batch-records", "batch_records", int, "records per Kafka message, at most"),
+    ("--batch-age-ms", "batch_age_ms", int, "oldest record waits at most this long"),
+    ("--host-id", "host_id", str, "host id (message key)"),
+    ("--log-format", "log_format", str, "auto | json | console"),
+    ("--log-level", "log_level", str, "debug | info | warning | error"),
+]
+
+
+def _kv(items: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ConfigError([f"-X {it!r}: expected property=value"])
+        k, v = it.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pktstream", description="Every incoming packet, from XDP to Kafka as Avro.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("produce", help="capture packets on an interface and publish them to Kafka")
+    pr.add_argument("--config", help="TOML configuration file")
+    for flag, field, typ, help_ in _PRODUCE_FLAGS:
+        pr.add_argument(flag, dest=field, type=typ, default=None, help=help_)
+    pr.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
+                    help="librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL")
+    pr.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    pr.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+
+    ta = sub.add_parser("tail", help="print the packet topic as JSON lines")
+    ta.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker)")
+    ta.add_argument("--local-kafka-port", type=int, default=9092)
+    ta.add_argument("--topic", default="pktstream.packets")
+    g = ta.add_mutually_exclusive_group()
+    g.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    g.add_argument("--since", help="start at this time (ISO 8601, e.g. 2026-11-26T10:00:00Z)")
+    ta.add_argument("--no-follow", action="store_true", help="stop at the end of the topic")
+    ta.add_argument("--max", type=int, default=None, help="stop after this many records")
+    ta.add_argument("--payload", choices=["text", "base64", "hex", "none"], default="text")
+    ta.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
+
+    ka = sub.add_parser("kafka", help="the local single-node Kafka broker")
+    ka.add_argument("action", choices=["up", "down", "status"])
+    ka.add_argument("--port", type=int, default=9092)
+    return p
+
+
+def _bootstrap(explicit: str | None, port: int) -> str:
+    if explicit:
+        return explicit
+    from pktstream.producer.kafka_local import LocalKafka
+
+    return LocalKafka(port=port).up()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from pktstream.producer.pipeline import ProducerRun, install_signal_handlers
+
+    flags = {field: getattr(args, field) for _, field, _, _ in _PRODUCE_FLAGS}
+    cfg: ProducerConfig = load_config(flags=flags, config_file=args.config, kafka_overrides=_kv(args.kafka_props))
+    configure_logging(cfg.log_format, cfg.log_level)
+    if args.print_config:
+        print(json.dumps(cfg.redacted(), indent=2))
+        return 0
+    log.info("config_effective", **cfg.redacted())
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    bootstrap = _bootstrap(cfg.bootstrap_servers, cfg.local_kafka_port)
+    run = ProducerRun(cfg, bootstrap, stop)
+    run.prepare()
+    run.run(duration_s=args.duration)
+    s = run.publisher.stats if run.publisher else None
+    return 0 if s is None or s.records_failed == 0 else 3
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from pktstream.consumers.tail import tail
+    from pktstream.producer.kafka import client_config
+
+    configure_logging("auto", "warning")
+    since_ms = None
+    start = "beginning" if args.from_beginning else "end"
+    if args.since:
+        try:
+            since_ms = int(datetime.fromisoformat(args.since.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            raise ConfigError([f"--since: {args.since!r} is not an ISO 8601 time"]) from None
+        start = "time"
+    conf = client_config(_bootstrap(args.bootstrap_servers, args.local_kafka_port), _kv(args.kafka_props))
+    try:
+        stats = tail(conf, args.topic, start=start, since_ms=since_ms, follow=not args.no_follow,
+                     max_records=args.max, payload=args.payload)
+    except KeyboardInterrupt:
+        return 0
+    if stats.corrupt:
+        print(f"pktstream tail: {stats.corrupt} corrupt message(s) skipped", file=sys.stderr)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from pktstream.producer.kafka_local import LocalKafka
+
+    configure_logging("auto", "info")
+    lk = LocalKafka(port=args.port)
+    if args.action == "up":
+        print(lk.up())
+    elif args.action == "down":
+        print("stopped" if lk.down() else "not running")
+    else:
+        print(json.dumps(lk.status(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "kafka": cmd_kafka}
+    try:
+        rc: int = handlers[args.command](args)
+        return rc
+    except ConfigError as e:
+        print(f"pktstream: {e}", file=sys.stderr)
+        return 2
+    except PktstreamError as e:
+        print(f"pktstream: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

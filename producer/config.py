@@ -1,0 +1,206 @@
+"""The producer's configuration: one documented structure, validated at start.
+
+Sources, later ones winning: defaults, a TOML file (``--config``), environment
+variables ``PKTSTREAM_<FIELD>`` (upper case), command-line flags. librdkafka
+properties (SASL, TLS, ...) pass through from the file's ``[kafka]`` table,
+from ``PKTSTREAM_KAFKA__<PROP>`` variables (``__`` stands for ``.``, e.g.
+``PKTSTREAM_KAFKA__SASL__MECHANISM``) and from ``-X prop=value`` flags.
+Every invalid value is reported at once, and secrets never reach the logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pktstream.producer.avro import CODECS
+from pktstream.producer.errors import ConfigError
+
+KAFKA_COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
+XDP_MODES = ("auto", "native", "generic")
+LOG_FORMATS = ("auto", "json", "console")
+_SECRET_WORDS = ("password", "secret", "token", "key")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def default_host_id() -> str:
+    """A stable host id: the machine id where there is one, else the host name."""
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            mid = Path(p).read_text().strip()
+        except OSError:
+            continue
+        if mid:
+            return f"{socket.gethostname()}-{mid[:12]}"
+    return socket.gethostname()
+
+
+@dataclass
+class ProducerConfig:
+    interface: str = field(default="", metadata={"doc": "interface to capture on; default: the default route's"})
+    xdp_mode: str = field(default="auto", metadata={"doc": "auto | native | generic"})
+    payload_bytes: int = field(default=64, metadata={"doc": "L4 payload prefix per record, 0..256"})
+    ringbuf_bytes: int = field(default=16 << 20, metadata={"doc": "ring buffer size, power of two >= 64 KiB"})
+    sample_rate: int = field(default=1, metadata={"doc": "capture 1 packet in N (1 = all)"})
+    bootstrap_servers: str = field(
+        default="", metadata={"doc": "Kafka bootstrap servers; empty = start the local broker"}
+    )
+    local_kafka_port: int = field(default=9092, metadata={"doc": "port of the local broker"})
+    topic: str = field(default="pktstream.packets", metadata={"doc": "packet topic"})
+    create_topic: bool = field(default=True, metadata={"doc": "create the topic if it is missing"})
+    partitions: int = field(default=6, metadata={"doc": "partitions of a topic pktstream creates"})
+    replication_factor: int = field(default=-1, metadata={"doc": "-1 = the broker's default"})
+    retention_ms: int = field(default=7 * 24 * 3600 * 1000, metadata={"doc": "retention of created topics"})
+    host_id: str = field(default="", metadata={"doc": "message key and host header; default: derived"})
+    batch_records: int = field(default=20000, metadata={"doc": "records per Kafka message, at most"})
+    batch_bytes: int = field(default=4 << 20, metadata={"doc": "encoded bytes per Kafka message, at most"})
+    batch_age_ms: int = field(default=200, metadata={"doc": "oldest record waits at most this long"})
+    codec: str = field(default="null", metadata={"doc": "Avro container codec: " + " | ".join(CODECS)})
+    compression: str = field(default="zstd", metadata={"doc": "Kafka compression: " + " | ".join(KAFKA_COMPRESSION)})
+    queue_max_kbytes: int = field(default=262144, metadata={"doc": "producer memory queue (KiB)"})
+    stats_interval_s: float = field(default=1.0, metadata={"doc": "seconds between figures lines"})
+    log_format: str = field(default="auto", metadata={"doc": "auto | json | console"})
+    log_level: str = field(default="info", metadata={"doc": "debug | info | warning | error"})
+    kafka: dict[str, str] = field(default_factory=dict, metadata={"doc": "librdkafka properties"})
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as logged: librdkafka secrets replaced by ***."""
+        out = dataclasses.asdict(self)
+        out["kafka"] = {
+            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in self.kafka.items()
+        }
+        return out
+
+
+_FIELDS = {f.name: f for f in fields(ProducerConfig)}
+
+
+def _coerce(name: str, raw: Any, problems: list[str]) -> Any:
+    f = _FIELDS[name]
+    typ = f.type
+    try:
+        if typ == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        if typ == "bool":
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ == "str":
+            return str(raw)
+    except (TypeError, ValueError):
+        problems.append(f"{name}: {raw!r} is not a valid {typ}")
+        return None
+    return raw
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    kafka_overrides: Mapping[str, str] | None = None,
+) -> ProducerConfig:
+    """Merge defaults, file, environment and flags; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+
+    config_file = config_file or env.get("PKTSTREAM_CONFIG") or None
+    if config_file:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except OSError as e:
+            raise ConfigError([f"config file {config_file}: {e.strerror}"]) from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"config file {config_file}: {e}"]) from e
+        for k, v in data.items():
+            if k == "kafka" and isinstance(v, dict):
+                kafka.update({str(a): str(b) for a, b in v.items()})
+            elif k in _FIELDS and k != "kafka":
+                values[k] = v
+            else:
+                problems.append(f"config file: unknown setting {k!r}")
+
+    for k, v in env.items():
+        if not k.startswith("PKTSTREAM_") or k in ("PKTSTREAM_CONFIG",) or k.startswith("PKTSTREAM_TEST"):
+            continue
+        if k.startswith("PKTSTREAM_KAFKA__"):
+            kafka[k[len("PKTSTREAM_KAFKA__") :].lower().replace("__", ".")] = v
+            continue
+        name = k[len("PKTSTREAM_") :].lower()
+        if name in _FIELDS and name != "kafka":
+            values[name] = v
+        elif name not in ("venv", "home"):
+            problems.append(f"environment: unknown variable {k}")
+
+    for k, v in (flags or {}).items():
+        if v is not None:
+            values[k] = v
+    kafka.update(kafka_overrides or {})
+
+    coerced = {k: _coerce(k, v, problems) for k, v in values.items()}
+    cfg = ProducerConfig(**{k: v for k, v in coerced.items() if v is not None}, kafka=kafka)
+    problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    if not cfg.host_id:
+        cfg.host_id = default_host_id()
+    return cfg
+
+
+def validate(cfg: ProducerConfig) -> list[str]:
+    p: list[str] = []
+    if cfg.xdp_mode not in XDP_MODES:
+        p.append(f"xdp_mode: {cfg.xdp_mode!r} is not one of {', '.join(XDP_MODES)}")
+    if not 0 <= cfg.payload_bytes <= 256:
+        p.append(f"payload_bytes: {cfg.payload_bytes} is outside 0..256")
+    rb = cfg.ringbuf_bytes
+    if rb < 65536 or rb & (rb - 1) or rb > 1 << 30:
+        p.append(f"ringbuf_bytes: {rb} must be a power of two between 65536 and 1073741824")
+    if cfg.sample_rate < 1:
+        p.append(f"sample_rate: {cfg.sample_rate} must be >= 1")
+    if not 1 <= cfg.local_kafka_port <= 65534:
+        p.append(f"local_kafka_port: {cfg.local_kafka_port} is not a port (1..65534)")
+    if not _TOPIC_RE.match(cfg.topic) or cfg.topic in (".", ".."):
+        p.append(f"topic: {cfg.topic!r} is not a valid Kafka topic name")
+    if cfg.partitions < 1:
+        p.append(f"partitions: {cfg.partitions} must be >= 1")
+    if cfg.replication_factor == 0 or cfg.replication_factor < -1:
+        p.append(f"replication_factor: {cfg.replication_factor} must be >= 1 or -1")
+    if cfg.retention_ms < -1 or cfg.retention_ms == 0:
+        p.append(f"retention_ms: {cfg.retention_ms} must be > 0 or -1 (forever)")
+    if not 1 <= cfg.batch_records <= 1_000_000:
+        p.append(f"batch_records: {cfg.batch_records} is outside 1..1000000")
+    if not 1024 <= cfg.batch_bytes <= 64 << 20:
+        p.append(f"batch_bytes: {cfg.batch_bytes} is outside 1024..67108864")
+    if not 1 <= cfg.batch_age_ms <= 60000:
+        p.append(f"batch_age_ms: {cfg.batch_age_ms} is outside 1..60000")
+    if cfg.codec not in CODECS:
+        p.append(f"codec: {cfg.codec!r} is not one of {', '.join(CODECS)}")
+    if cfg.compression not in KAFKA_COMPRESSION:
+        p.append(f"compression: {cfg.compression!r} is not one of {', '.join(KAFKA_COMPRESSION)}")
+    if cfg.queue_max_kbytes < 1024:
+        p.append(f"queue_max_kbytes: {cfg.queue_max_kbytes} must be >= 1024")
+    if not 0.05 <= cfg.stats_interval_s <= 3600:
+        p.append(f"stats_interval_s: {cfg.stats_interval_s} is outside 0.05..3600")
+    if cfg.log_format not in LOG_FORMATS:
+        p.append(f"log_format: {cfg.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        p.append(f"log_level: {cfg.log_level!r} is not one of debug, info, warning, error")
+    return p

@@ -1,0 +1,277 @@
+"""The producer's main loop: ring buffer -> batch -> Avro container -> Kafka.
+
+Each stage works on whole batches: the ring buffer is copied out as one
+array, mapped to columns with numpy, encoded by the batch encoder and sent
+as one Kafka message of up to ``batch_records`` records.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from pktstream.producer import batch as batchmod
+from pktstream.producer.avro import ContainerWriter
+from pktstream.producer.capture import (
+    Capture,
+    Counters,
+    check_privileges,
+    default_route_interface,
+    ifindex_of,
+)
+from pktstream.producer.config import ProducerConfig
+from pktstream.producer.errors import InterfaceError
+from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
+from pktstream.schemas import load_schema_json
+
+log = structlog.get_logger("pktstream.producer")
+
+PACKET_SCHEMA = "packet"
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> str:
+    """CRC-64-AVRO (Rabin) fingerprint of the schema's parsing canonical form, hex."""
+    return str(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+@dataclass
+class RunTotals:
+    records_read: int = 0
+    batches: int = 0
+    next_seq: int = 0
+
+
+class ProducerRun:
+    def __init__(self, cfg: ProducerConfig, bootstrap: str, stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.bootstrap = bootstrap
+        self.stop = stop or threading.Event()
+        self.run_id = uuid.uuid4().hex[:16]
+        self.totals = RunTotals()
+        self._pending: list[npt.NDArray[np.void]] = []
+        self._pending_n = 0
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self.capture: Capture | None = None
+        self.publisher: Publisher | None = None
+        self._last_counters = Counters()
+
+    # -- start-up -----------------------------------------------------------
+    def prepare(self) -> None:
+        """Every check that can fail before anything is attached or sent."""
+        cfg = self.cfg
+        if not cfg.interface:
+            iface = default_route_interface()
+            if iface is None:
+                raise InterfaceError("no default route on this host; name the interface with --interface")
+            cfg.interface = iface
+        ifindex_of(cfg.interface)
+        check_privileges()
+        conf = client_config(self.bootstrap, cfg.kafka)
+        check_reachable(conf)
+        if cfg.create_topic:
+            ensure_topic(
+                conf, cfg.topic, cfg.partitions, cfg.replication_factor,
+                {"retention.ms": str(cfg.retention_ms), "max.message.bytes": str(64 << 20),
+                 "compression.type": "producer"},
+            )
+        schema = load_schema_json(PACKET_SCHEMA)
+        self.fingerprint = schema_fingerprint(schema)
+        self.writer = ContainerWriter(
+            schema,
+            codec=cfg.codec,
+            metadata={
+                "pktstream.host": cfg.host_id,
+                "pktstream.interface": cfg.interface,
+                "pktstream.run_id": self.run_id,
+                "pktstream.payload_bytes": str(cfg.payload_bytes),
+            },
+        )
+        self.publisher = Publisher(
+            {**conf, "compression.type": cfg.compression, "queue.buffering.max.kbytes": cfg.queue_max_kbytes,
+             "client.id": f"pktstream-{cfg.host_id}"},
+            cfg.topic,
+        )
+        self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes)
+        self.capture.set_sample_rate(cfg.sample_rate)
+        self.key = cfg.host_id.encode()
+        self.static_headers: list[tuple[str, str | bytes | None]] = [
+            ("pktstream.schema_fp", self.fingerprint.encode()),
+            ("pktstream.host", cfg.host_id.encode()),
+            ("pktstream.interface", cfg.interface.encode()),
+            ("pktstream.run_id", self.run_id.encode()),
+        ]
+
+    # -- batches ------------------------------------------------------------
+    def _add(self, recs: npt.NDArray[np.void]) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(recs)
+        self._pending_n += len(recs)
+        self._pending_bytes += batchmod.estimated_bytes(recs)
+
+    def _flush_batch(self) -> None:
+        if not self._pending:
+            return
+        assert self.publisher is not None
+        recs = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending = []
+        self._pending_n = 0
+        self._pending_bytes = 0
+        n = len(recs)
+        seq_first = self.totals.next_seq
+        offset = time.time_ns() - time.monotonic_ns()
+        value = self.writer.container(batchmod.to_columns(recs, seq_first, offset), n)
+        headers = [
+            *self.static_headers,
+            ("pktstream.records", str(n).encode()),
+            ("pktstream.seq_first", str(seq_first).encode()),
+            ("pktstream.seq_last", str(seq_first + n - 1).encode()),
+        ]
+        self.publisher.publish(self.key, value, headers, n)
+        self.totals.next_seq += n
+        self.totals.batches += 1
+
+    def _batch_due(self, now: float) -> bool:
+        return bool(self._pending) and (
+            self._pending_n >= self.cfg.batch_records
+            or self._pending_bytes >= self.cfg.batch_bytes
+            or (now - self._pending_since) * 1000 >= self.cfg.batch_age_ms
+        )
+
+    def _drain(self) -> int:
+        assert self.capture is not None
+        total = 0
+        while True:
+            room = self.cfg.batch_records - self._pending_n
+            recs = self.capture.reader.read(room)
+            if len(recs):
+                self._add(recs)
+                total += len(recs)
+                self.totals.records_read += len(recs)
+            if self._pending_n >= self.cfg.batch_records or self._pending_bytes >= self.cfg.batch_bytes:
+                self._flush_batch()
+                continue
+            if len(recs) < room:
+                return total
+
+    # -- run ----------------------------------------------------------------
+    def run(self, duration_s: float | None = None) -> RunTotals:
+        assert self.capture is not None and self.publisher is not None
+        cfg = self.cfg
+        self.capture.attach(cfg.interface, cfg.xdp_mode)
+        log.info("producer_started", interface=cfg.interface, topic=cfg.topic, bootstrap=self.bootstrap,
+                 run_id=self.run_id, host_id=cfg.host_id, schema_fp=self.fingerprint)
+        figures = Figures(self, tty=sys.stderr.isatty(), interval_s=cfg.stats_interval_s)
+        started = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if duration_s is not None and now - started >= duration_s:
+                    break
+                self._drain()
+                now = time.monotonic()
+                if self._batch_due(now):
+                    self._flush_batch()
+                self.publisher.poll(0)
+                figures.maybe_emit(now)
+                wait = cfg.batch_age_ms / 1000 if not self._pending else max(
+                    0.0, cfg.batch_age_ms / 1000 - (now - self._pending_since))
+                self.capture.reader.wait(min(wait, 0.1))
+        finally:
+            self.shutdown(figures)
+        return self.totals
+
+    def shutdown(self, figures: Figures | None = None) -> None:
+        """Detach, drain what the kernel already captured, deliver everything, report."""
+        if self.capture is None or self.publisher is None:
+            return
+        self.capture.detach()
+        self._drain()
+        self._flush_batch()
+        undelivered = self.publisher.flush(60.0)
+        c = self.capture.counters()
+        s = self.publisher.stats
+        if figures is not None:
+            figures.finish()
+        log.info(
+            "producer_stopped",
+            run_id=self.run_id,
+            packets_seen=c.packets,
+            records_captured=self.totals.records_read,
+            records_delivered=s.records_delivered,
+            records_failed=s.records_failed,
+            ringbuf_full=c.ringbuf_full,
+            sampled_out=c.sampled_out,
+            batches=self.totals.batches,
+            seq_last=self.totals.next_seq - 1,
+            undelivered_messages=undelivered,
+        )
+        self.capture.close()
+        self.capture = None
+
+
+class Figures:
+    """The live line of figures: on a terminal one refreshed line, otherwise a log event."""
+
+    def __init__(self, run: ProducerRun, tty: bool, interval_s: float) -> None:
+        self.run = run
+        self.tty = tty
+        self.interval_s = interval_s if tty else max(interval_s, 10.0)
+        self.t0 = self.last_t = time.monotonic()
+        self.last_records = 0
+        self.last_bytes = 0
+
+    def maybe_emit(self, now: float) -> None:
+        if now - self.last_t < self.interval_s:
+            return
+        run = self.run
+        assert run.capture is not None and run.publisher is not None
+        c = run.capture.counters()
+        s = run.publisher.stats
+        dt = now - self.last_t
+        rate = (run.totals.records_read - self.last_records) / dt
+        brate = (s.bytes_delivered - self.last_bytes) / dt
+        self.last_t, self.last_records, self.last_bytes = now, run.totals.records_read, s.bytes_delivered
+        fig = {
+            "records_per_s": round(rate),
+            "bytes_per_s": round(brate),
+            "records": run.totals.records_read,
+            "delivered": s.records_delivered,
+            "batches": run.totals.batches,
+            "kernel_drops": c.ringbuf_full,
+            "queue": run.publisher.queued(),
+            "failed": s.records_failed,
+        }
+        if self.tty:
+            line = (f"\r{fig['records_per_s']:>9,} rec/s {fig['bytes_per_s'] / 1e6:8.2f} MB/s  "
+                    f"records {fig['records']:,}  delivered {fig['delivered']:,}  batches {fig['batches']:,}  "
+                    f"kernel drops {fig['kernel_drops']:,}  queue {fig['queue']}  failed {fig['failed']:,} ")
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        else:
+            log.info("producer_stats", **fig)
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+

@@ -1,0 +1,97 @@
+"""The few bpf(2) commands bcc does not wrap the way pktstream needs them.
+
+* BPF_LINK_CREATE for XDP: a link detaches by itself when its last file
+  descriptor closes, so the program cannot stay attached after the producer
+  dies (even by SIGKILL), unlike a netlink attachment.
+* BPF_PROG_TEST_RUN: runs the real program on a given frame inside the kernel,
+  used by tests and benchmarks as a packet generator with no NIC limit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+from dataclasses import dataclass
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
+BPF_PROG_TEST_RUN = 10
+BPF_LINK_CREATE = 28
+BPF_XDP = 37  # enum bpf_attach_type
+
+XDP_FLAGS_SKB_MODE = 1 << 1  # generic
+XDP_FLAGS_DRV_MODE = 1 << 2  # native
+XDP_MODES = {"auto": 0, "generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(f"bpf syscall number unknown for {platform.machine()}")
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def xdp_link_create(prog_fd: int, ifindex: int, mode: str = "auto") -> int:
+    """Attach an XDP program to an interface through a BPF link; returns the link fd."""
+    attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, BPF_XDP, XDP_MODES[mode]), 64)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    duration_ns: int
+    data_out: bytes
+
+
+def prog_test_run(
+    prog_fd: int,
+    frame: bytes,
+    repeat: int = 1,
+    ifindex: int = 0,
+    rx_queue: int = 0,
+) -> TestRunResult:
+    """Run an XDP program on ``frame`` ``repeat`` times (BPF_PROG_TEST_RUN).
+
+    ``duration_ns`` is the kernel's mean time per run. With ``ifindex`` the
+    program sees that ingress interface (it must exist).
+    """
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    out_size = len(frame) + 512
+    data_out = ctypes.create_string_buffer(out_size)
+    ctx = None
+    ctx_size = 0
+    if ifindex:
+        # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        ctx = ctypes.create_string_buffer(struct.pack("=IIIIII", 0, 0, 0, ifindex, rx_queue, 0), 24)
+        ctx_size = 24
+    attr = ctypes.create_string_buffer(80)
+    struct.pack_into(
+        "=IIIIQQIIIIQQ",
+        attr,
+        0,
+        prog_fd,
+        0,
+        len(frame),
+        out_size,
+        ctypes.addressof(data_in),
+        ctypes.addressof(data_out),
+        repeat,
+        0,
+        ctx_size,
+        0,
+        ctypes.addressof(ctx) if ctx is not None else 0,
+        0,
+    )
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    retval, _, size_out = struct.unpack_from("=III", attr, 4)
+    (duration,) = struct.unpack_from("=I", attr, 36)
+    return TestRunResult(retval=retval, duration_ns=duration, data_out=data_out.raw[:size_out])

@@ -1,0 +1,57 @@
+"""Run ``pktstream produce`` as a user would, as a subprocess, and watch its JSON log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
+
+
+class ProducerProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.other_lines: list[str] = []
+        full_env = {**os.environ, "PKTSTREAM_LOG_FORMAT": "json", **(env or {})}
+        self.proc = subprocess.Popen([PKTSTREAM, "produce", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env)
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.other_lines.append(line)
+
+    def wait_event(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events:
+                if e.get("event") == name:
+                    return e
+            if self.proc.poll() is not None:
+                self._t.join(2)
+                raise AssertionError(f"producer exited {self.proc.returncode} before {name}: "
+                                     f"{self.events} {self.other_lines}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} within {timeout}s: {self.events}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self._t.join(5)
+        return rc
+
+    def event(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.events if e.get("event") == name)

@@ -1,0 +1,77 @@
+"""Bad input gets a clear error, as a user would meet it on the command line."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
+from tests.helpers import NetnsHost, require, sh
+
+
+def run(*args: str, prefix: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, PKTSTREAM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_invalid_config_lists_every_problem() -> None:
+    r = run("produce", "--payload-bytes", "999", "--codec", "lzma", "--xdp-mode", "fast", "--sample-rate", "0")
+    assert r.returncode == 2
+    for needle in ("payload_bytes: 999", "codec: 'lzma'", "xdp_mode: 'fast'", "sample_rate: 0"):
+        assert needle in r.stderr
+
+
+def test_unknown_interface(root: None) -> None:
+    r = run("produce", "--interface", "nosuch0", "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 1
+    assert "unknown interface 'nosuch0'" in r.stderr and "lo" in r.stderr
+
+
+@pytest.mark.kafka
+def test_unreachable_broker(root: None) -> None:
+    r = run("produce", "--interface", "lo", "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 1
+    assert "cannot reach Kafka at 127.0.0.1:1" in r.stderr
+
+
+def test_missing_capabilities_are_named(root: None) -> None:
+    require(shutil.which("capsh") is not None, "needs capsh (libcap2-bin)")
+    drop = "cap_bpf,cap_net_admin,cap_perfmon,cap_sys_admin"
+    cmd = f"{PKTSTREAM} produce --interface lo --bootstrap-servers 127.0.0.1:1"
+    r = subprocess.run(["capsh", f"--drop={drop}", "--", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "without CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON" in r.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.kafka
+def test_sigkill_leaves_no_xdp_program_attached(
+    kafka_bootstrap: str, make_host: Callable[..., NetnsHost]
+) -> None:
+    host = make_host()
+    prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap,
+                           "--topic", "sigkill-test")
+    prod.wait_event("producer_started")
+    assert "xdp" in sh("ip", "-d", "link", "show", "dev", host.host_if).stdout
+    prod.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while "xdp" in sh("ip", "-d", "link", "show", "dev", host.host_if).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "xdp" not in sh("ip", "-d", "link", "show", "dev", host.host_if).stdout
+    # and a new producer attaches again at once
+    prod2 = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap,
+                            "--topic", "sigkill-test")
+    prod2.wait_event("producer_started")
+    assert prod2.stop() == 0
+    assert "xdp" not in sh("ip", "-d", "link", "show", "dev", host.host_if).stdout
+
+
+def test_no_python_traceback_for_user_errors() -> None:
+    r = run("produce", "--config", str(Path(sys.prefix) / "missing.toml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.toml" in r.stderr

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pktstream.consumers.decode import DecodeError, addr_text, decode_container, escape_payload, present
+from pktstream.producer.avro import ContainerWriter
+from pktstream.producer.batch import to_columns
+from pktstream.producer.record import record_dtype
+from pktstream.schemas import load_schema_json
+
+
+def test_addr_text() -> None:
+    assert addr_text(bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])) == "192.0.2.1"
+    assert addr_text(bytes.fromhex("20010db8000000000000000000000001")) == "2001:db8::1"
+
+
+def test_escape_payload() -> None:
+    assert escape_payload(b"GET /\r\n\x00\xff\\") == "GET /\\r\\n\\x00\\xff\\\\"
+
+
+def test_kernel_records_round_trip_through_container() -> None:
+    recs = np.zeros(3, dtype=record_dtype(8))
+    recs["ts_ns"] = [10, 20, 30]
+    recs["src_addr"][:, 10:12] = 0xFF
+    recs["src_addr"][:, 12:] = [10, 0, 0, 1]
+    recs["src_port"] = [1, 2, 65535]
+    recs["wire_len"] = 60
+    recs["cap_len"] = [0, 3, 8]
+    recs["payload"][1, :3] = list(b"abc")
+    recs["payload"][2, :] = list(b"12345678")
+    recs["payload_len"] = [0, 3, 100]
+    w = ContainerWriter(load_schema_json("packet"), metadata={"pktstream.host": "h"})
+    c = decode_container(w.container(to_columns(recs, seq_first=5, wall_offset_ns=1000), 3))
+    assert [r["seq"] for r in c.records] == [5, 6, 7]
+    assert [r["ts_ns"] for r in c.records] == [1010, 1020, 1030]
+    assert [r["payload"] for r in c.records] == [b"", b"abc", b"12345678"]
+    assert [r["src_port"] for r in c.records] == [1, 2, 65535]
+    assert c.metadata["pktstream.host"] == "h"
+    p = present(c.records[1], "base64")
+    assert p["src_addr"] == "10.0.0.1" and p["payload"] == "YWJj"
+
+
+@pytest.mark.parametrize("value", [b"", b"garbage", b"Obj\x01\x00", None])
+def test_corrupt_messages_raise_decode_error(value: bytes | None) -> None:
+    with pytest.raises(DecodeError):
+        decode_container(value)
+
+
+def test_truncated_container_raises_decode_error() -> None:
+    recs = np.zeros(50, dtype=record_dtype(0))
+    data = ContainerWriter(load_schema_json("packet")).container(to_columns(recs, 0, 0), 50)
+    with pytest.raises(DecodeError):
+        decode_container(data[: len(data) - 30])
