@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
 
     ta = sub.add_parser("tail", help="print the packet topic as JSON lines")
-    ta.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker)")
+    ta.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker's port)")
     ta.add_argument("--local-kafka-port", type=int, default=9092)
     ta.add_argument("--topic", default="pktstream.packets")
     g = ta.add_mutually_exclusive_group()
@@ -109,6 +109,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
     from pktstream.consumers.tail import tail
     from pktstream.producer.kafka import client_config
 
@@ -121,12 +123,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError([f"--since: {args.since!r} is not an ISO 8601 time"]) from None
         start = "time"
-    conf = client_config(_bootstrap(args.bootstrap_servers, args.local_kafka_port), _kv(args.kafka_props))
+    # tail never starts a broker: an empty new one would have nothing to show
+    bootstrap = args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"
+    conf = client_config(bootstrap, _kv(args.kafka_props))
     try:
         stats = tail(conf, args.topic, start=start, since_ms=since_ms, follow=not args.no_follow,
                      max_records=args.max, payload=args.payload)
     except KeyboardInterrupt:
         return 0
+    except KafkaException as e:
+        print(f"pktstream tail: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
     if stats.corrupt:
         print(f"pktstream tail: {stats.corrupt} corrupt message(s) skipped", file=sys.stderr)
     return 0

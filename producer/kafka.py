@@ -13,13 +13,14 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from pktstream.producer.errors import KafkaUnavailableError
+from pktstream.producer.log import librdkafka_logger
 
 log = structlog.get_logger("pktstream.kafka")
 
 
 def client_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:
     """librdkafka configuration common to admin, producer and consumers (SASL/TLS pass through)."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": librdkafka_logger()}
     conf.update(extra)
     return conf
 

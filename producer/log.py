@@ -27,3 +27,23 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class _StructlogHandler(logging.Handler):
+    """Forwards librdkafka's log lines (via confluent-kafka's ``logger``) as structlog events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = structlog.get_logger("pktstream.librdkafka")
+        level = record.levelname.lower()
+        meth = getattr(log, level if level in ("debug", "info", "warning", "error") else "info")
+        meth("librdkafka_log", message=record.getMessage())
+
+
+def librdkafka_logger() -> logging.Logger:
+    """A stdlib logger to pass as confluent-kafka's ``logger`` so its lines are structured too."""
+    lg = logging.getLogger("pktstream.librdkafka")
+    if not lg.handlers:
+        lg.addHandler(_StructlogHandler())
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    return lg

@@ -66,8 +66,12 @@ want=$(cat pyproject.toml; find producer consumers bpf schemas -name '*.py' | so
 want=$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing pktstream and its Python dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e ".[test]" --config-settings editable_mode=strict
+  # strict editable mode: a tree of links that mypy and setuptools both follow
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e ".[test]" --config-settings editable_mode=strict; } \
+       >"$VENV/pip.log" 2>&1; then
+    cat "$VENV/pip.log" >&2; say "pip install failed"; exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 say "ready: $VENV/bin/pktstream"
