@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class Capture:
         except Exception as e:
             raise BpfLoadError(f"loading the XDP program failed: {e}") from e
         self.prog_fd: int = self.fn.fd
+        self.prog_id = sysbpf.prog_id(self.prog_fd)
         events = self.bpf[b"events"]
         self.reader = RingReader(events.map_fd, int(events.max_entries), self.dtype)
         self._counters = self.bpf[b"counters"]
@@ -127,15 +129,25 @@ class Capture:
         self.ifindex = ifindex_of(interface)
         self.interface = interface
         try:
-            self.link_fd = sysbpf.xdp_link_create(self.prog_fd, self.ifindex, mode)
+            try:
+                self.link_fd = sysbpf.xdp_link_create(self.prog_fd, self.ifindex, mode)
+            except OSError as e:
+                # auto lets the kernel pick native XDP, which some drivers (virtio_net
+                # with guest offloads on, for one) refuse; generic XDP works everywhere.
+                if mode != "auto" or e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                log.info("xdp_native_refused", interface=interface, error=str(e), fallback="generic")
+                mode = "generic"
+                self.link_fd = sysbpf.xdp_link_create(self.prog_fd, self.ifindex, mode)
         except OSError as e:
             hint = ""
-            if e.errno == 16:  # EBUSY
+            if e.errno == errno.EBUSY:
                 hint = " (another XDP program is attached; `ip link set dev IF xdp off` removes a stale one)"
-            elif e.errno in (95, 22) and mode == "native":  # EOPNOTSUPP / EINVAL
+            elif e.errno in (errno.EOPNOTSUPP, errno.EINVAL) and mode == "native":
                 hint = " (the driver has no native XDP; use xdp_mode=generic or auto)"
             raise BpfLoadError(f"attaching XDP to {interface} in {mode} mode failed: {e}{hint}") from e
-        log.info("xdp_attached", interface=interface, ifindex=self.ifindex, mode=mode)
+        self.mode = mode
+        log.info("xdp_attached", interface=interface, ifindex=self.ifindex, mode=mode, prog_id=self.prog_id)
 
     def detach(self) -> None:
         if self.link_fd is not None:

@@ -94,6 +94,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     flags = {field: getattr(args, field) for _, field, _, _ in _PRODUCE_FLAGS}
     cfg: ProducerConfig = load_config(flags=flags, config_file=args.config, kafka_overrides=_kv(args.kafka_props))
     configure_logging(cfg.log_format, cfg.log_level)
+    if not cfg.interface:
+        from pktstream.producer.capture import default_route_interface
+
+        cfg.interface = default_route_interface() or ""
     if args.print_config:
         print(json.dumps(cfg.redacted(), indent=2))
         return 0

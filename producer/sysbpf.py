@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 BPF_XDP = 37  # enum bpf_attach_type
 
@@ -43,6 +45,20 @@ def xdp_link_create(prog_fd: int, ifindex: int, mode: str = "auto") -> int:
     """Attach an XDP program to an interface through a BPF link; returns the link fd."""
     attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, BPF_XDP, XDP_MODES[mode]), 64)
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (what bpftool lists)."""
+    info = ctypes.create_string_buffer(256)  # struct bpf_prog_info; id is at offset 4
+    attr = ctypes.create_string_buffer(struct.pack("=IIQ", prog_fd, len(info), ctypes.addressof(info)), 16)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return int(struct.unpack_from("=I", info, 4)[0])
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for a program another process loaded (for BPF_PROG_TEST_RUN from outside)."""
+    attr = ctypes.create_string_buffer(struct.pack("=I", prog_id), 16)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
 
 
 @dataclass
