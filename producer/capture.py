@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import json
 import os
 import socket
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +94,11 @@ class Counters:
 
 
 class Capture:
-    """The loaded XDP program: attach/detach, ring-buffer reader, counters, config."""
+    """The loaded XDP program: attach/detach, ring-buffer reader, counters, config.
+
+    The program is compiled and loaded by a short-lived child process (see
+    bpfloader.py), so this process holds only file descriptors.
+    """
 
     def __init__(
         self,
@@ -99,31 +106,19 @@ class Capture:
         ringbuf_bytes: int = 16 << 20,
         bpf_dir: Path = BPF_DIR,
     ) -> None:
-        try:
-            from bcc import BPF
-        except ImportError as e:  # pragma: no cover - set-up problem
-            raise BpfLoadError(
-                "cannot import bcc: install Debian's python3-bpfcc and make the virtual environment see it "
-                "(the README's set-up does both)"
-            ) from e
         self.payload_bytes = payload_bytes
         self.dtype = record.record_dtype(payload_bytes)
         pages = ringbuf_bytes // os.sysconf("SC_PAGE_SIZE")
         cflags = [f"-I{bpf_dir}", f"-DPAYLOAD_BYTES={payload_bytes}", f"-DRINGBUF_PAGES={pages}"]
-        try:
-            self.bpf = BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
-            self.fn = self.bpf.load_func(b"xdp_capture", BPF.XDP)
-        except Exception as e:
-            raise BpfLoadError(f"loading the XDP program failed: {e}") from e
-        self.prog_fd: int = self.fn.fd
+        fds, ring_size = _load_program(str(PROGRAM), cflags)
+        self.prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
         self.prog_id = sysbpf.prog_id(self.prog_fd)
-        events = self.bpf[b"events"]
-        self.reader = RingReader(events.map_fd, int(events.max_entries), self.dtype)
-        self._counters = self.bpf[b"counters"]
-        self._config = self.bpf[b"config"]
+        self.reader = RingReader(self._events_fd, ring_size, self.dtype)
+        self._ncpus = sysbpf.possible_cpus()
         self.link_fd: int | None = None
         self.ifindex = 0
         self.interface = ""
+        self.mode = ""
 
     def attach(self, interface: str, mode: str = "auto") -> None:
         self.ifindex = ifindex_of(interface)
@@ -156,18 +151,20 @@ class Capture:
             log.info("xdp_detached", interface=self.interface)
 
     def set_sample_rate(self, rate: int) -> None:
-        self._config[ctypes.c_uint32(record.CFG_SAMPLE_RATE)] = ctypes.c_uint32(max(1, rate))
+        sysbpf.map_update(self._config_fd, struct.pack("=I", record.CFG_SAMPLE_RATE),
+                          struct.pack("=I", max(1, rate)))
+
+    def _per_cpu(self, idx: int) -> list[int]:
+        raw = sysbpf.map_lookup(self._counters_fd, struct.pack("=I", idx), 8 * self._ncpus)
+        return list(struct.unpack(f"={self._ncpus}Q", raw))
 
     def counters(self) -> Counters:
-        def per_cpu(idx: int) -> list[int]:
-            return [int(v) for v in self._counters[ctypes.c_uint32(idx)]]
-
-        full = per_cpu(record.CNT_RINGBUF_FULL)
+        full = self._per_cpu(record.CNT_RINGBUF_FULL)
         return Counters(
-            packets=sum(per_cpu(record.CNT_PACKETS)),
-            records=sum(per_cpu(record.CNT_RECORDS)),
+            packets=sum(self._per_cpu(record.CNT_PACKETS)),
+            records=sum(self._per_cpu(record.CNT_RECORDS)),
             ringbuf_full=sum(full),
-            sampled_out=sum(per_cpu(record.CNT_SAMPLED_OUT)),
+            sampled_out=sum(self._per_cpu(record.CNT_SAMPLED_OUT)),
             ringbuf_full_per_cpu=tuple(full),
         )
 
@@ -177,7 +174,8 @@ class Capture:
     def close(self) -> None:
         self.detach()
         self.reader.close()
-        self.bpf.cleanup()
+        for fd in (self.prog_fd, self._events_fd, self._counters_fd, self._config_fd):
+            os.close(fd)
 
     def __enter__(self) -> Capture:
         return self
@@ -186,5 +184,35 @@ class Capture:
         self.close()
 
 
-def empty_records(payload_bytes: int) -> np.ndarray[Any, np.dtype[np.void]]:
-    return np.zeros(0, dtype=record.record_dtype(payload_bytes))
+def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tuple[list[int], int]:
+    """Run bpfloader in a child; returns [prog, events, counters, config] fds and the ring size."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pktstream.producer.bpfloader", str(child.fileno()),
+                 json.dumps({"src": src, "cflags": cflags})],
+                pass_fds=(child.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+        finally:
+            child.close()
+        parent.settimeout(timeout_s)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 4)
+        except TimeoutError:
+            proc.kill()
+            raise BpfLoadError(f"compiling the XDP program took more than {timeout_s:.0f}s") from None
+        _, err = proc.communicate(timeout=timeout_s)
+    if not msg:
+        raise BpfLoadError(f"the XDP program loader died: {err.strip()[-2000:]}")
+    meta = json.loads(msg)
+    if not meta.get("ok") or len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        detail = meta.get("error", "no file descriptors received")
+        raise BpfLoadError(f"loading the XDP program failed: {detail}\n{err.strip()[-3000:]}")
+    return fds, int(meta["ringbuf_size"])
+
+
+def empty_records(payload_bytes: int, n: int = 0) -> np.ndarray[Any, np.dtype[np.void]]:
+    return np.zeros(n, dtype=record.record_dtype(payload_bytes))

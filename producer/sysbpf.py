@@ -14,8 +14,11 @@ import os
 import platform
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -45,6 +48,33 @@ def xdp_link_create(prog_fd: int, ifindex: int, mode: str = "auto") -> int:
     """Attach an XDP program to an interface through a BPF link; returns the link fd."""
     attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, BPF_XDP, XDP_MODES[mode]), 64)
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the length of a per-CPU map's value array."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    attr = ctypes.create_string_buffer(struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0),
+                                       32)
+    _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    return v.raw
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    attr = ctypes.create_string_buffer(struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0),
+                                       32)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
 
 
 def prog_id(prog_fd: int) -> int:

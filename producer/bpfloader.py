@@ -1,0 +1,39 @@
+"""Compile and load the XDP program in a child process; hand the fds back.
+
+bcc compiles C with clang/LLVM in-process, which costs the compiling process
+about 200 MB of memory it never gives back. The producer therefore runs this
+module as a short-lived child (``python -m pktstream.producer.bpfloader``):
+it compiles and loads the program, sends the program and map file
+descriptors over a Unix socket (SCM_RIGHTS) and exits. The kernel objects
+live on in the producer, which then needs neither bcc nor LLVM.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+# the order of the fds sent after the program fd
+MAPS = ("events", "counters", "config")
+
+
+def main() -> int:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    request = json.loads(sys.argv[2])
+    try:
+        from bcc import BPF
+
+        b = BPF(src_file=request["src"].encode(), cflags=request["cflags"])
+        fn = b.load_func(b"xdp_capture", BPF.XDP)
+        fds = [fn.fd] + [b[name.encode()].map_fd for name in MAPS]
+        meta = {"ok": True, "ringbuf_size": int(b[b"events"].max_entries)}
+        socket.send_fds(sock, [json.dumps(meta).encode()], fds)
+    except Exception as e:  # reported to the parent, which raises BpfLoadError
+        sock.sendall(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}).encode())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
