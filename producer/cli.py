@@ -29,6 +29,8 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--ringbuf-bytes", "ringbuf_bytes", int, "ring buffer size (power of two)"),
     ("--xdp-mode", "xdp_mode", str, "auto | native | generic"),
     ("--sample-rate", "sample_rate", int, "capture 1 packet in N"),
+    ("--max-sample-rate", "max_sample_rate", int, "ceiling of adaptive sampling (default 1024)"),
+    ("--stats-interval", "stats_interval_s", float, "seconds between figures lines"),
     ("--codec", "codec", str, "Avro codec: null | deflate | snappy | zstandard"),
     ("--compression", "compression", str, "Kafka compression: none | gzip | snappy | lz4 | zstd"),
     ("--batch-records", "batch_records", int, "records per Kafka message, at most"),
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", help="TOML configuration file")
     for flag, field, typ, help_ in _PRODUCE_FLAGS:
         pr.add_argument(flag, dest=field, type=typ, default=None, help=help_)
+    pr.add_argument("--no-adaptive-sampling", dest="adaptive_sampling", action="store_false", default=None,
+                    help="never raise the sampling rate under overload (losses then show as kernel drops)")
     pr.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
                     help="librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL")
     pr.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -92,6 +96,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from pktstream.producer.pipeline import ProducerRun, install_signal_handlers
 
     flags = {field: getattr(args, field) for _, field, _, _ in _PRODUCE_FLAGS}
+    flags["adaptive_sampling"] = args.adaptive_sampling
     cfg: ProducerConfig = load_config(flags=flags, config_file=args.config, kafka_overrides=_kv(args.kafka_props))
     configure_logging(cfg.log_format, cfg.log_level)
     if not cfg.interface:

@@ -48,7 +48,11 @@ class ProducerConfig:
     xdp_mode: str = field(default="auto", metadata={"doc": "auto | native | generic"})
     payload_bytes: int = field(default=64, metadata={"doc": "L4 payload prefix per record, 0..256"})
     ringbuf_bytes: int = field(default=16 << 20, metadata={"doc": "ring buffer size, power of two >= 64 KiB"})
-    sample_rate: int = field(default=1, metadata={"doc": "capture 1 packet in N (1 = all)"})
+    sample_rate: int = field(default=1, metadata={"doc": "capture 1 packet in N (1 = all); adaptive sampling floor"})
+    adaptive_sampling: bool = field(
+        default=True, metadata={"doc": "raise the sampling rate while the ring buffer overflows, lower it after"}
+    )
+    max_sample_rate: int = field(default=1024, metadata={"doc": "ceiling of adaptive sampling"})
     bootstrap_servers: str = field(
         default="", metadata={"doc": "Kafka bootstrap servers; empty = start the local broker"}
     )
@@ -61,7 +65,7 @@ class ProducerConfig:
     host_id: str = field(default="", metadata={"doc": "message key and host header; default: derived"})
     batch_records: int = field(default=20000, metadata={"doc": "records per Kafka message, at most"})
     batch_bytes: int = field(default=4 << 20, metadata={"doc": "encoded bytes per Kafka message, at most"})
-    batch_age_ms: int = field(default=200, metadata={"doc": "oldest record waits at most this long"})
+    batch_age_ms: int = field(default=100, metadata={"doc": "oldest record waits at most this long"})
     codec: str = field(default="null", metadata={"doc": "Avro container codec: " + " | ".join(CODECS)})
     compression: str = field(default="zstd", metadata={"doc": "Kafka compression: " + " | ".join(KAFKA_COMPRESSION)})
     queue_max_kbytes: int = field(default=262144, metadata={"doc": "producer memory queue (KiB)"})
@@ -175,6 +179,8 @@ def validate(cfg: ProducerConfig) -> list[str]:
         p.append(f"ringbuf_bytes: {rb} must be a power of two between 65536 and 1073741824")
     if cfg.sample_rate < 1:
         p.append(f"sample_rate: {cfg.sample_rate} must be >= 1")
+    if cfg.max_sample_rate < max(1, cfg.sample_rate):
+        p.append(f"max_sample_rate: {cfg.max_sample_rate} must be >= sample_rate ({cfg.sample_rate})")
     if not 1 <= cfg.local_kafka_port <= 65534:
         p.append(f"local_kafka_port: {cfg.local_kafka_port} is not a port (1..65534)")
     if not _TOPIC_RE.match(cfg.topic) or cfg.topic in (".", ".."):

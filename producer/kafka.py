@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from pktstream.producer.errors import KafkaUnavailableError
+from pktstream.producer.latency import LatencyRecorder
 from pktstream.producer.log import librdkafka_logger
 
 log = structlog.get_logger("pktstream.kafka")
@@ -78,7 +79,7 @@ class DeliveryStats:
     records_failed: int = 0
     bytes_delivered: int = 0
     last_error: str = ""
-    latencies_s: list[float] = field(default_factory=list)
+    latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
 
 class Publisher:
@@ -107,9 +108,14 @@ class Publisher:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
 
     def publish(
-        self, key: bytes, value: bytes, headers: list[tuple[str, str | bytes | None]], records: int
+        self,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        records: int,
+        ts_first_ns: int = 0,
+        ts_last_ns: int = 0,
     ) -> None:
-        sent_at = time.monotonic()
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
@@ -121,7 +127,8 @@ class Publisher:
                 self.stats.messages_delivered += 1
                 self.stats.records_delivered += records
                 self.stats.bytes_delivered += len(value)
-                self.stats.latencies_s.append(time.monotonic() - sent_at)
+                if ts_first_ns:
+                    self.stats.latency.add(time.time_ns(), ts_first_ns, ts_last_ns, records)
 
         while True:
             try:

@@ -27,11 +27,13 @@ from pktstream.producer.capture import (
     Counters,
     check_privileges,
     default_route_interface,
+    empty_records,
     ifindex_of,
 )
 from pktstream.producer.config import ProducerConfig
 from pktstream.producer.errors import InterfaceError
 from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
+from pktstream.producer.sampling import SamplingController
 from pktstream.schemas import load_schema_json
 
 log = structlog.get_logger("pktstream.producer")
@@ -65,6 +67,8 @@ class ProducerRun:
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
+        self.sampler = SamplingController(base_rate=cfg.sample_rate, max_rate=cfg.max_sample_rate)
+        self._next_sample_check = 0.0
 
     # -- start-up -----------------------------------------------------------
     def prepare(self) -> None:
@@ -102,6 +106,8 @@ class ProducerRun:
              "client.id": f"pktstream-{cfg.host_id}"},
             cfg.topic,
         )
+        # compile (or load from numba's cache) the encoder now, not on the first batch
+        self.writer.container(batchmod.to_columns(empty_records(cfg.payload_bytes, 1), 0, 0), 1)
         self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes)
         self.capture.set_sample_rate(cfg.sample_rate)
         self.key = cfg.host_id.encode()
@@ -131,14 +137,15 @@ class ProducerRun:
         n = len(recs)
         seq_first = self.totals.next_seq
         offset = time.time_ns() - time.monotonic_ns()
-        value = self.writer.container(batchmod.to_columns(recs, seq_first, offset), n)
+        cols = batchmod.to_columns(recs, seq_first, offset)
+        value = self.writer.container(cols, n)
         headers = [
             *self.static_headers,
             ("pktstream.records", str(n).encode()),
             ("pktstream.seq_first", str(seq_first).encode()),
             ("pktstream.seq_last", str(seq_first + n - 1).encode()),
         ]
-        self.publisher.publish(self.key, value, headers, n)
+        self.publisher.publish(self.key, value, headers, n, int(cols["ts_ns"][0]), int(cols["ts_ns"][-1]))
         self.totals.next_seq += n
         self.totals.batches += 1
 
@@ -184,13 +191,29 @@ class ProducerRun:
                 if self._batch_due(now):
                     self._flush_batch()
                 self.publisher.poll(0)
+                if cfg.adaptive_sampling and now >= self._next_sample_check:
+                    self._adapt_sampling(now)
                 figures.maybe_emit(now)
                 wait = cfg.batch_age_ms / 1000 if not self._pending else max(
                     0.0, cfg.batch_age_ms / 1000 - (now - self._pending_since))
-                self.capture.reader.wait(min(wait, 0.1))
+                # with batches in flight, wake often enough that delivery reports (and so
+                # the acknowledged figures and latencies) are served promptly
+                self.capture.reader.wait(min(wait, 0.01 if self.publisher.queued() else 0.1))
         finally:
             self.shutdown(figures)
         return self.totals
+
+    def _adapt_sampling(self, now: float) -> None:
+        assert self.capture is not None
+        self._next_sample_check = now + 0.05
+        c = self.capture.counters()
+        new_drops = c.ringbuf_full - self._last_counters.ringbuf_full
+        self._last_counters = c
+        fill = self.capture.reader.pending_bytes() / self.capture.reader.size
+        rate = self.sampler.update(now, fill, new_drops)
+        if rate is not None:
+            self.capture.set_sample_rate(rate)
+            log.warning("sampling_changed", sample_rate=rate, ring_fill=round(fill, 3), new_drops=new_drops)
 
     def shutdown(self, figures: Figures | None = None) -> None:
         """Detach, drain what the kernel already captured, deliver everything, report."""
@@ -200,6 +223,7 @@ class ProducerRun:
         self._drain()
         self._flush_batch()
         undelivered = self.publisher.flush(60.0)
+        lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats
         if figures is not None:
@@ -216,6 +240,9 @@ class ProducerRun:
             batches=self.totals.batches,
             seq_last=self.totals.next_seq - 1,
             undelivered_messages=undelivered,
+            latency_p50_ms=round(lat["p50"], 2),
+            latency_p99_ms=round(lat["p99"], 2),
+            sample_rate=self.sampler.rate,
         )
         self.capture.close()
         self.capture = None
@@ -252,11 +279,13 @@ class Figures:
             "kernel_drops": c.ringbuf_full,
             "queue": run.publisher.queued(),
             "failed": s.records_failed,
+            "sample_rate": run.sampler.rate,
         }
         if self.tty:
             line = (f"\r{fig['records_per_s']:>9,} rec/s {fig['bytes_per_s'] / 1e6:8.2f} MB/s  "
                     f"records {fig['records']:,}  delivered {fig['delivered']:,}  batches {fig['batches']:,}  "
-                    f"kernel drops {fig['kernel_drops']:,}  queue {fig['queue']}  failed {fig['failed']:,} ")
+                    f"kernel drops {fig['kernel_drops']:,}  queue {fig['queue']}  failed {fig['failed']:,}  "
+                    f"sampling 1/{fig['sample_rate']} ")
             sys.stderr.write(line)
             sys.stderr.flush()
         else:
