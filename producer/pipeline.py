@@ -39,6 +39,8 @@ from pktstream.schemas import load_schema_json
 log = structlog.get_logger("pktstream.producer")
 
 PACKET_SCHEMA = "packet"
+DRAIN_PAUSE_S = 0.005
+DRAIN_BUDGET_S = 0.05
 
 
 def schema_fingerprint(schema: dict[str, Any]) -> str:
@@ -156,9 +158,12 @@ class ProducerRun:
             or (now - self._pending_since) * 1000 >= self.cfg.batch_age_ms
         )
 
-    def _drain(self) -> int:
+    def _drain(self, budget_s: float = DRAIN_BUDGET_S) -> int:
+        """Read the ring until it is empty, flushing full batches; under overload, stop after
+        ``budget_s`` so that the loop still serves delivery reports and adapts sampling."""
         assert self.capture is not None
         total = 0
+        deadline = time.monotonic() + budget_s
         while True:
             room = self.cfg.batch_records - self._pending_n
             recs = self.capture.reader.read(room)
@@ -168,7 +173,9 @@ class ProducerRun:
                 self.totals.records_read += len(recs)
             if self._pending_n >= self.cfg.batch_records or self._pending_bytes >= self.cfg.batch_bytes:
                 self._flush_batch()
-                continue
+                if time.monotonic() < deadline:
+                    continue
+                return total
             if len(recs) < room:
                 return total
 
@@ -194,11 +201,17 @@ class ProducerRun:
                 if cfg.adaptive_sampling and now >= self._next_sample_check:
                     self._adapt_sampling(now)
                 figures.maybe_emit(now)
-                wait = cfg.batch_age_ms / 1000 if not self._pending else max(
-                    0.0, cfg.batch_age_ms / 1000 - (now - self._pending_since))
                 # with batches in flight, wake often enough that delivery reports (and so
                 # the acknowledged figures and latencies) are served promptly
-                self.capture.reader.wait(min(wait, 0.01 if self.publisher.queued() else 0.1))
+                cap = 0.01 if self.publisher.queued() else 0.1
+                if self._pending:
+                    # Records are arriving: sleep instead of waking on each one, so that every
+                    # drain takes thousands of records (the ring holds far more than a pause
+                    # of DRAIN_PAUSE_S at any rate the producer sustains).
+                    left = cfg.batch_age_ms / 1000 - (now - self._pending_since)
+                    time.sleep(max(0.0, min(left, DRAIN_PAUSE_S, cap)))
+                else:
+                    self.capture.reader.wait(min(cfg.batch_age_ms / 1000, cap))
         finally:
             self.shutdown(figures)
         return self.totals
@@ -220,7 +233,8 @@ class ProducerRun:
         if self.capture is None or self.publisher is None:
             return
         self.capture.detach()
-        self._drain()
+        while self._drain() > 0:  # everything the kernel captured before the detach
+            pass
         self._flush_batch()
         undelivered = self.publisher.flush(60.0)
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
