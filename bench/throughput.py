@@ -251,6 +251,7 @@ def plot(points: list[Point], path: Path) -> None:
     ax2.set_ylabel("lost (% of offered)")
     ax1.set_title("zero-loss sweep, sampling off")
     for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")  # flat-out points sit an order of magnitude above the rest
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle("pktstream producer: delivered rate and loss against offered rate (BPF_PROG_TEST_RUN)")
@@ -318,7 +319,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer and shorter points")
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--replot", action="store_true", help="only redraw docs/throughput.png from the last results")
     args = ap.parse_args()
+    results = ROOT / "bench" / "results" / "throughput.json"
+    if args.replot:
+        plot([Point(**{k: v for k, v in d.items()}) for d in json.loads(results.read_text())],
+             ROOT / "docs" / "throughput.png")
+        return
     if os.geteuid() != 0:
         sys.exit("bench.throughput: run as root (it loads XDP programs)")
     args.duration = args.duration or (5.0 if args.quick else 10.0)
