@@ -63,8 +63,11 @@ def escape_payload(b: bytes) -> str:
 def present(rec: dict[str, Any], payload: str = "text") -> dict[str, Any]:
     """A record made readable: addresses as text, payload escaped, base64 or hex."""
     out = dict(rec)
-    out["src_addr"] = addr_text(rec["src_addr"])
-    out["dst_addr"] = addr_text(rec["dst_addr"])
+    for k in ("src_addr", "dst_addr"):
+        if isinstance(rec.get(k), bytes) and len(rec[k]) == 16:
+            out[k] = addr_text(rec[k])
+    if "payload" not in rec:  # another topic's records (stats): bytes as base64, the rest as is
+        return {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in out.items()}
     p: bytes = rec["payload"]
     if payload == "base64":
         out["payload"] = base64.b64encode(p).decode()

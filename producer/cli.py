@@ -24,6 +24,9 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--bootstrap-servers", "bootstrap_servers", str, "Kafka to publish to (default: start the local broker)"),
     ("--local-kafka-port", "local_kafka_port", int, "port of the local broker (default 9092)"),
     ("--topic", "topic", str, "packet topic (default pktstream.packets)"),
+    ("--stats-topic", "stats_topic", str, "loss-accounting topic (default pktstream.stats)"),
+    ("--stats-publish", "stats_publish_s", float, "seconds between loss-accounting reports (default 10)"),
+    ("--metrics-port", "metrics_port", int, "Prometheus /metrics and /healthz port, 0 = off (default 9464)"),
     ("--partitions", "partitions", int, "partitions when creating the topic"),
     ("--payload-bytes", "payload_bytes", int, "payload prefix per packet, 0..256 (default 64)"),
     ("--ringbuf-bytes", "ringbuf_bytes", int, "ring buffer size (power of two)"),
@@ -36,6 +39,9 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--batch-records", "batch_records", int, "records per Kafka message, at most"),
     ("--batch-age-ms", "batch_age_ms", int, "oldest record waits at most this long"),
     ("--host-id", "host_id", str, "host id (message key)"),
+    ("--queue-max-kbytes", "queue_max_kbytes", int, "producer memory queue in KiB (default 65536)"),
+    ("--spool-dir", "spool_dir", str, "on-disk spool directory"),
+    ("--spool-max-bytes", "spool_max_bytes", int, "spool size bound, 0 = no spool (default 1 GiB)"),
     ("--log-format", "log_format", str, "auto | json | console"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
 ]
@@ -77,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--max", type=int, default=None, help="stop after this many records")
     ta.add_argument("--payload", choices=["text", "base64", "hex", "none"], default="text")
     ta.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
+
+    au = sub.add_parser("audit", help="reconcile the packet topic with the producers' loss accounting")
+    au.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker's port)")
+    au.add_argument("--local-kafka-port", type=int, default=9092)
+    au.add_argument("--topic", default="pktstream.packets")
+    au.add_argument("--stats-topic", default="pktstream.stats")
+    au.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    au.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
     ka = sub.add_parser("kafka", help="the local single-node Kafka broker")
     ka.add_argument("action", choices=["up", "down", "status"])
@@ -148,6 +162,26 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from pktstream.consumers.audit import audit, render
+    from pktstream.producer.kafka import client_config
+
+    configure_logging("auto", "warning")
+    conf = client_config(args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}", _kv(args.kafka_props))
+    try:
+        runs = audit(conf, args.topic, args.stats_topic)
+    except KafkaException as e:
+        print(f"pktstream audit: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=1))
+    else:
+        print(render(runs))
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     from pktstream.producer.kafka_local import LocalKafka
 
@@ -164,7 +198,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "kafka": cmd_kafka}
+    handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "audit": cmd_audit, "kafka": cmd_kafka}
     try:
         rc: int = handlers[args.command](args)
         return rc

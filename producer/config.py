@@ -30,6 +30,14 @@ _SECRET_WORDS = ("password", "secret", "token", "key")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
+def state_home() -> Path:
+    """Where pktstream keeps state (local broker data, spool): $PKTSTREAM_HOME or the XDG state dir."""
+    base = os.environ.get("PKTSTREAM_HOME")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "pktstream"
+
+
 def default_host_id() -> str:
     """A stable host id: the machine id where there is one, else the host name."""
     for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
@@ -58,7 +66,11 @@ class ProducerConfig:
     )
     local_kafka_port: int = field(default=9092, metadata={"doc": "port of the local broker"})
     topic: str = field(default="pktstream.packets", metadata={"doc": "packet topic"})
-    create_topic: bool = field(default=True, metadata={"doc": "create the topic if it is missing"})
+    stats_topic: str = field(default="pktstream.stats", metadata={"doc": "loss-accounting topic"})
+    stats_publish_s: float = field(default=10.0, metadata={"doc": "seconds between loss-accounting reports"})
+    metrics_port: int = field(default=9464, metadata={"doc": "Prometheus /metrics and /healthz port; 0 = off"})
+    metrics_address: str = field(default="0.0.0.0", metadata={"doc": "address the metrics endpoint binds"})
+    create_topic: bool = field(default=True, metadata={"doc": "create the topics if they are missing"})
     partitions: int = field(default=6, metadata={"doc": "partitions of a topic pktstream creates"})
     replication_factor: int = field(default=-1, metadata={"doc": "-1 = the broker's default"})
     retention_ms: int = field(default=7 * 24 * 3600 * 1000, metadata={"doc": "retention of created topics"})
@@ -68,7 +80,11 @@ class ProducerConfig:
     batch_age_ms: int = field(default=100, metadata={"doc": "oldest record waits at most this long"})
     codec: str = field(default="null", metadata={"doc": "Avro container codec: " + " | ".join(CODECS)})
     compression: str = field(default="zstd", metadata={"doc": "Kafka compression: " + " | ".join(KAFKA_COMPRESSION)})
-    queue_max_kbytes: int = field(default=262144, metadata={"doc": "producer memory queue (KiB)"})
+    queue_max_kbytes: int = field(default=65536, metadata={"doc": "producer memory queue (KiB)"})
+    spool_dir: str = field(
+        default="", metadata={"doc": "on-disk spool for batches Kafka cannot take; default: state dir"}
+    )
+    spool_max_bytes: int = field(default=1 << 30, metadata={"doc": "spool size bound; 0 = no spool"})
     stats_interval_s: float = field(default=1.0, metadata={"doc": "seconds between figures lines"})
     log_format: str = field(default="auto", metadata={"doc": "auto | json | console"})
     log_level: str = field(default="info", metadata={"doc": "debug | info | warning | error"})
@@ -185,6 +201,12 @@ def validate(cfg: ProducerConfig) -> list[str]:
         p.append(f"local_kafka_port: {cfg.local_kafka_port} is not a port (1..65534)")
     if not _TOPIC_RE.match(cfg.topic) or cfg.topic in (".", ".."):
         p.append(f"topic: {cfg.topic!r} is not a valid Kafka topic name")
+    if not _TOPIC_RE.match(cfg.stats_topic) or cfg.stats_topic == cfg.topic:
+        p.append(f"stats_topic: {cfg.stats_topic!r} is not a valid Kafka topic name distinct from topic")
+    if not 0.1 <= cfg.stats_publish_s <= 3600:
+        p.append(f"stats_publish_s: {cfg.stats_publish_s} is outside 0.1..3600")
+    if not 0 <= cfg.metrics_port <= 65535:
+        p.append(f"metrics_port: {cfg.metrics_port} is not a port (0 = off)")
     if cfg.partitions < 1:
         p.append(f"partitions: {cfg.partitions} must be >= 1")
     if cfg.replication_factor == 0 or cfg.replication_factor < -1:
@@ -201,6 +223,8 @@ def validate(cfg: ProducerConfig) -> list[str]:
         p.append(f"codec: {cfg.codec!r} is not one of {', '.join(CODECS)}")
     if cfg.compression not in KAFKA_COMPRESSION:
         p.append(f"compression: {cfg.compression!r} is not one of {', '.join(KAFKA_COMPRESSION)}")
+    if cfg.spool_max_bytes < 0:
+        p.append(f"spool_max_bytes: {cfg.spool_max_bytes} must be >= 0 (0 = no spool)")
     if cfg.queue_max_kbytes < 1024:
         p.append(f"queue_max_kbytes: {cfg.queue_max_kbytes} must be >= 1024")
     if not 0.05 <= cfg.stats_interval_s <= 3600:

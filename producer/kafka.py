@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -15,6 +15,7 @@ from confluent_kafka.cimpl import NewTopic
 from pktstream.producer.errors import KafkaUnavailableError
 from pktstream.producer.latency import LatencyRecorder
 from pktstream.producer.log import librdkafka_logger
+from pktstream.producer.spool import Spool
 
 log = structlog.get_logger("pktstream.kafka")
 
@@ -78,6 +79,8 @@ class DeliveryStats:
     records_delivered: int = 0
     records_failed: int = 0
     bytes_delivered: int = 0
+    records_spooled: int = 0  # this run's records waiting in the spool
+    records_replayed: int = 0  # records delivered from the spool (any run's)
     last_error: str = ""
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
@@ -85,12 +88,24 @@ class DeliveryStats:
 class Publisher:
     """Idempotent, acks=all producer of whole batches; counts every delivery outcome.
 
-    A full local queue (BufferError) is back-pressure: the publisher serves
-    delivery reports and retries, it never drops a batch silently.
+    Without a spool, a full local queue (BufferError) is back-pressure: the
+    publisher serves delivery reports and retries. With a spool, the batch is
+    written to disk instead and replayed later (``replay``), so that the ring
+    buffer keeps being drained while Kafka is away. A batch is only ever
+    lost when the spool is full, and then it is counted.
     """
 
-    def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
+    # errors after which the batch may still be delivered later: keep it in the spool
+    RETRIABLE: frozenset[int] = frozenset({
+        KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    })
+
+    def __init__(self, conf: Mapping[str, Any], topic: str, spool: Spool | None = None,
+                 run_id: str = "") -> None:
         self.topic = topic
+        self.spool = spool
+        self.run_id = run_id
         self.stats = DeliveryStats()
         full = {
             "enable.idempotence": True,
@@ -107,38 +122,106 @@ class Publisher:
         self.stats.last_error = str(err)
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
 
+    def _to_spool(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], records: int) -> bool:
+        assert self.spool is not None
+        if self.spool.put(self.topic, key, headers, value, records):
+            self.stats.records_spooled += records
+            return True
+        self.stats.records_failed += records
+        log.error("spool_full_batch_dropped", records=records, spool_bytes=self.spool.bytes)
+        return False
+
     def publish(
         self,
         key: bytes,
         value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
+        headers: list[tuple[str, bytes]],
         records: int,
         ts_first_ns: int = 0,
         ts_last_ns: int = 0,
     ) -> None:
+        """Queue one packet batch; its delivery outcome is counted in ``stats``."""
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                self.stats.messages_failed += 1
-                self.stats.records_failed += records
-                self.stats.last_error = str(err)
-                log.error("batch_delivery_failed", error=str(err), records=records)
-            else:
+            if err is None:
                 self.stats.messages_delivered += 1
                 self.stats.records_delivered += records
                 self.stats.bytes_delivered += len(value)
                 if ts_first_ns:
                     self.stats.latency.add(time.time_ns(), ts_first_ns, ts_last_ns, records)
+                return
+            self.stats.last_error = str(err)
+            if self.spool is not None and err.code() in self.RETRIABLE:
+                self._to_spool(key, value, headers, records)
+                return
+            self.stats.messages_failed += 1
+            self.stats.records_failed += records
+            log.error("batch_delivery_failed", error=str(err), records=records)
 
-        while True:
-            try:
-                self.producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
         self.stats.messages_sent += 1
         self.stats.records_sent += records
+        if self.spool is not None and (len(self.spool) or self.spool.inflight):
+            # keep order: while older batches wait on disk, new ones join them
+            self._to_spool(key, value, headers, records)
+            return
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, headers=cast(Any, headers),
+                                      on_delivery=on_delivery)
+                break
+            except BufferError:
+                if self.spool is not None:
+                    self._to_spool(key, value, headers, records)
+                    break
+                self.producer.poll(0.05)
         self.producer.poll(0)
+
+    def replay(self, max_inflight: int = 4) -> None:
+        """Send spooled batches again, oldest first, a few at a time; each file goes when Kafka acks it."""
+        spool = self.spool
+        if spool is None or spool.inflight >= max_inflight or len(self.producer) > 100:
+            return
+        for b in spool.oldest(max_inflight - spool.inflight):
+            own = dict(b.headers).get("pktstream.run_id") == self.run_id.encode()
+
+            def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own) -> None:
+                spool.done(b, delivered=err is None)
+                if err is None:
+                    self.stats.records_replayed += b.records
+                    if own:
+                        self.stats.records_delivered += b.records
+                        self.stats.records_spooled -= b.records
+                        self.stats.messages_delivered += 1
+                        self.stats.bytes_delivered += len(b.value)
+
+            try:
+                self.producer.produce(b.topic, value=b.value, key=b.key, headers=cast(Any, b.headers),
+                                      on_delivery=on_delivery)
+            except BufferError:
+                spool.done(b, delivered=False)
+                return
+
+    def publish_aux(self, topic: str, key: bytes, value: bytes) -> None:
+        """Queue a message of another topic (stats); failures are logged, not counted as records."""
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                log.error("aux_delivery_failed", topic=topic, error=str(err))
+
+        try:
+            self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError:
+            log.error("aux_queue_full", topic=topic)
+        self.producer.poll(0)
+
+    def drain_to_spool(self, timeout_s: float) -> int:
+        """At shutdown: deliver for up to ``timeout_s``, then move what is still queued to the spool."""
+        left = int(self.producer.flush(timeout_s))
+        if left and self.spool is not None:
+            self.producer.purge(in_queue=True, in_flight=False)
+            self.producer.poll(0.5)
+            left = int(self.producer.flush(min(timeout_s, 30.0)))
+        return left
 
     def poll(self, timeout_s: float = 0) -> None:
         self.producer.poll(timeout_s)

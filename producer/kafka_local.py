@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from pktstream.producer.config import state_home
 from pktstream.producer.errors import LocalKafkaError
 
 log = structlog.get_logger("pktstream.kafka_local")
@@ -51,13 +52,6 @@ _LOG4J2 = """<Configuration status="warn">
 """
 
 
-def _state_home() -> Path:
-    base = os.environ.get("PKTSTREAM_HOME")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "pktstream"
-
-
 def _cache_home() -> Path:
     base = os.environ.get("PKTSTREAM_HOME")
     if base:
@@ -74,7 +68,7 @@ class LocalKafka:
 
     def __post_init__(self) -> None:
         if self.data_dir is None:
-            self.data_dir = _state_home() / f"kafka-{self.port}"
+            self.data_dir = state_home() / f"kafka-{self.port}"
 
     @property
     def dir(self) -> Path:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,13 @@ from pktstream.producer.capture import (
     empty_records,
     ifindex_of,
 )
-from pktstream.producer.config import ProducerConfig
+from pktstream.producer.config import ProducerConfig, state_home
 from pktstream.producer.errors import InterfaceError
 from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
+from pktstream.producer.metrics import Heartbeat, MetricsServer
 from pktstream.producer.sampling import SamplingController
+from pktstream.producer.spool import Spool
+from pktstream.producer.stats import encode_report, stats_key
 from pktstream.schemas import load_schema_json
 
 log = structlog.get_logger("pktstream.producer")
@@ -41,6 +45,9 @@ log = structlog.get_logger("pktstream.producer")
 PACKET_SCHEMA = "packet"
 DRAIN_PAUSE_S = 0.005
 DRAIN_BUDGET_S = 0.05
+# the snapshot's fields that the stats topic carries (schemas/stats.avsc)
+STATS_FIELDS = ("packets_seen", "records_captured", "records_delivered", "records_failed", "records_pending",
+                "records_spooled", "ringbuf_full", "ringbuf_full_per_cpu", "sampled_out", "sample_rate", "batches")
 
 
 def schema_fingerprint(schema: dict[str, Any]) -> str:
@@ -70,6 +77,9 @@ class ProducerRun:
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
         self.sampler = SamplingController(base_rate=cfg.sample_rate, max_rate=cfg.max_sample_rate)
+        self.heartbeat = Heartbeat()
+        self.metrics: MetricsServer | None = None
+        self._next_stats = 0.0
         self._next_sample_check = 0.0
 
     # -- start-up -----------------------------------------------------------
@@ -91,6 +101,11 @@ class ProducerRun:
                 {"retention.ms": str(cfg.retention_ms), "max.message.bytes": str(64 << 20),
                  "compression.type": "producer"},
             )
+            ensure_topic(
+                conf, cfg.stats_topic, 1, cfg.replication_factor,
+                # compaction keeps the latest report of every run (key = host/run)
+                {"cleanup.policy": "compact,delete", "retention.ms": str(max(cfg.retention_ms, 30 * 86400_000))},
+            )
         schema = load_schema_json(PACKET_SCHEMA)
         self.fingerprint = schema_fingerprint(schema)
         self.writer = ContainerWriter(
@@ -103,17 +118,23 @@ class ProducerRun:
                 "pktstream.payload_bytes": str(cfg.payload_bytes),
             },
         )
+        spool = None
+        if cfg.spool_max_bytes:
+            spool_dir = Path(cfg.spool_dir or state_home() / "spool" / f"{cfg.host_id}-{cfg.topic}")
+            spool = Spool(spool_dir, cfg.spool_max_bytes)
+            if len(spool):
+                log.info("spool_found", directory=str(spool_dir), batches=len(spool), bytes=spool.bytes)
         self.publisher = Publisher(
             {**conf, "compression.type": cfg.compression, "queue.buffering.max.kbytes": cfg.queue_max_kbytes,
              "client.id": f"pktstream-{cfg.host_id}"},
-            cfg.topic,
+            cfg.topic, spool=spool, run_id=self.run_id,
         )
-        # compile (or load from numba's cache) the encoder now, not on the first batch
+        # warm the encoder path (column gathering, ctypes call) before the first real batch
         self.writer.container(batchmod.to_columns(empty_records(cfg.payload_bytes, 1), 0, 0), 1)
         self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes)
         self.capture.set_sample_rate(cfg.sample_rate)
         self.key = cfg.host_id.encode()
-        self.static_headers: list[tuple[str, str | bytes | None]] = [
+        self.static_headers: list[tuple[str, bytes]] = [
             ("pktstream.schema_fp", self.fingerprint.encode()),
             ("pktstream.host", cfg.host_id.encode()),
             ("pktstream.interface", cfg.interface.encode()),
@@ -188,6 +209,11 @@ class ProducerRun:
                  run_id=self.run_id, host_id=cfg.host_id, schema_fp=self.fingerprint)
         figures = Figures(self, tty=sys.stderr.isatty(), interval_s=cfg.stats_interval_s)
         started = time.monotonic()
+        self._next_stats = started + cfg.stats_publish_s
+        if cfg.metrics_port:
+            self.metrics = MetricsServer(cfg.metrics_address, cfg.metrics_port, self.snapshot, self.health,
+                                         {"host": cfg.host_id, "interface": cfg.interface})
+            log.info("metrics_listening", address=cfg.metrics_address, port=self.metrics.port)
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -198,9 +224,14 @@ class ProducerRun:
                 if self._batch_due(now):
                     self._flush_batch()
                 self.publisher.poll(0)
+                self.publisher.replay()
                 if cfg.adaptive_sampling and now >= self._next_sample_check:
                     self._adapt_sampling(now)
                 figures.maybe_emit(now)
+                if now >= self._next_stats:
+                    self._next_stats = now + cfg.stats_publish_s
+                    self._publish_stats(final=False)
+                self.heartbeat.beat()
                 # with batches in flight, wake often enough that delivery reports (and so
                 # the acknowledged figures and latencies) are served promptly
                 cap = 0.01 if self.publisher.queued() else 0.1
@@ -215,6 +246,49 @@ class ProducerRun:
         finally:
             self.shutdown(figures)
         return self.totals
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current totals, for the stats topic and /metrics."""
+        assert self.capture is not None and self.publisher is not None
+        c = self.capture.counters()
+        s = self.publisher.stats
+        lat = s.latency.percentiles_ms((50, 99))
+        return {
+            "packets_seen": c.packets,
+            "records_captured": self.totals.records_read,
+            "records_delivered": s.records_delivered,
+            "records_failed": s.records_failed,
+            "records_pending": self.totals.records_read - s.records_delivered - s.records_failed,
+            "records_spooled": s.records_spooled,
+            "records_replayed": s.records_replayed,
+            "spool_bytes": self.publisher.spool.bytes if self.publisher.spool else 0,
+            "ringbuf_full": c.ringbuf_full,
+            "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
+            "sampled_out": c.sampled_out,
+            "sample_rate": self.sampler.rate,
+            "batches": self.totals.batches,
+            "bytes_delivered": s.bytes_delivered,
+            "queue_messages": self.publisher.queued(),
+            "ring_fill_ratio": self.capture.reader.pending_bytes() / self.capture.reader.size,
+            "latency_p50_seconds": lat["p50"] / 1000,
+            "latency_p99_seconds": lat["p99"] / 1000,
+        }
+
+    def health(self) -> tuple[bool, str]:
+        if self.capture is None or self.capture.link_fd is None:
+            return False, "xdp program not attached"
+        if not self.heartbeat.fresh():
+            return False, "main loop stalled"
+        return True, "ok"
+
+    def _publish_stats(self, final: bool) -> None:
+        assert self.publisher is not None
+        snap = self.snapshot()
+        report = {k: snap[k] for k in STATS_FIELDS}
+        report.update(host_id=self.cfg.host_id, interface=self.cfg.interface, run_id=self.run_id,
+                      ts_ns=time.time_ns(), final=final)
+        self.publisher.publish_aux(self.cfg.stats_topic, stats_key(self.cfg.host_id, self.run_id),
+                                   encode_report(report))
 
     def _adapt_sampling(self, now: float) -> None:
         assert self.capture is not None
@@ -236,7 +310,9 @@ class ProducerRun:
         while self._drain() > 0:  # everything the kernel captured before the detach
             pass
         self._flush_batch()
-        undelivered = self.publisher.flush(60.0)
+        undelivered = self.publisher.drain_to_spool(60.0)
+        self._publish_stats(final=True)
+        self.publisher.flush(30.0)
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats
@@ -254,10 +330,14 @@ class ProducerRun:
             batches=self.totals.batches,
             seq_last=self.totals.next_seq - 1,
             undelivered_messages=undelivered,
+            records_spooled=s.records_spooled,
+            records_replayed=s.records_replayed,
             latency_p50_ms=round(lat["p50"], 2),
             latency_p99_ms=round(lat["p99"], 2),
             sample_rate=self.sampler.rate,
         )
+        if self.metrics is not None:
+            self.metrics.close()
         self.capture.close()
         self.capture = None
 

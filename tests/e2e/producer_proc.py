@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,11 +16,18 @@ from typing import Any
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
 
 
+def spool_dir() -> str:
+    """A spool of its own for each producer a test starts (unless the test names one)."""
+    return tempfile.mkdtemp(prefix="pktstream-test-spool-")
+
+
 class ProducerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
-        full_env = {**os.environ, "PKTSTREAM_LOG_FORMAT": "json", **(env or {})}
+        # no metrics port unless a test asks: several producers run side by side
+        full_env = {**os.environ, "PKTSTREAM_LOG_FORMAT": "json", "PKTSTREAM_METRICS_PORT": "0",
+                    "PKTSTREAM_SPOOL_DIR": spool_dir(), **(env or {})}
         self.proc = subprocess.Popen([PKTSTREAM, "produce", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env)
         self._t = threading.Thread(target=self._read, daemon=True)
