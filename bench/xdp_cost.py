@@ -3,7 +3,8 @@
     sudo .venv/bin/python -m bench.xdp_cost [--payload 128] [--repeat 200000]
 
 Each frame is run ``repeat`` times, ``rounds`` times over; the kernel reports
-the mean duration per run and the median of the rounds is printed. The ring buffer is drained between frames so that no reservation fails.
+the mean duration per run and the median of the rounds is printed. The ring
+buffer is drained between rounds so that no reservation fails.
 """
 
 from __future__ import annotations

@@ -181,10 +181,12 @@ class Publisher:
         spool = self.spool
         if spool is None or spool.inflight >= max_inflight or len(self.producer) > 100:
             return
-        for b in spool.oldest(max_inflight - spool.inflight):
+        batches = spool.oldest(max_inflight - spool.inflight)
+        for i, b in enumerate(batches):
             own = dict(b.headers).get("pktstream.run_id") == self.run_id.encode()
 
             def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own) -> None:
+                log.debug("spool_replay_result", file=b.path.name, error=str(err) if err else None)
                 spool.done(b, delivered=err is None)
                 if err is None:
                     self.stats.records_replayed += b.records
@@ -194,11 +196,14 @@ class Publisher:
                         self.stats.messages_delivered += 1
                         self.stats.bytes_delivered += len(b.value)
 
+            log.debug("spool_replay", file=b.path.name, records=b.records)
             try:
                 self.producer.produce(b.topic, value=b.value, key=b.key, headers=cast(Any, b.headers),
                                       on_delivery=on_delivery)
-            except BufferError:
+            except BufferError:  # the memory queue is full: try again on a later round
                 spool.done(b, delivered=False)
+                for rest in batches[i + 1 :]:  # not sent this time: free them for the next round
+                    spool.done(rest, delivered=False)
                 return
 
     def publish_aux(self, topic: str, key: bytes, value: bytes) -> None:
@@ -215,12 +220,20 @@ class Publisher:
         self.producer.poll(0)
 
     def drain_to_spool(self, timeout_s: float) -> int:
-        """At shutdown: deliver for up to ``timeout_s``, then move what is still queued to the spool."""
-        left = int(self.producer.flush(timeout_s))
+        """At shutdown: deliver the queue and the spool for up to ``timeout_s``, then move what
+        is still queued to the spool (it is replayed by the next run). Returns the messages left
+        undelivered and not spooled."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.replay()
+            self.producer.poll(0.1)
+            if not len(self.producer) and not (self.spool and (len(self.spool) or self.spool.inflight)):
+                break
+        left = len(self.producer)
         if left and self.spool is not None:
             self.producer.purge(in_queue=True, in_flight=False)
             self.producer.poll(0.5)
-            left = int(self.producer.flush(min(timeout_s, 30.0)))
+            left = int(self.producer.flush(30.0))
         return left
 
     def poll(self, timeout_s: float = 0) -> None:
