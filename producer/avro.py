@@ -15,18 +15,17 @@ schema uses.
 
 from __future__ import annotations
 
-import ctypes
-import importlib.machinery
 import json
 import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from pktstream.producer.native import load_native
 
 CODECS = ("null", "deflate", "snappy", "zstandard")
 MAGIC = b"Obj\x01"
@@ -71,28 +70,7 @@ def zigzag(values: npt.ArrayLike) -> npt.NDArray[np.uint64]:
 
 KIND_VARINT, KIND_FIXED, KIND_BYTES = 0, 1, 2
 
-_I64P = np.ctypeslib.ndpointer(dtype=np.int64, flags="C_CONTIGUOUS")
-_U8P = np.ctypeslib.ndpointer(dtype=np.uint8, flags="C_CONTIGUOUS")
-
-
-def _load_native() -> ctypes.CDLL:
-    """The compiled loops in _native.c, built with the package (plain C, loaded with ctypes)."""
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_native{suffix}"
-        if path.exists():
-            lib = ctypes.CDLL(str(path))
-            lib.pkt_avro_encode.restype = ctypes.c_int64
-            i64 = ctypes.c_int64
-            lib.pkt_avro_encode.argtypes = [
-                i64, i64, _I64P, _I64P, _I64P, i64, _U8P, i64, _I64P, _I64P, _U8P, i64, _I64P, _I64P,
-                _I64P, i64, _U8P, i64,
-            ]
-            return lib
-    raise ImportError(f"pktstream's compiled encoder (_native*.so) is missing in {here}; reinstall pktstream")
-
-
-_native = _load_native()
+_native = load_native()
 
 
 def encode_records(specs: Sequence[FieldSpec], columns: Mapping[str, Any], n: int) -> bytes:

@@ -30,6 +30,8 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--partitions", "partitions", int, "partitions when creating the topic"),
     ("--payload-bytes", "payload_bytes", int, "payload prefix per packet, 0..256 (default 64)"),
     ("--ringbuf-bytes", "ringbuf_bytes", int, "ring buffer size (power of two)"),
+    ("--payload-ports", "payload_ports", str, "ports whose packets keep payload, e.g. 80,8080 (default all)"),
+    ("--payload-networks", "payload_networks", str, "CIDRs whose packets keep payload (default all)"),
     ("--xdp-mode", "xdp_mode", str, "auto | native | generic"),
     ("--sample-rate", "sample_rate", int, "capture 1 packet in N"),
     ("--max-sample-rate", "max_sample_rate", int, "ceiling of adaptive sampling (default 1024)"),
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", help="TOML configuration file")
     for flag, field, typ, help_ in _PRODUCE_FLAGS:
         pr.add_argument(flag, dest=field, type=typ, default=None, help=help_)
+    pr.add_argument("--no-redact", dest="redact", action="store_false", default=None,
+                    help="publish payload prefixes as captured, credentials included")
     pr.add_argument("--no-adaptive-sampling", dest="adaptive_sampling", action="store_false", default=None,
                     help="never raise the sampling rate under overload (losses then show as kernel drops)")
     pr.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
@@ -111,6 +115,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     flags = {field: getattr(args, field) for _, field, _, _ in _PRODUCE_FLAGS}
     flags["adaptive_sampling"] = args.adaptive_sampling
+    flags["redact"] = args.redact
     cfg: ProducerConfig = load_config(flags=flags, config_file=args.config, kafka_overrides=_kv(args.kafka_props))
     configure_logging(cfg.log_format, cfg.log_level)
     if not cfg.interface:

@@ -11,6 +11,7 @@ Every invalid value is reported at once, and secrets never reach the logs.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -55,6 +56,13 @@ class ProducerConfig:
     interface: str = field(default="", metadata={"doc": "interface to capture on; default: the default route's"})
     xdp_mode: str = field(default="auto", metadata={"doc": "auto | native | generic"})
     payload_bytes: int = field(default=64, metadata={"doc": "L4 payload prefix per record, 0..256"})
+    redact: bool = field(default=True, metadata={"doc": "redact credentials in payload prefixes before publishing"})
+    payload_ports: str = field(
+        default="", metadata={"doc": "comma-separated ports whose packets keep payload; empty = all"}
+    )
+    payload_networks: str = field(
+        default="", metadata={"doc": "comma-separated CIDRs whose packets keep payload; empty = all"}
+    )
     ringbuf_bytes: int = field(default=16 << 20, metadata={"doc": "ring buffer size, power of two >= 64 KiB"})
     sample_rate: int = field(default=1, metadata={"doc": "capture 1 packet in N (1 = all); adaptive sampling floor"})
     adaptive_sampling: bool = field(
@@ -193,6 +201,14 @@ def validate(cfg: ProducerConfig) -> list[str]:
     rb = cfg.ringbuf_bytes
     if rb < 65536 or rb & (rb - 1) or rb > 1 << 30:
         p.append(f"ringbuf_bytes: {rb} must be a power of two between 65536 and 1073741824")
+    for port in filter(None, (x.strip() for x in cfg.payload_ports.split(","))):
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            p.append(f"payload_ports: {port!r} is not a port")
+    for net in filter(None, (x.strip() for x in cfg.payload_networks.split(","))):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            p.append(f"payload_networks: {net!r} is not a network (CIDR)")
     if cfg.sample_rate < 1:
         p.append(f"sample_rate: {cfg.sample_rate} must be >= 1")
     if cfg.max_sample_rate < max(1, cfg.sample_rate):

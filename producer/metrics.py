@@ -31,6 +31,7 @@ COUNTERS = {
     "batches": "Packet-topic messages produced.",
     "bytes_delivered": "Bytes of packet-topic messages acknowledged.",
     "records_replayed": "Records delivered from the on-disk spool.",
+    "records_redacted": "Records whose payload prefix had credentials redacted.",
 }
 GAUGES = {
     "sample_rate": "1-in-N sampling rate in force.",

@@ -35,6 +35,7 @@ from pktstream.producer.config import ProducerConfig, state_home
 from pktstream.producer.errors import InterfaceError
 from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
 from pktstream.producer.metrics import Heartbeat, MetricsServer
+from pktstream.producer.privacy import PayloadScope, redact
 from pktstream.producer.sampling import SamplingController
 from pktstream.producer.spool import Spool
 from pktstream.producer.stats import encode_report, stats_key
@@ -60,6 +61,8 @@ class RunTotals:
     records_read: int = 0
     batches: int = 0
     next_seq: int = 0
+    redacted: int = 0  # records whose payload had credentials replaced
+    payload_cleared: int = 0  # records whose payload was out of scope
 
 
 class ProducerRun:
@@ -78,6 +81,10 @@ class ProducerRun:
         self._last_counters = Counters()
         self.sampler = SamplingController(base_rate=cfg.sample_rate, max_rate=cfg.max_sample_rate)
         self.heartbeat = Heartbeat()
+        self.scope = PayloadScope(
+            [int(x) for x in cfg.payload_ports.split(",") if x.strip()],
+            [x.strip() for x in cfg.payload_networks.split(",") if x.strip()],
+        )
         self.metrics: MetricsServer | None = None
         self._next_stats = 0.0
         self._next_sample_check = 0.0
@@ -158,6 +165,10 @@ class ProducerRun:
         self._pending_n = 0
         self._pending_bytes = 0
         n = len(recs)
+        if self.cfg.payload_bytes:
+            self.totals.payload_cleared += self.scope.apply(recs)
+            if self.cfg.redact:
+                self.totals.redacted += redact(recs)
         seq_first = self.totals.next_seq
         offset = time.time_ns() - time.monotonic_ns()
         cols = batchmod.to_columns(recs, seq_first, offset)
@@ -267,6 +278,7 @@ class ProducerRun:
             "sampled_out": c.sampled_out,
             "sample_rate": self.sampler.rate,
             "batches": self.totals.batches,
+            "records_redacted": self.totals.redacted,
             "bytes_delivered": s.bytes_delivered,
             "queue_messages": self.publisher.queued(),
             "ring_fill_ratio": self.capture.reader.pending_bytes() / self.capture.reader.size,

@@ -22,13 +22,13 @@ def spool_dir() -> str:
 
 
 class ProducerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:
         self.events: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
         # no metrics port unless a test asks: several producers run side by side
         full_env = {**os.environ, "PKTSTREAM_LOG_FORMAT": "json", "PKTSTREAM_METRICS_PORT": "0",
                     "PKTSTREAM_SPOOL_DIR": spool_dir(), **(env or {})}
-        self.proc = subprocess.Popen([PKTSTREAM, "produce", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*prefix, PKTSTREAM, "produce", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env)
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()

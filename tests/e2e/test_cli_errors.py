@@ -7,10 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
 from tests.helpers import NetnsHost, require, sh
@@ -75,3 +78,26 @@ def test_sigkill_leaves_no_xdp_program_attached(
 def test_no_python_traceback_for_user_errors() -> None:
     r = run("produce", "--config", str(Path(sys.prefix) / "missing.toml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.toml" in r.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.kafka
+def test_runs_with_only_the_documented_capabilities(
+    kafka_bootstrap: str, make_host: Callable[..., NetnsHost]
+) -> None:
+    """The bounding set holds CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and nothing else."""
+    require(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
+    host = make_host()
+    topic = f"leastpriv-{uuid.uuid4().hex[:6]}"
+    prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+                           prefix=("setpriv", "--bounding-set=-all,+bpf,+net_admin,+perfmon", "--inh-caps=-all", "--"))
+    prod.wait_event("producer_started")
+    status = Path(f"/proc/{prod.proc.pid}/status").read_text()
+    host.send_frames([bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.1")
+                            / UDP(sport=1, dport=2))] * 10)
+    time.sleep(1)
+    assert prod.stop() == 0
+    bnd = int(next(ln for ln in status.splitlines() if ln.startswith("CapBnd:")).split()[1], 16)
+    assert bnd == (1 << 39) | (1 << 12) | (1 << 38)  # bpf, net_admin, perfmon
+    stopped = prod.event("producer_stopped")
+    assert stopped["records_delivered"] == stopped["packets_seen"] == 10

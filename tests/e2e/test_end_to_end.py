@@ -85,7 +85,8 @@ def traffic(host: NetnsHost) -> int:
         "import socket\n"
         f"for i in range(3):\n"
         f"    c = socket.create_connection(('{host.host_ip}', {port}), timeout=5)\n"
-        "    c.sendall(b'GET /api/items/%d HTTP/1.1\\r\\nHost: shop\\r\\n\\r\\n' % i)\n"
+        "    c.sendall(b'GET /api/items/%d?token=abc123 HTTP/1.1\\r\\nHost: shop\\r\\n"
+        "Authorization: Bearer s3cr3t\\r\\n\\r\\n' % i)\n"
         "    c.recv(100)\n"
         "    c.close()\n"
         "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -115,7 +116,8 @@ def test_every_captured_packet_arrives_exactly_once(
     host = make_host()
     topic = f"e2e-{uuid.uuid4().hex[:8]}"
     prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
-                           "--partitions", "2", "--batch-age-ms", "50", "--batch-records", "16")
+                           "--partitions", "2", "--batch-age-ms", "50", "--batch-records", "16",
+                           "--payload-bytes", "128")
     pcap = tmp_path / "in.pcap"
     dump = None
     try:
@@ -147,3 +149,9 @@ def test_every_captured_packet_arrives_exactly_once(
     assert {r["host"] for r in records} == {prod.event("producer_started")["host_id"]}
     http = [r for r in records if bytes.fromhex(r["payload"]).startswith(b"GET /api/items/")]
     assert len(http) == 3 and all(r["dst_port"] > 0 and r["tcp_flags"] & 0x08 for r in http)
+    # credentials never reach Kafka: redacted in place, lengths kept
+    for r in http:
+        p = bytes.fromhex(r["payload"])
+        assert b"?token=******" in p and b"Authorization: *************\r\n" in p
+    assert not any(b"s3cr3t" in bytes.fromhex(r["payload"]) or b"abc123" in bytes.fromhex(r["payload"])
+                   for r in records)
