@@ -37,6 +37,7 @@ def check_reachable(conf: Mapping[str, Any], timeout_s: float = 10.0) -> None:
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
+        admin.poll(1.0)  # serve error_cb: it says why (authentication, TLS, resolution, refused)
         detail = "; ".join(dict.fromkeys(errors)) or str(e)
         raise KafkaUnavailableError(
             f"cannot reach Kafka at {conf.get('bootstrap.servers')} within {timeout_s:.0f}s: {detail}"

@@ -65,6 +65,10 @@ class LocalKafka:
     data_dir: Path | None = None
     version: str = KAFKA_VERSION
     heap: str = "768m"
+    # optional second listener with SASL/SCRAM-SHA-512 over TLS (self-signed certificate)
+    sasl_port: int = 0
+    sasl_user: str = "pktstream"
+    sasl_password: str = ""
 
     def __post_init__(self) -> None:
         if self.data_dir is None:
@@ -123,16 +127,66 @@ class LocalKafka:
         return self.libs
 
     # -- lifecycle ----------------------------------------------------------
+    @property
+    def ca_file(self) -> Path:
+        """The PEM certificate a client must trust to reach the SASL_SSL listener."""
+        return self.dir / "tls" / "ca.pem"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    def _ensure_tls(self) -> None:
+        tls = self.dir / "tls"
+        if (tls / "broker.p12").exists():
+            return
+        tls.mkdir(parents=True, exist_ok=True)
+        pw = self._store_password()
+        common = ["-keystore", str(tls / "broker.p12"), "-storetype", "PKCS12", "-storepass", pw]
+        for args in (
+            ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
+             "-dname", "CN=localhost", "-ext", "SAN=dns:localhost,ip:127.0.0.1", "-keypass", pw],
+            ["-exportcert", "-rfc", "-alias", "broker", "-file", str(self.ca_file)],
+        ):
+            proc = subprocess.run(["keytool", *args, *common], capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise LocalKafkaError(f"keytool failed: {proc.stdout}{proc.stderr}")
+
+    def _store_password(self) -> str:
+        f = self.dir / "tls" / "store.password"
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(uuid.uuid4().hex)
+            f.chmod(0o600)
+        return f.read_text().strip()
+
     def _properties(self) -> str:
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        extra: list[str] = []
+        if self.sasl_port:
+            listeners.append(f"SASL_SSL://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL_SSL:SASL_SSL")
+            pw = self._store_password()
+            extra = [
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                f"ssl.keystore.location={self.dir / 'tls' / 'broker.p12'}",
+                "ssl.keystore.type=PKCS12",
+                f"ssl.keystore.password={pw}",
+                f"ssl.key.password={pw}",
+            ]
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={','.join(protocols)}",
+            *extra,
             f"log.dirs={self.dir / 'data'}",
             "num.partitions=1",
             "auto.create.topics.enable=false",
@@ -188,14 +242,21 @@ class LocalKafka:
             )
         self.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.sasl_port:
+            if not self.sasl_password:
+                raise LocalKafkaError("a SASL listener needs sasl_password")
+            self._ensure_tls()
         props = self.dir / "server.properties"
         props.write_text(self._properties())
+        props.chmod(0o600)
         (self.dir / "log4j2.xml").write_text(_LOG4J2)
         if not (self.dir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.sasl_user},password={self.sasl_password}]"] \
+                if self.sasl_port else []
             proc = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                           "--standalone"),
+                           "--standalone", *scram),
                 capture_output=True, text=True, timeout=180,
             )
             if proc.returncode != 0:

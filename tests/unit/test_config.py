@@ -54,3 +54,13 @@ def test_bad_file(tmp_path: Path) -> None:
         load_config(env={}, config_file=f)
     with pytest.raises(ConfigError, match="No such file"):
         load_config(env={}, config_file=tmp_path / "missing.toml")
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for f in fields(ProducerConfig):
+        if f.name != "kafka":
+            assert f"| `{f.name}` |" in doc, f"docs/configuration.md lacks {f.name}"
