@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require
+from tests.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require, running_broker
 
 TEST_KAFKA_PORT = int(os.environ.get("PKTSTREAM_TEST_KAFKA_PORT", "19092"))
 
@@ -24,16 +22,8 @@ def kafka_bootstrap() -> Iterator[str]:
     if named:
         yield named
         return
-    from pktstream.producer.kafka_local import LocalKafka
-
-    data_dir = Path(tempfile.mkdtemp(prefix="pktstream-test-kafka-"))
-    lk = LocalKafka(port=TEST_KAFKA_PORT, data_dir=data_dir)
-    lk.down()
-    bootstrap = lk.up()
-    try:
-        yield bootstrap
-    finally:
-        lk.down()
+    with running_broker(TEST_KAFKA_PORT, "kafka") as lk:
+        yield lk.bootstrap
 
 
 @pytest.fixture(scope="session")

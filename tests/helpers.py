@@ -9,13 +9,29 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pktstream.producer.kafka_local import LocalKafka
+
 PREFIX = "pstt"  # every namespace and interface the tests create starts with this
+
+
+@contextmanager
+def running_broker(port: int, name: str, **kw: Any) -> Iterator[LocalKafka]:
+    """A real single-node broker of its own, in a fresh data directory, stopped afterwards."""
+    lk = LocalKafka(port=port, data_dir=Path(tempfile.mkdtemp(prefix=f"pktstream-test-{name}-")), **kw)
+    lk.down()  # one left by an interrupted run
+    lk.up()
+    try:
+        yield lk
+    finally:
+        lk.down()
 
 
 def require(cond: bool, why: str) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -24,7 +22,7 @@ from scapy.packet import Raw
 
 from pktstream.producer.kafka_local import LocalKafka
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost
+from tests.helpers import NetnsHost, running_broker
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -33,13 +31,8 @@ OUTAGE_PORT = int(os.environ.get("PKTSTREAM_TEST_OUTAGE_PORT", "19300"))
 
 @pytest.fixture
 def own_broker(root: None) -> Iterator[LocalKafka]:
-    lk = LocalKafka(port=OUTAGE_PORT, data_dir=Path(tempfile.mkdtemp(prefix="pktstream-test-outage-")))
-    lk.down()
-    lk.up()
-    try:
+    with running_broker(OUTAGE_PORT, "outage") as lk:
         yield lk
-    finally:
-        lk.down()
 
 
 def burst(host: NetnsHost, n: int, tag: int) -> None:

@@ -149,6 +149,11 @@ def test_every_captured_packet_arrives_exactly_once(
     assert {r["host"] for r in records} == {prod.event("producer_started")["host_id"]}
     http = [r for r in records if bytes.fromhex(r["payload"]).startswith(b"GET /api/items/")]
     assert len(http) == 3 and all(r["dst_port"] > 0 and r["tcp_flags"] & 0x08 for r in http)
+    # tail from a time: all of it from the epoch on, nothing from an hour ahead
+    for since_ms, expect in ((0, len(records)), (int(time.time() * 1000) + 3_600_000, 0)):
+        buf = io.StringIO()
+        tail({"bootstrap.servers": kafka_bootstrap}, topic, start="time", since_ms=since_ms, follow=False, out=buf)
+        assert len(buf.getvalue().splitlines()) == expect
     # credentials never reach Kafka: redacted in place, lengths kept
     for r in http:
         p = bytes.fromhex(r["payload"])

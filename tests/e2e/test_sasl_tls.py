@@ -11,10 +11,8 @@ import json
 import os
 import secrets
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -23,7 +21,7 @@ from scapy.layers.l2 import Ether
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka_local import LocalKafka
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost
+from tests.helpers import NetnsHost, running_broker
 
 pytestmark = [pytest.mark.kafka]
 
@@ -32,14 +30,8 @@ PORT = int(os.environ.get("PKTSTREAM_TEST_SASL_PORT", "19310"))
 
 @pytest.fixture(scope="module")
 def sasl_broker(root: None) -> Iterator[LocalKafka]:
-    lk = LocalKafka(port=PORT, sasl_port=PORT + 2, sasl_password=secrets.token_hex(12),
-                    data_dir=Path(tempfile.mkdtemp(prefix="pktstream-test-sasl-")))
-    lk.down()
-    lk.up()
-    try:
+    with running_broker(PORT, "sasl", sasl_port=PORT + 2, sasl_password=secrets.token_hex(12)) as lk:
         yield lk
-    finally:
-        lk.down()
 
 
 def client_props(lk: LocalKafka, password: str) -> dict[str, str]:
