@@ -127,7 +127,8 @@ class ProducerRun:
         )
         spool = None
         if cfg.spool_max_bytes:
-            spool_dir = Path(cfg.spool_dir or state_home() / "spool" / f"{cfg.host_id}-{cfg.topic}")
+            # one spool per producer (host, interface, topic): two never replay the same files
+            spool_dir = Path(cfg.spool_dir or state_home() / "spool" / f"{cfg.host_id}-{cfg.interface}-{cfg.topic}")
             spool = Spool(spool_dir, cfg.spool_max_bytes)
             if len(spool):
                 log.info("spool_found", directory=str(spool_dir), batches=len(spool), bytes=spool.bytes)
@@ -350,6 +351,8 @@ class ProducerRun:
         )
         if self.metrics is not None:
             self.metrics.close()
+        if self.publisher.spool is not None:
+            self.publisher.spool.close()
         self.capture.close()
         self.capture = None
 

@@ -13,11 +13,14 @@ the producer is lost, and it is never silent.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pktstream.producer.errors import PktstreamError
 
 _SUFFIX = ".batch"
 
@@ -37,6 +40,14 @@ class Spool:
         self.dir = directory
         self.max_bytes = max_bytes
         self.dir.mkdir(parents=True, exist_ok=True)
+        # one producer per spool: a second one would replay the same files (duplicates)
+        self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115 - held for the spool's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise PktstreamError(f"spool {self.dir} is in use by another producer; give this one its own "
+                                 "spool_dir") from None
         for tmp in self.dir.glob("*.tmp"):  # a write interrupted by a crash
             tmp.unlink(missing_ok=True)
         self.bytes = sum(p.stat().st_size for p in self.dir.glob(f"*{_SUFFIX}"))
@@ -95,3 +106,7 @@ class Spool:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def close(self) -> None:
+        """Release the spool for the next producer (the files stay)."""
+        self._lock.close()

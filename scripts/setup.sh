@@ -14,8 +14,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 arch=$(dpkg --print-architecture)
-pkgs=(python3 python3-venv python3-bpfcc libbpfcc bpftool iproute2 libcap2-bin gcc libc6-dev
-      default-jre-headless maven tshark tcpdump netsniff-ng hping3 ca-certificates)
+# bcc (Python bindings and library); gcc builds producer/_native.c; Java (with keytool) and Maven
+# run the local Kafka broker; iproute2, libcap2-bin (capsh) and tcpdump serve the tests.
+pkgs=(python3 python3-venv python3-bpfcc libbpfcc iproute2 libcap2-bin gcc libc6-dev
+      default-jre-headless maven tcpdump ca-certificates)
 kver=$(uname -r)
 missing=()
 for p in "${pkgs[@]}"; do
