@@ -172,3 +172,73 @@ int64_t pkt_redact(uint8_t *payload, int64_t n, int64_t stride, int64_t width, c
 	}
 	return count;
 }
+
+/* ---- decoding -------------------------------------------------------------------------- */
+
+/* Read one Avro long at *pos; returns 0, or -1 past the end, -2 if longer than 10 bytes. */
+static inline int get_varint(const uint8_t *buf, int64_t len, int64_t *pos, int64_t *out)
+{
+	uint64_t z = 0;
+	int shift = 0;
+	for (;;) {
+		if (*pos >= len)
+			return -1;
+		uint8_t b = buf[(*pos)++];
+		z |= (uint64_t)(b & 0x7F) << shift;
+		if (!(b & 0x80))
+			break;
+		shift += 7;
+		if (shift > 63)
+			return -2;
+	}
+	*out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+	return 0;
+}
+
+/* Decode nrec records of the field layout (kinds/slots as for encoding) into column matrices.
+ * A bytes value longer than its column's width is cut to the width; its full length is kept in
+ * blens. Returns the bytes consumed, or a negative error: -1 data ends inside a record, -2 a
+ * varint longer than 10 bytes, -3 a negative bytes length. Never reads past len. */
+int64_t pkt_avro_decode(const uint8_t *buf, int64_t len, int64_t nrec, int64_t nfields, const int64_t *kinds,
+			const int64_t *slots, int64_t *ints, int64_t ints_cols,
+			uint8_t *fixed, int64_t fixed_cols, const int64_t *fixed_off, const int64_t *fixed_size,
+			uint8_t *byts, int64_t byts_cols, const int64_t *byts_off, const int64_t *byts_width,
+			int64_t *blens, int64_t blens_cols)
+{
+	int64_t pos = 0;
+	for (int64_t i = 0; i < nrec; i++) {
+		for (int64_t f = 0; f < nfields; f++) {
+			int64_t s = slots[f], v;
+			int rc;
+			switch (kinds[f]) {
+			case KIND_VARINT:
+				rc = get_varint(buf, len, &pos, &v);
+				if (rc)
+					return rc;
+				ints[i * ints_cols + s] = v;
+				break;
+			case KIND_FIXED: {
+				int64_t sz = fixed_size[s];
+				if (len - pos < sz)
+					return -1;
+				memcpy(fixed + i * fixed_cols + fixed_off[s], buf + pos, (size_t)sz);
+				pos += sz;
+				break;
+			}
+			default:
+				rc = get_varint(buf, len, &pos, &v);
+				if (rc)
+					return rc;
+				if (v < 0)
+					return -3;
+				if (len - pos < v)
+					return -1;
+				blens[i * blens_cols + s] = v;
+				memcpy(byts + i * byts_cols + byts_off[s], buf + pos,
+				       (size_t)(v < byts_width[s] ? v : byts_width[s]));
+				pos += v;
+			}
+		}
+	}
+	return pos;
+}

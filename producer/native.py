@@ -26,6 +26,11 @@ def load_native() -> ctypes.CDLL:
                 i64, i64, _I64P, _I64P, _I64P, i64, _U8P, i64, _I64P, _I64P, _U8P, i64, _I64P, _I64P,
                 _I64P, i64, _U8P, i64,
             ]
+            lib.pkt_avro_decode.restype = i64
+            lib.pkt_avro_decode.argtypes = [
+                _U8P, i64, i64, i64, _I64P, _I64P, _I64P, i64, _U8P, i64, _I64P, _I64P, _U8P, i64, _I64P, _I64P,
+                _I64P, i64,
+            ]
             lib.pkt_redact.restype = i64
             lib.pkt_redact.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64]
             return lib
