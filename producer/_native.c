@@ -109,8 +109,13 @@ static int secret_param(const uint8_t *p, int64_t len)
 static int redact_one(uint8_t *p, int64_t len)
 {
 	int changed = 0;
-	/* request line: query parameters after the first '?' before a space or end of line */
+	/* request line (only if the prefix starts like one, "TOKEN "): query parameters after the
+	 * first '?' before a space or the end of the line */
 	int64_t i = 0;
+	while (i < len && p[i] >= 'A' && p[i] <= 'Z')
+		i++;
+	if (i == 0 || i >= len || p[i] != ' ')
+		i = len;
 	while (i < len && p[i] != '?' && p[i] != '\r' && p[i] != '\n')
 		i++;
 	if (i < len && p[i] == '?') {
@@ -135,10 +140,8 @@ static int redact_one(uint8_t *p, int64_t len)
 				i++;
 		}
 	}
-	/* header lines: at the start of every line */
-	for (int64_t s = 0; s < len; s++) {
-		if (s != 0 && p[s - 1] != '\n')
-			continue;
+	/* header lines: at the start of every line (memchr jumps from one line to the next) */
+	for (int64_t s = 0; s < len;) {
 		for (int k = 0; SECRET_HEADERS[k]; k++) {
 			if (!starts_with(p + s, len - s, SECRET_HEADERS[k]))
 				continue;
@@ -153,6 +156,10 @@ static int redact_one(uint8_t *p, int64_t len)
 			}
 			break;
 		}
+		const uint8_t *nl = memchr(p + s, '\n', (size_t)(len - s));
+		if (!nl)
+			break;
+		s = (int64_t)(nl - p) + 1;
 	}
 	return changed;
 }

@@ -1,4 +1,5 @@
-"""The compiled loops of _native.c, loaded with ctypes (plain C, no Python API)."""
+"""The compiled loops of producer/_native.c and consumers/_parse.c (one shared library built
+with the package), loaded with ctypes (plain C, no Python API)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def load_native() -> ctypes.CDLL:
                 _U8P, i64, i64, i64, _I64P, _I64P, _I64P, i64, _U8P, i64, _I64P, _I64P, _U8P, i64, _I64P, _I64P,
                 _I64P, i64,
             ]
+            lib.pkt_parse_payloads.restype = i64
+            lib.pkt_parse_payloads.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p]
             lib.pkt_redact.restype = i64
             lib.pkt_redact.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64]
             return lib

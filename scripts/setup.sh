@@ -64,7 +64,7 @@ bcc_dir=$(ls -d /usr/lib/python3/dist-packages/bcc 2>/dev/null || true)
 ln -sfn "$bcc_dir" "$site/bcc"
 
 stamp="$VENV/.pktstream-installed"
-want=$(cat pyproject.toml producer/*.c; find producer consumers bpf schemas -name '*.py' | sort)
+want=$(cat pyproject.toml producer/*.c consumers/*.c; find producer consumers bpf schemas -name '*.py' | sort)
 want=$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing pktstream and its Python dependencies into $VENV"
