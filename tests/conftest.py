@@ -4,10 +4,17 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require, running_broker
 
 TEST_KAFKA_PORT = int(os.environ.get("PKTSTREAM_TEST_KAFKA_PORT", "19092"))
+
+# CI replays a fixed set of generated examples (the same on every run), so that a run is
+# reproducible; developers' runs draw new ones and widen the search over time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
