@@ -4,6 +4,7 @@ FROM debian:bookworm-slim
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
         python3 python3-venv python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ca-certificates \
+        gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/pktstream
 COPY . .
@@ -11,4 +12,7 @@ RUN python3 -m venv /opt/venv \
     && ln -s /usr/lib/python3/dist-packages/bcc "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
     && /opt/venv/bin/pip install --no-cache-dir .
 ENV PATH=/opt/venv/bin:$PATH
+# the spool and other state; mount a volume here so that a restarted container replays its spool
+ENV PKTSTREAM_HOME=/var/lib/pktstream
+VOLUME /var/lib/pktstream
 ENTRYPOINT ["pktstream"]

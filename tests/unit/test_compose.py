@@ -46,3 +46,14 @@ def test_tail_consumer_reads_the_same_topic() -> None:
     s = load()["services"]
     assert "tail" in s["tail"]["command"]
     assert s["tail"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_named_volumes_are_declared() -> None:
+    data = load()
+    declared = set(data.get("volumes") or {})
+    for name, svc in data["services"].items():
+        for v in svc.get("volumes", []):
+            src = v.split(":", 1)[0]
+            if not src.startswith(("/", ".")):
+                assert src in declared, f"{name} uses undeclared volume {src}"
+    assert "/var/lib/pktstream" in " ".join(data["services"]["producer"]["volumes"])
