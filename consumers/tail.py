@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.consumers.deadletter import DeadLetters
 from pktstream.consumers.decode import DecodeError, decode_container, present
 
 log = structlog.get_logger("pktstream.tail")
@@ -43,6 +44,7 @@ def tail(
     out: TextIO = sys.stdout,
     idle_timeout_s: float = 5.0,
     should_stop: Callable[[], bool] = lambda: False,
+    dead_letter_topic: str | None = None,
 ) -> TailStats:
     """Print records as JSON lines; returns what was read.
 
@@ -57,6 +59,7 @@ def tail(
         "auto.offset.reset": "earliest",
     })
     stats = TailStats()
+    dead = DeadLetters(conf, dead_letter_topic, "pktstream-tail") if dead_letter_topic else None
     try:
         md = consumer.list_topics(topic, timeout=10)
         tmd = md.topics.get(topic)
@@ -95,8 +98,11 @@ def tail(
                 container = decode_container(msg.value())
             except DecodeError as e:
                 stats.corrupt += 1
-                log.warning("message_corrupt", topic=topic, partition=msg.partition(), offset=msg.offset(),
-                            reason=str(e))
+                if dead is not None:
+                    dead.put(msg, str(e))
+                else:
+                    log.warning("message_corrupt", topic=topic, partition=msg.partition(), offset=msg.offset(),
+                                reason=str(e))
                 continue
             host = hdr.get("pktstream.host") or container.metadata.get("pktstream.host", "")
             iface = hdr.get("pktstream.interface") or container.metadata.get("pktstream.interface", "")
@@ -106,8 +112,10 @@ def tail(
                 stats.records += 1
                 if max_records is not None and stats.records >= max_records:
                     out.flush()
-                    return stats
+                    return stats  # the finally clause closes the consumer and the dead letters
             out.flush()
     finally:
         consumer.close()
+        if dead is not None:
+            dead.close()
     return stats

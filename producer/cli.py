@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--no-follow", action="store_true", help="stop at the end of the topic")
     ta.add_argument("--max", type=int, default=None, help="stop after this many records")
     ta.add_argument("--payload", choices=["text", "base64", "hex", "none"], default="text")
+    ta.add_argument("--dead-letter-topic", default=None,
+                    help="set messages that do not decode aside in this topic (with the reason) instead of only "
+                         "counting them")
     ta.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
     au = sub.add_parser("audit", help="reconcile the packet topic with the producers' loss accounting")
@@ -156,7 +159,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     conf = client_config(bootstrap, _kv(args.kafka_props))
     try:
         stats = tail(conf, args.topic, start=start, since_ms=since_ms, follow=not args.no_follow,
-                     max_records=args.max, payload=args.payload)
+                     max_records=args.max, payload=args.payload, dead_letter_topic=args.dead_letter_topic)
     except KeyboardInterrupt:
         return 0
     except KafkaException as e:
