@@ -8,6 +8,7 @@
  * Compile flags (defaults in pktstream.h or below):
  *   PAYLOAD_BYTES  payload prefix copied per record (0..256)
  *   RINGBUF_PAGES  ring-buffer size in pages (power of two)
+ *   PIN_COUNTERS   bpffs path to pin the counters map at (optional)
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -34,7 +35,13 @@
 #define ETH_P_IPV6_ 0x86DD
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#ifdef PIN_COUNTERS
+/* Pinned in bpffs (PIN_COUNTERS is its path): the counters outlive a producer that is killed,
+ * so that the next one can account for the dead run's packets exactly. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, counters, CNT_MAX, PIN_COUNTERS);
+#else
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+#endif
 BPF_ARRAY(config, u32, CFG_MAX);
 
 struct vlan_hdr_ {

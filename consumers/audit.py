@@ -43,6 +43,18 @@ class RunAudit:
         return sum(b - a + 1 for a, b in self.gaps)
 
     @property
+    def crashed(self) -> bool:
+        return bool(self.report and self.report.get("crashed"))
+
+    @property
+    def crash_lost(self) -> int:
+        """Records of a run that did not end cleanly that entered the ring but never reached the topic."""
+        if not self.crashed:
+            return 0
+        assert self.report is not None
+        return max(0, int(self.report["records_captured"]) - self.unique)
+
+    @property
     def unexplained(self) -> int:
         """Captured records neither in the topic nor counted as given up or still pending.
 
@@ -51,6 +63,8 @@ class RunAudit:
         the topic by now and need no explaining."""
         if self.report is None:
             return self.missing
+        if self.crashed:
+            return 0  # what is absent was lost in the crash: crash_lost counts it
         r = self.report
         absent = int(r["records_captured"]) - self.unique - int(r["records_failed"])
         return max(0, absent - int(r["records_pending"]))
@@ -61,9 +75,16 @@ class RunAudit:
         r = self.report
         return r is not None and r["packets_seen"] == r["records_captured"] + r["ringbuf_full"] + r["sampled_out"]
 
+    @property
+    def exact(self) -> bool:
+        """Every packet the run's kernel program saw is in the topic once or counted with its cause."""
+        return bool(self.report and self.report["final"] and self.kernel_identity and self.unexplained == 0
+                    and self.duplicates == 0)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(missing=self.missing, unexplained=self.unexplained, kernel_identity=self.kernel_identity)
+        d.update(missing=self.missing, unexplained=self.unexplained, kernel_identity=self.kernel_identity,
+                 crashed=self.crashed, crash_lost=self.crash_lost, exact=self.exact)
         return d
 
 
@@ -174,17 +195,16 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
 
 def render(runs: list[RunAudit]) -> str:
     cols = ["host", "run", "iface", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
-            "failed", "pending", "unexplained", "final", "exact"]
+            "failed", "pending", "crash lost", "unexplained", "final", "exact"]
     rows = [cols]
     for r in runs:
         rep = r.report or {}
-        exact = r.report is not None and r.report["final"] and r.kernel_identity and r.unexplained == 0 \
-            and r.duplicates == 0
         rows.append([r.host, r.run_id, r.interface, str(rep.get("packets_seen", "?")),
                      str(rep.get("records_captured", "?")), str(r.unique), str(r.duplicates), str(r.missing),
                      str(rep.get("ringbuf_full", "?")), str(rep.get("sampled_out", "?")),
                      str(rep.get("records_failed", "?")), str(rep.get("records_pending", "?")),
-                     str(r.unexplained), str(rep.get("final", "?")).lower(), "yes" if exact else "NO"])
+                     str(r.crash_lost) if r.crashed else "-", str(r.unexplained),
+                     str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = ["  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]

@@ -105,11 +105,14 @@ class Capture:
         payload_bytes: int = 64,
         ringbuf_bytes: int = 16 << 20,
         bpf_dir: Path = BPF_DIR,
+        pin_counters: str | None = None,
     ) -> None:
         self.payload_bytes = payload_bytes
         self.dtype = record.record_dtype(payload_bytes)
         pages = ringbuf_bytes // os.sysconf("SC_PAGE_SIZE")
         cflags = [f"-I{bpf_dir}", f"-DPAYLOAD_BYTES={payload_bytes}", f"-DRINGBUF_PAGES={pages}"]
+        if pin_counters:
+            cflags.append(f'-DPIN_COUNTERS="{pin_counters}"')
         fds, ring_size = _load_program(str(PROGRAM), cflags)
         self.prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
         self.prog_id = sysbpf.prog_id(self.prog_fd)
@@ -154,19 +157,14 @@ class Capture:
         sysbpf.map_update(self._config_fd, struct.pack("=I", record.CFG_SAMPLE_RATE),
                           struct.pack("=I", max(1, rate)))
 
-    def _per_cpu(self, idx: int) -> list[int]:
-        raw = sysbpf.map_lookup(self._counters_fd, struct.pack("=I", idx), 8 * self._ncpus)
-        return list(struct.unpack(f"={self._ncpus}Q", raw))
-
     def counters(self) -> Counters:
-        full = self._per_cpu(record.CNT_RINGBUF_FULL)
-        return Counters(
-            packets=sum(self._per_cpu(record.CNT_PACKETS)),
-            records=sum(self._per_cpu(record.CNT_RECORDS)),
-            ringbuf_full=sum(full),
-            sampled_out=sum(self._per_cpu(record.CNT_SAMPLED_OUT)),
-            ringbuf_full_per_cpu=tuple(full),
-        )
+        return read_counters(self._counters_fd, self._ncpus)
+
+    def reset_counters(self) -> None:
+        """Zero the counters (a pinned map keeps the previous run's totals until then)."""
+        zero = bytes(8 * self._ncpus)
+        for idx in range(record.CNT_MAX):
+            sysbpf.map_update(self._counters_fd, struct.pack("=I", idx), zero)
 
     def test_run(self, frame: bytes, repeat: int = 1, ifindex: int = 0) -> sysbpf.TestRunResult:
         return sysbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ifindex=ifindex)
@@ -182,6 +180,24 @@ class Capture:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def read_counters(counters_fd: int, ncpus: int | None = None) -> Counters:
+    """Sum the per-CPU counters map (also one pinned by a producer that is gone)."""
+    ncpus = ncpus or sysbpf.possible_cpus()
+
+    def per_cpu(idx: int) -> list[int]:
+        raw = sysbpf.map_lookup(counters_fd, struct.pack("=I", idx), 8 * ncpus)
+        return list(struct.unpack(f"={ncpus}Q", raw))
+
+    full = per_cpu(record.CNT_RINGBUF_FULL)
+    return Counters(
+        packets=sum(per_cpu(record.CNT_PACKETS)),
+        records=sum(per_cpu(record.CNT_RECORDS)),
+        ringbuf_full=sum(full),
+        sampled_out=sum(per_cpu(record.CNT_SAMPLED_OUT)),
+        ringbuf_full_per_cpu=tuple(full),
+    )
 
 
 def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tuple[list[int], int]:

@@ -43,6 +43,7 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--host-id", "host_id", str, "host id (message key)"),
     ("--queue-max-kbytes", "queue_max_kbytes", int, "producer memory queue in KiB (default 65536)"),
     ("--spool-dir", "spool_dir", str, "on-disk spool directory"),
+    ("--pin-dir", "pin_dir", str, "bpffs directory for pinned counters, empty = off"),
     ("--spool-max-bytes", "spool_max_bytes", int, "spool size bound, 0 = no spool (default 1 GiB)"),
     ("--log-format", "log_format", str, "auto | json | console"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),

@@ -89,6 +89,10 @@ class ProducerConfig:
     codec: str = field(default="null", metadata={"doc": "Avro container codec: " + " | ".join(CODECS)})
     compression: str = field(default="zstd", metadata={"doc": "Kafka compression: " + " | ".join(KAFKA_COMPRESSION)})
     queue_max_kbytes: int = field(default=65536, metadata={"doc": "producer memory queue (KiB)"})
+    pin_dir: str = field(
+        default="/sys/fs/bpf/pktstream",
+        metadata={"doc": "bpffs directory for the counters, so a killed run is accounted exactly; empty = off"},
+    )
     spool_dir: str = field(
         default="", metadata={"doc": "on-disk spool for batches Kafka cannot take; default: state dir"}
     )

@@ -7,6 +7,7 @@ as one Kafka message of up to ``batch_records`` records.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ import structlog
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from pktstream.producer import batch as batchmod
+from pktstream.producer import sysbpf
 from pktstream.producer.avro import ContainerWriter
 from pktstream.producer.capture import (
     Capture,
@@ -30,12 +32,14 @@ from pktstream.producer.capture import (
     default_route_interface,
     empty_records,
     ifindex_of,
+    read_counters,
 )
 from pktstream.producer.config import ProducerConfig, state_home
 from pktstream.producer.errors import InterfaceError
 from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
 from pktstream.producer.metrics import Heartbeat, MetricsServer
 from pktstream.producer.privacy import PayloadScope, redact
+from pktstream.producer.runstate import RunState, RunStateFile
 from pktstream.producer.sampling import SamplingController
 from pktstream.producer.spool import Spool
 from pktstream.producer.stats import encode_report, stats_key
@@ -139,8 +143,12 @@ class ProducerRun:
         )
         # warm the encoder path (column gathering, ctypes call) before the first real batch
         self.writer.container(batchmod.to_columns(empty_records(cfg.payload_bytes, 1), 0, 0), 1)
-        self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes)
+        pinned = self._account_previous_run()
+        self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes,
+                               pin_counters=pinned)
+        self.capture.reset_counters()  # a pinned map still holds the previous run's totals
         self.capture.set_sample_rate(cfg.sample_rate)
+        self.runfile.write(RunState(cfg.host_id, cfg.interface, self.run_id, cfg.stats_topic, time.time_ns()))
         self.key = cfg.host_id.encode()
         self.static_headers: list[tuple[str, bytes]] = [
             ("pktstream.schema_fp", self.fingerprint.encode()),
@@ -148,6 +156,44 @@ class ProducerRun:
             ("pktstream.interface", cfg.interface.encode()),
             ("pktstream.run_id", self.run_id.encode()),
         ]
+
+    def _account_previous_run(self) -> str | None:
+        """Pin the counters where bpffs allows; report a previous run that did not end cleanly.
+
+        Returns the bpffs path for this run's counters, or None when they cannot be pinned."""
+        cfg = self.cfg
+        assert self.publisher is not None
+        self.runfile = RunStateFile(state_home() / "runs" / f"{cfg.host_id}-{cfg.interface}.json")
+        prev = self.runfile.read()
+        pin: Path | None = None
+        if cfg.pin_dir and sysbpf.is_bpffs(cfg.pin_dir):
+            pin = Path(cfg.pin_dir) / cfg.interface / "counters"
+            pin.parent.mkdir(parents=True, exist_ok=True)
+        elif cfg.pin_dir:
+            log.warning("counters_not_pinned", pin_dir=cfg.pin_dir, reason="not on a mounted bpffs",
+                        effect="a killed producer's last records cannot be accounted for exactly")
+        if prev is None or prev.clean:
+            return str(pin) if pin else None
+        if pin is None or not pin.exists():
+            log.warning("previous_run_unaccounted", run_id=prev.run_id,
+                        reason="it did not end cleanly and left no pinned counters")
+            return str(pin) if pin else None
+        fd = sysbpf.obj_get(str(pin))
+        try:
+            c = read_counters(fd)
+        finally:
+            os.close(fd)
+        report = {
+            "host_id": prev.host_id, "interface": prev.interface, "run_id": prev.run_id, "ts_ns": time.time_ns(),
+            "final": True, "crashed": True, "packets_seen": c.packets, "records_captured": c.records,
+            "records_delivered": 0, "records_failed": 0, "records_pending": 0, "records_spooled": 0,
+            "ringbuf_full": c.ringbuf_full, "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
+            "sampled_out": c.sampled_out, "sample_rate": 0, "batches": 0,
+        }
+        self.publisher.publish_aux(prev.stats_topic, stats_key(prev.host_id, prev.run_id), encode_report(report))
+        log.warning("crashed_run_accounted", run_id=prev.run_id, packets_seen=c.packets,
+                    records_captured=c.records, ringbuf_full=c.ringbuf_full, sampled_out=c.sampled_out)
+        return str(pin)
 
     # -- batches ------------------------------------------------------------
     def _add(self, recs: npt.NDArray[np.void]) -> None:
@@ -299,7 +345,7 @@ class ProducerRun:
         snap = self.snapshot()
         report = {k: snap[k] for k in STATS_FIELDS}
         report.update(host_id=self.cfg.host_id, interface=self.cfg.interface, run_id=self.run_id,
-                      ts_ns=time.time_ns(), final=final)
+                      ts_ns=time.time_ns(), final=final, crashed=False)
         self.publisher.publish_aux(self.cfg.stats_topic, stats_key(self.cfg.host_id, self.run_id),
                                    encode_report(report))
 
@@ -326,6 +372,8 @@ class ProducerRun:
         undelivered = self.publisher.drain_to_spool(60.0)
         self._publish_stats(final=True)
         self.publisher.flush(30.0)
+        self.runfile.write(RunState(self.cfg.host_id, self.cfg.interface, self.run_id, self.cfg.stats_topic,
+                                    0, clean=True))
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats

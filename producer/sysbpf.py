@@ -19,6 +19,7 @@ from pathlib import Path
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -75,6 +76,22 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     attr = ctypes.create_string_buffer(struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0),
                                        32)
     _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def obj_get(path: str) -> int:
+    """An fd for an object pinned in bpffs (BPF_OBJ_GET)."""
+    p = ctypes.create_string_buffer(path.encode())
+    attr = ctypes.create_string_buffer(struct.pack("=QII", ctypes.addressof(p), 0, 0), 16)
+    return _bpf(BPF_OBJ_GET, attr)
+
+
+def is_bpffs(path: str) -> bool:
+    """Is path on a mounted BPF file system (where maps can be pinned)?"""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "bpf" and path.rstrip("/").startswith(parts[1].rstrip("/")):
+            return True
+    return False
 
 
 def prog_id(prog_fd: int) -> int:

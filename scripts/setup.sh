@@ -50,6 +50,12 @@ if [ ! -e "/lib/modules/$kver/build/include" ]; then
   say "linked /lib/modules/$kver/build -> $hdr (source -> $common)"
 fi
 
+# bpffs, where the producer pins its counters so that a killed run can be accounted for
+# (systemd mounts it on most hosts; containers and minimal systems may not)
+if [ -d /sys/fs/bpf ] && ! grep -qs " /sys/fs/bpf bpf " /proc/mounts; then
+  mount -t bpf bpf /sys/fs/bpf && say "mounted bpffs on /sys/fs/bpf"
+fi
+
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PY=/usr/bin/python3; fi
 if [ ! -x "$VENV/bin/python" ]; then
