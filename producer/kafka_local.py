@@ -251,7 +251,9 @@ class LocalKafka:
         props.chmod(0o600)
         (self.dir / "log4j2.xml").write_text(_LOG4J2)
         if not (self.dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # as Kafka's own Uuid: '-' would read as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.sasl_user},password={self.sasl_password}]"] \
                 if self.sasl_port else []
             proc = subprocess.run(

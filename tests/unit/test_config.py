@@ -64,3 +64,4 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     for f in fields(ProducerConfig):
         if f.name != "kafka":
             assert f"| `{f.name}` |" in doc, f"docs/configuration.md lacks {f.name}"
+
