@@ -98,6 +98,8 @@ def create_host(index: int = 0, ipv6: bool = False) -> NetnsHost:
         if not ipv6:  # keep the link quiet: no router solicitations, MLD, DAD
             sh("sysctl", "-qw", f"net.ipv6.conf.{host_if}.disable_ipv6=1")
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{peer_if}.disable_ipv6=1")
+        # crafted frames aimed at other addresses must die here, never be forwarded off the machine
+        sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.forwarding=0")
         sh("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
         sh("ip", "link", "set", host_if, "up")
         sh("ip", "-n", ns, "addr", "add", f"{peer_ip}/24", "dev", peer_if)

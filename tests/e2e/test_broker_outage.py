@@ -36,7 +36,7 @@ def own_broker(root: None) -> Iterator[LocalKafka]:
 
 
 def burst(host: NetnsHost, n: int, tag: int) -> None:
-    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.50")
+    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.50")
                   / UDP(sport=tag, dport=7) / Raw(b"o" * 16))
     host.send_frames([frame] * n)
 

@@ -93,7 +93,7 @@ def test_runs_with_only_the_documented_capabilities(
                            prefix=("setpriv", "--bounding-set=-all,+bpf,+net_admin,+perfmon", "--inh-caps=-all", "--"))
     prod.wait_event("producer_started")
     status = Path(f"/proc/{prod.proc.pid}/status").read_text()
-    host.send_frames([bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.1")
+    host.send_frames([bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.1")
                             / UDP(sport=1, dport=2))] * 10)
     time.sleep(1)
     assert prod.stop() == 0

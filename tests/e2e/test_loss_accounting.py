@@ -44,7 +44,7 @@ def test_burst_overflow_is_accounted_to_the_packet(
         args.append("--no-adaptive-sampling")
     prod = ProducerProcess(*args)
     prod.wait_event("producer_started")
-    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.77")
+    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.77")
                   / UDP(sport=1, dport=9) / Raw(b"x" * 18))
     sent = 30_000
     host.send_frames([frame] * sent)
@@ -79,7 +79,7 @@ def test_metrics_and_health_endpoints(kafka_bootstrap: str, make_host: Callable[
                            "--topic", f"metrics-{uuid.uuid4().hex[:8]}", env={"PKTSTREAM_METRICS_PORT": str(port)})
     try:
         prod.wait_event("metrics_listening")
-        frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.9")
+        frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.9")
                       / UDP(sport=5, dport=6))
         host.send_frames([frame] * 25)
         deadline = time.monotonic() + 10

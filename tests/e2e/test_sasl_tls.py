@@ -51,7 +51,7 @@ def test_produce_and_tail_over_sasl_ssl(sasl_broker: LocalKafka, make_host: Call
     prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", sasl_broker.sasl_bootstrap,
                            "--topic", topic, "--stats-topic", f"{topic}-stats", *x_flags(props))
     prod.wait_event("producer_started")
-    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.3")
+    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.3")
                   / UDP(sport=3, dport=4))
     host.send_frames([frame] * 50)
     assert prod.stop() == 0

@@ -30,7 +30,7 @@ def test_killed_run_is_accounted_exactly(kafka_bootstrap: str, make_host: Callab
     args = ("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
             "--stats-topic", stats, "--payload-bytes", "0", "--no-adaptive-sampling")
     env = {"PKTSTREAM_HOME": state}
-    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="192.0.2.8")
+    frame = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.8")
                   / UDP(sport=8, dport=9))
 
     first = ProducerProcess(*args, env=env)

@@ -12,7 +12,7 @@ from pktstream.producer.capture import Capture
 
 pytestmark = pytest.mark.kernel
 
-FRAME = bytes(Ether() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2) / Raw(b"abcdefgh"))
+FRAME = bytes(Ether() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP(sport=1, dport=2) / Raw(b"abcdefgh"))
 
 
 @pytest.mark.parametrize("payload_bytes", [0, 13, 256])
