@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,7 @@ def main() -> None:
     finally:
         kafka.down()
         subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
+        shutil.rmtree(Path("/sys/fs/bpf/pktstream") / IF_A, ignore_errors=True)
     elapsed = time.monotonic() - t0
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

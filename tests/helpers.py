@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -113,9 +114,13 @@ def create_host(index: int = 0, ipv6: bool = False) -> NetnsHost:
     return NetnsHost(ns, host_if, peer_if, host_ip, peer_ip, host_mac, peer_mac)
 
 
+PIN_ROOT = Path("/sys/fs/bpf/pktstream")
+
+
 def destroy_host(ns: str, host_if: str) -> None:
     sh("ip", "link", "del", host_if, check=False)
     sh("ip", "netns", "del", ns, check=False)
+    shutil.rmtree(PIN_ROOT / host_if, ignore_errors=True)  # counters a producer pinned for it
 
 
 def cleanup_stale() -> None:
@@ -125,6 +130,8 @@ def cleanup_stale() -> None:
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(PREFIX):
             sh("ip", "link", "del", name, check=False)
+    for pinned in PIN_ROOT.glob(f"{PREFIX}*"):
+        shutil.rmtree(pinned, ignore_errors=True)
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         if name.startswith(PREFIX + "-"):

@@ -16,9 +16,9 @@ from typing import Any
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
 
 
-def spool_dir() -> str:
-    """A spool of its own for each producer a test starts (unless the test names one)."""
-    return tempfile.mkdtemp(prefix="pktstream-test-spool-")
+def private_dir(kind: str) -> str:
+    """A directory of its own for each producer a test starts (spool, state)."""
+    return tempfile.mkdtemp(prefix=f"pktstream-test-{kind}-")
 
 
 class ProducerProcess:
@@ -26,8 +26,10 @@ class ProducerProcess:
         self.events: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
         # no metrics port unless a test asks: several producers run side by side
+        # state (run files, default spool) in a directory of the test's own
         full_env = {**os.environ, "PKTSTREAM_LOG_FORMAT": "json", "PKTSTREAM_METRICS_PORT": "0",
-                    "PKTSTREAM_SPOOL_DIR": spool_dir(), **(env or {})}
+                    "PKTSTREAM_SPOOL_DIR": private_dir("spool"), "PKTSTREAM_HOME": private_dir("state"),
+                    **(env or {})}
         self.proc = subprocess.Popen([*prefix, PKTSTREAM, "produce", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env)
         self._t = threading.Thread(target=self._read, daemon=True)
