@@ -180,7 +180,7 @@ class Publisher:
     def replay(self, max_inflight: int = 4) -> None:
         """Send spooled batches again, oldest first, a few at a time; each file goes when Kafka acks it."""
         spool = self.spool
-        if spool is None or spool.inflight >= max_inflight or len(self.producer) > 100:
+        if spool is None or not len(spool) or spool.inflight >= max_inflight or len(self.producer) > 100:
             return
         batches = spool.oldest(max_inflight - spool.inflight)
         for i, b in enumerate(batches):

@@ -50,14 +50,18 @@ class Spool:
                                  "spool_dir") from None
         for tmp in self.dir.glob("*.tmp"):  # a write interrupted by a crash
             tmp.unlink(missing_ok=True)
-        self.bytes = sum(p.stat().st_size for p in self.dir.glob(f"*{_SUFFIX}"))
+        files = list(self.dir.glob(f"*{_SUFFIX}"))
+        self.bytes = sum(p.stat().st_size for p in files)
+        # the spool is locked to this producer, so only put() and done() change the files:
+        # count them here instead of listing the directory on every batch and loop turn
+        self._files = len(files)
         self.records_spooled = 0
         self.records_dropped = 0
         self._seq = 0
         self._inflight: set[Path] = set()
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.dir.glob(f"*{_SUFFIX}"))
+        return self._files
 
     def put(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: bytes, records: int) -> bool:
         """Store a batch; False (and counted as dropped) when the spool is full."""
@@ -76,6 +80,7 @@ class Spool:
             os.fsync(f.fileno())
         tmp.rename(self.dir / f"{name}{_SUFFIX}")
         self.bytes += size
+        self._files += 1
         self.records_spooled += records
         return True
 
@@ -102,6 +107,7 @@ class Spool:
             size = batch.path.stat().st_size
             batch.path.unlink(missing_ok=True)
             self.bytes -= size
+            self._files -= 1
 
     @property
     def inflight(self) -> int:
