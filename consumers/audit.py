@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.consumers.decode import message_headers
 from pktstream.producer.stats import decode_reports
 
 log = structlog.get_logger("pktstream.audit")
@@ -124,10 +125,6 @@ def _read_all(conf: Mapping[str, Any], topic: str) -> list[Any]:
     return out
 
 
-def _headers(msg: Any) -> dict[str, str]:
-    return {k: v.decode(errors="replace") for k, v in (msg.headers() or []) if v is not None}
-
-
 def _merge(ranges: list[tuple[int, int, int]]) -> tuple[int, list[tuple[int, int]], int]:
     """(unique count, merged ranges, highest seq) of inclusive seq ranges."""
     merged: list[list[int]] = []
@@ -145,7 +142,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
     ranges: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
     foreign = 0
     for msg in _read_all(conf, topic):
-        h = _headers(msg)
+        h = message_headers(msg)
         try:
             key = (h["pktstream.host"], h["pktstream.run_id"])
             first, last, n = int(h["pktstream.seq_first"]), int(h["pktstream.seq_last"]), int(h["pktstream.records"])

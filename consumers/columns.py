@@ -21,7 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from pktstream.consumers.decode import DecodeError
-from pktstream.producer.avro import KIND_BYTES, KIND_FIXED, KIND_VARINT, MAGIC, AvroEncodeError, field_specs
+from pktstream.producer.avro import (
+    KIND_BYTES,
+    KIND_FIXED,
+    KIND_VARINT,
+    MAGIC,
+    AvroEncodeError,
+    field_specs,
+    zstd_module,
+)
 from pktstream.producer.native import load_native
 
 _native = load_native()
@@ -77,11 +85,7 @@ def _decompress(codec: str, data: bytes) -> bytes:
                 raise DecodeError("snappy block checksum mismatch")
             return out
         if codec == "zstandard":
-            try:
-                from compression import zstd
-            except ImportError:
-                from backports import zstd
-            return bytes(zstd.decompress(data))
+            return bytes(zstd_module().decompress(data))
     except DecodeError:
         raise
     except Exception as e:

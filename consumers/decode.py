@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,5 +79,6 @@ def present(rec: dict[str, Any], payload: str = "text") -> dict[str, Any]:
     return out
 
 
-def iter_records(value: bytes) -> Iterator[dict[str, Any]]:
-    yield from decode_container(value).records
+def message_headers(msg: Any) -> dict[str, str]:
+    """A Kafka message's headers as text (a header without a value reads as "")."""
+    return {k: (v.decode(errors="replace") if v is not None else "") for k, v in (msg.headers() or [])}

@@ -17,7 +17,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pktstream.consumers.deadletter import DeadLetters
-from pktstream.consumers.decode import DecodeError, decode_container, present
+from pktstream.consumers.decode import DecodeError, decode_container, message_headers, present
 
 log = structlog.get_logger("pktstream.tail")
 
@@ -27,10 +27,6 @@ class TailStats:
     messages: int = 0
     records: int = 0
     corrupt: int = 0
-
-
-def _headers(msg: Any) -> dict[str, str]:
-    return {k: (v.decode(errors="replace") if v is not None else "") for k, v in (msg.headers() or [])}
 
 
 def tail(
@@ -93,7 +89,7 @@ def tail(
                 raise KafkaException(err)
             at_eof.discard(msg.partition())
             stats.messages += 1
-            hdr = _headers(msg)
+            hdr = message_headers(msg)
             try:
                 container = decode_container(msg.value())
             except DecodeError as e:

@@ -153,6 +153,15 @@ def _encode_bytes(b: bytes) -> bytes:
     return encode_long(len(b)) + b
 
 
+def zstd_module() -> Any:
+    """The zstandard codec fastavro uses too: compression.zstd, or its backport before 3.14."""
+    try:
+        from compression import zstd
+    except ImportError:
+        from backports import zstd
+    return zstd
+
+
 def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
     if codec == "null":
         return data
@@ -164,12 +173,7 @@ def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
 
         return bytes(cramjam.snappy.compress_raw(data)) + zlib.crc32(data).to_bytes(4, "big")
     if codec == "zstandard":
-        try:
-            from compression import zstd
-        except ImportError:
-            from backports import zstd
-
-        return bytes(zstd.compress(data, level=level if level is not None else 3))
+        return bytes(zstd_module().compress(data, level=level if level is not None else 3))
     raise AvroEncodeError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
