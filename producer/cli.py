@@ -114,6 +114,12 @@ def _bootstrap(explicit: str | None, port: int) -> str:
     return LocalKafka(port=port).up()
 
 
+def _reader_bootstrap(args: argparse.Namespace) -> str:
+    """tail and audit read the named cluster or the local broker's port; they never start a broker
+    (an empty new one would have nothing to show)."""
+    return str(args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}")
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from pktstream.producer.pipeline import ProducerRun, install_signal_handlers
 
@@ -155,9 +161,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError([f"--since: {args.since!r} is not an ISO 8601 time"]) from None
         start = "time"
-    # tail never starts a broker: an empty new one would have nothing to show
-    bootstrap = args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"
-    conf = client_config(bootstrap, _kv(args.kafka_props))
+    conf = client_config(_reader_bootstrap(args), _kv(args.kafka_props))
     try:
         stats = tail(conf, args.topic, start=start, since_ms=since_ms, follow=not args.no_follow,
                      max_records=args.max, payload=args.payload, dead_letter_topic=args.dead_letter_topic)
@@ -178,7 +182,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pktstream.producer.kafka import client_config
 
     configure_logging("auto", "warning")
-    conf = client_config(args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}", _kv(args.kafka_props))
+    conf = client_config(_reader_bootstrap(args), _kv(args.kafka_props))
     try:
         runs = audit(conf, args.topic, args.stats_topic)
     except KafkaException as e:

@@ -73,16 +73,12 @@ def ensure_topic(
 
 @dataclass
 class DeliveryStats:
-    messages_sent: int = 0
     messages_delivered: int = 0
-    messages_failed: int = 0
-    records_sent: int = 0
     records_delivered: int = 0
     records_failed: int = 0
     bytes_delivered: int = 0
     records_spooled: int = 0  # this run's records waiting in the spool
     records_replayed: int = 0  # records delivered from the spool (any run's)
-    last_error: str = ""
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
 
@@ -120,7 +116,6 @@ class Publisher:
         self.producer = Producer(full)
 
     def _on_error(self, err: KafkaError) -> None:
-        self.stats.last_error = str(err)
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
 
     def _to_spool(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], records: int) -> bool:
@@ -151,16 +146,12 @@ class Publisher:
                 if ts_first_ns:
                     self.stats.latency.add(time.time_ns(), ts_first_ns, ts_last_ns, records)
                 return
-            self.stats.last_error = str(err)
             if self.spool is not None and err.code() in self.RETRIABLE:
                 self._to_spool(key, value, headers, records)
                 return
-            self.stats.messages_failed += 1
             self.stats.records_failed += records
             log.error("batch_delivery_failed", error=str(err), records=records)
 
-        self.stats.messages_sent += 1
-        self.stats.records_sent += records
         if self.spool is not None and (len(self.spool) or self.spool.inflight):
             # keep order: while older batches wait on disk, new ones join them
             self._to_spool(key, value, headers, records)

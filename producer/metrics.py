@@ -32,6 +32,7 @@ COUNTERS = {
     "bytes_delivered": "Bytes of packet-topic messages acknowledged.",
     "records_replayed": "Records delivered from the on-disk spool.",
     "records_redacted": "Records whose payload prefix had credentials redacted.",
+    "records_payload_cleared": "Records whose payload was dropped as out of payload_ports/payload_networks.",
 }
 GAUGES = {
     "sample_rate": "1-in-N sampling rate in force.",

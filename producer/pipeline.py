@@ -326,6 +326,7 @@ class ProducerRun:
             "sample_rate": self.sampler.rate,
             "batches": self.totals.batches,
             "records_redacted": self.totals.redacted,
+            "records_payload_cleared": self.totals.payload_cleared,
             "bytes_delivered": s.bytes_delivered,
             "queue_messages": self.publisher.queued(),
             "ring_fill_ratio": self.capture.reader.pending_bytes() / self.capture.reader.size,

@@ -49,7 +49,6 @@ class RingReader:
         self._data = np.frombuffer(self._prod_map, dtype=np.uint8, offset=page)
         self._poll = select.poll()
         self._poll.register(map_fd, select.POLLIN)
-        self.layout_errors = 0
 
     def pending_bytes(self) -> int:
         return int(self._prod[0]) - int(self._cons[0])
@@ -79,7 +78,6 @@ class RingReader:
             hdr = hdr[:n]
         lengths = hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if (lengths != self.record_size).any():
-            self.layout_errors += 1
             bad = int(lengths[lengths != self.record_size][0])
             raise RingbufLayoutError(f"ring buffer slot of {bad} bytes, expected {self.record_size}")
         records = slots[:, HDR_SIZE:].copy().view(self.dtype).reshape(n)
