@@ -19,14 +19,18 @@ log = structlog.get_logger("pktstream.deadletter")
 
 
 class DeadLetters:
-    def __init__(self, conf: Mapping[str, Any], topic: str, consumer: str, create: bool = True) -> None:
+    def __init__(self, conf: Mapping[str, Any], topic: str, consumer: str, create: bool = True,
+                 producer: Producer | None = None) -> None:
+        """``producer``: a transactional producer of the caller's, so that a dead letter is written
+        in the same transaction as the consumer's offsets (exactly once); else one of our own."""
         self.topic = topic
         self.consumer = consumer
         self.count = 0
         self.failed = 0
         if create:
             ensure_topic(conf, topic, 1, -1, {"retention.ms": str(30 * 86400_000)})
-        self.producer = Producer({**conf, "enable.idempotence": True, "acks": "all"})
+        self.owned = producer is None
+        self.producer = producer or Producer({**conf, "enable.idempotence": True, "acks": "all"})
 
     def put(self, msg: Message, reason: str) -> None:
         headers = [
@@ -51,6 +55,8 @@ class DeadLetters:
                     reason=reason, dead_letter_topic=self.topic)
 
     def close(self, timeout_s: float = 30.0) -> None:
+        if not self.owned:
+            return
         left = self.producer.flush(timeout_s)
         if left:
             self.failed += left

@@ -100,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     au.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
+    from pktstream.consumers.app import add_stream_options
+
+    us = sub.add_parser("usage", help="per-API usage per minute from the packet topic, to the usage topic")
+    add_stream_options(us, "pktstream-usage", 9465)
+    us.add_argument("--usage-topic", default="pktstream.usage")
+    us.add_argument("--output", choices=["table", "json", "none"], default="table",
+                    help="what to print as windows close: the live table, the records as JSON lines, nothing")
+    us.add_argument("--top", type=int, default=15, help="rows of the table")
+    us.add_argument("--top-clients", type=int, default=10, help="clients listed per API and window")
+    us.add_argument("--no-hours", action="store_true", help="do not publish the hourly roll-up")
+
+    oa = sub.add_parser("catalog-from-openapi", help="print an API catalog (YAML) made from an OpenAPI 3 document")
+    oa.add_argument("spec", help="OpenAPI 3 document (YAML or JSON)")
+    oa.add_argument("--host", default=None, help="Host header / TLS name (default: from the first server URL)")
+    oa.add_argument("--port", type=int, default=None)
+
     ka = sub.add_parser("kafka", help="the local single-node Kafka broker")
     ka.add_argument("action", choices=["up", "down", "status"])
     ka.add_argument("--port", type=int, default=9092)
@@ -195,6 +211,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from pktstream.consumers.app import conf_from, run_app, stream_config
+    from pktstream.consumers.catalog import Catalog
+    from pktstream.consumers.table import UsageView
+    from pktstream.consumers.usage import UsageProcessor
+
+    configure_logging(args.log_format, "info")
+    cfg = stream_config(args, "pktstream-usage")
+    catalog = Catalog.load(args.catalog)
+    proc = UsageProcessor(catalog, args.usage_topic, args.grace_s, args.top_clients, hours=not args.no_hours)
+    view = UsageView(args.output, args.top)
+    return run_app(args, conf_from(args, _kv(args.kafka_props)), cfg, proc, args.usage_topic, view)
+
+
+def cmd_catalog_from_openapi(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pktstream.consumers.catalog import import_openapi
+
+    try:
+        with open(args.spec) as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError([f"{args.spec}: {e.strerror}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{args.spec}: not YAML or JSON: {e}"]) from None
+    print(yaml.safe_dump(import_openapi(doc, args.host, args.port), sort_keys=False), end="")
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     from pktstream.producer.kafka_local import LocalKafka
 
@@ -211,7 +257,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "audit": cmd_audit, "kafka": cmd_kafka}
+    handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "audit": cmd_audit, "kafka": cmd_kafka,
+                                "usage": cmd_usage, "catalog-from-openapi": cmd_catalog_from_openapi}
     try:
         rc: int = handlers[args.command](args)
         return rc

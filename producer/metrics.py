@@ -47,20 +47,23 @@ GAUGES = {
 
 
 class _Collector(Collector):
-    def __init__(self, prefix: str, snapshot: Callable[[], dict[str, Any]], labels: dict[str, str]) -> None:
+    def __init__(self, prefix: str, snapshot: Callable[[], dict[str, Any]], labels: dict[str, str],
+                 counters: dict[str, str], gauges: dict[str, str]) -> None:
         self.prefix = prefix
         self.snapshot = snapshot
         self.labels = labels
+        self.counters = counters
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Any]:
         snap = self.snapshot()
         names, values = list(self.labels), list(self.labels.values())
-        for name, doc in COUNTERS.items():
+        for name, doc in self.counters.items():
             if name in snap:
                 m = CounterMetricFamily(f"{self.prefix}_{name}", doc, labels=names)
                 m.add_metric(values, snap[name])
                 yield m
-        for name, doc in GAUGES.items():
+        for name, doc in self.gauges.items():
             if name in snap:
                 g = GaugeMetricFamily(f"{self.prefix}_{name}", doc, labels=names)
                 g.add_metric(values, snap[name])
@@ -83,9 +86,12 @@ class MetricsServer:
         health: Callable[[], tuple[bool, str]],
         labels: dict[str, str],
         prefix: str = "pktstream",
+        counters: dict[str, str] | None = None,
+        gauges: dict[str, str] | None = None,
     ) -> None:
         registry = CollectorRegistry()
-        registry.register(_Collector(prefix, snapshot, labels))
+        registry.register(_Collector(prefix, snapshot, labels, COUNTERS if counters is None else counters,
+                                     GAUGES if gauges is None else gauges))
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
