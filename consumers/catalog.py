@@ -175,9 +175,15 @@ class Catalog:
             raise ConfigError([f"catalog {path}: not valid YAML: {e}"]) from None
         return cls.from_data(data, str(path))
 
-    def match(self, host: str, addr16: bytes, port: int, method: str, path: str, protocol: str) -> ApiRef:
-        """The API a request (or, with method and path empty, a connection) belongs to."""
-        key = (host, addr16, port, method, path, protocol)
+    def match(self, host: str, addr16: bytes, port: int, method: str, path: str, protocol: str,
+              partial: bool = False) -> ApiRef:
+        """The API a request (or, with method and path empty, a connection) belongs to.
+
+        ``partial``: the request line was cut (split across packets, or longer than the payload
+        prefix), so the path is not known; only entries without a path can match."""
+        if partial:
+            path = ""
+        key = (host, addr16, port, method, path, protocol, partial)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -185,12 +191,16 @@ class Catalog:
         for e in self.entries:
             if (e.method is not None or e.path is not None) and not method:
                 continue
+            if e.path is not None and partial:
+                continue
             if e.matches(host, addr, port, method, path):
                 ref = ApiRef(e.name, host, port, protocol, True, e.rate_limit_per_min)
                 break
         else:
             where = host or addr_text(addr)
-            if protocol == "http" and method:
+            if protocol == "http" and method and partial:
+                name = f"{where}:{port} {method} (partial)"
+            elif protocol == "http" and method:
                 name = f"{where}:{port} {method} {normalize_path(path or '/')}"
             elif protocol in ("tcp", "udp"):
                 name = f"{where}:{port}/{protocol}"

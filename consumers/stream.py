@@ -157,6 +157,8 @@ class StreamRunner:
         self.changed: set[tuple[str, int]] = set()
         self.dirty: set[int] = set()
         self.eof: set[tuple[str, int]] = set()
+        self.eof_at: dict[int, int] = {}  # repartition partition -> offset of its last end-of-partition event
+        self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
         self.assigned: set[tuple[str, int]] = set()
         self.src_progress: dict[int, int] = {}
         self.produced = 0  # messages produced in the open transaction
@@ -219,6 +221,10 @@ class StreamRunner:
         self.consumer = Consumer({
             **self.conf,
             "group.id": cfg.app_id,
+            # static membership: a restarted instance takes its partitions back at once instead of
+            # waiting for the group to time its old self out
+            "group.instance.id": instance,
+            "session.timeout.ms": 15000,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
@@ -318,27 +324,28 @@ class StreamRunner:
         assert self.consumer is not None and self.producer is not None
         t_end = time.monotonic() + duration_s if duration_s else None
         last_commit = time.monotonic()
-        last_log = time.monotonic()
+        last_log = time.monotonic() - 20
         try:
             while not self.stop.is_set() and (t_end is None or time.monotonic() < t_end):
                 self.heartbeat = time.monotonic()
-                msgs = self.consumer.consume(num_messages=256, timeout=0.1)
+                msgs = self.consumer.consume(num_messages=16, timeout=0.1)  # a commit is due at most 16 messages late
                 for m in msgs:
                     self._handle(m)
                 now = time.monotonic()
-                at_end = bool(self.assigned) and self.assigned <= self.eof
-                if now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work()):
-                    self._advance(final=False)
-                    self._commit()
-                    last_commit = now
-                    continue
+                at_end = self._at_end()
                 if self.cfg.until_end and at_end and not self._has_work():
                     self._advance(final=True)
                     self._commit()
                     log.info("stream_caught_up", **self.figures())
                     break
+                if now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work()):
+                    self._advance(final=False)
+                    self._commit()
+                    last_commit = time.monotonic()
+                    continue
                 if now - last_log >= 30:
-                    log.info("stream_progress", **self.figures())
+                    log.info("stream_progress", reading=sorted(f"{t}[{p}]" for t, p in self.assigned - self.eof),
+                             **self.figures())
                     last_log = now
         finally:
             self.close()
@@ -353,6 +360,8 @@ class StreamRunner:
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 self.eof.add(key)
+                if key[0] == self.cfg.repartition_topic:
+                    self.eof_at[key[1]] = m.offset() or 0
                 return
             if err.fatal():
                 raise KafkaException(err)
@@ -367,10 +376,34 @@ class StreamRunner:
         self.positions[key] = (m.offset() or 0) + 1
         self.changed.add(key)
 
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            q = msg.partition() or 0
+            self.need[q] = max(self.need.get(q, 0), (msg.offset() or 0) + 1)
+
+    def _caught_up(self, q: int) -> bool:
+        """Has stage two read everything this process wrote to repartition partition q?
+
+        End-of-partition events are queued: one handled now may predate our last commit, so
+        its offset, not its arrival, says whether it covers what we wrote."""
+        return self.eof_at.get(q, -1) >= self.need.get(q, 0) and (self.cfg.repartition_topic, q) in self.eof
+
+    def _at_end(self) -> bool:
+        if not self.assigned:
+            return False
+        for t, p in self.assigned:
+            if (t, p) not in self.eof:
+                return False
+            if t == self.cfg.repartition_topic and not self._caught_up(p):
+                return False
+        return True
+
     def _produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None) -> None:
         assert self.producer is not None
         kw: dict[str, Any] = {"value": value, "key": key, "headers": headers or []}
+        if on_delivery is not None:
+            kw["on_delivery"] = on_delivery
         if partition is not None:
             kw["partition"] = partition
         while True:
@@ -410,7 +443,8 @@ class StreamRunner:
         for q in range(self.nparts):
             part = routed.get(q, empty)
             self._produce(self.cfg.repartition_topic, encode(part), partition=q,
-                          headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)])
+                          headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)],
+                          on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1
 
     def _apply(self, m: Message) -> None:
@@ -440,7 +474,11 @@ class StreamRunner:
             committed = self.consumer.committed(tps, timeout=10)
             pending = set()
             for tp in committed:
-                _lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                # the fetcher's figure when this process reads the partition (a query would wait
+                # behind the fetch long-poll), the broker's answer otherwise
+                _lo, hi = self.consumer.get_watermark_offsets(tp, cached=True)
+                if hi < 0:
+                    _lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
                 off = tp.offset if tp.offset >= 0 else -1
                 if tp.offset == OFFSET_INVALID or off < hi:
                     pending.add(tp.partition)
@@ -455,7 +493,7 @@ class StreamRunner:
                 self._emit(self.proc.close(st.data, FOREVER))
             self.dirty.update(self.states)
             return
-        ready = [q for q, st in self.states.items() if (self.cfg.repartition_topic, q) in self.eof]
+        ready = [q for q in self.states if self._caught_up(q)]
         if not ready:
             return
         pending = self._pending()
@@ -512,8 +550,6 @@ class StreamRunner:
                 return
             raise
         self.counters.transactions += 1
-        if self.produced and any(t == self.cfg.packet_topic for t, _ in self.changed):
-            self.eof -= {k for k in self.eof if k[0] == self.cfg.repartition_topic}
         self.changed.clear()
         self.dirty.clear()
         self.produced = 0
@@ -536,6 +572,7 @@ class StreamRunner:
         self.changed.clear()
         self.dirty.clear()
         self.eof.clear()
+        self.eof_at.clear()
         self.produced = 0
         self._uncommitted = []
 

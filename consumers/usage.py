@@ -210,14 +210,16 @@ class UsageProcessor:
         req_idx = np.flatnonzero(is_req)
         if req_idx.size:
             r = rows[req_idx]
-            rkey = _mix(addr_hash(r["dst"]), r["dport"], r["method"], r["kind"], r["name"], r["path"])
+            line_cut = (r["pflags"] & F_LINE_CUT).astype(np.int64)
+            rkey = _mix(addr_hash(r["dst"]), r["dport"], r["method"], r["kind"], r["name"], r["path"], line_cut)
             _u, first, inv = np.unique(rkey, return_index=True, return_inverse=True)
             uniq = r[first]
             ids = np.empty(len(uniq), dtype=np.int64)
             for j, u in enumerate(uniq):
                 ref = self.catalog.match(f.text(int(u["name"])), words_bytes(u["dst"]), int(u["dport"]),
                                          METHODS[int(u["method"])] if u["method"] < len(METHODS) else "",
-                                         f.text(int(u["path"])), _protocol(int(u["kind"]), PROTO_TCP))
+                                         f.text(int(u["path"])), _protocol(int(u["kind"]), PROTO_TCP),
+                                         partial=bool(u["pflags"] & F_LINE_CUT))
                 st.apis.setdefault(ref.name, ref)
                 ids[j] = api_id(ref.name)
             row_api[req_idx] = ids[inv.ravel()]

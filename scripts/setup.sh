@@ -15,9 +15,9 @@ fi
 
 arch=$(dpkg --print-architecture)
 # bcc (Python bindings and library); gcc builds producer/_native.c; Java (with keytool) and Maven
-# run the local Kafka broker; iproute2, libcap2-bin (capsh) and tcpdump serve the tests.
+# run the local Kafka broker; iproute2, libcap2-bin (capsh) tcpdump and openssl (a TLS server's certificate) serve the tests.
 pkgs=(python3 python3-venv python3-bpfcc libbpfcc iproute2 libcap2-bin gcc libc6-dev
-      default-jre-headless maven tcpdump ca-certificates)
+      default-jre-headless maven tcpdump openssl ca-certificates)
 kver=$(uname -r)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,354 @@
+"""``pktstream usage`` against real traffic and the real broker: exact counts per API and window,
+identical replays, and a consumer killed mid-stream that neither loses nor double-counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+import yaml
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from bench.traffic import CATALOG as GEN_CATALOG
+from bench.traffic import containers, generate
+from pktstream.consumers.tail import tail
+from pktstream.producer.kafka import ensure_topic
+from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
+from tests.helpers import NetnsHost, sh
+
+pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
+
+HTTP_PORT, TLS_PORT = 18080, 18443
+CATALOG = {"apis": [
+    {"name": "users.get", "host": "api.shop.test", "method": "GET", "path": "/v1/users/{id}"},
+    {"name": "orders.create", "host": "api.shop.test", "method": "POST", "path": "/v1/orders"},
+    {"name": "orders.items", "host": "api.shop.test", "method": "GET", "path": "/v1/orders/{id}/items"},
+    {"name": "pay", "host": "pay.shop.test", "port": TLS_PORT},
+]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _ok(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_GET = do_POST = do_PUT = _ok
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def servers(tmp: Path) -> Iterator[None]:
+    """An HTTP server and a TLS server on this host (the namespaces reach it over their veths)."""
+    http = ThreadingHTTPServer(("0.0.0.0", HTTP_PORT), _Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pay.shop.test", "-days", "1",
+       "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tmp / "cert.pem"), str(tmp / "key.pem"))
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("0.0.0.0", TLS_PORT))
+    lsock.listen(64)
+    stop = threading.Event()
+
+    def serve_tls() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as s:
+                    buf = b""
+                    while b"\r\n\r\n" not in buf:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except (OSError, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve_tls, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        lsock.close()
+        http.shutdown()
+        http.server_close()
+
+
+def conn(src: str, server: str, kind: str, api: str, *requests: tuple[str, str], host: str = "api.shop.test",
+         port: int = HTTP_PORT) -> dict[str, Any]:
+    return {"src": src, "server": server, "port": port, "kind": kind, "api": api, "host": host,
+            "requests": [list(r) for r in requests]}
+
+
+def plan_for(a: NetnsHost, b: NetnsHost) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    a2, a3, a4 = a.peer_ip, a.peer_ip[:-1] + "3", a.peer_ip[:-1] + "4"
+    b2, b3 = b.peer_ip, b.peer_ip[:-1] + "3"
+    sa, sb = a.host_ip, b.host_ip
+    misc = "api.shop.test:18080 GET /misc/{id}/x"
+    plan_a = [
+        conn(a2, sa, "http", "users.get", ("GET", "/v1/users/1")),
+        conn(a2, sa, "http", "users.get", ("GET", "/v1/users/2?expand=true")),
+        conn(a3, sa, "http", "users.get", ("GET", "/v1/users/3")),
+        conn(a4, sa, "http", "orders.create", ("POST", "/v1/orders"), ("POST", "/v1/orders")),
+        conn(a2, sa, "http", misc, ("GET", "/misc/12345/x")),
+        conn(a2, sa, "http", misc, ("GET", "/misc/678/x")),
+        conn(a3, sa, "split", f"{sa}:18080 GET (partial)", ("GET", "/v1/users/9")),
+        conn(a2, sa, "tls", "pay", ("GET", "/charge"), host="pay.shop.test", port=TLS_PORT),
+        conn(a2, sa, "tls", "pay", ("GET", "/charge"), host="pay.shop.test", port=TLS_PORT),
+    ]
+    plan_b = [
+        conn(b2, sb, "http", "users.get", ("GET", "/v1/users/4")),
+        conn(b2, sb, "http", "users.get", ("GET", "/v1/users/5")),
+        conn(b3, sb, "http", "orders.create", ("POST", "/v1/orders")),
+        conn(b2, sb, "http", "orders.items", ("GET", "/v1/orders/7/items"), ("GET", "/v1/orders/8/items")),
+        conn(b3, sb, "http", f"{sb}:18080 GET (partial)", ("GET", "/v1/users/" + "x" * 300)),
+        conn(b2, sb, "tls", "pay", ("GET", "/charge"), host="pay.shop.test", port=TLS_PORT),
+    ]
+    return plan_a, plan_b
+
+
+def run_clients(h: NetnsHost, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for extra in {c["src"] for c in plan} - {h.peer_ip}:
+        h.run("ip", "addr", "add", f"{extra}/24", "dev", h.peer_if)
+    out = h.run(sys.executable, str(Path(__file__).with_name("api_clients.py")), json.dumps(plan), timeout=120)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def read_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    buf = io.StringIO()
+    tail({"bootstrap.servers": bootstrap}, topic, start="beginning", follow=False, out=buf, payload="none")
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def read_usage(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of a usage topic (the transactional outputs a reader sees)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True, "isolation.level": "read_committed"})
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out, eof = [], set()
+    deadline = time.monotonic() + 60
+    while len(eof) < len(parts) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                eof.add(m.partition())
+            continue
+        for r in fastavro.reader(io.BytesIO(m.value())):
+            assert isinstance(r, dict)
+            r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)  # logical type -> ms
+            out.append(r)
+    c.close()
+    return out
+
+
+def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: Path,
+              *extra: str) -> list[str]:
+    return [PKTSTREAM, "usage", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id", app,
+            "--usage-topic", usage_topic, "--catalog", str(catalog), "--from-beginning", "--until-end",
+            "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
+
+
+def run_usage(cmd: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["window_s"], r["window_start_ms"], r["api"])
+
+
+def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Callable[..., NetnsHost],
+                                           tmp_path: Path) -> None:
+    a, b = make_host(), make_host()
+    topic = f"usage-e2e-{uuid.uuid4().hex[:8]}"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    # all traffic inside one minute window
+    if time.time() % 60 > 40:
+        time.sleep(61 - time.time() % 60)
+    prods = [ProducerProcess("--interface", h.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+                             "--partitions", "2", "--batch-age-ms", "50", "--payload-bytes", "256",
+                             env={"PKTSTREAM_HOST_ID": name})
+             for h, name in ((a, "host-a"), (b, "host-b"))]
+    plan_a, plan_b = plan_for(a, b)
+    with servers(tmp_path):
+        try:
+            for p in prods:
+                p.wait_event("producer_started")
+            done_a = run_clients(a, plan_a)
+            done_b = run_clients(b, plan_b)
+            time.sleep(1.0)
+        finally:
+            rcs = [p.stop() for p in prods]
+    assert rcs == [0, 0]
+    # what the capture saw: every packet towards the servers, by connection
+    api_of = {}
+    for plan, done in ((plan_a, done_a), (plan_b, done_b)):
+        assert len(done) == len(plan)
+        for d in done:
+            api_of[(d["src"], d["sport"])] = plan[d["index"]]["api"]
+    expected: dict[str, Counter[str]] = defaultdict(Counter)
+    clients: dict[str, set[str]] = defaultdict(set)
+    seen_by: dict[str, set[str]] = defaultdict(set)
+    for r in read_records(kafka_bootstrap, topic):
+        if r["protocol"] != 6 or r["dst_port"] not in (HTTP_PORT, TLS_PORT):
+            continue
+        api = api_of[(r["src_addr"], r["src_port"])]
+        expected[api]["packets"] += 1
+        expected[api]["bytes"] += r["wire_len"]
+        if r["tcp_flags"] & 0x12 == 0x02:
+            expected[api]["new_connections"] += 1
+        clients[api].add(r["src_addr"])
+        seen_by[api].add(f"{r['host']}/{r['interface']}")
+    for c in plan_a + plan_b:
+        expected[c["api"]]["requests"] += 1 if c["kind"] == "tls" else len(c["requests"])
+        expected[c["api"]]["partial_requests"] += 1 if c["kind"] == "split" or "xxxx" in c["requests"][0][1] else 0
+
+    out = run_usage(usage_cmd(kafka_bootstrap, topic, f"t-usage-{uuid.uuid4().hex[:6]}", f"{topic}.usage",
+                              catalog, "--partitions", "3", "--grace-s", "1"))
+    minutes = [r for r in out if r["window_s"] == 60]
+    assert len({r["window_start_ms"] for r in minutes}) == 1, minutes
+    got = {r["api"]: r for r in minutes}
+    assert set(got) == set(expected), (sorted(got), sorted(expected))
+    for api, e in expected.items():
+        r = got[api]
+        for k in ("requests", "partial_requests", "packets", "bytes", "new_connections"):
+            assert r[k] == e[k], (api, k, r[k], e[k])
+        assert r["distinct_clients"] == len(clients[api]), api
+        assert {c["client"] for c in r["top_clients"]} == clients[api]
+        assert set(r["seen_by"]) == seen_by[api]
+        assert r["matched"] == (api in {"users.get", "orders.create", "orders.items", "pay"})
+    assert got["users.get"]["methods"] == {"GET": 5}
+    assert got["orders.create"]["methods"] == {"POST": 3}
+    assert got["pay"]["protocol"] == "tls" and got["pay"]["host"] == "pay.shop.test"
+    assert got["users.get"]["seen_by"] == ["host-a/" + a.host_if, "host-b/" + b.host_if]
+    top = got["users.get"]["top_clients"][0]
+    assert (top["client"], top["requests"]) == (a.peer_ip, 2) or (top["client"], top["requests"]) == (b.peer_ip, 2)
+    # the hour roll-up of a single minute is that minute
+    hours = {r["api"]: r for r in out if r["window_s"] == 3600}
+    for api, r in got.items():
+        h = hours[api]
+        assert (h["requests"], h["packets"], h["bytes"], h["distinct_clients"]) == \
+            (r["requests"], r["packets"], r["bytes"], r["distinct_clients"])
+    # what was printed is what the usage topic holds
+    published = read_usage(kafka_bootstrap, f"{topic}.usage")
+    assert sorted(map(key, published)) == sorted(map(key, out))
+
+    # a replay of the same topic (a new app id) gives identical records
+    again = run_usage(usage_cmd(kafka_bootstrap, topic, f"t-usage-{uuid.uuid4().hex[:6]}", f"{topic}.usage2",
+                                catalog, "--partitions", "2", "--grace-s", "1"))
+    assert sorted(again, key=key) == sorted(out, key=key)
+
+
+def load_generated(bootstrap: str, topic: str, connections: int, hosts: int = 3) -> int:
+    ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
+    t = generate(connections, time.time_ns() - 400_000_000_000, 240_000_000_000, seed=7)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
+                  "message.max.bytes": 16 << 20})
+    for h in range(hosts):
+        for m in containers(t, batch=5000, host=f"gen{h}"):
+            p.produce(topic, m, key=f"gen{h}".encode())
+            p.poll(0)
+    msgs = containers(t, batch=5000, host="genx")
+    for bad in (b"garbage", msgs[0][:100], b"Obj\x02" + msgs[0][4:]):  # corrupt, truncated, wrong version
+        p.produce(topic, bad, key=b"genx")
+    assert p.flush(60) == 0
+    return t.n * hosts
+
+
+def dead_letters(bootstrap: str, topic: str) -> list[str]:
+    """The reasons of the committed messages of a dead-letter topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            break
+        out.append(dict(m.headers() or [])["pktstream.dlq.reason"].decode())
+    c.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, *topics: str) -> int:
+    """The sum of a group's committed offsets over the topics' partitions."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    total = 0
+    for topic in topics:
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or not md.partitions:
+            continue
+        offs = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+        total += sum(max(0, tp.offset) for tp in offs)
+    c.close()
+    return total
+
+
+def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"usage-restart-{uuid.uuid4().hex[:8]}"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    load_generated(kafka_bootstrap, topic, 40000)
+    reference = run_usage(usage_cmd(kafka_bootstrap, topic, f"t-ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref",
+                                    catalog, "--dead-letter-topic", f"{topic}.ref.dlq"))
+    assert len(reference) > 40
+    reasons = dead_letters(kafka_bootstrap, f"{topic}.ref.dlq")
+    assert len(reasons) == 3 and any("bad magic" in r for r in reasons), reasons
+
+    app = f"t-kill-{uuid.uuid4().hex[:6]}"
+    cmd = usage_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", catalog, "--commit-interval-s", "0.2",
+                    "--dead-letter-topic", f"{topic}.killed.dlq")
+    for attempt in range(3):  # killed twice mid-stream, each time after a commit; then left to finish
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt == 2:
+            assert p.wait(300) == 0
+            break
+        base = committed(kafka_bootstrap, app, topic, f"{app}.repartition")
+        deadline = time.monotonic() + 120
+        while committed(kafka_bootstrap, app, topic, f"{app}.repartition") == base:
+            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        assert len(read_usage(kafka_bootstrap, f"{topic}.killed")) < len(reference), "finished before the kill"
+    published = read_usage(kafka_bootstrap, f"{topic}.killed")
+    assert sorted(map(key, published)) == sorted(map(key, reference)), "a window lost or published twice"
+    assert sorted(published, key=key) == sorted(reference, key=key)
+    assert sorted(dead_letters(kafka_bootstrap, f"{topic}.killed.dlq")) == sorted(reasons)  # each set aside once
