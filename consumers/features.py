@@ -62,6 +62,11 @@ FEATURE_DTYPE = np.dtype([
     ("attack", "<u2"),  # ATTACK_* bits found in the payload prefix (alerts consumer)
     ("frag_flags", "u1"),
     ("rflags", "u1"),
+    # a row may stand for several packets of one connection (usage.coalesce): their sums
+    ("packets", "<u4"),  # packets, scaled by sample_rate
+    ("nbytes", "<u8"),  # wire bytes, scaled by sample_rate
+    ("syns", "<u4"),  # SYNs without ACK, scaled by sample_rate
+    ("flags_or", "u1"),  # TCP flags of all of them, or-ed
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
@@ -99,49 +104,126 @@ def words_bytes(w: npt.NDArray[Any]) -> bytes:
     return np.ascontiguousarray(w, dtype="<u8").tobytes()
 
 
-def featurize(batch: Batch, origin: str, attack_scan: Any = None) -> Features:
+def flow_hash(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[Any], dport: npt.NDArray[Any],
+              proto: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash of each row's 5-tuple (addresses as (n, 2) words)."""
+    with np.errstate(over="ignore"):
+        a = addr_hash(src)
+        b = addr_hash(dst)
+        ports = (sport.astype(np.uint64) << np.uint64(24)) | (dport.astype(np.uint64) << np.uint64(8)) \
+            | proto.astype(np.uint64)
+        return np.asarray(a * np.uint64(0x9E3779B97F4A7C15) ^ b ^ (ports * np.uint64(0xC2B2AE3D27D4EB4F)),
+                          dtype=np.uint64)
+
+
+def flow_order(fh: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
+    """Rows sorted by flow, each flow's rows in their original order (the index in the low bits
+    of the key makes a plain sort keep it); flows are the top 44 bits of the hash."""
+    n = len(fh)
+    if n < (1 << 20):
+        return np.argsort((fh & ~np.uint64(0xFFFFF)) | np.arange(n, dtype=np.uint64))
+    return np.argsort(fh >> np.uint64(20), kind="stable")
+
+
+def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only: bool = False,
+              coalesce_ns: int = 0) -> Features:
     """One packet container's records as feature rows (the strings they need included).
 
-    ``attack_scan`` (bytes -> int) marks HTTP request payloads with attack bits; it is
-    called once per distinct payload prefix."""
+    ``transport_only`` keeps TCP and UDP over IP. ``coalesce_ns`` > 0 folds each run of one
+    connection's packets that starts at a request (or at the connection's first packet in the
+    batch) and stays within one window of that length into one row: the first packet's fields,
+    packets, bytes and SYNs summed, flags or-ed. ``attack_scan`` (bytes -> int) marks HTTP
+    request payloads with attack bits; it is called once per distinct payload prefix."""
     n = batch.n
     c = batch.columns
-    rows = np.zeros(n, dtype=FEATURE_DTYPE)
     strings = _Strings()
-    rows["origin"] = strings.add(origin)
+    o = strings.add(origin)
+    if n == 0:
+        return Features(np.zeros(0, dtype=FEATURE_DTYPE), strings.items)
+    sel: npt.NDArray[np.intp] | None = None
+    if transport_only:
+        proto_all = c["protocol"]
+        wanted = ((proto_all == 6) | (proto_all == 17)) & (c["ip_version"] > 0)
+        if not wanted.all():  # most batches are all TCP and UDP: no copy then
+            sel = np.flatnonzero(wanted)
+
+    def col(name: str) -> npt.NDArray[Any]:
+        return c[name] if sel is None else c[name][sel]
+
+    ts = col("ts_ns")
+    m = len(ts)
+    src = addr_words(col("src_addr"))
+    dst = addr_words(col("dst_addr"))
+    sport, dport, proto = col("src_port"), col("dst_port"), col("protocol")
+    rate = np.maximum(col("sample_rate"), 1).astype(np.uint32)
+    flags = col("tcp_flags")
+    nbytes = col("wire_len").astype(np.uint64) * rate
+    syns = np.where((flags & 0x12) == 0x02, rate, 0).astype(np.uint32)
+    payload = c.get("payload")
+    has_payload = payload is not None and payload.shape[1] > 0 and m > 0
+    if has_payload:
+        assert payload is not None
+        pay = payload if sel is None else payload[sel]
+        plen = col("payload__len")
+        parsed = parse_payloads(pay, plen)
+    else:
+        parsed = np.zeros((m, 10), dtype=np.int32)
+    kind = parsed[:, KIND]
+    idx: npt.NDArray[np.intp] = np.arange(m)
+    packets = rate
+    flags_or = flags
+    if coalesce_ns and m:
+        fh = flow_hash(src, dst, sport, dport, proto)
+        order = flow_order(fh)
+        fs = fh[order] >> np.uint64(20)
+        w = ts[order] // coalesce_ns
+        new = np.empty(m, dtype=bool)
+        new[0] = True
+        new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | np.isin(kind[order][1:], REQUEST_KINDS)
+        starts = np.flatnonzero(new)
+        idx = order[starts]
+        packets = np.add.reduceat(rate[order], starts)
+        nbytes = np.add.reduceat(nbytes[order], starts)
+        syns = np.add.reduceat(syns[order], starts)
+        flags_or = np.bitwise_or.reduceat(flags[order], starts)
+    else:
+        flags_or = flags
+    k = len(idx)
+    rows = np.zeros(k, dtype=FEATURE_DTYPE)
+    rows["origin"] = o
     rows["name"] = -1
     rows["path"] = -1
-    if n == 0:
+    rows["ts_ns"] = ts[idx]
+    rows["src"] = src[idx]
+    rows["dst"] = dst[idx]
+    rows["sport"] = sport[idx]
+    rows["dport"] = dport[idx]
+    rows["proto"] = proto[idx]
+    rows["ip_version"] = col("ip_version")[idx]
+    rows["tcp_flags"] = flags[idx]
+    rows["ttl"] = col("ttl")[idx]
+    rows["wire_len"] = col("wire_len")[idx]
+    rows["sample_rate"] = rate[idx]
+    rows["frag_flags"] = col("frag_flags")[idx]
+    rows["rflags"] = col("flags")[idx] & 0xFF
+    rows["packets"] = packets if coalesce_ns else rate
+    rows["nbytes"] = nbytes
+    rows["syns"] = syns
+    rows["flags_or"] = flags_or
+    if not has_payload:
         return Features(rows, strings.items)
-    rows["ts_ns"] = c["ts_ns"]
-    rows["src"] = addr_words(c["src_addr"])
-    rows["dst"] = addr_words(c["dst_addr"])
-    rows["sport"] = c["src_port"]
-    rows["dport"] = c["dst_port"]
-    rows["proto"] = c["protocol"]
-    rows["ip_version"] = c["ip_version"]
-    rows["tcp_flags"] = c["tcp_flags"]
-    rows["ttl"] = c["ttl"]
-    rows["wire_len"] = c["wire_len"]
-    rows["sample_rate"] = np.maximum(c["sample_rate"], 1)
-    rows["frag_flags"] = c["frag_flags"]
-    rows["rflags"] = c["flags"] & 0xFF
-    payload = c.get("payload")
-    if payload is None or payload.shape[1] == 0:
-        return Features(rows, strings.items)
-    plen = c["payload__len"]
-    parsed = parse_payloads(payload, plen)
-    kind = parsed[:, KIND]
-    rows["kind"] = kind
-    rows["method"] = parsed[:, METHOD]
-    rows["pflags"] = parsed[:, PFLAGS]
-    req = np.flatnonzero(np.isin(kind, (KIND_HTTP1, KIND_TLS_HELLO)))
+    pk = parsed[idx]
+    rows["kind"] = pk[:, KIND]
+    rows["method"] = pk[:, METHOD]
+    rows["pflags"] = pk[:, PFLAGS]
+    req = np.flatnonzero(np.isin(pk[:, KIND], (KIND_HTTP1, KIND_TLS_HELLO)))
     if req.size == 0:
         return Features(rows, strings.items)
     # identical prefixes (the same request again) are read once: group request rows by a hash
     # of their payload bytes
-    plen_r = plen[req]
-    pw = payload[req]
+    src_rows = idx[req]  # rows of pay / plen / parsed
+    plen_r = plen[src_rows]
+    pw = pay[src_rows]
     if pw.shape[1] % 8:
         pw = np.pad(pw, ((0, 0), (0, 8 - pw.shape[1] % 8)))
     words = np.ascontiguousarray(pw).view("<u8")
@@ -154,19 +236,19 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None) -> Features:
     u_name = np.full(len(first), -1, dtype=np.int32)
     u_path = np.full(len(first), -1, dtype=np.int32)
     u_attack = np.zeros(len(first), dtype=np.uint16)
-    for j, i in enumerate(req[first].tolist()):
+    for j, i in enumerate(src_rows[first].tolist()):
         p = parsed[i]
         ho, hl, po, pl = int(p[HOST_OFF]), int(p[HOST_LEN]), int(p[PATH_OFF]), int(p[PATH_LEN])
         if hl > 0:
-            host = bytes(payload[i, ho : ho + hl]).decode("latin-1").lower()
+            host = bytes(pay[i, ho : ho + hl]).decode("latin-1").lower()
             if ":" in host and not host.startswith("["):
                 host = host.rsplit(":", 1)[0]
             u_name[j] = strings.add(host)
         if pl > 0:
-            target = bytes(payload[i, po : po + pl]).decode("latin-1")
+            target = bytes(pay[i, po : po + pl]).decode("latin-1")
             u_path[j] = strings.add(target.split("?", 1)[0])
         if attack_scan is not None and kind[i] == KIND_HTTP1:
-            u_attack[j] = int(attack_scan(bytes(payload[i, : int(plen[i])])))
+            u_attack[j] = int(attack_scan(bytes(pay[i, : int(plen[i])])))
     inv = inv.ravel()
     rows["name"][req] = u_name[inv]
     rows["path"][req] = u_path[inv]
@@ -199,6 +281,44 @@ def decode(value: bytes | None) -> Features:
         raise DecodeError(f"feature batch claims {n} rows in {len(body)} bytes")
     rows = np.frombuffer(body, dtype=FEATURE_DTYPE, count=n)
     return Features(rows, strings)
+
+
+def compact(f: Features) -> Features:
+    """The batch with only the strings its rows point to (rows are copied when renumbered)."""
+    rows = f.rows
+    refs = np.concatenate([rows["name"], rows["path"], rows["origin"].astype(np.int32)])
+    used = np.unique(refs[refs >= 0])
+    if len(used) == len(f.strings):
+        return f
+    rows = rows.copy()
+    for k in ("name", "path", "origin"):
+        col = rows[k]
+        ok = col >= 0
+        col[ok] = np.searchsorted(used, col[ok])
+    return Features(rows, [f.strings[i] for i in used.tolist()])
+
+
+def concat(fs: list[Features]) -> Features:
+    """Several batches as one: rows appended, string tables merged (equal strings become one)."""
+    if len(fs) == 1:
+        return fs[0]
+    index: dict[str, int] = {}
+    strings: list[str] = []
+    parts = []
+    for f in fs:
+        remap = np.empty(len(f.strings) + 1, dtype=np.int32)
+        remap[-1] = -1  # index -1 (no string) stays -1
+        for i, text in enumerate(f.strings):
+            j = index.get(text)
+            if j is None:
+                j = index[text] = len(strings)
+                strings.append(text)
+            remap[i] = j
+        rows = f.rows.copy()
+        for k in ("name", "path", "origin"):
+            rows[k] = remap[rows[k]]
+        parts.append(rows)
+    return Features(np.concatenate(parts), strings)
 
 
 def subset(f: Features, idx: npt.NDArray[np.intp], view: int | None = None) -> Features:

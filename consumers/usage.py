@@ -20,6 +20,7 @@ so hours are exact roll-ups (distinct clients included).
 
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 from dataclasses import dataclass, field
@@ -31,7 +32,15 @@ import numpy.typing as npt
 
 from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, ApiRef, Catalog
 from pktstream.consumers.columns import Batch
-from pktstream.consumers.features import REQUEST_KINDS, Features, addr_hash, featurize, words_bytes
+from pktstream.consumers.features import (
+    REQUEST_KINDS,
+    Features,
+    addr_hash,
+    featurize,
+    flow_hash,
+    flow_order,
+    words_bytes,
+)
 from pktstream.consumers.parse import F_HEADERS_CUT, F_LINE_CUT, F_TLS_CUT, KIND_H2_PREFACE, KIND_TLS_HELLO, METHODS
 from pktstream.consumers.stream import FOREVER, Output
 from pktstream.schemas import load_schema_json
@@ -49,6 +58,78 @@ def usage_schema() -> Any:
     return _PARSED
 
 
+class Clients:
+    """Per-client counters (requests, packets, bytes) of one API in one window, as arrays.
+
+    Batches append their rows as they are; ``reduce`` folds equal addresses together (exactly:
+    sorted on both address words), which happens when the appended rows outgrow what is
+    already folded, and before anything is read."""
+
+    __slots__ = ("addr", "cnt", "parts", "waiting")
+
+    def __init__(self, addr: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.int64] | None = None) -> None:
+        self.addr = addr if addr is not None else np.zeros((0, 2), dtype=np.uint64)
+        self.cnt = cnt if cnt is not None else np.zeros((0, 3), dtype=np.int64)
+        self.parts: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
+        self.waiting = 0
+
+    def add(self, addr: npt.NDArray[np.uint64], cnt: npt.NDArray[np.int64]) -> None:
+        self.parts.append((addr, cnt))
+        self.waiting += len(addr)
+        if self.waiting > max(4096, 2 * len(self.addr)):
+            self.reduce()
+
+    def extend(self, o: Clients) -> None:
+        o.reduce()
+        self.add(o.addr, o.cnt)
+
+    def reduce(self) -> None:
+        if not self.parts:
+            return
+        addr = np.concatenate([self.addr, *(p[0] for p in self.parts)])
+        cnt = np.concatenate([self.cnt, *(p[1] for p in self.parts)])
+        self.parts, self.waiting = [], 0
+        if len(addr) == 0:
+            return
+        order = np.lexsort((addr[:, 1], addr[:, 0]))
+        a = addr[order]
+        new = np.empty(len(a), dtype=bool)
+        new[0] = True
+        new[1:] = (a[1:] != a[:-1]).any(axis=1)
+        starts = np.flatnonzero(new)
+        self.addr = a[starts]
+        self.cnt = np.add.reduceat(cnt[order], starts, axis=0)
+
+    def __len__(self) -> int:
+        self.reduce()
+        return len(self.addr)
+
+    def top(self, k: int) -> list[tuple[bytes, list[int]]]:
+        """The k clients with the most requests, then packets; ties by address."""
+        self.reduce()
+        c = self.cnt
+        order = np.lexsort((self.addr[:, 1], self.addr[:, 0], -c[:, 1], -c[:, 0]))[:k]
+        ab = words_bytes(self.addr[order])
+        return [(ab[16 * i : 16 * i + 16], v) for i, v in enumerate(c[order].tolist())]
+
+    def dump(self) -> list[str]:
+        self.reduce()
+        return [base64.b64encode(np.ascontiguousarray(self.addr, dtype="<u8").tobytes()).decode(),
+                base64.b64encode(np.ascontiguousarray(self.cnt, dtype="<i8").tobytes()).decode()]
+
+    @classmethod
+    def load(cls, d: list[str]) -> Clients:
+        addr = np.frombuffer(base64.b64decode(d[0]), dtype="<u8").reshape(-1, 2).copy()
+        cnt = np.frombuffer(base64.b64decode(d[1]), dtype="<i8").reshape(-1, 3).copy()
+        if len(addr) != len(cnt):
+            raise ValueError("snapshot: client addresses and counters differ in number")
+        return cls(addr, cnt)
+
+
+def _one_client(src: bytes, packets: int, nbytes: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    return (np.frombuffer(src, dtype="<u8").reshape(1, 2).copy(), np.array([[0, packets, nbytes]], dtype=np.int64))
+
+
 @dataclass
 class Agg:
     """One API in one window."""
@@ -60,7 +141,7 @@ class Agg:
     syns: int = 0
     sampled: bool = False
     methods: dict[str, int] = field(default_factory=dict)
-    clients: dict[bytes, list[int]] = field(default_factory=dict)  # address -> [requests, packets, bytes]
+    clients: Clients = field(default_factory=Clients)
     seen_by: set[str] = field(default_factory=set)
 
     def merge(self, o: Agg) -> None:
@@ -72,24 +153,17 @@ class Agg:
         self.sampled |= o.sampled
         for k, v in o.methods.items():
             self.methods[k] = self.methods.get(k, 0) + v
-        for c, (r, p, b) in o.clients.items():
-            cur = self.clients.get(c)
-            if cur is None:
-                self.clients[c] = [r, p, b]
-            else:
-                cur[0] += r
-                cur[1] += p
-                cur[2] += b
+        self.clients.extend(o.clients)
         self.seen_by |= o.seen_by
 
     def dump(self) -> list[Any]:
         return [self.requests, self.partial, self.packets, self.nbytes, self.syns, self.sampled, self.methods,
-                {c.hex(): v for c, v in self.clients.items()}, sorted(self.seen_by)]
+                self.clients.dump(), sorted(self.seen_by)]
 
     @classmethod
     def load(cls, d: list[Any]) -> Agg:
         return cls(int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), bool(d[5]), dict(d[6]),
-                   {bytes.fromhex(c): list(v) for c, v in d[7].items()}, set(d[8]))
+                   Clients.load(d[7]), set(d[8]))
 
 
 @dataclass
@@ -107,7 +181,7 @@ class UsageState:
     windows: dict[int, dict[str, Agg]] = field(default_factory=dict)  # minute start (ns) -> API -> Agg
     hours: dict[int, dict[str, Agg]] = field(default_factory=dict)
     closed_until: int = 0  # minute windows starting before this are closed
-    flows: dict[int, list[Any]] = field(default_factory=dict)  # flow hash -> [api, last request ts, closing]
+    flows: dict[int, Any] = field(default_factory=dict)  # flow hash -> (api, last request ts, closing)
     pending: dict[int, Pending] = field(default_factory=dict)
     apis: dict[str, ApiRef] = field(default_factory=dict)
     late_records: int = 0
@@ -115,13 +189,7 @@ class UsageState:
 
 
 def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    with np.errstate(over="ignore"):
-        a = addr_hash(rows["src"])
-        b = addr_hash(rows["dst"])
-        ports = (rows["sport"].astype(np.uint64) << np.uint64(24)) | (rows["dport"].astype(np.uint64) << np.uint64(8)) \
-            | rows["proto"].astype(np.uint64)
-        return np.asarray(a * np.uint64(0x9E3779B97F4A7C15) ^ b ^ (ports * np.uint64(0xC2B2AE3D27D4EB4F)),
-                          dtype=np.uint64)
+    return flow_hash(rows["src"], rows["dst"], rows["sport"], rows["dport"], rows["proto"])
 
 
 def _mix(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
@@ -156,20 +224,18 @@ class UsageProcessor:
     # -- stage one --------------------------------------------------------------------------
 
     def featurize(self, batch: Batch, origin: str) -> Features:
-        return featurize(batch, origin)
+        return featurize(batch, origin, transport_only=True, coalesce_ns=MINUTE_NS)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
         rows = f.rows
-        keep = np.flatnonzero(((rows["proto"] == PROTO_TCP) | (rows["proto"] == PROTO_UDP)) & (rows["ip_version"] > 0))
-        if keep.size == 0:
+        if len(rows) == 0:
             return {}
-        part = (addr_hash(rows["dst"][keep]) % np.uint64(nparts)).astype(np.int64)
+        part = (addr_hash(rows["dst"]) % np.uint64(nparts)).astype(np.int64)
         order = np.argsort(part, kind="stable")
-        cuts = np.flatnonzero(np.diff(part[order])) + 1
-        out: dict[int, Features] = {}
-        for chunk in np.split(order, cuts):
-            out[int(part[chunk[0]])] = Features(rows[keep[chunk]], f.strings)
-        return out
+        sorted_rows = rows[order]  # one copy; each partition's rows are then a contiguous slice
+        bounds = np.searchsorted(part[order], np.arange(nparts + 1))
+        return {q: Features(sorted_rows[bounds[q] : bounds[q + 1]], f.strings)
+                for q in range(nparts) if bounds[q + 1] > bounds[q]}
 
     # -- stage two --------------------------------------------------------------------------
 
@@ -184,11 +250,11 @@ class UsageProcessor:
     def process(self, st: UsageState, f: Features) -> None:
         rows = f.rows
         n = len(rows)
-        st.records += n
+        st.records += int(rows["packets"].sum())
         win = (rows["ts_ns"] // MINUTE_NS) * MINUTE_NS
         late = win < st.closed_until
         if late.any():
-            st.late_records += int(late.sum())
+            st.late_records += int(rows["packets"][late].sum())
             rows, win = rows[~late], win[~late]
             n = len(rows)
             if n == 0:
@@ -215,41 +281,39 @@ class UsageProcessor:
             _u, first, inv = np.unique(rkey, return_index=True, return_inverse=True)
             uniq = r[first]
             ids = np.empty(len(uniq), dtype=np.int64)
-            for j, u in enumerate(uniq):
-                ref = self.catalog.match(f.text(int(u["name"])), words_bytes(u["dst"]), int(u["dport"]),
-                                         METHODS[int(u["method"])] if u["method"] < len(METHODS) else "",
-                                         f.text(int(u["path"])), _protocol(int(u["kind"]), PROTO_TCP),
-                                         partial=bool(u["pflags"] & F_LINE_CUT))
+            dsts = words_bytes(uniq["dst"])
+            for j, (nm, port, meth, pth, knd, pfl) in enumerate(zip(
+                    uniq["name"].tolist(), uniq["dport"].tolist(), uniq["method"].tolist(), uniq["path"].tolist(),
+                    uniq["kind"].tolist(), uniq["pflags"].tolist(), strict=True)):
+                ref = self.catalog.match(f.text(nm), dsts[16 * j : 16 * j + 16], port,
+                                         METHODS[meth] if meth < len(METHODS) else "", f.text(pth),
+                                         _protocol(knd, PROTO_TCP), partial=bool(pfl & F_LINE_CUT))
                 st.apis.setdefault(ref.name, ref)
                 ids[j] = api_id(ref.name)
             row_api[req_idx] = ids[inv.ravel()]
         # 2. other packets -> their connection's API
         fh = _flow_hash(rows)
-        if n < (1 << 20):  # the row index in the low bits: a plain sort keeps each flow's rows in order
-            sk = np.argsort((fh & ~np.uint64(0xFFFFF)) | np.arange(n, dtype=np.uint64))
-            order = sk
-            fs = fh[order] >> np.uint64(20)
-        else:
-            order = np.argsort(fh >> np.uint64(20), kind="stable")
-            fs = fh[order] >> np.uint64(20)
+        order = flow_order(fh)
+        fs = fh[order] >> np.uint64(20)
         starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
         gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
         a_sorted = row_api[order]
         pos = np.where(a_sorted >= 0, np.arange(n), -1)
         last = np.maximum.accumulate(pos)
         ffill = np.where(last >= starts[gid], a_sorted[np.maximum(last, 0)], -1)
-        has_req = np.zeros(len(starts), dtype=bool)
-        np.logical_or.at(has_req, gid, a_sorted >= 0)
+        # per connection (groups are contiguous in sorted order: reduceat over their starts)
+        flags_s = rows["flags_or"][order]
+        is_syn_s = rows["syns"][order] > 0
+        has_req = np.logical_or.reduceat(a_sorted >= 0, starts)
         big = np.iinfo(np.int64).max
-        firstpos = np.full(len(starts), big, dtype=np.int64)
-        np.minimum.at(firstpos, gid, np.where(a_sorted >= 0, np.arange(n), big))
+        firstpos = np.minimum.reduceat(np.where(a_sorted >= 0, np.arange(n), big), starts)
         # rows before the connection's first request in this batch: the flow table, else that request
         need = np.flatnonzero(ffill < 0)
         if need.size:
-            opened = np.zeros(len(starts), dtype=bool)  # a SYN: a new connection, whatever the table says
-            np.logical_or.at(opened, gid, (rows["tcp_flags"][order] & (SYN | ACK)) == SYN)
+            opened = np.logical_or.reduceat(is_syn_s, starts)  # a SYN: a new connection, whatever the table says
             groups = np.unique(gid[need])
-            groups = groups[~opened[groups]]
+            tcp_s = rows["proto"][order][starts] == PROTO_TCP  # only TCP connections are in the table
+            groups = groups[~opened[groups] & tcp_s[groups]]
             table_api = np.full(len(starts), -1, dtype=np.int64)
             for g in groups.tolist():
                 ent = st.flows.get(int(fs[starts[g]]))
@@ -263,16 +327,14 @@ class UsageProcessor:
         row_api_sorted = ffill
         # 3. the flow table learns each connection's latest request (and whether it is closing)
         if req_idx.size:
-            lastreq = np.full(len(starts), -1, dtype=np.int64)
-            np.maximum.at(lastreq, gid, np.where(a_sorted >= 0, np.arange(n), -1))
-            closing = np.zeros(len(starts), dtype=bool)
-            np.logical_or.at(closing, gid, (rows["tcp_flags"][order] & (FIN | RST)) != 0)
+            lastreq = np.maximum.reduceat(np.where(a_sorted >= 0, np.arange(n), -1), starts)
+            closing = np.logical_or.reduceat((flags_s & (FIN | RST)) != 0, starts)
             gs = np.flatnonzero(lastreq >= 0)
             ps = lastreq[gs]
             keys = fs[ps].tolist()
             names = [api_names[a] for a in a_sorted[ps].tolist()]
-            st.flows.update(zip(keys, map(list, zip(names, rows["ts_ns"][order][ps].tolist(),
-                                                     closing[gs].tolist(), strict=True)), strict=True))
+            st.flows.update(zip(keys, zip(names, rows["ts_ns"][order][ps].tolist(), closing[gs].tolist(),
+                                          strict=True), strict=True))
             if st.pending:
                 for key, name in zip(keys, names, strict=True):
                     pend = st.pending.pop(key, None)
@@ -281,36 +343,43 @@ class UsageProcessor:
         # 4. packets of connections still without a request: wait (TCP that opened here) or catch-all
         unk = np.flatnonzero(row_api_sorted < 0)
         if unk.size:
-            rows_s = rows[order]
-            syn = (rows_s["tcp_flags"] & (SYN | ACK)) == SYN
+            rows_s = rows[order[unk]]  # the rows concerned, in sorted order: unk indexes them
+            pos_of = np.full(n, -1, dtype=np.int64)
+            pos_of[unk] = np.arange(len(unk))
+            syn_u = is_syn_s[unk] & (rows_s["proto"] == PROTO_TCP)
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
-            has_syn = np.zeros(len(starts), dtype=bool)
-            np.logical_or.at(has_syn, gid[unk], syn[unk] & (rows_s["proto"][unk] == PROTO_TCP))
+            has_syn = np.logical_or.reduceat(syn_u, ustart)
+            # candidates to wait: TCP connections opening here, or already waiting
+            cand = has_syn.copy()
+            if st.pending:
+                waiting_keys = np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending))
+                cand |= np.isin(fs[starts[ug]], waiting_keys)
             wait_rows: list[npt.NDArray[np.intp]] = []
-            for g, us, uc in zip(ug.tolist(), ustart.tolist(), ucnt.tolist(), strict=True):
+            for gi_, us, uc, hs in zip(np.flatnonzero(cand).tolist(), ustart[cand].tolist(), ucnt[cand].tolist(),
+                                       has_syn[cand].tolist(), strict=True):
+                g = int(ug[gi_])
                 key = int(fs[starts[g]])
                 pend = st.pending.get(key)
-                if pend is None and has_syn[g] and len(st.pending) < MAX_PENDING_FLOWS:
-                    r0 = rows_s[unk[us]]
+                if pend is None and hs and len(st.pending) < MAX_PENDING_FLOWS:
+                    r0 = rows_s[us]
                     pend = st.pending[key] = Pending(
                         words_bytes(r0["src"]), self._service(st, words_bytes(r0["dst"]), int(r0["dport"]),
                                                               int(r0["proto"])))
                 if pend is not None:
                     sel = unk[us : us + uc]
                     win_s = win[order][sel]
-                    for i, w in zip(sel.tolist(), win_s.tolist(), strict=True):
-                        rate = int(rows_s["sample_rate"][i])
+                    for i, w in zip(pos_of[sel].tolist(), win_s.tolist(), strict=True):
                         acc = pend.windows.setdefault(int(w), [0, 0, 0])
-                        acc[0] += rate
-                        acc[1] += int(rows_s["wire_len"][i]) * rate
-                        acc[2] += rate if syn[i] else 0
+                        acc[0] += int(rows_s["packets"][i])
+                        acc[1] += int(rows_s["nbytes"][i])
+                        acc[2] += int(rows_s["syns"][i])
                         pend.origins.add(f.text(int(rows_s["origin"][i])))
                     wait_rows.append(sel)
             if wait_rows:
                 row_api_sorted[np.concatenate(wait_rows)] = -2  # waiting in the flow table
             rest = np.flatnonzero(row_api_sorted == -1)
             if rest.size:  # the server's catch-all, once per distinct (address, port, protocol)
-                rr = rows_s[rest]
+                rr = rows_s[pos_of[rest]]
                 _su, sfirst, sinv = np.unique(_mix(addr_hash(rr["dst"]), rr["dport"], rr["proto"]),
                                               return_index=True, return_inverse=True)
                 su = rr[sfirst]
@@ -334,15 +403,15 @@ class UsageProcessor:
         gi = gi.ravel()
         ng = len(groups)
         rate = rows["sample_rate"].astype(np.int64)
-        nbytes = rows["wire_len"].astype(np.int64) * rate
+        npk = rows["packets"].astype(np.int64)
+        nbytes = rows["nbytes"].astype(np.int64)
         reqw = np.where(is_req, rate, 0)
         cut = (rows["pflags"] & (F_LINE_CUT | F_HEADERS_CUT | F_TLS_CUT)) != 0
-        syn = ((rows["tcp_flags"] & (SYN | ACK)) == SYN) & (rows["proto"] == PROTO_TCP)
-        packets = np.bincount(gi, rate, ng)
+        packets = np.bincount(gi, npk, ng)
         byts = np.bincount(gi, nbytes, ng)
         reqs = np.bincount(gi, reqw, ng)
         partial = np.bincount(gi, np.where(is_req & cut, rate, 0), ng)
-        syns = np.bincount(gi, np.where(syn, rate, 0), ng)
+        syns = np.bincount(gi, rows["syns"].astype(np.int64), ng)
         sampled = np.bincount(gi, (rate > 1).astype(np.int64), ng)
         aggs: list[Agg] = []
         for j, g in enumerate(groups.tolist()):
@@ -368,26 +437,14 @@ class UsageProcessor:
                 m = METHODS[k % 16] if k % 16 < len(METHODS) else "?"
                 d = aggs[k // 16].methods
                 d[m] = d.get(m, 0) + int(c)
-        # clients: distinct (group, source) pairs
-        sh = addr_hash(rows["src"])
-        with np.errstate(over="ignore"):
-            ck = sh ^ (gi.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        cu, cfirst, cinv = np.unique(ck, return_index=True, return_inverse=True)
-        cinv = cinv.ravel()
-        cr = np.bincount(cinv, reqw, len(cu))
-        cp = np.bincount(cinv, rate, len(cu))
-        cb = np.bincount(cinv, nbytes, len(cu))
-        srcb = words_bytes(rows["src"][cfirst])
-        for j, g in enumerate(gi[cfirst].tolist()):
-            a = aggs[g]
-            addr = srcb[16 * j : 16 * j + 16]
-            cur = a.clients.get(addr)
-            if cur is None:
-                a.clients[addr] = [int(cr[j]), int(cp[j]), int(cb[j])]
-            else:
-                cur[0] += int(cr[j])
-                cur[1] += int(cp[j])
-                cur[2] += int(cb[j])
+        # clients: each group's rows go to its API's client table as they are (folded later)
+        corder = np.argsort(gi, kind="stable")
+        cstarts = np.searchsorted(gi[corder], np.arange(ng + 1))
+        src = rows["src"][corder]
+        ccnt = np.stack([reqw, npk, nbytes], axis=1)[corder]
+        for j in range(ng):
+            lo, hi = int(cstarts[j]), int(cstarts[j + 1])
+            aggs[j].clients.add(src[lo:hi], ccnt[lo:hi])
         for u in np.unique(gi.astype(np.int64) * 65536 + rows["origin"].astype(np.int64)).tolist():
             aggs[u >> 16].seen_by.add(f.text(u & 0xFFFF))
 
@@ -398,9 +455,7 @@ class UsageProcessor:
             a.nbytes += b
             a.syns += s
             a.seen_by |= pend.origins
-            cur = a.clients.setdefault(pend.src, [0, 0, 0])
-            cur[1] += p
-            cur[2] += b
+            a.clients.add(*_one_client(pend.src, p, b))
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -419,9 +474,7 @@ class UsageProcessor:
                     a.nbytes += b
                     a.syns += s
                     a.seen_by |= pend.origins
-                    cur = a.clients.setdefault(pend.src, [0, 0, 0])
-                    cur[1] += p
-                    cur[2] += b
+                    a.clients.add(*_one_client(pend.src, p, b))
                 if not pend.windows:
                     del st.pending[key]
         for w in closing:
@@ -446,7 +499,7 @@ class UsageProcessor:
 
     def _output(self, st: UsageState, name: str, w: int, window_s: int, a: Agg) -> Output:
         ref = st.apis.get(name) or ApiRef(name, "", 0, "tcp", False)
-        top = sorted(a.clients.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[: self.top_clients]
+        top = a.clients.top(self.top_clients)
         rec = {
             "api": name, "matched": ref.matched, "window_start_ms": w // 1_000_000, "window_s": window_s,
             "host": ref.host, "port": ref.port, "protocol": ref.protocol,
@@ -481,7 +534,7 @@ class UsageProcessor:
             windows={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["windows"].items()},
             hours={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["hours"].items()},
             closed_until=int(d["closed_until"]),
-            flows={int(k): list(v) for k, v in d["flows"].items()},
+            flows={int(k): tuple(v) for k, v in d["flows"].items()},
             pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]), {int(w): list(x) for w, x in v[3].items()})
                      for k, v in d["pending"].items()},
             apis={k: ApiRef(k, v[0], int(v[1]), v[2], bool(v[3]), int(v[4])) for k, v in d["apis"].items()},

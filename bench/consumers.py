@@ -1,0 +1,138 @@
+"""Consumer throughput: packet records per second through ``pktstream usage`` (and ``alerts``).
+
+    sudo .venv/bin/python -m bench.consumers [--app usage|alerts] [--connections 200000] [--cpu 1]
+
+Generates traffic with a realistic API mix (bench/traffic.py: connections of 6 packets with
+HTTP/1.1 requests and TLS ClientHellos, plus DNS; 128-byte payload prefixes), loads it into a
+topic of a real broker (a local one on port 19600 unless --bootstrap names one), then runs the
+real command, ``pktstream <app> --from-beginning --until-end``, pinned to one CPU with taskset,
+and reports records / second between its first assignment and its "caught up" log line.
+It also reports the in-process rate of the same work without Kafka (decode, features, re-key,
+per-partition state), which is the ceiling the Kafka round trip eats into.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Producer
+
+from bench.traffic import CATALOG, containers, generate
+from pktstream.consumers import features
+from pktstream.consumers.catalog import Catalog
+from pktstream.consumers.columns import read_container
+from pktstream.consumers.stream import FOREVER
+from pktstream.producer.kafka import ensure_topic
+
+PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
+
+
+def processor(app: str, catalog: Catalog) -> Any:
+    if app == "usage":
+        from pktstream.consumers.usage import UsageProcessor
+
+        return UsageProcessor(catalog)
+    from pktstream.consumers.alerts import AlertsProcessor, load_rules
+
+    return AlertsProcessor(load_rules(None), catalog)
+
+
+def in_process(app: str, msgs: list[bytes], nparts: int) -> float:
+    p = processor(app, Catalog.from_data(CATALOG))
+    states = {q: p.new_state() for q in range(nparts)}
+    n = 0
+    t = time.perf_counter()
+    for m in msgs:
+        b = read_container(m)
+        n += b.n
+        f = p.featurize(b, "gen/eth0")
+        for q, part in p.route(f, nparts).items():
+            p.process(states[q], features.decode(features.encode(part)))
+    for st in states.values():
+        p.close(st, FOREVER)
+    return n / (time.perf_counter() - t)
+
+
+def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int) -> dict[str, Any]:
+    cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
+           f"bench-{app}-{uuid.uuid4().hex[:6]}", f"--{app}-topic", f"{topic}.{app}", "--catalog", str(catalog),
+           "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json"]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    t_assign = t_done = None
+    done: dict[str, Any] = {}
+    for line in p.stderr.splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        ts = datetime.fromisoformat(e.get("timestamp", "1970-01-01T00:00:00+00:00").replace("Z", "+00:00"))
+        if e.get("event") == "partitions_assigned" and t_assign is None:
+            t_assign = ts
+        if e.get("event") == "stream_caught_up":
+            t_done, done = ts, e
+    assert t_assign and t_done, p.stderr[-2000:]
+    secs = (t_done - t_assign).total_seconds()
+    return {"records": done["records_in"], "seconds": secs, "rate": done["records_in"] / secs,
+            "outputs": done["outputs"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--app", choices=["usage", "alerts"], default="usage")
+    ap.add_argument("--connections", type=int, default=200_000, help="per host (about 6.6 records each)")
+    ap.add_argument("--hosts", type=int, default=3)
+    ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--cpu", type=int, default=1, help="the CPU the consumer is pinned to")
+    a = ap.parse_args()
+    t = generate(a.connections, time.time_ns() - 900 * 10**9, 600 * 10**9, clients=5000)
+    msgs = [m for h in range(a.hosts) for m in containers(t, host=f"gen{h}")]
+    rate_local = in_process(a.app, msgs, 6)
+    lk = None
+    bootstrap = a.bootstrap
+    if not bootstrap:
+        from pktstream.producer.kafka_local import LocalKafka
+
+        lk = LocalKafka(port=19600, data_dir=Path(tempfile.mkdtemp(prefix="pktstream-bench-")))
+        lk.down()
+        bootstrap = lk.up()
+    try:
+        topic = f"bench-{a.app}-{uuid.uuid4().hex[:6]}"
+        ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
+        prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
+                         "message.max.bytes": 16 << 20})
+        for i, m in enumerate(msgs):
+            prod.produce(topic, m, key=f"gen{i % a.hosts}".encode())
+            prod.poll(0)
+        prod.flush(120)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(CATALOG, f)
+        res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu)
+        os.unlink(f.name)
+    finally:
+        if lk is not None:
+            lk.down()
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  machine: {platform.node()} {os.cpu_count()} CPUs "
+          f"{platform.machine()} Linux {platform.release()}  Python {platform.python_version()}")
+    print(f"app: {a.app}  records: {len(msgs) and res['records']:,}  hosts: {a.hosts}  payload: 128 B")
+    print(f"in process, no Kafka          : {rate_local:,.0f} records/s")
+    print(f"pktstream {a.app} on 1 CPU (Kafka): {res['rate']:,.0f} records/s  ({res['records']:,} in "
+          f"{res['seconds']:.2f} s, {res['outputs']} records out)")
+
+
+if __name__ == "__main__":
+    main()
