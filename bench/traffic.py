@@ -180,3 +180,51 @@ def containers(t: Traffic, batch: int = 20000, host: str = "gen-host", interface
         cols = {k: v[s:e] for k, v in t.columns.items()}
         out.append(w.container(cols, e - s))
     return out
+
+
+# -- packets one by one (attack scenarios for the alerts consumer) ------------------------------------
+
+def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic:
+    """Records from dicts: ts, src, dst (IPv4 text), sport, dport, proto (6), flags, len, payload."""
+    n = len(pkts)
+    cols: dict[str, Any] = {
+        "seq": np.arange(n, dtype=np.int64),
+        "ts_ns": np.array([p["ts"] for p in pkts], dtype=np.int64),
+        "src_addr": np.array([list(v4(p["src"])) for p in pkts], dtype=np.uint8).reshape(n, 16),
+        "dst_addr": np.array([list(v4(p["dst"])) for p in pkts], dtype=np.uint8).reshape(n, 16),
+        "src_port": np.array([p.get("sport", 40000) for p in pkts], dtype=np.int64),
+        "dst_port": np.array([p.get("dport", 80) for p in pkts], dtype=np.int64),
+        "protocol": np.array([p.get("proto", 6) for p in pkts], dtype=np.int64),
+        "tcp_flags": np.array([p.get("flags", 0x10) for p in pkts], dtype=np.int64),
+        "wire_len": np.array([p.get("len", 60) for p in pkts], dtype=np.int64),
+        "ttl": np.array([p.get("ttl", 64) for p in pkts], dtype=np.int64),
+    }
+    payload = np.zeros((n, payload_width), dtype=np.uint8)
+    plen = np.zeros(n, dtype=np.int64)
+    for i, p in enumerate(pkts):
+        raw = p.get("payload", b"")[:payload_width]
+        payload[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        plen[i] = len(raw)
+    cols["payload"] = payload
+    cols["payload__len"] = plen
+    cols["payload_len"] = plen
+    for name, val in (("ifindex", 2), ("rx_queue", 0), ("ip_version", 4), ("frag_flags", 2), ("frag_offset", 0),
+                      ("vlan_outer", 0), ("vlan_inner", 0), ("ethertype", 0x0800), ("flags", 0),
+                      ("sample_rate", 1)):
+        cols[name] = np.full(n, val, dtype=np.int64)
+    order = np.argsort(cols["ts_ns"], kind="stable")
+    return Traffic({k: v[order] for k, v in cols.items()}, n)
+
+
+def merge(*ts: Traffic) -> Traffic:
+    cols = {k: np.concatenate([t.columns[k] for t in ts]) for k in ts[0].columns}
+    order = np.argsort(cols["ts_ns"], kind="stable")
+    return Traffic({k: v[order] for k, v in cols.items()}, sum(t.n for t in ts))
+
+
+def spread(t0: int, n: int, span_ns: int) -> list[int]:
+    return [t0 + i * span_ns // max(1, n) for i in range(n)]
+
+
+def http_get(path: str, host: str = "api.shop.test", extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()

@@ -126,13 +126,14 @@ def flow_order(fh: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
 
 
 def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only: bool = False,
-              coalesce_ns: int = 0) -> Features:
+              coalesce_ns: int = 0, keep_apart: Any = None) -> Features:
     """One packet container's records as feature rows (the strings they need included).
 
     ``transport_only`` keeps TCP and UDP over IP. ``coalesce_ns`` > 0 folds each run of one
     connection's packets that starts at a request (or at the connection's first packet in the
     batch) and stays within one window of that length into one row: the first packet's fields,
-    packets, bytes and SYNs summed, flags or-ed. ``attack_scan`` (bytes -> int) marks HTTP
+    packets, bytes and SYNs summed, flags or-ed; ``keep_apart(tcp_flags, protocol)`` (nonzero:
+    keep apart) names packets that stay rows of their own. ``attack_scan`` (bytes -> int) marks HTTP
     request payloads with attack bits; it is called once per distinct payload prefix."""
     n = batch.n
     c = batch.columns
@@ -180,6 +181,9 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         new = np.empty(m, dtype=bool)
         new[0] = True
         new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | np.isin(kind[order][1:], REQUEST_KINDS)
+        if keep_apart is not None:
+            odd = np.asarray(keep_apart(flags, proto))[order] != 0
+            new[1:] |= odd[1:] | odd[:-1]
         starts = np.flatnonzero(new)
         idx = order[starts]
         packets = np.add.reduceat(rate[order], starts)

@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_argument("--top-clients", type=int, default=10, help="clients listed per API and window")
     us.add_argument("--no-hours", action="store_true", help="do not publish the hourly roll-up")
 
+    al = sub.add_parser("alerts", help="detections from the packet topic, to the alerts topic (OCSF JSON)")
+    add_stream_options(al, "pktstream-alerts", 9466)
+    al.add_argument("--rules", default=None, help="detector settings (YAML); see docs/alerts.md")
+    al.add_argument("--alerts-topic", default="pktstream.alerts")
+    al.add_argument("--format", choices=["json", "avro"], default="json",
+                    help="OCSF 1.3.0 Detection Finding JSON, or its Avro variant (schemas/alert.avsc)")
+    al.add_argument("--output", choices=["lines", "json", "none"], default="lines",
+                    help="what to print as alerts fire: one line each, the OCSF documents, nothing")
+    al.set_defaults(grace_s=5.0)
+
     oa = sub.add_parser("catalog-from-openapi", help="print an API catalog (YAML) made from an OpenAPI 3 document")
     oa.add_argument("spec", help="OpenAPI 3 document (YAML or JSON)")
     oa.add_argument("--host", default=None, help="Host header / TLS name (default: from the first server URL)")
@@ -225,6 +235,30 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return run_app(args, conf_from(args, _kv(args.kafka_props)), cfg, proc, args.usage_topic, view)
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import socket
+
+    from pktstream.consumers.alerts import AlertsProcessor, load_rules, render
+    from pktstream.consumers.app import conf_from, run_app, stream_config
+    from pktstream.consumers.catalog import Catalog
+    from pktstream.consumers.stream import Output
+
+    configure_logging(args.log_format, "info")
+    cfg = stream_config(args, "pktstream-alerts")
+    rules = load_rules(args.rules)
+    proc = AlertsProcessor(rules, Catalog.load(args.catalog), args.alerts_topic, args.grace_s, args.format,
+                           socket.gethostname())
+
+    def show(outputs: list[Output]) -> None:
+        for o in outputs:
+            if args.output == "lines":
+                print(render(o.record), flush=True)
+            elif args.output == "json":
+                print(json.dumps(o.record, separators=(",", ":"), sort_keys=True), flush=True)
+
+    return run_app(args, conf_from(args, _kv(args.kafka_props)), cfg, proc, args.alerts_topic, show)
+
+
 def cmd_catalog_from_openapi(args: argparse.Namespace) -> int:
     import yaml
 
@@ -258,7 +292,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Any] = {"produce": cmd_produce, "tail": cmd_tail, "audit": cmd_audit, "kafka": cmd_kafka,
-                                "usage": cmd_usage, "catalog-from-openapi": cmd_catalog_from_openapi}
+                                "usage": cmd_usage, "alerts": cmd_alerts,
+                                "catalog-from-openapi": cmd_catalog_from_openapi}
     try:
         rc: int = handlers[args.command](args)
         return rc

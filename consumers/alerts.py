@@ -1,0 +1,912 @@
+"""``pktstream alerts``: detections from the packet stream, as OCSF Detection Findings.
+
+Runs on ``stream.StreamRunner`` (exactly once, scaled out, replayable). Stage one folds each
+connection's packets per second into rows (packets with odd TCP flags, and requests, stay rows
+of their own), marks attack strings in HTTP requests (``attacks.py``) and routes each row to the
+partition of its destination address; rows that start connections, and per-source packet totals,
+also go to the partition of their source address (address sweeps and per-source volumes need
+everything one source sent). Each partition then keeps, per detector and event-time window, a
+table of (key, item) counters as numpy arrays: a batch appends, a sort folds, Python only looks
+at the keys that crossed a threshold when the window closes.
+
+An alert is an ongoing condition: the first window a key crosses the threshold creates it (OCSF
+activity Create) with an id derived from (rule, key, that window's start); each later window in
+which it still fires updates it (Update, same id); the first window it does not fire closes it
+(Close). Ids, counts and evidence depend only on the input, so a replay gives the same alerts and
+a restarted consumer (state and offsets committed together) neither repeats nor misses one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from pktstream.consumers import attacks
+from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog
+from pktstream.consumers.columns import Batch
+from pktstream.consumers.features import (
+    VIEW_DST,
+    VIEW_SRC,
+    Features,
+    addr_hash,
+    featurize,
+    words_bytes,
+)
+from pktstream.consumers.parse import KIND_HTTP1, METHODS
+from pktstream.consumers.stream import FOREVER, Output
+from pktstream.producer.errors import ConfigError
+from pktstream.schemas import load_schema_json
+
+OCSF_VERSION = "1.3.0"
+PROTO_ICMP, PROTO_ICMP6 = 1, 58
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+VIEW_SRC_TOTAL = 2
+SEC = 1_000_000_000
+_PARSED = fastavro.parse_schema(load_schema_json("alert"))
+
+# rule -> title, severity_id (OCSF: 1 informational .. 5 critical), ATT&CK technique, tactic, rule text
+RULES: dict[str, dict[str, Any]] = {
+    "port_scan": {"title": "Port scan", "severity_id": 3, "technique": ("T1046", "Network Service Discovery"),
+                  "tactic": ("TA0007", "Discovery"),
+                  "rule": "one source tries at least min_ports distinct destination ports on one host within a "
+                          "window (TCP SYN or flag probes without ACK, UDP from an ephemeral port)"},
+    "address_sweep": {"title": "Address sweep", "severity_id": 3,
+                      "technique": ("T1595.001", "Active Scanning: Scanning IP Blocks"),
+                      "tactic": ("TA0043", "Reconnaissance"),
+                      "rule": "one source tries one destination port on at least min_hosts distinct hosts "
+                              "within a window"},
+    "syn_flood": {"title": "SYN flood", "severity_id": 4, "technique": ("T1499.001", "OS Exhaustion Flood"),
+                  "tactic": ("TA0040", "Impact"),
+                  "rule": "at least min_half_open connections to one host in a window sent nothing but SYNs, "
+                          "and they are at least min_ratio of the connections opened to it"},
+    "udp_flood": {"title": "UDP flood", "severity_id": 4, "technique": ("T1498.001", "Direct Network Flood"),
+                  "tactic": ("TA0040", "Impact"),
+                  "rule": "at least min_packets UDP packets towards one host in a window (reflection "
+                          "traffic from amplification ports counts as amplification instead)"},
+    "icmp_flood": {"title": "ICMP flood", "severity_id": 4, "technique": ("T1498.001", "Direct Network Flood"),
+                   "tactic": ("TA0040", "Impact"),
+                   "rule": "at least min_packets ICMP or ICMPv6 echo requests towards one host in a window"},
+    "amplification": {"title": "Reflection/amplification attack", "severity_id": 4,
+                      "technique": ("T1498.002", "Reflection Amplification"), "tactic": ("TA0040", "Impact"),
+                      "rule": "at least min_packets UDP packets from amplification service ports (53, 123, 1900, "
+                              "11211, 19, 389) towards one host in a window, min_mean_bytes or more on average"},
+    "spoofed_source": {"title": "Spoofed or impossible source address", "severity_id": 3,
+                       "technique": ("T1498", "Network Denial of Service"), "tactic": ("TA0040", "Impact"),
+                       "rule": "packets whose source is the destination itself (LAND), a multicast or broadcast "
+                               "address, or (on an interface listed in external_interfaces) a bogon or martian "
+                               "address; at least min_packets per destination and kind in a window"},
+    "tcp_flags": {"title": "TCP flag anomaly", "severity_id": 3, "technique": ("T1046", "Network Service Discovery"),
+                  "tactic": ("TA0007", "Discovery"),
+                  "rule": "TCP packets with no flags (NULL), FIN+PSH+URG (XMAS), SYN+FIN, SYN+RST, or FIN "
+                          "without ACK; at least min_packets per source, destination and kind in a window"},
+    "http_attack": {"title": "Attack string in HTTP request", "severity_id": 4,
+                    "technique": ("T1190", "Exploit Public-Facing Application"),
+                    "tactic": ("TA0001", "Initial Access"),
+                    "rule": "an HTTP/1.x request line or header in the payload prefix carries SQL injection, "
+                            "path traversal, a ${jndi: lookup (obfuscations resolved) or shell injection; at least "
+                            "min_requests per source, destination, port and kind in a window"},
+    "rate_limit": {"title": "Client request rate above the API's limit", "severity_id": 2,
+                   "technique": ("T1499.003", "Application Exhaustion Flood"), "tactic": ("TA0040", "Impact"),
+                   "rule": "one client sends an API more requests in a window than the catalog's "
+                           "rate_limit_per_min allows for that window"},
+    "volumetric": {"title": "Traffic volume far above its baseline", "severity_id": 3,
+                   "technique": ("T1498", "Network Denial of Service"), "tactic": ("TA0040", "Impact"),
+                   "rule": "packets of one destination (or one source) in a window exceed min_packets, factor "
+                           "times its average and its average plus sigmas standard deviations over the windows "
+                           "seen before (after warmup_windows of history)"},
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "port_scan": {"enabled": True, "window_s": 300, "min_ports": 15},
+    "address_sweep": {"enabled": True, "window_s": 300, "min_hosts": 25},
+    "syn_flood": {"enabled": True, "window_s": 10, "min_half_open": 1000, "min_ratio": 0.8},
+    "udp_flood": {"enabled": True, "window_s": 10, "min_packets": 20000},
+    "icmp_flood": {"enabled": True, "window_s": 10, "min_packets": 5000},
+    "amplification": {"enabled": True, "window_s": 10, "min_packets": 500, "min_mean_bytes": 512,
+                      "ports": [53, 123, 1900, 11211, 19, 389]},
+    "spoofed_source": {"enabled": True, "window_s": 60, "min_packets": 1},
+    "tcp_flags": {"enabled": True, "window_s": 60, "min_packets": 1},
+    "http_attack": {"enabled": True, "window_s": 60, "min_requests": 1},
+    "rate_limit": {"enabled": True, "window_s": 60},
+    "volumetric": {"enabled": True, "window_s": 10, "warmup_windows": 30, "factor": 10.0, "sigmas": 6.0,
+                   "min_packets": 20000, "max_keys": 100000},
+}
+TOP_EVIDENCE = 10
+
+FLAG_NAMES = {1: "NULL", 2: "XMAS", 3: "SYN+FIN", 4: "SYN+RST", 5: "FIN without ACK"}
+SPOOF_NAMES = {1: "LAND (source is the destination)", 2: "multicast or broadcast source", 3: "bogon or martian source"}
+
+_BOGONS_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+              "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+              "203.0.113.0/24", "240.0.0.0/4"]
+_BOGONS_V6 = ["::/128", "::1/128", "fc00::/7", "2001:db8::/32", "100::/64"]
+
+
+@dataclass
+class Rules:
+    detectors: dict[str, dict[str, Any]]
+    external_interfaces: list[str] = field(default_factory=list)
+    close_after_windows: int = 1
+
+    def on(self, name: str) -> bool:
+        return bool(self.detectors[name]["enabled"])
+
+    def window_ns(self, name: str) -> int:
+        return int(self.detectors[name]["window_s"] * SEC)
+
+
+def load_rules(path: str | Path | None, data: Any = None) -> Rules:
+    """Detector settings: the defaults, overridden by the YAML file's values; every problem listed."""
+    if data is None and path:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError([f"alerts config {path}: {e.strerror}"]) from None
+        except yaml.YAMLError as e:
+            raise ConfigError([f"alerts config {path}: not valid YAML: {e}"]) from None
+    data = data or {}
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"alerts config {path}: expected a mapping"])
+    unknown = set(data) - {"detectors", "external_interfaces", "close_after_windows"}
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)} (expected detectors, external_interfaces, "
+                        "close_after_windows)")
+    dets = {k: dict(v) for k, v in DEFAULTS.items()}
+    given = data.get("detectors") or {}
+    if not isinstance(given, dict):
+        problems.append("detectors: expected a mapping of detector name to settings")
+        given = {}
+    for name, over in given.items():
+        if name not in DEFAULTS:
+            problems.append(f"detectors.{name}: no such detector (one of {', '.join(DEFAULTS)})")
+            continue
+        if not isinstance(over, dict):
+            problems.append(f"detectors.{name}: expected a mapping")
+            continue
+        for k, v in over.items():
+            if k not in DEFAULTS[name]:
+                problems.append(f"detectors.{name}.{k}: unknown setting (known: {', '.join(DEFAULTS[name])})")
+                continue
+            want = DEFAULTS[name][k]
+            if isinstance(want, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(want, list):
+                ok = isinstance(v, list) and all(isinstance(x, int) and 0 < x < 65536 for x in v)
+            elif isinstance(want, float):
+                ok = isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            else:
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= (1 if k == "window_s" else 0)
+            if not ok:
+                problems.append(f"detectors.{name}.{k}: {v!r} is not a valid {type(want).__name__}"
+                                + (" >= 1" if k == "window_s" else ""))
+            else:
+                dets[name][k] = v
+    ext = data.get("external_interfaces") or []
+    if not isinstance(ext, list) or not all(isinstance(x, str) for x in ext):
+        problems.append("external_interfaces: expected a list of interface names (or host/interface)")
+        ext = []
+    close_after = data.get("close_after_windows", 1)
+    if not isinstance(close_after, int) or close_after < 1:
+        problems.append(f"close_after_windows: expected a whole number >= 1, got {close_after!r}")
+        close_after = 1
+    if problems:
+        raise ConfigError(problems)
+    return Rules(dets, list(ext), close_after)
+
+
+# -- address classes ------------------------------------------------------------------------------
+
+def _nets(texts: list[str]) -> list[tuple[int, int, int, int]]:
+    """Networks as (hi, lo, mask_hi, mask_lo) over the 16-byte (IPv4-mapped) address, big-endian words."""
+    out = []
+    for t in texts:
+        net = ipaddress.ip_network(t)
+        if isinstance(net, ipaddress.IPv4Network):
+            net6 = ipaddress.IPv6Network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+        else:
+            net6 = net
+        a = int(net6.network_address)
+        m = int(net6.netmask)
+        out.append((a >> 64, a & (2**64 - 1), m >> 64, m & (2**64 - 1)))
+    return out
+
+
+_BOGON_NETS = _nets(_BOGONS_V4 + _BOGONS_V6)
+_MCAST_NETS = _nets(["224.0.0.0/4", "255.255.255.255/32", "ff00::/8"])
+
+
+def _be_words(words: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """(n, 2) little-endian address words to big-endian (hi, lo) integers, for prefix tests."""
+    b = np.ascontiguousarray(words, dtype="<u8").view(np.uint8).reshape(-1, 16)
+    be = b.view(">u8").reshape(-1, 2)
+    return be[:, 0].astype(np.uint64), be[:, 1].astype(np.uint64)
+
+
+def _in_nets(words: npt.NDArray[Any], nets: list[tuple[int, int, int, int]]) -> npt.NDArray[np.bool_]:
+    hi, lo = _be_words(words)
+    out = np.zeros(len(hi), dtype=bool)
+    for a, b, mh, ml in nets:
+        out |= ((hi & np.uint64(mh)) == np.uint64(a)) & ((lo & np.uint64(ml)) == np.uint64(b))
+    return out
+
+
+def flag_anomaly(flags: npt.NDArray[Any], proto: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """FLAG_NAMES code of each TCP packet's flags (0: nothing odd)."""
+    f = flags.astype(np.int64)
+    tcp = proto == PROTO_TCP
+    code = np.zeros(len(f), dtype=np.uint8)
+    code[tcp & ((f & ACK) == 0) & ((f & FIN) != 0) & ((f & SYN) == 0)] = 5
+    code[tcp & ((f & (SYN | RST)) == (SYN | RST))] = 4
+    code[tcp & ((f & (SYN | FIN)) == (SYN | FIN))] = 3
+    code[tcp & ((f & (FIN | PSH | URG)) == (FIN | PSH | URG))] = 2
+    code[tcp & ((f & 0x3F) == 0)] = 1
+    return code
+
+
+def addr_text(words_row: npt.NDArray[Any] | bytes) -> str:
+    b = words_row if isinstance(words_row, bytes) else words_bytes(words_row)
+    ip = ipaddress.IPv6Address(b)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def _h(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    with np.errstate(over="ignore"):
+        z = np.full(len(cols[0]), 0x84222325CBF29CE4, dtype=np.uint64)
+        for c in cols:
+            c = np.asarray(c)
+            if c.ndim == 2:
+                c = addr_hash(c)
+            z = (z ^ c.astype(np.int64).astype(np.uint64)) * np.uint64(0x100000001B3)
+            z ^= z >> np.uint64(29)
+        return z
+
+
+# -- per-window tables ------------------------------------------------------------------------------
+
+_COLS = {"k": np.uint64, "item": np.uint64, "n": np.int64, "b": np.int64, "t0": np.int64, "t1": np.int64,
+         "sub": np.int64, "s": np.int64, "o": np.int64, "sport": np.int64, "dport": np.int64, "proto": np.int64,
+         "flags": np.int64, "ttl": np.int64, "len": np.int64}
+
+
+class Table:
+    """Counters of (key, item, capture point) rows with a sample row's fields, folded by a sort."""
+
+    __slots__ = ("cols", "parts", "waiting")
+
+    def __init__(self, cols: dict[str, npt.NDArray[Any]] | None = None) -> None:
+        self.cols = cols if cols is not None else {**{k: np.zeros(0, dtype=t) for k, t in _COLS.items()},
+                                                    "src": np.zeros((0, 2), np.uint64),
+                                                    "dst": np.zeros((0, 2), np.uint64)}
+        self.parts: list[dict[str, npt.NDArray[Any]]] = []
+        self.waiting = 0
+
+    def add(self, part: dict[str, npt.NDArray[Any]]) -> None:
+        if len(part["k"]):
+            self.parts.append(part)
+            self.waiting += len(part["k"])
+            if self.waiting > max(8192, 2 * len(self.cols["k"])):
+                self.fold()
+
+    def fold(self) -> None:
+        if not self.parts:
+            return
+        allp = [self.cols, *self.parts]
+        c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
+        self.parts, self.waiting = [], 0
+        if len(c["k"]) == 0:
+            self.cols = c
+            return
+        g = _h(c["k"], c["item"], c["o"])
+        order = np.lexsort((c["t0"], g))
+        gs = g[order]
+        starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        out = {k: v[order][starts] for k, v in c.items()}
+        out["n"] = np.add.reduceat(c["n"][order], starts)
+        out["b"] = np.add.reduceat(c["b"][order], starts)
+        out["t1"] = np.maximum.reduceat(c["t1"][order], starts)
+        self.cols = out
+
+    def dump(self) -> dict[str, str]:
+        self.fold()
+        return {k: base64.b64encode(np.ascontiguousarray(v).tobytes()).decode() for k, v in self.cols.items()}
+
+    @classmethod
+    def load(cls, d: dict[str, str]) -> Table:
+        cols: dict[str, npt.NDArray[Any]] = {}
+        for k, t in _COLS.items():
+            cols[k] = np.frombuffer(base64.b64decode(d[k]), dtype=t).copy()
+        for k in ("src", "dst"):
+            cols[k] = np.frombuffer(base64.b64decode(d[k]), dtype=np.uint64).reshape(-1, 2).copy()
+        n = len(cols["k"])
+        if any(len(v) != n for v in cols.values()):
+            raise ValueError("snapshot: alert table columns differ in length")
+        return cls(cols)
+
+
+def _part(rows: npt.NDArray[Any], k: npt.NDArray[np.uint64], item: npt.NDArray[Any] | int = 0,
+          n: npt.NDArray[Any] | None = None, b: npt.NDArray[Any] | None = None, sub: npt.NDArray[Any] | int = 0,
+          s: npt.NDArray[Any] | int = -1, origin_map: npt.NDArray[np.int64] | None = None) -> dict[str, Any]:
+    m = len(rows)
+
+    def full(v: Any, t: Any) -> npt.NDArray[Any]:
+        return np.full(m, v, dtype=t) if np.isscalar(v) else np.asarray(v).astype(t)
+
+    return {
+        "k": k.astype(np.uint64), "item": full(item, np.uint64),
+        "n": full(rows["packets"] if n is None else n, np.int64),
+        "b": full(rows["nbytes"] if b is None else b, np.int64),
+        "t0": rows["ts_ns"].astype(np.int64), "t1": rows["ts_ns"].astype(np.int64),
+        "sub": full(sub, np.int64), "s": full(s, np.int64),
+        "o": origin_map[rows["origin"]] if origin_map is not None else np.zeros(m, np.int64),
+        "sport": rows["sport"].astype(np.int64), "dport": rows["dport"].astype(np.int64),
+        "proto": rows["proto"].astype(np.int64), "flags": rows["tcp_flags"].astype(np.int64),
+        "ttl": rows["ttl"].astype(np.int64), "len": rows["wire_len"].astype(np.int64),
+        "src": np.ascontiguousarray(rows["src"]), "dst": np.ascontiguousarray(rows["dst"]),
+    }
+
+
+@dataclass
+class OpenAlert:
+    uid: str
+    rule: str
+    key: str
+    first_window: int
+    last_window: int  # start of the last window it fired in
+    first_seen: int
+    last_seen: int
+    count: int  # packets (or requests) over its life
+    windows: int = 1
+
+
+@dataclass
+class AlertsState:
+    windows: dict[str, dict[int, Table]] = field(default_factory=dict)  # detector -> window start -> table
+    closed_until: dict[str, int] = field(default_factory=dict)
+    open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
+    baselines: dict[str, list[float]] = field(default_factory=dict)  # volumetric: key -> [n, mean, m2, last]
+    strings: list[str] = field(default_factory=list)
+    string_index: dict[str, int] = field(default_factory=dict)
+    late_records: int = 0
+    alerts_raised: int = 0
+
+    def sid(self, text: str) -> int:
+        i = self.string_index.get(text)
+        if i is None:
+            i = self.string_index[text] = len(self.strings)
+            self.strings.append(text)
+        return i
+
+
+class AlertsProcessor:
+    def __init__(self, rules: Rules, catalog: Catalog | None = None, topic: str = "pktstream.alerts",
+                 grace_s: float = 5.0, fmt: str = "json", host: str = "") -> None:
+        self.rules = rules
+        self.catalog = catalog or Catalog()
+        self.topic = topic
+        self.grace_ns = int(grace_s * SEC)
+        self.fmt = fmt
+        self.host = host
+        wins = [rules.window_ns(d) for d in DEFAULTS if rules.on(d)] or [SEC]
+        self.fold_ns = max(SEC, math.gcd(*wins))
+        self.amp_ports = np.array(sorted(rules.detectors["amplification"]["ports"]), dtype=np.int64)
+        self.external = set(rules.external_interfaces)
+
+    # -- stage one ------------------------------------------------------------------------------
+
+    def featurize(self, batch: Batch, origin: str) -> Features:
+        return featurize(batch, origin, attack_scan=attacks.scan if self.rules.on("http_attack") else None,
+                         coalesce_ns=self.fold_ns, keep_apart=flag_anomaly)
+
+    def route(self, f: Features, nparts: int) -> dict[int, Features]:
+        rows = f.rows
+        if len(rows) == 0:
+            return {}
+        parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[Any]]] = []
+        d = rows.copy()
+        d["view"] = VIEW_DST
+        parts.append(((addr_hash(d["dst"]) % np.uint64(nparts)).astype(np.int64), d))
+        need_src = self.rules.on("address_sweep") or self.rules.on("volumetric")
+        ip = rows["ip_version"] > 0
+        if need_src and ip.any():
+            att = rows[ip & self._attempts(rows)]
+            if self.rules.on("address_sweep") and len(att):
+                a = att.copy()
+                a["view"] = VIEW_SRC
+                parts.append(((addr_hash(a["src"]) % np.uint64(nparts)).astype(np.int64), a))
+            if self.rules.on("volumetric"):
+                ipr = rows[ip]
+                hs = addr_hash(ipr["src"])
+                # one row per source and second: its packets (a batch may span windows)
+                g = _h(hs, ipr["ts_ns"] // self.fold_ns)
+                order = np.argsort(g, kind="stable")
+                gs = g[order]
+                starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+                tot = ipr[order][starts].copy()
+                tot["packets"] = np.add.reduceat(ipr["packets"][order].astype(np.int64), starts)
+                tot["nbytes"] = np.add.reduceat(ipr["nbytes"][order].astype(np.int64), starts)
+                tot["view"] = VIEW_SRC_TOTAL
+                parts.append(((hs[order][starts] % np.uint64(nparts)).astype(np.int64), tot))
+        out: dict[int, list[npt.NDArray[Any]]] = {}
+        for part, r in parts:
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(nparts + 1))
+            rs = r[order]
+            for q in range(nparts):
+                if bounds[q + 1] > bounds[q]:
+                    out.setdefault(q, []).append(rs[bounds[q] : bounds[q + 1]])
+        return {q: Features(np.concatenate(v), f.strings) for q, v in out.items()}
+
+    @staticmethod
+    def _attempts(rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Rows that try a port: TCP SYN or probe without ACK, UDP from an ephemeral port."""
+        tcp = rows["proto"] == PROTO_TCP
+        udp = rows["proto"] == PROTO_UDP
+        probe = (rows["flags_or"] & ACK) == 0
+        out: npt.NDArray[np.bool_] = (tcp & ((rows["syns"] > 0) | probe)) | (udp & (rows["sport"] >= 1024))
+        return out
+
+    # -- stage two ------------------------------------------------------------------------------
+
+    def new_state(self) -> AlertsState:
+        return AlertsState()
+
+    def _add(self, st: AlertsState, det: str, rows: npt.NDArray[Any], part_fn: Any) -> None:
+        if not self.rules.on(det) or len(rows) == 0:
+            return
+        w = self.rules.window_ns(det)
+        win = (rows["ts_ns"] // w) * w
+        closed = st.closed_until.get(det, 0)
+        late = win < closed
+        if late.any():
+            st.late_records += int(rows["packets"][late].sum())
+            rows, win = rows[~late], win[~late]
+        if len(rows) == 0:
+            return
+        wins = st.windows.setdefault(det, {})
+        for ws in np.unique(win).tolist():
+            sel = rows[win == ws]
+            part = part_fn(sel)
+            if part is not None:
+                wins.setdefault(int(ws), Table()).add(part)
+
+    def process(self, st: AlertsState, f: Features) -> None:
+        rows = f.rows
+        omap = np.array([st.sid(s) for s in f.strings] + [-1], dtype=np.int64)
+        view = rows["view"]
+        d = rows[view == VIEW_DST]
+        s_att = rows[view == VIEW_SRC]
+        s_tot = rows[view == VIEW_SRC_TOTAL]
+        tcp = d["proto"] == PROTO_TCP
+        udp = d["proto"] == PROTO_UDP
+        # port scan: (src, dst) -> distinct destination ports
+        att = d[self._attempts(d)]
+        self._add(st, "port_scan", att, lambda r: _part(r, _h(r["src"], r["dst"]), item=r["dport"],
+                                                          origin_map=omap))
+        # address sweep: (src, dport) -> distinct destinations
+        self._add(st, "address_sweep", s_att, lambda r: _part(r, _h(r["src"], r["dport"], r["proto"]),
+                                                              item=addr_hash(r["dst"]), origin_map=omap))
+        # SYN flood: dst -> connections opened (item 1) and left half-open (item 2)
+        opened = d[tcp & (d["syns"] > 0)]
+
+        def syn_part(r: npt.NDArray[Any]) -> dict[str, Any]:
+            half = r["packets"] == r["syns"]
+            return _part(r, _h(r["dst"]), item=np.where(half, 2, 1), n=np.ones(len(r), np.int64), origin_map=omap)
+
+        self._add(st, "syn_flood", opened, syn_part)
+        # UDP and ICMP floods, amplification: dst -> packets
+        amp = udp & np.isin(d["sport"].astype(np.int64), self.amp_ports)
+        self._add(st, "udp_flood", d[udp & ~amp], lambda r: _part(r, _h(r["dst"]), origin_map=omap))
+        self._add(st, "amplification", d[amp], lambda r: _part(r, _h(r["dst"]), item=r["sport"], origin_map=omap))
+        echo = ((d["proto"] == PROTO_ICMP) & (d["sport"] == 8)) | ((d["proto"] == PROTO_ICMP6) & (d["sport"] == 128))
+        self._add(st, "icmp_flood", d[echo], lambda r: _part(r, _h(r["dst"]), origin_map=omap))
+        # spoofed and impossible sources
+        if self.rules.on("spoofed_source") and len(d):
+            ipd = d["ip_version"] > 0
+            land = ipd & (d["src"] == d["dst"]).all(axis=1)
+            mcast = ipd & _in_nets(d["src"], _MCAST_NETS)
+            sub = np.where(land, 1, np.where(mcast, 2, 0))
+            if self.external:
+                ext_o = np.array([any(s == e or s.endswith("/" + e) for e in self.external) for s in f.strings]
+                                 + [False])
+                on_ext = ext_o[d["origin"]]
+                bogon = ipd & on_ext & (sub == 0) & _in_nets(d["src"], _BOGON_NETS)
+                sub = np.where(bogon, 3, sub)
+            sp = d[sub > 0]
+            if len(sp):
+                self._add(st, "spoofed_source", sp, lambda r: _part(
+                    r, _h(_spoof_code(r), r["dst"]), item=addr_hash(r["src"]), sub=_spoof_code(r), origin_map=omap))
+        # TCP flag anomalies
+        if self.rules.on("tcp_flags") and len(d):
+            code = flag_anomaly(d["tcp_flags"], d["proto"])
+            odd = d[code > 0]
+            self._add(st, "tcp_flags", odd, lambda r: _part(
+                r, _h(flag_anomaly(r["tcp_flags"], r["proto"]), r["src"], r["dst"]), item=r["dport"],
+                sub=flag_anomaly(r["tcp_flags"], r["proto"]), origin_map=omap))
+        # attack strings
+        hit = d[(d["kind"] == KIND_HTTP1) & (d["attack"] > 0)]
+        if len(hit) and self.rules.on("http_attack"):
+            for bit in attacks.NAMES:
+                r_bit = hit[(hit["attack"] & bit) != 0].copy()
+                if len(r_bit):
+                    # the request target, as an index into the state's own strings
+                    r_bit["path"] = [st.sid(f.text(int(p)) or "/") for p in r_bit["path"].tolist()]
+                    self._add(st, "http_attack", r_bit, lambda r, b=bit: _part(
+                        r, _h(np.full(len(r), b), r["src"], r["dst"], r["dport"]), item=np.full(len(r), b),
+                        n=np.ones(len(r), np.int64), sub=b, s=r["path"], origin_map=omap))
+        # per-client rate against the catalog's limits
+        if self.rules.on("rate_limit") and self.catalog.entries:
+            req = d[(d["kind"] == KIND_HTTP1) & (d["method"] > 0)]
+            if len(req):
+                apis = []
+                for nm, dst, port, meth, pth in zip(req["name"].tolist(), [words_bytes(x) for x in req["dst"]],
+                                                   req["dport"].tolist(), req["method"].tolist(),
+                                                   req["path"].tolist(), strict=True):
+                    ref = self.catalog.match(f.text(nm), dst, port, METHODS[meth] if meth < len(METHODS) else "",
+                                             f.text(pth), "http")
+                    apis.append(st.sid(ref.name) if ref.matched and ref.rate_limit_per_min > 0 else -1)
+                api = np.array(apis, dtype=np.int64)
+                lim = req[api >= 0].copy()
+                if len(lim):
+                    lim["name"] = api[api >= 0]  # the API, as an index into the state's own strings
+                    self._add(st, "rate_limit", lim, lambda r: _part(
+                        r, _h(r["name"], r["src"]), n=np.ones(len(r), np.int64), s=r["name"], origin_map=omap))
+        # volume per destination and per source
+        if self.rules.on("volumetric"):
+            ipd = d[d["ip_version"] > 0]
+            self._add(st, "volumetric", ipd, lambda r: _part(r, _h(np.zeros(len(r)), r["dst"]), sub=0,
+                                                             origin_map=omap))
+            self._add(st, "volumetric", s_tot, lambda r: _part(r, _h(np.ones(len(r)), r["src"]), sub=1,
+                                                               origin_map=omap))
+
+    # -- closing windows ------------------------------------------------------------------------
+
+    def close(self, st: AlertsState, watermark_ns: int) -> list[Output]:
+        out: list[Output] = []
+        final = watermark_ns >= FOREVER
+        limit = FOREVER if final else watermark_ns - self.grace_ns
+        for det in DEFAULTS:
+            if not self.rules.on(det):
+                continue
+            w = self.rules.window_ns(det)
+            wins = st.windows.get(det, {})
+            closing = sorted(ws for ws in wins if ws + w <= limit)
+            for ws in closing:
+                table = wins.pop(ws)
+                table.fold()
+                firing = self._evaluate(st, det, ws, table)
+                out.extend(self._lifecycle(st, det, ws, firing))
+                st.closed_until[det] = max(st.closed_until.get(det, 0), ws + w)
+            if not final:
+                st.closed_until[det] = max(st.closed_until.get(det, 0), limit - limit % w)
+                # windows without any traffic still close alerts that stopped firing
+                last_closed = st.closed_until[det] - w
+                out.extend(self._lifecycle(st, det, last_closed, {}))
+        if final:  # the end of the input: what is still open is closed
+            for key in sorted(st.open):
+                a = st.open.pop(key)
+                out.append(self._emit(st, a, 3, None))
+        return out
+
+    def _evaluate(self, st: AlertsState, det: str, ws: int, t: Table) -> dict[str, dict[str, Any]]:
+        """Keys over the detector's threshold in one closed window: key text -> facts."""
+        c = t.cols
+        if len(c["k"]) == 0:
+            return {}
+        cfg = self.rules.detectors[det]
+        keys, kinv = np.unique(c["k"], return_inverse=True)
+        kinv = kinv.ravel()
+        nk = len(keys)
+        n = np.bincount(kinv, c["n"], nk).astype(np.int64)
+        b = np.bincount(kinv, c["b"], nk).astype(np.int64)
+        # distinct items per key
+        ki = np.unique(np.stack([kinv.astype(np.uint64), c["item"]], axis=1), axis=0)
+        distinct = np.bincount(ki[:, 0].astype(np.int64), minlength=nk)
+        if det == "port_scan":
+            fire = distinct >= cfg["min_ports"]
+        elif det == "address_sweep":
+            fire = distinct >= cfg["min_hosts"]
+        elif det == "syn_flood":
+            half = np.bincount(kinv, np.where(c["item"] == 2, c["n"], 0), nk)
+            fire = (half >= cfg["min_half_open"]) & (half >= cfg["min_ratio"] * np.maximum(n, 1))
+        elif det in ("udp_flood", "icmp_flood"):
+            fire = n >= cfg["min_packets"]
+        elif det == "amplification":
+            fire = (n >= cfg["min_packets"]) & (b >= cfg["min_mean_bytes"] * n)
+        elif det == "spoofed_source" or det == "tcp_flags":
+            fire = n >= cfg["min_packets"]
+        elif det == "http_attack":
+            fire = n >= cfg["min_requests"]
+        elif det == "rate_limit":
+            fire = np.zeros(nk, dtype=bool)
+            first = np.zeros(nk, dtype=np.int64)
+            first[kinv[::-1]] = np.arange(len(kinv))[::-1]
+            win_min = self.rules.detectors["rate_limit"]["window_s"] / 60.0
+            for j in range(nk):
+                api = st.strings[int(c["s"][first[j]])]
+                ref = next((e for e in self.catalog.entries if e.name == api), None)
+                if ref is not None and ref.rate_limit_per_min > 0:
+                    fire[j] = n[j] > ref.rate_limit_per_min * win_min
+        elif det == "volumetric":
+            fire = self._volumetric(st, c, keys, kinv, n, cfg)
+        else:  # pragma: no cover
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for j in np.flatnonzero(fire).tolist():
+            rows = np.flatnonzero(kinv == j)
+            out_key, facts = self._facts(st, det, c, rows, int(n[j]), int(b[j]), int(distinct[j]))
+            out[out_key] = facts
+        return out
+
+    def _volumetric(self, st: AlertsState, c: dict[str, Any], keys: npt.NDArray[np.uint64],
+                    kinv: npt.NDArray[np.intp], n: npt.NDArray[np.int64], cfg: dict[str, Any]) -> npt.NDArray[np.bool_]:
+        nk = len(keys)
+        fire = np.zeros(nk, dtype=bool)
+        candidates = n >= cfg["min_packets"]
+        for j, kk in enumerate(keys.tolist()):
+            bl = st.baselines.get(str(kk))
+            cnt = float(n[j])
+            if bl is not None and candidates[j] and bl[0] >= cfg["warmup_windows"]:
+                mean, var = bl[1], bl[2] / max(1.0, bl[0] - 1)
+                if cnt > cfg["factor"] * mean and cnt > mean + cfg["sigmas"] * math.sqrt(var):
+                    fire[j] = True
+                    continue  # an attack does not move the baseline
+            if bl is None:
+                bl = st.baselines[str(kk)] = [0.0, 0.0, 0.0, 0.0]
+            bl[0] += 1
+            delta = cnt - bl[1]
+            bl[1] += delta / bl[0]
+            bl[2] += delta * (cnt - bl[1])
+        if len(st.baselines) > cfg["max_keys"]:  # keep the busiest keys
+            keep = sorted(st.baselines.items(), key=lambda kv: -kv[1][1])[: cfg["max_keys"]]
+            st.baselines = dict(keep)
+        return fire
+
+    def _facts(self, st: AlertsState, det: str, c: dict[str, Any], rows: npt.NDArray[np.intp], n: int, b: int,
+               distinct: int) -> tuple[str, dict[str, Any]]:
+        first = rows[np.argmin(c["t0"][rows])]
+        src, dst = addr_text(c["src"][first]), addr_text(c["dst"][first])
+        sub = int(c["sub"][first])
+        items = c["item"][rows]
+        cnts = c["n"][rows]
+        iu, iinv = np.unique(items, return_inverse=True)
+        isum = np.bincount(iinv.ravel(), cnts, len(iu))
+        top = np.lexsort((iu, -isum))[:TOP_EVIDENCE]
+        ev_items = list(zip(iu[top].tolist(), isum[top].astype(np.int64).tolist(), strict=True))
+        # the item of each evidence row as text
+        item_text: dict[int, str] = {}
+        for r in rows.tolist():
+            it = int(c["item"][r])
+            if it in item_text:
+                continue
+            if det in ("address_sweep",):
+                item_text[it] = addr_text(c["dst"][r])
+            elif det == "spoofed_source":
+                item_text[it] = addr_text(c["src"][r])
+            elif det == "http_attack":
+                item_text[it] = attacks.NAMES.get(it, str(it))
+            else:
+                item_text[it] = str(it)
+        seen_by = sorted({st.strings[int(o)] for o in c["o"][rows].tolist() if 0 <= o < len(st.strings)})
+        sample = {"src": src, "dst": dst, "src_port": int(c["sport"][first]), "dst_port": int(c["dport"][first]),
+                  "protocol": int(c["proto"][first]), "tcp_flags": int(c["flags"][first]),
+                  "ttl": int(c["ttl"][first]), "wire_len": int(c["len"][first])}
+        if det == "port_scan":
+            key, what = f"{src}->{dst}", f"{distinct} ports of {dst} tried by {src}"
+        elif det == "address_sweep":
+            key = f"{src}->*:{int(c['dport'][first])}/{_proto_name(int(c['proto'][first]))}"
+            what = f"{distinct} hosts tried on port {int(c['dport'][first])} by {src}"
+        elif det == "syn_flood":
+            half = int(np.where(c["item"][rows] == 2, c["n"][rows], 0).sum())
+            key, what = dst, f"{half} of {n} connections to {dst} left half-open"
+        elif det in ("udp_flood", "icmp_flood"):
+            key, what = dst, f"{n} packets to {dst} from {distinct_sources(c, rows)} sources"
+        elif det == "amplification":
+            key, what = dst, f"{n} packets ({b} bytes) from amplification ports to {dst}"
+        elif det == "spoofed_source":
+            key, what = f"{SPOOF_NAMES[sub].split(' (')[0]}->{dst}", f"{n} packets to {dst} with a {SPOOF_NAMES[sub]}"
+        elif det == "tcp_flags":
+            key, what = f"{FLAG_NAMES[sub]}:{src}->{dst}", f"{n} {FLAG_NAMES[sub]} packets from {src} to {dst}"
+        elif det == "http_attack":
+            name = attacks.NAMES[sub]
+            key = f"{name}:{src}->{dst}:{int(c['dport'][first])}"
+            path = st.strings[int(c["s"][first])] if int(c["s"][first]) >= 0 else ""
+            what = f"{n} requests from {src} to {dst}:{int(c['dport'][first])} with {name.replace('_', ' ')}"
+            sample["path"] = path
+        elif det == "rate_limit":
+            api = st.strings[int(c["s"][first])]
+            key, what = f"{api}:{src}", f"{n} requests from {src} to {api} in one window"
+        else:  # volumetric
+            scope = "destination" if sub == 0 else "source"
+            who = dst if sub == 0 else src
+            key, what = f"{scope}:{who}", f"{n} packets for {scope} {who}, far above its baseline"
+        facts = {"count": n, "bytes": b, "distinct": distinct, "t0": int(c["t0"][rows].min()),
+                 "t1": int(c["t1"][rows].max()), "what": what, "sample": sample, "seen_by": seen_by,
+                 "top": [{"value": item_text.get(v, str(v)), "count": k} for v, k in ev_items]}
+        return key, facts
+
+    def _lifecycle(self, st: AlertsState, det: str, ws: int, firing: dict[str, dict[str, Any]]) -> list[Output]:
+        out: list[Output] = []
+        w = self.rules.window_ns(det)
+        for key in sorted(firing):
+            facts = firing[key]
+            ak = f"{det}|{key}"
+            a = st.open.get(ak)
+            if a is None:
+                uid = hashlib.sha256(f"{det}|{key}|{ws}".encode()).hexdigest()[:32]
+                a = st.open[ak] = OpenAlert(uid, det, key, ws, ws, facts["t0"], facts["t1"], facts["count"])
+                st.alerts_raised += 1
+                out.append(self._emit(st, a, 1, facts))
+            else:
+                a.last_window = ws
+                a.last_seen = max(a.last_seen, facts["t1"])
+                a.first_seen = min(a.first_seen, facts["t0"])
+                a.count += facts["count"]
+                a.windows += 1
+                out.append(self._emit(st, a, 2, facts))
+        # alerts of this detector that stayed quiet long enough: closed
+        for ak in sorted(k for k, a in st.open.items() if a.rule == det):
+            a = st.open[ak]
+            if a.key in firing:
+                continue
+            if ws - a.last_window >= self.rules.close_after_windows * w:
+                del st.open[ak]
+                out.append(self._emit(st, a, 3, None))
+        return out
+
+    def _emit(self, st: AlertsState, a: OpenAlert, activity: int, facts: dict[str, Any] | None) -> Output:
+        doc = ocsf(a, activity, facts, self.rules.window_ns(a.rule), self.host)
+        if self.fmt == "avro":
+            buf = io.BytesIO()
+            fastavro.writer(buf, _PARSED, [avro_record(doc)], codec="null")
+            value = buf.getvalue()
+        else:
+            value = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        return Output(self.topic, a.uid.encode(), value,
+                      [("pktstream.rule", a.rule.encode()), ("pktstream.activity", str(activity).encode())], doc)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def dump(self, st: AlertsState) -> Any:
+        return {
+            "windows": {d: {str(ws): t.dump() for ws, t in wins.items()} for d, wins in st.windows.items()},
+            "closed_until": st.closed_until,
+            "open": {k: [a.uid, a.rule, a.key, a.first_window, a.last_window, a.first_seen, a.last_seen, a.count,
+                         a.windows] for k, a in st.open.items()},
+            "baselines": st.baselines, "strings": st.strings, "late_records": st.late_records,
+            "alerts_raised": st.alerts_raised,
+        }
+
+    def load(self, d: Any) -> AlertsState:
+        st = AlertsState(
+            windows={det: {int(ws): Table.load(t) for ws, t in wins.items()} for det, wins in d["windows"].items()},
+            closed_until={k: int(v) for k, v in d["closed_until"].items()},
+            open={k: OpenAlert(v[0], v[1], v[2], int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7]), int(v[8]))
+                  for k, v in d["open"].items()},
+            baselines={k: [float(x) for x in v] for k, v in d["baselines"].items()},
+            strings=list(d["strings"]), late_records=int(d["late_records"]), alerts_raised=int(d["alerts_raised"]),
+        )
+        st.string_index = {s: i for i, s in enumerate(st.strings)}
+        return st
+
+    def figures(self, states: list[AlertsState]) -> dict[str, float]:
+        return {"late_records": sum(s.late_records for s in states),
+                "open_alerts": sum(len(s.open) for s in states),
+                "open_windows": sum(len(w) for s in states for w in s.windows.values())}
+
+
+def _spoof_code(r: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Spoof kind of rows already known to be spoofed (LAND, multicast/broadcast, else bogon)."""
+    land = (r["src"] == r["dst"]).all(axis=1)
+    mcast = _in_nets(r["src"], _MCAST_NETS)
+    return np.where(land, 1, np.where(mcast, 2, 3)).astype(np.int64)
+
+
+def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:
+    return len(np.unique(addr_hash(c["src"][rows])))
+
+
+def _proto_name(p: int) -> str:
+    return {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMP6: "icmpv6"}.get(p, str(p))
+
+
+SEVERITY = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
+ACTIVITY = {1: "Create", 2: "Update", 3: "Close"}
+STATUS = {1: (1, "New"), 2: (2, "In Progress"), 3: (4, "Resolved")}
+
+
+def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: int, host: str) -> dict[str, Any]:
+    """The alert as an OCSF 1.3.0 Detection Finding (class 2004)."""
+    r = RULES[a.rule]
+    tech_uid, tech_name = r["technique"]
+    tactic_uid, tactic_name = r["tactic"]
+    status_id, status = STATUS[activity]
+    last_seen = a.last_seen if facts is None else max(a.last_seen, facts["t1"])
+    time_ms = (a.last_window + window_ns) // 1_000_000  # the end of the window that decided it
+    doc: dict[str, Any] = {
+        "activity_id": activity, "activity_name": ACTIVITY[activity],
+        "category_uid": 2, "category_name": "Findings",
+        "class_uid": 2004, "class_name": "Detection Finding",
+        "type_uid": 200400 + activity, "type_name": f"Detection Finding: {ACTIVITY[activity]}",
+        "time": time_ms,
+        "severity_id": r["severity_id"], "severity": SEVERITY[r["severity_id"]],
+        "status_id": status_id, "status": status,
+        "message": (facts or {}).get("what") or f"{r['title']} {a.key}: no longer seen",
+        "count": a.count,
+        "start_time": a.first_seen // 1_000_000, "end_time": last_seen // 1_000_000,
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "pktstream", "vendor_name": "pktstream", "feature": {"name": "alerts"}},
+            "uid": hashlib.sha256(f"{a.uid}|{activity}|{a.last_window}".encode()).hexdigest()[:32],
+            "correlation_uid": a.uid,
+            "log_name": "pktstream.alerts",
+        },
+        "finding_info": {
+            "uid": a.uid, "title": f"{r['title']}: {a.key}", "desc": r["rule"],
+            "types": [a.rule],
+            "first_seen_time": a.first_seen // 1_000_000, "last_seen_time": last_seen // 1_000_000,
+            "analytic": {"name": a.rule, "uid": a.rule, "type_id": 1, "type": "Rule"},
+            "attacks": [{"technique": {"uid": tech_uid, "name": tech_name},
+                         "tactic": {"uid": tactic_uid, "name": tactic_name}, "version": "v15"}],
+        },
+        "unmapped": {"pktstream": {"rule": a.rule, "key": a.key, "windows": a.windows,
+                                   "window_start": a.last_window // 1_000_000,
+                                   "window_s": window_ns // SEC}},
+    }
+    if facts is not None:
+        s = facts["sample"]
+        doc["evidences"] = [{
+            "src_endpoint": {"ip": s["src"], "port": s["src_port"]},
+            "dst_endpoint": {"ip": s["dst"], "port": s["dst_port"]},
+            "connection_info": {"protocol_num": s["protocol"], "protocol_name": _proto_name(s["protocol"])},
+            "data": {k: v for k, v in s.items() if k not in ("src", "dst", "src_port", "dst_port", "protocol")},
+        }]
+        doc["observables"] = [{"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["src"]},
+                              {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["dst"]}]
+        doc["unmapped"]["pktstream"].update({"window_count": facts["count"], "window_bytes": facts["bytes"],
+                                             "distinct": facts["distinct"], "top": facts["top"],
+                                             "seen_by": facts["seen_by"]})
+    return doc
+
+
+def avro_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Avro variant (schemas/alert.avsc) of an OCSF alert document."""
+    p = doc["unmapped"]["pktstream"]
+    fi = doc["finding_info"]
+    ev = (doc.get("evidences") or [{}])[0]
+    att = fi["attacks"][0]
+    return {
+        "uid": fi["uid"], "rule": p["rule"], "key": p["key"], "activity": doc["activity_name"].lower(),
+        "time_ms": doc["time"], "severity_id": doc["severity_id"], "title": fi["title"], "message": doc["message"],
+        "technique": att["technique"]["uid"], "technique_name": att["technique"]["name"],
+        "tactic": att["tactic"]["uid"], "first_seen_ms": fi["first_seen_time"], "last_seen_ms": fi["last_seen_time"],
+        "count": doc["count"], "window_start_ms": p["window_start"], "window_s": p["window_s"],
+        "window_count": p.get("window_count", 0), "distinct": p.get("distinct", 0),
+        "top": [{"value": str(t["value"]), "count": int(t["count"])} for t in p.get("top", [])],
+        "src": (ev.get("src_endpoint") or {}).get("ip", ""), "dst": (ev.get("dst_endpoint") or {}).get("ip", ""),
+        "src_port": (ev.get("src_endpoint") or {}).get("port", 0),
+        "dst_port": (ev.get("dst_endpoint") or {}).get("port", 0),
+        "protocol": (ev.get("connection_info") or {}).get("protocol_num", 0),
+        "seen_by": list(p.get("seen_by", [])),
+        "ocsf_version": doc["metadata"]["version"],
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    """One terminal line per alert event."""
+    p = doc["unmapped"]["pktstream"]
+    tech = doc["finding_info"]["attacks"][0]["technique"]["uid"]
+    return (f"{doc['activity_name'].upper():6} {doc['severity'].upper():8} {p['rule']:15} {p['key']}  "
+            f"{doc['message']}  [{tech}] id={doc['finding_info']['uid'][:12]}")

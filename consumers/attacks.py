@@ -1,0 +1,67 @@
+"""Attack strings in HTTP request prefixes: SQL injection, path traversal, JNDI lookups (Log4Shell)
+and shell injection. Called once per distinct payload prefix (features.featurize dedupes them).
+
+The request line and headers are percent-decoded (twice: double encoding), lower-cased, and
+Log4j lookup obfuscations (``${lower:j}``, ``${::-j}``, ``${env:X:-j}``) are resolved before
+matching, so that ``${${lower:j}ndi:ldap://x}`` and ``%24%7Bjndi:`` are found as ``${jndi:``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_plus
+
+SQLI, TRAVERSAL, JNDI, SHELL = 1, 2, 4, 8
+NAMES = {SQLI: "sql_injection", TRAVERSAL: "path_traversal", JNDI: "jndi_lookup", SHELL: "shell_injection"}
+
+_SQLI = re.compile(
+    r"union(\s|/\*.*?\*/)+(all(\s|/\*.*?\*/)+)?select\b"
+    r"|'\s*(or|and)\s*'?[\w]+'?\s*=\s*'?[\w]+"
+    r"|\b(or|and)\s+\d+\s*=\s*\d+"
+    r"|;\s*(drop|delete|insert|update|truncate)\s"
+    r"|\b(sleep|benchmark|pg_sleep)\s*\("
+    r"|\bwaitfor\s+delay\b"
+    r"|'\s*;?\s*--"
+    r"|information_schema\.",
+)
+_TRAVERSAL = re.compile(r"(\.\.[/\\]){1,}|[/\\]\.\.$|/etc/(passwd|shadow)|\bwin\.ini\b|/proc/self/")
+_SHELL = re.compile(
+    r"(;|\||&&|\$\(|`)\s*(cat|id|whoami|uname|wget|curl|nc|ncat|bash|sh|python|perl|rm|chmod|ping)\b"
+    r"|/bin/(ba)?sh\b",
+)
+# Log4j lookups that evaluate to their last character(s): ${lower:j}, ${upper:J}, ${::-j}, ${env:X:-j}, ${date:'j'}
+_LOOKUP = re.compile(r"\$\{(?:lower|upper):([^${}]*)\}|\$\{[^${}]*?:-([^${}]*)\}|\$\{date:'([^'${}]*)'\}")
+
+
+def _deobfuscate(text: str) -> str:
+    for _ in range(8):  # nested lookups resolve from the inside out
+        new = _LOOKUP.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def _head(payload: bytes) -> str:
+    """Request line and header lines, decoded; the body (after the blank line) is left out."""
+    head = payload.split(b"\r\n\r\n", 1)[0]
+    text = head.decode("latin-1")
+    for _ in range(2):
+        text = unquote_plus(text)
+    return text.lower()
+
+
+def scan(payload: bytes) -> int:
+    """Attack bits (SQLI | TRAVERSAL | JNDI | SHELL) found in an HTTP request prefix."""
+    text = _head(payload)
+    bits = 0
+    line = text.split("\n", 1)[0]
+    if _SQLI.search(text):
+        bits |= SQLI
+    if _TRAVERSAL.search(line):  # the target only: headers may carry relative paths legitimately
+        bits |= TRAVERSAL
+    if "${" in text and "${jndi:" in _deobfuscate(text):
+        bits |= JNDI
+    if _SHELL.search(line):
+        bits |= SHELL
+    return bits

