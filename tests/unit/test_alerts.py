@@ -232,7 +232,8 @@ def test_volumetric_against_baseline() -> None:
                      for ts in spread(T0 + 110 * SEC, 5000, SEC)])
     docs = run(merge(benign(), steady, burst), close_every_s=1)
     fired = rules_fired(docs)
-    assert fired == [("volumetric", "destination:10.1.0.20", "Close"), ("volumetric", "destination:10.1.0.20", "Create"),
+    assert fired == [("volumetric", "destination:10.1.0.20", "Close"),
+                     ("volumetric", "destination:10.1.0.20", "Create"),
                      ("volumetric", "source:192.0.2.50", "Close"), ("volumetric", "source:192.0.2.50", "Create")]
 
 
