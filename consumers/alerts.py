@@ -105,7 +105,8 @@ RULES: dict[str, dict[str, Any]] = {
                    "technique": ("T1498", "Network Denial of Service"), "tactic": ("TA0040", "Impact"),
                    "rule": "packets of one destination (or one source) in a window exceed min_packets, factor "
                            "times its average and its average plus sigmas standard deviations over the windows "
-                           "seen before (after warmup_windows of history)"},
+                           "seen before (after warmup_windows of history), spread over at least min_flows "
+                           "connections (one bulk transfer is not an anomaly)"},
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -121,7 +122,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "http_attack": {"enabled": True, "window_s": 60, "min_requests": 1},
     "rate_limit": {"enabled": True, "window_s": 60},
     "volumetric": {"enabled": True, "window_s": 10, "warmup_windows": 30, "factor": 10.0, "sigmas": 6.0,
-                   "min_packets": 20000, "max_keys": 100000},
+                   "min_packets": 20000, "min_flows": 50, "max_keys": 100000},
 }
 TOP_EVIDENCE = 10
 
@@ -426,19 +427,10 @@ class AlertsProcessor:
                 a = att.copy()
                 a["view"] = VIEW_SRC
                 parts.append(((addr_hash(a["src"]) % np.uint64(nparts)).astype(np.int64), a))
-            if self.rules.on("volumetric"):
-                ipr = rows[ip]
-                hs = addr_hash(ipr["src"])
-                # one row per source and second: its packets (a batch may span windows)
-                g = _h(hs, ipr["ts_ns"] // self.fold_ns)
-                order = np.argsort(g, kind="stable")
-                gs = g[order]
-                starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
-                tot = ipr[order][starts].copy()
-                tot["packets"] = np.add.reduceat(ipr["packets"][order].astype(np.int64), starts)
-                tot["nbytes"] = np.add.reduceat(ipr["nbytes"][order].astype(np.int64), starts)
+            if self.rules.on("volumetric"):  # everything a source sent: its volume and its flows
+                tot = rows[ip].copy()
                 tot["view"] = VIEW_SRC_TOTAL
-                parts.append(((hs[order][starts] % np.uint64(nparts)).astype(np.int64), tot))
+                parts.append(((addr_hash(tot["src"]) % np.uint64(nparts)).astype(np.int64), tot))
         out: dict[int, list[npt.NDArray[Any]]] = {}
         for part, r in parts:
             order = np.argsort(part, kind="stable")
@@ -567,9 +559,9 @@ class AlertsProcessor:
         if self.rules.on("volumetric"):
             ipd = d[d["ip_version"] > 0]
             self._add(st, "volumetric", ipd, lambda r: _part(r, _h(np.zeros(len(r)), r["dst"]), sub=0,
-                                                             origin_map=omap))
+                                                             item=_flow(r), origin_map=omap))
             self._add(st, "volumetric", s_tot, lambda r: _part(r, _h(np.ones(len(r)), r["src"]), sub=1,
-                                                               origin_map=omap))
+                                                               item=_flow(r), origin_map=omap))
 
     # -- closing windows ------------------------------------------------------------------------
 
@@ -640,7 +632,7 @@ class AlertsProcessor:
                 if ref is not None and ref.rate_limit_per_min > 0:
                     fire[j] = n[j] > ref.rate_limit_per_min * win_min
         elif det == "volumetric":
-            fire = self._volumetric(st, c, keys, kinv, n, cfg)
+            fire = self._volumetric(st, c, keys, kinv, n, cfg) & (distinct >= cfg["min_flows"])
         else:  # pragma: no cover
             return {}
         out: dict[str, dict[str, Any]] = {}
@@ -812,6 +804,10 @@ def _spoof_code(r: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     land = (r["src"] == r["dst"]).all(axis=1)
     mcast = _in_nets(r["src"], _MCAST_NETS)
     return np.where(land, 1, np.where(mcast, 2, 3)).astype(np.int64)
+
+
+def _flow(r: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    return _h(r["src"], r["dst"], r["sport"], r["dport"], r["proto"])
 
 
 def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:

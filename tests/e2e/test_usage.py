@@ -3,6 +3,7 @@ identical replays, and a consumer killed mid-stream that neither loses nor doubl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -96,6 +97,8 @@ def servers(tmp: Path) -> Iterator[None]:
         yield
     finally:
         stop.set()
+        with contextlib.suppress(OSError):
+            lsock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that holds the listening socket
         lsock.close()
         http.shutdown()
         http.server_close()

