@@ -363,7 +363,7 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     rules_seen = {d["unmapped"]["pktstream"]["rule"] for d in ref}
     assert {"syn_flood", "udp_flood", "port_scan"} <= rules_seen, rules_seen
     syn = [d for d in ref if d["unmapped"]["pktstream"]["rule"] == "syn_flood"]
-    assert [d["activity_name"] for d in syn][0] == "Create" and len({d["finding_info"]["uid"] for d in syn}) == 1
+    assert syn[0]["activity_name"] == "Create" and len({d["finding_info"]["uid"] for d in syn}) == 1
     assert sorted({s for d in syn for s in d["unmapped"]["pktstream"].get("seen_by", [])}) == \
         ["gen0/eth0", "gen1/eth0"]  # both halves met in one partition
     assert any(d["activity_name"] == "Update" for d in ref)
