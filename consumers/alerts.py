@@ -37,6 +37,7 @@ from pktstream.consumers import attacks
 from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog
 from pktstream.consumers.columns import Batch
 from pktstream.consumers.features import (
+    FEATURE_DTYPE,
     VIEW_DST,
     VIEW_SRC,
     Features,
@@ -125,6 +126,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                    "min_packets": 20000, "min_flows": 50, "max_keys": 100000},
 }
 TOP_EVIDENCE = 10
+LIGHT = {"syn_flood", "udp_flood", "icmp_flood", "amplification", "volumetric"}  # big tables: a sample per key
 
 FLAG_NAMES = {1: "NULL", 2: "XMAS", 3: "SYN+FIN", 4: "SYN+RST", 5: "FIN without ACK"}
 SPOOF_NAMES = {1: "LAND (source is the destination)", 2: "multicast or broadcast source", 3: "bogon or martian source"}
@@ -278,63 +280,105 @@ def _h(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
 # -- per-window tables ------------------------------------------------------------------------------
 
 _COLS = {"k": np.uint64, "item": np.uint64, "n": np.int64, "b": np.int64, "t0": np.int64, "t1": np.int64,
-         "sub": np.int64, "s": np.int64, "o": np.int64, "sport": np.int64, "dport": np.int64, "proto": np.int64,
-         "flags": np.int64, "ttl": np.int64, "len": np.int64}
+         "sub": np.int64, "s": np.int64, "o": np.int64}
 
 
 class Table:
-    """Counters of (key, item, capture point) rows with a sample row's fields, folded by a sort."""
+    """Counters of (key, item, capture point) rows, folded by a sort, with sample feature rows:
+    one per row group (``rec``), or, in a light table, one per key (``side``), which is all that
+    the detectors with large tables (floods, volume) need."""
 
-    __slots__ = ("cols", "parts", "waiting")
+    __slots__ = ("cols", "light", "parts", "side", "side_parts", "waiting")
 
-    def __init__(self, cols: dict[str, npt.NDArray[Any]] | None = None) -> None:
-        self.cols = cols if cols is not None else {**{k: np.zeros(0, dtype=t) for k, t in _COLS.items()},
-                                                    "src": np.zeros((0, 2), np.uint64),
-                                                    "dst": np.zeros((0, 2), np.uint64)}
+    def __init__(self, cols: dict[str, npt.NDArray[Any]] | None = None, light: bool = False,
+                 side: dict[str, npt.NDArray[Any]] | None = None) -> None:
+        self.light = light
+        base = {k: np.zeros(0, dtype=t) for k, t in _COLS.items()}
+        if not light:
+            base["rec"] = np.zeros(0, dtype=FEATURE_DTYPE)
+        self.cols = cols if cols is not None else base
+        self.side = side if side is not None else {"k": np.zeros(0, np.uint64), "t0": np.zeros(0, np.int64),
+                                                   "rec": np.zeros(0, dtype=FEATURE_DTYPE)}
         self.parts: list[dict[str, npt.NDArray[Any]]] = []
+        self.side_parts: list[dict[str, npt.NDArray[Any]]] = []
         self.waiting = 0
 
     def add(self, part: dict[str, npt.NDArray[Any]]) -> None:
-        if len(part["k"]):
-            self.parts.append(part)
-            self.waiting += len(part["k"])
-            if self.waiting > max(8192, 2 * len(self.cols["k"])):
-                self.fold()
+        if not len(part["k"]):
+            return
+        if self.light:
+            rows = part.pop("rec")
+            _u, first = np.unique(part["k"], return_index=True)
+            self.side_parts.append({"k": part["k"][first], "t0": part["t0"][first], "rec": rows[first]})
+        self.parts.append(part)
+        self.waiting += len(part["k"])
+        if self.waiting > max(65536, 2 * len(self.cols["k"])):
+            self.fold()
 
-    def fold(self) -> None:
-        if not self.parts:
-            return
-        allp = [self.cols, *self.parts]
-        c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
-        self.parts, self.waiting = [], 0
-        if len(c["k"]) == 0:
-            self.cols = c
-            return
-        g = _h(c["k"], c["item"], c["o"])
+    @staticmethod
+    def _fold(c: dict[str, npt.NDArray[Any]], g: npt.NDArray[np.uint64], sums: tuple[str, ...]) -> dict[str, Any]:
         order = np.lexsort((c["t0"], g))
         gs = g[order]
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
-        out = {k: v[order][starts] for k, v in c.items()}
-        out["n"] = np.add.reduceat(c["n"][order], starts)
-        out["b"] = np.add.reduceat(c["b"][order], starts)
-        out["t1"] = np.maximum.reduceat(c["t1"][order], starts)
-        self.cols = out
+        first = order[starts]
+        out = {k: v[first] for k, v in c.items()}
+        if len(starts) < len(order):
+            for k in sums:
+                out[k] = np.add.reduceat(c[k][order], starts)
+            if "t1" in c:
+                out["t1"] = np.maximum.reduceat(c["t1"][order], starts)
+        return out
 
-    def dump(self) -> dict[str, str]:
+    def fold(self) -> None:
+        if self.parts:
+            allp = [self.cols, *self.parts]
+            c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
+            self.parts, self.waiting = [], 0
+            if len(c["k"]):
+                c = self._fold(c, _h(c["k"], c["item"], c["o"]), ("n", "b"))
+            self.cols = c
+        if self.side_parts:
+            allp = [self.side, *self.side_parts]
+            c = {k: np.concatenate([p[k] for p in allp]) for k in self.side}
+            self.side_parts = []
+            self.side = self._fold(c, c["k"], ())
+
+    def dump(self) -> dict[str, Any]:
         self.fold()
-        return {k: base64.b64encode(np.ascontiguousarray(v).tobytes()).decode() for k, v in self.cols.items()}
+
+        def enc(v: npt.NDArray[Any]) -> str:
+            return base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()
+
+        out: dict[str, Any] = {k: enc(v) for k, v in self.cols.items()}
+        if self.light:
+            out["side"] = {k: enc(v) for k, v in self.side.items()}
+        return out
 
     @classmethod
-    def load(cls, d: dict[str, str]) -> Table:
-        cols: dict[str, npt.NDArray[Any]] = {}
-        for k, t in _COLS.items():
-            cols[k] = np.frombuffer(base64.b64decode(d[k]), dtype=t).copy()
-        for k in ("src", "dst"):
-            cols[k] = np.frombuffer(base64.b64decode(d[k]), dtype=np.uint64).reshape(-1, 2).copy()
+    def load(cls, d: dict[str, Any]) -> Table:
+        def dec(text: str, t: Any) -> npt.NDArray[Any]:
+            return np.frombuffer(base64.b64decode(text), dtype=t).copy()
+
+        cols = {k: dec(d[k], t) for k, t in _COLS.items()}
+        light = "side" in d
+        side = None
+        if light:
+            side = {"k": dec(d["side"]["k"], np.uint64), "t0": dec(d["side"]["t0"], np.int64),
+                    "rec": dec(d["side"]["rec"], FEATURE_DTYPE)}
+        else:
+            cols["rec"] = dec(d["rec"], FEATURE_DTYPE)
         n = len(cols["k"])
-        if any(len(v) != n for v in cols.values()):
+        if any(len(v) != n for v in cols.values()) or (side and len({len(v) for v in side.values()}) != 1):
             raise ValueError("snapshot: alert table columns differ in length")
-        return cls(cols)
+        return cls(cols, light, side)
+
+    def with_samples(self) -> dict[str, Any]:
+        """The folded columns, each row with a sample feature row (a light table's is its key's)."""
+        self.fold()
+        if not self.light:
+            return self.cols
+        idx = np.searchsorted(self.side["k"], self.cols["k"])
+        return {**self.cols, "rec": self.side["rec"][np.minimum(idx, max(0, len(self.side["k"]) - 1))]}
 
 
 def _part(rows: npt.NDArray[Any], k: npt.NDArray[np.uint64], item: npt.NDArray[Any] | int = 0,
@@ -345,18 +389,24 @@ def _part(rows: npt.NDArray[Any], k: npt.NDArray[np.uint64], item: npt.NDArray[A
     def full(v: Any, t: Any) -> npt.NDArray[Any]:
         return np.full(m, v, dtype=t) if np.isscalar(v) else np.asarray(v).astype(t)
 
+    ts = rows["ts_ns"].astype(np.int64)
     return {
         "k": k.astype(np.uint64), "item": full(item, np.uint64),
         "n": full(rows["packets"] if n is None else n, np.int64),
         "b": full(rows["nbytes"] if b is None else b, np.int64),
-        "t0": rows["ts_ns"].astype(np.int64), "t1": rows["ts_ns"].astype(np.int64),
-        "sub": full(sub, np.int64), "s": full(s, np.int64),
+        "t0": ts, "t1": ts, "sub": full(sub, np.int64), "s": full(s, np.int64),
         "o": origin_map[rows["origin"]] if origin_map is not None else np.zeros(m, np.int64),
-        "sport": rows["sport"].astype(np.int64), "dport": rows["dport"].astype(np.int64),
-        "proto": rows["proto"].astype(np.int64), "flags": rows["tcp_flags"].astype(np.int64),
-        "ttl": rows["ttl"].astype(np.int64), "len": rows["wire_len"].astype(np.int64),
-        "src": np.ascontiguousarray(rows["src"]), "dst": np.ascontiguousarray(rows["dst"]),
+        "rec": rows,
     }
+
+
+def _expand(c: dict[str, Any]) -> dict[str, Any]:
+    """A folded table's sample fields as columns."""
+    r = c["rec"]
+    return {**c, "src": r["src"], "dst": r["dst"], "sport": r["sport"].astype(np.int64),
+            "dport": r["dport"].astype(np.int64), "proto": r["proto"].astype(np.int64),
+            "flags": r["tcp_flags"].astype(np.int64), "ttl": r["ttl"].astype(np.int64),
+            "len": r["wire_len"].astype(np.int64)}
 
 
 @dataclass
@@ -372,12 +422,52 @@ class OpenAlert:
     windows: int = 1
 
 
+class Baselines:
+    """Per-key traffic history of the volume detector: window count, mean, sum of squared deviations."""
+
+    def __init__(self, keys: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.float64] | None = None,
+                 mean: npt.NDArray[np.float64] | None = None, m2: npt.NDArray[np.float64] | None = None) -> None:
+        self.keys = keys if keys is not None else np.zeros(0, np.uint64)
+        self.cnt = cnt if cnt is not None else np.zeros(0)
+        self.mean = mean if mean is not None else np.zeros(0)
+        self.m2 = m2 if m2 is not None else np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: npt.NDArray[np.uint64], cnt: npt.NDArray[np.float64], mean: npt.NDArray[np.float64],
+            m2: npt.NDArray[np.float64]) -> None:
+        k = np.concatenate([self.keys, keys])
+        order = np.argsort(k, kind="stable")
+        self.keys = k[order]
+        self.cnt = np.concatenate([self.cnt, cnt])[order]
+        self.mean = np.concatenate([self.mean, mean])[order]
+        self.m2 = np.concatenate([self.m2, m2])[order]
+
+    def cap(self, max_keys: int) -> None:
+        if len(self.keys) > max_keys:  # keep the busiest
+            keep = np.sort(np.argsort(-self.mean, kind="stable")[:max_keys])
+            self.keys, self.cnt, self.mean, self.m2 = self.keys[keep], self.cnt[keep], self.mean[keep], self.m2[keep]
+
+    def dump(self) -> list[str]:
+        return [base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
+                for a in (self.keys, self.cnt, self.mean, self.m2)]
+
+    @classmethod
+    def load(cls, d: list[str]) -> Baselines:
+        keys = np.frombuffer(base64.b64decode(d[0]), dtype=np.uint64).copy()
+        rest = [np.frombuffer(base64.b64decode(x), dtype=np.float64).copy() for x in d[1:]]
+        if any(len(r) != len(keys) for r in rest):
+            raise ValueError("snapshot: baseline columns differ in length")
+        return cls(keys, *rest)
+
+
 @dataclass
 class AlertsState:
     windows: dict[str, dict[int, Table]] = field(default_factory=dict)  # detector -> window start -> table
     closed_until: dict[str, int] = field(default_factory=dict)
     open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
-    baselines: dict[str, list[float]] = field(default_factory=dict)  # volumetric: key -> [n, mean, m2, last]
+    baselines: Baselines = field(default_factory=Baselines)  # the volume detector's history per key
     strings: list[str] = field(default_factory=list)
     string_index: dict[str, int] = field(default_factory=dict)
     late_records: int = 0
@@ -468,11 +558,12 @@ class AlertsProcessor:
         if len(rows) == 0:
             return
         wins = st.windows.setdefault(det, {})
-        for ws in np.unique(win).tolist():
-            sel = rows[win == ws]
+        uw = np.unique(win)
+        for ws in uw.tolist():
+            sel = rows if len(uw) == 1 else rows[win == ws]
             part = part_fn(sel)
             if part is not None:
-                wins.setdefault(int(ws), Table()).add(part)
+                wins.setdefault(int(ws), Table(light=det in LIGHT)).add(part)
 
     def process(self, st: AlertsState, f: Features) -> None:
         rows = f.rows
@@ -576,9 +667,7 @@ class AlertsProcessor:
             wins = st.windows.get(det, {})
             closing = sorted(ws for ws in wins if ws + w <= limit)
             for ws in closing:
-                table = wins.pop(ws)
-                table.fold()
-                firing = self._evaluate(st, det, ws, table)
+                firing = self._evaluate(st, det, ws, wins.pop(ws))
                 out.extend(self._lifecycle(st, det, ws, firing))
                 st.closed_until[det] = max(st.closed_until.get(det, 0), ws + w)
             if not final:
@@ -594,6 +683,7 @@ class AlertsProcessor:
 
     def _evaluate(self, st: AlertsState, det: str, ws: int, t: Table) -> dict[str, dict[str, Any]]:
         """Keys over the detector's threshold in one closed window: key text -> facts."""
+        t.fold()
         c = t.cols
         if len(c["k"]) == 0:
             return {}
@@ -604,8 +694,8 @@ class AlertsProcessor:
         n = np.bincount(kinv, c["n"], nk).astype(np.int64)
         b = np.bincount(kinv, c["b"], nk).astype(np.int64)
         # distinct items per key
-        ki = np.unique(np.stack([kinv.astype(np.uint64), c["item"]], axis=1), axis=0)
-        distinct = np.bincount(ki[:, 0].astype(np.int64), minlength=nk)
+        _u, pair_first = np.unique(_h(kinv, c["item"]), return_index=True)
+        distinct = np.bincount(kinv[pair_first], minlength=nk)
         if det == "port_scan":
             fire = distinct >= cfg["min_ports"]
         elif det == "address_sweep":
@@ -636,6 +726,8 @@ class AlertsProcessor:
         else:  # pragma: no cover
             return {}
         out: dict[str, dict[str, Any]] = {}
+        if fire.any():
+            c = _expand(t.with_samples())
         for j in np.flatnonzero(fire).tolist():
             rows = np.flatnonzero(kinv == j)
             out_key, facts = self._facts(st, det, c, rows, int(n[j]), int(b[j]), int(distinct[j]))
@@ -644,26 +736,29 @@ class AlertsProcessor:
 
     def _volumetric(self, st: AlertsState, c: dict[str, Any], keys: npt.NDArray[np.uint64],
                     kinv: npt.NDArray[np.intp], n: npt.NDArray[np.int64], cfg: dict[str, Any]) -> npt.NDArray[np.bool_]:
-        nk = len(keys)
-        fire = np.zeros(nk, dtype=bool)
-        candidates = n >= cfg["min_packets"]
-        for j, kk in enumerate(keys.tolist()):
-            bl = st.baselines.get(str(kk))
-            cnt = float(n[j])
-            if bl is not None and candidates[j] and bl[0] >= cfg["warmup_windows"]:
-                mean, var = bl[1], bl[2] / max(1.0, bl[0] - 1)
-                if cnt > cfg["factor"] * mean and cnt > mean + cfg["sigmas"] * math.sqrt(var):
-                    fire[j] = True
-                    continue  # an attack does not move the baseline
-            if bl is None:
-                bl = st.baselines[str(kk)] = [0.0, 0.0, 0.0, 0.0]
-            bl[0] += 1
-            delta = cnt - bl[1]
-            bl[1] += delta / bl[0]
-            bl[2] += delta * (cnt - bl[1])
-        if len(st.baselines) > cfg["max_keys"]:  # keep the busiest keys
-            keep = sorted(st.baselines.items(), key=lambda kv: -kv[1][1])[: cfg["max_keys"]]
-            st.baselines = dict(keep)
+        """Keys far above their own baseline; the others' baselines learn this window (Welford)."""
+        bl = st.baselines
+        pos = np.searchsorted(bl.keys, keys)
+        posc = np.minimum(pos, max(0, len(bl.keys) - 1))
+        found = (pos < len(bl.keys)) & (bl.keys[posc] == keys) if len(bl.keys) else np.zeros(len(keys), bool)
+        cnt = np.where(found, bl.cnt[posc] if len(bl.keys) else 0, 0.0)
+        mean = np.where(found, bl.mean[posc] if len(bl.keys) else 0, 0.0)
+        m2 = np.where(found, bl.m2[posc] if len(bl.keys) else 0, 0.0)
+        x = n.astype(np.float64)
+        std = np.sqrt(m2 / np.maximum(1.0, cnt - 1))
+        fire: npt.NDArray[np.bool_] = found & (cnt >= cfg["warmup_windows"]) & (x >= cfg["min_packets"]) \
+            & (x > cfg["factor"] * mean) & (x > mean + cfg["sigmas"] * std)
+        learn = ~fire  # an attack does not move the baseline
+        cnt1 = cnt + 1
+        delta = x - mean
+        mean1 = mean + delta / cnt1
+        m2_1 = m2 + delta * (x - mean1)
+        upd = learn & found
+        bl.cnt[pos[upd]], bl.mean[pos[upd]], bl.m2[pos[upd]] = cnt1[upd], mean1[upd], m2_1[upd]
+        new = learn & ~found
+        if new.any():
+            bl.add(keys[new], cnt1[new], mean1[new], m2_1[new])
+        bl.cap(int(cfg["max_keys"]))
         return fire
 
     def _facts(self, st: AlertsState, det: str, c: dict[str, Any], rows: npt.NDArray[np.intp], n: int, b: int,
@@ -777,7 +872,7 @@ class AlertsProcessor:
             "closed_until": st.closed_until,
             "open": {k: [a.uid, a.rule, a.key, a.first_window, a.last_window, a.first_seen, a.last_seen, a.count,
                          a.windows] for k, a in st.open.items()},
-            "baselines": st.baselines, "strings": st.strings, "late_records": st.late_records,
+            "baselines": st.baselines.dump(), "strings": st.strings, "late_records": st.late_records,
             "alerts_raised": st.alerts_raised,
         }
 
@@ -787,7 +882,7 @@ class AlertsProcessor:
             closed_until={k: int(v) for k, v in d["closed_until"].items()},
             open={k: OpenAlert(v[0], v[1], v[2], int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7]), int(v[8]))
                   for k, v in d["open"].items()},
-            baselines={k: [float(x) for x in v] for k, v in d["baselines"].items()},
+            baselines=Baselines.load(d["baselines"]),
             strings=list(d["strings"]), late_records=int(d["late_records"]), alerts_raised=int(d["alerts_raised"]),
         )
         st.string_index = {s: i for i, s in enumerate(st.strings)}

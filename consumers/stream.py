@@ -34,7 +34,6 @@ import socket
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -61,6 +60,7 @@ from pktstream.producer.kafka import check_reachable, ensure_topic
 log = structlog.get_logger("pktstream.stream")
 
 NO_PROGRESS = -1
+MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
 FOREVER = 1 << 62
 
 
@@ -191,7 +191,8 @@ class StreamRunner:
         ensure_topic(self.conf, cfg.repartition_topic, want, cfg.replication_factor,
                      {"retention.ms": str(86400_000), "cleanup.policy": "delete"})
         ensure_topic(self.conf, cfg.state_topic, want, cfg.replication_factor,
-                     {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
+                     {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+                      "max.message.bytes": str(MAX_SNAPSHOT)})
         probe = Consumer({**self.conf, "group.id": "pktstream-md"})
         deadline = time.monotonic() + 30
         while True:  # a topic just created takes a moment to show in the metadata
@@ -213,7 +214,7 @@ class StreamRunner:
             "transaction.timeout.ms": 60000,
             "linger.ms": 5,
             "compression.type": "lz4",  # the repartition topic: cheap to compress, read back at once
-            "message.max.bytes": 16 << 20,
+            "message.max.bytes": MAX_SNAPSHOT + (1 << 20),
         })
         self.producer.init_transactions(60)
         self.producer.begin_transaction()
@@ -232,11 +233,13 @@ class StreamRunner:
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 << 20,
+            "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
             "max.partition.fetch.bytes": 16 << 20,
         })
         self.loader = Consumer({**self.conf, "group.id": f"{cfg.app_id}-loader-{uuid.uuid4().hex[:6]}",
                                 "isolation.level": "read_committed", "enable.auto.commit": False,
-                                "enable.partition.eof": True, "fetch.max.bytes": 64 << 20,
+                                "enable.partition.eof": True, "fetch.max.bytes": MAX_SNAPSHOT,
+                                "receive.message.max.bytes": MAX_SNAPSHOT + (1 << 20),
                                 "max.partition.fetch.bytes": 64 << 20})
         self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -312,7 +315,7 @@ class StreamRunner:
                 break
         if value is None:
             return PartState(self.proc.new_state())
-        doc = json.loads(zlib.decompress(value))
+        doc = json.loads(value)
         self.counters.restored_partitions += 1
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
                        int(doc["watermark"]))
@@ -542,7 +545,8 @@ class StreamRunner:
             if st is None:
                 continue
             doc = {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
-            self._produce(self.cfg.state_topic, zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1),
+            # plain JSON: the producer's lz4 compresses it (zlib here cost more than the rest of a commit)
+            self._produce(self.cfg.state_topic, json.dumps(doc, separators=(",", ":")).encode(),
                           key=str(q).encode(), partition=q)
         offsets = [TopicPartition(t, p, self.positions[(t, p)]) for (t, p) in sorted(self.changed)
                    if (t, p) in self.positions]

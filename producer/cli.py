@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OCSF 1.3.0 Detection Finding JSON, or its Avro variant (schemas/alert.avsc)")
     al.add_argument("--output", choices=["lines", "json", "none"], default="lines",
                     help="what to print as alerts fire: one line each, the OCSF documents, nothing")
-    al.set_defaults(grace_s=5.0)
+    al.set_defaults(grace_s=5.0, commit_interval_s=5.0)
 
     oa = sub.add_parser("catalog-from-openapi", help="print an API catalog (YAML) made from an OpenAPI 3 document")
     oa.add_argument("spec", help="OpenAPI 3 document (YAML or JSON)")
