@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +23,39 @@ from pktstream.schemas import SCHEMA_DIR
 HISTORY = sorted((SCHEMA_DIR / "history").glob("*/v*.avsc"))
 
 
+def strategy_for(t: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values of any Avro type the schemas use (named types remembered as they are defined)."""
+    if isinstance(t, str):
+        if t in named:
+            return strategy_for(named[t], named)
+        prim: dict[str, st.SearchStrategy[Any]] = {
+            "int": st.integers(-(2**31), 2**31 - 1), "long": st.integers(-(2**63), 2**63 - 1),
+            "bytes": st.binary(max_size=64), "string": st.text(max_size=20), "boolean": st.booleans(),
+        }
+        if t not in prim:
+            raise AssertionError(f"extend strategy_for() to type {t!r}")
+        return prim[t]
+    if isinstance(t, list):
+        return st.one_of([strategy_for(x, named) for x in t])
+    kind = t["type"]
+    if t.get("logicalType") == "timestamp-millis":
+        return st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+                            timezones=st.just(UTC)).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+    if kind == "fixed":
+        named[t["name"]] = t
+        return st.binary(min_size=t["size"], max_size=t["size"])
+    if kind == "array":
+        return st.lists(strategy_for(t["items"], named), max_size=4)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=8), strategy_for(t["values"], named), max_size=4)
+    if kind == "record":
+        named[t["name"]] = t
+        return st.fixed_dictionaries({f["name"]: strategy_for(f["type"], named) for f in t["fields"]})
+    return strategy_for(kind, named)
+
+
 def records_for(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    named: dict[str, int] = {}
-    fields: dict[str, st.SearchStrategy[Any]] = {}
-    for f in schema["fields"]:
-        t = f["type"]
-        if isinstance(t, dict) and t["type"] == "fixed":
-            named[t["name"]] = t["size"]
-            fields[f["name"]] = st.binary(min_size=t["size"], max_size=t["size"])
-        elif isinstance(t, str) and t in named:
-            fields[f["name"]] = st.binary(min_size=named[t], max_size=named[t])
-        elif t == "int":
-            fields[f["name"]] = st.integers(-(2**31), 2**31 - 1)
-        elif t == "long":
-            fields[f["name"]] = st.integers(-(2**63), 2**63 - 1)
-        elif t == "bytes":
-            fields[f["name"]] = st.binary(max_size=64)
-        elif t == "string":
-            fields[f["name"]] = st.text(max_size=20)
-        elif t == "boolean":
-            fields[f["name"]] = st.booleans()
-        elif isinstance(t, dict) and t["type"] == "array" and t["items"] == "long":
-            fields[f["name"]] = st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)
-        else:
-            raise AssertionError(f"extend records_for() to type {t!r}")
-    return st.fixed_dictionaries(fields)
+    return strategy_for(schema, {})
 
 
 def roundtrip(writer: dict[str, Any], reader: dict[str, Any], recs: list[dict[str, Any]]) -> list[Any]:
