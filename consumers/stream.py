@@ -338,7 +338,7 @@ class StreamRunner:
                 self._process_batches()
                 now = time.monotonic()
                 at_end = self._at_end()
-                if self.cfg.until_end and at_end and not self._has_work():
+                if self.cfg.until_end and at_end and not self._has_work() and self._group_done(now):
                     self._advance(final=True)
                     self._commit()
                     log.info("stream_caught_up", **self.figures())
@@ -355,6 +355,14 @@ class StreamRunner:
         finally:
             self.close()
         return self.counters
+
+    def _group_done(self, now: float) -> bool:
+        """Has the whole group (other instances too) processed the packet topic to its end? Until
+        then more rows may come to our partitions from packet partitions another instance reads."""
+        if now - self.last_pending_check < 0.5:
+            return False
+        self.last_pending_check = now
+        return self._pending() == set()
 
     def _has_work(self) -> bool:
         return bool(self.changed or self.dirty or self.produced or self._uncommitted)

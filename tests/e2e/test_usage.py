@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -355,3 +356,61 @@ def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
     assert sorted(map(key, published)) == sorted(map(key, reference)), "a window lost or published twice"
     assert sorted(published, key=key) == sorted(reference, key=key)
     assert sorted(dead_letters(kafka_bootstrap, f"{topic}.killed.dlq")) == sorted(reasons)  # each set aside once
+
+
+def test_consumer_metrics_and_health(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"usage-metrics-{uuid.uuid4().hex[:8]}"
+    total = load_generated(kafka_bootstrap, topic, 2000, hosts=1)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = usage_cmd(kafka_bootstrap, topic, f"t-met-{uuid.uuid4().hex[:6]}", f"{topic}.usage", catalog,
+                    "--dead-letter-topic", f"{topic}.dlq")
+    cmd = [c for c in cmd if c != "--until-end"]
+    cmd[cmd.index("--metrics-port") + 1] = str(port)
+    p = subprocess.Popen([*cmd, "--duration", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        metrics: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            metrics = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("pktstream_consumer_")}
+            if metrics.get("pktstream_consumer_records_in_total") == total:
+                break
+            time.sleep(0.2)
+        assert metrics["pktstream_consumer_records_in_total"] == total
+        assert metrics["pktstream_consumer_dead_lettered_total"] == 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            assert r.status == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0
+
+
+def test_two_consumers_share_the_work_and_give_the_same_windows(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"usage-scale-{uuid.uuid4().hex[:8]}"
+    load_generated(kafka_bootstrap, topic, 30000)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    reference = run_usage(usage_cmd(kafka_bootstrap, topic, f"t-one-{uuid.uuid4().hex[:6]}", f"{topic}.one",
+                                    catalog))
+    app = f"t-two-{uuid.uuid4().hex[:6]}"
+    procs = [subprocess.Popen(usage_cmd(kafka_bootstrap, topic, app, f"{topic}.two", catalog, "--instance-id", name),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    # both took part: each was assigned packet partitions
+    for e in errs:
+        assigned = [json.loads(line) for line in e.splitlines() if '"partitions_assigned"' in line]
+        assert any(any(x.startswith(topic + "[") for x in a["partitions"]) for a in assigned), e[-2000:]
+    published = read_usage(kafka_bootstrap, f"{topic}.two")
+    assert sorted(published, key=key) == sorted(read_usage(kafka_bootstrap, f"{topic}.one"), key=key)
+    assert len(published) == len(reference)
