@@ -240,19 +240,31 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     u_name = np.full(len(first), -1, dtype=np.int32)
     u_path = np.full(len(first), -1, dtype=np.int32)
     u_attack = np.zeros(len(first), dtype=np.uint16)
-    for j, i in enumerate(src_rows[first].tolist()):
-        p = parsed[i]
-        ho, hl, po, pl = int(p[HOST_OFF]), int(p[HOST_LEN]), int(p[PATH_OFF]), int(p[PATH_LEN])
+    # one bytes object for the distinct rows, sliced in Python; hosts repeat: each is read once
+    ui = src_rows[first]
+    width = pay.shape[1]
+    blob = np.ascontiguousarray(pay[ui]).tobytes()
+    pu = parsed[ui]
+    hosts: dict[bytes, int] = {}
+    for j, (ho, hl, po, pl, knd, ln) in enumerate(zip(
+            pu[:, HOST_OFF].tolist(), pu[:, HOST_LEN].tolist(), pu[:, PATH_OFF].tolist(), pu[:, PATH_LEN].tolist(),
+            pu[:, KIND].tolist(), plen[ui].tolist(), strict=True)):
+        base = j * width
         if hl > 0:
-            host = bytes(pay[i, ho : ho + hl]).decode("latin-1").lower()
-            if ":" in host and not host.startswith("["):
-                host = host.rsplit(":", 1)[0]
-            u_name[j] = strings.add(host)
+            hb = blob[base + ho : base + ho + hl]
+            hi = hosts.get(hb)
+            if hi is None:
+                host = hb.decode("latin-1").lower()
+                if ":" in host and not host.startswith("["):
+                    host = host.rsplit(":", 1)[0]
+                hi = hosts[hb] = strings.add(host)
+            u_name[j] = hi
         if pl > 0:
-            target = bytes(pay[i, po : po + pl]).decode("latin-1")
-            u_path[j] = strings.add(target.split("?", 1)[0])
-        if attack_scan is not None and kind[i] == KIND_HTTP1:
-            u_attack[j] = int(attack_scan(bytes(pay[i, : int(plen[i])])))
+            target = blob[base + po : base + po + pl]
+            q = target.find(b"?")
+            u_path[j] = strings.add((target if q < 0 else target[:q]).decode("latin-1"))
+        if attack_scan is not None and knd == KIND_HTTP1:
+            u_attack[j] = int(attack_scan(blob[base : base + int(ln)]))
     inv = inv.ravel()
     rows["name"][req] = u_name[inv]
     rows["path"][req] = u_path[inv]
