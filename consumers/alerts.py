@@ -36,6 +36,7 @@ import yaml
 from pktstream.consumers import attacks
 from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog
 from pktstream.consumers.columns import Batch
+from pktstream.consumers.decode import addr_text as decode_addr_text
 from pktstream.consumers.features import (
     FEATURE_DTYPE,
     VIEW_DST,
@@ -43,6 +44,7 @@ from pktstream.consumers.features import (
     Features,
     addr_hash,
     featurize,
+    mix,
     words_bytes,
 )
 from pktstream.consumers.parse import KIND_HTTP1, METHODS
@@ -260,21 +262,7 @@ def flag_anomaly(flags: npt.NDArray[Any], proto: npt.NDArray[Any]) -> npt.NDArra
 
 
 def addr_text(words_row: npt.NDArray[Any] | bytes) -> str:
-    b = words_row if isinstance(words_row, bytes) else words_bytes(words_row)
-    ip = ipaddress.IPv6Address(b)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
-
-
-def _h(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    with np.errstate(over="ignore"):
-        z = np.full(len(cols[0]), 0x84222325CBF29CE4, dtype=np.uint64)
-        for c in cols:
-            c = np.asarray(c)
-            if c.ndim == 2:
-                c = addr_hash(c)
-            z = (z ^ c.astype(np.int64).astype(np.uint64)) * np.uint64(0x100000001B3)
-            z ^= z >> np.uint64(29)
-        return z
+    return decode_addr_text(words_row if isinstance(words_row, bytes) else words_bytes(words_row))
 
 
 # -- per-window tables ------------------------------------------------------------------------------
@@ -335,7 +323,7 @@ class Table:
             c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
             self.parts, self.waiting = [], 0
             if len(c["k"]):
-                c = self._fold(c, _h(c["k"], c["item"], c["o"]), ("n", "b"))
+                c = self._fold(c, mix(c["k"], c["item"], c["o"]), ("n", "b"))
             self.cols = c
         if self.side_parts:
             allp = [self.side, *self.side_parts]
@@ -576,25 +564,25 @@ class AlertsProcessor:
         udp = d["proto"] == PROTO_UDP
         # port scan: (src, dst) -> distinct destination ports
         att = d[self._attempts(d)]
-        self._add(st, "port_scan", att, lambda r: _part(r, _h(r["src"], r["dst"]), item=r["dport"],
+        self._add(st, "port_scan", att, lambda r: _part(r, mix(r["src"], r["dst"]), item=r["dport"],
                                                           origin_map=omap))
         # address sweep: (src, dport) -> distinct destinations
-        self._add(st, "address_sweep", s_att, lambda r: _part(r, _h(r["src"], r["dport"], r["proto"]),
+        self._add(st, "address_sweep", s_att, lambda r: _part(r, mix(r["src"], r["dport"], r["proto"]),
                                                               item=addr_hash(r["dst"]), origin_map=omap))
         # SYN flood: dst -> connections opened (item 1) and left half-open (item 2)
         opened = d[tcp & (d["syns"] > 0)]
 
         def syn_part(r: npt.NDArray[Any]) -> dict[str, Any]:
             half = r["packets"] == r["syns"]
-            return _part(r, _h(r["dst"]), item=np.where(half, 2, 1), n=np.ones(len(r), np.int64), origin_map=omap)
+            return _part(r, mix(r["dst"]), item=np.where(half, 2, 1), n=np.ones(len(r), np.int64), origin_map=omap)
 
         self._add(st, "syn_flood", opened, syn_part)
         # UDP and ICMP floods, amplification: dst -> packets
         amp = udp & np.isin(d["sport"].astype(np.int64), self.amp_ports)
-        self._add(st, "udp_flood", d[udp & ~amp], lambda r: _part(r, _h(r["dst"]), origin_map=omap))
-        self._add(st, "amplification", d[amp], lambda r: _part(r, _h(r["dst"]), item=r["sport"], origin_map=omap))
+        self._add(st, "udp_flood", d[udp & ~amp], lambda r: _part(r, mix(r["dst"]), origin_map=omap))
+        self._add(st, "amplification", d[amp], lambda r: _part(r, mix(r["dst"]), item=r["sport"], origin_map=omap))
         echo = ((d["proto"] == PROTO_ICMP) & (d["sport"] == 8)) | ((d["proto"] == PROTO_ICMP6) & (d["sport"] == 128))
-        self._add(st, "icmp_flood", d[echo], lambda r: _part(r, _h(r["dst"]), origin_map=omap))
+        self._add(st, "icmp_flood", d[echo], lambda r: _part(r, mix(r["dst"]), origin_map=omap))
         # spoofed and impossible sources
         if self.rules.on("spoofed_source") and len(d):
             ipd = d["ip_version"] > 0
@@ -610,13 +598,13 @@ class AlertsProcessor:
             sp = d[sub > 0]
             if len(sp):
                 self._add(st, "spoofed_source", sp, lambda r: _part(
-                    r, _h(_spoof_code(r), r["dst"]), item=addr_hash(r["src"]), sub=_spoof_code(r), origin_map=omap))
+                    r, mix(_spoof_code(r), r["dst"]), item=addr_hash(r["src"]), sub=_spoof_code(r), origin_map=omap))
         # TCP flag anomalies
         if self.rules.on("tcp_flags") and len(d):
             code = flag_anomaly(d["tcp_flags"], d["proto"])
             odd = d[code > 0]
             self._add(st, "tcp_flags", odd, lambda r: _part(
-                r, _h(flag_anomaly(r["tcp_flags"], r["proto"]), r["src"], r["dst"]), item=r["dport"],
+                r, mix(flag_anomaly(r["tcp_flags"], r["proto"]), r["src"], r["dst"]), item=r["dport"],
                 sub=flag_anomaly(r["tcp_flags"], r["proto"]), origin_map=omap))
         # attack strings
         hit = d[(d["kind"] == KIND_HTTP1) & (d["attack"] > 0)]
@@ -627,7 +615,7 @@ class AlertsProcessor:
                     # the request target, as an index into the state's own strings
                     r_bit["path"] = [st.sid(f.text(int(p)) or "/") for p in r_bit["path"].tolist()]
                     self._add(st, "http_attack", r_bit, lambda r, b=bit: _part(
-                        r, _h(np.full(len(r), b), r["src"], r["dst"], r["dport"]), item=np.full(len(r), b),
+                        r, mix(np.full(len(r), b), r["src"], r["dst"], r["dport"]), item=np.full(len(r), b),
                         n=np.ones(len(r), np.int64), sub=b, s=r["path"], origin_map=omap))
         # per-client rate against the catalog's limits
         if self.rules.on("rate_limit") and self.catalog.entries:
@@ -645,13 +633,13 @@ class AlertsProcessor:
                 if len(lim):
                     lim["name"] = api[api >= 0]  # the API, as an index into the state's own strings
                     self._add(st, "rate_limit", lim, lambda r: _part(
-                        r, _h(r["name"], r["src"]), n=np.ones(len(r), np.int64), s=r["name"], origin_map=omap))
+                        r, mix(r["name"], r["src"]), n=np.ones(len(r), np.int64), s=r["name"], origin_map=omap))
         # volume per destination and per source
         if self.rules.on("volumetric"):
             ipd = d[d["ip_version"] > 0]
-            self._add(st, "volumetric", ipd, lambda r: _part(r, _h(np.zeros(len(r)), r["dst"]), sub=0,
+            self._add(st, "volumetric", ipd, lambda r: _part(r, mix(np.zeros(len(r)), r["dst"]), sub=0,
                                                              item=_flow(r), origin_map=omap))
-            self._add(st, "volumetric", s_tot, lambda r: _part(r, _h(np.ones(len(r)), r["src"]), sub=1,
+            self._add(st, "volumetric", s_tot, lambda r: _part(r, mix(np.ones(len(r)), r["src"]), sub=1,
                                                                item=_flow(r), origin_map=omap))
 
     # -- closing windows ------------------------------------------------------------------------
@@ -694,7 +682,7 @@ class AlertsProcessor:
         n = np.bincount(kinv, c["n"], nk).astype(np.int64)
         b = np.bincount(kinv, c["b"], nk).astype(np.int64)
         # distinct items per key
-        _u, pair_first = np.unique(_h(kinv, c["item"]), return_index=True)
+        _u, pair_first = np.unique(mix(kinv, c["item"]), return_index=True)
         distinct = np.bincount(kinv[pair_first], minlength=nk)
         if det == "port_scan":
             fire = distinct >= cfg["min_ports"]
@@ -902,7 +890,7 @@ def _spoof_code(r: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
 
 
 def _flow(r: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    return _h(r["src"], r["dst"], r["sport"], r["dport"], r["proto"])
+    return mix(r["src"], r["dst"], r["sport"], r["dport"], r["proto"])
 
 
 def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from pktstream.consumers.decode import addr_text
 from pktstream.consumers.parse import METHODS, normalize_path
 from pktstream.producer.errors import ConfigError
 
@@ -197,7 +198,7 @@ class Catalog:
                 ref = ApiRef(e.name, host, port, protocol, True, e.rate_limit_per_min)
                 break
         else:
-            where = host or addr_text(addr)
+            where = host or addr_text(addr16)
             if protocol == "http" and method and partial:
                 name = f"{where}:{port} {method} (partial)"
             elif protocol == "http" and method:
@@ -211,10 +212,6 @@ class Catalog:
             self._cache.clear()
         self._cache[key] = ref
         return ref
-
-
-def addr_text(addr: ipaddress.IPv6Address) -> str:
-    return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
 
 
 def import_openapi(doc: Any, host: str | None = None, port: int | None = None) -> dict[str, Any]:

@@ -354,3 +354,17 @@ def addr_hash(words: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return np.asarray(z ^ (z >> np.uint64(31)), dtype=np.uint64)
+
+
+def mix(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    """A 64-bit key of several columns, for grouping with np.unique on one array instead of
+    records; (n, 2) address-word columns are hashed first."""
+    with np.errstate(over="ignore"):
+        z = np.full(len(cols[0]), 0x84222325CBF29CE4, dtype=np.uint64)
+        for c in cols:
+            c = np.asarray(c)
+            if c.ndim == 2:
+                c = addr_hash(c)
+            z = (z ^ c.astype(np.int64).astype(np.uint64)) * np.uint64(0x100000001B3)
+            z ^= z >> np.uint64(29)
+        return z

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy.typing as npt
 
 from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, ApiRef, Catalog
 from pktstream.consumers.columns import Batch
+from pktstream.consumers.decode import addr_text
 from pktstream.consumers.features import (
     REQUEST_KINDS,
     Features,
@@ -39,6 +39,7 @@ from pktstream.consumers.features import (
     featurize,
     flow_hash,
     flow_order,
+    mix,
     words_bytes,
 )
 from pktstream.consumers.parse import F_HEADERS_CUT, F_LINE_CUT, F_TLS_CUT, KIND_H2_PREFACE, KIND_TLS_HELLO, METHODS
@@ -192,16 +193,6 @@ def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
     return flow_hash(rows["src"], rows["dst"], rows["sport"], rows["dport"], rows["proto"])
 
 
-def _mix(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    """A 64-bit key of several integer columns (for np.unique on one array instead of records)."""
-    with np.errstate(over="ignore"):
-        z = np.zeros(len(cols[0]), dtype=np.uint64)
-        for c in cols:
-            z = (z ^ c.astype(np.int64).astype(np.uint64)) * np.uint64(0x100000001B3)
-            z ^= z >> np.uint64(29)
-        return z
-
-
 def _protocol(kind: int, proto: int) -> str:
     if kind == KIND_TLS_HELLO:
         return "tls"
@@ -277,7 +268,7 @@ class UsageProcessor:
         if req_idx.size:
             r = rows[req_idx]
             line_cut = (r["pflags"] & F_LINE_CUT).astype(np.int64)
-            rkey = _mix(addr_hash(r["dst"]), r["dport"], r["method"], r["kind"], r["name"], r["path"], line_cut)
+            rkey = mix(r["dst"], r["dport"], r["method"], r["kind"], r["name"], r["path"], line_cut)
             _u, first, inv = np.unique(rkey, return_index=True, return_inverse=True)
             uniq = r[first]
             ids = np.empty(len(uniq), dtype=np.int64)
@@ -380,7 +371,7 @@ class UsageProcessor:
             rest = np.flatnonzero(row_api_sorted == -1)
             if rest.size:  # the server's catch-all, once per distinct (address, port, protocol)
                 rr = rows_s[pos_of[rest]]
-                _su, sfirst, sinv = np.unique(_mix(addr_hash(rr["dst"]), rr["dport"], rr["proto"]),
+                _su, sfirst, sinv = np.unique(mix(rr["dst"], rr["dport"], rr["proto"]),
                                               return_index=True, return_inverse=True)
                 su = rr[sfirst]
                 sid = np.array([api_id(self._service(st, words_bytes(u["dst"]), int(u["dport"]), int(u["proto"])))
@@ -506,7 +497,7 @@ class UsageProcessor:
             "requests": a.requests, "partial_requests": a.partial, "packets": a.packets, "bytes": a.nbytes,
             "new_connections": a.syns, "methods": dict(sorted(a.methods.items())),
             "distinct_clients": len(a.clients),
-            "top_clients": [{"client": _addr_text(c), "requests": v[0], "packets": v[1], "bytes": v[2]}
+            "top_clients": [{"client": addr_text(c), "requests": v[0], "packets": v[1], "bytes": v[2]}
                             for c, v in top],
             "seen_by": sorted(a.seen_by), "sampled": a.sampled,
         }
@@ -548,8 +539,3 @@ class UsageProcessor:
             "flows": sum(len(s.flows) for s in states),
             "pending_flows": sum(len(s.pending) for s in states),
         }
-
-
-def _addr_text(addr: bytes) -> str:
-    ip = ipaddress.IPv6Address(addr)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,36 @@ def running_broker(port: int, name: str, **kw: Any) -> Iterator[LocalKafka]:
         yield lk
     finally:
         lk.down()
+
+
+Message = tuple[bytes | None, bytes, dict[str, bytes]]
+
+
+def read_messages(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Message]:
+    """(key, value, headers) of every committed message of a topic, partition by partition, up to
+    its end now (read_committed, librdkafka's default: what transactional writers committed)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
+                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[Message] = []
+    eof: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(eof) < len(parts) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        err = m.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                eof.add(m.partition() or 0)
+            continue
+        out.append((m.key(), m.value() or b"", dict(m.headers() or [])))
+    c.close()
+    assert len(eof) == len(parts), f"{topic}: not read to its end within {timeout_s} s"
+    return out
 
 
 def require(cond: bool, why: str) -> None:

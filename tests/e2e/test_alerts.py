@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -32,7 +32,7 @@ from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
 from tests.e2e.test_usage import committed, run_clients, servers
-from tests.helpers import NetnsHost
+from tests.helpers import NetnsHost, read_messages
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -72,24 +72,11 @@ def run_alerts(cmd: list[str]) -> list[dict[str, Any]]:
 
 
 def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, eof = [], set()
-    deadline = time.monotonic() + 60
-    while len(eof) < len(parts) and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is None:
-            continue
-        if m.error():
-            if m.error().code() == KafkaError._PARTITION_EOF:
-                eof.add(m.partition())
-            continue
-        doc = json.loads(m.value())
-        assert m.key() == doc["finding_info"]["uid"].encode()
+    out = []
+    for key, value, _headers in read_messages(bootstrap, topic):
+        doc = json.loads(value)
+        assert key == doc["finding_info"]["uid"].encode()
         out.append(doc)
-    c.close()
     return out
 
 

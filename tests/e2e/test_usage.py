@@ -25,14 +25,14 @@ from typing import Any
 import fastavro
 import pytest
 import yaml
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.traffic import CATALOG as GEN_CATALOG
 from bench.traffic import containers, generate
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost, sh
+from tests.helpers import NetnsHost, read_messages, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -153,26 +153,12 @@ def read_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 
 def read_usage(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every committed record of a usage topic (the transactional outputs a reader sees)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True, "isolation.level": "read_committed"})
-    md = c.list_topics(topic, timeout=10)
-    parts = list(md.topics[topic].partitions)
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, eof = [], set()
-    deadline = time.monotonic() + 60
-    while len(eof) < len(parts) and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is None:
-            continue
-        if m.error():
-            if m.error().code() == KafkaError._PARTITION_EOF:
-                eof.add(m.partition())
-            continue
-        for r in fastavro.reader(io.BytesIO(m.value())):
+    out = []
+    for _key, value, _headers in read_messages(bootstrap, topic):
+        for r in fastavro.reader(io.BytesIO(value)):
             assert isinstance(r, dict)
             r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)  # logical type -> ms
             out.append(r)
-    c.close()
     return out
 
 
@@ -294,20 +280,7 @@ def load_generated(bootstrap: str, topic: str, connections: int, hosts: int = 3)
 
 def dead_letters(bootstrap: str, topic: str) -> list[str]:
     """The reasons of the committed messages of a dead-letter topic."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    c.assign([TopicPartition(topic, 0, 0)])
-    out = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is None:
-            continue
-        if m.error():
-            break
-        out.append(dict(m.headers() or [])["pktstream.dlq.reason"].decode())
-    c.close()
-    return out
+    return [h["pktstream.dlq.reason"].decode() for _k, _v, h in read_messages(bootstrap, topic)]
 
 
 def committed(bootstrap: str, group: str, *topics: str) -> int:
