@@ -99,10 +99,10 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ensure_topic(conf, output_topic, output_partitions, -1, {"retention.ms": str(30 * 86400_000)})
     runner = StreamRunner(conf, cfg, processor, stop)
     runner.on_outputs.append(on_outputs)
-    runner.prepare()
+    runner.prepare()  # checks the broker and the packet topic first: a clear error, not a traceback
+    ensure_topic(conf, output_topic, output_partitions, -1, {"retention.ms": str(30 * 86400_000)})
     server = None
     if args.metrics_port:
         from pktstream.producer.metrics import MetricsServer

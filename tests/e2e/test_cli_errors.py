@@ -101,3 +101,28 @@ def test_runs_with_only_the_documented_capabilities(
     assert bnd == (1 << 39) | (1 << 12) | (1 << 38)  # bpf, net_admin, perfmon
     stopped = prod.event("producer_stopped")
     assert stopped["records_delivered"] == stopped["packets_seen"] == 10
+
+
+def test_consumers_list_every_problem_of_their_files(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("apis:\n  - {name: a, port: 0}\n  - {host: x}\n")
+    r = run("usage", "--catalog", str(catalog), "--grace-s", "-1", "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 2, r.stderr
+    assert "--grace-s must be >= 0" in r.stderr or "port must be 1..65535" in r.stderr
+    r = run("usage", "--catalog", str(catalog), "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 2 and "port must be 1..65535" in r.stderr and "'name' is required" in r.stderr
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("detectors:\n  port_scan: {min_ports: -3}\n  nosuch: {}\n")
+    r = run("alerts", "--rules", str(rules), "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 2 and "detectors.port_scan.min_ports" in r.stderr and "detectors.nosuch" in r.stderr
+    r = run("usage", "--since", "yesterday", "--commit-interval-s", "0", "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 2 and "--since: 'yesterday'" in r.stderr and "--commit-interval-s must be > 0" in r.stderr
+
+
+@pytest.mark.kafka
+def test_consumers_unreachable_broker_and_missing_topic(kafka_bootstrap: str) -> None:
+    r = run("usage", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0")
+    assert r.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in r.stderr, r.stderr
+    r = run("alerts", "--bootstrap-servers", kafka_bootstrap, "--topic", f"nosuch-{uuid.uuid4().hex[:6]}",
+            "--metrics-port", "0")
+    assert r.returncode == 1 and "does not exist on the broker" in r.stderr, r.stderr
