@@ -55,7 +55,6 @@ from pktstream.schemas import load_schema_json
 OCSF_VERSION = "1.3.0"
 PROTO_ICMP, PROTO_ICMP6 = 1, 58
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-VIEW_SRC_TOTAL = 2
 SEC = 1_000_000_000
 _PARSED = fastavro.parse_schema(load_schema_json("alert"))
 
@@ -304,8 +303,12 @@ class Table:
             self.fold()
 
     @staticmethod
-    def _fold(c: dict[str, npt.NDArray[Any]], g: npt.NDArray[np.uint64], sums: tuple[str, ...]) -> dict[str, Any]:
-        order = np.lexsort((c["t0"], g))
+    def _fold(c: dict[str, npt.NDArray[Any]], g: npt.NDArray[np.uint64], sums: tuple[str, ...],
+              earliest: bool = True) -> dict[str, Any]:
+        """One row per group g: sums added, t0 the least and t1 the greatest; the other columns
+        from the group's earliest row (``earliest``), or from any row when they are the same in
+        the whole group (a light table's)."""
+        order = np.lexsort((c["t0"], g)) if earliest else np.argsort(g)
         gs = g[order]
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
         first = order[starts]
@@ -315,6 +318,8 @@ class Table:
                 out[k] = np.add.reduceat(c[k][order], starts)
             if "t1" in c:
                 out["t1"] = np.maximum.reduceat(c["t1"][order], starts)
+            if not earliest:
+                out["t0"] = np.minimum.reduceat(c["t0"][order], starts)
         return out
 
     def fold(self) -> None:
@@ -323,7 +328,7 @@ class Table:
             c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
             self.parts, self.waiting = [], 0
             if len(c["k"]):
-                c = self._fold(c, mix(c["k"], c["item"], c["o"]), ("n", "b"))
+                c = self._fold(c, mix(c["k"], c["item"], c["o"]), ("n", "b"), earliest=not self.light)
             self.cols = c
         if self.side_parts:
             allp = [self.side, *self.side_parts]
@@ -490,34 +495,29 @@ class AlertsProcessor:
                          coalesce_ns=self.fold_ns, keep_apart=flag_anomaly)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
-        rows = f.rows
+        rows = f.rows  # featurize made them: view is VIEW_DST (0) already
         if len(rows) == 0:
             return {}
-        parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[Any]]] = []
-        d = rows.copy()
-        d["view"] = VIEW_DST
-        parts.append(((addr_hash(d["dst"]) % np.uint64(nparts)).astype(np.int64), d))
-        need_src = self.rules.on("address_sweep") or self.rules.on("volumetric")
+        arrays = [rows]
+        keys = [addr_hash(rows["dst"])]
         ip = rows["ip_version"] > 0
-        if need_src and ip.any():
-            att = rows[ip & self._attempts(rows)]
-            if self.rules.on("address_sweep") and len(att):
-                a = att.copy()
-                a["view"] = VIEW_SRC
-                parts.append(((addr_hash(a["src"]) % np.uint64(nparts)).astype(np.int64), a))
-            if self.rules.on("volumetric"):  # everything a source sent: its volume and its flows
-                tot = rows[ip].copy()
-                tot["view"] = VIEW_SRC_TOTAL
-                parts.append(((addr_hash(tot["src"]) % np.uint64(nparts)).astype(np.int64), tot))
-        out: dict[int, list[npt.NDArray[Any]]] = {}
-        for part, r in parts:
-            order = np.argsort(part, kind="stable")
-            bounds = np.searchsorted(part[order], np.arange(nparts + 1))
-            rs = r[order]
-            for q in range(nparts):
-                if bounds[q + 1] > bounds[q]:
-                    out.setdefault(q, []).append(rs[bounds[q] : bounds[q + 1]])
-        return {q: Features(np.concatenate(v), f.strings) for q, v in out.items()}
+        if self.rules.on("volumetric"):  # everything a source sent: its volume, flows and attempts
+            src_rows = rows[ip]
+        elif self.rules.on("address_sweep"):
+            src_rows = rows[ip & self._attempts(rows)]
+        else:
+            src_rows = rows[:0]
+        if len(src_rows):
+            src_rows["view"] = VIEW_SRC  # a copy: rows[mask] is
+            arrays.append(src_rows)
+            keys.append(addr_hash(src_rows["src"]))
+        allrows = np.concatenate(arrays) if len(arrays) > 1 else rows
+        part = (np.concatenate(keys) % np.uint64(nparts)).astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(nparts + 1))
+        rs = allrows[order]
+        return {q: Features(rs[bounds[q] : bounds[q + 1]], f.strings) for q in range(nparts)
+                if bounds[q + 1] > bounds[q]}
 
     @staticmethod
     def _attempts(rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -558,8 +558,8 @@ class AlertsProcessor:
         omap = np.array([st.sid(s) for s in f.strings] + [-1], dtype=np.int64)
         view = rows["view"]
         d = rows[view == VIEW_DST]
-        s_att = rows[view == VIEW_SRC]
-        s_tot = rows[view == VIEW_SRC_TOTAL]
+        s_tot = rows[view == VIEW_SRC]
+        s_att = s_tot[self._attempts(s_tot)]
         tcp = d["proto"] == PROTO_TCP
         udp = d["proto"] == PROTO_UDP
         # port scan: (src, dst) -> distinct destination ports
@@ -890,7 +890,7 @@ def _spoof_code(r: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
 
 
 def _flow(r: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    return mix(r["src"], r["dst"], r["sport"], r["dport"], r["proto"])
+    return np.ascontiguousarray(r["fh"])  # features.flow_hash of the 5-tuple, from stage one
 
 
 def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:

@@ -38,7 +38,7 @@ from pktstream.consumers.parse import (
 )
 
 MAGIC = b"PSFB"
-VERSION = 1
+VERSION = 2  # 2: the fh column
 
 FEATURE_DTYPE = np.dtype([
     ("ts_ns", "<i8"),
@@ -67,6 +67,7 @@ FEATURE_DTYPE = np.dtype([
     ("nbytes", "<u8"),  # wire bytes, scaled by sample_rate
     ("syns", "<u4"),  # SYNs without ACK, scaled by sample_rate
     ("flags_or", "u1"),  # TCP flags of all of them, or-ed
+    ("fh", "<u8"),  # flow_hash of the 5-tuple (computed once, in stage one)
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
@@ -173,8 +174,8 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     idx: npt.NDArray[np.intp] = np.arange(m)
     packets = rate
     flags_or = flags
+    fh = flow_hash(src, dst, sport, dport, proto) if m else np.zeros(0, np.uint64)
     if coalesce_ns and m:
-        fh = flow_hash(src, dst, sport, dport, proto)
         order = flow_order(fh)
         fs = fh[order] >> np.uint64(20)
         w = ts[order] // coalesce_ns
@@ -214,6 +215,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["nbytes"] = nbytes
     rows["syns"] = syns
     rows["flags_or"] = flags_or
+    rows["fh"] = fh[idx]
     if not has_payload:
         return Features(rows, strings.items)
     pk = parsed[idx]

@@ -37,7 +37,6 @@ from pktstream.consumers.features import (
     Features,
     addr_hash,
     featurize,
-    flow_hash,
     flow_order,
     mix,
     words_bytes,
@@ -190,7 +189,7 @@ class UsageState:
 
 
 def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    return flow_hash(rows["src"], rows["dst"], rows["sport"], rows["dport"], rows["proto"])
+    return np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
 
 
 def _protocol(kind: int, proto: int) -> str:
