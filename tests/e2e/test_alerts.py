@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from bench.traffic import containers, generate, merge, packets, spread
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.e2e.test_usage import committed, run_clients, servers
+from tests.e2e.test_usage import kill_twice_then_finish, run_clients, servers
 from tests.helpers import NetnsHost, read_messages
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
@@ -358,17 +357,6 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     app = f"t-kill-{uuid.uuid4().hex[:6]}"
     cmd = alerts_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", rules_file, catalog, "--commit-interval-s",
                      "0.2")
-    for attempt in range(3):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt == 2:
-            assert p.wait(300) == 0
-            break
-        base = committed(kafka_bootstrap, app, topic, f"{app}.repartition")
-        deadline = time.monotonic() + 120
-        while committed(kafka_bootstrap, app, topic, f"{app}.repartition") == base:
-            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
+    kill_twice_then_finish(cmd, kafka_bootstrap, app, topic)
     got = read_alerts(kafka_bootstrap, f"{topic}.killed")
     assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)

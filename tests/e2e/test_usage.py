@@ -297,6 +297,23 @@ def committed(bootstrap: str, group: str, *topics: str) -> int:
     return total
 
 
+def kill_twice_then_finish(cmd: list[str], bootstrap: str, app: str, topic: str,
+                           after_kill: Callable[[], None] = lambda: None) -> None:
+    """Run a consumer app; SIGKILL it right after a commit, twice (``after_kill`` checks each);
+    then let it finish."""
+    for _ in range(2):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = committed(bootstrap, app, topic, f"{app}.repartition")
+        deadline = time.monotonic() + 120
+        while committed(bootstrap, app, topic, f"{app}.repartition") == base:
+            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        after_kill()
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300).returncode == 0
+
+
 def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     topic = f"usage-restart-{uuid.uuid4().hex[:8]}"
@@ -312,19 +329,10 @@ def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
     app = f"t-kill-{uuid.uuid4().hex[:6]}"
     cmd = usage_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", catalog, "--commit-interval-s", "0.2",
                     "--dead-letter-topic", f"{topic}.killed.dlq")
-    for attempt in range(3):  # killed twice mid-stream, each time after a commit; then left to finish
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt == 2:
-            assert p.wait(300) == 0
-            break
-        base = committed(kafka_bootstrap, app, topic, f"{app}.repartition")
-        deadline = time.monotonic() + 120
-        while committed(kafka_bootstrap, app, topic, f"{app}.repartition") == base:
-            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
+    def not_finished() -> None:
         assert len(read_usage(kafka_bootstrap, f"{topic}.killed")) < len(reference), "finished before the kill"
+
+    kill_twice_then_finish(cmd, kafka_bootstrap, app, topic, not_finished)
     published = read_usage(kafka_bootstrap, f"{topic}.killed")
     assert sorted(map(key, published)) == sorted(map(key, reference)), "a window lost or published twice"
     assert sorted(published, key=key) == sorted(reference, key=key)
