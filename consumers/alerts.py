@@ -42,6 +42,7 @@ from pktstream.consumers.features import (
     VIEW_DST,
     VIEW_SRC,
     Features,
+    StringTable,
     addr_hash,
     featurize,
     mix,
@@ -461,17 +462,9 @@ class AlertsState:
     closed_until: dict[str, int] = field(default_factory=dict)
     open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
     baselines: Baselines = field(default_factory=Baselines)  # the volume detector's history per key
-    strings: list[str] = field(default_factory=list)
-    string_index: dict[str, int] = field(default_factory=dict)
+    strings: StringTable = field(default_factory=StringTable)  # capture points, paths, API names
     late_records: int = 0
     alerts_raised: int = 0
-
-    def sid(self, text: str) -> int:
-        i = self.string_index.get(text)
-        if i is None:
-            i = self.string_index[text] = len(self.strings)
-            self.strings.append(text)
-        return i
 
 
 class AlertsProcessor:
@@ -555,7 +548,7 @@ class AlertsProcessor:
 
     def process(self, st: AlertsState, f: Features) -> None:
         rows = f.rows
-        omap = np.array([st.sid(s) for s in f.strings] + [-1], dtype=np.int64)
+        omap = np.array([st.strings.add(s) for s in f.strings] + [-1], dtype=np.int64)
         view = rows["view"]
         d = rows[view == VIEW_DST]
         s_tot = rows[view == VIEW_SRC]
@@ -613,7 +606,7 @@ class AlertsProcessor:
                 r_bit = hit[(hit["attack"] & bit) != 0].copy()
                 if len(r_bit):
                     # the request target, as an index into the state's own strings
-                    r_bit["path"] = [st.sid(f.text(int(p)) or "/") for p in r_bit["path"].tolist()]
+                    r_bit["path"] = [st.strings.add(f.text(int(p)) or "/") for p in r_bit["path"].tolist()]
                     self._add(st, "http_attack", r_bit, lambda r, b=bit: _part(
                         r, mix(np.full(len(r), b), r["src"], r["dst"], r["dport"]), item=np.full(len(r), b),
                         n=np.ones(len(r), np.int64), sub=b, s=r["path"], origin_map=omap))
@@ -627,7 +620,7 @@ class AlertsProcessor:
                                                    req["path"].tolist(), strict=True):
                     ref = self.catalog.match(f.text(nm), dst, port, METHODS[meth] if meth < len(METHODS) else "",
                                              f.text(pth), "http")
-                    apis.append(st.sid(ref.name) if ref.matched and ref.rate_limit_per_min > 0 else -1)
+                    apis.append(st.strings.add(ref.name) if ref.matched and ref.rate_limit_per_min > 0 else -1)
                 api = np.array(apis, dtype=np.int64)
                 lim = req[api >= 0].copy()
                 if len(lim):
@@ -705,7 +698,7 @@ class AlertsProcessor:
             first[kinv[::-1]] = np.arange(len(kinv))[::-1]
             win_min = self.rules.detectors["rate_limit"]["window_s"] / 60.0
             for j in range(nk):
-                api = st.strings[int(c["s"][first[j]])]
+                api = st.strings.items[int(c["s"][first[j]])]
                 ref = next((e for e in self.catalog.entries if e.name == api), None)
                 if ref is not None and ref.rate_limit_per_min > 0:
                     fire[j] = n[j] > ref.rate_limit_per_min * win_min
@@ -774,7 +767,7 @@ class AlertsProcessor:
                 item_text[it] = attacks.NAMES.get(it, str(it))
             else:
                 item_text[it] = str(it)
-        seen_by = sorted({st.strings[int(o)] for o in c["o"][rows].tolist() if 0 <= o < len(st.strings)})
+        seen_by = sorted({st.strings.items[int(o)] for o in c["o"][rows].tolist() if 0 <= o < len(st.strings.items)})
         sample = {"src": src, "dst": dst, "src_port": int(c["sport"][first]), "dst_port": int(c["dport"][first]),
                   "protocol": int(c["proto"][first]), "tcp_flags": int(c["flags"][first]),
                   "ttl": int(c["ttl"][first]), "wire_len": int(c["len"][first])}
@@ -797,11 +790,11 @@ class AlertsProcessor:
         elif det == "http_attack":
             name = attacks.NAMES[sub]
             key = f"{name}:{src}->{dst}:{int(c['dport'][first])}"
-            path = st.strings[int(c["s"][first])] if int(c["s"][first]) >= 0 else ""
+            path = st.strings.items[int(c["s"][first])] if int(c["s"][first]) >= 0 else ""
             what = f"{n} requests from {src} to {dst}:{int(c['dport'][first])} with {name.replace('_', ' ')}"
             sample["path"] = path
         elif det == "rate_limit":
-            api = st.strings[int(c["s"][first])]
+            api = st.strings.items[int(c["s"][first])]
             key, what = f"{api}:{src}", f"{n} requests from {src} to {api} in one window"
         else:  # volumetric
             scope = "destination" if sub == 0 else "source"
@@ -860,21 +853,20 @@ class AlertsProcessor:
             "closed_until": st.closed_until,
             "open": {k: [a.uid, a.rule, a.key, a.first_window, a.last_window, a.first_seen, a.last_seen, a.count,
                          a.windows] for k, a in st.open.items()},
-            "baselines": st.baselines.dump(), "strings": st.strings, "late_records": st.late_records,
+            "baselines": st.baselines.dump(), "strings": st.strings.items, "late_records": st.late_records,
             "alerts_raised": st.alerts_raised,
         }
 
     def load(self, d: Any) -> AlertsState:
-        st = AlertsState(
+        return AlertsState(
             windows={det: {int(ws): Table.load(t) for ws, t in wins.items()} for det, wins in d["windows"].items()},
             closed_until={k: int(v) for k, v in d["closed_until"].items()},
             open={k: OpenAlert(v[0], v[1], v[2], int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7]), int(v[8]))
                   for k, v in d["open"].items()},
             baselines=Baselines.load(d["baselines"]),
-            strings=list(d["strings"]), late_records=int(d["late_records"]), alerts_raised=int(d["alerts_raised"]),
+            strings=StringTable(d["strings"]), late_records=int(d["late_records"]),
+            alerts_raised=int(d["alerts_raised"]),
         )
-        st.string_index = {s: i for i, s in enumerate(st.strings)}
-        return st
 
     def figures(self, states: list[AlertsState]) -> dict[str, float]:
         return {"late_records": sum(s.late_records for s in states),

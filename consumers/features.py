@@ -83,10 +83,12 @@ class Features:
         return self.strings[idx] if 0 <= idx < len(self.strings) else ""
 
 
-class _Strings:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self.index: dict[str, int] = {}
+class StringTable:
+    """Strings kept once, numbered in the order they come."""
+
+    def __init__(self, items: list[str] | None = None) -> None:
+        self.items: list[str] = list(items or [])
+        self.index: dict[str, int] = {s: i for i, s in enumerate(self.items)}
 
     def add(self, s: str) -> int:
         i = self.index.get(s)
@@ -138,7 +140,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     request payloads with attack bits; it is called once per distinct payload prefix."""
     n = batch.n
     c = batch.columns
-    strings = _Strings()
+    strings = StringTable()
     o = strings.add(origin)
     if n == 0:
         return Features(np.zeros(0, dtype=FEATURE_DTYPE), strings.items)
@@ -191,8 +193,6 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         nbytes = np.add.reduceat(nbytes[order], starts)
         syns = np.add.reduceat(syns[order], starts)
         flags_or = np.bitwise_or.reduceat(flags[order], starts)
-    else:
-        flags_or = flags
     k = len(idx)
     rows = np.zeros(k, dtype=FEATURE_DTYPE)
     rows["origin"] = o
@@ -211,7 +211,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["sample_rate"] = rate[idx]
     rows["frag_flags"] = col("frag_flags")[idx]
     rows["rflags"] = col("flags")[idx] & 0xFF
-    rows["packets"] = packets if coalesce_ns else rate
+    rows["packets"] = packets
     rows["nbytes"] = nbytes
     rows["syns"] = syns
     rows["flags_or"] = flags_or
@@ -337,15 +337,6 @@ def concat(fs: list[Features]) -> Features:
             rows[k] = remap[rows[k]]
         parts.append(rows)
     return Features(np.concatenate(parts), strings)
-
-
-def subset(f: Features, idx: npt.NDArray[np.intp], view: int | None = None) -> Features:
-    """Rows idx of f; the string table is shared (it is small), not compacted."""
-    rows = f.rows[idx]
-    if view is not None:
-        rows = rows.copy()
-        rows["view"] = view
-    return Features(rows, f.strings)
 
 
 def addr_hash(words: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
