@@ -173,3 +173,91 @@ int64_t pkt_parse_payloads(const uint8_t *payload, int64_t n, int64_t stride, in
 	}
 	return found;
 }
+
+/* Attack-string prefilter (pktstream/consumers/attacks.py, _SUSPECT): does a request's head (the
+ * bytes before the first blank line) hold any character or word that one of the attack patterns
+ * needs: ' " ` ; | $ ( ) % \, "..", "/etc/", "/bin/", "/proc/", "union", "select", "waitfor",
+ * "information_schema", or the words "or" / "and" (letters in any case)? Most requests hold none
+ * and are never handed to the regular expressions. */
+static inline int word_char(uint8_t c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+static int has_at(const uint8_t *p, int64_t end, int64_t i, const char *w)
+{
+	int64_t k = 0;
+	for (; w[k]; k++)
+		if (i + k >= end || lc(p[i + k]) != (uint8_t)w[k])
+			return 0;
+	return 1;
+}
+
+static int has_word_at(const uint8_t *p, int64_t end, int64_t i, const char *w)
+{
+	int64_t k = (int64_t)strlen(w);
+	return (i == 0 || !word_char(p[i - 1])) && has_at(p, end, i, w) && (i + k >= end || !word_char(p[i + k]));
+}
+
+static int suspect(const uint8_t *p, int64_t len)
+{
+	int64_t end = len;
+	for (int64_t i = 0; i + 3 < len; i++)
+		if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n') {
+			end = i;
+			break;
+		}
+	for (int64_t i = 0; i < end; i++) {
+		switch (lc(p[i])) {
+		case '\'': case '"': case '`': case ';': case '|': case '$': case '(': case ')': case '%': case '\\':
+			return 1;
+		case '.':
+			if (i + 1 < end && p[i + 1] == '.')
+				return 1;
+			break;
+		case '/':
+			if (has_at(p, end, i, "/etc/") || has_at(p, end, i, "/bin/") || has_at(p, end, i, "/proc/"))
+				return 1;
+			break;
+		case 'u':
+			if (has_at(p, end, i, "union"))
+				return 1;
+			break;
+		case 's':
+			if (has_at(p, end, i, "select"))
+				return 1;
+			break;
+		case 'w':
+			if (has_at(p, end, i, "waitfor"))
+				return 1;
+			break;
+		case 'i':
+			if (has_at(p, end, i, "information_schema"))
+				return 1;
+			break;
+		case 'o':
+			if (has_word_at(p, end, i, "or"))
+				return 1;
+			break;
+		case 'a':
+			if (has_word_at(p, end, i, "and"))
+				return 1;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+/* out[r] = 1 when row r (at payload + r * stride, cap_len[r] valid bytes, at most width) is suspect. */
+void pkt_attack_suspects(const uint8_t *payload, int64_t n, int64_t stride, int64_t width, const int64_t *cap_len,
+			 uint8_t *out)
+{
+	for (int64_t r = 0; r < n; r++) {
+		int64_t len = cap_len[r];
+		if (len > width)
+			len = width;
+		out[r] = len > 0 ? (uint8_t)suspect(payload + r * stride, len) : 0;
+	}
+}

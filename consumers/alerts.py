@@ -34,6 +34,9 @@ import numpy.typing as npt
 import yaml
 
 from pktstream.consumers import attacks
+from pktstream.consumers.agg import COLS as AGG_COLS
+from pktstream.consumers.agg import Groups, first_rows, group_index
+from pktstream.consumers.agg import batch as agg_batch
 from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog
 from pktstream.consumers.columns import Batch
 from pktstream.consumers.decode import addr_text as decode_addr_text
@@ -267,85 +270,38 @@ def addr_text(words_row: npt.NDArray[Any] | bytes) -> str:
 
 # -- per-window tables ------------------------------------------------------------------------------
 
-_COLS = {"k": np.uint64, "item": np.uint64, "n": np.int64, "b": np.int64, "t0": np.int64, "t1": np.int64,
-         "sub": np.int64, "s": np.int64, "o": np.int64}
-
-
 class Table:
-    """Counters of (key, item, capture point) rows, folded by a sort, with sample feature rows:
-    one per row group (``rec``), or, in a light table, one per key (``side``), which is all that
-    the detectors with large tables (floods, volume) need."""
+    """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), with
+    sample feature rows: one per group, or, in a light table, one per key (``side``), which is
+    all that the detectors with large tables (floods, volume) need."""
 
-    __slots__ = ("cols", "light", "parts", "side", "side_parts", "waiting")
+    __slots__ = ("g", "light", "side")
 
-    def __init__(self, cols: dict[str, npt.NDArray[Any]] | None = None, light: bool = False,
-                 side: dict[str, npt.NDArray[Any]] | None = None) -> None:
+    def __init__(self, light: bool = False) -> None:
         self.light = light
-        base = {k: np.zeros(0, dtype=t) for k, t in _COLS.items()}
-        if not light:
-            base["rec"] = np.zeros(0, dtype=FEATURE_DTYPE)
-        self.cols = cols if cols is not None else base
-        self.side = side if side is not None else {"k": np.zeros(0, np.uint64), "t0": np.zeros(0, np.int64),
-                                                   "rec": np.zeros(0, dtype=FEATURE_DTYPE)}
-        self.parts: list[dict[str, npt.NDArray[Any]]] = []
-        self.side_parts: list[dict[str, npt.NDArray[Any]]] = []
-        self.waiting = 0
+        self.g = Groups(None if light else FEATURE_DTYPE)
+        self.side = Groups(FEATURE_DTYPE) if light else None
 
-    def add(self, part: dict[str, npt.NDArray[Any]]) -> None:
-        if not len(part["k"]):
+    def add(self, a: npt.NDArray[np.int64], rows: npt.NDArray[Any], idx: npt.NDArray[np.intp] | None = None) -> None:
+        """A batch (agg.batch) added; its row i came from rows[idx[i]] (rows[i] without idx)."""
+        if a.shape[1] == 0:
             return
-        if self.light:
-            rows = part.pop("rec")
-            _u, first = np.unique(part["k"], return_index=True)
-            self.side_parts.append({"k": part["k"][first], "t0": part["t0"][first], "rec": rows[first]})
-        self.parts.append(part)
-        self.waiting += len(part["k"])
-        if self.waiting > max(65536, 2 * len(self.cols["k"])):
-            self.fold()
+        self.g.add_batch(a, None if self.light else rows, idx)
+        if self.side is not None:
+            self.side.add_batch(a, rows, idx, key_only=True)
 
-    @staticmethod
-    def _fold(c: dict[str, npt.NDArray[Any]], g: npt.NDArray[np.uint64], sums: tuple[str, ...],
-              earliest: bool = True) -> dict[str, Any]:
-        """One row per group g: sums added, t0 the least and t1 the greatest; the other columns
-        from the group's earliest row (``earliest``), or from any row when they are the same in
-        the whole group (a light table's)."""
-        order = np.lexsort((c["t0"], g)) if earliest else np.argsort(g)
-        gs = g[order]
-        starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
-        first = order[starts]
-        out = {k: v[first] for k, v in c.items()}
-        if len(starts) < len(order):
-            for k in sums:
-                out[k] = np.add.reduceat(c[k][order], starts)
-            if "t1" in c:
-                out["t1"] = np.maximum.reduceat(c["t1"][order], starts)
-            if not earliest:
-                out["t0"] = np.minimum.reduceat(c["t0"][order], starts)
-        return out
-
-    def fold(self) -> None:
-        if self.parts:
-            allp = [self.cols, *self.parts]
-            c = {k: np.concatenate([p[k] for p in allp]) for k in self.cols}
-            self.parts, self.waiting = [], 0
-            if len(c["k"]):
-                c = self._fold(c, mix(c["k"], c["item"], c["o"]), ("n", "b"), earliest=not self.light)
-            self.cols = c
-        if self.side_parts:
-            allp = [self.side, *self.side_parts]
-            c = {k: np.concatenate([p[k] for p in allp]) for k in self.side}
-            self.side_parts = []
-            self.side = self._fold(c, c["k"], ())
+    @property
+    def cols(self) -> dict[str, npt.NDArray[Any]]:
+        return self.g.view()
 
     def dump(self) -> dict[str, Any]:
-        self.fold()
-
         def enc(v: npt.NDArray[Any]) -> str:
             return base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()
 
-        out: dict[str, Any] = {k: enc(v) for k, v in self.cols.items()}
-        if self.light:
-            out["side"] = {k: enc(v) for k, v in self.side.items()}
+        out: dict[str, Any] = {k: enc(v) for k, v in self.g.view().items()}
+        if self.side is not None:
+            sv = self.side.view()
+            out["side"] = {"k": enc(sv["k"]), "t0": enc(sv["t0"]), "rec": enc(sv["rec"])}
         return out
 
     @classmethod
@@ -353,45 +309,33 @@ class Table:
         def dec(text: str, t: Any) -> npt.NDArray[Any]:
             return np.frombuffer(base64.b64decode(text), dtype=t).copy()
 
-        cols = {k: dec(d[k], t) for k, t in _COLS.items()}
+        cols = {k: dec(d[k], t) for k, t in AGG_COLS.items()}
         light = "side" in d
-        side = None
-        if light:
-            side = {"k": dec(d["side"]["k"], np.uint64), "t0": dec(d["side"]["t0"], np.int64),
-                    "rec": dec(d["side"]["rec"], FEATURE_DTYPE)}
-        else:
-            cols["rec"] = dec(d["rec"], FEATURE_DTYPE)
+        t = cls(light)
+        rec = None if light else dec(d["rec"], FEATURE_DTYPE)
         n = len(cols["k"])
-        if any(len(v) != n for v in cols.values()) or (side and len({len(v) for v in side.values()}) != 1):
+        if any(len(v) != n for v in cols.values()) or (rec is not None and len(rec) != n):
             raise ValueError("snapshot: alert table columns differ in length")
-        return cls(cols, light, side)
+        t.g.add(cols["k"], cols["item"], cols["o"], cols["n"], cols["b"], cols["t0"], cols["sub"], cols["s"], rows=rec)
+        if len(t.g) != n:
+            raise ValueError("snapshot: alert table has repeated keys")
+        t.g.data[list(AGG_COLS).index("t1"), :n] = cols["t1"]
+        if t.side is not None:
+            sk, st0, srec = (dec(d["side"]["k"], np.uint64), dec(d["side"]["t0"], np.int64),
+                             dec(d["side"]["rec"], FEATURE_DTYPE))
+            if not len(sk) == len(st0) == len(srec):
+                raise ValueError("snapshot: alert table columns differ in length")
+            t.side.add_batch(agg_batch(len(sk), k=sk, t=st0), srec, key_only=True)
+        return t
 
     def with_samples(self) -> dict[str, Any]:
-        """The folded columns, each row with a sample feature row (a light table's is its key's)."""
-        self.fold()
-        if not self.light:
-            return self.cols
-        idx = np.searchsorted(self.side["k"], self.cols["k"])
-        return {**self.cols, "rec": self.side["rec"][np.minimum(idx, max(0, len(self.side["k"]) - 1))]}
-
-
-def _part(rows: npt.NDArray[Any], k: npt.NDArray[np.uint64], item: npt.NDArray[Any] | int = 0,
-          n: npt.NDArray[Any] | None = None, b: npt.NDArray[Any] | None = None, sub: npt.NDArray[Any] | int = 0,
-          s: npt.NDArray[Any] | int = -1, origin_map: npt.NDArray[np.int64] | None = None) -> dict[str, Any]:
-    m = len(rows)
-
-    def full(v: Any, t: Any) -> npt.NDArray[Any]:
-        return np.full(m, v, dtype=t) if np.isscalar(v) else np.asarray(v).astype(t)
-
-    ts = rows["ts_ns"].astype(np.int64)
-    return {
-        "k": k.astype(np.uint64), "item": full(item, np.uint64),
-        "n": full(rows["packets"] if n is None else n, np.int64),
-        "b": full(rows["nbytes"] if b is None else b, np.int64),
-        "t0": ts, "t1": ts, "sub": full(sub, np.int64), "s": full(s, np.int64),
-        "o": origin_map[rows["origin"]] if origin_map is not None else np.zeros(m, np.int64),
-        "rec": rows,
-    }
+        """The groups' columns, each with a sample feature row (a light table's is its key's)."""
+        c = self.g.view()
+        if self.side is None:
+            return c
+        idx = self.side.find(c["k"])
+        rec = self.side.view()["rec"]
+        return {**c, "rec": rec[np.maximum(idx, 0)] if len(rec) else np.zeros(len(idx), FEATURE_DTYPE)}
 
 
 def _expand(c: dict[str, Any]) -> dict[str, Any]:
@@ -456,6 +400,35 @@ class Baselines:
         return cls(keys, *rest)
 
 
+class _View:
+    """Feature rows with the columns the detectors share, extracted once: address hashes, ports,
+    protocol, packets, bytes, time, capture point (an index into the state's strings)."""
+
+    __slots__ = ("b", "dport", "fh", "flags_or", "hd", "hs", "n", "o", "proto", "rows", "sport", "syns", "t")
+
+    def __init__(self, rows: npt.NDArray[Any], omap: npt.NDArray[np.int64]) -> None:
+        self.rows = rows
+        self.hd = addr_hash(rows["dst"])
+        self.hs = addr_hash(rows["src"])
+        self.sport = rows["sport"].astype(np.int64)
+        self.dport = rows["dport"].astype(np.int64)
+        self.proto = rows["proto"].astype(np.int64)
+        self.n = rows["packets"].astype(np.int64)
+        self.b = rows["nbytes"].astype(np.int64)
+        self.t = rows["ts_ns"].astype(np.int64)
+        self.o = omap[rows["origin"]]
+        self.syns = rows["syns"].astype(np.int64)
+        self.flags_or = rows["flags_or"]
+        self.fh = np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
+
+    def attempts(self) -> npt.NDArray[np.bool_]:
+        """Rows that try a port: TCP SYN or probe without ACK, UDP from an ephemeral port."""
+        probe = (self.flags_or & ACK) == 0
+        out: npt.NDArray[np.bool_] = ((self.proto == PROTO_TCP) & ((self.syns > 0) | probe)) \
+            | ((self.proto == PROTO_UDP) & (self.sport >= 1024))
+        return out
+
+
 @dataclass
 class AlertsState:
     windows: dict[str, dict[int, Table]] = field(default_factory=dict)  # detector -> window start -> table
@@ -480,35 +453,33 @@ class AlertsProcessor:
         self.fold_ns = max(SEC, math.gcd(*wins))
         self.amp_ports = np.array(sorted(rules.detectors["amplification"]["ports"]), dtype=np.int64)
         self.external = set(rules.external_interfaces)
+        self.limited = any(e.rate_limit_per_min > 0 for e in self.catalog.entries)
 
     # -- stage one ------------------------------------------------------------------------------
 
     def featurize(self, batch: Batch, origin: str) -> Features:
-        return featurize(batch, origin, attack_scan=attacks.scan if self.rules.on("http_attack") else None,
+        return featurize(batch, origin, attack_scan=attacks.scan_batch if self.rules.on("http_attack") else None,
                          coalesce_ns=self.fold_ns, keep_apart=flag_anomaly)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
         rows = f.rows  # featurize made them: view is VIEW_DST (0) already
-        if len(rows) == 0:
+        n = len(rows)
+        if n == 0:
             return {}
-        arrays = [rows]
-        keys = [addr_hash(rows["dst"])]
         ip = rows["ip_version"] > 0
         if self.rules.on("volumetric"):  # everything a source sent: its volume, flows and attempts
-            src_rows = rows[ip]
+            src_idx = np.flatnonzero(ip)
         elif self.rules.on("address_sweep"):
-            src_rows = rows[ip & self._attempts(rows)]
+            src_idx = np.flatnonzero(ip & self._attempts(rows))
         else:
-            src_rows = rows[:0]
-        if len(src_rows):
-            src_rows["view"] = VIEW_SRC  # a copy: rows[mask] is
-            arrays.append(src_rows)
-            keys.append(addr_hash(src_rows["src"]))
-        allrows = np.concatenate(arrays) if len(arrays) > 1 else rows
-        part = (np.concatenate(keys) % np.uint64(nparts)).astype(np.int64)
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(nparts + 1))
-        rs = allrows[order]
+            src_idx = np.zeros(0, np.intp)
+        # one gather builds every partition's rows: its destination rows, then its source rows
+        part = np.concatenate([addr_hash(rows["dst"]), addr_hash(rows["src"][src_idx])]) % np.uint64(nparts)
+        order = np.argsort(part.astype(np.uint8 if nparts <= 256 else np.int64), kind="stable")
+        gather = np.concatenate([np.arange(n), src_idx])[order]
+        rs = rows[gather]
+        rs["view"][order >= n] = VIEW_SRC
+        bounds = np.searchsorted(part[order], np.arange(nparts + 1, dtype=np.uint64))
         return {q: Features(rs[bounds[q] : bounds[q + 1]], f.strings) for q in range(nparts)
                 if bounds[q + 1] > bounds[q]}
 
@@ -526,114 +497,138 @@ class AlertsProcessor:
     def new_state(self) -> AlertsState:
         return AlertsState()
 
-    def _add(self, st: AlertsState, det: str, rows: npt.NDArray[Any], part_fn: Any) -> None:
-        if not self.rules.on(det) or len(rows) == 0:
+    @staticmethod
+    def _table(wins: dict[int, Table], det: str, ws: int) -> Table:
+        t = wins.get(ws)
+        if t is None:
+            t = wins[ws] = Table(light=det in LIGHT)
+        return t
+
+    def _add(self, st: AlertsState, det: str, v: _View, sel: npt.NDArray[np.intp], k: npt.NDArray[np.uint64],
+             item: Any = 0, n: Any = None, sub: Any = 0, s: Any = -1) -> None:
+        """Rows sel of a view added to the detector's window tables under key k (one per row)."""
+        if not self.rules.on(det) or len(sel) == 0:
             return
         w = self.rules.window_ns(det)
-        win = (rows["ts_ns"] // w) * w
+        a = agg_batch(len(sel), k=k, item=item, o=v.o[sel], n=v.n[sel] if n is None else n, b=v.b[sel],
+                      t=v.t[sel], sub=sub, s=s)
+        win = a[5] - a[5] % w
         closed = st.closed_until.get(det, 0)
-        late = win < closed
-        if late.any():
-            st.late_records += int(rows["packets"][late].sum())
-            rows, win = rows[~late], win[~late]
-        if len(rows) == 0:
-            return
+        if int(win.min()) < closed:
+            late = win < closed
+            st.late_records += int(v.n[sel[late]].sum())
+            keep = ~late
+            a, win, sel = a[:, keep], win[keep], sel[keep]
+            if len(sel) == 0:
+                return
         wins = st.windows.setdefault(det, {})
-        uw = np.unique(win)
-        for ws in uw.tolist():
-            sel = rows if len(uw) == 1 else rows[win == ws]
-            part = part_fn(sel)
-            if part is not None:
-                wins.setdefault(int(ws), Table(light=det in LIGHT)).add(part)
+        lo, hi = int(win.min()), int(win.max())
+        if lo == hi:
+            self._table(wins, det, lo).add(a, v.rows, sel)
+            return
+        order = np.argsort(win, kind="stable")
+        ws_sorted = win[order]
+        starts = np.flatnonzero(np.r_[True, ws_sorted[1:] != ws_sorted[:-1]])
+        for i, j, ws in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], ws_sorted[starts].tolist(),
+                            strict=True):
+            idx = order[i:j]
+            self._table(wins, det, int(ws)).add(a[:, idx], v.rows, sel[idx])
 
     def process(self, st: AlertsState, f: Features) -> None:
         rows = f.rows
-        omap = np.array([st.strings.add(s) for s in f.strings] + [-1], dtype=np.int64)
-        view = rows["view"]
-        d = rows[view == VIEW_DST]
-        s_tot = rows[view == VIEW_SRC]
-        s_att = s_tot[self._attempts(s_tot)]
-        tcp = d["proto"] == PROTO_TCP
-        udp = d["proto"] == PROTO_UDP
+        # capture points as indices into the state's own strings (index -1 stays -1)
+        omap = np.full(len(f.strings) + 1, -1, dtype=np.int64)
+        for i in np.unique(rows["origin"]).tolist():
+            if 0 <= i < len(f.strings):
+                omap[i] = st.strings.add(f.strings[i])
+        # both keyings' rows in one view: D marks the destination view's, S the source view's
+        d = _View(rows, omap)
+        D = rows["view"] == VIEW_DST
+        S = ~D
+        attempt = d.attempts()
         # port scan: (src, dst) -> distinct destination ports
-        att = d[self._attempts(d)]
-        self._add(st, "port_scan", att, lambda r: _part(r, mix(r["src"], r["dst"]), item=r["dport"],
-                                                          origin_map=omap))
+        att = np.flatnonzero(D & attempt)
+        self._add(st, "port_scan", d, att, mix(d.hs[att], d.hd[att]), item=d.dport[att])
         # address sweep: (src, dport) -> distinct destinations
-        self._add(st, "address_sweep", s_att, lambda r: _part(r, mix(r["src"], r["dport"], r["proto"]),
-                                                              item=addr_hash(r["dst"]), origin_map=omap))
+        s_att = np.flatnonzero(S & attempt)
+        self._add(st, "address_sweep", d, s_att, mix(d.hs[s_att], d.dport[s_att], d.proto[s_att]),
+                  item=d.hd[s_att])
         # SYN flood: dst -> connections opened (item 1) and left half-open (item 2)
-        opened = d[tcp & (d["syns"] > 0)]
-
-        def syn_part(r: npt.NDArray[Any]) -> dict[str, Any]:
-            half = r["packets"] == r["syns"]
-            return _part(r, mix(r["dst"]), item=np.where(half, 2, 1), n=np.ones(len(r), np.int64), origin_map=omap)
-
-        self._add(st, "syn_flood", opened, syn_part)
+        tcp = D & (d.proto == PROTO_TCP)
+        udp = D & (d.proto == PROTO_UDP)
+        opened = np.flatnonzero(tcp & (d.syns > 0))
+        self._add(st, "syn_flood", d, opened, mix(d.hd[opened]),
+                  item=np.where(d.n[opened] == d.syns[opened], 2, 1), n=1)
         # UDP and ICMP floods, amplification: dst -> packets
-        amp = udp & np.isin(d["sport"].astype(np.int64), self.amp_ports)
-        self._add(st, "udp_flood", d[udp & ~amp], lambda r: _part(r, mix(r["dst"]), origin_map=omap))
-        self._add(st, "amplification", d[amp], lambda r: _part(r, mix(r["dst"]), item=r["sport"], origin_map=omap))
-        echo = ((d["proto"] == PROTO_ICMP) & (d["sport"] == 8)) | ((d["proto"] == PROTO_ICMP6) & (d["sport"] == 128))
-        self._add(st, "icmp_flood", d[echo], lambda r: _part(r, mix(r["dst"]), origin_map=omap))
+        amp = udp & np.isin(d.sport, self.amp_ports)
+        sel = np.flatnonzero(udp & ~amp)
+        self._add(st, "udp_flood", d, sel, mix(d.hd[sel]))
+        sel = np.flatnonzero(amp)
+        self._add(st, "amplification", d, sel, mix(d.hd[sel]), item=d.sport[sel])
+        sel = np.flatnonzero(D & (((d.proto == PROTO_ICMP) & (d.sport == 8))
+                                  | ((d.proto == PROTO_ICMP6) & (d.sport == 128))))
+        self._add(st, "icmp_flood", d, sel, mix(d.hd[sel]))
+        r = d.rows
+        ipd = D & (r["ip_version"] > 0)
         # spoofed and impossible sources
-        if self.rules.on("spoofed_source") and len(d):
-            ipd = d["ip_version"] > 0
-            land = ipd & (d["src"] == d["dst"]).all(axis=1)
-            mcast = ipd & _in_nets(d["src"], _MCAST_NETS)
-            sub = np.where(land, 1, np.where(mcast, 2, 0))
+        if self.rules.on("spoofed_source") and len(r):
+            land = ipd & (d.hs == d.hd)
+            cand = np.flatnonzero(land)
+            if len(cand):
+                land[cand] = (r["src"][cand] == r["dst"][cand]).all(axis=1)
+            mcast = ipd & _in_nets(r["src"], _MCAST_NETS)
+            code = np.where(land, 1, np.where(mcast, 2, 0))
             if self.external:
-                ext_o = np.array([any(s == e or s.endswith("/" + e) for e in self.external) for s in f.strings]
+                ext_o = np.array([any(x == e or x.endswith("/" + e) for e in self.external) for x in f.strings]
                                  + [False])
-                on_ext = ext_o[d["origin"]]
-                bogon = ipd & on_ext & (sub == 0) & _in_nets(d["src"], _BOGON_NETS)
-                sub = np.where(bogon, 3, sub)
-            sp = d[sub > 0]
-            if len(sp):
-                self._add(st, "spoofed_source", sp, lambda r: _part(
-                    r, mix(_spoof_code(r), r["dst"]), item=addr_hash(r["src"]), sub=_spoof_code(r), origin_map=omap))
+                on_ext = ext_o[r["origin"]]
+                bogon = ipd & on_ext & (code == 0) & _in_nets(r["src"], _BOGON_NETS)
+                code = np.where(bogon, 3, code)
+            sel = np.flatnonzero(code > 0)
+            self._add(st, "spoofed_source", d, sel, mix(code[sel], d.hd[sel]), item=d.hs[sel], sub=code[sel])
         # TCP flag anomalies
-        if self.rules.on("tcp_flags") and len(d):
-            code = flag_anomaly(d["tcp_flags"], d["proto"])
-            odd = d[code > 0]
-            self._add(st, "tcp_flags", odd, lambda r: _part(
-                r, mix(flag_anomaly(r["tcp_flags"], r["proto"]), r["src"], r["dst"]), item=r["dport"],
-                sub=flag_anomaly(r["tcp_flags"], r["proto"]), origin_map=omap))
+        if self.rules.on("tcp_flags") and len(r):
+            code = flag_anomaly(r["tcp_flags"], d.proto)
+            sel = np.flatnonzero(D & (code > 0))
+            self._add(st, "tcp_flags", d, sel, mix(code[sel], d.hs[sel], d.hd[sel]), item=d.dport[sel],
+                      sub=code[sel])
         # attack strings
-        hit = d[(d["kind"] == KIND_HTTP1) & (d["attack"] > 0)]
+        hit = np.flatnonzero(D & (r["kind"] == KIND_HTTP1) & (r["attack"] > 0))
         if len(hit) and self.rules.on("http_attack"):
+            bits = r["attack"][hit]
             for bit in attacks.NAMES:
-                r_bit = hit[(hit["attack"] & bit) != 0].copy()
-                if len(r_bit):
+                sel = hit[(bits & bit) != 0]
+                if len(sel):
                     # the request target, as an index into the state's own strings
-                    r_bit["path"] = [st.strings.add(f.text(int(p)) or "/") for p in r_bit["path"].tolist()]
-                    self._add(st, "http_attack", r_bit, lambda r, b=bit: _part(
-                        r, mix(np.full(len(r), b), r["src"], r["dst"], r["dport"]), item=np.full(len(r), b),
-                        n=np.ones(len(r), np.int64), sub=b, s=r["path"], origin_map=omap))
+                    path = np.array([st.strings.add(f.text(int(p)) or "/") for p in r["path"][sel].tolist()],
+                                    dtype=np.int64)
+                    self._add(st, "http_attack", d, sel, mix(np.full(len(sel), bit), d.hs[sel], d.hd[sel],
+                                                             d.dport[sel]), item=bit, n=1, sub=bit, s=path)
         # per-client rate against the catalog's limits
-        if self.rules.on("rate_limit") and self.catalog.entries:
-            req = d[(d["kind"] == KIND_HTTP1) & (d["method"] > 0)]
+        if self.rules.on("rate_limit") and self.limited:
+            req = np.flatnonzero(D & (r["kind"] == KIND_HTTP1) & (r["method"] > 0))
             if len(req):
+                rr = r[req]
+                # the catalog is asked once per distinct (Host, address, port, method, path)
+                gid, _g = group_index(mix(rr["name"], d.hd[req], rr["dport"], rr["method"], rr["path"]))
+                u = rr[first_rows(gid)]
                 apis = []
-                for nm, dst, port, meth, pth in zip(req["name"].tolist(), [words_bytes(x) for x in req["dst"]],
-                                                   req["dport"].tolist(), req["method"].tolist(),
-                                                   req["path"].tolist(), strict=True):
-                    ref = self.catalog.match(f.text(nm), dst, port, METHODS[meth] if meth < len(METHODS) else "",
-                                             f.text(pth), "http")
+                dsts = words_bytes(u["dst"])
+                for j, (nm, port, meth, pth) in enumerate(zip(u["name"].tolist(), u["dport"].tolist(),
+                                                              u["method"].tolist(), u["path"].tolist(), strict=True)):
+                    ref = self.catalog.match(f.text(nm), dsts[16 * j : 16 * j + 16], port,
+                                             METHODS[meth] if meth < len(METHODS) else "", f.text(pth), "http")
                     apis.append(st.strings.add(ref.name) if ref.matched and ref.rate_limit_per_min > 0 else -1)
-                api = np.array(apis, dtype=np.int64)
-                lim = req[api >= 0].copy()
-                if len(lim):
-                    lim["name"] = api[api >= 0]  # the API, as an index into the state's own strings
-                    self._add(st, "rate_limit", lim, lambda r: _part(
-                        r, mix(r["name"], r["src"]), n=np.ones(len(r), np.int64), s=r["name"], origin_map=omap))
+                api = np.array(apis, dtype=np.int64)[gid]
+                ok = api >= 0
+                sel, api = req[ok], api[ok]  # the API, as an index into the state's own strings
+                self._add(st, "rate_limit", d, sel, mix(api, d.hs[sel]), n=1, s=api)
         # volume per destination and per source
         if self.rules.on("volumetric"):
-            ipd = d[d["ip_version"] > 0]
-            self._add(st, "volumetric", ipd, lambda r: _part(r, mix(np.zeros(len(r)), r["dst"]), sub=0,
-                                                             item=_flow(r), origin_map=omap))
-            self._add(st, "volumetric", s_tot, lambda r: _part(r, mix(np.ones(len(r)), r["src"]), sub=1,
-                                                               item=_flow(r), origin_map=omap))
+            sel = np.flatnonzero(ipd)
+            self._add(st, "volumetric", d, sel, mix(np.zeros(len(sel)), d.hd[sel]), item=d.fh[sel], sub=0)
+            sel = np.flatnonzero(S)
+            self._add(st, "volumetric", d, sel, mix(np.ones(len(sel)), d.hs[sel]), item=d.fh[sel], sub=1)
 
     # -- closing windows ------------------------------------------------------------------------
 
@@ -664,19 +659,18 @@ class AlertsProcessor:
 
     def _evaluate(self, st: AlertsState, det: str, ws: int, t: Table) -> dict[str, dict[str, Any]]:
         """Keys over the detector's threshold in one closed window: key text -> facts."""
-        t.fold()
         c = t.cols
         if len(c["k"]) == 0:
             return {}
         cfg = self.rules.detectors[det]
-        keys, kinv = np.unique(c["k"], return_inverse=True)
-        kinv = kinv.ravel()
+        kinv, kg = group_index(c["k"])
+        keys = kg.view()["k"]
         nk = len(keys)
         n = np.bincount(kinv, c["n"], nk).astype(np.int64)
         b = np.bincount(kinv, c["b"], nk).astype(np.int64)
-        # distinct items per key
-        _u, pair_first = np.unique(mix(kinv, c["item"]), return_index=True)
-        distinct = np.bincount(kinv[pair_first], minlength=nk)
+        # distinct items per key: the (key, item) pairs over all capture points
+        _pinv, pairs = group_index(kinv, c["item"])
+        distinct = np.bincount(pairs.view()["k"].astype(np.int64), minlength=nk)
         if det == "port_scan":
             fire = distinct >= cfg["min_ports"]
         elif det == "address_sweep":
@@ -709,7 +703,8 @@ class AlertsProcessor:
         out: dict[str, dict[str, Any]] = {}
         if fire.any():
             c = _expand(t.with_samples())
-        for j in np.flatnonzero(fire).tolist():
+        fj = np.flatnonzero(fire)
+        for j in fj[np.argsort(keys[fj], kind="stable")].tolist():
             rows = np.flatnonzero(kinv == j)
             out_key, facts = self._facts(st, det, c, rows, int(n[j]), int(b[j]), int(distinct[j]))
             out[out_key] = facts
@@ -872,17 +867,6 @@ class AlertsProcessor:
         return {"late_records": sum(s.late_records for s in states),
                 "open_alerts": sum(len(s.open) for s in states),
                 "open_windows": sum(len(w) for s in states for w in s.windows.values())}
-
-
-def _spoof_code(r: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Spoof kind of rows already known to be spoofed (LAND, multicast/broadcast, else bogon)."""
-    land = (r["src"] == r["dst"]).all(axis=1)
-    mcast = _in_nets(r["src"], _MCAST_NETS)
-    return np.where(land, 1, np.where(mcast, 2, 3)).astype(np.int64)
-
-
-def _flow(r: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    return np.ascontiguousarray(r["fh"])  # features.flow_hash of the 5-tuple, from stage one
 
 
 def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:

@@ -11,6 +11,12 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_plus
 
+import numpy as np
+import numpy.typing as npt
+
+from pktstream.consumers.parse import payload_args
+from pktstream.producer.native import load_native
+
 SQLI, TRAVERSAL, JNDI, SHELL = 1, 2, 4, 8
 NAMES = {SQLI: "sql_injection", TRAVERSAL: "path_traversal", JNDI: "jndi_lookup", SHELL: "shell_injection"}
 
@@ -72,3 +78,23 @@ def scan(payload: bytes) -> int:
     if _SHELL.search(line):
         bits |= SHELL
     return bits
+
+
+def suspects(payloads: npt.NDArray[np.uint8], lens: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """For each row of an (n, width) payload matrix (lens: valid bytes), whether its head holds
+    anything _SUSPECT looks for: the same answer as the expression, from one C loop."""
+    pay, ln, n, width = payload_args(payloads, lens)
+    out = np.zeros(n, dtype=np.uint8)
+    if n and width:
+        load_native().pkt_attack_suspects(pay.ctypes.data, n, width, width, ln.ctypes.data, out.ctypes.data)
+    return out.astype(bool)
+
+
+def scan_batch(payloads: npt.NDArray[np.uint8], lens: npt.ArrayLike) -> npt.NDArray[np.uint16]:
+    """Attack bits of each row of an (n, width) payload matrix of HTTP requests (lens: valid
+    bytes): the C prefilter passes most rows; scan() reads the others."""
+    ln = np.asarray(lens, dtype=np.int64)
+    out = np.zeros(len(ln), dtype=np.uint16)
+    for i in np.flatnonzero(suspects(payloads, ln)).tolist():
+        out[i] = scan(bytes(payloads[i, : int(ln[i])]))
+    return out

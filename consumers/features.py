@@ -136,8 +136,8 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     connection's packets that starts at a request (or at the connection's first packet in the
     batch) and stays within one window of that length into one row: the first packet's fields,
     packets, bytes and SYNs summed, flags or-ed; ``keep_apart(tcp_flags, protocol)`` (nonzero:
-    keep apart) names packets that stay rows of their own. ``attack_scan`` (bytes -> int) marks HTTP
-    request payloads with attack bits; it is called once per distinct payload prefix."""
+    keep apart) names packets that stay rows of their own. ``attack_scan`` ((payloads, lengths) ->
+    attack bits per row) marks HTTP request payloads; it is given each distinct prefix once."""
     n = batch.n
     c = batch.columns
     strings = StringTable()
@@ -248,9 +248,9 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     blob = np.ascontiguousarray(pay[ui]).tobytes()
     pu = parsed[ui]
     hosts: dict[bytes, int] = {}
-    for j, (ho, hl, po, pl, knd, ln) in enumerate(zip(
+    for j, (ho, hl, po, pl) in enumerate(zip(
             pu[:, HOST_OFF].tolist(), pu[:, HOST_LEN].tolist(), pu[:, PATH_OFF].tolist(), pu[:, PATH_LEN].tolist(),
-            pu[:, KIND].tolist(), plen[ui].tolist(), strict=True)):
+            strict=True)):
         base = j * width
         if hl > 0:
             hb = blob[base + ho : base + ho + hl]
@@ -265,8 +265,10 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
             target = blob[base + po : base + po + pl]
             q = target.find(b"?")
             u_path[j] = strings.add((target if q < 0 else target[:q]).decode("latin-1"))
-        if attack_scan is not None and knd == KIND_HTTP1:
-            u_attack[j] = int(attack_scan(blob[base : base + int(ln)]))
+    if attack_scan is not None:
+        http = np.flatnonzero(pu[:, KIND] == KIND_HTTP1)
+        if len(http):
+            u_attack[http] = attack_scan(pay[ui[http]], plen[ui[http]])
     inv = inv.ravel()
     rows["name"][req] = u_name[inv]
     rows["path"][req] = u_path[inv]
@@ -301,14 +303,16 @@ def decode(value: bytes | None) -> Features:
     return Features(rows, strings)
 
 
-def compact(f: Features) -> Features:
-    """The batch with only the strings its rows point to (rows are copied when renumbered)."""
+def compact(f: Features, inplace: bool = False) -> Features:
+    """The batch with only the strings its rows point to (rows are renumbered in a copy, or in
+    place when the caller owns them: ``inplace``)."""
     rows = f.rows
     refs = np.concatenate([rows["name"], rows["path"], rows["origin"].astype(np.int32)])
     used = np.unique(refs[refs >= 0])
     if len(used) == len(f.strings):
         return f
-    rows = rows.copy()
+    if not inplace:
+        rows = rows.copy()
     for k in ("name", "path", "origin"):
         col = rows[k]
         ok = col >= 0
@@ -322,7 +326,8 @@ def concat(fs: list[Features]) -> Features:
         return fs[0]
     index: dict[str, int] = {}
     strings: list[str] = []
-    parts = []
+    out = np.concatenate([f.rows for f in fs])  # the one copy; each batch's slice renumbered in it
+    at = 0
     for f in fs:
         remap = np.empty(len(f.strings) + 1, dtype=np.int32)
         remap[-1] = -1  # index -1 (no string) stays -1
@@ -332,11 +337,11 @@ def concat(fs: list[Features]) -> Features:
                 j = index[text] = len(strings)
                 strings.append(text)
             remap[i] = j
-        rows = f.rows.copy()
+        rows = out[at : at + len(f.rows)]
+        at += len(f.rows)
         for k in ("name", "path", "origin"):
             rows[k] = remap[rows[k]]
-        parts.append(rows)
-    return Features(np.concatenate(parts), strings)
+    return Features(out, strings)
 
 
 def addr_hash(words: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
@@ -358,6 +363,9 @@ def mix(*cols: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
             c = np.asarray(c)
             if c.ndim == 2:
                 c = addr_hash(c)
-            z = (z ^ c.astype(np.int64).astype(np.uint64)) * np.uint64(0x100000001B3)
+            if c.dtype != np.uint64:
+                c = (c if c.dtype == np.int64 else c.astype(np.int64)).view(np.uint64)
+            z ^= c
+            z *= np.uint64(0x100000001B3)
             z ^= z >> np.uint64(29)
         return z

@@ -22,14 +22,22 @@ METHODS = ("", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONN
 F_LINE_CUT, F_HEADERS_CUT, F_NO_HOST, F_TLS_CUT = 1, 2, 4, 8
 
 
-def parse_payloads(payload: npt.NDArray[np.uint8], cap_len: npt.ArrayLike) -> npt.NDArray[np.int32]:
-    """(n, 10) int32: kind, method, path offset/length, host (or SNI) offset/length, flags, version."""
-    payload = np.ascontiguousarray(payload, dtype=np.uint8)
-    n = payload.shape[0]
-    width = payload.shape[1] if payload.ndim == 2 else 0
+def payload_args(payload: npt.ArrayLike, cap_len: npt.ArrayLike) -> tuple[npt.NDArray[np.uint8],
+                                                                         npt.NDArray[np.int64], int, int]:
+    """An (n, width) payload matrix and its valid lengths as the C loops take them: contiguous
+    uint8 and int64, with n and width."""
+    pay = np.ascontiguousarray(payload, dtype=np.uint8)
+    n = pay.shape[0]
+    width = pay.shape[1] if pay.ndim == 2 else 0
     lens = np.ascontiguousarray(cap_len, dtype=np.int64)
     if lens.shape != (n,):
         raise ValueError("cap_len must have one length per row")
+    return pay, lens, n, width
+
+
+def parse_payloads(payload: npt.NDArray[np.uint8], cap_len: npt.ArrayLike) -> npt.NDArray[np.int32]:
+    """(n, 10) int32: kind, method, path offset/length, host (or SNI) offset/length, flags, version."""
+    payload, lens, n, width = payload_args(payload, cap_len)
     out = np.zeros((n, OUT_COLS), dtype=np.int32)
     if n and width:
         _native.pkt_parse_payloads(payload.ctypes.data, n, width, width, lens.ctypes.data, out.ctypes.data)

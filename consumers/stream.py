@@ -78,7 +78,9 @@ class Processor(Protocol):
 
     def featurize(self, batch: Batch, origin: str) -> Features: ...
 
-    def route(self, f: Features, nparts: int) -> dict[int, Features]: ...
+    def route(self, f: Features, nparts: int) -> dict[int, Features]:
+        """The rows per repartition partition, in arrays of their own (the runner renumbers
+        their strings in place)."""
 
     def new_state(self) -> Any: ...
 
@@ -455,7 +457,7 @@ class StreamRunner:
         empty = Features(f.rows[:0], [])
         for q in range(self.nparts):
             part = routed.get(q, empty)
-            self._produce(self.cfg.repartition_topic, encode(compact(part)), partition=q,
+            self._produce(self.cfg.repartition_topic, encode(compact(part, inplace=True)), partition=q,
                           headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)],
                           on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1

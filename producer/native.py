@@ -34,6 +34,8 @@ def load_native() -> ctypes.CDLL:
             ]
             lib.pkt_parse_payloads.restype = i64
             lib.pkt_parse_payloads.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p]
+            lib.pkt_attack_suspects.restype = None
+            lib.pkt_attack_suspects.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p]
             lib.pkt_redact.restype = i64
             lib.pkt_redact.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64]
             return lib

@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 import fastavro
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -210,6 +211,23 @@ def test_plain_paths_are_not_attacks(word: str) -> None:
 @given(st.binary(max_size=300))
 def test_scanner_never_breaks(b: bytes) -> None:
     attacks.scan(b)
+
+
+_HEADS = st.lists(st.sampled_from([b"GET /", b"a", b"Or", b" ", b"_", b"..", b".", b"/etc/", b"/ETC", b"/bin/",
+                                   b"/proc/", b"UNION", b"select", b"WaitFor", b"information_schema", b"and", b"AND1",
+                                   b"0or", b"%", b"'", b"$", b"\r\n", b"\r\n\r\n", b"\xff", b"(", b";", b"x=1&y=2"]),
+                  max_size=40).map(b"".join)
+
+
+@given(st.one_of(_HEADS, st.binary(max_size=200)), st.integers(0, 260))
+def test_c_prefilter_agrees_with_the_expression(payload: bytes, width: int) -> None:
+    """The C prefilter gives _SUSPECT's answer on the head, for any bytes and prefix width."""
+    mat = np.zeros((1, width), dtype=np.uint8)
+    cut = payload[:width]
+    mat[0, : len(cut)] = np.frombuffer(cut, dtype=np.uint8)
+    head = cut.split(b"\r\n\r\n", 1)[0]
+    assert bool(attacks.suspects(mat, [len(cut)])[0]) == bool(attacks._SUSPECT.search(head))
+    assert int(attacks.scan_batch(mat, [len(cut)])[0]) == attacks.scan(cut)
 
 
 def test_rate_limit_per_client() -> None:

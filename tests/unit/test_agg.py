@@ -1,0 +1,85 @@
+"""agg.Groups (the C hash group-by of the alerts tables) against a plain Python reference."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pktstream.consumers.agg import Groups, first_rows, group_index
+
+REC = np.dtype([("id", "<i8")])
+
+# batches of rows: key drawn from a few values (so that groups repeat), item, origin, n, b, t
+ROWS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(-1, 2), st.integers(0, 9),
+                          st.integers(0, 1000), st.integers(0, 50)), max_size=300)
+
+
+def reference(batches: list[list[tuple[int, ...]]]) -> dict[tuple[int, int, int], dict[str, int]]:
+    out: dict[tuple[int, int, int], dict[str, int]] = {}
+    seq = 0
+    for rows in batches:
+        for k, item, o, n, b, t in rows:
+            key = (k * 0x9E3779B97F4A7C15 % 2**64, item, o)
+            g = out.get(key)
+            if g is None:
+                out[key] = {"n": n, "b": b, "t0": t, "t1": t, "sub": t * 7, "s": seq, "rec": seq}
+            else:
+                g["n"] += n
+                g["b"] += b
+                g["t1"] = max(g["t1"], t)
+                if t < g["t0"]:  # the earliest row's fields; the first of equally early rows
+                    g.update(t0=t, sub=t * 7, s=seq, rec=seq)
+            seq += 1
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(ROWS, max_size=6))
+def test_groups_sum_and_keep_the_earliest_sample(batches: list[list[tuple[int, ...]]]) -> None:
+    g = Groups(REC)
+    seq = 0
+    for rows in batches:
+        a = np.array(rows, dtype=np.int64).reshape(-1, 6)
+        m = len(a)
+        recs = np.zeros(m, REC)
+        recs["id"] = np.arange(seq, seq + m)
+        k = (a[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        g.add(k, a[:, 1].astype(np.uint64), a[:, 2], a[:, 3], a[:, 4], a[:, 5], sub=a[:, 5] * 7,
+              s=np.arange(seq, seq + m), rows=recs)
+        seq += m
+    ref = reference(batches)
+    v = g.view()
+    got = {(int(v["k"][i]), int(v["item"][i]), int(v["o"][i])): {
+        "n": int(v["n"][i]), "b": int(v["b"][i]), "t0": int(v["t0"][i]), "t1": int(v["t1"][i]),
+        "sub": int(v["sub"][i]), "s": int(v["s"][i]), "rec": int(v["rec"]["id"][i])} for i in range(len(g))}
+    assert got == ref
+    assert len(g) == len(ref)
+    keys = list(ref)
+    if keys:
+        found = g.find(np.array([k for k, _i, _o in keys], dtype=np.uint64), np.array([i for _k, i, _o in keys],
+                       dtype=np.uint64), np.array([o for _k, _i, o in keys]))
+        assert (found >= 0).all() and len(set(found.tolist())) == len(keys)
+    assert (g.find(np.array([1], dtype=np.uint64), 99, 99) == -1).all()
+
+
+def test_groups_grow_through_many_rows_in_one_batch() -> None:
+    rng = np.random.default_rng(3)
+    k = rng.integers(0, 50_000, 200_000).astype(np.uint64)
+    g = Groups()
+    gid = g.add(k, want_gid=True)
+    assert gid is not None
+    assert len(g) == len(np.unique(k))
+    v = g.view()
+    assert (v["k"][gid] == k).all()  # every row's group holds its key
+    assert int(v["n"].sum()) == len(k)
+    assert np.array_equal(np.sort(v["n"]), np.sort(np.unique(k, return_counts=True)[1]))
+
+
+def test_group_index_numbers_groups_in_order_of_first_appearance() -> None:
+    keys = np.array([7, 3, 7, 9, 3, 3, 1], dtype=np.uint64)
+    gid, g = group_index(keys)
+    assert gid.tolist() == [0, 1, 0, 2, 1, 1, 3]
+    assert g.view()["k"].tolist() == [7, 3, 9, 1]
+    assert first_rows(gid).tolist() == [0, 1, 3, 6]
+    assert first_rows(np.zeros(0, np.int64)).tolist() == []
