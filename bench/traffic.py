@@ -58,8 +58,10 @@ DEFAULT_APIS = [
     Api("search", "10.1.0.13", 80, "search.shop.test", "GET", "/search", 2),
 ]
 
+RATE_LIMITS = {"users.get": 600, "orders.create": 120}  # per client per minute (the alerts consumer's rate_limit)
 CATALOG = {"apis": [
-    {"name": a.name, "host": a.host, "port": a.port, **({"method": a.method, "path": a.path} if a.method else {})}
+    {"name": a.name, "host": a.host, "port": a.port, **({"method": a.method, "path": a.path} if a.method else {}),
+     **({"rate_limit_per_min": RATE_LIMITS[a.name]} if a.name in RATE_LIMITS else {})}
     for a in DEFAULT_APIS
 ]}
 
