@@ -18,7 +18,6 @@ a restarted consumer (state and offsets committed together) neither repeats nor 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import ipaddress
@@ -52,6 +51,7 @@ from pktstream.consumers.features import (
     words_bytes,
 )
 from pktstream.consumers.parse import KIND_HTTP1, METHODS
+from pktstream.consumers.snapshot import array as snapshot_array
 from pktstream.consumers.stream import FOREVER, Output
 from pktstream.producer.errors import ConfigError
 from pktstream.schemas import load_schema_json
@@ -295,19 +295,15 @@ class Table:
         return self.g.view()
 
     def dump(self) -> dict[str, Any]:
-        def enc(v: npt.NDArray[Any]) -> str:
-            return base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()
-
-        out: dict[str, Any] = {k: enc(v) for k, v in self.g.view().items()}
+        out: dict[str, Any] = dict(self.g.view())
         if self.side is not None:
             sv = self.side.view()
-            out["side"] = {"k": enc(sv["k"]), "t0": enc(sv["t0"]), "rec": enc(sv["rec"])}
+            out["side"] = {"k": sv["k"], "t0": sv["t0"], "rec": sv["rec"]}
         return out
 
     @classmethod
     def load(cls, d: dict[str, Any]) -> Table:
-        def dec(text: str, t: Any) -> npt.NDArray[Any]:
-            return np.frombuffer(base64.b64decode(text), dtype=t).copy()
+        dec = snapshot_array
 
         cols = {k: dec(d[k], t) for k, t in AGG_COLS.items()}
         light = "side" in d
@@ -387,14 +383,13 @@ class Baselines:
             keep = np.sort(np.argsort(-self.mean, kind="stable")[:max_keys])
             self.keys, self.cnt, self.mean, self.m2 = self.keys[keep], self.cnt[keep], self.mean[keep], self.m2[keep]
 
-    def dump(self) -> list[str]:
-        return [base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
-                for a in (self.keys, self.cnt, self.mean, self.m2)]
+    def dump(self) -> list[npt.NDArray[Any]]:
+        return [self.keys, self.cnt, self.mean, self.m2]
 
     @classmethod
-    def load(cls, d: list[str]) -> Baselines:
-        keys = np.frombuffer(base64.b64decode(d[0]), dtype=np.uint64).copy()
-        rest = [np.frombuffer(base64.b64decode(x), dtype=np.float64).copy() for x in d[1:]]
+    def load(cls, d: list[Any]) -> Baselines:
+        keys = snapshot_array(d[0], np.uint64)
+        rest = [snapshot_array(x, np.float64) for x in d[1:]]
         if any(len(r) != len(keys) for r in rest):
             raise ValueError("snapshot: baseline columns differ in length")
         return cls(keys, *rest)

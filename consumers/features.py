@@ -307,16 +307,19 @@ def compact(f: Features, inplace: bool = False) -> Features:
     """The batch with only the strings its rows point to (rows are renumbered in a copy, or in
     place when the caller owns them: ``inplace``)."""
     rows = f.rows
-    refs = np.concatenate([rows["name"], rows["path"], rows["origin"].astype(np.int32)])
-    used = np.unique(refs[refs >= 0])
-    if len(used) == len(f.strings):
+    ns = len(f.strings)
+    seen = np.zeros(ns + 1, dtype=bool)  # the last slot takes index -1 (no string)
+    for k in ("name", "path", "origin"):
+        seen[rows[k]] = True
+    used = np.flatnonzero(seen[:ns])
+    if len(used) == ns:
         return f
     if not inplace:
         rows = rows.copy()
+    remap = np.cumsum(seen, dtype=np.int32) - 1
+    remap[ns] = -1
     for k in ("name", "path", "origin"):
-        col = rows[k]
-        ok = col >= 0
-        col[ok] = np.searchsorted(used, col[ok])
+        rows[k] = remap[rows[k]]
     return Features(rows, [f.strings[i] for i in used.tolist()])
 
 

@@ -29,7 +29,6 @@ windows whatever the timing (replays included).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -50,6 +49,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from pktstream.consumers import snapshot
 from pktstream.consumers.columns import Batch, read_container
 from pktstream.consumers.deadletter import DeadLetters
 from pktstream.consumers.decode import DecodeError, message_headers
@@ -91,7 +91,7 @@ class Processor(Protocol):
         ...
 
     def dump(self, state: Any) -> Any:
-        """The state as JSON-able data."""
+        """The state as JSON-able data, in which numpy arrays may stand for values (snapshot.py)."""
         ...
 
     def load(self, data: Any) -> Any: ...
@@ -317,7 +317,7 @@ class StreamRunner:
                 break
         if value is None:
             return PartState(self.proc.new_state())
-        doc = json.loads(value)
+        doc = snapshot.unpack(value)
         self.counters.restored_partitions += 1
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
                        int(doc["watermark"]))
@@ -555,9 +555,9 @@ class StreamRunner:
             if st is None:
                 continue
             doc = {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
-            # plain JSON: the producer's lz4 compresses it (zlib here cost more than the rest of a commit)
-            self._produce(self.cfg.state_topic, json.dumps(doc, separators=(",", ":")).encode(),
-                          key=str(q).encode(), partition=q)
+            # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
+            # cost more than the rest of a commit)
+            self._produce(self.cfg.state_topic, snapshot.pack(doc), key=str(q).encode(), partition=q)
         offsets = [TopicPartition(t, p, self.positions[(t, p)]) for (t, p) in sorted(self.changed)
                    if (t, p) in self.positions]
         try:

@@ -20,7 +20,6 @@ so hours are exact roll-ups (distinct clients included).
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ from pktstream.consumers.features import (
     words_bytes,
 )
 from pktstream.consumers.parse import F_HEADERS_CUT, F_LINE_CUT, F_TLS_CUT, KIND_H2_PREFACE, KIND_TLS_HELLO, METHODS
+from pktstream.consumers.snapshot import array as snapshot_array
 from pktstream.consumers.stream import FOREVER, Output
 from pktstream.schemas import load_schema_json
 
@@ -112,15 +112,14 @@ class Clients:
         ab = words_bytes(self.addr[order])
         return [(ab[16 * i : 16 * i + 16], v) for i, v in enumerate(c[order].tolist())]
 
-    def dump(self) -> list[str]:
+    def dump(self) -> list[npt.NDArray[Any]]:
         self.reduce()
-        return [base64.b64encode(np.ascontiguousarray(self.addr, dtype="<u8").tobytes()).decode(),
-                base64.b64encode(np.ascontiguousarray(self.cnt, dtype="<i8").tobytes()).decode()]
+        return [np.ascontiguousarray(self.addr, dtype="<u8"), np.ascontiguousarray(self.cnt, dtype="<i8")]
 
     @classmethod
-    def load(cls, d: list[str]) -> Clients:
-        addr = np.frombuffer(base64.b64decode(d[0]), dtype="<u8").reshape(-1, 2).copy()
-        cnt = np.frombuffer(base64.b64decode(d[1]), dtype="<i8").reshape(-1, 3).copy()
+    def load(cls, d: list[Any]) -> Clients:
+        addr = snapshot_array(d[0], "<u8", (-1, 2))
+        cnt = snapshot_array(d[1], "<i8", (-1, 3))
         if len(addr) != len(cnt):
             raise ValueError("snapshot: client addresses and counters differ in number")
         return cls(addr, cnt)

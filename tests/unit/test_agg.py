@@ -83,3 +83,28 @@ def test_group_index_numbers_groups_in_order_of_first_appearance() -> None:
     assert g.view()["k"].tolist() == [7, 3, 9, 1]
     assert first_rows(gid).tolist() == [0, 1, 3, 6]
     assert first_rows(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_compact_and_concat_keep_every_rows_strings() -> None:
+    """A routed batch keeps only the strings its rows use, renumbered (in place or in a copy),
+    and batches concatenated read the same strings as before."""
+    from pktstream.consumers.features import FEATURE_DTYPE, Features, compact, concat
+
+    def batch(strings: list[str], refs: list[tuple[int, int, int]]) -> Features:
+        rows = np.zeros(len(refs), FEATURE_DTYPE)
+        for i, (o, nm, p) in enumerate(refs):
+            rows[i]["origin"], rows[i]["name"], rows[i]["path"] = o, nm, p
+        return Features(rows, strings)
+
+    def texts(f: Features) -> list[tuple[str, str, str]]:
+        return [(f.text(int(r["origin"])), f.text(int(r["name"])), f.text(int(r["path"]))) for r in f.rows]
+
+    a = batch(["h/eth0", "x.test", "/unused", "/a", "y.test"], [(0, 1, 3), (0, -1, -1), (0, 4, 3)])
+    want = texts(a)
+    copy = compact(a)
+    assert copy.strings == ["h/eth0", "x.test", "/a", "y.test"] and texts(copy) == want
+    assert texts(a) == want  # not in place: the original rows are unchanged
+    b = batch(["g/eth1", "/a", "/b"], [(0, -1, 2), (0, -1, 1)])
+    both = concat([compact(a, inplace=True), b])
+    assert texts(both) == want + texts(b)
+    assert sorted(both.strings) == sorted({"h/eth0", "x.test", "/a", "y.test", "g/eth1", "/b"})

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.traffic import Traffic, containers, generate, http_get, merge, packets, spread
-from pktstream.consumers import attacks, features
+from pktstream.consumers import attacks, features, snapshot
 from pktstream.consumers.alerts import AlertsProcessor, load_rules
 from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.columns import read_container
@@ -310,7 +310,7 @@ def test_snapshot_restore_gives_the_same_alerts() -> None:
         for q in sorted(states):
             out += p.close(states[q], int(b.columns["ts_ns"].max()))
         if i == len(msgs) // 2:
-            states = {q: p.load(json.loads(json.dumps(p.dump(s)))) for q, s in states.items()}
+            states = {q: p.load(snapshot.unpack(snapshot.pack(p.dump(s)))) for q, s in states.items()}
     for q in sorted(states):
         out += p.close(states[q], FOREVER)
     got = [o.record for o in out]

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.traffic import CATALOG, containers, generate, v4
-from pktstream.consumers import features
+from pktstream.consumers import features, snapshot
 from pktstream.consumers.catalog import Catalog, import_openapi
 from pktstream.consumers.columns import read_container
 from pktstream.consumers.decode import DecodeError
@@ -88,7 +88,7 @@ def test_snapshot_restore_mid_stream_changes_nothing() -> None:
     states = {q: p.new_state() for q in range(2)}
     feed(p, msgs[:half], states, 2)
     mid = [o.record for q in sorted(states) for o in p.close(states[q], T0 + 70 * 10**9)]
-    restored = {q: p.load(json.loads(json.dumps(p.dump(s)))) for q, s in states.items()}
+    restored = {q: p.load(snapshot.unpack(snapshot.pack(p.dump(s)))) for q, s in states.items()}
     feed(p, msgs[half:], restored, 2)
     rest = [o.record for q in sorted(restored) for o in p.close(restored[q], FOREVER)]
 
