@@ -73,7 +73,7 @@ class Groups:
         self.data = d
         if self.rec is not None:
             r = np.zeros(cap, self.rec.dtype)
-            r[: self.ng] = self.rec[: self.ng]
+            r[: self.ng] = self.rec[: self.ng]  # contiguous: one copy
             self.rec = r
         self.gpick = np.full(cap, -1, np.int64)
         self.slots = np.zeros(2 * cap, np.int64)
@@ -122,7 +122,9 @@ class Groups:
                 if len(sel):
                     assert rows is not None and self.rec is not None
                     src = sel + start
-                    self.rec[p[sel]] = rows[src if rows_index is None else rows_index[src]]
+                    # as opaque records: numpy copies structured rows field by field, far slower
+                    void = np.dtype((np.void, self.rec.dtype.itemsize))
+                    self.rec.view(void)[p[sel]] = rows.view(void)[src if rows_index is None else rows_index[src]]
             self.ng = int(self._ng[0])
             start += done
             if start < m:  # full: small tables grow fast (most windows' tables stay small)

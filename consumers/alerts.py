@@ -48,6 +48,7 @@ from pktstream.consumers.features import (
     addr_hash,
     featurize,
     mix,
+    take,
     words_bytes,
 )
 from pktstream.consumers.parse import KIND_HTTP1, METHODS
@@ -331,7 +332,7 @@ class Table:
             return c
         idx = self.side.find(c["k"])
         rec = self.side.view()["rec"]
-        return {**c, "rec": rec[np.maximum(idx, 0)] if len(rec) else np.zeros(len(idx), FEATURE_DTYPE)}
+        return {**c, "rec": take(rec, np.maximum(idx, 0)) if len(rec) else np.zeros(len(idx), FEATURE_DTYPE)}
 
 
 def _expand(c: dict[str, Any]) -> dict[str, Any]:
@@ -472,7 +473,7 @@ class AlertsProcessor:
         part = np.concatenate([addr_hash(rows["dst"]), addr_hash(rows["src"][src_idx])]) % np.uint64(nparts)
         order = np.argsort(part.astype(np.uint8 if nparts <= 256 else np.int64), kind="stable")
         gather = np.concatenate([np.arange(n), src_idx])[order]
-        rs = rows[gather]
+        rs = take(rows, gather)
         rs["view"][order >= n] = VIEW_SRC
         bounds = np.searchsorted(part[order], np.arange(nparts + 1, dtype=np.uint64))
         return {q: Features(rs[bounds[q] : bounds[q + 1]], f.strings) for q in range(nparts)
@@ -603,10 +604,10 @@ class AlertsProcessor:
         if self.rules.on("rate_limit") and self.limited:
             req = np.flatnonzero(D & (r["kind"] == KIND_HTTP1) & (r["method"] > 0))
             if len(req):
-                rr = r[req]
+                rr = take(r, req)
                 # the catalog is asked once per distinct (Host, address, port, method, path)
                 gid, _g = group_index(mix(rr["name"], d.hd[req], rr["dport"], rr["method"], rr["path"]))
-                u = rr[first_rows(gid)]
+                u = take(rr, first_rows(gid))
                 apis = []
                 dsts = words_bytes(u["dst"])
                 for j, (nm, port, meth, pth) in enumerate(zip(u["name"].tolist(), u["dport"].tolist(),

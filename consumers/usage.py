@@ -38,6 +38,7 @@ from pktstream.consumers.features import (
     featurize,
     flow_order,
     mix,
+    take,
     words_bytes,
 )
 from pktstream.consumers.parse import F_HEADERS_CUT, F_LINE_CUT, F_TLS_CUT, KIND_H2_PREFACE, KIND_TLS_HELLO, METHODS
@@ -221,7 +222,7 @@ class UsageProcessor:
             return {}
         part = (addr_hash(rows["dst"]) % np.uint64(nparts)).astype(np.int64)
         order = np.argsort(part, kind="stable")
-        sorted_rows = rows[order]  # one copy; each partition's rows are then a contiguous slice
+        sorted_rows = take(rows, order)  # one copy; each partition's rows are then a contiguous slice
         bounds = np.searchsorted(part[order], np.arange(nparts + 1))
         return {q: Features(sorted_rows[bounds[q] : bounds[q + 1]], f.strings)
                 for q in range(nparts) if bounds[q + 1] > bounds[q]}
@@ -244,7 +245,7 @@ class UsageProcessor:
         late = win < st.closed_until
         if late.any():
             st.late_records += int(rows["packets"][late].sum())
-            rows, win = rows[~late], win[~late]
+            rows, win = take(rows, ~late), win[~late]
             n = len(rows)
             if n == 0:
                 return
@@ -264,7 +265,7 @@ class UsageProcessor:
         row_api = np.full(n, -1, dtype=np.int64)
         req_idx = np.flatnonzero(is_req)
         if req_idx.size:
-            r = rows[req_idx]
+            r = take(rows, req_idx)
             line_cut = (r["pflags"] & F_LINE_CUT).astype(np.int64)
             rkey = mix(r["dst"], r["dport"], r["method"], r["kind"], r["name"], r["path"], line_cut)
             _u, first, inv = np.unique(rkey, return_index=True, return_inverse=True)
@@ -332,7 +333,7 @@ class UsageProcessor:
         # 4. packets of connections still without a request: wait (TCP that opened here) or catch-all
         unk = np.flatnonzero(row_api_sorted < 0)
         if unk.size:
-            rows_s = rows[order[unk]]  # the rows concerned, in sorted order: unk indexes them
+            rows_s = take(rows, order[unk])  # the rows concerned, in sorted order: unk indexes them
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
             syn_u = is_syn_s[unk] & (rows_s["proto"] == PROTO_TCP)
@@ -381,7 +382,7 @@ class UsageProcessor:
         ok = np.flatnonzero(row_api >= 0)
         if ok.size == 0:
             return
-        self._aggregate(st, f, rows[ok], win[ok], row_api[ok], is_req[ok], api_names)
+        self._aggregate(st, f, take(rows, ok), win[ok], row_api[ok], is_req[ok], api_names)
 
     def _aggregate(self, st: UsageState, f: Features, rows: npt.NDArray[Any], win: npt.NDArray[np.int64],
                    api: npt.NDArray[np.int64], is_req: npt.NDArray[np.bool_], api_names: list[str]) -> None:
