@@ -45,8 +45,10 @@ class Batch:
 
 
 class _Reader:
+    """Reads a container without copying it: take() gives views of its bytes."""
+
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        self.data = memoryview(data)
         self.pos = 0
 
     def long(self) -> int:
@@ -63,7 +65,7 @@ class _Reader:
             if shift > 63:
                 raise DecodeError("varint longer than 10 bytes")
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
             raise DecodeError("container ends early")
         out = self.data[self.pos : self.pos + n]
@@ -71,7 +73,7 @@ class _Reader:
         return out
 
 
-def _decompress(codec: str, data: bytes) -> bytes:
+def _decompress(codec: str, data: memoryview) -> bytes | memoryview:
     try:
         if codec == "null":
             return data
@@ -80,7 +82,7 @@ def _decompress(codec: str, data: bytes) -> bytes:
         if codec == "snappy":
             import cramjam
 
-            out = bytes(cramjam.snappy.decompress_raw(data[:-4]))
+            out = bytes(cramjam.snappy.decompress_raw(bytes(data[:-4])))
             if zlib.crc32(out).to_bytes(4, "big") != data[-4:]:
                 raise DecodeError("snappy block checksum mismatch")
             return out
@@ -109,8 +111,8 @@ def _layout(schema_json: str) -> tuple[list[Any], npt.NDArray[np.int64], npt.NDA
     return specs, kinds, slots
 
 
-def _decode_block(specs: list[Any], kinds: npt.NDArray[np.int64], slots: npt.NDArray[np.int64], data: bytes,
-                  n: int, width: int) -> dict[str, npt.NDArray[Any]]:
+def _decode_block(specs: list[Any], kinds: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
+                  data: bytes | memoryview, n: int, width: int) -> dict[str, npt.NDArray[Any]]:
     nv = int((kinds == KIND_VARINT).sum())
     fixed_size = np.array([s.size for s in specs if s.kind == "fixed"] or [0], dtype=np.int64)
     # a record takes at least a byte per varint and bytes field plus its fixed fields: a corrupt
@@ -163,8 +165,8 @@ def read_container(value: bytes | None) -> Batch:
             count = -count
             r.long()  # block size in bytes
         for _ in range(count):
-            k = r.take(r.long()).decode(errors="replace")
-            meta[k] = r.take(r.long()).decode(errors="replace")
+            k = bytes(r.take(r.long())).decode(errors="replace")
+            meta[k] = bytes(r.take(r.long())).decode(errors="replace")
     sync = r.take(16)
     if "avro.schema" not in meta:
         raise DecodeError("container header has no schema")
