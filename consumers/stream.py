@@ -235,6 +235,12 @@ class StreamRunner:
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 << 20,
+            # a full local queue (our big messages fill it quickly) postpones the partition's next
+            # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a
+            # fetch that finds nothing new waits at most this long for it (the repartition topic's
+            # rows become readable at each commit)
+            "fetch.queue.backoff.ms": 20,
+            "fetch.wait.max.ms": 100,
             "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
             "max.partition.fetch.bytes": 16 << 20,
         })
