@@ -6,8 +6,8 @@ of their own), marks attack strings in HTTP requests (``attacks.py``) and routes
 partition of its destination address; rows that start connections, and per-source packet totals,
 also go to the partition of their source address (address sweeps and per-source volumes need
 everything one source sent). Each partition then keeps, per detector and event-time window, a
-table of (key, item) counters as numpy arrays: a batch appends, a sort folds, Python only looks
-at the keys that crossed a threshold when the window closes.
+table of (key, item, capture point) counters in a C hash table (``agg.Groups``): a batch is one C
+pass, and Python only looks at the keys that crossed a threshold when the window closes.
 
 An alert is an ongoing condition: the first window a key crosses the threshold creates it (OCSF
 activity Create) with an id derived from (rule, key, that window's start); each later window in
@@ -533,10 +533,12 @@ class AlertsProcessor:
     def process(self, st: AlertsState, f: Features) -> None:
         rows = f.rows
         # capture points as indices into the state's own strings (index -1 stays -1)
-        omap = np.full(len(f.strings) + 1, -1, dtype=np.int64)
-        for i in np.unique(rows["origin"]).tolist():
-            if 0 <= i < len(f.strings):
-                omap[i] = st.strings.add(f.strings[i])
+        ns = len(f.strings)
+        omap = np.full(ns + 1, -1, dtype=np.int64)
+        used = np.zeros(ns + 1, dtype=bool)  # index -1 marks the last slot
+        used[rows["origin"]] = True
+        for i in np.flatnonzero(used[:ns]).tolist():
+            omap[i] = st.strings.add(f.strings[i])
         # both keyings' rows in one view: D marks the destination view's, S the source view's
         d = _View(rows, omap)
         D = rows["view"] == VIEW_DST

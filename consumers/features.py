@@ -108,7 +108,10 @@ class StringTable:
 
 
 def addr_words(col: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
-    """(n, 16) address bytes to (n, 2) words."""
+    """(n, 16) address bytes to (n, 2) words: a view when each row's 16 bytes are contiguous
+    (a column of the decoder's fixed-size matrix), else a copy."""
+    if col.dtype == np.uint8 and col.ndim == 2 and col.shape[1] == 16 and col.strides[1] == 1:
+        return col.view("<u8")
     return np.ascontiguousarray(col, dtype=np.uint8).view("<u8").reshape(-1, 2)
 
 
@@ -310,6 +313,10 @@ def decode(value: bytes | None) -> Features:
     if n < 0 or len(body) != n * FEATURE_DTYPE.itemsize:
         raise DecodeError(f"feature batch claims {n} rows in {len(body)} bytes")
     rows = np.frombuffer(body, dtype=FEATURE_DTYPE, count=n)
+    for k in ("origin", "name", "path"):  # string indices the consumers look up
+        col = rows[k]
+        if n and (int(col.min()) < -1 or int(col.max()) >= len(strings)):
+            raise DecodeError(f"feature batch: {k} refers to a string it does not carry")
     return Features(rows, strings)
 
 

@@ -188,6 +188,11 @@ def test_feature_batches_round_trip_and_reject_garbage() -> None:
     for bad in (b"", b"PSFB", value[:-1], b"XXXX" + value[4:], value[:9] + b"!" + value[10:]):
         with pytest.raises(DecodeError):
             features.decode(bad)
+    for field, index in (("origin", len(f.strings)), ("path", -2), ("name", 10**6)):
+        rows = f.rows.copy()
+        rows[field][0] = index  # a row pointing past the batch's strings is refused, not looked up
+        with pytest.raises(DecodeError, match=field):
+            features.decode(features.encode(features.Features(rows, f.strings)))
 
 
 ids = st.one_of(st.integers(0, 10**12).map(str), st.uuids().map(str),
