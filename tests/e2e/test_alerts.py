@@ -5,6 +5,7 @@ misses an alert; a flood captured by two hosts (two packet partitions) is seen w
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -86,7 +87,7 @@ def fired(docs: list[dict[str, Any]], activity: int = 1) -> list[tuple[str, str]
 
 def records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     buf = io.StringIO()
-    tail({"bootstrap.servers": bootstrap}, topic, start="beginning", follow=False, out=buf, payload="none")
+    tail({"bootstrap.servers": bootstrap}, topic, start="beginning", follow=False, out=buf, payload="base64")
     return [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
@@ -191,7 +192,14 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     assert all(d["activity_id"] in (1, 3) for d in out)  # one window each: no updates
     recs = records(kafka_bootstrap, topic)
 
-    def seen(pred: Callable[[dict[str, Any]], bool]) -> int:
+    def seen(pred: Callable[[dict[str, Any]], bool], alert: dict[str, Any] | None = None) -> int:
+        """Captured records that pred accepts (within the window the alert counted, when given:
+        traffic that happens to straddle a window boundary is split between two windows)."""
+        if alert is not None:
+            p = alert["unmapped"]["pktstream"]
+            lo = p["window_start"] * 1_000_000
+            hi = lo + p["window_s"] * 1_000_000_000
+            return sum(1 for r in recs if pred(r) and lo <= r["ts_ns"] < hi)
         return sum(1 for r in recs if pred(r))
 
     by_key = {(d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"]): d
@@ -201,12 +209,13 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     assert scan["distinct"] == 101  # ports 1..100 and the HTTP server's, all from that source
     udp = by_key[("udp_flood", victim)]
     assert udp["unmapped"]["pktstream"]["window_count"] == seen(
-        lambda r: r["protocol"] == 17 and r["dst_addr"] == victim and r["src_port"] not in (53, 123))
+        lambda r: r["protocol"] == 17 and r["dst_addr"] == victim and r["src_port"] not in (53, 123), udp)
     assert udp["evidences"][0]["src_endpoint"]["ip"] == f"{base}.4"
     assert udp["finding_info"]["attacks"][0]["technique"]["uid"] == "T1498.001"
     assert udp["unmapped"]["pktstream"]["seen_by"] == [f"cap0/{a.host_if}"]
-    icmp = by_key[("icmp_flood", victim)]["unmapped"]["pktstream"]
-    assert icmp["window_count"] == seen(lambda r: r["protocol"] == 1 and r["src_port"] == 8)
+    icmp_doc = by_key[("icmp_flood", victim)]
+    icmp = icmp_doc["unmapped"]["pktstream"]
+    assert icmp["window_count"] == seen(lambda r: r["protocol"] == 1 and r["src_port"] == 8, icmp_doc)
     sweep = by_key[("address_sweep", f"{base}.3->*:22/tcp")]["unmapped"]["pktstream"]
     assert sweep["distinct"] == 50
     flows: dict[tuple[str, int, int], list[int]] = {}
@@ -223,8 +232,14 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     jndi = by_key[("http_attack", f"jndi_lookup:{a.peer_ip}->{victim}:18080")]
     assert jndi["evidences"][0]["data"]["path"] == "/x"
     assert jndi["severity_id"] == 4 and jndi["finding_info"]["attacks"][0]["technique"]["uid"] == "T1190"
-    rate = by_key[("rate_limit", f"login:{base}.7")]["unmapped"]["pktstream"]
-    assert rate["window_count"] == 80
+    rate_doc = by_key[("rate_limit", f"login:{base}.7")]
+
+    def login(r: dict[str, Any]) -> bool:
+        return bool(r["src_addr"] == f"{base}.7" and r["protocol"] == 6
+                    and base64.b64decode(r["payload"]).startswith(b"POST /login "))
+
+    assert seen(login) == 80  # every request captured; those of the window the alert counted:
+    assert rate_doc["unmapped"]["pktstream"]["window_count"] == seen(login, rate_doc) > 50
     # what was printed is what the topic holds, keyed by alert id
     assert sorted(json.dumps(d, sort_keys=True) for d in read_alerts(kafka_bootstrap, f"{topic}.alerts")) == \
         sorted(json.dumps(d, sort_keys=True) for d in out)
