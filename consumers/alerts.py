@@ -252,16 +252,27 @@ def _in_nets(words: npt.NDArray[Any], nets: list[tuple[int, int, int, int]]) -> 
     return out
 
 
+def _flag_code(f: int) -> int:
+    if (f & 0x3F) == 0:
+        return 1  # NULL
+    if (f & (FIN | PSH | URG)) == (FIN | PSH | URG):
+        return 2  # XMAS
+    if (f & (SYN | FIN)) == (SYN | FIN):
+        return 3
+    if (f & (SYN | RST)) == (SYN | RST):
+        return 4
+    if (f & ACK) == 0 and (f & FIN) != 0 and (f & SYN) == 0:
+        return 5  # FIN without ACK
+    return 0
+
+
+_FLAG_CODES = np.array([_flag_code(f) for f in range(256)], dtype=np.uint8)
+
+
 def flag_anomaly(flags: npt.NDArray[Any], proto: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-    """FLAG_NAMES code of each TCP packet's flags (0: nothing odd)."""
-    f = flags.astype(np.int64)
-    tcp = proto == PROTO_TCP
-    code = np.zeros(len(f), dtype=np.uint8)
-    code[tcp & ((f & ACK) == 0) & ((f & FIN) != 0) & ((f & SYN) == 0)] = 5
-    code[tcp & ((f & (SYN | RST)) == (SYN | RST))] = 4
-    code[tcp & ((f & (SYN | FIN)) == (SYN | FIN))] = 3
-    code[tcp & ((f & (FIN | PSH | URG)) == (FIN | PSH | URG))] = 2
-    code[tcp & ((f & 0x3F) == 0)] = 1
+    """FLAG_NAMES code of each TCP packet's flags (0: nothing odd), from a table of all 256."""
+    code: npt.NDArray[np.uint8] = _FLAG_CODES[np.asarray(flags, dtype=np.uint8)]
+    code[proto != PROTO_TCP] = 0
     return code
 
 
@@ -450,6 +461,20 @@ class AlertsProcessor:
         self.amp_ports = np.array(sorted(rules.detectors["amplification"]["ports"]), dtype=np.int64)
         self.external = set(rules.external_interfaces)
         self.limited = any(e.rate_limit_per_min > 0 for e in self.catalog.entries)
+        self._limits_seen: dict[tuple[str, bytes, int, int, str], str] = {}
+
+    def _limited_api(self, host: str, dst: bytes, port: int, method: int, path: str) -> str:
+        """The name of the rate-limited API a request belongs to, "" when it belongs to none
+        (remembered per distinct request: most repeat)."""
+        key = (host, dst, port, method, path)
+        name = self._limits_seen.get(key)
+        if name is None:
+            ref = self.catalog.match(host, dst, port, METHODS[method] if method < len(METHODS) else "", path, "http")
+            name = ref.name if ref.matched and ref.rate_limit_per_min > 0 else ""
+            if len(self._limits_seen) >= 200_000:
+                self._limits_seen.clear()
+            self._limits_seen[key] = name
+        return name
 
     # -- stage one ------------------------------------------------------------------------------
 
@@ -612,11 +637,12 @@ class AlertsProcessor:
                 u = take(rr, first_rows(gid))
                 apis = []
                 dsts = words_bytes(u["dst"])
+                texts = [*f.strings, ""]  # index -1: no Host / no path
+                limited = self._limited_api
                 for j, (nm, port, meth, pth) in enumerate(zip(u["name"].tolist(), u["dport"].tolist(),
                                                               u["method"].tolist(), u["path"].tolist(), strict=True)):
-                    ref = self.catalog.match(f.text(nm), dsts[16 * j : 16 * j + 16], port,
-                                             METHODS[meth] if meth < len(METHODS) else "", f.text(pth), "http")
-                    apis.append(st.strings.add(ref.name) if ref.matched and ref.rate_limit_per_min > 0 else -1)
+                    name = limited(texts[nm], dsts[16 * j : 16 * j + 16], port, meth, texts[pth])
+                    apis.append(st.strings.add(name) if name else -1)
                 api = np.array(apis, dtype=np.int64)[gid]
                 ok = api >= 0
                 sel, api = req[ok], api[ok]  # the API, as an index into the state's own strings

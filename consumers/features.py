@@ -81,6 +81,9 @@ def take(rows: npt.NDArray[Any], index: npt.NDArray[Any] | slice) -> npt.NDArray
 
 
 REQUEST_KINDS = (KIND_HTTP1, KIND_H2_PREFACE, KIND_TLS_HELLO)
+# kind -> bool tables (parse.KIND_* are small numbers): one lookup instead of np.isin's passes
+_IS_REQUEST = np.isin(np.arange(16), REQUEST_KINDS)
+_IS_HTTP1_OR_TLS = np.isin(np.arange(16), (KIND_HTTP1, KIND_TLS_HELLO))
 
 
 @dataclass
@@ -195,7 +198,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         w = ts[order] // coalesce_ns
         new = np.empty(m, dtype=bool)
         new[0] = True
-        new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | np.isin(kind[order][1:], REQUEST_KINDS)
+        new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | _IS_REQUEST[kind[order][1:]]
         if keep_apart is not None:
             odd = np.asarray(keep_apart(flags, proto))[order] != 0
             new[1:] |= odd[1:] | odd[:-1]
@@ -234,7 +237,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["kind"] = pk[:, KIND]
     rows["method"] = pk[:, METHOD]
     rows["pflags"] = pk[:, PFLAGS]
-    req = np.flatnonzero(np.isin(pk[:, KIND], (KIND_HTTP1, KIND_TLS_HELLO)))
+    req = np.flatnonzero(_IS_HTTP1_OR_TLS[pk[:, KIND]])
     if req.size == 0:
         return Features(rows, strings.items)
     # identical prefixes (the same request again) are read once: group request rows by a hash

@@ -329,3 +329,29 @@ def test_config_errors_are_listed_together(tmp_path: Any) -> None:
     bad.write_text("detectors: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_rules(bad)
+
+
+def test_flag_anomaly_table_matches_the_rules() -> None:
+    """Each of the 256 flag bytes, over TCP and another protocol, gets the code the rules say;
+    NULL wins over XMAS, XMAS over SYN+FIN, SYN+FIN over SYN+RST, that over FIN without ACK."""
+    from pktstream.consumers.alerts import flag_anomaly
+
+    fin, syn, rst, psh, ack, urg = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+    flags = np.tile(np.arange(256), 2)
+    proto = np.repeat([6, 17], 256)
+    want = []
+    for f, p in zip(flags.tolist(), proto.tolist(), strict=True):
+        code = 0
+        if p == 6:
+            if f & 0x3F == 0:
+                code = 1
+            elif f & (fin | psh | urg) == fin | psh | urg:
+                code = 2
+            elif f & (syn | fin) == syn | fin:
+                code = 3
+            elif f & (syn | rst) == syn | rst:
+                code = 4
+            elif not f & ack and f & fin and not f & syn:
+                code = 5
+        want.append(code)
+    assert flag_anomaly(flags, proto).tolist() == want
