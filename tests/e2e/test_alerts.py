@@ -218,14 +218,16 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     assert icmp["window_count"] == seen(lambda r: r["protocol"] == 1 and r["src_port"] == 8, icmp_doc)
     sweep = by_key[("address_sweep", f"{base}.3->*:22/tcp")]["unmapped"]["pktstream"]
     assert sweep["distinct"] == 50
+    syn = by_key[("syn_flood", victim)]
+    lo = syn["unmapped"]["pktstream"]["window_start"] * 1_000_000  # the connections of its window
+    hi = lo + syn["unmapped"]["pktstream"]["window_s"] * 1_000_000_000
     flows: dict[tuple[str, int, int], list[int]] = {}
     for r in recs:
-        if r["protocol"] == 6 and r["dst_addr"] == victim:
+        if r["protocol"] == 6 and r["dst_addr"] == victim and lo <= r["ts_ns"] < hi:
             flows.setdefault((r["src_addr"], r["src_port"], r["dst_port"]), []).append(r["tcp_flags"])
     opened = sum(1 for f in flows.values() for x in f if x & 0x12 == 0x02)  # SYNs without ACK
     completed = sum(1 for f in flows.values() if any(x & 0x12 == 0x02 for x in f) and any(x & 0x10 for x in f))
     assert opened - completed >= 1500
-    syn = by_key[("syn_flood", victim)]
     assert syn["message"] == f"{opened - completed} of {opened} connections to {victim} left half-open"
     bogon = by_key[("spoofed_source", f"bogon or martian source->{b.host_ip}")]["unmapped"]["pktstream"]
     assert bogon["window_count"] == 3 and bogon["seen_by"] == [f"cap1/{b.host_if}"]
