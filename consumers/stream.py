@@ -238,9 +238,9 @@ class StreamRunner:
             # a full local queue (our big messages fill it quickly) postpones the partition's next
             # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a
             # fetch that finds nothing new waits at most this long for it (the repartition topic's
-            # rows become readable at each commit)
+            # rows become readable at each commit; 20 fetches a second per broker when idle)
             "fetch.queue.backoff.ms": 20,
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": 50,
             "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
             "max.partition.fetch.bytes": 16 << 20,
         })
@@ -340,7 +340,9 @@ class StreamRunner:
         try:
             while not self.stop.is_set() and (t_end is None or time.monotonic() < t_end):
                 self.heartbeat = time.monotonic()
-                msgs = self.consumer.consume(num_messages=64, timeout=0.1)
+                # consume() waits for all 64 or the timeout: a short one, so that a queue holding
+                # fewer (the end of a burst, the rows a commit just made readable) is not waited on
+                msgs = self.consumer.consume(num_messages=64, timeout=0.02)
                 for m in msgs:
                     self._handle(m)
                 self._process_batches()
