@@ -347,7 +347,7 @@ class Table:
 
 
 def _expand(c: dict[str, Any]) -> dict[str, Any]:
-    """A folded table's sample fields as columns."""
+    """A table's sample fields as columns."""
     r = c["rec"]
     return {**c, "src": r["src"], "dst": r["dst"], "sport": r["sport"].astype(np.int64),
             "dport": r["dport"].astype(np.int64), "proto": r["proto"].astype(np.int64),
@@ -407,6 +407,15 @@ class Baselines:
         return cls(keys, *rest)
 
 
+def attempts(proto: npt.NDArray[Any], syns: npt.NDArray[Any], flags_or: npt.NDArray[Any],
+             sport: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Rows that try a port: TCP SYN or probe without ACK, UDP from an ephemeral port."""
+    probe = (flags_or & ACK) == 0
+    tcp_try = (proto == PROTO_TCP) & ((syns > 0) | probe)
+    out: npt.NDArray[np.bool_] = tcp_try | ((proto == PROTO_UDP) & (sport >= 1024))
+    return out
+
+
 class _View:
     """Feature rows with the columns the detectors share, extracted once: address hashes, ports,
     protocol, packets, bytes, time, capture point (an index into the state's strings)."""
@@ -429,11 +438,7 @@ class _View:
         self.fh = np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
 
     def attempts(self) -> npt.NDArray[np.bool_]:
-        """Rows that try a port: TCP SYN or probe without ACK, UDP from an ephemeral port."""
-        probe = (self.flags_or & ACK) == 0
-        out: npt.NDArray[np.bool_] = ((self.proto == PROTO_TCP) & ((self.syns > 0) | probe)) \
-            | ((self.proto == PROTO_UDP) & (self.sport >= 1024))
-        return out
+        return attempts(self.proto, self.syns, self.flags_or, self.sport)
 
 
 @dataclass
@@ -491,7 +496,7 @@ class AlertsProcessor:
         if self.rules.on("volumetric"):  # everything a source sent: its volume, flows and attempts
             src_idx = np.flatnonzero(ip)
         elif self.rules.on("address_sweep"):
-            src_idx = np.flatnonzero(ip & self._attempts(rows))
+            src_idx = np.flatnonzero(ip & attempts(rows["proto"], rows["syns"], rows["flags_or"], rows["sport"]))
         else:
             src_idx = np.zeros(0, np.intp)
         # one gather builds every partition's rows: its destination rows, then its source rows
@@ -503,15 +508,6 @@ class AlertsProcessor:
         bounds = np.searchsorted(part[order], np.arange(nparts + 1, dtype=np.uint64))
         return {q: Features(rs[bounds[q] : bounds[q + 1]], f.strings) for q in range(nparts)
                 if bounds[q + 1] > bounds[q]}
-
-    @staticmethod
-    def _attempts(rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-        """Rows that try a port: TCP SYN or probe without ACK, UDP from an ephemeral port."""
-        tcp = rows["proto"] == PROTO_TCP
-        udp = rows["proto"] == PROTO_UDP
-        probe = (rows["flags_or"] & ACK) == 0
-        out: npt.NDArray[np.bool_] = (tcp & ((rows["syns"] > 0) | probe)) | (udp & (rows["sport"] >= 1024))
-        return out
 
     # -- stage two ------------------------------------------------------------------------------
 
