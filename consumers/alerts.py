@@ -466,20 +466,12 @@ class AlertsProcessor:
         self.amp_ports = np.array(sorted(rules.detectors["amplification"]["ports"]), dtype=np.int64)
         self.external = set(rules.external_interfaces)
         self.limited = any(e.rate_limit_per_min > 0 for e in self.catalog.entries)
-        self._limits_seen: dict[tuple[str, bytes, int, int, str], str] = {}
 
     def _limited_api(self, host: str, dst: bytes, port: int, method: int, path: str) -> str:
         """The name of the rate-limited API a request belongs to, "" when it belongs to none
-        (remembered per distinct request: most repeat)."""
-        key = (host, dst, port, method, path)
-        name = self._limits_seen.get(key)
-        if name is None:
-            ref = self.catalog.match(host, dst, port, METHODS[method] if method < len(METHODS) else "", path, "http")
-            name = ref.name if ref.matched and ref.rate_limit_per_min > 0 else ""
-            if len(self._limits_seen) >= 200_000:
-                self._limits_seen.clear()
-            self._limits_seen[key] = name
-        return name
+        (Catalog.match remembers its answers)."""
+        ref = self.catalog.match(host, dst, port, METHODS[method] if method < len(METHODS) else "", path, "http")
+        return ref.name if ref.matched and ref.rate_limit_per_min > 0 else ""
 
     # -- stage one ------------------------------------------------------------------------------
 
