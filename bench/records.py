@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pktstream.consumers.features import FEATURE_DTYPE, take
+from pktstream.consumers.features import FEATURE_DTYPE, as_records, take
 
 
 def best_ms(f: Callable[[], object], repeat: int = 5) -> float:
@@ -31,12 +31,11 @@ def main() -> None:
     rows = np.zeros(n, FEATURE_DTYPE)
     order = np.random.default_rng(1).permutation(n)
     parts = [rows[i : i + 5000] for i in range(0, n, 5000)]
-    void = np.dtype((np.void, FEATURE_DTYPE.itemsize))
     print(f"{n:,} feature rows of {FEATURE_DTYPE.itemsize} bytes, best of 5")
     print(f"gather   structured {best_ms(lambda: rows[order]):7.1f} ms   "
           f"take    {best_ms(lambda: take(rows, order)):7.1f} ms")
     print(f"concat   structured {best_ms(lambda: np.concatenate(parts)):7.1f} ms   "
-          f"records {best_ms(lambda: np.concatenate([p.view(void) for p in parts]).view(FEATURE_DTYPE)):7.1f} ms")
+          f"records {best_ms(lambda: np.concatenate([as_records(p) for p in parts]).view(FEATURE_DTYPE)):7.1f} ms")
 
 
 if __name__ == "__main__":

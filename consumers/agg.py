@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pktstream.consumers.features import as_records
 from pktstream.producer.native import load_native
 
 COLS: dict[str, Any] = {"k": np.uint64, "item": np.uint64, "o": np.int64, "n": np.int64, "b": np.int64,
@@ -122,9 +123,7 @@ class Groups:
                 if len(sel):
                     assert rows is not None and self.rec is not None
                     src = sel + start
-                    # as opaque records: numpy copies structured rows field by field, far slower
-                    void = np.dtype((np.void, self.rec.dtype.itemsize))
-                    self.rec.view(void)[p[sel]] = rows.view(void)[src if rows_index is None else rows_index[src]]
+                    as_records(self.rec)[p[sel]] = as_records(rows)[src if rows_index is None else rows_index[src]]
             self.ng = int(self._ng[0])
             start += done
             if start < m:  # full: small tables grow fast (most windows' tables stay small)
