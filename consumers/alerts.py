@@ -30,13 +30,12 @@ from typing import Any
 import fastavro
 import numpy as np
 import numpy.typing as npt
-import yaml
 
 from pktstream.consumers import attacks
 from pktstream.consumers.agg import COLS as AGG_COLS
 from pktstream.consumers.agg import Groups, first_rows, group_index
 from pktstream.consumers.agg import batch as agg_batch
-from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog
+from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, Catalog, read_yaml
 from pktstream.consumers.columns import Batch
 from pktstream.consumers.decode import addr_text as decode_addr_text
 from pktstream.consumers.features import (
@@ -159,12 +158,7 @@ class Rules:
 def load_rules(path: str | Path | None, data: Any = None) -> Rules:
     """Detector settings: the defaults, overridden by the YAML file's values; every problem listed."""
     if data is None and path:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError([f"alerts config {path}: {e.strerror}"]) from None
-        except yaml.YAMLError as e:
-            raise ConfigError([f"alerts config {path}: not valid YAML: {e}"]) from None
+        data = read_yaml(path, f"alerts config {path}")
     data = data or {}
     problems: list[str] = []
     if not isinstance(data, dict):

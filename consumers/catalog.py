@@ -166,15 +166,7 @@ class Catalog:
     def load(cls, path: str | Path | None) -> Catalog:
         if not path:
             return cls()
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError([f"catalog {path}: {e.strerror}"]) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError([f"catalog {path}: not valid YAML: {e}"]) from None
-        return cls.from_data(data, str(path))
+        return cls.from_data(read_yaml(path, f"catalog {path}"), str(path))
 
     def match(self, host: str, addr16: bytes, port: int, method: str, path: str, protocol: str,
               partial: bool = False) -> ApiRef:
@@ -212,6 +204,19 @@ class Catalog:
             self._cache.clear()
         self._cache[key] = ref
         return ref
+
+
+def read_yaml(path: str | Path, what: str, kind: str = "valid YAML") -> Any:
+    """A YAML file's content; an unreadable file or text that does not parse is a ConfigError
+    that starts with ``what``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError([f"{what}: {e.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{what}: not {kind}: {e}"]) from None
 
 
 def import_openapi(doc: Any, host: str | None = None, port: int | None = None) -> dict[str, Any]:

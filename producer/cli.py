@@ -262,15 +262,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_catalog_from_openapi(args: argparse.Namespace) -> int:
     import yaml
 
-    from pktstream.consumers.catalog import import_openapi
+    from pktstream.consumers.catalog import import_openapi, read_yaml
 
-    try:
-        with open(args.spec) as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError([f"{args.spec}: {e.strerror}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{args.spec}: not YAML or JSON: {e}"]) from None
+    doc = read_yaml(args.spec, args.spec, kind="YAML or JSON")
     print(yaml.safe_dump(import_openapi(doc, args.host, args.port), sort_keys=False), end="")
     return 0
 
