@@ -184,6 +184,20 @@ def containers(t: Traffic, batch: int = 20000, host: str = "gen-host", interface
     return out
 
 
+def fleet(hosts: list[tuple[str, Traffic]], batch: int = 20000) -> list[tuple[str, bytes]]:
+    """Several hosts' records as (host, message) in the order a live fleet sends them: by each
+    message's first timestamp. (All of one host, then all of the next, would put hours of event
+    time out of order in a partition that two hosts share: the consumers set such rows aside as
+    late, as they must.)"""
+    out = []
+    for h, (name, t) in enumerate(hosts):
+        ts = t.columns["ts_ns"]
+        for i, m in enumerate(containers(t, batch=batch, host=name)):
+            out.append((int(ts[i * batch]), h, i, name, m))
+    out.sort(key=lambda x: x[:3])
+    return [(name, m) for _ts, _h, _i, name, m in out]
+
+
 # -- packets one by one (attack scenarios for the alerts consumer) ------------------------------------
 
 def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic:

@@ -19,11 +19,17 @@ A consumer killed at any point restarts from the last commit: the snapshot and t
 resumes from belong together, and the outputs of the unfinished transaction were never visible
 to read_committed readers. A restarted instance with the same instance id fences its old self.
 
-Event time: a partition's watermark is the progress of the slowest source that still has unread
-input (a packet partition whose committed offset is below its end); when every source is caught
-up, wall-clock time moves it on, so the last window closes without new traffic. Windows close
-only when the partition has read everything committed to it, so the same input gives the same
-windows whatever the timing (replays included).
+Event time: each packet partition has a progress, the latest event time of its messages so far
+(committed with its offset, as the offset's metadata, so a restarted or rebalanced process goes on
+from the same figure). Stage one sets aside, as late, the rows of a message older than that
+progress minus the grace, before the message changes it: whether a row is late depends only on
+the order of its own partition, never on when a process happened to read what. A repartition
+partition's watermark is the progress of the slowest source that still has unread input (a packet
+partition whose committed offset is below its end); when every source is caught up, wall-clock
+time moves it on, so the last window closes without new traffic. Windows close grace after the
+watermark passes their end and only when the partition has read everything committed to it, so a
+row that stage one let through always finds its window open, and the same input gives the same
+windows whatever the timing (replays and restarts included).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from pktstream.consumers import snapshot
 from pktstream.consumers.columns import Batch, read_container
 from pktstream.consumers.deadletter import DeadLetters
 from pktstream.consumers.decode import DecodeError, message_headers
-from pktstream.consumers.features import Features, compact, concat, decode, encode
+from pktstream.consumers.features import Features, compact, concat, decode, encode, take
 from pktstream.producer.errors import PktstreamError
 from pktstream.producer.kafka import check_reachable, ensure_topic
 
@@ -75,6 +81,8 @@ class Output:
 
 class Processor(Protocol):
     """What an app plugs into the runner."""
+
+    grace_ns: int  # how long after its end a window waits for late rows (event time)
 
     def featurize(self, batch: Batch, origin: str) -> Features: ...
 
@@ -140,6 +148,22 @@ class RunCounters:
     transactions: int = 0
     aborted: int = 0
     restored_partitions: int = 0
+    records_late: int = 0  # older than their packet partition's progress minus the grace: not routed
+
+
+PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
+
+
+def progress_metadata(ns: int) -> str:
+    return f"{PROGRESS_META}{ns}"
+
+
+def parse_progress(meta: str | None) -> int:
+    """A packet partition's progress from its committed offset's metadata (none yet: NO_PROGRESS)."""
+    if meta and meta.startswith(PROGRESS_META):
+        with contextlib.suppress(ValueError):
+            return int(meta[len(PROGRESS_META):])
+    return NO_PROGRESS
 
 
 def default_instance_id() -> str:
@@ -162,7 +186,7 @@ class StreamRunner:
         self.eof_at: dict[int, int] = {}  # repartition partition -> offset of its last end-of-partition event
         self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
         self.assigned: set[tuple[str, int]] = set()
-        self.src_progress: dict[int, int] = {}
+        self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
         self.produced = 0  # messages produced in the open transaction
         self.last_pending_check = 0.0
         self.pending_sources: set[int] | None = None
@@ -271,6 +295,8 @@ class StreamRunner:
         committed = consumer.committed(parts, timeout=30)
         for tp in committed:
             key = (tp.topic, tp.partition)
+            if tp.topic == self.cfg.packet_topic:
+                self.src_progress[tp.partition] = parse_progress(tp.metadata if tp.offset >= 0 else None)
             if tp.offset < 0:
                 tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
                 if tp.topic == self.cfg.packet_topic:
@@ -293,6 +319,8 @@ class StreamRunner:
             self.positions.pop(key, None)
             self.changed.discard(key)
             self.eof.discard(key)
+            if tp.topic == self.cfg.packet_topic:
+                self.src_progress.pop(tp.partition, None)
             if tp.topic == self.cfg.repartition_topic:
                 self.states.pop(tp.partition, None)
                 self.dirty.discard(tp.partition)
@@ -458,8 +486,15 @@ class StreamRunner:
             return
         p = m.partition() or 0
         self.counters.records_in += batch.n
-        if batch.n:
-            self.src_progress[p] = max(self.src_progress.get(p, NO_PROGRESS), int(f.rows["ts_ns"].max()))
+        before = self.src_progress.get(p, NO_PROGRESS)
+        if len(f.rows):
+            ts = f.rows["ts_ns"]
+            if before != NO_PROGRESS:
+                late = ts < before - self.proc.grace_ns
+                if late.any():  # decided by this partition's order alone (see the module's docstring)
+                    self.counters.records_late += int(f.rows["packets"][late].sum())
+                    f = Features(take(f.rows, ~late), f.strings)
+            self.src_progress[p] = max(before, int(ts.max()))
         progress = str(self.src_progress.get(p, NO_PROGRESS)).encode()
         routed = self.proc.route(f, self.nparts)
         empty = Features(f.rows[:0], [])
@@ -566,8 +601,7 @@ class StreamRunner:
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
             # cost more than the rest of a commit)
             self._produce(self.cfg.state_topic, snapshot.pack(doc), key=str(q).encode(), partition=q)
-        offsets = [TopicPartition(t, p, self.positions[(t, p)]) for (t, p) in sorted(self.changed)
-                   if (t, p) in self.positions]
+        offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
         try:
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
@@ -591,12 +625,21 @@ class StreamRunner:
             cb(outs)
         self.producer.begin_transaction()
 
+    def _offset(self, topic: str, p: int) -> TopicPartition:
+        """The position to commit; a packet partition's carries its progress."""
+        if topic != self.cfg.packet_topic:
+            return TopicPartition(topic, p, self.positions[(topic, p)])
+        return TopicPartition(topic, p, self.positions[(topic, p)],
+                              progress_metadata(self.src_progress.get(p, NO_PROGRESS)))
+
     def _rewind(self) -> None:
         """After an aborted transaction: back to the last commit (offsets and state)."""
         assert self.consumer is not None
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
         committed = self.consumer.committed(parts, timeout=30)
         for tp in committed:
+            if tp.topic == self.cfg.packet_topic:
+                self.src_progress[tp.partition] = parse_progress(tp.metadata if tp.offset >= 0 else None)
             if tp.offset < 0:
                 tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
             self.consumer.seek(tp)

@@ -27,11 +27,11 @@ from confluent_kafka import Producer
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from bench.traffic import containers, generate, merge, packets, spread
+from bench.traffic import containers, fleet, generate, merge, packets, spread
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.e2e.test_usage import kill_twice_then_finish, run_clients, servers
+from tests.e2e.test_usage import final_figures, kill_twice_then_finish, run_clients, servers
 from tests.helpers import NetnsHost, read_messages
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
@@ -65,9 +65,11 @@ def alerts_cmd(bootstrap: str, topic: str, app: str, out_topic: str, rules_file:
             "--until-end", "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def run_alerts(cmd: list[str]) -> list[dict[str, Any]]:
+def run_alerts(cmd: list[str], figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    if figures is not None:
+        figures.update(final_figures(p.stderr))
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
@@ -324,9 +326,15 @@ def test_benign_mix_of_the_same_volume_raises_nothing(
     assert [(d["unmapped"]["pktstream"]["rule"], d["message"]) for d in out] == []
 
 
+LATE_SPOOL = 5000  # packets of the late block load() appends
+
+
 def load(bootstrap: str, topic: str) -> None:
-    """Generated traffic from two hosts (two packet partitions) with attacks that span several windows;
-    the SYN flood is split between the hosts: each half alone is under the threshold."""
+    """Generated traffic from two hosts, each on a packet partition of its own, sent in time order as
+    a live fleet sends it, with attacks that span several windows; the SYN flood is split between
+    the hosts: each half alone is under the threshold. Then a third host's spool: a UDP flood
+    minutes older than the partition it lands in has got to, which must be set aside as late (by
+    the partition's order, so whatever the timing of the run)."""
     ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
     t0 = (time.time_ns() - 600 * 10**9) // (300 * 10**9) * (300 * 10**9)
     sec = 10**9
@@ -339,18 +347,21 @@ def load(bootstrap: str, topic: str) -> None:
                     "len": 100} for ts in spread(t0 + 100 * sec, 100000, 30 * sec)])
     scan = packets([{"ts": t0 + 150 * sec + i * 10**8, "src": "45.33.32.9", "dst": "10.1.0.12", "dport": p,
                      "flags": 0x02} for i, p in enumerate(range(1000, 1100))])
+    late = packets([{"ts": ts, "src": "45.33.32.2", "dst": "10.1.0.13", "proto": 17, "sport": 40000, "dport": 9,
+                     "len": 100} for ts in spread(t0 + 100 * sec, LATE_SPOOL, 30 * sec)])
     half = flood.n // 2
     first = {k: v[:half] for k, v in flood.columns.items()}
     second = {k: v[half:] for k, v in flood.columns.items()}
     from bench.traffic import Traffic
 
-    host0 = merge(benign, Traffic(first, half), udp)
-    host1 = merge(Traffic(second, flood.n - half), scan)
+    hosts = {"gen0": 0, "gen1": 1, "gen2": 0}
+    sent = fleet([("gen0", merge(benign, Traffic(first, half), udp)),
+                  ("gen1", merge(Traffic(second, flood.n - half), scan))], batch=3000)
+    sent += [("gen2", m) for m in containers(late, batch=3000, host="gen2")]
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
-                  "message.max.bytes": 16 << 20})
-    for name, t in (("gen0", host0), ("gen1", host1)):
-        for m in containers(t, batch=3000, host=name):
-            p.produce(topic, m, key=name.encode())
+                  "message.max.bytes": 16 << 20, "enable.idempotence": True})
+    for name, m in sent:
+        p.produce(topic, m, key=name.encode(), partition=hosts[name])
     assert p.flush(60) == 0
 
 
@@ -361,10 +372,13 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     rules_file.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"apis": []}))
+    figures: dict[str, Any] = {}
     ref = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref",
-                                rules_file, catalog))
+                                rules_file, catalog), figures)
     rules_seen = {d["unmapped"]["pktstream"]["rule"] for d in ref}
     assert {"syn_flood", "udp_flood", "port_scan"} <= rules_seen, rules_seen
+    assert figures["records_late"] == LATE_SPOOL and figures["late_records"] == 0
+    assert not [d for d in ref if "10.1.0.13" in d["unmapped"]["pktstream"]["key"]]  # the late flood
     syn = [d for d in ref if d["unmapped"]["pktstream"]["rule"] == "syn_flood"]
     assert syn[0]["activity_name"] == "Create" and len({d["finding_info"]["uid"] for d in syn}) == 1
     assert sorted({s for d in syn for s in d["unmapped"]["pktstream"].get("seen_by", [])}) == \

@@ -28,7 +28,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.traffic import CATALOG as GEN_CATALOG
-from bench.traffic import containers, generate
+from bench.traffic import containers, fleet, generate
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
@@ -169,9 +169,21 @@ def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: P
             "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def run_usage(cmd: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+def final_figures(stderr: str) -> dict[str, Any]:
+    """The figures a consumer app logs when it has caught up (``--until-end``)."""
+    for line in stderr.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            e = json.loads(line)
+            if isinstance(e, dict) and e.get("event") == "stream_caught_up":
+                return e
+    raise AssertionError(f"no stream_caught_up in the log: {stderr[-2000:]}")
+
+
+def run_usage(cmd: list[str], timeout: float = 300, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
+    if figures is not None:
+        figures.update(final_figures(p.stderr))
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
@@ -267,10 +279,9 @@ def load_generated(bootstrap: str, topic: str, connections: int, hosts: int = 3)
     t = generate(connections, time.time_ns() - 400_000_000_000, 240_000_000_000, seed=7)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
                   "message.max.bytes": 16 << 20})
-    for h in range(hosts):
-        for m in containers(t, batch=5000, host=f"gen{h}"):
-            p.produce(topic, m, key=f"gen{h}".encode())
-            p.poll(0)
+    for host, m in fleet([(f"gen{h}", t) for h in range(hosts)], batch=5000):
+        p.produce(topic, m, key=host.encode())
+        p.poll(0)
     msgs = containers(t, batch=5000, host="genx")
     for bad in (b"garbage", msgs[0][:100], b"Obj\x02" + msgs[0][4:]):  # corrupt, truncated, wrong version
         p.produce(topic, bad, key=b"genx")
@@ -337,6 +348,41 @@ def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
     assert sorted(map(key, published)) == sorted(map(key, reference)), "a window lost or published twice"
     assert sorted(published, key=key) == sorted(reference, key=key)
     assert sorted(dead_letters(kafka_bootstrap, f"{topic}.killed.dlq")) == sorted(reasons)  # each set aside once
+
+
+def test_late_rows_are_judged_by_their_partitions_order_even_after_a_restart(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Rows older than their packet partition's progress minus the grace are set aside when read,
+    by the partition's order alone; the progress survives the process (offset metadata), so a
+    later run judges the same rows the same way."""
+    topic = f"usage-late-{uuid.uuid4().hex[:8]}"
+    ensure_topic({"bootstrap.servers": kafka_bootstrap}, topic, 1)
+    t0 = time.time_ns() - 600 * 10**9
+    now = generate(3000, t0 + 300 * 10**9, 120 * 10**9, seed=3)  # minutes 5..7 of the hour
+    old = generate(500, t0, 60 * 10**9, seed=4)  # minute 0: another host's spool, sent much later
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+
+    def send(t: Any, host: str) -> None:
+        for m in containers(t, batch=2000, host=host):
+            p.produce(topic, m, key=host.encode(), partition=0)
+        assert p.flush(60) == 0
+
+    app = f"t-late-{uuid.uuid4().hex[:6]}"
+    cmd = usage_cmd(kafka_bootstrap, topic, app, f"{topic}.usage", catalog)
+    send(now, "gen0")
+    first: dict[str, Any] = {}
+    published = run_usage(cmd, figures=first)
+    assert first["records_in"] == now.n and first["records_late"] == 0 and first["late_records"] == 0
+    assert sum(r["packets"] for r in published if r["window_s"] == 60) == now.n
+
+    send(old, "gen1")  # the same partition, event time 5 minutes behind its progress
+    second: dict[str, Any] = {}
+    assert run_usage(cmd, figures=second) == []  # nothing of it counted
+    assert second["records_in"] == old.n
+    assert second["records_late"] == old.n  # all of it, set aside when read ...
+    assert second["late_records"] == 0  # ... not found late by stage two: the progress was restored
 
 
 def test_consumer_metrics_and_health(kafka_bootstrap: str, tmp_path: Path) -> None:
