@@ -135,7 +135,7 @@ def main() -> None:
         topic = f"bench-{a.app}-{uuid.uuid4().hex[:6]}"
         ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
         prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
-                         "message.max.bytes": 16 << 20})
+                         "message.max.bytes": 16 << 20, "enable.idempotence": True})
         for host, m in sent:
             prod.produce(topic, m, key=host.encode())
             prod.poll(0)
