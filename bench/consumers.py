@@ -140,6 +140,7 @@ def main() -> None:
             prod.produce(topic, m, key=host.encode())
             prod.poll(0)
         prod.flush(120)
+        del prod  # (a live client logs its reconnects when the broker stops)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(CATALOG, f)
         res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu)
