@@ -295,18 +295,24 @@ class StreamRunner:
         committed = consumer.committed(parts, timeout=30)
         for tp in committed:
             key = (tp.topic, tp.partition)
-            if tp.topic == self.cfg.packet_topic:
-                self.src_progress[tp.partition] = parse_progress(tp.metadata if tp.offset >= 0 else None)
-            if tp.offset < 0:
-                tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
-                if tp.topic == self.cfg.packet_topic:
-                    self.positions[key] = tp.offset  # committed with the next transaction
-                    self.changed.add(key)
+            if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
+                self.positions[key] = tp.offset  # committed with the next transaction
+                self.changed.add(key)
             self.assigned.add(key)
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = self._restore(tp.partition)
         consumer.assign(committed)
         log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed])
+
+    def _resume_from(self, tp: TopicPartition) -> bool:
+        """Turn a committed position into where reading resumes, and take a packet partition's
+        progress from it; True when nothing had been committed."""
+        fresh = tp.offset < 0
+        if tp.topic == self.cfg.packet_topic:
+            self.src_progress[tp.partition] = NO_PROGRESS if fresh else parse_progress(tp.metadata)
+        if fresh:
+            tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
+        return fresh
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         try:
@@ -638,10 +644,7 @@ class StreamRunner:
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
         committed = self.consumer.committed(parts, timeout=30)
         for tp in committed:
-            if tp.topic == self.cfg.packet_topic:
-                self.src_progress[tp.partition] = parse_progress(tp.metadata if tp.offset >= 0 else None)
-            if tp.offset < 0:
-                tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
+            self._resume_from(tp)
             self.consumer.seek(tp)
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = self._restore(tp.partition)
