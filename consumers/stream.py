@@ -68,6 +68,7 @@ log = structlog.get_logger("pktstream.stream")
 NO_PROGRESS = -1
 MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
 FOREVER = 1 << 62
+LATE_LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -187,6 +188,8 @@ class StreamRunner:
         self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
         self.assigned: set[tuple[str, int]] = set()
         self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
+        self.late_logged: dict[str, float] = {}  # capture point -> when its late records were last logged
+        self.late_unreported: dict[str, int] = {}  # capture point -> late records since that line
         self.produced = 0  # messages produced in the open transaction
         self.last_pending_check = 0.0
         self.pending_sources: set[int] | None = None
@@ -498,7 +501,9 @@ class StreamRunner:
             if before != NO_PROGRESS:
                 late = ts < before - self.proc.grace_ns
                 if late.any():  # decided by this partition's order alone (see the module's docstring)
-                    self.counters.records_late += int(f.rows["packets"][late].sum())
+                    n = int(f.rows["packets"][late].sum())
+                    self.counters.records_late += n
+                    self._report_late(origin, p, n, before - int(ts[late].min()))
                     f = Features(take(f.rows, ~late), f.strings)
             self.src_progress[p] = max(before, int(ts.max()))
         progress = str(self.src_progress.get(p, NO_PROGRESS)).encode()
@@ -510,6 +515,19 @@ class StreamRunner:
                           headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)],
                           on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1
+
+    def _report_late(self, origin: str, p: int, n: int, behind_ns: int) -> None:
+        """Say which capture point sends late records (a clock off, a spool replayed after an
+        outage): at most one line per capture point a minute, with the records since the last."""
+        since = self.late_unreported.get(origin, 0) + n
+        now = time.monotonic()
+        if now - self.late_logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
+            self.late_unreported[origin] = since
+            return
+        self.late_logged[origin] = now
+        self.late_unreported[origin] = 0
+        log.warning("records_late", origin=origin, partition=p, records=since, behind_s=round(behind_ns / 1e9, 3),
+                    grace_s=self.proc.grace_ns / 1e9)
 
     def _apply(self, m: Message) -> None:
         q = m.partition() or 0

@@ -31,7 +31,7 @@ from bench.traffic import containers, fleet, generate, merge, packets, spread
 from pktstream.consumers.tail import tail
 from pktstream.producer.kafka import ensure_topic
 from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.e2e.test_usage import final_figures, kill_twice_then_finish, run_clients, servers
+from tests.e2e.test_usage import final_figures, kill_twice_then_finish, log_events, run_clients, servers
 from tests.helpers import NetnsHost, read_messages
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
@@ -65,11 +65,11 @@ def alerts_cmd(bootstrap: str, topic: str, app: str, out_topic: str, rules_file:
             "--until-end", "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def run_alerts(cmd: list[str], figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run_alerts(cmd: list[str], log: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    if figures is not None:
-        figures.update(final_figures(p.stderr))
+    if log is not None:
+        log.extend(log_events(p.stderr))
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
@@ -372,13 +372,17 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     rules_file.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"apis": []}))
-    figures: dict[str, Any] = {}
+    log: list[dict[str, Any]] = []
     ref = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref",
-                                rules_file, catalog), figures)
+                                rules_file, catalog), log)
+    figures = final_figures(log)
     rules_seen = {d["unmapped"]["pktstream"]["rule"] for d in ref}
     assert {"syn_flood", "udp_flood", "port_scan"} <= rules_seen, rules_seen
     assert figures["records_late"] == LATE_SPOOL and figures["late_records"] == 0
     assert not [d for d in ref if "10.1.0.13" in d["unmapped"]["pktstream"]["key"]]  # the late flood
+    late = [e for e in log if e["event"] == "records_late"]  # said once a minute per capture point
+    assert [(e["origin"], e["partition"], e["records"]) for e in late] == [("gen2/eth0", 0, 3000)], late
+    assert late[0]["behind_s"] > 100
     syn = [d for d in ref if d["unmapped"]["pktstream"]["rule"] == "syn_flood"]
     assert syn[0]["activity_name"] == "Create" and len({d["finding_info"]["uid"] for d in syn}) == 1
     assert sorted({s for d in syn for s in d["unmapped"]["pktstream"].get("seen_by", [])}) == \

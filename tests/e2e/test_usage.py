@@ -169,21 +169,29 @@ def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: P
             "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def final_figures(stderr: str) -> dict[str, Any]:
-    """The figures a consumer app logs when it has caught up (``--until-end``)."""
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """A consumer app's JSON log lines (``--log-format json``)."""
+    out = []
     for line in stderr.splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             e = json.loads(line)
-            if isinstance(e, dict) and e.get("event") == "stream_caught_up":
-                return e
-    raise AssertionError(f"no stream_caught_up in the log: {stderr[-2000:]}")
+            if isinstance(e, dict) and "event" in e:
+                out.append(e)
+    return out
+
+
+def final_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures a consumer app logs when it has caught up (``--until-end``)."""
+    done = [e for e in events if e["event"] == "stream_caught_up"]
+    assert done, f"no stream_caught_up in the log: {events[-5:]}"
+    return done[-1]
 
 
 def run_usage(cmd: list[str], timeout: float = 300, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     if figures is not None:
-        figures.update(final_figures(p.stderr))
+        figures.update(final_figures(log_events(p.stderr)))
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
