@@ -96,7 +96,7 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int)
     assert t_assign and t_done, p.stderr[-2000:]
     secs = (t_done - t_assign).total_seconds()
     # a benchmark that set rows aside as late would measure less work than it claims
-    late = done.get("records_late", 0) + done.get("late_records", 0)
+    late = done.get("records_out_of_order", 0) + done.get("late_records", 0)
     assert late == 0, f"{late} records counted late: the generated traffic is out of order"
     return {"records": done["records_in"], "seconds": secs, "rate": done["records_in"] / secs,
             "outputs": done["outputs"]}

@@ -24,7 +24,8 @@ COUNTERS = {
     "outputs": "Records published to the output topic.",
     "transactions": "Transactions committed.",
     "aborted": "Transactions aborted (state and offsets rewound).",
-    "records_late": "Records older than their packet partition's event time minus the grace, set aside when read.",
+    "records_out_of_order": "Records older than their packet partition's event time minus the grace, "
+                            "set aside when read.",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
 }
 GAUGES = {

@@ -149,7 +149,7 @@ class RunCounters:
     transactions: int = 0
     aborted: int = 0
     restored_partitions: int = 0
-    records_late: int = 0  # older than their packet partition's progress minus the grace: not routed
+    records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
 
 
 PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
@@ -502,7 +502,7 @@ class StreamRunner:
                 late = ts < before - self.proc.grace_ns
                 if late.any():  # decided by this partition's order alone (see the module's docstring)
                     n = int(f.rows["packets"][late].sum())
-                    self.counters.records_late += n
+                    self.counters.records_out_of_order += n
                     self._report_late(origin, p, n, before - int(ts[late].min()))
                     f = Features(take(f.rows, ~late), f.strings)
             self.src_progress[p] = max(before, int(ts.max()))
@@ -526,8 +526,8 @@ class StreamRunner:
             return
         self.late_logged[origin] = now
         self.late_unreported[origin] = 0
-        log.warning("records_late", origin=origin, partition=p, records=since, behind_s=round(behind_ns / 1e9, 3),
-                    grace_s=self.proc.grace_ns / 1e9)
+        log.warning("records_out_of_order", origin=origin, partition=p, records=since,
+                    behind_s=round(behind_ns / 1e9, 3), grace_s=self.proc.grace_ns / 1e9)
 
     def _apply(self, m: Message) -> None:
         q = m.partition() or 0

@@ -378,9 +378,9 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     figures = final_figures(log)
     rules_seen = {d["unmapped"]["pktstream"]["rule"] for d in ref}
     assert {"syn_flood", "udp_flood", "port_scan"} <= rules_seen, rules_seen
-    assert figures["records_late"] == LATE_SPOOL and figures["late_records"] == 0
+    assert figures["records_out_of_order"] == LATE_SPOOL and figures["late_records"] == 0
     assert not [d for d in ref if "10.1.0.13" in d["unmapped"]["pktstream"]["key"]]  # the late flood
-    late = [e for e in log if e["event"] == "records_late"]  # said once a minute per capture point
+    late = [e for e in log if e["event"] == "records_out_of_order"]  # said once a minute per capture point
     assert [(e["origin"], e["partition"], e["records"]) for e in late] == [("gen2/eth0", 0, 3000)], late
     assert late[0]["behind_s"] > 100
     syn = [d for d in ref if d["unmapped"]["pktstream"]["rule"] == "syn_flood"]

@@ -382,14 +382,14 @@ def test_late_rows_are_judged_by_their_partitions_order_even_after_a_restart(
     send(now, "gen0")
     first: dict[str, Any] = {}
     published = run_usage(cmd, figures=first)
-    assert first["records_in"] == now.n and first["records_late"] == 0 and first["late_records"] == 0
+    assert first["records_in"] == now.n and first["records_out_of_order"] == 0 and first["late_records"] == 0
     assert sum(r["packets"] for r in published if r["window_s"] == 60) == now.n
 
     send(old, "gen1")  # the same partition, event time 5 minutes behind its progress
     second: dict[str, Any] = {}
     assert run_usage(cmd, figures=second) == []  # nothing of it counted
     assert second["records_in"] == old.n
-    assert second["records_late"] == old.n  # all of it, set aside when read ...
+    assert second["records_out_of_order"] == old.n  # all of it, set aside when read ...
     assert second["late_records"] == 0  # ... not found late by stage two: the progress was restored
 
 
