@@ -15,33 +15,16 @@ runs the scenario once; this finds the rare timing that one run may miss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
-import signal
-import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-import yaml
-
-from tests.e2e.test_alerts import alerts_cmd, load, read_alerts, run_alerts
-from tests.e2e.test_usage import committed
-
-
-def killed_twice(cmd: list[str], bootstrap: str, app: str, topic: str, jitter_s: float, logs: Path) -> None:
-    for k in range(2):
-        with open(logs / f"{app}.{k}.log", "w") as err:
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-            base = committed(bootstrap, app, topic, f"{app}.repartition")
-            while committed(bootstrap, app, topic, f"{app}.repartition") == base and p.poll() is None:
-                time.sleep(0.02)
-            time.sleep(random.random() * jitter_s)
-            p.send_signal(signal.SIGKILL)
-            p.wait(30)
-    with open(logs / f"{app}.2.log", "w") as err:
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=300, check=True)
+from tests.e2e.test_alerts import alerts_cmd, read_alerts, restart_scenario, run_alerts
+from tests.e2e.test_usage import kill_twice_then_finish
+from tests.helpers import running_broker
 
 
 def main() -> None:
@@ -50,22 +33,10 @@ def main() -> None:
     ap.add_argument("--jitter-s", type=float, default=0.0, help="wait up to this long after a commit to kill")
     ap.add_argument("--bootstrap", default=None)
     a = ap.parse_args()
-    lk = None
-    bootstrap = a.bootstrap
-    if not bootstrap:
-        from pktstream.producer.kafka_local import LocalKafka
-
-        lk = LocalKafka(port=19601, data_dir=Path(tempfile.mkdtemp(prefix="pktstream-restart-")))
-        lk.down()
-        bootstrap = lk.up()
     logs = Path(tempfile.mkdtemp(prefix="pktstream-restart-logs-"))
-    try:
-        topic = f"restart-{uuid.uuid4().hex[:6]}"
-        load(bootstrap, topic)
-        rules = logs / "rules.yaml"
-        rules.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
-        catalog = logs / "catalog.yaml"
-        catalog.write_text(yaml.safe_dump({"apis": []}))
+    with contextlib.ExitStack() as stack:
+        bootstrap = a.bootstrap or stack.enter_context(running_broker(19601, "restart-loop")).bootstrap
+        topic, rules, catalog = restart_scenario(bootstrap, logs)
         ref = sorted(json.dumps(d, sort_keys=True) for d in run_alerts(
             alerts_cmd(bootstrap, topic, f"ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref", rules, catalog)))
         print(f"uninterrupted run: {len(ref)} alerts", flush=True)
@@ -73,7 +44,8 @@ def main() -> None:
         for i in range(a.runs):
             app = f"kill-{uuid.uuid4().hex[:6]}"
             cmd = alerts_cmd(bootstrap, topic, app, f"{topic}.{app}", rules, catalog, "--commit-interval-s", "0.2")
-            killed_twice(cmd, bootstrap, app, topic, a.jitter_s, logs)
+            kill_twice_then_finish(cmd, bootstrap, app, topic, delay_s=lambda: random.random() * a.jitter_s,
+                                   logs=logs)
             got = sorted(json.dumps(d, sort_keys=True) for d in read_alerts(bootstrap, f"{topic}.{app}"))
             ok = got == ref
             print(f"run {i + 1}: {'same alerts' if ok else f'DIFFERENT: {len(got)} alerts'}  ({app})", flush=True)
@@ -84,9 +56,6 @@ def main() -> None:
                 failed.append(app)
         print(f"{a.runs} runs, {len(failed)} with other alerts than the uninterrupted run"
               + (f"; their logs: {logs}" if failed else ""))
-    finally:
-        if lk is not None:
-            lk.down()
 
 
 if __name__ == "__main__":

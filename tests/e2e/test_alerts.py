@@ -365,13 +365,20 @@ def load(bootstrap: str, topic: str) -> None:
     assert p.flush(60) == 0
 
 
-def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_bootstrap: str, tmp_path: Path) -> None:
+def restart_scenario(bootstrap: str, directory: Path) -> tuple[str, Path, Path]:
+    """The restart test's topic (load()), rules and empty catalog: (topic, rules file, catalog).
+    bench/restart_loop.py runs the same scenario many times."""
     topic = f"alerts-restart-{uuid.uuid4().hex[:8]}"
-    load(kafka_bootstrap, topic)
-    rules_file = tmp_path / "rules.yaml"
+    load(bootstrap, topic)
+    rules_file = directory / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
-    catalog = tmp_path / "catalog.yaml"
+    catalog = directory / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"apis": []}))
+    return topic, rules_file, catalog
+
+
+def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic, rules_file, catalog = restart_scenario(kafka_bootstrap, tmp_path)
     log: list[dict[str, Any]] = []
     ref = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-ref-{uuid.uuid4().hex[:6]}", f"{topic}.ref",
                                 rules_file, catalog), log)

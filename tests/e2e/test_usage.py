@@ -317,20 +317,31 @@ def committed(bootstrap: str, group: str, *topics: str) -> int:
 
 
 def kill_twice_then_finish(cmd: list[str], bootstrap: str, app: str, topic: str,
-                           after_kill: Callable[[], None] = lambda: None) -> None:
-    """Run a consumer app; SIGKILL it right after a commit, twice (``after_kill`` checks each);
-    then let it finish."""
-    for _ in range(2):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = committed(bootstrap, app, topic, f"{app}.repartition")
-        deadline = time.monotonic() + 120
-        while committed(bootstrap, app, topic, f"{app}.repartition") == base:
-            assert time.monotonic() < deadline and p.poll() is None, "no commit before the deadline"
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
+                           after_kill: Callable[[], None] = lambda: None, delay_s: Callable[[], float] = lambda: 0.0,
+                           logs: Path | None = None) -> None:
+    """Run a consumer app; SIGKILL it right after a commit (or ``delay_s()`` later), twice
+    (``after_kill`` checks each); then let it finish. ``logs``: a directory for each run's stderr."""
+    def stderr(k: int) -> Any:
+        return open(logs / f"{app}.{k}.log", "w") if logs else contextlib.nullcontext(subprocess.DEVNULL)
+
+    for k in range(2):
+        with stderr(k) as err:
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            base = committed(bootstrap, app, topic, f"{app}.repartition")
+            deadline = time.monotonic() + 120
+            while committed(bootstrap, app, topic, f"{app}.repartition") == base:
+                rc = p.poll()
+                if rc == 0:  # it finished (all done in the time a delay_s() gave it)
+                    break
+                assert rc is None, f"the consumer failed (exit {rc})"
+                assert time.monotonic() < deadline, "no commit before the deadline"
+                time.sleep(0.02)
+            time.sleep(delay_s())
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
         after_kill()
-    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300).returncode == 0
+    with stderr(2) as err:
+        assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=300).returncode == 0
 
 
 def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
