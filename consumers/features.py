@@ -71,6 +71,8 @@ FEATURE_DTYPE = np.dtype([
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
+
+
 def as_records(rows: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """A structured array's rows as opaque records of the same bytes: numpy copies a structured
     array field by field, ten times slower than opaque records (bench/records.py)."""

@@ -192,7 +192,6 @@ class StreamRunner:
         self.late_unreported: dict[str, int] = {}  # capture point -> late records since that line
         self.produced = 0  # messages produced in the open transaction
         self.last_pending_check = 0.0
-        self.pending_sources: set[int] | None = None
         self.nparts = 0
         self.npackets = 0
         self.on_outputs: list[Any] = []  # callbacks(list[Output]) after a commit made them visible
