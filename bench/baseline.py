@@ -26,9 +26,9 @@ import fastavro
 from confluent_kafka import Producer
 
 from pktstream.bpf import BPF_DIR, PROGRAM
-from pktstream.producer import record as R
 from pktstream.producer import sysbpf
 from pktstream.schemas import load_schema_json
+from pktstream.schemas import record as R
 
 
 def ctypes_record(payload_bytes: int) -> type[ctypes.Structure]:

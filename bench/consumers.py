@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.consumers [--app usage|alerts] [--connections 200000] [--cpu 1] [--span-s 20]
 
-Generates traffic with a realistic API mix (bench/traffic.py: connections of 6 packets with
+Generates traffic with a realistic API mix (tests/support/traffic.py: connections of 6 packets with
 HTTP/1.1 requests and TLS ClientHellos, plus DNS; 128-byte payload prefixes), loads it into a
 topic of a real broker (a local one on port 19600 unless --bootstrap names one), then runs the
 real command, ``pktstream <app> --from-beginning --until-end``, pinned to one CPU with taskset,
@@ -38,22 +38,22 @@ from typing import Any
 import yaml
 from confluent_kafka import Producer
 
-from bench.traffic import CATALOG, fleet, generate
-from pktstream.consumers import features
 from pktstream.consumers.catalog import Catalog
-from pktstream.consumers.columns import read_container
-from pktstream.consumers.stream import FOREVER
-from pktstream.producer.kafka import ensure_topic
+from pktstream.consumers.engine import features
+from pktstream.consumers.engine.runner import FOREVER
+from pktstream.runtime.kafka import ensure_topic
+from pktstream.schemas.columns import read_container
+from tests.support.traffic import CATALOG, fleet, generate
 
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
 
 
 def processor(app: str, catalog: Catalog) -> Any:
     if app == "usage":
-        from pktstream.consumers.usage import UsageProcessor
+        from pktstream.consumers.usage.processor import UsageProcessor
 
         return UsageProcessor(catalog)
-    from pktstream.consumers.alerts import AlertsProcessor, load_rules
+    from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules
 
     return AlertsProcessor(load_rules(None), catalog)
 
@@ -121,7 +121,7 @@ def main() -> None:
     lk = None
     bootstrap = a.bootstrap
     if not bootstrap:
-        from pktstream.producer.kafka_local import LocalKafka
+        from pktstream.runtime.kafka_local import LocalKafka
 
         lk = LocalKafka(port=19600, data_dir=Path(tempfile.mkdtemp(prefix="pktstream-bench-")))
         lk.down()

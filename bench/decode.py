@@ -12,10 +12,10 @@ import time
 import fastavro
 
 from bench.encode import synthetic
-from pktstream.consumers.columns import read_container
-from pktstream.producer.avro import ContainerWriter
-from pktstream.producer.batch import to_columns
 from pktstream.schemas import load_schema_json
+from pktstream.schemas.columns import read_container
+from pktstream.schemas.container import ContainerWriter
+from pktstream.schemas.packets import to_columns
 
 
 def main() -> None:

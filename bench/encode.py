@@ -12,10 +12,10 @@ import time
 import fastavro
 import numpy as np
 
-from pktstream.producer.avro import ContainerWriter
-from pktstream.producer.batch import to_columns
-from pktstream.producer.record import record_dtype
 from pktstream.schemas import load_schema_json
+from pktstream.schemas.container import ContainerWriter
+from pktstream.schemas.packets import to_columns
+from pktstream.schemas.record import record_dtype
 
 
 def synthetic(n: int, payload: int, seed: int = 1) -> np.ndarray:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pktstream.consumers.features import FEATURE_DTYPE, as_records, take
+from pktstream.consumers.engine.features import FEATURE_DTYPE, as_records, take
 
 
 def best_ms(f: Callable[[], object], repeat: int = 5) -> float:

@@ -3,7 +3,7 @@ uninterrupted run publishes?
 
     sudo .venv/bin/python -m bench.restart_loop [--runs 40] [--jitter-s 0] [--bootstrap HOST:PORT]
 
-Loads the topic of ``tests/e2e/test_alerts.py``'s restart test (two hosts on two packet
+Loads the topic of the alerts restart test (``tests/support/apps.py``) (two hosts on two packet
 partitions in time order, attacks over several windows, a late spool) into a real broker (a
 local one on port 19601 unless --bootstrap names one), runs ``pktstream alerts
 --from-beginning --until-end`` once uninterrupted, then per run a new app id that is SIGKILLed
@@ -22,9 +22,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from tests.e2e.test_alerts import alerts_cmd, read_alerts, restart_scenario, run_alerts
-from tests.e2e.test_usage import kill_twice_then_finish
-from tests.helpers import running_broker
+from tests.support.apps import alerts_cmd, kill_twice_then_finish, read_alerts, restart_scenario, run_alerts
+from tests.support.helpers import running_broker
 
 
 def main() -> None:

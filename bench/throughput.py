@@ -39,7 +39,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from pktstream.producer import sysbpf
-from pktstream.producer.kafka_local import LocalKafka
+from pktstream.runtime.kafka_local import LocalKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
@@ -172,7 +172,7 @@ def run_point(design: str, payload: int, rate: float, duration: float, bootstrap
             cmd.append("--no-adaptive-sampling")
     else:
         subprocess.run([PKTSTREAM, "produce", "--print-config"], capture_output=True)  # warm imports
-        from pktstream.producer.kafka import ensure_topic
+        from pktstream.runtime.kafka import ensure_topic
 
         ensure_topic({"bootstrap.servers": bootstrap}, topic, 1)
         cmd = [sys.executable, "-m", "bench.baseline", "--interface", IF_A, "--bootstrap-servers", bootstrap,

@@ -1,5 +1,5 @@
 /* pktstream record layout: the one source of truth shared by the XDP program
- * and the Python producer (pktstream/producer/record.py mirrors it; the test
+ * and the Python producer (pktstream/schemas/record.py mirrors it; the test
  * tests/unit/test_record_layout.py compiles this header with the host C
  * compiler and proves that size and every offset are equal).
  *

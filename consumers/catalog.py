@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from pktstream.consumers.decode import addr_text
-from pktstream.consumers.parse import METHODS, normalize_path
-from pktstream.producer.errors import ConfigError
+from pktstream.consumers.engine.parse import METHODS, normalize_path
+from pktstream.runtime.errors import ConfigError
+from pktstream.schemas.decode import addr_text
 
 PROTO_TCP, PROTO_UDP = 6, 17
 _SEGMENT = re.compile(r"\{[^/{}]+\}")

@@ -17,9 +17,10 @@ import numpy as np
 import structlog
 
 from pktstream.bpf import BPF_DIR, PROGRAM
-from pktstream.producer import record, sysbpf
-from pktstream.producer.errors import BpfLoadError, InterfaceError, PrivilegeError
+from pktstream.producer import sysbpf
 from pktstream.producer.ringbuf import RingReader
+from pktstream.runtime.errors import BpfLoadError, InterfaceError, PrivilegeError
+from pktstream.schemas import record
 
 log = structlog.get_logger("pktstream.capture")
 

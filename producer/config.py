@@ -21,22 +21,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pktstream.producer.avro import CODECS
-from pktstream.producer.errors import ConfigError
+from pktstream.runtime.errors import ConfigError
+from pktstream.schemas.container import CODECS
 
 KAFKA_COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("auto", "json", "console")
 _SECRET_WORDS = ("password", "secret", "token", "key")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-def state_home() -> Path:
-    """Where pktstream keeps state (local broker data, spool): $PKTSTREAM_HOME or the XDG state dir."""
-    base = os.environ.get("PKTSTREAM_HOME")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "pktstream"
 
 
 def default_host_id() -> str:

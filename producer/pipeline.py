@@ -22,9 +22,7 @@ import numpy.typing as npt
 import structlog
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from pktstream.producer import batch as batchmod
 from pktstream.producer import sysbpf
-from pktstream.producer.avro import ContainerWriter
 from pktstream.producer.capture import (
     Capture,
     Counters,
@@ -34,16 +32,20 @@ from pktstream.producer.capture import (
     ifindex_of,
     read_counters,
 )
-from pktstream.producer.config import ProducerConfig, state_home
-from pktstream.producer.errors import InterfaceError
-from pktstream.producer.kafka import Publisher, check_reachable, client_config, ensure_topic
-from pktstream.producer.metrics import Heartbeat, MetricsServer
+from pktstream.producer.config import ProducerConfig
+from pktstream.producer.metrics import COUNTERS, GAUGES
 from pktstream.producer.privacy import PayloadScope, redact
+from pktstream.producer.publish import Publisher
 from pktstream.producer.runstate import RunState, RunStateFile
 from pktstream.producer.sampling import SamplingController
 from pktstream.producer.spool import Spool
-from pktstream.producer.stats import encode_report, stats_key
-from pktstream.schemas import load_schema_json
+from pktstream.runtime.errors import InterfaceError
+from pktstream.runtime.kafka import check_reachable, client_config, ensure_topic
+from pktstream.runtime.metrics import Heartbeat, MetricsServer
+from pktstream.runtime.paths import state_home
+from pktstream.schemas import load_schema_json, packets
+from pktstream.schemas.container import ContainerWriter
+from pktstream.schemas.stats import encode_report, stats_key
 
 log = structlog.get_logger("pktstream.producer")
 
@@ -142,7 +144,7 @@ class ProducerRun:
             cfg.topic, spool=spool, run_id=self.run_id,
         )
         # warm the encoder path (column gathering, ctypes call) before the first real batch
-        self.writer.container(batchmod.to_columns(empty_records(cfg.payload_bytes, 1), 0, 0), 1)
+        self.writer.container(packets.to_columns(empty_records(cfg.payload_bytes, 1), 0, 0), 1)
         pinned = self._account_previous_run()
         self.capture = Capture(payload_bytes=cfg.payload_bytes, ringbuf_bytes=cfg.ringbuf_bytes,
                                pin_counters=pinned)
@@ -201,7 +203,7 @@ class ProducerRun:
             self._pending_since = time.monotonic()
         self._pending.append(recs)
         self._pending_n += len(recs)
-        self._pending_bytes += batchmod.estimated_bytes(recs)
+        self._pending_bytes += packets.estimated_bytes(recs)
 
     def _flush_batch(self) -> None:
         if not self._pending:
@@ -218,7 +220,7 @@ class ProducerRun:
                 self.totals.redacted += redact(recs)
         seq_first = self.totals.next_seq
         offset = time.time_ns() - time.monotonic_ns()
-        cols = batchmod.to_columns(recs, seq_first, offset)
+        cols = packets.to_columns(recs, seq_first, offset)
         value = self.writer.container(cols, n)
         headers = [
             *self.static_headers,
@@ -270,7 +272,8 @@ class ProducerRun:
         self._next_stats = started + cfg.stats_publish_s
         if cfg.metrics_port:
             self.metrics = MetricsServer(cfg.metrics_address, cfg.metrics_port, self.snapshot, self.health,
-                                         {"host": cfg.host_id, "interface": cfg.interface})
+                                         {"host": cfg.host_id, "interface": cfg.interface}, counters=COUNTERS,
+                                         gauges=GAUGES)
             log.info("metrics_listening", address=cfg.metrics_address, port=self.metrics.port)
         try:
             while not self.stop.is_set():

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.producer.native import load_native
-from pktstream.producer.record import PAYLOAD_OFFSET
+from pktstream.runtime.native import load_native
+from pktstream.schemas.record import PAYLOAD_OFFSET
 
 _native = load_native()
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pktstream.producer.errors import PktstreamError
+from pktstream.runtime.errors import PktstreamError
 
 _SUFFIX = ".batch"
 

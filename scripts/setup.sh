@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 arch=$(dpkg --print-architecture)
-# bcc (Python bindings and library); gcc builds producer/_native.c; Java (with keytool) and Maven
+# bcc (Python bindings and library); gcc builds the compiled loops (*.c); Java (with keytool) and Maven
 # run the local Kafka broker; iproute2, libcap2-bin (capsh) tcpdump and openssl (a TLS server's certificate) serve the tests.
 pkgs=(python3 python3-venv python3-bpfcc libbpfcc iproute2 libcap2-bin gcc libc6-dev
       default-jre-headless maven tcpdump openssl ca-certificates)
@@ -70,7 +70,7 @@ bcc_dir=$(ls -d /usr/lib/python3/dist-packages/bcc 2>/dev/null || true)
 ln -sfn "$bcc_dir" "$site/bcc"
 
 stamp="$VENV/.pktstream-installed"
-want=$(cat pyproject.toml producer/*.c consumers/*.c; find producer consumers bpf schemas -name '*.py' | sort)
+want=$(cat pyproject.toml $(find schemas runtime producer consumers -name '*.c' | sort); find bpf schemas runtime producer consumers -name '*.py' | sort)
 want=$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing pktstream and its Python dependencies into $VENV"

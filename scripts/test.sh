@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 VENV=${PKTSTREAM_VENV:-$PWD/.venv}
 export PATH="$VENV/bin:$PATH"
 export PKTSTREAM_TEST_REQUIRE_ALL=1
-echo "== ruff"; ruff check producer consumers tests bench scripts
-echo "== mypy"; mypy -p pktstream.producer -p pktstream.consumers
+echo "== ruff"; ruff check bpf schemas runtime producer consumers tests bench scripts
+echo "== mypy"; mypy -p pktstream.bpf -p pktstream.schemas -p pktstream.runtime -p pktstream.producer -p pktstream.consumers
 echo "== pytest"
 set +e
 python -m pytest "$@"

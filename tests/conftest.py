@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
-from tests.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require, running_broker
+from tests.support.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require, running_broker
 
 TEST_KAFKA_PORT = int(os.environ.get("PKTSTREAM_TEST_KAFKA_PORT", "19092"))
 

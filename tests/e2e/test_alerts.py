@@ -10,7 +10,6 @@ import io
 import json
 import random
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,20 +22,27 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Producer
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from bench.traffic import containers, fleet, generate, merge, packets, spread
-from pktstream.consumers.tail import tail
-from pktstream.producer.kafka import ensure_topic
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.e2e.test_usage import final_figures, kill_twice_then_finish, log_events, run_clients, servers
-from tests.helpers import NetnsHost, read_messages
+from pktstream.consumers.tools.tail import tail
+from tests.support.apps import (
+    HTTP_PORT,
+    LATE_SPOOL,
+    alerts_cmd,
+    final_figures,
+    kill_twice_then_finish,
+    read_alerts,
+    restart_scenario,
+    run_alerts,
+    run_clients,
+    servers,
+)
+from tests.support.helpers import NetnsHost
+from tests.support.producer_proc import ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
-HTTP_PORT = 18080
 
 
 def rules(external: list[str]) -> dict[str, Any]:
@@ -58,28 +64,10 @@ def frames_of(h: NetnsHost, pkts: list[Any]) -> list[bytes]:
     return [bytes(Ether(src=h.peer_mac, dst=h.host_mac) / p) for p in pkts]
 
 
-def alerts_cmd(bootstrap: str, topic: str, app: str, out_topic: str, rules_file: Path, catalog: Path,
-               *extra: str) -> list[str]:
-    return [PKTSTREAM, "alerts", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id", app,
-            "--alerts-topic", out_topic, "--rules", str(rules_file), "--catalog", str(catalog), "--from-beginning",
-            "--until-end", "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def run_alerts(cmd: list[str], log: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    if log is not None:
-        log.extend(log_events(p.stderr))
-    return [json.loads(line) for line in p.stdout.splitlines()]
 
 
-def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    out = []
-    for key, value, _headers in read_messages(bootstrap, topic):
-        doc = json.loads(value)
-        assert key == doc["finding_info"]["uid"].encode()
-        out.append(doc)
-    return out
 
 
 def fired(docs: list[dict[str, Any]], activity: int = 1) -> list[tuple[str, str]]:
@@ -326,55 +314,10 @@ def test_benign_mix_of_the_same_volume_raises_nothing(
     assert [(d["unmapped"]["pktstream"]["rule"], d["message"]) for d in out] == []
 
 
-LATE_SPOOL = 5000  # packets of the late block load() appends
 
 
-def load(bootstrap: str, topic: str) -> None:
-    """Generated traffic from two hosts, each on a packet partition of its own, sent in time order as
-    a live fleet sends it, with attacks that span several windows; the SYN flood is split between
-    the hosts: each half alone is under the threshold. Then a third host's spool: a UDP flood
-    minutes older than the partition it lands in has got to, which must be set aside as late (by
-    the partition's order, so whatever the timing of the run)."""
-    ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
-    t0 = (time.time_ns() - 600 * 10**9) // (300 * 10**9) * (300 * 10**9)
-    sec = 10**9
-    rng = random.Random(5)
-    benign = generate(20000, t0, 250 * sec, clients=300, seed=9)
-    flood = packets([{"ts": ts, "src": f"52.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-                      "dst": "10.1.0.10", "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02}
-                     for ts in spread(t0 + 20 * sec, 12000, 40 * sec)])
-    udp = packets([{"ts": ts, "src": "45.33.32.1", "dst": "10.1.0.11", "proto": 17, "sport": 40000, "dport": 9,
-                    "len": 100} for ts in spread(t0 + 100 * sec, 100000, 30 * sec)])
-    scan = packets([{"ts": t0 + 150 * sec + i * 10**8, "src": "45.33.32.9", "dst": "10.1.0.12", "dport": p,
-                     "flags": 0x02} for i, p in enumerate(range(1000, 1100))])
-    late = packets([{"ts": ts, "src": "45.33.32.2", "dst": "10.1.0.13", "proto": 17, "sport": 40000, "dport": 9,
-                     "len": 100} for ts in spread(t0 + 100 * sec, LATE_SPOOL, 30 * sec)])
-    half = flood.n // 2
-    first = {k: v[:half] for k, v in flood.columns.items()}
-    second = {k: v[half:] for k, v in flood.columns.items()}
-    from bench.traffic import Traffic
-
-    hosts = {"gen0": 0, "gen1": 1, "gen2": 0}
-    sent = fleet([("gen0", merge(benign, Traffic(first, half), udp)),
-                  ("gen1", merge(Traffic(second, flood.n - half), scan))], batch=3000)
-    sent += [("gen2", m) for m in containers(late, batch=3000, host="gen2")]
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
-                  "message.max.bytes": 16 << 20, "enable.idempotence": True})
-    for name, m in sent:
-        p.produce(topic, m, key=name.encode(), partition=hosts[name])
-    assert p.flush(60) == 0
 
 
-def restart_scenario(bootstrap: str, directory: Path) -> tuple[str, Path, Path]:
-    """The restart test's topic (load()), rules and empty catalog: (topic, rules file, catalog).
-    bench/restart_loop.py runs the same scenario many times."""
-    topic = f"alerts-restart-{uuid.uuid4().hex[:8]}"
-    load(bootstrap, topic)
-    rules_file = directory / "rules.yaml"
-    rules_file.write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
-    catalog = directory / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"apis": []}))
-    return topic, rules_file, catalog
 
 
 def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from pktstream.producer.kafka_local import LocalKafka
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost, running_broker
+from pktstream.runtime.kafka_local import LocalKafka
+from tests.support.helpers import NetnsHost, running_broker
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 

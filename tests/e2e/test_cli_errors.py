@@ -15,8 +15,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost, require, sh
+from tests.support.helpers import NetnsHost, require, sh
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess
 
 
 def run(*args: str, prefix: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -10,12 +10,12 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pktstream.consumers.tail import tail
-from pktstream.producer.avro import ContainerWriter
-from pktstream.producer.batch import to_columns
+from pktstream.consumers.tools.tail import tail
 from pktstream.producer.capture import empty_records
-from pktstream.producer.kafka import ensure_topic
+from pktstream.runtime.kafka import ensure_topic
 from pktstream.schemas import load_schema_json
+from pktstream.schemas.container import ContainerWriter
+from pktstream.schemas.packets import to_columns
 
 pytestmark = pytest.mark.kafka
 

@@ -21,10 +21,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1Q
 from scapy.utils import rdpcap
 
-from pktstream.consumers.tail import tail
-from tests.e2e.producer_proc import ProducerProcess
-from tests.helpers import NetnsHost, require
-from tests.kernel.frames import build_cases
+from pktstream.consumers.tools.tail import tail
+from tests.support.frames import build_cases
+from tests.support.helpers import NetnsHost, require
+from tests.support.producer_proc import ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 

@@ -18,8 +18,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost
+from tests.support.helpers import NetnsHost
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 

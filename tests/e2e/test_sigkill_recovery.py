@@ -16,8 +16,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from pktstream.producer import sysbpf
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost, require
+from tests.support.helpers import NetnsHost, require
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 

@@ -3,40 +3,43 @@ identical replays, and a consumer killed mid-stream that neither loses nor doubl
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import signal
 import socket
-import ssl
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from bench.traffic import CATALOG as GEN_CATALOG
-from bench.traffic import containers, fleet, generate
-from pktstream.consumers.tail import tail
-from pktstream.producer.kafka import ensure_topic
-from tests.e2e.producer_proc import PKTSTREAM, ProducerProcess
-from tests.helpers import NetnsHost, read_messages, sh
+from pktstream.consumers.tools.tail import tail
+from pktstream.runtime.kafka import ensure_topic
+from tests.support.apps import (
+    HTTP_PORT,
+    TLS_PORT,
+    final_figures,
+    kill_twice_then_finish,
+    log_events,
+    run_clients,
+    servers,
+)
+from tests.support.helpers import NetnsHost, read_messages
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess
+from tests.support.traffic import CATALOG as GEN_CATALOG
+from tests.support.traffic import containers, fleet, generate
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
-HTTP_PORT, TLS_PORT = 18080, 18443
+
 CATALOG = {"apis": [
     {"name": "users.get", "host": "api.shop.test", "method": "GET", "path": "/v1/users/{id}"},
     {"name": "orders.create", "host": "api.shop.test", "method": "POST", "path": "/v1/orders"},
@@ -45,64 +48,8 @@ CATALOG = {"apis": [
 ]}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _ok(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    do_GET = do_POST = do_PUT = _ok
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
-@contextmanager
-def servers(tmp: Path) -> Iterator[None]:
-    """An HTTP server and a TLS server on this host (the namespaces reach it over their veths)."""
-    http = ThreadingHTTPServer(("0.0.0.0", HTTP_PORT), _Handler)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pay.shop.test", "-days", "1",
-       "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem"))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(tmp / "cert.pem"), str(tmp / "key.pem"))
-    lsock = socket.socket()
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("0.0.0.0", TLS_PORT))
-    lsock.listen(64)
-    stop = threading.Event()
-
-    def serve_tls() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = lsock.accept()
-            except OSError:
-                return
-            try:
-                with ctx.wrap_socket(conn, server_side=True) as s:
-                    buf = b""
-                    while b"\r\n\r\n" not in buf:
-                        chunk = s.recv(4096)
-                        if not chunk:
-                            break
-                        buf += chunk
-                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            except (OSError, ssl.SSLError):
-                pass
-
-    threading.Thread(target=serve_tls, daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
-        with contextlib.suppress(OSError):
-            lsock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that holds the listening socket
-        lsock.close()
-        http.shutdown()
-        http.server_close()
 
 
 def conn(src: str, server: str, kind: str, api: str, *requests: tuple[str, str], host: str = "api.shop.test",
@@ -138,11 +85,6 @@ def plan_for(a: NetnsHost, b: NetnsHost) -> tuple[list[dict[str, Any]], list[dic
     return plan_a, plan_b
 
 
-def run_clients(h: NetnsHost, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for extra in {c["src"] for c in plan} - {h.peer_ip}:
-        h.run("ip", "addr", "add", f"{extra}/24", "dev", h.peer_if)
-    out = h.run(sys.executable, str(Path(__file__).with_name("api_clients.py")), json.dumps(plan), timeout=120)
-    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def read_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -169,22 +111,8 @@ def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: P
             "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
 
 
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    """A consumer app's JSON log lines (``--log-format json``)."""
-    out = []
-    for line in stderr.splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            e = json.loads(line)
-            if isinstance(e, dict) and "event" in e:
-                out.append(e)
-    return out
 
 
-def final_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The figures a consumer app logs when it has caught up (``--until-end``)."""
-    done = [e for e in events if e["event"] == "stream_caught_up"]
-    assert done, f"no stream_caught_up in the log: {events[-5:]}"
-    return done[-1]
 
 
 def run_usage(cmd: list[str], timeout: float = 300, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -302,46 +230,8 @@ def dead_letters(bootstrap: str, topic: str) -> list[str]:
     return [h["pktstream.dlq.reason"].decode() for _k, _v, h in read_messages(bootstrap, topic)]
 
 
-def committed(bootstrap: str, group: str, *topics: str) -> int:
-    """The sum of a group's committed offsets over the topics' partitions."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    total = 0
-    for topic in topics:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or not md.partitions:
-            continue
-        offs = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
-        total += sum(max(0, tp.offset) for tp in offs)
-    c.close()
-    return total
 
 
-def kill_twice_then_finish(cmd: list[str], bootstrap: str, app: str, topic: str,
-                           after_kill: Callable[[], None] = lambda: None, delay_s: Callable[[], float] = lambda: 0.0,
-                           logs: Path | None = None) -> None:
-    """Run a consumer app; SIGKILL it right after a commit (or ``delay_s()`` later), twice
-    (``after_kill`` checks each); then let it finish. ``logs``: a directory for each run's stderr."""
-    def stderr(k: int) -> Any:
-        return open(logs / f"{app}.{k}.log", "w") if logs else contextlib.nullcontext(subprocess.DEVNULL)
-
-    for k in range(2):
-        with stderr(k) as err:
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-            base = committed(bootstrap, app, topic, f"{app}.repartition")
-            deadline = time.monotonic() + 120
-            while committed(bootstrap, app, topic, f"{app}.repartition") == base:
-                rc = p.poll()
-                if rc == 0:  # it finished (all done in the time a delay_s() gave it)
-                    break
-                assert rc is None, f"the consumer failed (exit {rc})"
-                assert time.monotonic() < deadline, "no commit before the deadline"
-                time.sleep(0.02)
-            time.sleep(delay_s())
-            p.send_signal(signal.SIGKILL)
-            p.wait(30)
-        after_kill()
-    with stderr(2) as err:
-        assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=300).returncode == 0
 
 
 def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(

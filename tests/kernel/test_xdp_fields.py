@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pktstream.producer import record as R
 from pktstream.producer.capture import Capture
-from tests.helpers import NetnsHost
-from tests.kernel.frames import Case, build_cases
+from pktstream.schemas import record as R
+from tests.support.frames import Case, build_cases
+from tests.support.helpers import NetnsHost
 
 pytestmark = pytest.mark.kernel
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pktstream.producer import record as R
 from pktstream.producer.capture import Capture
+from pktstream.schemas import record as R
 
 pytestmark = pytest.mark.kernel
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pktstream.consumers.agg import Groups, first_rows, group_index
+from pktstream.consumers.engine.agg import Groups, first_rows, group_index
 
 REC = np.dtype([("id", "<i8")])
 
@@ -88,7 +88,7 @@ def test_group_index_numbers_groups_in_order_of_first_appearance() -> None:
 def test_compact_and_concat_keep_every_rows_strings() -> None:
     """A routed batch keeps only the strings its rows use, renumbered (in place or in a copy),
     and batches concatenated read the same strings as before."""
-    from pktstream.consumers.features import FEATURE_DTYPE, Features, compact, concat
+    from pktstream.consumers.engine.features import FEATURE_DTYPE, Features, compact, concat
 
     def batch(strings: list[str], refs: list[tuple[int, int, int]]) -> Features:
         rows = np.zeros(len(refs), FEATURE_DTYPE)

@@ -15,14 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.traffic import Traffic, containers, generate, http_get, merge, packets, spread
-from pktstream.consumers import attacks, features, snapshot
-from pktstream.consumers.alerts import AlertsProcessor, load_rules
+from pktstream.consumers.alerts import attacks
+from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules
 from pktstream.consumers.catalog import Catalog
-from pktstream.consumers.columns import read_container
-from pktstream.consumers.stream import FOREVER, Output
-from pktstream.producer.errors import ConfigError
+from pktstream.consumers.engine import features, snapshot
+from pktstream.consumers.engine.runner import FOREVER, Output
+from pktstream.runtime.errors import ConfigError
 from pktstream.schemas import load_schema_json
+from pktstream.schemas.columns import read_container
+from tests.support.traffic import Traffic, containers, generate, http_get, merge, packets, spread
 
 SEC = 10**9
 T0 = (1_800_000_000 // 300) * 300 * SEC  # a 5-minute boundary
@@ -282,7 +283,7 @@ def test_ocsf_and_avro_forms() -> None:
         assert d["severity_id"] in range(0, 7) and d["metadata"]["version"] == "1.3.0"
         assert d["metadata"]["product"]["name"] == "pktstream"
         json.dumps(d)
-    from pktstream.consumers.alerts import avro_record
+    from pktstream.consumers.alerts.processor import avro_record
 
     schema = fastavro.parse_schema(load_schema_json("alert"))
     buf = io.BytesIO()
@@ -334,7 +335,7 @@ def test_config_errors_are_listed_together(tmp_path: Any) -> None:
 def test_flag_anomaly_table_matches_the_rules() -> None:
     """Each of the 256 flag bytes, over TCP and another protocol, gets the code the rules say;
     NULL wins over XMAS, XMAS over SYN+FIN, SYN+FIN over SYN+RST, that over FIN without ACK."""
-    from pktstream.consumers.alerts import flag_anomaly
+    from pktstream.consumers.alerts.processor import flag_anomaly
 
     fin, syn, rst, psh, ack, urg = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
     flags = np.tile(np.arange(256), 2)

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pktstream.consumers.columns import read_container
-from pktstream.consumers.decode import DecodeError
-from pktstream.producer.avro import CODECS, ContainerWriter
 from pktstream.schemas import load_schema_json
-from tests.unit.test_avro import SCHEMA, columns_of, record_st
+from pktstream.schemas.columns import read_container
+from pktstream.schemas.container import CODECS, ContainerWriter
+from pktstream.schemas.decode import DecodeError
+from tests.support.avro_records import SCHEMA, columns_of, record_st
 
 
 @settings(max_examples=150, deadline=None)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pktstream.producer.config import ProducerConfig, load_config
-from pktstream.producer.errors import ConfigError
+from pktstream.runtime.errors import ConfigError
 
 
 def test_defaults() -> None:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pktstream.consumers.decode import DecodeError, addr_text, decode_container, escape_payload, present
-from pktstream.producer.avro import ContainerWriter
-from pktstream.producer.batch import to_columns
-from pktstream.producer.record import record_dtype
 from pktstream.schemas import load_schema_json
+from pktstream.schemas.container import ContainerWriter
+from pktstream.schemas.decode import DecodeError, addr_text, decode_container, escape_payload, present
+from pktstream.schemas.packets import to_columns
+from pktstream.schemas.record import record_dtype
 
 
 def test_addr_text() -> None:

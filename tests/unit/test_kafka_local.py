@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pktstream.producer import kafka_local
+from pktstream.runtime import kafka_local
 
 
 def test_cluster_ids_never_look_like_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pktstream.consumers import parse as P
+from pktstream.consumers.engine import parse as P
 
 
 def rows(*payloads: bytes, width: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pktstream.producer.privacy import PayloadScope, redact
-from pktstream.producer.record import record_dtype
+from pktstream.schemas.record import record_dtype
 
 WIDTH = 256
 

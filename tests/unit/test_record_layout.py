@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pktstream.bpf import HEADER
-from pktstream.producer import record as R
-from tests.helpers import require
+from pktstream.schemas import record as R
+from tests.support.helpers import require
 
 
 def c_layout(tmp_path: Path, payload_bytes: int) -> dict[str, int]:

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from pktstream.consumers.alerts import Table
-from pktstream.consumers.decode import DecodeError
-from pktstream.consumers.features import FEATURE_DTYPE
-from pktstream.consumers.snapshot import pack, unpack
+from pktstream.consumers.alerts.processor import Table
+from pktstream.consumers.engine.features import FEATURE_DTYPE
+from pktstream.consumers.engine.snapshot import pack, unpack
+from pktstream.schemas.decode import DecodeError
 
 
 def test_round_trip_keeps_values_dtypes_and_shapes() -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pktstream.producer.errors import PktstreamError
 from pktstream.producer.spool import Spool
+from pktstream.runtime.errors import PktstreamError
 
 
 def test_put_replay_done_and_bound(tmp_path: Path) -> None:

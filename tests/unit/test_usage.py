@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.traffic import CATALOG, containers, generate, v4
-from pktstream.consumers import features, snapshot
 from pktstream.consumers.catalog import Catalog, import_openapi
-from pktstream.consumers.columns import read_container
-from pktstream.consumers.decode import DecodeError
-from pktstream.consumers.parse import normalize_path
-from pktstream.consumers.stream import FOREVER, Output
-from pktstream.consumers.table import render
-from pktstream.consumers.usage import MINUTE_NS, UsageProcessor
-from pktstream.producer.errors import ConfigError
+from pktstream.consumers.engine import features, snapshot
+from pktstream.consumers.engine.parse import normalize_path
+from pktstream.consumers.engine.runner import FOREVER, Output
+from pktstream.consumers.usage.processor import MINUTE_NS, UsageProcessor
+from pktstream.consumers.usage.table import render
+from pktstream.runtime.errors import ConfigError
+from pktstream.schemas.columns import read_container
+from pktstream.schemas.decode import DecodeError
+from tests.support.traffic import CATALOG, containers, generate, v4
 
 T0 = 1_800_000_000_000_000_000 - 1_800_000_000_000_000_000 % MINUTE_NS
 

@@ -1,0 +1,46 @@
+"""``pktstream alerts``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.engine.runner import Output
+from pktstream.runtime.cli import Verb
+from pktstream.runtime.log import configure_logging
+
+
+def add_arguments(al: argparse.ArgumentParser) -> None:
+    add_stream_options(al, "pktstream-alerts", 9466)
+    al.add_argument("--rules", default=None, help="detector settings (YAML); see docs/alerts.md")
+    al.add_argument("--alerts-topic", default="pktstream.alerts")
+    al.add_argument("--format", choices=["json", "avro"], default="json",
+                    help="OCSF 1.3.0 Detection Finding JSON, or its Avro variant (schemas/alert.avsc)")
+    al.add_argument("--output", choices=["lines", "json", "none"], default="lines",
+                    help="what to print as alerts fire: one line each, the OCSF documents, nothing")
+    al.set_defaults(grace_s=5.0, commit_interval_s=5.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules, render
+    from pktstream.consumers.catalog import Catalog
+
+    configure_logging(args.log_format, "info")
+    cfg = stream_config(args, "pktstream-alerts")
+    rules = load_rules(args.rules)
+    proc = AlertsProcessor(rules, Catalog.load(args.catalog), args.alerts_topic, args.grace_s, args.format,
+                           socket.gethostname())
+
+    def show(outputs: list[Output]) -> None:
+        for o in outputs:
+            if args.output == "lines":
+                print(render(o.record), flush=True)
+            elif args.output == "json":
+                print(json.dumps(o.record, separators=(",", ":"), sort_keys=True), flush=True)
+
+    return run_app(args, conf_from(args), cfg, proc, args.alerts_topic, show)
+
+
+VERBS = {"alerts": Verb("detections from the packet topic, to the alerts topic (OCSF JSON)", add_arguments, run)}

@@ -1,0 +1,1 @@
+"""The detectors of ``pktstream alerts``, one module each, found by ``registry``."""

@@ -1,0 +1,130 @@
+"""What ``pktstream usage`` and ``pktstream alerts`` share: options, start-up, metrics, signals."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from pktstream.consumers.engine.runner import Processor, StreamConfig, StreamRunner
+from pktstream.runtime.errors import ConfigError
+from pktstream.runtime.kafka import client_config, ensure_topic, parse_props
+
+log = structlog.get_logger("pktstream.app")
+
+COUNTERS = {
+    "messages_in": "Messages read (packet and repartition topics).",
+    "records_in": "Packet records read from the packet topic.",
+    "dead_lettered": "Messages set aside as undecodable.",
+    "outputs": "Records published to the output topic.",
+    "transactions": "Transactions committed.",
+    "aborted": "Transactions aborted (state and offsets rewound).",
+    "records_out_of_order": "Records older than their packet partition's event time minus the grace, "
+                            "set aside when read.",
+    "late_records": "Records that arrived after their window had closed (counted, not added).",
+}
+GAUGES = {
+    "open_windows": "Windows open in this process's partitions.",
+    "flows": "Connections in the flow table.",
+    "open_alerts": "Alerts open (firing) in this process's partitions.",
+}
+
+
+def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) -> None:
+    p.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker's port)")
+    p.add_argument("--local-kafka-port", type=int, default=9092)
+    p.add_argument("--topic", default="pktstream.packets", help="the packet topic")
+    p.add_argument("--app-id", default=None,
+                   help=f"consumer group and prefix of the internal topics (default {app}; a replay with "
+                        "--since or --from-beginning gets a new one)")
+    p.add_argument("--instance-id", default="",
+                   help="this process's name within the app (default: the hostname); give each process "
+                        "on one machine its own")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--from-beginning", action="store_true", help="process the whole topic")
+    g.add_argument("--since", help="process from this time (ISO 8601, e.g. 2026-11-26T10:00:00Z)")
+    p.add_argument("--until-end", action="store_true",
+                   help="stop once everything in the topic is processed, closing the open windows")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--partitions", type=int, default=0,
+                   help="partitions of the internal topics (default: as many as the packet topic)")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="how long after its end a window waits for late records (event time)")
+    p.add_argument("--commit-interval-s", type=float, default=1.0, help="how often a transaction commits")
+    p.add_argument("--dead-letter-topic", default=f"{app}.dead-letters",
+                   help="where undecodable messages go ('' to only count and log them)")
+    p.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--metrics-address", default="0.0.0.0")
+    p.add_argument("--catalog", default=None, help="API catalog (YAML); see docs/usage.md")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
+                   help="librdkafka property (security.protocol=SASL_SSL, ...)")
+
+
+def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
+    problems = []
+    since_ms = None
+    start = "end"
+    if args.from_beginning:
+        start = "beginning"
+    if args.since:
+        try:
+            since_ms = int(datetime.fromisoformat(args.since.replace("Z", "+00:00")).timestamp() * 1000)
+            start = "time"
+        except ValueError:
+            problems.append(f"--since: {args.since!r} is not an ISO 8601 time")
+    if args.grace_s < 0:
+        problems.append(f"--grace-s must be >= 0, got {args.grace_s}")
+    if args.commit_interval_s <= 0:
+        problems.append(f"--commit-interval-s must be > 0, got {args.commit_interval_s}")
+    if args.partitions < 0:
+        problems.append(f"--partitions must be >= 0, got {args.partitions}")
+    if not 0 <= args.metrics_port < 65536:
+        problems.append(f"--metrics-port must be 0..65535, got {args.metrics_port}")
+    if problems:
+        raise ConfigError(problems)
+    app_id = args.app_id
+    if not app_id:
+        app_id = app if start == "end" else f"{app}-replay-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    return StreamConfig(app_id=app_id, packet_topic=args.topic, partitions=args.partitions, start=start,
+                        since_ms=since_ms, commit_interval_s=args.commit_interval_s, until_end=args.until_end,
+                        dead_letter_topic=args.dead_letter_topic or None, instance_id=args.instance_id)
+
+
+def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,
+            output_topic: str, on_outputs: Any, output_partitions: int = 6) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner = StreamRunner(conf, cfg, processor, stop)
+    runner.on_outputs.append(on_outputs)
+    runner.prepare()  # checks the broker and the packet topic first: a clear error, not a traceback
+    ensure_topic(conf, output_topic, output_partitions, -1, {"retention.ms": str(30 * 86400_000)})
+    server = None
+    if args.metrics_port:
+        from pktstream.runtime.metrics import MetricsServer
+
+        def health() -> tuple[bool, str]:
+            age = time.monotonic() - runner.heartbeat
+            return (age < 30, f"loop turned {age:.1f}s ago")
+
+        server = MetricsServer(args.metrics_address, args.metrics_port, runner.figures, health,
+                               {"app_id": cfg.app_id}, prefix="pktstream_consumer", counters=COUNTERS, gauges=GAUGES)
+        log.info("metrics_listening", address=args.metrics_address, port=server.port)
+    try:
+        runner.run(duration_s=args.duration)
+    finally:
+        if server is not None:
+            server.close()
+    log.info("stream_stopped", app_id=cfg.app_id, **runner.figures())
+    return 0
+
+
+def conf_from(args: argparse.Namespace) -> dict[str, Any]:
+    bootstrap = args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"
+    return client_config(bootstrap, parse_props(args.kafka_props))

@@ -1,0 +1,685 @@
+"""Stateful consumers over the packet topic: scaled out, exactly once, replayable.
+
+A consumer app (``pktstream usage``, ``pktstream alerts``) runs two stages in one process, in
+one consumer group named by its app id:
+
+1. **re-key**: a packet-topic message (one host's batch) is decoded into columns, turned into
+   feature rows (``engine/features.py``) and split by the app's ``route`` (a hash of the destination
+   address, or of the source) over the partitions of ``<app>.repartition``. Every input message
+   sends one message to *every* repartition partition, empty or not, with headers naming its
+   source partition and how far that source's event time has got.
+2. **state**: each repartition partition has its own state (windows, flow tables, open alerts),
+   fed by the rows routed to it, so everything towards one destination meets in one place
+   whatever host captured it.
+
+Exactly once: what one turn of the loop produces (repartition messages, outputs, dead letters)
+and a snapshot of each changed partition's state (``<app>.state``, compacted, partition p holds
+partition p's snapshots) commit in one Kafka transaction together with the consumed offsets.
+A consumer killed at any point restarts from the last commit: the snapshot and the offsets it
+resumes from belong together, and the outputs of the unfinished transaction were never visible
+to read_committed readers. A restarted instance with the same instance id fences its old self.
+
+Event time: each packet partition has a progress, the latest event time of its messages so far
+(committed with its offset, as the offset's metadata, so a restarted or rebalanced process goes on
+from the same figure). Stage one sets aside, as late, the rows of a message older than that
+progress minus the grace, before the message changes it: whether a row is late depends only on
+the order of its own partition, never on when a process happened to read what. A repartition
+partition's watermark is the progress of the slowest source that still has unread input (a packet
+partition whose committed offset is below its end); when every source is caught up, wall-clock
+time moves it on, so the last window closes without new traffic. Windows close grace after the
+watermark passes their end and only when the partition has read everything committed to it, so a
+row that stage one let through always finds its window open, and the same input gives the same
+windows whatever the timing (replays and restarts included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from pktstream.consumers.engine import snapshot
+from pktstream.consumers.engine.deadletter import DeadLetters
+from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
+from pktstream.runtime.errors import PktstreamError
+from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic
+from pktstream.schemas.columns import Batch, read_container
+from pktstream.schemas.decode import DecodeError, message_headers
+
+log = structlog.get_logger("pktstream.stream")
+
+NO_PROGRESS = -1
+MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
+FOREVER = 1 << 62
+LATE_LOG_EVERY_S = 60.0
+
+
+@dataclass
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    record: Any = None  # the output as data, for whoever shows it (the terminal table)
+
+
+class Processor(Protocol):
+    """What an app plugs into the runner."""
+
+    grace_ns: int  # how long after its end a window waits for late rows (event time)
+
+    def featurize(self, batch: Batch, origin: str) -> Features: ...
+
+    def route(self, f: Features, nparts: int) -> dict[int, Features]:
+        """The rows per repartition partition, in arrays of their own (the runner renumbers
+        their strings in place)."""
+
+    def new_state(self) -> Any: ...
+
+    def process(self, state: Any, f: Features) -> None: ...
+
+    def close(self, state: Any, watermark_ns: int) -> list[Output]:
+        """Close what ends at or before the watermark (the processor applies its grace)."""
+        ...
+
+    def dump(self, state: Any) -> Any:
+        """The state as JSON-able data, in which numpy arrays may stand for values (snapshot.py)."""
+        ...
+
+    def load(self, data: Any) -> Any: ...
+
+    def figures(self, states: list[Any]) -> dict[str, float]:
+        """Counters and gauges for metrics and progress logs."""
+        ...
+
+
+@dataclass
+class StreamConfig:
+    app_id: str
+    packet_topic: str = "pktstream.packets"
+    partitions: int = 0  # of the repartition and state topics; 0: as many as the packet topic
+    start: str = "end"  # where a new group starts reading the packet topic: beginning | end | time
+    since_ms: int | None = None
+    commit_interval_s: float = 1.0
+    until_end: bool = False  # stop once everything in the topic (as of now) is processed
+    dead_letter_topic: str | None = None
+    instance_id: str = ""
+    replication_factor: int = -1
+
+    @property
+    def repartition_topic(self) -> str:
+        return f"{self.app_id}.repartition"
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.app_id}.state"
+
+
+@dataclass
+class PartState:
+    data: Any
+    sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
+    watermark: int = NO_PROGRESS
+
+
+@dataclass
+class RunCounters:
+    messages_in: int = 0
+    records_in: int = 0
+    batches_rekeyed: int = 0
+    dead_lettered: int = 0
+    outputs: int = 0
+    transactions: int = 0
+    aborted: int = 0
+    restored_partitions: int = 0
+    records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
+
+
+PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
+
+
+def progress_metadata(ns: int) -> str:
+    return f"{PROGRESS_META}{ns}"
+
+
+def parse_progress(meta: str | None) -> int:
+    """A packet partition's progress from its committed offset's metadata (none yet: NO_PROGRESS)."""
+    if meta and meta.startswith(PROGRESS_META):
+        with contextlib.suppress(ValueError):
+            return int(meta[len(PROGRESS_META):])
+    return NO_PROGRESS
+
+
+def default_instance_id() -> str:
+    return socket.gethostname()
+
+
+class StreamRunner:
+    def __init__(self, conf: Mapping[str, Any], cfg: StreamConfig, processor: Processor,
+                 stop: threading.Event | None = None) -> None:
+        self.conf = dict(conf)
+        self.cfg = cfg
+        self.proc = processor
+        self.stop = stop or threading.Event()
+        self.counters = RunCounters()
+        self.states: dict[int, PartState] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+        self.changed: set[tuple[str, int]] = set()
+        self.dirty: set[int] = set()
+        self.eof: set[tuple[str, int]] = set()
+        self.eof_at: dict[int, int] = {}  # repartition partition -> offset of its last end-of-partition event
+        self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
+        self.assigned: set[tuple[str, int]] = set()
+        self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
+        self.late_logged: dict[str, float] = {}  # capture point -> when its late records were last logged
+        self.late_unreported: dict[str, int] = {}  # capture point -> late records since that line
+        self.produced = 0  # messages produced in the open transaction
+        self.last_pending_check = 0.0
+        self.nparts = 0
+        self.npackets = 0
+        self.on_outputs: list[Any] = []  # callbacks(list[Output]) after a commit made them visible
+        self._uncommitted: list[Output] = []
+        self._batches: dict[int, list[Features]] = {}
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.dead: DeadLetters | None = None
+        self.heartbeat = time.monotonic()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        check_reachable(self.conf)
+        self.npackets = require_topic(self.conf, cfg.packet_topic)
+        want = cfg.partitions or self.npackets
+        ensure_topic(self.conf, cfg.repartition_topic, want, cfg.replication_factor,
+                     {"retention.ms": str(86400_000), "cleanup.policy": "delete"})
+        ensure_topic(self.conf, cfg.state_topic, want, cfg.replication_factor,
+                     {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+                      "max.message.bytes": str(MAX_SNAPSHOT)})
+        probe = Consumer({**self.conf, "group.id": "pktstream-md"})
+        deadline = time.monotonic() + 30
+        while True:  # a topic just created takes a moment to show in the metadata
+            md = probe.list_topics(timeout=10)
+            have = [md.topics.get(x) for x in (cfg.repartition_topic, cfg.state_topic)]
+            if all(x is not None and x.error is None and x.partitions for x in have) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        probe.close()
+        if any(x is None or not x.partitions for x in have):
+            raise PktstreamError(f"internal topics {cfg.repartition_topic}, {cfg.state_topic} did not appear")
+        self.nparts = len(md.topics[cfg.repartition_topic].partitions)
+        if len(md.topics[cfg.state_topic].partitions) != self.nparts:
+            raise PktstreamError(f"{cfg.state_topic} and {cfg.repartition_topic} have different partition counts")
+        instance = cfg.instance_id or default_instance_id()
+        self.producer = Producer({
+            **self.conf,
+            "transactional.id": f"{cfg.app_id}-{instance}",
+            "transaction.timeout.ms": 60000,
+            "linger.ms": 5,
+            "compression.type": "lz4",  # the repartition topic: cheap to compress, read back at once
+            "message.max.bytes": MAX_SNAPSHOT + (1 << 20),
+        })
+        self.producer.init_transactions(60)
+        self.producer.begin_transaction()
+        if cfg.dead_letter_topic:
+            self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer)
+        self.consumer = Consumer({
+            **self.conf,
+            "group.id": cfg.app_id,
+            # static membership: a restarted instance takes its partitions back at once instead of
+            # waiting for the group to time its old self out
+            "group.instance.id": instance,
+            "session.timeout.ms": 15000,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 64 << 20,
+            # a full local queue (our big messages fill it quickly) postpones the partition's next
+            # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a
+            # fetch that finds nothing new waits at most this long for it (the repartition topic's
+            # rows become readable at each commit; 20 fetches a second per broker when idle)
+            "fetch.queue.backoff.ms": 20,
+            "fetch.wait.max.ms": 50,
+            "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
+            "max.partition.fetch.bytes": 16 << 20,
+        })
+        self.loader = Consumer({**self.conf, "group.id": f"{cfg.app_id}-loader-{uuid.uuid4().hex[:6]}",
+                                "isolation.level": "read_committed", "enable.auto.commit": False,
+                                "enable.partition.eof": True, "fetch.max.bytes": MAX_SNAPSHOT,
+                                "receive.message.max.bytes": MAX_SNAPSHOT + (1 << 20),
+                                "max.partition.fetch.bytes": 64 << 20})
+        self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        log.info("stream_started", app_id=cfg.app_id, instance=instance, packet_topic=cfg.packet_topic,
+                 packet_partitions=self.npackets, repartition_partitions=self.nparts)
+
+    # -- assignment -------------------------------------------------------------------------
+
+    def _start_offset(self, tp: TopicPartition) -> int:
+        assert self.consumer is not None
+        lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        if self.cfg.start == "beginning":
+            return int(lo)
+        if self.cfg.start == "time" and self.cfg.since_ms is not None:
+            r = self.consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, self.cfg.since_ms)],
+                                                timeout=10)[0]
+            return int(r.offset) if r.offset >= 0 else int(hi)
+        return int(hi)
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        committed = consumer.committed(parts, timeout=30)
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
+                self.positions[key] = tp.offset  # committed with the next transaction
+                self.changed.add(key)
+            self.assigned.add(key)
+            if tp.topic == self.cfg.repartition_topic:
+                self.states[tp.partition] = self._restore(tp.partition)
+        consumer.assign(committed)
+        log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed])
+
+    def _resume_from(self, tp: TopicPartition) -> bool:
+        """Turn a committed position into where reading resumes, and take a packet partition's
+        progress from it; True when nothing had been committed."""
+        fresh = tp.offset < 0
+        if tp.topic == self.cfg.packet_topic:
+            self.src_progress[tp.partition] = NO_PROGRESS if fresh else parse_progress(tp.metadata)
+        if fresh:
+            tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
+        return fresh
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        try:
+            self._commit()
+        except KafkaException as e:
+            log.warning("commit_on_revoke_failed", error=str(e))
+        for tp in parts:
+            key = (tp.topic, tp.partition)
+            self.assigned.discard(key)
+            self.positions.pop(key, None)
+            self.changed.discard(key)
+            self.eof.discard(key)
+            if tp.topic == self.cfg.packet_topic:
+                self.src_progress.pop(tp.partition, None)
+            if tp.topic == self.cfg.repartition_topic:
+                self.states.pop(tp.partition, None)
+                self.dirty.discard(tp.partition)
+        log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in parts])
+
+    def _restore(self, q: int) -> PartState:
+        """The last committed snapshot of repartition partition q, or a fresh state."""
+        tp = TopicPartition(self.cfg.state_topic, q)
+        lo, hi = self.loader.get_watermark_offsets(tp, timeout=10, cached=False)
+        value: bytes | None = None
+        for start in (max(lo, hi - 64), lo):
+            if hi <= lo:
+                break
+            self.loader.assign([TopicPartition(self.cfg.state_topic, q, start)])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                m = self.loader.poll(1.0)
+                if m is None:
+                    continue
+                merr = m.error()
+                if merr is not None:
+                    if merr.code() == KafkaError._PARTITION_EOF:
+                        break
+                    raise KafkaException(merr)
+                value = m.value()
+            self.loader.unassign()
+            if value is not None or start == lo:
+                break
+        if value is None:
+            return PartState(self.proc.new_state())
+        doc = snapshot.unpack(value)
+        self.counters.restored_partitions += 1
+        st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
+                       int(doc["watermark"]))
+        log.info("state_restored", partition=q, bytes=len(value), watermark=st.watermark)
+        return st
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, duration_s: float | None = None) -> RunCounters:
+        assert self.consumer is not None and self.producer is not None
+        t_end = time.monotonic() + duration_s if duration_s else None
+        last_commit = time.monotonic()
+        last_log = time.monotonic() - 20
+        try:
+            while not self.stop.is_set() and (t_end is None or time.monotonic() < t_end):
+                self.heartbeat = time.monotonic()
+                # consume() waits for all 64 or the timeout: a short one, so that a queue holding
+                # fewer (the end of a burst, the rows a commit just made readable) is not waited on
+                msgs = self.consumer.consume(num_messages=64, timeout=0.02)
+                for m in msgs:
+                    self._handle(m)
+                self._process_batches()
+                now = time.monotonic()
+                at_end = self._at_end()
+                if self.cfg.until_end and at_end and not self._has_work() and self._group_done(now):
+                    self._advance(final=True)
+                    self._commit()
+                    log.info("stream_caught_up", **self.figures())
+                    break
+                if now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work()):
+                    self._advance(final=False)
+                    self._commit()
+                    last_commit = time.monotonic()
+                    continue
+                if now - last_log >= 30:
+                    log.info("stream_progress", reading=sorted(f"{t}[{p}]" for t, p in self.assigned - self.eof),
+                             **self.figures())
+                    last_log = now
+        finally:
+            self.close()
+        return self.counters
+
+    def _group_done(self, now: float) -> bool:
+        """Has the whole group (other instances too) processed the packet topic to its end? Until
+        then more rows may come to our partitions from packet partitions another instance reads."""
+        if now - self.last_pending_check < 0.5:
+            return False
+        self.last_pending_check = now
+        return self._pending() == set()
+
+    def _has_work(self) -> bool:
+        return bool(self.changed or self.dirty or self.produced or self._uncommitted)
+
+    def _handle(self, m: Message) -> None:
+        err = m.error()
+        key = (m.topic() or "", m.partition() or 0)
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                self.eof.add(key)
+                if key[0] == self.cfg.repartition_topic:
+                    self.eof_at[key[1]] = m.offset() or 0
+                return
+            if err.fatal():
+                raise KafkaException(err)
+            log.warning("consumer_error", error=str(err))
+            return
+        self.eof.discard(key)
+        self.counters.messages_in += 1
+        if key[0] == self.cfg.packet_topic:
+            self._rekey(m)
+        else:
+            self._apply(m)
+        self.positions[key] = (m.offset() or 0) + 1
+        self.changed.add(key)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            q = msg.partition() or 0
+            self.need[q] = max(self.need.get(q, 0), (msg.offset() or 0) + 1)
+
+    def _caught_up(self, q: int) -> bool:
+        """Has stage two read everything this process wrote to repartition partition q?
+
+        End-of-partition events are queued: one handled now may predate our last commit, so
+        its offset, not its arrival, says whether it covers what we wrote."""
+        return self.eof_at.get(q, -1) >= self.need.get(q, 0) and (self.cfg.repartition_topic, q) in self.eof
+
+    def _at_end(self) -> bool:
+        if not self.assigned:
+            return False
+        for t, p in self.assigned:
+            if (t, p) not in self.eof:
+                return False
+            if t == self.cfg.repartition_topic and not self._caught_up(p):
+                return False
+        return True
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+                 headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None) -> None:
+        assert self.producer is not None
+        kw: dict[str, Any] = {"value": value, "key": key, "headers": headers or []}
+        if on_delivery is not None:
+            kw["on_delivery"] = on_delivery
+        if partition is not None:
+            kw["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kw)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.produced += 1
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        self.counters.dead_lettered += 1
+        if self.dead is not None:
+            self.dead.put(m, reason)
+            self.produced += 1
+        else:
+            log.warning("message_skipped", topic=m.topic(), partition=m.partition(), offset=m.offset(),
+                        reason=reason)
+
+    def _rekey(self, m: Message) -> None:
+        try:
+            batch = read_container(m.value())
+            h = message_headers(m)
+            origin = f"{h.get('pktstream.host') or batch.metadata.get('pktstream.host', '?')}/" \
+                     f"{h.get('pktstream.interface') or batch.metadata.get('pktstream.interface', '?')}"
+            f = self.proc.featurize(batch, origin)
+        except DecodeError as e:
+            self._dead_letter(m, str(e))
+            return
+        p = m.partition() or 0
+        self.counters.records_in += batch.n
+        before = self.src_progress.get(p, NO_PROGRESS)
+        if len(f.rows):
+            ts = f.rows["ts_ns"]
+            if before != NO_PROGRESS:
+                late = ts < before - self.proc.grace_ns
+                if late.any():  # decided by this partition's order alone (see the module's docstring)
+                    n = int(f.rows["packets"][late].sum())
+                    self.counters.records_out_of_order += n
+                    self._report_late(origin, p, n, before - int(ts[late].min()))
+                    f = Features(take(f.rows, ~late), f.strings)
+            self.src_progress[p] = max(before, int(ts.max()))
+        progress = str(self.src_progress.get(p, NO_PROGRESS)).encode()
+        routed = self.proc.route(f, self.nparts)
+        empty = Features(f.rows[:0], [])
+        for q in range(self.nparts):
+            part = routed.get(q, empty)
+            self._produce(self.cfg.repartition_topic, encode(compact(part, inplace=True)), partition=q,
+                          headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)],
+                          on_delivery=self._delivered)
+        self.counters.batches_rekeyed += 1
+
+    def _report_late(self, origin: str, p: int, n: int, behind_ns: int) -> None:
+        """Say which capture point sends late records (a clock off, a spool replayed after an
+        outage): at most one line per capture point a minute, with the records since the last."""
+        since = self.late_unreported.get(origin, 0) + n
+        now = time.monotonic()
+        if now - self.late_logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
+            self.late_unreported[origin] = since
+            return
+        self.late_logged[origin] = now
+        self.late_unreported[origin] = 0
+        log.warning("records_out_of_order", origin=origin, partition=p, records=since,
+                    behind_s=round(behind_ns / 1e9, 3), grace_s=self.proc.grace_ns / 1e9)
+
+    def _apply(self, m: Message) -> None:
+        q = m.partition() or 0
+        st = self.states.get(q)
+        if st is None:  # a message of a partition no longer ours (revoked meanwhile)
+            return
+        try:
+            f = decode(m.value())
+            h = message_headers(m)
+            src, progress = int(h["pktstream.src"]), int(h["pktstream.progress"])
+        except (DecodeError, KeyError, ValueError) as e:
+            self._dead_letter(m, f"repartition message: {e}")
+            return
+        st.sources[src] = max(st.sources.get(src, NO_PROGRESS), progress)
+        if len(f.rows):
+            self._batches.setdefault(q, []).append(f)
+        self.dirty.add(q)
+
+    def _process_batches(self) -> None:
+        """What one consume() brought to each partition, processed as one batch (the fixed cost of
+        a numpy pass is paid once per partition and turn, not once per message)."""
+        for q, fs in self._batches.items():
+            st = self.states.get(q)
+            if st is not None:
+                self.proc.process(st.data, concat(fs))
+        self._batches.clear()
+
+    # -- event time ---------------------------------------------------------------------------
+
+    def _pending(self) -> set[int] | None:
+        """Packet partitions with input not yet committed by this app (None: cannot tell now)."""
+        assert self.consumer is not None
+        tps = [TopicPartition(self.cfg.packet_topic, p) for p in range(self.npackets)]
+        try:
+            committed = self.consumer.committed(tps, timeout=10)
+            pending = set()
+            for tp in committed:
+                # the fetcher's figure when this process reads the partition (a query would wait
+                # behind the fetch long-poll), the broker's answer otherwise
+                _lo, hi = self.consumer.get_watermark_offsets(tp, cached=True)
+                if hi < 0:
+                    _lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                off = tp.offset if tp.offset >= 0 else -1
+                if tp.offset == OFFSET_INVALID or off < hi:
+                    pending.add(tp.partition)
+            return pending
+        except KafkaException as e:
+            log.warning("watermark_check_failed", error=str(e))
+            return None
+
+    def _advance(self, final: bool) -> None:
+        if final:
+            for st in self.states.values():
+                self._emit(self.proc.close(st.data, FOREVER))
+            self.dirty.update(self.states)
+            return
+        ready = [q for q in self.states if self._caught_up(q)]
+        if not ready:
+            return
+        pending = self._pending()
+        if pending is None:
+            return
+        now_ns = time.time_ns()
+        for q in ready:
+            st = self.states[q]
+            waiting = [st.sources.get(p, NO_PROGRESS) for p in pending]
+            if waiting:
+                wm = min(waiting)
+                if wm == NO_PROGRESS:
+                    continue
+            else:  # every source caught up: time moves on without new traffic
+                wm = max([now_ns, *st.sources.values()])
+            if wm > st.watermark:
+                st.watermark = wm
+                self._emit(self.proc.close(st.data, wm))
+                self.dirty.add(q)
+
+    def _emit(self, outs: list[Output]) -> None:
+        for o in outs:
+            self._produce(o.topic, o.value, key=o.key, headers=o.headers)
+        self.counters.outputs += len(outs)
+        self._uncommitted.extend(outs)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        assert self.producer is not None and self.consumer is not None
+        if not self._has_work():
+            return
+        for q in sorted(self.dirty):
+            st = self.states.get(q)
+            if st is None:
+                continue
+            doc = {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
+            # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
+            # cost more than the rest of a commit)
+            self._produce(self.cfg.state_topic, snapshot.pack(doc), key=str(q).encode(), partition=q)
+        offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+            self.producer.commit_transaction(60)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.txn_requires_abort():
+                log.warning("transaction_aborted", error=str(err))
+                self.producer.abort_transaction(60)
+                self.producer.begin_transaction()
+                self.counters.aborted += 1
+                self._rewind()
+                return
+            raise
+        self.counters.transactions += 1
+        self.changed.clear()
+        self.dirty.clear()
+        self.produced = 0
+        outs, self._uncommitted = self._uncommitted, []
+        for cb in self.on_outputs:
+            cb(outs)
+        self.producer.begin_transaction()
+
+    def _offset(self, topic: str, p: int) -> TopicPartition:
+        """The position to commit; a packet partition's carries its progress."""
+        if topic != self.cfg.packet_topic:
+            return TopicPartition(topic, p, self.positions[(topic, p)])
+        return TopicPartition(topic, p, self.positions[(topic, p)],
+                              progress_metadata(self.src_progress.get(p, NO_PROGRESS)))
+
+    def _rewind(self) -> None:
+        """After an aborted transaction: back to the last commit (offsets and state)."""
+        assert self.consumer is not None
+        parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
+        committed = self.consumer.committed(parts, timeout=30)
+        for tp in committed:
+            self._resume_from(tp)
+            self.consumer.seek(tp)
+            if tp.topic == self.cfg.repartition_topic:
+                self.states[tp.partition] = self._restore(tp.partition)
+        self.changed.clear()
+        self.dirty.clear()
+        self.eof.clear()
+        self.eof_at.clear()
+        self.produced = 0
+        self._uncommitted = []
+
+    def figures(self) -> dict[str, Any]:
+        c = self.counters
+        out: dict[str, Any] = {k: getattr(c, k) for k in c.__dataclass_fields__}
+        out.update(self.proc.figures([st.data for st in self.states.values()]))
+        return out
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(RuntimeError):
+                self.consumer.close()
+            self.consumer = None
+        if getattr(self, "loader", None) is not None:
+            self.loader.close()
+        if self.producer is not None:
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(10)
+            self.producer = None
+

@@ -1,0 +1,217 @@
+"""``pktstream audit``: reconcile the packet topic against the producers' own accounting.
+
+Reads the stats topic (each run's latest report) and the packet topic's
+message headers (host, run, sequence range; the Avro values are not decoded),
+and reports per run and per minute: packets seen, records captured, records
+in the topic, duplicates, gaps in the sequence numbers, and losses by cause.
+A run is exact when every packet the kernel saw is either in the topic once
+or counted as lost with its cause.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from pktstream.schemas.decode import message_headers
+from pktstream.schemas.stats import decode_reports
+
+log = structlog.get_logger("pktstream.audit")
+
+
+@dataclass
+class RunAudit:
+    host: str
+    run_id: str
+    interface: str = ""
+    messages: int = 0
+    records_in_topic: int = 0  # as the headers count them, duplicates included
+    unique: int = 0
+    duplicates: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing [first, last] seq ranges
+    report: dict[str, Any] | None = None
+    per_minute: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> int:
+        return sum(b - a + 1 for a, b in self.gaps)
+
+    @property
+    def crashed(self) -> bool:
+        return bool(self.report and self.report.get("crashed"))
+
+    @property
+    def crash_lost(self) -> int:
+        """Records of a run that did not end cleanly that entered the ring but never reached the topic."""
+        if not self.crashed:
+            return 0
+        assert self.report is not None
+        return max(0, int(self.report["records_captured"]) - self.unique)
+
+    @property
+    def unexplained(self) -> int:
+        """Captured records neither in the topic nor counted as given up or still pending.
+
+        Records pending at the report (in the producer's queue or spool) that were
+        delivered later, by this run or by a later run replaying the spool, are in
+        the topic by now and need no explaining."""
+        if self.report is None:
+            return self.missing
+        if self.crashed:
+            return 0  # what is absent was lost in the crash: crash_lost counts it
+        r = self.report
+        absent = int(r["records_captured"]) - self.unique - int(r["records_failed"])
+        return max(0, absent - int(r["records_pending"]))
+
+    @property
+    def kernel_identity(self) -> bool:
+        """packets seen = records captured + ring-full losses + sampled out (exact once final)."""
+        r = self.report
+        return r is not None and r["packets_seen"] == r["records_captured"] + r["ringbuf_full"] + r["sampled_out"]
+
+    @property
+    def exact(self) -> bool:
+        """Every packet the run's kernel program saw is in the topic once or counted with its cause."""
+        return bool(self.report and self.report["final"] and self.kernel_identity and self.unexplained == 0
+                    and self.duplicates == 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(missing=self.missing, unexplained=self.unexplained, kernel_identity=self.kernel_identity,
+                 crashed=self.crashed, crash_lost=self.crash_lost, exact=self.exact)
+        return d
+
+
+def _read_all(conf: Mapping[str, Any], topic: str) -> list[Any]:
+    """Every message of a topic, from the beginning to the end as of now."""
+    c = Consumer({**conf, "group.id": f"pktstream-audit-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                  "enable.partition.eof": True})
+    out: list[Any] = []
+    try:
+        md = c.list_topics(topic, timeout=10)
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise KafkaException(f"topic {topic!r} not found")
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in t.partitions]
+        todo = set()
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(p, timeout=10)
+            if hi > lo:
+                todo.add(p.partition)
+        c.assign(parts)
+        idle = 0
+        while todo and idle < 60:
+            msg = c.poll(0.5)
+            if msg is None:
+                idle += 1
+                continue
+            idle = 0
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    todo.discard(msg.partition() or 0)
+                    continue
+                raise KafkaException(err)
+            out.append(msg)
+    finally:
+        c.close()
+    return out
+
+
+def _merge(ranges: list[tuple[int, int, int]]) -> tuple[int, list[tuple[int, int]], int]:
+    """(unique count, merged ranges, highest seq) of inclusive seq ranges."""
+    merged: list[list[int]] = []
+    for a, b, _ in sorted(ranges):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    unique = sum(b - a + 1 for a, b in merged)
+    return unique, [(a, b) for a, b in merged], merged[-1][1] if merged else -1
+
+
+def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudit]:
+    runs: dict[tuple[str, str], RunAudit] = {}
+    ranges: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+    foreign = 0
+    for msg in _read_all(conf, topic):
+        h = message_headers(msg)
+        try:
+            key = (h["pktstream.host"], h["pktstream.run_id"])
+            first, last, n = int(h["pktstream.seq_first"]), int(h["pktstream.seq_last"]), int(h["pktstream.records"])
+        except (KeyError, ValueError):
+            foreign += 1
+            continue
+        ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=h.get("pktstream.interface", "")))
+        ra.messages += 1
+        ra.records_in_topic += n
+        ranges[key].append((first, last, n))
+        _ts_type, ts_ms = msg.timestamp()
+        minute = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        ra.per_minute[minute] = ra.per_minute.get(minute, 0) + n
+    if foreign:
+        log.warning("audit_foreign_messages", topic=topic, count=foreign)
+    try:
+        stats_msgs = _read_all(conf, stats_topic)
+    except KafkaException:
+        stats_msgs = []
+    for msg in stats_msgs:
+        try:
+            reports = decode_reports(msg.value())
+        except Exception as e:  # a corrupt report must not stop the audit
+            log.warning("audit_corrupt_report", offset=msg.offset(), reason=str(e))
+            continue
+        for r in reports:
+            key = (r["host_id"], r["run_id"])
+            ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=r["interface"]))
+            if ra.report is None or (r["final"], r["ts_ns"]) >= (ra.report["final"], ra.report["ts_ns"]):
+                ra.report = r
+    for key, ra in runs.items():
+        unique, merged, top = _merge(ranges.get(key, []))
+        ra.unique = unique
+        ra.duplicates = ra.records_in_topic - unique
+        end = max(top, int(ra.report["records_captured"]) - 1 if ra.report else top)
+        gaps: list[tuple[int, int]] = []
+        nxt = 0
+        for a, b in merged:
+            if a > nxt:
+                gaps.append((nxt, a - 1))
+            nxt = b + 1
+        if end >= nxt:
+            gaps.append((nxt, end))
+        ra.gaps = gaps
+    return sorted(runs.values(), key=lambda r: (r.host, r.report["ts_ns"] if r.report else 0, r.run_id))
+
+
+def render(runs: list[RunAudit]) -> str:
+    cols = ["host", "run", "iface", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
+            "failed", "pending", "crash lost", "unexplained", "final", "exact"]
+    rows = [cols]
+    for r in runs:
+        rep = r.report or {}
+        rows.append([r.host, r.run_id, r.interface, str(rep.get("packets_seen", "?")),
+                     str(rep.get("records_captured", "?")), str(r.unique), str(r.duplicates), str(r.missing),
+                     str(rep.get("ringbuf_full", "?")), str(rep.get("sampled_out", "?")),
+                     str(rep.get("records_failed", "?")), str(rep.get("records_pending", "?")),
+                     str(r.crash_lost) if r.crashed else "-", str(r.unexplained),
+                     str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = ["  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.append("")
+    lines.append("records in the topic per minute (message time):")
+    for r in runs:
+        for minute, n in sorted(r.per_minute.items()):
+            lines.append(f"  {r.host}  {r.run_id}  {minute}  {n}")
+    for r in runs:
+        if r.gaps:
+            shown = ", ".join(f"{a}-{b}" for a, b in r.gaps[:10])
+            lines.append(f"gaps in {r.host}/{r.run_id}: {shown}{' ...' if len(r.gaps) > 10 else ''}")
+    return "\n".join(lines)

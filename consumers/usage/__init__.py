@@ -1,0 +1,1 @@
+"""``pktstream usage``: per-API usage per minute and hour."""

@@ -1,0 +1,55 @@
+"""``pktstream usage`` and ``pktstream catalog-from-openapi``."""
+
+from __future__ import annotations
+
+import argparse
+
+from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.runtime.cli import Verb
+from pktstream.runtime.log import configure_logging
+
+
+def usage_arguments(us: argparse.ArgumentParser) -> None:
+    add_stream_options(us, "pktstream-usage", 9465)
+    us.add_argument("--usage-topic", default="pktstream.usage")
+    us.add_argument("--output", choices=["table", "json", "none"], default="table",
+                    help="what to print as windows close: the live table, the records as JSON lines, nothing")
+    us.add_argument("--top", type=int, default=15, help="rows of the table")
+    us.add_argument("--top-clients", type=int, default=10, help="clients listed per API and window")
+    us.add_argument("--no-hours", action="store_true", help="do not publish the hourly roll-up")
+
+
+def usage_run(args: argparse.Namespace) -> int:
+    from pktstream.consumers.catalog import Catalog
+    from pktstream.consumers.usage.processor import UsageProcessor
+    from pktstream.consumers.usage.table import UsageView
+
+    configure_logging(args.log_format, "info")
+    cfg = stream_config(args, "pktstream-usage")
+    catalog = Catalog.load(args.catalog)
+    proc = UsageProcessor(catalog, args.usage_topic, args.grace_s, args.top_clients, hours=not args.no_hours)
+    view = UsageView(args.output, args.top)
+    return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view)
+
+
+def openapi_arguments(oa: argparse.ArgumentParser) -> None:
+    oa.add_argument("spec", help="OpenAPI 3 document (YAML or JSON)")
+    oa.add_argument("--host", default=None, help="Host header / TLS name (default: from the first server URL)")
+    oa.add_argument("--port", type=int, default=None)
+
+
+def openapi_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pktstream.consumers.catalog import import_openapi, read_yaml
+
+    doc = read_yaml(args.spec, args.spec, kind="YAML or JSON")
+    print(yaml.safe_dump(import_openapi(doc, args.host, args.port), sort_keys=False), end="")
+    return 0
+
+
+VERBS = {
+    "usage": Verb("per-API usage per minute from the packet topic, to the usage topic", usage_arguments, usage_run),
+    "catalog-from-openapi": Verb("print an API catalog (YAML) made from an OpenAPI 3 document", openapi_arguments,
+                                 openapi_run),
+}

@@ -1,0 +1,184 @@
+"""The producer's publisher: idempotent, acks=all delivery of whole batches, every outcome counted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+
+from pktstream.producer.latency import LatencyRecorder
+from pktstream.producer.spool import Spool
+
+log = structlog.get_logger("pktstream.kafka")
+
+
+@dataclass
+class DeliveryStats:
+    messages_delivered: int = 0
+    records_delivered: int = 0
+    records_failed: int = 0
+    bytes_delivered: int = 0
+    records_spooled: int = 0  # this run's records waiting in the spool
+    records_replayed: int = 0  # records delivered from the spool (any run's)
+    latency: LatencyRecorder = field(default_factory=LatencyRecorder)
+
+
+class Publisher:
+    """Idempotent, acks=all producer of whole batches; counts every delivery outcome.
+
+    Without a spool, a full local queue (BufferError) is back-pressure: the
+    publisher serves delivery reports and retries. With a spool, the batch is
+    written to disk instead and replayed later (``replay``), so that the ring
+    buffer keeps being drained while Kafka is away. A batch is only ever
+    lost when the spool is full, and then it is counted.
+    """
+
+    # errors after which the batch may still be delivered later: keep it in the spool
+    RETRIABLE: frozenset[int] = frozenset({
+        KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    })
+
+    def __init__(self, conf: Mapping[str, Any], topic: str, spool: Spool | None = None,
+                 run_id: str = "") -> None:
+        self.topic = topic
+        self.spool = spool
+        self.run_id = run_id
+        self.stats = DeliveryStats()
+        full = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": 64 << 20,
+            "batch.size": 64 << 20,
+            **conf,
+            "error_cb": self._on_error,
+        }
+        self.producer = Producer(full)
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka_error", error=str(err), fatal=err.fatal())
+
+    def _to_spool(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], records: int) -> bool:
+        assert self.spool is not None
+        if self.spool.put(self.topic, key, headers, value, records):
+            self.stats.records_spooled += records
+            return True
+        self.stats.records_failed += records
+        log.error("spool_full_batch_dropped", records=records, spool_bytes=self.spool.bytes)
+        return False
+
+    def publish(
+        self,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        records: int,
+        ts_first_ns: int = 0,
+        ts_last_ns: int = 0,
+    ) -> None:
+        """Queue one packet batch; its delivery outcome is counted in ``stats``."""
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.stats.messages_delivered += 1
+                self.stats.records_delivered += records
+                self.stats.bytes_delivered += len(value)
+                if ts_first_ns:
+                    self.stats.latency.add(time.time_ns(), ts_first_ns, ts_last_ns, records)
+                return
+            if self.spool is not None and err.code() in self.RETRIABLE:
+                self._to_spool(key, value, headers, records)
+                return
+            self.stats.records_failed += records
+            log.error("batch_delivery_failed", error=str(err), records=records)
+
+        if self.spool is not None and (len(self.spool) or self.spool.inflight):
+            # keep order: while older batches wait on disk, new ones join them
+            self._to_spool(key, value, headers, records)
+            return
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, headers=cast(Any, headers),
+                                      on_delivery=on_delivery)
+                break
+            except BufferError:
+                if self.spool is not None:
+                    self._to_spool(key, value, headers, records)
+                    break
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def replay(self, max_inflight: int = 4) -> None:
+        """Send spooled batches again, oldest first, a few at a time; each file goes when Kafka acks it."""
+        spool = self.spool
+        if spool is None or not len(spool) or spool.inflight >= max_inflight or len(self.producer) > 100:
+            return
+        batches = spool.oldest(max_inflight - spool.inflight)
+        for i, b in enumerate(batches):
+            own = dict(b.headers).get("pktstream.run_id") == self.run_id.encode()
+
+            def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own) -> None:
+                log.debug("spool_replay_result", file=b.path.name, error=str(err) if err else None)
+                spool.done(b, delivered=err is None)
+                if err is None:
+                    self.stats.records_replayed += b.records
+                    if own:
+                        self.stats.records_delivered += b.records
+                        self.stats.records_spooled -= b.records
+                        self.stats.messages_delivered += 1
+                        self.stats.bytes_delivered += len(b.value)
+
+            log.debug("spool_replay", file=b.path.name, records=b.records)
+            try:
+                self.producer.produce(b.topic, value=b.value, key=b.key, headers=cast(Any, b.headers),
+                                      on_delivery=on_delivery)
+            except BufferError:  # the memory queue is full: try again on a later round
+                spool.done(b, delivered=False)
+                for rest in batches[i + 1 :]:  # not sent this time: free them for the next round
+                    spool.done(rest, delivered=False)
+                return
+
+    def publish_aux(self, topic: str, key: bytes, value: bytes) -> None:
+        """Queue a message of another topic (stats); failures are logged, not counted as records."""
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                log.error("aux_delivery_failed", topic=topic, error=str(err))
+
+        try:
+            self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError:
+            log.error("aux_queue_full", topic=topic)
+        self.producer.poll(0)
+
+    def drain_to_spool(self, timeout_s: float) -> int:
+        """At shutdown: deliver the queue and the spool for up to ``timeout_s``, then move what
+        is still queued to the spool (it is replayed by the next run). Returns the messages left
+        undelivered and not spooled."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.replay()
+            self.producer.poll(0.1)
+            if not len(self.producer) and not (self.spool and (len(self.spool) or self.spool.inflight)):
+                break
+        left = len(self.producer)
+        if left and self.spool is not None:
+            self.producer.purge(in_queue=True, in_flight=False)
+            self.producer.poll(0.5)
+            left = int(self.producer.flush(30.0))
+        return left
+
+    def poll(self, timeout_s: float = 0) -> None:
+        self.producer.poll(timeout_s)
+
+    def queued(self) -> int:
+        return len(self.producer)
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        """Deliver everything queued; returns the number of messages still undelivered."""
+        return int(self.producer.flush(timeout_s))

@@ -1,0 +1,89 @@
+"""The ``pktstream`` command: one parser, one error path, verbs contributed by each side.
+
+The dispatcher knows the verbs' modules by name only (``VERB_MODULES``), so the shared runtime
+imports neither side: each module has a ``VERBS`` table of ``Verb`` entries. Every command ends
+the same way: exit 0, 2 with every configuration problem listed, or 1 with what went wrong in
+words (an unreachable broker, a missing topic, a missing privilege), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pktstream.runtime.errors import ConfigError, PktstreamError
+from pktstream.runtime.log import configure_logging
+
+# the modules whose VERBS make up the command, in the order `pktstream --help` lists them
+VERB_MODULES = (
+    "pktstream.producer.cli",
+    "pktstream.consumers.tools.cli",
+    "pktstream.consumers.usage.cli",
+    "pktstream.consumers.alerts.cli",
+    "pktstream.runtime.cli",
+)
+
+
+@dataclass(frozen=True)
+class Verb:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _kafka_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--port", type=int, default=9092)
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from pktstream.runtime.kafka_local import LocalKafka
+
+    configure_logging("auto", "info")
+    lk = LocalKafka(port=args.port)
+    if args.action == "up":
+        print(lk.up())
+    elif args.action == "down":
+        print("stopped" if lk.down() else "not running")
+    else:
+        print(json.dumps(lk.status(), indent=2))
+    return 0
+
+
+VERBS = {"kafka": Verb("the local single-node Kafka broker", _kafka_arguments, _kafka)}
+
+
+def verbs() -> dict[str, Verb]:
+    out: dict[str, Verb] = {}
+    for name in VERB_MODULES:
+        out.update(importlib.import_module(name).VERBS)
+    return out
+
+
+def build_parser(table: dict[str, Verb] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pktstream", description="Every incoming packet, from XDP to Kafka as Avro.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, verb in (table or verbs()).items():
+        verb.add_arguments(sub.add_parser(name, help=verb.help))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    table = verbs()
+    args = build_parser(table).parse_args(argv)
+    try:
+        return table[args.command].run(args)
+    except ConfigError as e:
+        print(f"pktstream: {e}", file=sys.stderr)
+        return 2
+    except PktstreamError as e:
+        print(f"pktstream: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
