@@ -53,7 +53,8 @@ def processor(app: str, catalog: Catalog) -> Any:
         from pktstream.consumers.usage.processor import UsageProcessor
 
         return UsageProcessor(catalog)
-    from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules
+    from pktstream.consumers.alerts.processor import AlertsProcessor
+    from pktstream.consumers.alerts.rules import load_rules
 
     return AlertsProcessor(load_rules(None), catalog)
 

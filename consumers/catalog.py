@@ -35,7 +35,6 @@ from pktstream.consumers.engine.parse import METHODS, normalize_path
 from pktstream.runtime.errors import ConfigError
 from pktstream.schemas.decode import addr_text
 
-PROTO_TCP, PROTO_UDP = 6, 17
 _SEGMENT = re.compile(r"\{[^/{}]+\}")
 
 

@@ -24,7 +24,9 @@ def add_arguments(al: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules, render
+    from pktstream.consumers.alerts.ocsf import render
+    from pktstream.consumers.alerts.processor import AlertsProcessor
+    from pktstream.consumers.alerts.rules import load_rules
     from pktstream.consumers.catalog import Catalog
 
     configure_logging(args.log_format, "info")

@@ -36,6 +36,7 @@ from pktstream.consumers.engine.parse import (
 )
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import DecodeError
+from pktstream.schemas.protocols import ACK, PROTO_TCP, PROTO_UDP, SYN
 
 MAGIC = b"PSFB"
 VERSION = 2  # 2: the fh column
@@ -166,7 +167,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     sel: npt.NDArray[np.intp] | None = None
     if transport_only:
         proto_all = c["protocol"]
-        wanted = ((proto_all == 6) | (proto_all == 17)) & (c["ip_version"] > 0)
+        wanted = ((proto_all == PROTO_TCP) | (proto_all == PROTO_UDP)) & (c["ip_version"] > 0)
         if not wanted.all():  # most batches are all TCP and UDP: no copy then
             sel = np.flatnonzero(wanted)
 
@@ -181,7 +182,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rate = np.maximum(col("sample_rate"), 1).astype(np.uint32)
     flags = col("tcp_flags")
     nbytes = col("wire_len").astype(np.uint64) * rate
-    syns = np.where((flags & 0x12) == 0x02, rate, 0).astype(np.uint32)
+    syns = np.where((flags & (SYN | ACK)) == SYN, rate, 0).astype(np.uint32)  # SYN without ACK
     payload = c.get("payload")
     has_payload = payload is not None and payload.shape[1] > 0 and m > 0
     if has_payload:

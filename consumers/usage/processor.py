@@ -28,7 +28,7 @@ import fastavro
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.consumers.catalog import PROTO_TCP, PROTO_UDP, ApiRef, Catalog
+from pktstream.consumers.catalog import ApiRef, Catalog
 from pktstream.consumers.engine.features import (
     REQUEST_KINDS,
     Features,
@@ -52,12 +52,12 @@ from pktstream.consumers.engine.snapshot import array as snapshot_array
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import addr_text
+from pktstream.schemas.protocols import FIN, PROTO_TCP, PROTO_UDP, RST
 
 MINUTE_NS = 60_000_000_000
 HOUR_NS = 3600_000_000_000
 FLOW_IDLE_NS = 600_000_000_000  # a connection without a request for 10 minutes leaves the flow table
 MAX_PENDING_FLOWS = 200_000
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find it for 10 s
 _PARSED = fastavro.parse_schema(load_schema_json("usage"))
 

@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pktstream.consumers.alerts import attacks
-from pktstream.consumers.alerts.processor import AlertsProcessor, load_rules
+from pktstream.consumers.alerts.processor import AlertsProcessor
+from pktstream.consumers.alerts.rules import load_rules
 from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine import features, snapshot
 from pktstream.consumers.engine.runner import FOREVER, Output
@@ -283,7 +284,7 @@ def test_ocsf_and_avro_forms() -> None:
         assert d["severity_id"] in range(0, 7) and d["metadata"]["version"] == "1.3.0"
         assert d["metadata"]["product"]["name"] == "pktstream"
         json.dumps(d)
-    from pktstream.consumers.alerts.processor import avro_record
+    from pktstream.consumers.alerts.ocsf import avro_record
 
     schema = fastavro.parse_schema(load_schema_json("alert"))
     buf = io.BytesIO()
@@ -335,7 +336,7 @@ def test_config_errors_are_listed_together(tmp_path: Any) -> None:
 def test_flag_anomaly_table_matches_the_rules() -> None:
     """Each of the 256 flag bytes, over TCP and another protocol, gets the code the rules say;
     NULL wins over XMAS, XMAS over SYN+FIN, SYN+FIN over SYN+RST, that over FIN without ACK."""
-    from pktstream.consumers.alerts.processor import flag_anomaly
+    from pktstream.consumers.alerts.detectors.tcp_flags import flag_anomaly
 
     fin, syn, rst, psh, ack, urg = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
     flags = np.tile(np.arange(256), 2)
@@ -356,3 +357,36 @@ def test_flag_anomaly_table_matches_the_rules() -> None:
                 code = 5
         want.append(code)
     assert flag_anomaly(flags, proto).tolist() == want
+
+
+def test_every_detector_is_one_module_with_its_declarations() -> None:
+    """The registry finds each detector module; each declares what docs, rules and OCSF need."""
+    from pktstream.consumers.alerts.detectors import registry
+
+    reg = registry()
+    assert list(reg) == ["port_scan", "address_sweep", "syn_flood", "udp_flood", "icmp_flood", "amplification",
+                         "spoofed_source", "tcp_flags", "http_attack", "rate_limit", "volumetric"]
+    for name, d in reg.items():
+        assert d.__module__ == f"pktstream.consumers.alerts.detectors.{name}"
+        assert d.defaults["enabled"] is True and d.defaults["window_s"] >= 1
+        assert 1 <= d.severity_id <= 5 and d.technique[0].startswith("T") and d.tactic[0].startswith("TA")
+        assert d.title and d.rule
+        assert set(d.columns) <= set(features.FEATURE_DTYPE.names or ()), name
+
+
+def test_docs_list_every_detector_with_its_defaults() -> None:
+    """docs/alerts.md's table row of each detector names its technique and every default."""
+    from pathlib import Path
+
+    from pktstream.consumers.alerts.detectors import registry
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    for name, d in registry().items():
+        row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{name}` |")), "")
+        assert row, f"docs/alerts.md has no row for {name}"
+        assert d.technique[0] in row
+        for k, v in d.defaults.items():
+            if k in ("enabled", "ports"):
+                continue
+            shown = f"{v:g}" if isinstance(v, float) else str(v)
+            assert f"{k}={shown}" in row, (name, k, row)

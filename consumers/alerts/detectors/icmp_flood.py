@@ -1,0 +1,42 @@
+"""ICMP flood: a high rate of echo requests towards one host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from pktstream.consumers.alerts.detector import Add, Detector, Evidence, View, Window, distinct_sources
+from pktstream.consumers.alerts.tables import AlertsState
+from pktstream.consumers.engine.features import mix
+from pktstream.schemas.protocols import PROTO_ICMP, PROTO_ICMP6
+
+# ICMP type and code travel in the port fields (src_port = type): echo request types
+ECHO_REQUEST, ECHO_REQUEST6 = 8, 128
+
+
+class IcmpFlood(Detector):
+    name = "icmp_flood"
+    order = 50
+    title = "ICMP flood"
+    severity_id = 4
+    technique = ("T1498.001", "Direct Network Flood")
+    tactic = ("TA0040", "Impact")
+    rule = "at least min_packets ICMP or ICMPv6 echo requests towards one host in a window"
+    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 5000}
+    columns = ("dst", "proto", "sport", "packets")
+    light = True
+
+    def select(self, v: View, state: AlertsState) -> Iterable[Add]:
+        sel = np.flatnonzero(v.dst_rows & (((v.proto == PROTO_ICMP) & (v.sport == ECHO_REQUEST))
+                                           | ((v.proto == PROTO_ICMP6) & (v.sport == ECHO_REQUEST6))))
+        yield Add(sel, mix(v.hd[sel]))
+
+    def fire(self, w: Window) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = w.n >= self.settings["min_packets"]
+        return out
+
+    def describe(self, e: Evidence) -> tuple[str, str]:
+        return e.dst, f"{e.n} packets to {e.dst} from {distinct_sources(e.c, e.rows)} sources"

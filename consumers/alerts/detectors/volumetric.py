@@ -1,0 +1,76 @@
+"""Traffic volume far above its own baseline, per destination and per source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from pktstream.consumers.alerts.detector import Add, Detector, Evidence, View, Window
+from pktstream.consumers.alerts.tables import AlertsState
+from pktstream.consumers.engine.features import mix
+
+DESTINATION, SOURCE = 0, 1  # sub: which address the key is
+
+
+class Volumetric(Detector):
+    name = "volumetric"
+    order = 110
+    title = "Traffic volume far above its baseline"
+    severity_id = 3
+    technique = ("T1498", "Network Denial of Service")
+    tactic = ("TA0040", "Impact")
+    rule = ("packets of one destination (or one source) in a window exceed min_packets, factor times its average "
+            "and its average plus sigmas standard deviations over the windows seen before (after warmup_windows "
+            "of history), spread over at least min_flows connections (one bulk transfer is not an anomaly)")
+    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "warmup_windows": 30, "factor": 10.0,
+                                "sigmas": 6.0, "min_packets": 20000, "min_flows": 50, "max_keys": 100000}
+    columns = ("src", "dst", "ip_version", "packets", "fh")
+    light = True
+
+    def source_rows(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Everything a source sent goes to its partition too: its volume and flows."""
+        out: npt.NDArray[np.bool_] = rows["ip_version"] > 0
+        return out
+
+    def select(self, v: View, state: AlertsState) -> Iterable[Add]:
+        sel = np.flatnonzero(v.ip_dst)
+        yield Add(sel, mix(np.zeros(len(sel)), v.hd[sel]), item=v.fh[sel], sub=DESTINATION)
+        sel = np.flatnonzero(v.src_rows)
+        yield Add(sel, mix(np.ones(len(sel)), v.hs[sel]), item=v.fh[sel], sub=SOURCE)
+
+    def fire(self, w: Window) -> npt.NDArray[np.bool_]:
+        """Keys far above their own baseline; the others' baselines learn this window (Welford)."""
+        cfg = self.settings
+        keys, n = w.keys, w.n
+        bl = w.state.baselines
+        pos = np.searchsorted(bl.keys, keys)
+        posc = np.minimum(pos, max(0, len(bl.keys) - 1))
+        found = (pos < len(bl.keys)) & (bl.keys[posc] == keys) if len(bl.keys) else np.zeros(len(keys), bool)
+        cnt = np.where(found, bl.cnt[posc] if len(bl.keys) else 0, 0.0)
+        mean = np.where(found, bl.mean[posc] if len(bl.keys) else 0, 0.0)
+        m2 = np.where(found, bl.m2[posc] if len(bl.keys) else 0, 0.0)
+        x = n.astype(np.float64)
+        std = np.sqrt(m2 / np.maximum(1.0, cnt - 1))
+        fire: npt.NDArray[np.bool_] = found & (cnt >= cfg["warmup_windows"]) & (x >= cfg["min_packets"]) \
+            & (x > cfg["factor"] * mean) & (x > mean + cfg["sigmas"] * std)
+        learn = ~fire  # an attack does not move the baseline
+        cnt1 = cnt + 1
+        delta = x - mean
+        mean1 = mean + delta / cnt1
+        m2_1 = m2 + delta * (x - mean1)
+        upd = learn & found
+        bl.cnt[pos[upd]], bl.mean[pos[upd]], bl.m2[pos[upd]] = cnt1[upd], mean1[upd], m2_1[upd]
+        new = learn & ~found
+        if new.any():
+            bl.add(keys[new], cnt1[new], mean1[new], m2_1[new])
+        bl.cap(int(cfg["max_keys"]))
+        out: npt.NDArray[np.bool_] = fire & (w.distinct >= cfg["min_flows"])
+        return out
+
+    def describe(self, e: Evidence) -> tuple[str, str]:
+        scope = "destination" if e.sub == DESTINATION else "source"
+        who = e.dst if e.sub == DESTINATION else e.src
+        return f"{scope}:{who}", f"{e.n} packets for {scope} {who}, far above its baseline"

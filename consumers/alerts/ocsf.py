@@ -1,0 +1,101 @@
+"""Alerts as OCSF 1.3.0 Detection Findings (class 2004), their Avro variant, and a terminal line."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pktstream.consumers.alerts.detector import SEC, proto_name
+from pktstream.consumers.alerts.detectors import registry
+from pktstream.consumers.alerts.tables import OpenAlert
+
+OCSF_VERSION = "1.3.0"
+
+SEVERITY = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
+ACTIVITY = {1: "Create", 2: "Update", 3: "Close"}
+STATUS = {1: (1, "New"), 2: (2, "In Progress"), 3: (4, "Resolved")}
+
+
+def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: int, host: str) -> dict[str, Any]:
+    """The alert as an OCSF 1.3.0 Detection Finding (class 2004)."""
+    r = registry()[a.rule]
+    tech_uid, tech_name = r.technique
+    tactic_uid, tactic_name = r.tactic
+    status_id, status = STATUS[activity]
+    last_seen = a.last_seen if facts is None else max(a.last_seen, facts["t1"])
+    time_ms = (a.last_window + window_ns) // 1_000_000  # the end of the window that decided it
+    doc: dict[str, Any] = {
+        "activity_id": activity, "activity_name": ACTIVITY[activity],
+        "category_uid": 2, "category_name": "Findings",
+        "class_uid": 2004, "class_name": "Detection Finding",
+        "type_uid": 200400 + activity, "type_name": f"Detection Finding: {ACTIVITY[activity]}",
+        "time": time_ms,
+        "severity_id": r.severity_id, "severity": SEVERITY[r.severity_id],
+        "status_id": status_id, "status": status,
+        "message": (facts or {}).get("what") or f"{r.title} {a.key}: no longer seen",
+        "count": a.count,
+        "start_time": a.first_seen // 1_000_000, "end_time": last_seen // 1_000_000,
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "pktstream", "vendor_name": "pktstream", "feature": {"name": "alerts"}},
+            "uid": hashlib.sha256(f"{a.uid}|{activity}|{a.last_window}".encode()).hexdigest()[:32],
+            "correlation_uid": a.uid,
+            "log_name": "pktstream.alerts",
+        },
+        "finding_info": {
+            "uid": a.uid, "title": f"{r.title}: {a.key}", "desc": r.rule,
+            "types": [a.rule],
+            "first_seen_time": a.first_seen // 1_000_000, "last_seen_time": last_seen // 1_000_000,
+            "analytic": {"name": a.rule, "uid": a.rule, "type_id": 1, "type": "Rule"},
+            "attacks": [{"technique": {"uid": tech_uid, "name": tech_name},
+                         "tactic": {"uid": tactic_uid, "name": tactic_name}, "version": "v15"}],
+        },
+        "unmapped": {"pktstream": {"rule": a.rule, "key": a.key, "windows": a.windows,
+                                   "window_start": a.last_window // 1_000_000,
+                                   "window_s": window_ns // SEC}},
+    }
+    if facts is not None:
+        s = facts["sample"]
+        doc["evidences"] = [{
+            "src_endpoint": {"ip": s["src"], "port": s["src_port"]},
+            "dst_endpoint": {"ip": s["dst"], "port": s["dst_port"]},
+            "connection_info": {"protocol_num": s["protocol"], "protocol_name": proto_name(s["protocol"])},
+            "data": {k: v for k, v in s.items() if k not in ("src", "dst", "src_port", "dst_port", "protocol")},
+        }]
+        doc["observables"] = [{"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["src"]},
+                              {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["dst"]}]
+        doc["unmapped"]["pktstream"].update({"window_count": facts["count"], "window_bytes": facts["bytes"],
+                                             "distinct": facts["distinct"], "top": facts["top"],
+                                             "seen_by": facts["seen_by"]})
+    return doc
+
+
+def avro_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Avro variant (schemas/alert.avsc) of an OCSF alert document."""
+    p = doc["unmapped"]["pktstream"]
+    fi = doc["finding_info"]
+    ev = (doc.get("evidences") or [{}])[0]
+    att = fi["attacks"][0]
+    return {
+        "uid": fi["uid"], "rule": p["rule"], "key": p["key"], "activity": doc["activity_name"].lower(),
+        "time_ms": doc["time"], "severity_id": doc["severity_id"], "title": fi["title"], "message": doc["message"],
+        "technique": att["technique"]["uid"], "technique_name": att["technique"]["name"],
+        "tactic": att["tactic"]["uid"], "first_seen_ms": fi["first_seen_time"], "last_seen_ms": fi["last_seen_time"],
+        "count": doc["count"], "window_start_ms": p["window_start"], "window_s": p["window_s"],
+        "window_count": p.get("window_count", 0), "distinct": p.get("distinct", 0),
+        "top": [{"value": str(t["value"]), "count": int(t["count"])} for t in p.get("top", [])],
+        "src": (ev.get("src_endpoint") or {}).get("ip", ""), "dst": (ev.get("dst_endpoint") or {}).get("ip", ""),
+        "src_port": (ev.get("src_endpoint") or {}).get("port", 0),
+        "dst_port": (ev.get("dst_endpoint") or {}).get("port", 0),
+        "protocol": (ev.get("connection_info") or {}).get("protocol_num", 0),
+        "seen_by": list(p.get("seen_by", [])),
+        "ocsf_version": doc["metadata"]["version"],
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    """One terminal line per alert event."""
+    p = doc["unmapped"]["pktstream"]
+    tech = doc["finding_info"]["attacks"][0]["technique"]["uid"]
+    return (f"{doc['activity_name'].upper():6} {doc['severity'].upper():8} {p['rule']:15} {p['key']}  "
+            f"{doc['message']}  [{tech}] id={doc['finding_info']['uid'][:12]}")

@@ -1,0 +1,151 @@
+"""The alerts consumer's state per partition: window tables, open alerts, baselines, strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pktstream.consumers.engine.agg import COLS as AGG_COLS
+from pktstream.consumers.engine.agg import Groups
+from pktstream.consumers.engine.agg import batch as agg_batch
+from pktstream.consumers.engine.features import FEATURE_DTYPE, StringTable, take
+from pktstream.consumers.engine.snapshot import array as snapshot_array
+
+
+class Table:
+    """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), with
+    sample feature rows: one per group, or, in a light table, one per key (``side``), which is
+    all that the detectors with large tables (floods, volume) need."""
+
+    __slots__ = ("g", "light", "side")
+
+    def __init__(self, light: bool = False) -> None:
+        self.light = light
+        self.g = Groups(None if light else FEATURE_DTYPE)
+        self.side = Groups(FEATURE_DTYPE) if light else None
+
+    def add(self, a: npt.NDArray[np.int64], rows: npt.NDArray[Any], idx: npt.NDArray[np.intp] | None = None) -> None:
+        """A batch (agg.batch) added; its row i came from rows[idx[i]] (rows[i] without idx)."""
+        if a.shape[1] == 0:
+            return
+        self.g.add_batch(a, None if self.light else rows, idx)
+        if self.side is not None:
+            self.side.add_batch(a, rows, idx, key_only=True)
+
+    @property
+    def cols(self) -> dict[str, npt.NDArray[Any]]:
+        return self.g.view()
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.g.view())
+        if self.side is not None:
+            sv = self.side.view()
+            out["side"] = {"k": sv["k"], "t0": sv["t0"], "rec": sv["rec"]}
+        return out
+
+    @classmethod
+    def load(cls, d: dict[str, Any]) -> Table:
+        dec = snapshot_array
+
+        cols = {k: dec(d[k], t) for k, t in AGG_COLS.items()}
+        light = "side" in d
+        t = cls(light)
+        rec = None if light else dec(d["rec"], FEATURE_DTYPE)
+        n = len(cols["k"])
+        if any(len(v) != n for v in cols.values()) or (rec is not None and len(rec) != n):
+            raise ValueError("snapshot: alert table columns differ in length")
+        t.g.add(cols["k"], cols["item"], cols["o"], cols["n"], cols["b"], cols["t0"], cols["sub"], cols["s"], rows=rec)
+        if len(t.g) != n:
+            raise ValueError("snapshot: alert table has repeated keys")
+        t.g.data[list(AGG_COLS).index("t1"), :n] = cols["t1"]
+        if t.side is not None:
+            sk, st0, srec = (dec(d["side"]["k"], np.uint64), dec(d["side"]["t0"], np.int64),
+                             dec(d["side"]["rec"], FEATURE_DTYPE))
+            if not len(sk) == len(st0) == len(srec):
+                raise ValueError("snapshot: alert table columns differ in length")
+            t.side.add_batch(agg_batch(len(sk), k=sk, t=st0), srec, key_only=True)
+        return t
+
+    def with_samples(self) -> dict[str, Any]:
+        """The groups' columns, each with a sample feature row (a light table's is its key's)."""
+        c = self.g.view()
+        if self.side is None:
+            return c
+        idx = self.side.find(c["k"])
+        rec = self.side.view()["rec"]
+        return {**c, "rec": take(rec, np.maximum(idx, 0)) if len(rec) else np.zeros(len(idx), FEATURE_DTYPE)}
+
+
+def expand(c: dict[str, Any]) -> dict[str, Any]:
+    """A table's sample fields as columns."""
+    r = c["rec"]
+    return {**c, "src": r["src"], "dst": r["dst"], "sport": r["sport"].astype(np.int64),
+            "dport": r["dport"].astype(np.int64), "proto": r["proto"].astype(np.int64),
+            "flags": r["tcp_flags"].astype(np.int64), "ttl": r["ttl"].astype(np.int64),
+            "len": r["wire_len"].astype(np.int64)}
+
+
+@dataclass
+class OpenAlert:
+    uid: str
+    rule: str
+    key: str
+    first_window: int
+    last_window: int  # start of the last window it fired in
+    first_seen: int
+    last_seen: int
+    count: int  # packets (or requests) over its life
+    windows: int = 1
+
+
+class Baselines:
+    """Per-key traffic history of the volume detector: window count, mean, sum of squared deviations."""
+
+    def __init__(self, keys: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.float64] | None = None,
+                 mean: npt.NDArray[np.float64] | None = None, m2: npt.NDArray[np.float64] | None = None) -> None:
+        self.keys = keys if keys is not None else np.zeros(0, np.uint64)
+        self.cnt = cnt if cnt is not None else np.zeros(0)
+        self.mean = mean if mean is not None else np.zeros(0)
+        self.m2 = m2 if m2 is not None else np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: npt.NDArray[np.uint64], cnt: npt.NDArray[np.float64], mean: npt.NDArray[np.float64],
+            m2: npt.NDArray[np.float64]) -> None:
+        k = np.concatenate([self.keys, keys])
+        order = np.argsort(k, kind="stable")
+        self.keys = k[order]
+        self.cnt = np.concatenate([self.cnt, cnt])[order]
+        self.mean = np.concatenate([self.mean, mean])[order]
+        self.m2 = np.concatenate([self.m2, m2])[order]
+
+    def cap(self, max_keys: int) -> None:
+        if len(self.keys) > max_keys:  # keep the busiest
+            keep = np.sort(np.argsort(-self.mean, kind="stable")[:max_keys])
+            self.keys, self.cnt, self.mean, self.m2 = self.keys[keep], self.cnt[keep], self.mean[keep], self.m2[keep]
+
+    def dump(self) -> list[npt.NDArray[Any]]:
+        return [self.keys, self.cnt, self.mean, self.m2]
+
+    @classmethod
+    def load(cls, d: list[Any]) -> Baselines:
+        keys = snapshot_array(d[0], np.uint64)
+        rest = [snapshot_array(x, np.float64) for x in d[1:]]
+        if any(len(r) != len(keys) for r in rest):
+            raise ValueError("snapshot: baseline columns differ in length")
+        return cls(keys, *rest)
+
+
+@dataclass
+class AlertsState:
+    windows: dict[str, dict[int, Table]] = field(default_factory=dict)  # detector -> window start -> table
+    closed_until: dict[str, int] = field(default_factory=dict)
+    open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
+    baselines: Baselines = field(default_factory=Baselines)  # the volume detector's history per key
+    strings: StringTable = field(default_factory=StringTable)  # capture points, paths, API names
+    late_records: int = 0
+    alerts_raised: int = 0
