@@ -1,13 +1,16 @@
-"""The producer's main loop: ring buffer -> batch -> Avro container -> Kafka.
+"""The producer's run: start-up checks, then the main loop over its stages, then shutdown.
 
-Each stage works on whole batches: the ring buffer is copied out as one
-array, mapped to columns with numpy, encoded by the batch encoder and sent
-as one Kafka message of up to ``batch_records`` records.
+    ring drain (capture.RingReader)  ->  batch (batcher.Batcher)  ->  encode (encode.BatchEncoder)
+    ->  publish (publish.Publisher)  ->  accounting (accounting: stats topic, crashed runs)
+
+Each stage works on whole batches: the ring buffer is copied out as one array, mapped to
+columns with numpy, encoded by the batch encoder and sent as one Kafka message of up to
+``batch_records`` records. The loop also serves delivery reports, adapts sampling under
+overload, and publishes the loss accounting; shutdown detaches, drains, delivers and reports.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -17,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from pktstream.producer import sysbpf
+from pktstream.producer.accounting import account_crashed_run, ms_or_none, pin_path, stats_report
+from pktstream.producer.batcher import Batcher
 from pktstream.producer.capture import (
     Capture,
     Counters,
@@ -30,11 +32,12 @@ from pktstream.producer.capture import (
     default_route_interface,
     empty_records,
     ifindex_of,
-    read_counters,
 )
 from pktstream.producer.config import ProducerConfig
+from pktstream.producer.encode import BatchEncoder
+from pktstream.producer.figures import Figures
 from pktstream.producer.metrics import COUNTERS, GAUGES
-from pktstream.producer.privacy import PayloadScope, redact
+from pktstream.producer.privacy import PayloadScope
 from pktstream.producer.publish import Publisher
 from pktstream.producer.runstate import RunState, RunStateFile
 from pktstream.producer.sampling import SamplingController
@@ -43,18 +46,16 @@ from pktstream.runtime.errors import InterfaceError
 from pktstream.runtime.kafka import check_reachable, client_config, ensure_topic
 from pktstream.runtime.metrics import Heartbeat, MetricsServer
 from pktstream.runtime.paths import state_home
+from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json, packets
 from pktstream.schemas.container import ContainerWriter
-from pktstream.schemas.stats import encode_report, stats_key
+from pktstream.schemas.stats import stats_key
 
 log = structlog.get_logger("pktstream.producer")
 
 PACKET_SCHEMA = "packet"
 DRAIN_PAUSE_S = 0.005
 DRAIN_BUDGET_S = 0.05
-# the snapshot's fields that the stats topic carries (schemas/stats.avsc)
-STATS_FIELDS = ("packets_seen", "records_captured", "records_delivered", "records_failed", "records_pending",
-                "records_spooled", "ringbuf_full", "ringbuf_full_per_cpu", "sampled_out", "sample_rate", "batches")
 
 
 def schema_fingerprint(schema: dict[str, Any]) -> str:
@@ -70,6 +71,10 @@ class RunTotals:
     redacted: int = 0  # records whose payload had credentials replaced
     payload_cleared: int = 0  # records whose payload was out of scope
 
+    def count(self, enc: BatchEncoder) -> None:
+        """Take the encoder's running figures."""
+        self.next_seq, self.redacted, self.payload_cleared = enc.next_seq, enc.redacted, enc.payload_cleared
+
 
 class ProducerRun:
     def __init__(self, cfg: ProducerConfig, bootstrap: str, stop: threading.Event | None = None) -> None:
@@ -78,10 +83,7 @@ class ProducerRun:
         self.stop = stop or threading.Event()
         self.run_id = uuid.uuid4().hex[:16]
         self.totals = RunTotals()
-        self._pending: list[npt.NDArray[np.void]] = []
-        self._pending_n = 0
-        self._pending_bytes = 0
-        self._pending_since = 0.0
+        self.batcher = Batcher(cfg.batch_records, cfg.batch_bytes, cfg.batch_age_ms)
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
@@ -125,10 +127,10 @@ class ProducerRun:
             schema,
             codec=cfg.codec,
             metadata={
-                "pktstream.host": cfg.host_id,
-                "pktstream.interface": cfg.interface,
-                "pktstream.run_id": self.run_id,
-                "pktstream.payload_bytes": str(cfg.payload_bytes),
+                H.HOST: cfg.host_id,
+                H.INTERFACE: cfg.interface,
+                H.RUN_ID: self.run_id,
+                H.PAYLOAD_BYTES: str(cfg.payload_bytes),
             },
         )
         spool = None
@@ -152,12 +154,13 @@ class ProducerRun:
         self.capture.set_sample_rate(cfg.sample_rate)
         self.runfile.write(RunState(cfg.host_id, cfg.interface, self.run_id, cfg.stats_topic, time.time_ns()))
         self.key = cfg.host_id.encode()
-        self.static_headers: list[tuple[str, bytes]] = [
-            ("pktstream.schema_fp", self.fingerprint.encode()),
-            ("pktstream.host", cfg.host_id.encode()),
-            ("pktstream.interface", cfg.interface.encode()),
-            ("pktstream.run_id", self.run_id.encode()),
+        static_headers: list[tuple[str, bytes]] = [
+            (H.SCHEMA_FP, self.fingerprint.encode()),
+            (H.HOST, cfg.host_id.encode()),
+            (H.INTERFACE, cfg.interface.encode()),
+            (H.RUN_ID, self.run_id.encode()),
         ]
+        self.encoder = BatchEncoder(self.writer, static_headers, cfg.payload_bytes, self.scope, cfg.redact)
 
     def _account_previous_run(self) -> str | None:
         """Pin the counters where bpffs allows; report a previous run that did not end cleanly.
@@ -166,78 +169,20 @@ class ProducerRun:
         cfg = self.cfg
         assert self.publisher is not None
         self.runfile = RunStateFile(state_home() / "runs" / f"{cfg.host_id}-{cfg.interface}.json")
-        prev = self.runfile.read()
-        pin: Path | None = None
-        if cfg.pin_dir and sysbpf.is_bpffs(cfg.pin_dir):
-            pin = Path(cfg.pin_dir) / cfg.interface / "counters"
-            pin.parent.mkdir(parents=True, exist_ok=True)
-        elif cfg.pin_dir:
-            log.warning("counters_not_pinned", pin_dir=cfg.pin_dir, reason="not on a mounted bpffs",
-                        effect="a killed producer's last records cannot be accounted for exactly")
-        if prev is None or prev.clean:
-            return str(pin) if pin else None
-        if pin is None or not pin.exists():
-            log.warning("previous_run_unaccounted", run_id=prev.run_id,
-                        reason="it did not end cleanly and left no pinned counters")
-            return str(pin) if pin else None
-        fd = sysbpf.obj_get(str(pin))
-        try:
-            c = read_counters(fd)
-        finally:
-            os.close(fd)
-        report = {
-            "host_id": prev.host_id, "interface": prev.interface, "run_id": prev.run_id, "ts_ns": time.time_ns(),
-            "final": True, "crashed": True, "packets_seen": c.packets, "records_captured": c.records,
-            "records_delivered": 0, "records_failed": 0, "records_pending": 0, "records_spooled": 0,
-            "ringbuf_full": c.ringbuf_full, "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
-            "sampled_out": c.sampled_out, "sample_rate": 0, "batches": 0,
-        }
-        self.publisher.publish_aux(prev.stats_topic, stats_key(prev.host_id, prev.run_id), encode_report(report))
-        log.warning("crashed_run_accounted", run_id=prev.run_id, packets_seen=c.packets,
-                    records_captured=c.records, ringbuf_full=c.ringbuf_full, sampled_out=c.sampled_out)
-        return str(pin)
+        pin = pin_path(cfg.pin_dir, cfg.interface)
+        account_crashed_run(self.runfile.read(), pin, self.publisher)
+        return str(pin) if pin else None
 
     # -- batches ------------------------------------------------------------
-    def _add(self, recs: npt.NDArray[np.void]) -> None:
-        if not self._pending:
-            self._pending_since = time.monotonic()
-        self._pending.append(recs)
-        self._pending_n += len(recs)
-        self._pending_bytes += packets.estimated_bytes(recs)
-
     def _flush_batch(self) -> None:
-        if not self._pending:
+        recs = self.batcher.take()
+        if recs is None:
             return
         assert self.publisher is not None
-        recs = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending = []
-        self._pending_n = 0
-        self._pending_bytes = 0
-        n = len(recs)
-        if self.cfg.payload_bytes:
-            self.totals.payload_cleared += self.scope.apply(recs)
-            if self.cfg.redact:
-                self.totals.redacted += redact(recs)
-        seq_first = self.totals.next_seq
-        offset = time.time_ns() - time.monotonic_ns()
-        cols = packets.to_columns(recs, seq_first, offset)
-        value = self.writer.container(cols, n)
-        headers = [
-            *self.static_headers,
-            ("pktstream.records", str(n).encode()),
-            ("pktstream.seq_first", str(seq_first).encode()),
-            ("pktstream.seq_last", str(seq_first + n - 1).encode()),
-        ]
-        self.publisher.publish(self.key, value, headers, n, int(cols["ts_ns"][0]), int(cols["ts_ns"][-1]))
-        self.totals.next_seq += n
+        m = self.encoder.encode(recs)
+        self.publisher.publish(self.key, m.value, m.headers, m.records, m.ts_first_ns, m.ts_last_ns)
+        self.totals.count(self.encoder)
         self.totals.batches += 1
-
-    def _batch_due(self, now: float) -> bool:
-        return bool(self._pending) and (
-            self._pending_n >= self.cfg.batch_records
-            or self._pending_bytes >= self.cfg.batch_bytes
-            or (now - self._pending_since) * 1000 >= self.cfg.batch_age_ms
-        )
 
     def _drain(self, budget_s: float = DRAIN_BUDGET_S) -> int:
         """Read the ring until it is empty, flushing full batches; under overload, stop after
@@ -246,13 +191,13 @@ class ProducerRun:
         total = 0
         deadline = time.monotonic() + budget_s
         while True:
-            room = self.cfg.batch_records - self._pending_n
+            room = self.batcher.room()
             recs = self.capture.reader.read(room)
             if len(recs):
-                self._add(recs)
+                self.batcher.add(recs)
                 total += len(recs)
                 self.totals.records_read += len(recs)
-            if self._pending_n >= self.cfg.batch_records or self._pending_bytes >= self.cfg.batch_bytes:
+            if self.batcher.full():
                 self._flush_batch()
                 if time.monotonic() < deadline:
                     continue
@@ -282,7 +227,7 @@ class ProducerRun:
                     break
                 self._drain()
                 now = time.monotonic()
-                if self._batch_due(now):
+                if self.batcher.due(now):
                     self._flush_batch()
                 self.publisher.poll(0)
                 self.publisher.replay()
@@ -296,12 +241,11 @@ class ProducerRun:
                 # with batches in flight, wake often enough that delivery reports (and so
                 # the acknowledged figures and latencies) are served promptly
                 cap = 0.01 if self.publisher.queued() else 0.1
-                if self._pending:
+                if self.batcher:
                     # Records are arriving: sleep instead of waking on each one, so that every
                     # drain takes thousands of records (the ring holds far more than a pause
                     # of DRAIN_PAUSE_S at any rate the producer sustains).
-                    left = cfg.batch_age_ms / 1000 - (now - self._pending_since)
-                    time.sleep(max(0.0, min(left, DRAIN_PAUSE_S, cap)))
+                    time.sleep(max(0.0, min(self.batcher.age_left_s(now), DRAIN_PAUSE_S, cap)))
                 else:
                     self.capture.reader.wait(min(cfg.batch_age_ms / 1000, cap))
         finally:
@@ -346,12 +290,9 @@ class ProducerRun:
 
     def _publish_stats(self, final: bool) -> None:
         assert self.publisher is not None
-        snap = self.snapshot()
-        report = {k: snap[k] for k in STATS_FIELDS}
-        report.update(host_id=self.cfg.host_id, interface=self.cfg.interface, run_id=self.run_id,
-                      ts_ns=time.time_ns(), final=final, crashed=False)
         self.publisher.publish_aux(self.cfg.stats_topic, stats_key(self.cfg.host_id, self.run_id),
-                                   encode_report(report))
+                                   stats_report(self.snapshot(), self.cfg.host_id, self.cfg.interface, self.run_id,
+                                                final))
 
     def _adapt_sampling(self, now: float) -> None:
         assert self.capture is not None
@@ -397,8 +338,8 @@ class ProducerRun:
             undelivered_messages=undelivered,
             records_spooled=s.records_spooled,
             records_replayed=s.records_replayed,
-            latency_p50_ms=round(lat["p50"], 2),
-            latency_p99_ms=round(lat["p99"], 2),
+            latency_p50_ms=ms_or_none(lat["p50"]),
+            latency_p99_ms=ms_or_none(lat["p99"]),
             sample_rate=self.sampler.rate,
         )
         if self.metrics is not None:
@@ -407,54 +348,6 @@ class ProducerRun:
             self.publisher.spool.close()
         self.capture.close()
         self.capture = None
-
-
-class Figures:
-    """The live line of figures: on a terminal one refreshed line, otherwise a log event."""
-
-    def __init__(self, run: ProducerRun, tty: bool, interval_s: float) -> None:
-        self.run = run
-        self.tty = tty
-        self.interval_s = interval_s if tty else max(interval_s, 10.0)
-        self.t0 = self.last_t = time.monotonic()
-        self.last_records = 0
-        self.last_bytes = 0
-
-    def maybe_emit(self, now: float) -> None:
-        if now - self.last_t < self.interval_s:
-            return
-        run = self.run
-        assert run.capture is not None and run.publisher is not None
-        c = run.capture.counters()
-        s = run.publisher.stats
-        dt = now - self.last_t
-        rate = (run.totals.records_read - self.last_records) / dt
-        brate = (s.bytes_delivered - self.last_bytes) / dt
-        self.last_t, self.last_records, self.last_bytes = now, run.totals.records_read, s.bytes_delivered
-        fig = {
-            "records_per_s": round(rate),
-            "bytes_per_s": round(brate),
-            "records": run.totals.records_read,
-            "delivered": s.records_delivered,
-            "batches": run.totals.batches,
-            "kernel_drops": c.ringbuf_full,
-            "queue": run.publisher.queued(),
-            "failed": s.records_failed,
-            "sample_rate": run.sampler.rate,
-        }
-        if self.tty:
-            line = (f"\r{fig['records_per_s']:>9,} rec/s {fig['bytes_per_s'] / 1e6:8.2f} MB/s  "
-                    f"records {fig['records']:,}  delivered {fig['delivered']:,}  batches {fig['batches']:,}  "
-                    f"kernel drops {fig['kernel_drops']:,}  queue {fig['queue']}  failed {fig['failed']:,}  "
-                    f"sampling 1/{fig['sample_rate']} ")
-            sys.stderr.write(line)
-            sys.stderr.flush()
-        else:
-            log.info("producer_stats", **fig)
-
-    def finish(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

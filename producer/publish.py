@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from pktstream.producer.latency import LatencyRecorder
 from pktstream.producer.spool import Spool
+from pktstream.schemas import headers as H
 
 log = structlog.get_logger("pktstream.kafka")
 
@@ -120,7 +121,7 @@ class Publisher:
             return
         batches = spool.oldest(max_inflight - spool.inflight)
         for i, b in enumerate(batches):
-            own = dict(b.headers).get("pktstream.run_id") == self.run_id.encode()
+            own = dict(b.headers).get(H.RUN_ID) == self.run_id.encode()
 
             def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own) -> None:
                 log.debug("spool_replay_result", file=b.path.name, error=str(err) if err else None)

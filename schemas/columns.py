@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pktstream.runtime.native import load_native
+from pktstream.schemas import headers as H
 from pktstream.schemas.container import (
     KIND_BYTES,
     KIND_FIXED,
@@ -172,7 +173,7 @@ def read_container(value: bytes | None) -> Batch:
         raise DecodeError("container header has no schema")
     specs, kinds, slots = _layout(meta["avro.schema"])
     codec = meta.get("avro.codec", "null")
-    width = int(meta.get("pktstream.payload_bytes", DEFAULT_BYTES_WIDTH) or DEFAULT_BYTES_WIDTH)
+    width = int(meta.get(H.PAYLOAD_BYTES, DEFAULT_BYTES_WIDTH) or DEFAULT_BYTES_WIDTH)
     width = max(1, min(width, 1 << 16))
     parts: list[dict[str, npt.NDArray[Any]]] = []
     total = 0

@@ -38,6 +38,7 @@ from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.agg import group_index
 from pktstream.consumers.engine.features import VIEW_DST, VIEW_SRC, Features, StringTable, addr_hash, featurize, take
 from pktstream.consumers.engine.runner import FOREVER, Output
+from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 
 _PARSED = fastavro.parse_schema(load_schema_json("alert"))
@@ -265,7 +266,7 @@ class AlertsProcessor:
         else:
             value = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
         return Output(self.topic, a.uid.encode(), value,
-                      [("pktstream.rule", a.rule.encode()), ("pktstream.activity", str(activity).encode())], doc)
+                      [(H.RULE, a.rule.encode()), (H.ACTIVITY, str(activity).encode())], doc)
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from pktstream.runtime.kafka import ensure_topic
+from pktstream.schemas import headers as H
 
 log = structlog.get_logger("pktstream.deadletter")
 
@@ -35,11 +36,11 @@ class DeadLetters:
     def put(self, msg: Message, reason: str) -> None:
         headers = [
             *(msg.headers() or []),
-            ("pktstream.dlq.reason", reason.encode()),
-            ("pktstream.dlq.topic", (msg.topic() or "").encode()),
-            ("pktstream.dlq.partition", str(msg.partition()).encode()),
-            ("pktstream.dlq.offset", str(msg.offset()).encode()),
-            ("pktstream.dlq.consumer", self.consumer.encode()),
+            (H.DLQ_REASON, reason.encode()),
+            (H.DLQ_TOPIC, (msg.topic() or "").encode()),
+            (H.DLQ_PARTITION, str(msg.partition()).encode()),
+            (H.DLQ_OFFSET, str(msg.offset()).encode()),
+            (H.DLQ_CONSUMER, self.consumer.encode()),
         ]
 
         def on_delivery(err: KafkaError | None, _m: Message) -> None:

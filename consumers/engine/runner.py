@@ -60,6 +60,7 @@ from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
 from pktstream.runtime.errors import PktstreamError
 from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic
+from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
 
@@ -479,8 +480,8 @@ class StreamRunner:
         try:
             batch = read_container(m.value())
             h = message_headers(m)
-            origin = f"{h.get('pktstream.host') or batch.metadata.get('pktstream.host', '?')}/" \
-                     f"{h.get('pktstream.interface') or batch.metadata.get('pktstream.interface', '?')}"
+            origin = f"{h.get(H.HOST) or batch.metadata.get(H.HOST, '?')}/" \
+                     f"{h.get(H.INTERFACE) or batch.metadata.get(H.INTERFACE, '?')}"
             f = self.proc.featurize(batch, origin)
         except DecodeError as e:
             self._dead_letter(m, str(e))
@@ -504,7 +505,7 @@ class StreamRunner:
         for q in range(self.nparts):
             part = routed.get(q, empty)
             self._produce(self.cfg.repartition_topic, encode(compact(part, inplace=True)), partition=q,
-                          headers=[("pktstream.src", str(p).encode()), ("pktstream.progress", progress)],
+                          headers=[(H.SRC, str(p).encode()), (H.PROGRESS, progress)],
                           on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1
 
@@ -529,7 +530,7 @@ class StreamRunner:
         try:
             f = decode(m.value())
             h = message_headers(m)
-            src, progress = int(h["pktstream.src"]), int(h["pktstream.progress"])
+            src, progress = int(h[H.SRC]), int(h[H.PROGRESS])
         except (DecodeError, KeyError, ValueError) as e:
             self._dead_letter(m, f"repartition message: {e}")
             return

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.schemas import headers as H
 from pktstream.schemas.decode import message_headers
 from pktstream.schemas.stats import decode_reports
 
@@ -144,12 +145,12 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
     for msg in _read_all(conf, topic):
         h = message_headers(msg)
         try:
-            key = (h["pktstream.host"], h["pktstream.run_id"])
-            first, last, n = int(h["pktstream.seq_first"]), int(h["pktstream.seq_last"]), int(h["pktstream.records"])
+            key = (h[H.HOST], h[H.RUN_ID])
+            first, last, n = int(h[H.SEQ_FIRST]), int(h[H.SEQ_LAST]), int(h[H.RECORDS])
         except (KeyError, ValueError):
             foreign += 1
             continue
-        ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=h.get("pktstream.interface", "")))
+        ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=h.get(H.INTERFACE, "")))
         ra.messages += 1
         ra.records_in_topic += n
         ranges[key].append((first, last, n))

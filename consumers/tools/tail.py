@@ -17,6 +17,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pktstream.consumers.engine.deadletter import DeadLetters
+from pktstream.schemas import headers as H
 from pktstream.schemas.decode import DecodeError, decode_container, message_headers, present
 
 log = structlog.get_logger("pktstream.tail")
@@ -100,8 +101,8 @@ def tail(
                     log.warning("message_corrupt", topic=topic, partition=msg.partition(), offset=msg.offset(),
                                 reason=str(e))
                 continue
-            host = hdr.get("pktstream.host") or container.metadata.get("pktstream.host", "")
-            iface = hdr.get("pktstream.interface") or container.metadata.get("pktstream.interface", "")
+            host = hdr.get(H.HOST) or container.metadata.get(H.HOST, "")
+            iface = hdr.get(H.INTERFACE) or container.metadata.get(H.INTERFACE, "")
             for rec in container.records:
                 line = {"host": host, "interface": iface, **present(rec, payload)}
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")

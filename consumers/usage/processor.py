@@ -49,6 +49,7 @@ from pktstream.consumers.engine.parse import (
 )
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.engine.snapshot import array as snapshot_array
+from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import addr_text
@@ -509,7 +510,7 @@ class UsageProcessor:
         }
         buf = io.BytesIO()
         fastavro.writer(buf, _PARSED, [rec], codec="null")
-        return Output(self.topic, name.encode(), buf.getvalue(), [("pktstream.window_s", str(window_s).encode())],
+        return Output(self.topic, name.encode(), buf.getvalue(), [(H.WINDOW_S, str(window_s).encode())],
                       record=rec)
 
     # -- state ------------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""Names of the Kafka message headers and Object Container metadata keys pktstream writes
+(docs/topics.md describes each). Every writer and reader takes the names from here."""
+
+# packet topic: message headers (the first four are also container metadata keys)
+HOST = "pktstream.host"  # host id (also the message key)
+INTERFACE = "pktstream.interface"
+RUN_ID = "pktstream.run_id"  # one producer run
+PAYLOAD_BYTES = "pktstream.payload_bytes"  # container metadata: the payload prefix the run captured
+SCHEMA_FP = "pktstream.schema_fp"  # CRC-64-AVRO fingerprint of the writer's schema
+RECORDS = "pktstream.records"  # records in the message
+SEQ_FIRST = "pktstream.seq_first"  # the run's sequence numbers of the first and last record
+SEQ_LAST = "pktstream.seq_last"
+
+# a consumer app's repartition topic
+SRC = "pktstream.src"  # the packet partition a feature batch came from
+PROGRESS = "pktstream.progress"  # how far that partition's event time had got (ns)
+
+# dead-letter topics
+DLQ_REASON = "pktstream.dlq.reason"
+DLQ_TOPIC = "pktstream.dlq.topic"
+DLQ_PARTITION = "pktstream.dlq.partition"
+DLQ_OFFSET = "pktstream.dlq.offset"
+DLQ_CONSUMER = "pktstream.dlq.consumer"
+
+# output topics
+RULE = "pktstream.rule"  # alerts: the detector
+ACTIVITY = "pktstream.activity"  # alerts: 1 create, 2 update, 3 close
+WINDOW_S = "pktstream.window_s"  # usage: 60 (minutes) or 3600 (hours)
