@@ -38,7 +38,6 @@ import contextlib
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,19 +56,28 @@ from confluent_kafka import (
 
 from pktstream.consumers.engine import snapshot
 from pktstream.consumers.engine.deadletter import DeadLetters
+from pktstream.consumers.engine.eventtime import (
+    NO_PROGRESS,
+    LateReporter,
+    parse_progress,
+    progress_metadata,
+    watermark,
+)
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
-from pktstream.runtime.errors import PktstreamError
-from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic
+from pktstream.consumers.engine.topics import (
+    group_consumer,
+    last_snapshot,
+    prepare_topics,
+    snapshot_loader,
+    transactional_producer,
+)
 from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
 
 log = structlog.get_logger("pktstream.stream")
 
-NO_PROGRESS = -1
-MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
 FOREVER = 1 << 62
-LATE_LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -153,21 +161,6 @@ class RunCounters:
     records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
 
 
-PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
-
-
-def progress_metadata(ns: int) -> str:
-    return f"{PROGRESS_META}{ns}"
-
-
-def parse_progress(meta: str | None) -> int:
-    """A packet partition's progress from its committed offset's metadata (none yet: NO_PROGRESS)."""
-    if meta and meta.startswith(PROGRESS_META):
-        with contextlib.suppress(ValueError):
-            return int(meta[len(PROGRESS_META):])
-    return NO_PROGRESS
-
-
 def default_instance_id() -> str:
     return socket.gethostname()
 
@@ -189,8 +182,7 @@ class StreamRunner:
         self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
         self.assigned: set[tuple[str, int]] = set()
         self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
-        self.late_logged: dict[str, float] = {}  # capture point -> when its late records were last logged
-        self.late_unreported: dict[str, int] = {}  # capture point -> late records since that line
+        self.late = LateReporter(processor.grace_ns)
         self.produced = 0  # messages produced in the open transaction
         self.last_pending_check = 0.0
         self.nparts = 0
@@ -207,68 +199,16 @@ class StreamRunner:
 
     def prepare(self) -> None:
         cfg = self.cfg
-        check_reachable(self.conf)
-        self.npackets = require_topic(self.conf, cfg.packet_topic)
-        want = cfg.partitions or self.npackets
-        ensure_topic(self.conf, cfg.repartition_topic, want, cfg.replication_factor,
-                     {"retention.ms": str(86400_000), "cleanup.policy": "delete"})
-        ensure_topic(self.conf, cfg.state_topic, want, cfg.replication_factor,
-                     {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-                      "max.message.bytes": str(MAX_SNAPSHOT)})
-        probe = Consumer({**self.conf, "group.id": "pktstream-md"})
-        deadline = time.monotonic() + 30
-        while True:  # a topic just created takes a moment to show in the metadata
-            md = probe.list_topics(timeout=10)
-            have = [md.topics.get(x) for x in (cfg.repartition_topic, cfg.state_topic)]
-            if all(x is not None and x.error is None and x.partitions for x in have) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        probe.close()
-        if any(x is None or not x.partitions for x in have):
-            raise PktstreamError(f"internal topics {cfg.repartition_topic}, {cfg.state_topic} did not appear")
-        self.nparts = len(md.topics[cfg.repartition_topic].partitions)
-        if len(md.topics[cfg.state_topic].partitions) != self.nparts:
-            raise PktstreamError(f"{cfg.state_topic} and {cfg.repartition_topic} have different partition counts")
+        self.npackets, self.nparts = prepare_topics(self.conf, cfg.packet_topic, cfg.repartition_topic,
+                                                    cfg.state_topic, cfg.partitions, cfg.replication_factor)
         instance = cfg.instance_id or default_instance_id()
-        self.producer = Producer({
-            **self.conf,
-            "transactional.id": f"{cfg.app_id}-{instance}",
-            "transaction.timeout.ms": 60000,
-            "linger.ms": 5,
-            "compression.type": "lz4",  # the repartition topic: cheap to compress, read back at once
-            "message.max.bytes": MAX_SNAPSHOT + (1 << 20),
-        })
+        self.producer = transactional_producer(self.conf, f"{cfg.app_id}-{instance}")
         self.producer.init_transactions(60)
         self.producer.begin_transaction()
         if cfg.dead_letter_topic:
             self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer)
-        self.consumer = Consumer({
-            **self.conf,
-            "group.id": cfg.app_id,
-            # static membership: a restarted instance takes its partitions back at once instead of
-            # waiting for the group to time its old self out
-            "group.instance.id": instance,
-            "session.timeout.ms": 15000,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 64 << 20,
-            # a full local queue (our big messages fill it quickly) postpones the partition's next
-            # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a
-            # fetch that finds nothing new waits at most this long for it (the repartition topic's
-            # rows become readable at each commit; 20 fetches a second per broker when idle)
-            "fetch.queue.backoff.ms": 20,
-            "fetch.wait.max.ms": 50,
-            "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
-            "max.partition.fetch.bytes": 16 << 20,
-        })
-        self.loader = Consumer({**self.conf, "group.id": f"{cfg.app_id}-loader-{uuid.uuid4().hex[:6]}",
-                                "isolation.level": "read_committed", "enable.auto.commit": False,
-                                "enable.partition.eof": True, "fetch.max.bytes": MAX_SNAPSHOT,
-                                "receive.message.max.bytes": MAX_SNAPSHOT + (1 << 20),
-                                "max.partition.fetch.bytes": 64 << 20})
+        self.consumer = group_consumer(self.conf, cfg.app_id, instance)
+        self.loader = snapshot_loader(self.conf, cfg.app_id)
         self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("stream_started", app_id=cfg.app_id, instance=instance, packet_topic=cfg.packet_topic,
@@ -330,27 +270,7 @@ class StreamRunner:
 
     def _restore(self, q: int) -> PartState:
         """The last committed snapshot of repartition partition q, or a fresh state."""
-        tp = TopicPartition(self.cfg.state_topic, q)
-        lo, hi = self.loader.get_watermark_offsets(tp, timeout=10, cached=False)
-        value: bytes | None = None
-        for start in (max(lo, hi - 64), lo):
-            if hi <= lo:
-                break
-            self.loader.assign([TopicPartition(self.cfg.state_topic, q, start)])
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                m = self.loader.poll(1.0)
-                if m is None:
-                    continue
-                merr = m.error()
-                if merr is not None:
-                    if merr.code() == KafkaError._PARTITION_EOF:
-                        break
-                    raise KafkaException(merr)
-                value = m.value()
-            self.loader.unassign()
-            if value is not None or start == lo:
-                break
+        value = last_snapshot(self.loader, self.cfg.state_topic, q)
         if value is None:
             return PartState(self.proc.new_state())
         doc = snapshot.unpack(value)
@@ -496,7 +416,7 @@ class StreamRunner:
                 if late.any():  # decided by this partition's order alone (see the module's docstring)
                     n = int(f.rows["packets"][late].sum())
                     self.counters.records_out_of_order += n
-                    self._report_late(origin, p, n, before - int(ts[late].min()))
+                    self.late.report(origin, p, n, before - int(ts[late].min()))
                     f = Features(take(f.rows, ~late), f.strings)
             self.src_progress[p] = max(before, int(ts.max()))
         progress = str(self.src_progress.get(p, NO_PROGRESS)).encode()
@@ -508,19 +428,6 @@ class StreamRunner:
                           headers=[(H.SRC, str(p).encode()), (H.PROGRESS, progress)],
                           on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1
-
-    def _report_late(self, origin: str, p: int, n: int, behind_ns: int) -> None:
-        """Say which capture point sends late records (a clock off, a spool replayed after an
-        outage): at most one line per capture point a minute, with the records since the last."""
-        since = self.late_unreported.get(origin, 0) + n
-        now = time.monotonic()
-        if now - self.late_logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
-            self.late_unreported[origin] = since
-            return
-        self.late_logged[origin] = now
-        self.late_unreported[origin] = 0
-        log.warning("records_out_of_order", origin=origin, partition=p, records=since,
-                    behind_s=round(behind_ns / 1e9, 3), grace_s=self.proc.grace_ns / 1e9)
 
     def _apply(self, m: Message) -> None:
         q = m.partition() or 0
@@ -586,13 +493,7 @@ class StreamRunner:
         now_ns = time.time_ns()
         for q in ready:
             st = self.states[q]
-            waiting = [st.sources.get(p, NO_PROGRESS) for p in pending]
-            if waiting:
-                wm = min(waiting)
-                if wm == NO_PROGRESS:
-                    continue
-            else:  # every source caught up: time moves on without new traffic
-                wm = max([now_ns, *st.sources.values()])
+            wm = watermark(st.sources, pending, now_ns)
             if wm > st.watermark:
                 st.watermark = wm
                 self._emit(self.proc.close(st.data, wm))

@@ -1,0 +1,118 @@
+"""A consumer app's topics and Kafka clients: the packet topic checked, the internal topics
+(``<app>.repartition``, ``<app>.state``) created, and the transactional producer, the group's
+consumer and the snapshot loader configured."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from pktstream.runtime.errors import PktstreamError
+from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic
+
+MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
+
+
+def prepare_topics(conf: Mapping[str, Any], packet_topic: str, repartition_topic: str, state_topic: str,
+                   partitions: int, replication_factor: int) -> tuple[int, int]:
+    """(packet partitions, internal partitions); the internal topics are created as needed, with as
+    many partitions as the packet topic unless ``partitions`` says otherwise."""
+    check_reachable(conf)
+    npackets = require_topic(conf, packet_topic)
+    want = partitions or npackets
+    ensure_topic(conf, repartition_topic, want, replication_factor,
+                 {"retention.ms": str(86400_000), "cleanup.policy": "delete"})
+    ensure_topic(conf, state_topic, want, replication_factor,
+                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+                  "max.message.bytes": str(MAX_SNAPSHOT)})
+    probe = Consumer({**conf, "group.id": "pktstream-md"})
+    deadline = time.monotonic() + 30
+    while True:  # a topic just created takes a moment to show in the metadata
+        md = probe.list_topics(timeout=10)
+        have = [md.topics.get(x) for x in (repartition_topic, state_topic)]
+        if all(x is not None and x.error is None and x.partitions for x in have) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    probe.close()
+    if any(x is None or not x.partitions for x in have):
+        raise PktstreamError(f"internal topics {repartition_topic}, {state_topic} did not appear")
+    nparts = len(md.topics[repartition_topic].partitions)
+    if len(md.topics[state_topic].partitions) != nparts:
+        raise PktstreamError(f"{state_topic} and {repartition_topic} have different partition counts")
+    return npackets, nparts
+
+
+def transactional_producer(conf: Mapping[str, Any], transactional_id: str) -> Producer:
+    return Producer({
+        **conf,
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": 60000,
+        "linger.ms": 5,
+        "compression.type": "lz4",  # the repartition topic: cheap to compress, read back at once
+        "message.max.bytes": MAX_SNAPSHOT + (1 << 20),
+    })
+
+
+def group_consumer(conf: Mapping[str, Any], group: str, instance: str) -> Consumer:
+    return Consumer({
+        **conf,
+        "group.id": group,
+        # static membership: a restarted instance takes its partitions back at once instead of
+        # waiting for the group to time its old self out
+        "group.instance.id": instance,
+        "session.timeout.ms": 15000,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 << 20,
+        # a full local queue (our big messages fill it quickly) postpones the partition's next
+        # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a
+        # fetch that finds nothing new waits at most this long for it (the repartition topic's
+        # rows become readable at each commit; 20 fetches a second per broker when idle)
+        "fetch.queue.backoff.ms": 20,
+        "fetch.wait.max.ms": 50,
+        "receive.message.max.bytes": MAX_SNAPSHOT + (70 << 20),
+        "max.partition.fetch.bytes": 16 << 20,
+    })
+
+
+def snapshot_loader(conf: Mapping[str, Any], app_id: str) -> Consumer:
+    """A consumer outside the group that reads state snapshots back (assigned by hand)."""
+    return Consumer({**conf, "group.id": f"{app_id}-loader-{uuid.uuid4().hex[:6]}",
+                     "isolation.level": "read_committed", "enable.auto.commit": False,
+                     "enable.partition.eof": True, "fetch.max.bytes": MAX_SNAPSHOT,
+                     "receive.message.max.bytes": MAX_SNAPSHOT + (1 << 20),
+                     "max.partition.fetch.bytes": 64 << 20})
+
+
+def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
+    """The last committed snapshot of partition q of the state topic (compacted: usually one of the
+    last few messages, else the whole partition is read), None when there is none."""
+    tp = TopicPartition(state_topic, q)
+    lo, hi = loader.get_watermark_offsets(tp, timeout=10, cached=False)
+    value: bytes | None = None
+    for start in (max(lo, hi - 64), lo):
+        if hi <= lo:
+            break
+        loader.assign([TopicPartition(state_topic, q, start)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = loader.poll(1.0)
+            if m is None:
+                continue
+            merr = m.error()
+            if merr is not None:
+                if merr.code() == KafkaError._PARTITION_EOF:
+                    break
+                raise KafkaException(merr)
+            value = m.value()
+        loader.unassign()
+        if value is not None or start == lo:
+            break
+    return value
