@@ -74,7 +74,7 @@ def main() -> None:
             "seq": stats["captured"], "ts_ns": ev.ts_ns + offset, "ifindex": ev.ifindex, "rx_queue": ev.rx_queue,
             "src_addr": bytes(ev.src_addr), "dst_addr": bytes(ev.dst_addr), "ip_version": ev.ip_version,
             "protocol": ev.protocol, "src_port": ev.src_port, "dst_port": ev.dst_port, "wire_len": ev.wire_len,
-            "ttl": ev.ttl, "tcp_flags": ev.tcp_flags, "frag_flags": ev.frag_flags, "frag_offset": ev.frag_off,
+            "ttl": ev.ttl, "tcp_flags": ev.tcp_flags, "frag_flags": ev.frag_flags, "frag_offset": ev.frag_offset,
             "vlan_outer": ev.vlan_outer, "vlan_inner": ev.vlan_inner, "ethertype": ev.ethertype,
             "flags": ev.flags, "sample_rate": ev.sample_rate, "payload_len": ev.payload_len,
             "payload": bytes(ev.payload[: ev.cap_len]) if a.payload_bytes else b"",

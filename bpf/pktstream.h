@@ -60,11 +60,11 @@ struct pkt_record {
 	__u16 src_port;     /* 56: host order; ICMP/ICMPv6 type */
 	__u16 dst_port;     /* 58: host order; ICMP/ICMPv6 code */
 	__u16 payload_len;  /* 60: L4 payload bytes in this packet (IP length bounds it) */
-	__u16 frag_off;     /* 62: fragment offset in bytes */
+	__u16 frag_offset;  /* 62: fragment offset in bytes */
 	__u16 vlan_outer;   /* 64: outer VLAN TCI, 0 if untagged */
 	__u16 vlan_inner;   /* 66: inner VLAN TCI, 0 if none */
 	__u16 flags;        /* 68: PKT_F_* */
-	__u16 cap_len;      /* 70: valid bytes in payload[] */
+	__u16 cap_len;      /* 70: valid bytes in payload[] (the length of the Avro payload field) */
 	__u8  ip_version;   /* 72: 4, 6 or 0 (not IP) */
 	__u8  protocol;     /* 73: IP protocol / IPv6 upper-layer next header */
 	__u8  ttl;          /* 74: TTL or hop limit */

@@ -156,7 +156,7 @@ int xdp_capture(struct xdp_md *ctx)
 	r->src_port = 0;
 	r->dst_port = 0;
 	r->payload_len = 0;
-	r->frag_off = 0;
+	r->frag_offset = 0;
 	r->vlan_outer = 0;
 	r->vlan_inner = 0;
 	r->flags = wire > linear ? PKT_F_MULTIBUF : 0;
@@ -219,7 +219,7 @@ int xdp_capture(struct xdp_md *ctx)
 		__builtin_memcpy(&r->dst_addr[12], &iph->daddr, 4);
 		u32 ihl = iph->ihl * 4;
 		u16 fo = bpf_ntohs(iph->frag_off);
-		r->frag_off = (fo & 0x1fff) * 8;
+		r->frag_offset = (fo & 0x1fff) * 8;
 		r->frag_flags = ((fo & 0x2000) ? PKT_FRAG_MF : 0) | ((fo & 0x4000) ? PKT_FRAG_DF : 0);
 		if (fo & 0x3fff)
 			r->flags |= PKT_F_FRAGMENT;
@@ -281,7 +281,7 @@ int xdp_capture(struct xdp_md *ctx)
 				}
 				u16 fo = bpf_ntohs(fh->frag_off);
 				r->flags |= PKT_F_FRAGMENT;
-				r->frag_off = fo & 0xfff8;
+				r->frag_offset = fo & 0xfff8;
 				r->frag_flags = (fo & 1) ? PKT_FRAG_MF : 0;
 				nh = fh->nexthdr;
 				off += 8;

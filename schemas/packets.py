@@ -21,7 +21,7 @@ def to_columns(records: npt.NDArray[np.void], seq_first: int, wall_offset_ns: in
         "ts_ns": records["ts_ns"].astype(np.int64) + np.int64(wall_offset_ns),
         "src_addr": records["src_addr"],
         "dst_addr": records["dst_addr"],
-        "frag_offset": records["frag_off"],
+        "frag_offset": records["frag_offset"],
     }
     for name in (
         "ifindex", "rx_queue", "ip_version", "protocol", "src_port", "dst_port", "wire_len", "ttl",

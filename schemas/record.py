@@ -45,7 +45,7 @@ HEADER_FIELDS: list[tuple[str, str, int]] = [
     ("src_port", "<u2", 56),
     ("dst_port", "<u2", 58),
     ("payload_len", "<u2", 60),
-    ("frag_off", "<u2", 62),
+    ("frag_offset", "<u2", 62),
     ("vlan_outer", "<u2", 64),
     ("vlan_inner", "<u2", 66),
     ("flags", "<u2", 68),

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,6 +11,21 @@ from hypothesis import settings
 from tests.support.helpers import NetnsHost, cleanup_stale, create_host, destroy_host, require, running_broker
 
 TEST_KAFKA_PORT = int(os.environ.get("PKTSTREAM_TEST_KAFKA_PORT", "19092"))
+
+# Everything a test run writes under /tmp (broker data, spools, producers' state, pytest's own
+# tmp_path) goes into one directory, removed when the run ends.
+_TMP_ROOT = tempfile.mkdtemp(prefix="pktstream-test-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tempfile.tempdir = _TMP_ROOT
+    os.environ["TMPDIR"] = _TMP_ROOT  # and the processes the tests start
+    if not config.option.basetemp:
+        config.option.basetemp = os.path.join(_TMP_ROOT, "pytest")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TMP_ROOT, ignore_errors=True)
 
 # CI replays a fixed set of generated examples (the same on every run), so that a run is
 # reproducible; developers' runs draw new ones and widen the search over time.

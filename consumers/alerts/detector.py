@@ -61,18 +61,18 @@ class View:
     protocol, packets, bytes, time, capture point (an index into the state's strings), and which
     keying a row belongs to (``dst_rows``: routed by destination; ``src_rows``: by source)."""
 
-    __slots__ = ("_attempts", "b", "dport", "dst_rows", "f", "fh", "flags_or", "hd", "hs", "ip_dst", "n", "o",
-                 "proto", "rows", "sport", "src_rows", "syns", "t")
+    __slots__ = ("_attempts", "b", "dst_port", "dst_rows", "f", "fh", "flags_or", "hd", "hs", "ip_dst", "n", "o",
+                 "protocol", "rows", "src_port", "src_rows", "syns", "t")
 
     def __init__(self, f: Features, omap: npt.NDArray[np.int64], dst_rows: npt.NDArray[np.bool_]) -> None:
         rows = f.rows
         self.f = f
         self.rows = rows
-        self.hd = addr_hash(rows["dst"])
-        self.hs = addr_hash(rows["src"])
-        self.sport = rows["sport"].astype(np.int64)
-        self.dport = rows["dport"].astype(np.int64)
-        self.proto = rows["proto"].astype(np.int64)
+        self.hd = addr_hash(rows["dst_addr"])
+        self.hs = addr_hash(rows["src_addr"])
+        self.src_port = rows["src_port"].astype(np.int64)
+        self.dst_port = rows["dst_port"].astype(np.int64)
+        self.protocol = rows["protocol"].astype(np.int64)
         self.n = rows["packets"].astype(np.int64)
         self.b = rows["nbytes"].astype(np.int64)
         self.t = rows["ts_ns"].astype(np.int64)
@@ -88,7 +88,7 @@ class View:
     def attempts(self) -> npt.NDArray[np.bool_]:
         """Rows that try a port (computed once per batch: scans and sweeps both ask)."""
         if self._attempts is None:
-            self._attempts = attempts(self.proto, self.syns, self.flags_or, self.sport)
+            self._attempts = attempts(self.protocol, self.syns, self.flags_or, self.src_port)
         return self._attempts
 
 
@@ -211,7 +211,7 @@ def proto_name(p: int) -> str:
 
 
 def distinct_sources(c: dict[str, Any], rows: npt.NDArray[np.intp]) -> int:
-    return len(np.unique(addr_hash(c["src"][rows])))
+    return len(np.unique(addr_hash(c["src_addr"][rows])))
 
 
 def first_per_key(kinv: npt.NDArray[np.intp], nk: int) -> npt.NDArray[np.int64]:

@@ -44,7 +44,7 @@ from pktstream.schemas import load_schema_json
 _PARSED = fastavro.parse_schema(load_schema_json("alert"))
 TOP_EVIDENCE = 10
 
-__all__ = ["AlertsProcessor", "AlertsState", "Baselines", "OpenAlert", "Table"]
+__all__ = ["AlertsProcessor"]
 
 
 class AlertsProcessor:
@@ -86,7 +86,7 @@ class AlertsProcessor:
                 to_src |= m
         src_idx = np.flatnonzero(to_src)
         # one gather builds every partition's rows: its destination rows, then its source rows
-        part = np.concatenate([addr_hash(rows["dst"]), addr_hash(rows["src"][src_idx])]) % np.uint64(nparts)
+        part = np.concatenate([addr_hash(rows["dst_addr"]), addr_hash(rows["src_addr"][src_idx])]) % np.uint64(nparts)
         order = np.argsort(part.astype(np.uint8 if nparts <= 256 else np.int64), kind="stable")
         gather = np.concatenate([np.arange(n), src_idx])[order]
         rs = take(rows, gather)
@@ -204,7 +204,7 @@ class AlertsProcessor:
     def _facts(self, st: AlertsState, det: Detector, c: dict[str, Any], rows: npt.NDArray[np.intp], n: int, b: int,
                distinct: int) -> tuple[str, dict[str, Any]]:
         first = int(rows[np.argmin(c["t0"][rows])])
-        src, dst = addr_text(c["src"][first]), addr_text(c["dst"][first])
+        src, dst = addr_text(c["src_addr"][first]), addr_text(c["dst_addr"][first])
         items = c["item"][rows]
         cnts = c["n"][rows]
         iu, iinv = np.unique(items, return_inverse=True)
@@ -218,9 +218,9 @@ class AlertsProcessor:
             if it not in item_text:
                 item_text[it] = det.item_text(c, r, it)
         seen_by = sorted({st.strings.items[int(o)] for o in c["o"][rows].tolist() if 0 <= o < len(st.strings.items)})
-        sample = {"src": src, "dst": dst, "src_port": int(c["sport"][first]), "dst_port": int(c["dport"][first]),
-                  "protocol": int(c["proto"][first]), "tcp_flags": int(c["flags"][first]),
-                  "ttl": int(c["ttl"][first]), "wire_len": int(c["len"][first])}
+        sample = {"src": src, "dst": dst, "src_port": int(c["src_port"][first]), "dst_port": int(c["dst_port"][first]),
+                  "protocol": int(c["protocol"][first]), "tcp_flags": int(c["tcp_flags"][first]),
+                  "ttl": int(c["ttl"][first]), "wire_len": int(c["wire_len"][first])}
         e = Evidence(c, rows, first, src, dst, int(c["sub"][first]), n, b, distinct, st, sample)
         key, what = det.describe(e)
         facts = {"count": n, "bytes": b, "distinct": distinct, "t0": int(c["t0"][rows].min()),

@@ -82,10 +82,10 @@ class Table:
 def expand(c: dict[str, Any]) -> dict[str, Any]:
     """A table's sample fields as columns."""
     r = c["rec"]
-    return {**c, "src": r["src"], "dst": r["dst"], "sport": r["sport"].astype(np.int64),
-            "dport": r["dport"].astype(np.int64), "proto": r["proto"].astype(np.int64),
-            "flags": r["tcp_flags"].astype(np.int64), "ttl": r["ttl"].astype(np.int64),
-            "len": r["wire_len"].astype(np.int64)}
+    return {**c, "src_addr": r["src_addr"], "dst_addr": r["dst_addr"], "src_port": r["src_port"].astype(np.int64),
+            "dst_port": r["dst_port"].astype(np.int64), "protocol": r["protocol"].astype(np.int64),
+            "tcp_flags": r["tcp_flags"].astype(np.int64), "ttl": r["ttl"].astype(np.int64),
+            "wire_len": r["wire_len"].astype(np.int64)}
 
 
 @dataclass

@@ -43,11 +43,11 @@ VERSION = 2  # 2: the fh column
 
 FEATURE_DTYPE = np.dtype([
     ("ts_ns", "<i8"),
-    ("src", "<u8", (2,)),  # the 16 address bytes as two words (equality and hashing only)
-    ("dst", "<u8", (2,)),
-    ("sport", "<u2"),
-    ("dport", "<u2"),
-    ("proto", "u1"),
+    ("src_addr", "<u8", (2,)),  # the 16 address bytes as two words (equality and hashing only)
+    ("dst_addr", "<u8", (2,)),
+    ("src_port", "<u2"),
+    ("dst_port", "<u2"),
+    ("protocol", "u1"),
     ("ip_version", "u1"),
     ("tcp_flags", "u1"),
     ("ttl", "u1"),
@@ -219,11 +219,11 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["name"] = -1
     rows["path"] = -1
     rows["ts_ns"] = ts[idx]
-    rows["src"] = src[idx]
-    rows["dst"] = dst[idx]
-    rows["sport"] = sport[idx]
-    rows["dport"] = dport[idx]
-    rows["proto"] = proto[idx]
+    rows["src_addr"] = src[idx]
+    rows["dst_addr"] = dst[idx]
+    rows["src_port"] = sport[idx]
+    rows["dst_port"] = dport[idx]
+    rows["protocol"] = proto[idx]
     rows["ip_version"] = col("ip_version")[idx]
     rows["tcp_flags"] = flags[idx]
     rows["ttl"] = col("ttl")[idx]

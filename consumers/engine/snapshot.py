@@ -84,9 +84,22 @@ def array(v: Any, dtype: Any, shape: tuple[int, ...] = (-1,)) -> npt.NDArray[Any
     """An array of a restored snapshot: as unpack gives it, or base64 text (how pktstream 0.1
     wrote arrays, inside plain JSON), checked against the dtype it must have."""
     if isinstance(v, np.ndarray):
-        if v.dtype != np.dtype(dtype):
-            raise ValueError(f"snapshot: array of {v.dtype}, expected {np.dtype(dtype)}")
-        return v.reshape(shape)
+        want = np.dtype(dtype)
+        if v.dtype != want:
+            if not same_layout(v.dtype, want):
+                raise ValueError(f"snapshot: array of {v.dtype}, expected {want}")
+            v = v.view(want)  # a field renamed since the snapshot was written: same bytes, new names
+        out: npt.NDArray[Any] = v.reshape(shape)
+        return out
     if not isinstance(v, str):
         raise ValueError("snapshot: expected an array")
     return np.frombuffer(base64.b64decode(v), dtype=dtype).reshape(shape).copy()
+
+
+def same_layout(a: np.dtype[Any], b: np.dtype[Any]) -> bool:
+    """Do two structured dtypes lay out the same fields (types, shapes, offsets) under any names?"""
+    if a.names is None or b.names is None or a.itemsize != b.itemsize or len(a.names) != len(b.names):
+        return False
+    fa = [a.fields[n] for n in a.names]  # type: ignore[index]
+    fb = [b.fields[n] for n in b.names]  # type: ignore[index]
+    return all(x[0] == y[0] and x[1] == y[1] for x, y in zip(fa, fb, strict=True))

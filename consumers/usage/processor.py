@@ -228,7 +228,7 @@ class UsageProcessor:
         rows = f.rows
         if len(rows) == 0:
             return {}
-        part = (addr_hash(rows["dst"]) % np.uint64(nparts)).astype(np.int64)
+        part = (addr_hash(rows["dst_addr"]) % np.uint64(nparts)).astype(np.int64)
         order = np.argsort(part, kind="stable")
         sorted_rows = take(rows, order)  # one copy; each partition's rows are then a contiguous slice
         bounds = np.searchsorted(part[order], np.arange(nparts + 1))
@@ -275,13 +275,13 @@ class UsageProcessor:
         if req_idx.size:
             r = take(rows, req_idx)
             line_cut = (r["pflags"] & F_LINE_CUT).astype(np.int64)
-            rkey = mix(r["dst"], r["dport"], r["method"], r["kind"], r["name"], r["path"], line_cut)
+            rkey = mix(r["dst_addr"], r["dst_port"], r["method"], r["kind"], r["name"], r["path"], line_cut)
             _u, first, inv = np.unique(rkey, return_index=True, return_inverse=True)
             uniq = r[first]
             ids = np.empty(len(uniq), dtype=np.int64)
-            dsts = words_bytes(uniq["dst"])
+            dsts = words_bytes(uniq["dst_addr"])
             for j, (nm, port, meth, pth, knd, pfl) in enumerate(zip(
-                    uniq["name"].tolist(), uniq["dport"].tolist(), uniq["method"].tolist(), uniq["path"].tolist(),
+                    uniq["name"].tolist(), uniq["dst_port"].tolist(), uniq["method"].tolist(), uniq["path"].tolist(),
                     uniq["kind"].tolist(), uniq["pflags"].tolist(), strict=True)):
                 ref = self.catalog.match(f.text(nm), dsts[16 * j : 16 * j + 16], port,
                                          METHODS[meth] if meth < len(METHODS) else "", f.text(pth),
@@ -310,7 +310,7 @@ class UsageProcessor:
         if need.size:
             opened = np.logical_or.reduceat(is_syn_s, starts)  # a SYN: a new connection, whatever the table says
             groups = np.unique(gid[need])
-            tcp_s = rows["proto"][order][starts] == PROTO_TCP  # only TCP connections are in the table
+            tcp_s = rows["protocol"][order][starts] == PROTO_TCP  # only TCP connections are in the table
             groups = groups[~opened[groups] & tcp_s[groups]]
             table_api = np.full(len(starts), -1, dtype=np.int64)
             for g in groups.tolist():
@@ -344,7 +344,7 @@ class UsageProcessor:
             rows_s = take(rows, order[unk])  # the rows concerned, in sorted order: unk indexes them
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
-            syn_u = is_syn_s[unk] & (rows_s["proto"] == PROTO_TCP)
+            syn_u = is_syn_s[unk] & (rows_s["protocol"] == PROTO_TCP)
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
             has_syn = np.logical_or.reduceat(syn_u, ustart)
             # candidates to wait: TCP connections opening here, or already waiting
@@ -361,8 +361,8 @@ class UsageProcessor:
                 if pend is None and hs and len(st.pending) < MAX_PENDING_FLOWS:
                     r0 = rows_s[us]
                     pend = st.pending[key] = Pending(
-                        words_bytes(r0["src"]), self._service(st, words_bytes(r0["dst"]), int(r0["dport"]),
-                                                              int(r0["proto"])))
+                        words_bytes(r0["src_addr"]), self._service(st, words_bytes(r0["dst_addr"]), int(r0["dst_port"]),
+                                                              int(r0["protocol"])))
                 if pend is not None:
                     sel = unk[us : us + uc]
                     win_s = win[order][sel]
@@ -378,11 +378,11 @@ class UsageProcessor:
             rest = np.flatnonzero(row_api_sorted == -1)
             if rest.size:  # the server's catch-all, once per distinct (address, port, protocol)
                 rr = rows_s[pos_of[rest]]
-                _su, sfirst, sinv = np.unique(mix(rr["dst"], rr["dport"], rr["proto"]),
+                _su, sfirst, sinv = np.unique(mix(rr["dst_addr"], rr["dst_port"], rr["protocol"]),
                                               return_index=True, return_inverse=True)
                 su = rr[sfirst]
-                sid = np.array([api_id(self._service(st, words_bytes(u["dst"]), int(u["dport"]), int(u["proto"])))
-                                for u in su], dtype=np.int64)
+                sid = np.array([api_id(self._service(st, words_bytes(u["dst_addr"]), int(u["dst_port"]),
+                                                     int(u["protocol"]))) for u in su], dtype=np.int64)
                 row_api_sorted[rest] = sid[sinv.ravel()]
         row_api = np.empty(n, dtype=np.int64)
         row_api[order] = row_api_sorted
@@ -438,7 +438,7 @@ class UsageProcessor:
         # clients: each group's rows go to its API's client table as they are (folded later)
         corder = np.argsort(gi, kind="stable")
         cstarts = np.searchsorted(gi[corder], np.arange(ng + 1))
-        src = rows["src"][corder]
+        src = rows["src_addr"][corder]
         ccnt = np.stack([reqw, npk, nbytes], axis=1)[corder]
         for j in range(ng):
             lo, hi = int(cstarts[j]), int(cstarts[j + 1])

@@ -46,7 +46,7 @@ class Case:
 def base(frame: bytes, **kw: Any) -> dict[str, Any]:
     d: dict[str, Any] = {
         "src_addr": bytes(16), "dst_addr": bytes(16), "wire_len": len(frame), "sample_rate": 1,
-        "src_port": 0, "dst_port": 0, "payload_len": 0, "frag_off": 0, "vlan_outer": 0, "vlan_inner": 0,
+        "src_port": 0, "dst_port": 0, "payload_len": 0, "frag_offset": 0, "vlan_outer": 0, "vlan_inner": 0,
         "flags": 0, "ip_version": 0, "protocol": 0, "ttl": 0, "tcp_flags": 0, "frag_flags": 0,
         "ethertype": 0, "rx_queue": 0,
     }
@@ -112,7 +112,7 @@ def build_cases(dst_mac: str, src_mac: str) -> list[Case]:
         / Raw(b"F" * 40), v4, payload=b"F" * 40, proto=17, src_port=21, dst_port=22, payload_len=40,
         frag_flags=R.FRAG_MF, flags=R.F_FRAGMENT)
     add("ipv4_frag_later", eth / IP(src=SRC4, dst=DST4, flags=0, frag=185, proto=17) / Raw(b"L" * 30), v4,
-        payload=b"L" * 30, proto=17, payload_len=30, frag_off=1480, flags=R.F_FRAGMENT | R.F_L4_SKIPPED)
+        payload=b"L" * 30, proto=17, payload_len=30, frag_offset=1480, flags=R.F_FRAGMENT | R.F_L4_SKIPPED)
     # IPv6
     add("ipv6_tcp_syn", eth / IPv6(src=SRC6, dst=DST6, hlim=55) / TCP(sport=33000, dport=8443, flags="S"), v6,
         proto=6, hlim=55, src_port=33000, dst_port=8443, tcp_flags=0x02)
@@ -127,7 +127,7 @@ def build_cases(dst_mac: str, src_mac: str) -> list[Case]:
         / UDP(sport=300, dport=400, len=2000) / Raw(b"f" * 16), v6, payload=b"f" * 16, proto=17, src_port=300,
         dst_port=400, payload_len=16, frag_flags=R.FRAG_MF, flags=R.F_IPV6_EXT | R.F_FRAGMENT)
     add("ipv6_frag_later", eth / IPv6(src=SRC6, dst=DST6) / IPv6ExtHdrFragment(m=0, offset=100, id=7, nh=17)
-        / Raw(b"g" * 24), v6, payload=b"g" * 24, proto=17, payload_len=24, frag_off=800,
+        / Raw(b"g" * 24), v6, payload=b"g" * 24, proto=17, payload_len=24, frag_offset=800,
         flags=R.F_IPV6_EXT | R.F_FRAGMENT | R.F_L4_SKIPPED)
     # VLAN: one 802.1Q tag; 802.1ad + 802.1Q (QinQ)
     add("vlan_ipv4_udp", eth / Dot1Q(vlan=100, prio=3) / IP(src=SRC4, dst=DST4) / UDP(sport=1000, dport=2000)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pktstream.consumers.alerts.processor import Table
+from pktstream.consumers.alerts.tables import Table
 from pktstream.consumers.engine.features import FEATURE_DTYPE
 from pktstream.consumers.engine.snapshot import pack, unpack
 from pktstream.schemas.decode import DecodeError
@@ -16,7 +16,7 @@ from pktstream.schemas.decode import DecodeError
 
 def test_round_trip_keeps_values_dtypes_and_shapes() -> None:
     rec = np.zeros(3, FEATURE_DTYPE)
-    rec["src"][1] = [5, 6]
+    rec["src_addr"][1] = [5, 6]
     rec["ts_ns"] = [1, 2, 3]
     doc = {"w": {"10": [np.arange(5, dtype=np.int64), np.full((2, 3), 1.5)]}, "rec": rec, "s": "x", "n": 7,
            "empty": np.zeros(0, np.uint64)}
@@ -24,7 +24,7 @@ def test_round_trip_keeps_values_dtypes_and_shapes() -> None:
     assert back["s"] == "x" and back["n"] == 7
     assert back["w"]["10"][0].tolist() == [0, 1, 2, 3, 4] and back["w"]["10"][0].dtype == np.int64
     assert back["w"]["10"][1].shape == (2, 3) and float(back["w"]["10"][1].sum()) == 9.0
-    assert back["rec"].dtype == FEATURE_DTYPE and back["rec"]["src"][1].tolist() == [5, 6]
+    assert back["rec"].dtype == FEATURE_DTYPE and back["rec"]["src_addr"][1].tolist() == [5, 6]
     assert back["empty"].dtype == np.uint64 and len(back["empty"]) == 0
     back["w"]["10"][0][0] = 9  # restored arrays are writable (tables grow in them)
 
@@ -60,3 +60,23 @@ def test_alert_tables_of_either_form_load_the_same() -> None:
         for k, v in t.g.view().items():
             assert got.g.view()[k].tolist() == v.tolist(), k
         assert got.with_samples()["rec"]["ts_ns"].tolist() == t.with_samples()["rec"]["ts_ns"].tolist() == [10, 10, 20]
+
+
+def test_a_snapshot_written_before_a_field_rename_is_restored() -> None:
+    """Feature rows snapshotted with the old field names (src, sport, proto, ...) restore as today's
+    rows (same bytes); an array of another layout is still refused."""
+    from pktstream.consumers.engine.snapshot import array, same_layout
+
+    old_names = {"src_addr": "src", "dst_addr": "dst", "src_port": "sport", "dst_port": "dport", "protocol": "proto"}
+    old = np.dtype({"names": [old_names.get(n, n) for n in FEATURE_DTYPE.names or ()],
+                    "formats": [FEATURE_DTYPE.fields[n][0] for n in FEATURE_DTYPE.names or ()],  # type: ignore[index]
+                    "offsets": [FEATURE_DTYPE.fields[n][1] for n in FEATURE_DTYPE.names or ()],  # type: ignore[index]
+                    "itemsize": FEATURE_DTYPE.itemsize})
+    rows = np.zeros(3, dtype=old)
+    rows["sport"] = [1, 2, 3]
+    rows["proto"] = 6
+    back = array(unpack(pack({"rec": rows}))["rec"], FEATURE_DTYPE)
+    assert back["src_port"].tolist() == [1, 2, 3] and back["protocol"].tolist() == [6, 6, 6]
+    assert same_layout(old, FEATURE_DTYPE)
+    with pytest.raises(ValueError):
+        array(np.zeros(3, dtype=[("a", "<u8")]), FEATURE_DTYPE)

@@ -25,7 +25,7 @@ class Amplification(Detector):
             "towards one host in a window, min_mean_bytes or more on average")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 500, "min_mean_bytes": 512,
                                 "ports": [53, 123, 1900, 11211, 19, 389]}
-    columns = ("dst", "proto", "sport", "packets", "nbytes")
+    columns = ("dst_addr", "protocol", "src_port", "packets", "nbytes")
     light = True
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
@@ -33,8 +33,8 @@ class Amplification(Detector):
         self.ports = np.array(sorted(settings["ports"]), dtype=np.int64)
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
-        sel = np.flatnonzero(v.dst_rows & (v.proto == PROTO_UDP) & np.isin(v.sport, self.ports))
-        yield Add(sel, mix(v.hd[sel]), item=v.sport[sel])
+        sel = np.flatnonzero(v.dst_rows & (v.protocol == PROTO_UDP) & np.isin(v.src_port, self.ports))
+        yield Add(sel, mix(v.hd[sel]), item=v.src_port[sel])
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:
         cfg = self.settings

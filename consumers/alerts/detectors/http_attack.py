@@ -26,7 +26,7 @@ class HttpAttack(Detector):
             "${jndi: lookup (obfuscations resolved) or shell injection; at least min_requests per source, "
             "destination, port and kind in a window")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_requests": 1}
-    columns = ("src", "dst", "dport", "kind", "attack", "path")
+    columns = ("src_addr", "dst_addr", "dst_port", "kind", "attack", "path")
 
     def payload_scan(self) -> Callable[..., Any] | None:
         return attacks.scan_batch  # stage one marks each request's attack kinds (a bit each)
@@ -43,7 +43,7 @@ class HttpAttack(Detector):
                 # the request target, as an index into the state's own strings
                 path = np.array([state.strings.add(v.f.text(int(p)) or "/") for p in r["path"][sel].tolist()],
                                 dtype=np.int64)
-                yield Add(sel, mix(np.full(len(sel), bit), v.hs[sel], v.hd[sel], v.dport[sel]), item=bit, n=1,
+                yield Add(sel, mix(np.full(len(sel), bit), v.hs[sel], v.hd[sel], v.dst_port[sel]), item=bit, n=1,
                           sub=bit, s=path)
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:
@@ -55,7 +55,7 @@ class HttpAttack(Detector):
 
     def describe(self, e: Evidence) -> tuple[str, str]:
         name = attacks.NAMES[e.sub]
-        port = e.col("dport")
+        port = e.col("dst_port")
         e.sample["path"] = e.state.strings.items[e.col("s")] if e.col("s") >= 0 else ""
         return (f"{name}:{e.src}->{e.dst}:{port}",
                 f"{e.n} requests from {e.src} to {e.dst}:{port} with {name.replace('_', ' ')}")

@@ -26,12 +26,12 @@ class IcmpFlood(Detector):
     tactic = ("TA0040", "Impact")
     rule = "at least min_packets ICMP or ICMPv6 echo requests towards one host in a window"
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 5000}
-    columns = ("dst", "proto", "sport", "packets")
+    columns = ("dst_addr", "protocol", "src_port", "packets")
     light = True
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
-        sel = np.flatnonzero(v.dst_rows & (((v.proto == PROTO_ICMP) & (v.sport == ECHO_REQUEST))
-                                           | ((v.proto == PROTO_ICMP6) & (v.sport == ECHO_REQUEST6))))
+        sel = np.flatnonzero(v.dst_rows & (((v.protocol == PROTO_ICMP) & (v.src_port == ECHO_REQUEST))
+                                           | ((v.protocol == PROTO_ICMP6) & (v.src_port == ECHO_REQUEST6))))
         yield Add(sel, mix(v.hd[sel]))
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:

@@ -23,12 +23,12 @@ class PortScan(Detector):
     rule = ("one source tries at least min_ports distinct destination ports on one host within a window (TCP SYN "
             "or flag probes without ACK, UDP from an ephemeral port)")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_ports": 15}
-    columns = ("src", "dst", "dport", "proto", "syns", "flags_or", "sport")
+    columns = ("src_addr", "dst_addr", "dst_port", "protocol", "syns", "flags_or", "src_port")
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
         # (src, dst) -> distinct destination ports
         att = np.flatnonzero(v.dst_rows & v.attempts())
-        yield Add(att, mix(v.hs[att], v.hd[att]), item=v.dport[att])
+        yield Add(att, mix(v.hs[att], v.hd[att]), item=v.dst_port[att])
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:
         out: npt.NDArray[np.bool_] = w.distinct >= self.settings["min_ports"]

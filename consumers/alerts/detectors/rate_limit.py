@@ -25,7 +25,7 @@ class RateLimit(Detector):
     rule = ("one client sends an API more requests in a window than the catalog's rate_limit_per_min allows for "
             "that window")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60}
-    columns = ("src", "dst", "dport", "kind", "method", "name", "path")
+    columns = ("src_addr", "dst_addr", "dst_port", "kind", "method", "name", "path")
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
         super().__init__(settings, setup)
@@ -47,12 +47,12 @@ class RateLimit(Detector):
             return
         rr = take(r, req)
         # the catalog is asked once per distinct (Host, address, port, method, path)
-        gid, _g = group_index(mix(rr["name"], v.hd[req], rr["dport"], rr["method"], rr["path"]))
+        gid, _g = group_index(mix(rr["name"], v.hd[req], rr["dst_port"], rr["method"], rr["path"]))
         u = take(rr, first_rows(gid))
         apis = []
-        dsts = words_bytes(u["dst"])
+        dsts = words_bytes(u["dst_addr"])
         texts = [*v.f.strings, ""]  # index -1: no Host / no path
-        for j, (nm, port, meth, pth) in enumerate(zip(u["name"].tolist(), u["dport"].tolist(),
+        for j, (nm, port, meth, pth) in enumerate(zip(u["name"].tolist(), u["dst_port"].tolist(),
                                                       u["method"].tolist(), u["path"].tolist(), strict=True)):
             name = self._limited_api(texts[nm], dsts[16 * j : 16 * j + 16], port, meth, texts[pth])
             apis.append(state.strings.add(name) if name else -1)

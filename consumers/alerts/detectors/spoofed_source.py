@@ -68,7 +68,7 @@ class SpoofedSource(Detector):
             "interface listed in external_interfaces) a bogon or martian address; at least min_packets per "
             "destination and kind in a window")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_packets": 1}
-    columns = ("src", "dst", "ip_version", "origin", "packets")
+    columns = ("src_addr", "dst_addr", "ip_version", "origin", "packets")
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
         r = v.rows
@@ -78,14 +78,14 @@ class SpoofedSource(Detector):
         land = ipd & (v.hs == v.hd)
         cand = np.flatnonzero(land)
         if len(cand):
-            land[cand] = (r["src"][cand] == r["dst"][cand]).all(axis=1)
-        mcast = ipd & in_nets(r["src"], MCAST_NETS)
+            land[cand] = (r["src_addr"][cand] == r["dst_addr"][cand]).all(axis=1)
+        mcast = ipd & in_nets(r["src_addr"], MCAST_NETS)
         code = np.where(land, LAND, np.where(mcast, MULTICAST, 0))
         external = set(self.setup.external_interfaces)
         if external:  # capture points named host/interface or interface
             ext_o = np.array([any(x == e or x.endswith("/" + e) for e in external) for x in v.f.strings] + [False])
             on_ext = ext_o[r["origin"]]
-            bogon = ipd & on_ext & (code == 0) & in_nets(r["src"], BOGON_NETS)
+            bogon = ipd & on_ext & (code == 0) & in_nets(r["src_addr"], BOGON_NETS)
             code = np.where(bogon, BOGON, code)
         sel = np.flatnonzero(code > 0)
         yield Add(sel, mix(code[sel], v.hd[sel]), item=v.hs[sel], sub=code[sel])
@@ -95,7 +95,7 @@ class SpoofedSource(Detector):
         return out
 
     def item_text(self, c: dict[str, Any], r: int, item: int) -> str:
-        return addr_text(c["src"][r])
+        return addr_text(c["src_addr"][r])
 
     def describe(self, e: Evidence) -> tuple[str, str]:
         kind = KIND_NAMES[e.sub]

@@ -26,12 +26,12 @@ class SynFlood(Detector):
     rule = ("at least min_half_open connections to one host in a window sent nothing but SYNs, and they are at "
             "least min_ratio of the connections opened to it")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_half_open": 1000, "min_ratio": 0.8}
-    columns = ("dst", "proto", "syns", "packets")
+    columns = ("dst_addr", "protocol", "syns", "packets")
     light = True
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
         # dst -> connections opened (item 1) and left half-open (item 2)
-        opened = np.flatnonzero(v.dst_rows & (v.proto == PROTO_TCP) & (v.syns > 0))
+        opened = np.flatnonzero(v.dst_rows & (v.protocol == PROTO_TCP) & (v.syns > 0))
         yield Add(opened, mix(v.hd[opened]), item=np.where(v.n[opened] == v.syns[opened], HALF_OPEN, OPENED), n=1)
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:

@@ -50,7 +50,7 @@ class TcpFlags(Detector):
     rule = ("TCP packets with no flags (NULL), FIN+PSH+URG (XMAS), SYN+FIN, SYN+RST, or FIN without ACK; at least "
             "min_packets per source, destination and kind in a window")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_packets": 1}
-    columns = ("src", "dst", "dport", "proto", "tcp_flags", "packets")
+    columns = ("src_addr", "dst_addr", "dst_port", "protocol", "tcp_flags", "packets")
 
     @staticmethod
     def keep_apart(flags: npt.NDArray[Any], proto: npt.NDArray[Any]) -> npt.NDArray[np.uint8] | None:
@@ -61,9 +61,9 @@ class TcpFlags(Detector):
         r = v.rows
         if not len(r):
             return
-        code = flag_anomaly(r["tcp_flags"], v.proto)
+        code = flag_anomaly(r["tcp_flags"], v.protocol)
         sel = np.flatnonzero(v.dst_rows & (code > 0))
-        yield Add(sel, mix(code[sel], v.hs[sel], v.hd[sel]), item=v.dport[sel], sub=code[sel])
+        yield Add(sel, mix(code[sel], v.hs[sel], v.hd[sel]), item=v.dst_port[sel], sub=code[sel])
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:
         out: npt.NDArray[np.bool_] = w.n >= self.settings["min_packets"]

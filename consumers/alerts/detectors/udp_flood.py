@@ -24,7 +24,7 @@ class UdpFlood(Detector):
     rule = ("at least min_packets UDP packets towards one host in a window (reflection traffic from amplification "
             "ports counts as amplification instead)")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 20000}
-    columns = ("dst", "proto", "sport", "packets")
+    columns = ("dst_addr", "protocol", "src_port", "packets")
     light = True
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
@@ -33,7 +33,7 @@ class UdpFlood(Detector):
         self.amp_ports = np.array(sorted(setup.detectors["amplification"]["ports"]), dtype=np.int64)
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
-        sel = np.flatnonzero(v.dst_rows & (v.proto == PROTO_UDP) & ~np.isin(v.sport, self.amp_ports))
+        sel = np.flatnonzero(v.dst_rows & (v.protocol == PROTO_UDP) & ~np.isin(v.src_port, self.amp_ports))
         yield Add(sel, mix(v.hd[sel]))
 
     def fire(self, w: Window) -> npt.NDArray[np.bool_]:

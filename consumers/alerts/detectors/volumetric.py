@@ -27,7 +27,7 @@ class Volumetric(Detector):
             "of history), spread over at least min_flows connections (one bulk transfer is not an anomaly)")
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "warmup_windows": 30, "factor": 10.0,
                                 "sigmas": 6.0, "min_packets": 20000, "min_flows": 50, "max_keys": 100000}
-    columns = ("src", "dst", "ip_version", "packets", "fh")
+    columns = ("src_addr", "dst_addr", "ip_version", "packets", "fh")
     light = True
 
     def source_rows(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
