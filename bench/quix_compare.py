@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 import uuid
 
@@ -38,8 +40,9 @@ def main() -> None:
         if i % 10000 == 0:
             p.poll(0)
     p.flush()
+    state_dir = tempfile.mkdtemp(prefix="pktstream-quix-state-")  # RocksDB state, removed at the end
     app = Application(broker_address=a.bootstrap, consumer_group=f"quix-cmp-{uuid.uuid4().hex[:6]}",
-                      auto_offset_reset="earliest", processing_guarantee="exactly-once")
+                      auto_offset_reset="earliest", processing_guarantee="exactly-once", state_dir=state_dir)
     t = app.topic(topic, value_deserializer="json", timestamp_extractor=lambda v, h, ts, tt: v["ts"])
     sdf = app.dataframe(t)
     marks: list[float] = []
@@ -50,7 +53,10 @@ def main() -> None:
 
     sdf = sdf.update(mark)
     sdf = sdf.tumbling_window(duration_ms=60_000, grace_ms=10_000).count().final()
-    app.run(sdf, count=a.records, timeout=600, collect=False)
+    try:
+        app.run(sdf, count=a.records, timeout=600, collect=False)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
     n = len(marks)
     print(f"quixstreams tumbling-window count, exactly-once: {n} records in {marks[-1] - marks[0]:.2f} s "
           f"= {n / (marks[-1] - marks[0]):,.0f} records/s")

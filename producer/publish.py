@@ -19,7 +19,6 @@ log = structlog.get_logger("pktstream.kafka")
 
 @dataclass
 class DeliveryStats:
-    messages_delivered: int = 0
     records_delivered: int = 0
     records_failed: int = 0
     bytes_delivered: int = 0
@@ -86,7 +85,6 @@ class Publisher:
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
-                self.stats.messages_delivered += 1
                 self.stats.records_delivered += records
                 self.stats.bytes_delivered += len(value)
                 if ts_first_ns:
@@ -131,7 +129,6 @@ class Publisher:
                     if own:
                         self.stats.records_delivered += b.records
                         self.stats.records_spooled -= b.records
-                        self.stats.messages_delivered += 1
                         self.stats.bytes_delivered += len(b.value)
 
             log.debug("spool_replay", file=b.path.name, records=b.records)

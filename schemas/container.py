@@ -63,11 +63,6 @@ def field_specs(schema: Mapping[str, Any]) -> list[FieldSpec]:
     return specs
 
 
-def zigzag(values: npt.ArrayLike) -> npt.NDArray[np.uint64]:
-    v = np.asarray(values).astype(np.int64, copy=False)
-    return ((v << 1) ^ (v >> 63)).view(np.uint64)
-
-
 KIND_VARINT, KIND_FIXED, KIND_BYTES = 0, 1, 2
 
 _native = load_native()

@@ -63,10 +63,6 @@ CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find 
 _PARSED = fastavro.parse_schema(load_schema_json("usage"))
 
 
-def usage_schema() -> Any:
-    return _PARSED
-
-
 class Clients:
     """Per-client counters (requests, packets, bytes) of one API in one window, as arrays.
 
