@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,14 +28,18 @@ def check_reachable(conf: Mapping[str, Any], timeout_s: float = 10.0) -> None:
     errors: list[str] = []
 
     def on_error(err: KafkaError) -> None:
-        errors.append(str(err))
+        # the words, not KafkaError{code=...}; the timing suffix varies between retries of one cause
+        errors.append(re.sub(r"\s*\(after \d+ms in state \w+\)", "", err.str()))
 
-    admin = AdminClient({**conf, "error_cb": on_error})  # type: ignore[dict-item]
+    # librdkafka's own log lines (one per refused connection attempt) stay out of the way: the
+    # probe's errors come through error_cb and are said once, in the message below
+    admin = AdminClient({**conf, "error_cb": on_error, "log_level": 0})  # type: ignore[dict-item]
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
         admin.poll(1.0)  # serve error_cb: it says why (authentication, TLS, resolution, refused)
-        detail = "; ".join(dict.fromkeys(errors)) or str(e)
+        first = e.args[0] if e.args else None
+        detail = "; ".join(dict.fromkeys(errors)) or (first.str() if isinstance(first, KafkaError) else str(e))
         raise KafkaUnavailableError(
             f"cannot reach Kafka at {conf.get('bootstrap.servers')} within {timeout_s:.0f}s: {detail}"
         ) from None

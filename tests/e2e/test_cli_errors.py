@@ -120,6 +120,24 @@ def test_consumers_list_every_problem_of_their_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
+def test_every_command_says_an_unreachable_broker_and_a_missing_topic_in_the_same_words(
+        kafka_bootstrap: str) -> None:
+    """One error path: one line in words, exit 1, no KafkaError{...}, no librdkafka log lines."""
+    missing = f"nosuch-{uuid.uuid4().hex[:6]}"
+    for verb in ("tail", "audit", "usage", "alerts"):
+        extra = ("--metrics-port", "0") if verb in ("usage", "alerts") else ()
+        r = run(verb, "--bootstrap-servers", "127.0.0.1:1", *extra)
+        assert r.returncode == 1, (verb, r.stderr)
+        assert r.stderr.startswith("pktstream: error: cannot reach Kafka at 127.0.0.1:1 within 10s: "), (verb, r.stderr)
+        assert "Connection refused" in r.stderr and "KafkaError{" not in r.stderr, (verb, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (verb, r.stderr)
+        r = run(verb, "--bootstrap-servers", kafka_bootstrap, "--topic", missing, *extra)
+        assert r.returncode == 1, (verb, r.stderr)
+        assert f"packet topic '{missing}' does not exist on the broker" in r.stderr, (verb, r.stderr)
+        assert "Traceback" not in r.stderr and "KafkaError{" not in r.stderr, (verb, r.stderr)
+
+
+@pytest.mark.kafka
 def test_consumers_unreachable_broker_and_missing_topic(kafka_bootstrap: str) -> None:
     r = run("usage", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0")
     assert r.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in r.stderr, r.stderr
