@@ -135,7 +135,16 @@ class Evidence:
 
 
 class Detector:
-    """Base of every detector; a module of ``detectors/`` defines one subclass."""
+    """Base of every detector; a module of ``detectors/`` defines one subclass, declared as
+
+        class PortScan(Detector, name="port_scan", order=10, severity_id=3,
+                       technique=("T1046", "Network Service Discovery"), tactic=("TA0007", "Discovery")):
+            \"\"\"Port scan: one source tries at least min_ports distinct destination ports ...\"\"\"
+
+            defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_ports": 15}
+            columns = ("src_addr", "dst_addr", "dst_port", ...)
+
+    Its docstring is its title and rule text ("Title: rule"), as docs and OCSF show them."""
 
     name: ClassVar[str]
     title: ClassVar[str]
@@ -147,6 +156,19 @@ class Detector:
     order: ClassVar[int]  # position among the detectors: the order alerts of one window are emitted in
     columns: ClassVar[tuple[str, ...]] = ()  # the feature columns it reads (features.FEATURE_DTYPE)
     light: ClassVar[bool] = False  # large tables: keep one sample feature row per key, not per group
+
+    def __init_subclass__(cls, *, name: str = "", order: int = 0, severity_id: int = 0,
+                          technique: tuple[str, str] = ("", ""), tactic: tuple[str, str] = ("", ""),
+                          light: bool = False, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if not name:  # a base several detectors share (PacketFlood), not a detector
+            return
+        title, _, rule = " ".join((cls.__doc__ or "").split()).partition(": ")
+        if not title or not rule:
+            raise TypeError(f"detector {name}: its docstring must read 'Title: rule text'")
+        cls.name, cls.order, cls.severity_id, cls.technique, cls.tactic, cls.light = (
+            name, order, severity_id, technique, tactic, light)
+        cls.title, cls.rule = title, rule.removesuffix(".")
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
         self.settings = settings
@@ -189,6 +211,17 @@ class Detector:
     def describe(self, e: Evidence) -> tuple[str, str]:
         """(alert key, message) of a firing key."""
         raise NotImplementedError
+
+
+class PacketFlood(Detector):
+    """What the floods share: a destination's packets in a window reach min_packets."""
+
+    def fire(self, w: Window) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = w.n >= self.settings["min_packets"]
+        return out
+
+    def describe(self, e: Evidence) -> tuple[str, str]:
+        return e.dst, f"{e.n} packets to {e.dst} from {distinct_sources(e.c, e.rows)} sources"
 
 
 # -- helpers several detectors use ---------------------------------------------------------------

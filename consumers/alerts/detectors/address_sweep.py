@@ -13,14 +13,10 @@ from pktstream.consumers.alerts.tables import AlertsState
 from pktstream.consumers.engine.features import mix
 
 
-class AddressSweep(Detector):
-    name = "address_sweep"
-    order = 20
-    title = "Address sweep"
-    severity_id = 3
-    technique = ("T1595.001", "Active Scanning: Scanning IP Blocks")
-    tactic = ("TA0043", "Reconnaissance")
-    rule = "one source tries one destination port on at least min_hosts distinct hosts within a window"
+class AddressSweep(Detector, name="address_sweep", order=20, severity_id=3,
+                   technique=("T1595.001", "Active Scanning: Scanning IP Blocks"), tactic=("TA0043", "Reconnaissance")):
+    """Address sweep: one source tries one destination port on at least min_hosts distinct hosts within a window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_hosts": 25}
     columns = ("src_addr", "dst_addr", "dst_port", "protocol", "syns", "flags_or", "src_port")
 

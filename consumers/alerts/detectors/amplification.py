@@ -14,19 +14,14 @@ from pktstream.consumers.engine.features import mix
 from pktstream.schemas.protocols import PROTO_UDP
 
 
-class Amplification(Detector):
-    name = "amplification"
-    order = 60
-    title = "Reflection/amplification attack"
-    severity_id = 4
-    technique = ("T1498.002", "Reflection Amplification")
-    tactic = ("TA0040", "Impact")
-    rule = ("at least min_packets UDP packets from amplification service ports (53, 123, 1900, 11211, 19, 389) "
-            "towards one host in a window, min_mean_bytes or more on average")
+class Amplification(Detector, name="amplification", order=60, severity_id=4,
+                    technique=("T1498.002", "Reflection Amplification"), tactic=("TA0040", "Impact"), light=True):
+    """Reflection/amplification attack: at least min_packets UDP packets from amplification service ports (53,
+    123, 1900, 11211, 19, 389) towards one host in a window, min_mean_bytes or more on average."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 500, "min_mean_bytes": 512,
                                 "ports": [53, 123, 1900, 11211, 19, 389]}
     columns = ("dst_addr", "protocol", "src_port", "packets", "nbytes")
-    light = True
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
         super().__init__(settings, setup)

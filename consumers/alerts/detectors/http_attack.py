@@ -15,16 +15,12 @@ from pktstream.consumers.engine.features import mix
 from pktstream.consumers.engine.parse import KIND_HTTP1
 
 
-class HttpAttack(Detector):
-    name = "http_attack"
-    order = 90
-    title = "Attack string in HTTP request"
-    severity_id = 4
-    technique = ("T1190", "Exploit Public-Facing Application")
-    tactic = ("TA0001", "Initial Access")
-    rule = ("an HTTP/1.x request line or header in the payload prefix carries SQL injection, path traversal, a "
-            "${jndi: lookup (obfuscations resolved) or shell injection; at least min_requests per source, "
-            "destination, port and kind in a window")
+class HttpAttack(Detector, name="http_attack", order=90, severity_id=4,
+                 technique=("T1190", "Exploit Public-Facing Application"), tactic=("TA0001", "Initial Access")):
+    """Attack string in HTTP request: an HTTP/1.x request line or header in the payload prefix carries SQL
+    injection, path traversal, a ${jndi: lookup (obfuscations resolved) or shell injection; at least
+    min_requests per source, destination, port and kind in a window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_requests": 1}
     columns = ("src_addr", "dst_addr", "dst_port", "kind", "attack", "path")
 

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
-from pktstream.consumers.alerts.detector import Add, Detector, Evidence, View, Window, distinct_sources
+from pktstream.consumers.alerts.detector import Add, PacketFlood, View
 from pktstream.consumers.alerts.tables import AlertsState
 from pktstream.consumers.engine.features import mix
 from pktstream.schemas.protocols import PROTO_ICMP, PROTO_ICMP6
@@ -17,26 +16,15 @@ from pktstream.schemas.protocols import PROTO_ICMP, PROTO_ICMP6
 ECHO_REQUEST, ECHO_REQUEST6 = 8, 128
 
 
-class IcmpFlood(Detector):
-    name = "icmp_flood"
-    order = 50
-    title = "ICMP flood"
-    severity_id = 4
-    technique = ("T1498.001", "Direct Network Flood")
-    tactic = ("TA0040", "Impact")
-    rule = "at least min_packets ICMP or ICMPv6 echo requests towards one host in a window"
+class IcmpFlood(PacketFlood, name="icmp_flood", order=50, severity_id=4,
+                technique=("T1498.001", "Direct Network Flood"), tactic=("TA0040", "Impact"), light=True):
+    """ICMP flood: at least min_packets ICMP or ICMPv6 echo requests towards one host in a window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 5000}
     columns = ("dst_addr", "protocol", "src_port", "packets")
-    light = True
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
         sel = np.flatnonzero(v.dst_rows & (((v.protocol == PROTO_ICMP) & (v.src_port == ECHO_REQUEST))
                                            | ((v.protocol == PROTO_ICMP6) & (v.src_port == ECHO_REQUEST6))))
         yield Add(sel, mix(v.hd[sel]))
 
-    def fire(self, w: Window) -> npt.NDArray[np.bool_]:
-        out: npt.NDArray[np.bool_] = w.n >= self.settings["min_packets"]
-        return out
-
-    def describe(self, e: Evidence) -> tuple[str, str]:
-        return e.dst, f"{e.n} packets to {e.dst} from {distinct_sources(e.c, e.rows)} sources"

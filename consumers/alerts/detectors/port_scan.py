@@ -13,15 +13,11 @@ from pktstream.consumers.alerts.tables import AlertsState
 from pktstream.consumers.engine.features import mix
 
 
-class PortScan(Detector):
-    name = "port_scan"
-    order = 10
-    title = "Port scan"
-    severity_id = 3
-    technique = ("T1046", "Network Service Discovery")
-    tactic = ("TA0007", "Discovery")
-    rule = ("one source tries at least min_ports distinct destination ports on one host within a window (TCP SYN "
-            "or flag probes without ACK, UDP from an ephemeral port)")
+class PortScan(Detector, name="port_scan", order=10, severity_id=3, technique=("T1046", "Network Service Discovery"),
+               tactic=("TA0007", "Discovery")):
+    """Port scan: one source tries at least min_ports distinct destination ports on one host within a window
+    (TCP SYN or flag probes without ACK, UDP from an ephemeral port)."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_ports": 15}
     columns = ("src_addr", "dst_addr", "dst_port", "protocol", "syns", "flags_or", "src_port")
 

@@ -15,15 +15,11 @@ from pktstream.consumers.engine.features import mix, take, words_bytes
 from pktstream.consumers.engine.parse import KIND_HTTP1, METHODS
 
 
-class RateLimit(Detector):
-    name = "rate_limit"
-    order = 100
-    title = "Client request rate above the API's limit"
-    severity_id = 2
-    technique = ("T1499.003", "Application Exhaustion Flood")
-    tactic = ("TA0040", "Impact")
-    rule = ("one client sends an API more requests in a window than the catalog's rate_limit_per_min allows for "
-            "that window")
+class RateLimit(Detector, name="rate_limit", order=100, severity_id=2,
+                technique=("T1499.003", "Application Exhaustion Flood"), tactic=("TA0040", "Impact")):
+    """Client request rate above the API's limit: one client sends an API more requests in a window than the
+    catalog's rate_limit_per_min allows for that window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60}
     columns = ("src_addr", "dst_addr", "dst_port", "kind", "method", "name", "path")
 

@@ -57,16 +57,12 @@ def in_nets(words: npt.NDArray[Any], nets: list[tuple[int, int, int, int]]) -> n
     return out
 
 
-class SpoofedSource(Detector):
-    name = "spoofed_source"
-    order = 70
-    title = "Spoofed or impossible source address"
-    severity_id = 3
-    technique = ("T1498", "Network Denial of Service")
-    tactic = ("TA0040", "Impact")
-    rule = ("packets whose source is the destination itself (LAND), a multicast or broadcast address, or (on an "
-            "interface listed in external_interfaces) a bogon or martian address; at least min_packets per "
-            "destination and kind in a window")
+class SpoofedSource(Detector, name="spoofed_source", order=70, severity_id=3,
+                    technique=("T1498", "Network Denial of Service"), tactic=("TA0040", "Impact")):
+    """Spoofed or impossible source address: packets whose source is the destination itself (LAND), a multicast
+    or broadcast address, or (on an interface listed in external_interfaces) a bogon or martian address; at
+    least min_packets per destination and kind in a window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_packets": 1}
     columns = ("src_addr", "dst_addr", "ip_version", "origin", "packets")
 

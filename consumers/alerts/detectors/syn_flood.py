@@ -16,18 +16,13 @@ from pktstream.schemas.protocols import PROTO_TCP
 OPENED, HALF_OPEN = 1, 2  # items: a connection that went on, one that sent nothing but SYNs
 
 
-class SynFlood(Detector):
-    name = "syn_flood"
-    order = 30
-    title = "SYN flood"
-    severity_id = 4
-    technique = ("T1499.001", "OS Exhaustion Flood")
-    tactic = ("TA0040", "Impact")
-    rule = ("at least min_half_open connections to one host in a window sent nothing but SYNs, and they are at "
-            "least min_ratio of the connections opened to it")
+class SynFlood(Detector, name="syn_flood", order=30, severity_id=4, technique=("T1499.001", "OS Exhaustion Flood"),
+               tactic=("TA0040", "Impact"), light=True):
+    """SYN flood: at least min_half_open connections to one host in a window sent nothing but SYNs, and they are
+    at least min_ratio of the connections opened to it."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_half_open": 1000, "min_ratio": 0.8}
     columns = ("dst_addr", "protocol", "syns", "packets")
-    light = True
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
         # dst -> connections opened (item 1) and left half-open (item 2)

@@ -40,15 +40,11 @@ def flag_anomaly(flags: npt.NDArray[Any], proto: npt.NDArray[Any]) -> npt.NDArra
     return code
 
 
-class TcpFlags(Detector):
-    name = "tcp_flags"
-    order = 80
-    title = "TCP flag anomaly"
-    severity_id = 3
-    technique = ("T1046", "Network Service Discovery")
-    tactic = ("TA0007", "Discovery")
-    rule = ("TCP packets with no flags (NULL), FIN+PSH+URG (XMAS), SYN+FIN, SYN+RST, or FIN without ACK; at least "
-            "min_packets per source, destination and kind in a window")
+class TcpFlags(Detector, name="tcp_flags", order=80, severity_id=3, technique=("T1046", "Network Service Discovery"),
+               tactic=("TA0007", "Discovery")):
+    """TCP flag anomaly: TCP packets with no flags (NULL), FIN+PSH+URG (XMAS), SYN+FIN, SYN+RST, or FIN without
+    ACK; at least min_packets per source, destination and kind in a window."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 60, "min_packets": 1}
     columns = ("src_addr", "dst_addr", "dst_port", "protocol", "tcp_flags", "packets")
 

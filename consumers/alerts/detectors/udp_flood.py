@@ -6,26 +6,20 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
-from pktstream.consumers.alerts.detector import Add, Detector, Evidence, Setup, View, Window, distinct_sources
+from pktstream.consumers.alerts.detector import Add, PacketFlood, Setup, View
 from pktstream.consumers.alerts.tables import AlertsState
 from pktstream.consumers.engine.features import mix
 from pktstream.schemas.protocols import PROTO_UDP
 
 
-class UdpFlood(Detector):
-    name = "udp_flood"
-    order = 40
-    title = "UDP flood"
-    severity_id = 4
-    technique = ("T1498.001", "Direct Network Flood")
-    tactic = ("TA0040", "Impact")
-    rule = ("at least min_packets UDP packets towards one host in a window (reflection traffic from amplification "
-            "ports counts as amplification instead)")
+class UdpFlood(PacketFlood, name="udp_flood", order=40, severity_id=4, technique=("T1498.001", "Direct Network Flood"),
+               tactic=("TA0040", "Impact"), light=True):
+    """UDP flood: at least min_packets UDP packets towards one host in a window (reflection traffic from
+    amplification ports counts as amplification instead)."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "min_packets": 20000}
     columns = ("dst_addr", "protocol", "src_port", "packets")
-    light = True
 
     def __init__(self, settings: dict[str, Any], setup: Setup) -> None:
         super().__init__(settings, setup)
@@ -36,9 +30,3 @@ class UdpFlood(Detector):
         sel = np.flatnonzero(v.dst_rows & (v.protocol == PROTO_UDP) & ~np.isin(v.src_port, self.amp_ports))
         yield Add(sel, mix(v.hd[sel]))
 
-    def fire(self, w: Window) -> npt.NDArray[np.bool_]:
-        out: npt.NDArray[np.bool_] = w.n >= self.settings["min_packets"]
-        return out
-
-    def describe(self, e: Evidence) -> tuple[str, str]:
-        return e.dst, f"{e.n} packets to {e.dst} from {distinct_sources(e.c, e.rows)} sources"

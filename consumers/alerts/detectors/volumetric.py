@@ -15,20 +15,16 @@ from pktstream.consumers.engine.features import mix
 DESTINATION, SOURCE = 0, 1  # sub: which address the key is
 
 
-class Volumetric(Detector):
-    name = "volumetric"
-    order = 110
-    title = "Traffic volume far above its baseline"
-    severity_id = 3
-    technique = ("T1498", "Network Denial of Service")
-    tactic = ("TA0040", "Impact")
-    rule = ("packets of one destination (or one source) in a window exceed min_packets, factor times its average "
-            "and its average plus sigmas standard deviations over the windows seen before (after warmup_windows "
-            "of history), spread over at least min_flows connections (one bulk transfer is not an anomaly)")
+class Volumetric(Detector, name="volumetric", order=110, severity_id=3,
+                 technique=("T1498", "Network Denial of Service"), tactic=("TA0040", "Impact"), light=True):
+    """Traffic volume far above its baseline: packets of one destination (or one source) in a window exceed
+    min_packets, factor times its average and its average plus sigmas standard deviations over the windows seen
+    before (after warmup_windows of history), spread over at least min_flows connections (one bulk transfer is
+    not an anomaly)."""
+
     defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 10, "warmup_windows": 30, "factor": 10.0,
                                 "sigmas": 6.0, "min_packets": 20000, "min_flows": 50, "max_keys": 100000}
     columns = ("src_addr", "dst_addr", "ip_version", "packets", "fh")
-    light = True
 
     def source_rows(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         """Everything a source sent goes to its partition too: its volume and flows."""
