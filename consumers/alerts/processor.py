@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from pktstream.consumers.alerts.detector import SEC, Detector, Evidence, Setup, View, Window, addr_text
 from pktstream.consumers.alerts.detectors import registry
-from pktstream.consumers.alerts.ocsf import avro_record, ocsf
+from pktstream.consumers.alerts.ocsf import avro_record, networks, ocsf
 from pktstream.consumers.alerts.rules import Rules
 from pktstream.consumers.alerts.tables import AlertsState, Baselines, OpenAlert, Table, expand
 from pktstream.consumers.catalog import Catalog
@@ -56,6 +56,7 @@ class AlertsProcessor:
         self.grace_ns = int(grace_s * SEC)
         self.fmt = fmt
         self.host = host
+        self.local = networks(rules.local_networks)
         setup = Setup(self.catalog, list(rules.external_interfaces), rules.detectors)
         self.detectors: dict[str, Detector] = {name: cls(rules.detectors[name], setup)
                                                for name, cls in registry().items() if rules.on(name)}
@@ -258,7 +259,7 @@ class AlertsProcessor:
         return out
 
     def _emit(self, st: AlertsState, a: OpenAlert, activity: int, facts: dict[str, Any] | None) -> Output:
-        doc = ocsf(a, activity, facts, self.rules.window_ns(a.rule), self.host)
+        doc = ocsf(a, activity, facts, self.rules.window_ns(a.rule), self.host, self.local)
         if self.fmt == "avro":
             buf = io.BytesIO()
             fastavro.writer(buf, _PARSED, [avro_record(doc)], codec="null")

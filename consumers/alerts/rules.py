@@ -9,6 +9,7 @@ from typing import Any
 
 from pktstream.consumers.alerts.detector import SEC
 from pktstream.consumers.alerts.detectors import registry
+from pktstream.consumers.alerts.ocsf import LOCAL_NETWORKS, networks
 from pktstream.consumers.catalog import read_yaml
 from pktstream.runtime.errors import ConfigError
 
@@ -18,12 +19,19 @@ class Rules:
     detectors: dict[str, dict[str, Any]]
     external_interfaces: list[str] = field(default_factory=list)
     close_after_windows: int = 1
+    local_networks: list[str] = field(default_factory=lambda: list(LOCAL_NETWORKS))
 
     def on(self, name: str) -> bool:
         return bool(self.detectors[name]["enabled"])
 
     def window_ns(self, name: str) -> int:
         return int(self.detectors[name]["window_s"] * SEC)
+
+    def step_ns(self, name: str) -> int:
+        """How often the detector's window is evaluated: every hop_s for a sliding (hopping) window,
+        every window_s for a tumbling one."""
+        d = self.detectors[name]
+        return int(d.get("hop_s", d["window_s"]) * SEC)
 
 
 def load_rules(path: str | Path | None, data: Any = None) -> Rules:
@@ -34,10 +42,10 @@ def load_rules(path: str | Path | None, data: Any = None) -> Rules:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError([f"alerts config {path}: expected a mapping"])
-    unknown = set(data) - {"detectors", "external_interfaces", "close_after_windows"}
+    unknown = set(data) - {"detectors", "external_interfaces", "close_after_windows", "local_networks"}
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)} (expected detectors, external_interfaces, "
-                        "close_after_windows)")
+                        "close_after_windows, local_networks)")
     defaults = {name: d.defaults for name, d in registry().items()}
     dets = {k: dict(v) for k, v in defaults.items()}
     given = data.get("detectors") or {}
@@ -58,6 +66,10 @@ def load_rules(path: str | Path | None, data: Any = None) -> Rules:
             want = defaults[name][k]
             if isinstance(want, bool):
                 ok = isinstance(v, bool)
+            elif isinstance(want, dict):  # port -> a whole number (per-service figures)
+                ok = isinstance(v, dict) and all(
+                    isinstance(p, int) and 0 < p < 65536 and isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                    for p, x in v.items())
             elif isinstance(want, list):
                 ok = isinstance(v, list) and all(isinstance(x, int) and 0 < x < 65536 for x in v)
             elif isinstance(want, float):
@@ -75,10 +87,24 @@ def load_rules(path: str | Path | None, data: Any = None) -> Rules:
     if not isinstance(ext, list) or not all(isinstance(x, str) for x in ext):
         problems.append("external_interfaces: expected a list of interface names (or host/interface)")
         ext = []
+    local = data.get("local_networks", list(LOCAL_NETWORKS))
+    if not isinstance(local, list) or not all(isinstance(x, str) for x in local):
+        problems.append("local_networks: expected a list of networks (CIDR)")
+        local = list(LOCAL_NETWORKS)
+    else:
+        for x in local:
+            try:
+                networks([x])
+            except ValueError:
+                problems.append(f"local_networks: {x!r} is not a network (CIDR)")
     close_after = data.get("close_after_windows", 1)
     if not isinstance(close_after, int) or close_after < 1:
         problems.append(f"close_after_windows: expected a whole number >= 1, got {close_after!r}")
         close_after = 1
+    for name, cfg in dets.items():
+        if "hop_s" in cfg and (cfg["hop_s"] < 1 or cfg["window_s"] % cfg["hop_s"]):
+            problems.append(f"detectors.{name}.hop_s: {cfg['hop_s']!r} must be >= 1 and divide window_s "
+                            f"({cfg['window_s']!r})")
     if problems:
         raise ConfigError(problems)
-    return Rules(dets, list(ext), close_after)
+    return Rules(dets, list(ext), close_after, list(local))

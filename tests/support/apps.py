@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pktstream.runtime.kafka import ensure_topic
 from tests.support.helpers import NetnsHost, read_messages, sh
+from tests.support.ocsf import assert_valid
 from tests.support.producer_proc import PKTSTREAM
 from tests.support.traffic import Traffic, containers, fleet, generate, merge, packets, spread
 
@@ -170,7 +171,9 @@ def run_alerts(cmd: list[str], log: list[dict[str, Any]] | None = None) -> list[
     assert p.returncode == 0, p.stderr[-3000:]
     if log is not None:
         log.extend(log_events(p.stderr))
-    return [json.loads(line) for line in p.stdout.splitlines()]
+    docs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert_valid(docs)  # every event, by OCSF's own schema
+    return docs
 
 
 def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -179,6 +182,7 @@ def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         doc = json.loads(value)
         assert key == doc["finding_info"]["uid"].encode()
         out.append(doc)
+    assert_valid(out)  # every event, by OCSF's own schema
     return out
 
 
