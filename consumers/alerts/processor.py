@@ -106,7 +106,7 @@ class AlertsProcessor:
         """Rows sel of a view added to the detector's window tables under key k (one per row)."""
         if len(sel) == 0:
             return
-        w = self.rules.window_ns(det.name)
+        w = self.rules.step_ns(det.name)  # a window, or a sliding window's hop
         a = agg_batch(len(sel), k=k, item=item, o=v.o[sel], n=v.n[sel] if n is None else n, b=v.b[sel],
                       t=v.t[sel], sub=sub, s=s)
         win = a[5] - a[5] % w
@@ -160,15 +160,17 @@ class AlertsProcessor:
         final = watermark_ns >= FOREVER
         limit = FOREVER if final else watermark_ns - self.grace_ns
         for name, det in self.detectors.items():
-            w = self.rules.window_ns(name)
+            w, step = self.rules.window_ns(name), self.rules.step_ns(name)
             wins = st.windows.get(name, {})
-            closing = sorted(ws for ws in wins if ws + w <= limit)
-            for ws in closing:
-                firing = self._evaluate(st, det, wins.pop(ws))
-                out.extend(self._lifecycle(st, name, ws, firing))
-                st.closed_until[name] = max(st.closed_until.get(name, 0), ws + w)
+            if step == w:  # tumbling: each window's table is evaluated once, when it closes
+                for ws in sorted(ws for ws in wins if ws + w <= limit):
+                    firing = self._evaluate(st, det, wins.pop(ws))
+                    out.extend(self._lifecycle(st, name, ws, firing))
+                    st.closed_until[name] = max(st.closed_until.get(name, 0), ws + w)
+            else:
+                out.extend(self._slide(st, det, wins, w, step, limit))
             if not final:
-                st.closed_until[name] = max(st.closed_until.get(name, 0), limit - limit % w)
+                st.closed_until[name] = max(st.closed_until.get(name, 0), limit - limit % step)
                 # windows without any traffic still close alerts that stopped firing
                 last_closed = st.closed_until[name] - w
                 out.extend(self._lifecycle(st, name, last_closed, {}))
@@ -178,8 +180,34 @@ class AlertsProcessor:
                 out.append(self._emit(st, a, 3, None))
         return out
 
-    def _evaluate(self, st: AlertsState, det: Detector, t: Table) -> dict[str, dict[str, Any]]:
-        """Keys over the detector's threshold in one closed window: key text -> facts."""
+    def _slide(self, st: AlertsState, det: Detector, hops: dict[int, Table], w: int, step: int,
+               limit: int) -> list[Output]:
+        """A hopping window: the tables hold one hop (``step``) each; every window of length ``w``
+        that ends on a hop boundary at or before the limit, and holds a hop with traffic, is
+        evaluated over the union of its hops, so a scan is judged the same wherever it starts
+        relative to a boundary. Hops no later window can hold are dropped."""
+        out: list[Output] = []
+        done = st.closed_until.get(det.name, 0)  # windows ending here or before were evaluated
+        ends = sorted({hs + k * step for hs in hops for k in range(1, w // step + 1)})
+        for e in ends:
+            if e <= done or e > limit:
+                continue
+            inside = [hops[hs] for hs in sorted(hops) if e - w <= hs < e]
+            newest = hops.get(e - step)
+            # a key fires when its window crosses the threshold and it sent in the newest hop: a
+            # scan is raised once, when it crosses, and updated while it goes on, not re-reported
+            # for every hop its old packets stay in the window
+            firing = self._evaluate(st, det, Table.merged(inside), newest.cols["k"]) if newest is not None else {}
+            out.extend(self._lifecycle(st, det.name, e - w, firing))
+            st.closed_until[det.name] = max(st.closed_until.get(det.name, 0), e)
+        for hs in [hs for hs in hops if hs + w <= st.closed_until.get(det.name, 0)]:
+            del hops[hs]
+        return out
+
+    def _evaluate(self, st: AlertsState, det: Detector, t: Table,
+                  recent: npt.NDArray[np.uint64] | None = None) -> dict[str, dict[str, Any]]:
+        """Keys over the detector's threshold in one closed window (only those among ``recent``, when
+        given): key text -> facts."""
         c = t.cols
         if len(c["k"]) == 0:
             return {}
@@ -192,6 +220,8 @@ class AlertsProcessor:
         _pinv, pairs = group_index(kinv, c["item"])
         distinct = np.bincount(pairs.view()["k"].astype(np.int64), minlength=nk)
         fire = det.fire(Window(c, kinv, keys, n, b, distinct, st))
+        if recent is not None:
+            fire &= np.isin(keys, recent)
         out: dict[str, dict[str, Any]] = {}
         if fire.any():
             c = expand(t.with_samples())
@@ -231,7 +261,8 @@ class AlertsProcessor:
 
     def _lifecycle(self, st: AlertsState, det: str, ws: int, firing: dict[str, dict[str, Any]]) -> list[Output]:
         out: list[Output] = []
-        w = self.rules.window_ns(det)
+        step = self.rules.step_ns(det)
+        sliding = step != self.rules.window_ns(det)
         for key in sorted(firing):
             facts = firing[key]
             ak = f"{det}|{key}"
@@ -245,7 +276,8 @@ class AlertsProcessor:
                 a.last_window = ws
                 a.last_seen = max(a.last_seen, facts["t1"])
                 a.first_seen = min(a.first_seen, facts["t0"])
-                a.count += facts["count"]
+                # overlapping (sliding) windows count a packet more than once: keep the largest
+                a.count = max(a.count, facts["count"]) if sliding else a.count + facts["count"]
                 a.windows += 1
                 out.append(self._emit(st, a, 2, facts))
         # alerts of this detector that stayed quiet long enough: closed
@@ -253,7 +285,7 @@ class AlertsProcessor:
             a = st.open[ak]
             if a.key in firing:
                 continue
-            if ws - a.last_window >= self.rules.close_after_windows * w:
+            if ws - a.last_window >= self.rules.close_after_windows * step:
                 del st.open[ak]
                 out.append(self._emit(st, a, 3, None))
         return out

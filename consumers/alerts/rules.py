@@ -13,6 +13,8 @@ from pktstream.consumers.alerts.ocsf import LOCAL_NETWORKS, networks
 from pktstream.consumers.catalog import read_yaml
 from pktstream.runtime.errors import ConfigError
 
+SLIDE_HOPS = 5  # hops per window of a sliding detector whose hop_s is 0
+
 
 @dataclass
 class Rules:
@@ -28,10 +30,12 @@ class Rules:
         return int(self.detectors[name]["window_s"] * SEC)
 
     def step_ns(self, name: str) -> int:
-        """How often the detector's window is evaluated: every hop_s for a sliding (hopping) window,
-        every window_s for a tumbling one."""
+        """How often the detector's window is evaluated: every hop_s (0: a fifth of window_s) for a
+        detector with a sliding (hopping) window, every window_s for a tumbling one."""
         d = self.detectors[name]
-        return int(d.get("hop_s", d["window_s"]) * SEC)
+        if "hop_s" not in d:
+            return self.window_ns(name)
+        return int(d["hop_s"] * SEC) if d["hop_s"] else self.window_ns(name) // SLIDE_HOPS
 
 
 def load_rules(path: str | Path | None, data: Any = None) -> Rules:
@@ -79,6 +83,8 @@ def load_rules(path: str | Path | None, data: Any = None) -> Rules:
             if not ok:
                 problems.append(f"detectors.{name}.{k}: {v!r} is not a valid {type(want).__name__}"
                                 + (" >= 1" if k == "window_s" else ""))
+            elif isinstance(want, dict):  # the ports given change, the others keep their defaults
+                dets[name][k] = {**want, **v}
             else:
                 dets[name][k] = v
     for name, d in registry().items():
@@ -102,9 +108,8 @@ def load_rules(path: str | Path | None, data: Any = None) -> Rules:
         problems.append(f"close_after_windows: expected a whole number >= 1, got {close_after!r}")
         close_after = 1
     for name, cfg in dets.items():
-        if "hop_s" in cfg and (cfg["hop_s"] < 1 or cfg["window_s"] % cfg["hop_s"]):
-            problems.append(f"detectors.{name}.hop_s: {cfg['hop_s']!r} must be >= 1 and divide window_s "
-                            f"({cfg['window_s']!r})")
+        if cfg.get("hop_s") and cfg["window_s"] % cfg["hop_s"]:
+            problems.append(f"detectors.{name}.hop_s: {cfg['hop_s']!r} must divide window_s ({cfg['window_s']!r})")
     if problems:
         raise ConfigError(problems)
     return Rules(dets, list(ext), close_after, list(local))

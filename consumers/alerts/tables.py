@@ -69,6 +69,23 @@ class Table:
             t.side.add_batch(agg_batch(len(sk), k=sk, t=st0), srec, key_only=True)
         return t
 
+    @classmethod
+    def merged(cls, tables: list[Table]) -> Table:
+        """One table holding the groups of several (a sliding window's hops): counts summed, the
+        earliest and latest times kept, each group's sample from its earliest row."""
+        if len(tables) == 1:
+            return tables[0]
+        out = cls(tables[0].light)
+        for t in tables:
+            c = t.g.view()
+            rec = None if t.light else c["rec"]
+            out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec)
+            out.g.add(c["k"], c["item"], c["o"], 0, 0, c["t1"], c["sub"], c["s"])  # the latest time
+            if t.side is not None and out.side is not None:
+                sv = t.side.view()
+                out.side.add_batch(agg_batch(len(sv["k"]), k=sv["k"], t=sv["t0"]), sv["rec"], key_only=True)
+        return out
+
     def with_samples(self) -> dict[str, Any]:
         """The groups' columns, each with a sample feature row (a light table's is its key's)."""
         c = self.g.view()

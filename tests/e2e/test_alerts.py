@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 
+from pktstream.consumers.alerts.detectors.amplification import Amplification
 from pktstream.consumers.tools.tail import tail
 from tests.support.apps import (
     HTTP_PORT,
@@ -43,6 +44,7 @@ from tests.support.producer_proc import ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
+AMPLIFICATION_PORTS = set(Amplification.defaults["ports"])  # UDP from these is amplification, not udp_flood
 
 
 def rules(external: list[str]) -> dict[str, Any]:
@@ -62,12 +64,6 @@ CATALOG = {"apis": [{"name": "login", "host": "api.shop.test", "method": "POST",
 
 def frames_of(h: NetnsHost, pkts: list[Any]) -> list[bytes]:
     return [bytes(Ether(src=h.peer_mac, dst=h.host_mac) / p) for p in pkts]
-
-
-
-
-
-
 
 
 def fired(docs: list[dict[str, Any]], activity: int = 1) -> list[tuple[str, str]]:
@@ -179,7 +175,8 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
                                 rules_file, catalog, "--partitions", "3"))
     assert fired(out) == expected
     assert fired(out, 3) == expected  # each closed once, nothing left open
-    assert all(d["activity_id"] in (1, 3) for d in out)  # one window each: no updates
+    # one window each: no updates, but where a sliding window took the scanner's later connections
+    assert all(d["activity_id"] in (1, 3) for d in out if d["unmapped"]["pktstream"]["rule"] != "port_scan")
     recs = records(kafka_bootstrap, topic)
 
     def seen(pred: Callable[[dict[str, Any]], bool], alert: dict[str, Any] | None = None) -> int:
@@ -195,11 +192,13 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     by_key = {(d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"]): d
               for d in out if d["activity_id"] == 1}
     victim = a.host_ip
-    scan = by_key[("port_scan", f"{a.peer_ip}->{victim}")]["unmapped"]["pktstream"]
-    assert scan["distinct"] == 101  # ports 1..100 and the HTTP server's, all from that source
+    scan_events = [d["unmapped"]["pktstream"] for d in out if d["activity_id"] in (1, 2)
+                   and d["unmapped"]["pktstream"]["key"] == f"{a.peer_ip}->{victim}"]
+    assert max(p["distinct"] for p in scan_events) == 101  # ports 1..100 and the HTTP server's
+    assert len({d["finding_info"]["uid"] for d in out if d["unmapped"]["pktstream"]["rule"] == "port_scan"}) == 1
     udp = by_key[("udp_flood", victim)]
     assert udp["unmapped"]["pktstream"]["window_count"] == seen(
-        lambda r: r["protocol"] == 17 and r["dst_addr"] == victim and r["src_port"] not in (53, 123), udp)
+        lambda r: r["protocol"] == 17 and r["dst_addr"] == victim and r["src_port"] not in AMPLIFICATION_PORTS, udp)
     assert udp["evidences"][0]["src_endpoint"]["ip"] == f"{base}.4"
     assert udp["finding_info"]["attacks"][0]["technique"]["uid"] == "T1498.001"
     assert udp["unmapped"]["pktstream"]["seen_by"] == [f"cap0/{a.host_if}"]
@@ -314,12 +313,6 @@ def test_benign_mix_of_the_same_volume_raises_nothing(
     assert [(d["unmapped"]["pktstream"]["rule"], d["message"]) for d in out] == []
 
 
-
-
-
-
-
-
 def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_bootstrap: str, tmp_path: Path) -> None:
     topic, rules_file, catalog = restart_scenario(kafka_bootstrap, tmp_path)
     log: list[dict[str, Any]] = []
@@ -345,3 +338,75 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
     kill_twice_then_finish(cmd, kafka_bootstrap, app, topic)
     got = read_alerts(kafka_bootstrap, f"{topic}.killed")
     assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)
+
+
+def reflection_frames(h: NetnsHost, victim: str, sport: int, payload: int, n: int) -> list[bytes]:
+    """n answers of one UDP service to the victim, payload bytes each, from 40 reflectors."""
+    return frames_of(h, [IP(src=f"45.33.{i % 40}.{1 + i % 200}", dst=victim) / UDP(sport=sport, dport=40000 + i % 999)
+                         / (b"r" * payload) for i in range(n)])
+
+
+def test_reflection_profiles_and_a_scan_across_a_window_boundary_from_real_packets(
+        kafka_bootstrap: str, make_host: Callable[..., NetnsHost], tmp_path: Path) -> None:
+    """At default amplification settings: NTP monlist answers (468-byte payloads, 510-byte
+    frames), SSDP answers (about 320-byte frames) and DNS answers of 4,000 bytes that arrive as
+    IP fragments each raise one amplification alert; time sync, ordinary DNS answers and SSDP
+    discovery of a few devices raise none. A scan whose ports straddle a window boundary raises
+    one port-scan alert, which the tumbling window of before misses."""
+    a = make_host()
+    base = a.peer_ip.rsplit(".", 1)[0]
+    ntp_v, ssdp_v, dns_v = f"{base}.201", f"{base}.202", f"{base}.203"
+    topic = f"alerts-refl-{uuid.uuid4().hex[:8]}"
+    scan_rules = {"port_scan": {"window_s": 10, "hop_s": 2}}  # min_ports 15, the default
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"detectors": scan_rules}))
+    tumbling = tmp_path / "tumbling.yaml"
+    tumbling.write_text(yaml.safe_dump({"detectors": {"port_scan": {"window_s": 10, "hop_s": 10}}}))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"apis": []}))
+    answers = [IP(src=f"45.34.{i % 30}.{1 + i % 200}", dst=dns_v, id=1000 + i) / UDP(sport=53, dport=33000)
+               / (b"d" * 3992) for i in range(250)]
+    dns_frames = frames_of(a, [f for ans in answers for f in fragment(ans, fragsize=1480)])
+    assert len(dns_frames) == 750  # three fragments per answer, only the first with ports
+    attack = [*reflection_frames(a, ntp_v, 123, 468, 700), *reflection_frames(a, ssdp_v, 1900, 278, 800),
+              *dns_frames]
+    # the benign controls: time sync, ordinary DNS answers, SSDP discovery of four devices
+    benign = [*reflection_frames(a, f"{base}.211", 123, 48, 1000), *reflection_frames(a, f"{base}.212", 53, 110, 1500),
+              *reflection_frames(a, f"{base}.213", 1900, 278, 12)]
+    with capture(kafka_bootstrap, topic, [a]):
+        # the attacks (the detector's default min_packets is 500 packets in 10 s), well inside one
+        # 10-s window: sent just after a boundary, in well under a second
+        while not 0.2 <= time.time() % 10 <= 0.6:
+            time.sleep(0.02)
+        a.send_frames(attack)
+        a.send_frames(benign)
+        # 20 ports, one every 0.35 s, the first ten before a 10-s boundary and the rest after it
+        while not 6.3 <= time.time() % 10 <= 6.6:
+            time.sleep(0.02)
+        a.send_frames(frames_of(a, [IP(src=f"{base}.9", dst=f"{base}.204") / TCP(sport=41000, dport=3000 + i, flags="S")
+                                    for i in range(20)]), pause_s=0.35)
+    recs = records(kafka_bootstrap, topic)
+    scan_ts = sorted(r["ts_ns"] for r in recs if r["src_addr"] == f"{base}.9")
+    assert len(scan_ts) == 20
+    boundary = (scan_ts[0] // 10**10 + 1) * 10**10
+    before = sum(1 for t in scan_ts if t < boundary)
+    assert 6 <= before <= 14 and scan_ts[-1] < boundary + 10**10  # neither 10-s window holds 15 ports
+    out = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-refl-{uuid.uuid4().hex[:6]}", f"{topic}.alerts",
+                                rules_file, catalog))
+    assert fired(out) == sorted([("amplification", ntp_v), ("amplification", ssdp_v), ("amplification", dns_v),
+                                 ("port_scan", f"{base}.9->{base}.204")])
+    assert fired(out, 3) == fired(out)  # each closed once
+    assert len({d["finding_info"]["uid"] for d in out}) == 4  # one alert each
+    by_key = {d["unmapped"]["pktstream"]["key"]: d for d in out if d["activity_id"] == 1}
+    dns = by_key[dns_v]["unmapped"]["pktstream"]
+    assert {t["value"] for t in dns["top"]} == {"53", "fragments"}
+    lo, hi = dns["window_start"] * 10**6, (dns["window_start"] + dns["window_s"] * 1000) * 10**6
+    # every fragment of the window counted with the answers it belongs to
+    assert dns["window_count"] == sum(1 for r in recs if r["dst_addr"] == dns_v and lo <= r["ts_ns"] < hi) > 500
+    assert "(NTP)" in by_key[ntp_v]["message"] and "(SSDP)" in by_key[ssdp_v]["message"]
+    assert by_key[f"{base}.9->{base}.204"]["unmapped"]["pktstream"]["distinct"] >= 15
+    # the same records with the tumbling windows of before: the scan goes unseen
+    old = run_alerts(alerts_cmd(kafka_bootstrap, topic, f"t-refl-{uuid.uuid4().hex[:6]}", f"{topic}.alerts2",
+                                tumbling, catalog))
+    assert ("port_scan", f"{base}.9->{base}.204") not in fired(old)
+

@@ -103,15 +103,16 @@ class NetnsHost:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    def send_frames(self, frames: Iterable[bytes]) -> None:
-        """Send raw Ethernet frames out of the namespace's veth end (they arrive on host_if)."""
+    def send_frames(self, frames: Iterable[bytes], pause_s: float = 0.0) -> None:
+        """Send raw Ethernet frames out of the namespace's veth end (they arrive on host_if),
+        ``pause_s`` apart."""
         with tempfile.NamedTemporaryFile(delete=False) as f:
             for fr in frames:
                 f.write(struct.pack("<I", len(fr)) + fr)
             path = f.name
         try:
             helper = Path(__file__).with_name("send_frames.py")
-            self.run(sys.executable, str(helper), self.peer_if, path)
+            self.run(sys.executable, str(helper), self.peer_if, path, str(pause_s), timeout=120)
         finally:
             os.unlink(path)
 

@@ -201,7 +201,9 @@ def fleet(hosts: list[tuple[str, Traffic]], batch: int = 20000) -> list[tuple[st
 # -- packets one by one (attack scenarios for the alerts consumer) ------------------------------------
 
 def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic:
-    """Records from dicts: ts, src, dst (IPv4 text), sport, dport, proto (6), flags, len, payload."""
+    """Records from dicts: ts, src, dst (IPv4 text), sport, dport, proto (6), flags (TCP), len, payload;
+    and any other field of the packet schema by its name (frag_flags, frag_offset, ttl, "flags" of the
+    record as record_flags, ...), else its usual value."""
     n = len(pkts)
     cols: dict[str, Any] = {
         "seq": np.arange(n, dtype=np.int64),
@@ -227,7 +229,8 @@ def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic
     for name, val in (("ifindex", 2), ("rx_queue", 0), ("ip_version", 4), ("frag_flags", 2), ("frag_offset", 0),
                       ("vlan_outer", 0), ("vlan_inner", 0), ("ethertype", 0x0800), ("flags", 0),
                       ("sample_rate", 1)):
-        cols[name] = np.full(n, val, dtype=np.int64)
+        key = "record_flags" if name == "flags" else name
+        cols[name] = np.array([p.get(key, val) for p in pkts], dtype=np.int64)
     order = np.argsort(cols["ts_ns"], kind="stable")
     return Traffic({k: v[order] for k, v in cols.items()}, n)
 

@@ -323,6 +323,15 @@ def test_config_errors_are_listed_together(tmp_path: Any) -> None:
     text = str(e.value)
     for needle in ("min_ports", "colour", "nope", "window_s", "external_interfaces", "extra"):
         assert needle in text
+    with pytest.raises(ConfigError) as e:
+        load_rules(None, {"detectors": {"port_scan": {"hop_s": 7}, "amplification": {
+            "min_mean_bytes_by_port": {123: -5, "ntp": 1}}}})
+    assert "port_scan.hop_s: 7 must divide window_s (300)" in str(e.value)
+    assert "amplification.min_mean_bytes_by_port" in str(e.value)
+    r = load_rules(None, {"detectors": {"amplification": {"min_mean_bytes_by_port": {161: 1200}}}})
+    by_port = r.detectors["amplification"]["min_mean_bytes_by_port"]
+    assert by_port[161] == 1200 and by_port[123] == 200  # the ports given change, the others keep theirs
+    assert r.step_ns("port_scan") == 60 * SEC and r.step_ns("udp_flood") == r.window_ns("udp_flood")
     bad = tmp_path / "r.yaml"
     bad.write_text("detectors: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -382,7 +391,7 @@ def test_docs_list_every_detector_with_its_defaults() -> None:
         assert row, f"docs/alerts.md has no row for {name}"
         assert d.technique[0] in row
         for k, v in d.defaults.items():
-            if k in ("enabled", "ports"):
+            if k == "enabled" or isinstance(v, list | dict):  # lists and tables: the text around the row
                 continue
             shown = f"{v:g}" if isinstance(v, float) else str(v)
             assert f"{k}={shown}" in row, (name, k, row)
@@ -403,3 +412,72 @@ def test_connection_direction_from_local_networks() -> None:
         load_rules(None, {"local_networks": ["203.0.113.0/24", "nonsense"]})
     assert "local_networks: 'nonsense' is not a network" in str(e.value)
     assert load_rules(None, {"local_networks": ["203.0.113.0/24"]}).local_networks == ["203.0.113.0/24"]
+
+
+def reflection(victim: str, sport: int, frame: int, n: int, t0: int, span_s: float = 5,
+               reflectors: int = 40) -> Traffic:
+    """n answers of one service, frame bytes each, from many reflectors to the victim."""
+    return packets([{"ts": ts, "src": f"198.18.{i % reflectors}.{1 + i % 200}", "dst": victim, "proto": 17,
+                     "sport": sport, "dport": 40000 + i % 1000, "len": frame}
+                    for i, ts in enumerate(spread(t0, n, int(span_s * SEC)))])
+
+
+def fragmented_dns(victim: str, answers: int, t0: int) -> Traffic:
+    """DNS answers of 4,000 bytes: each a first fragment (port 53, MF) and two fragments without ports."""
+    pkts: list[dict[str, Any]] = []
+    for i, ts in enumerate(spread(t0, answers, 5 * SEC)):
+        src = f"198.18.{i % 30}.{1 + i % 200}"
+        pkts.append({"ts": ts, "src": src, "dst": victim, "proto": 17, "sport": 53, "dport": 40000, "len": 1514,
+                     "frag_flags": 1, "record_flags": 0x20})  # first fragment: ports, more fragments
+        for k in (1, 2):
+            pkts.append({"ts": ts + k, "src": src, "dst": victim, "proto": 17, "sport": 0, "dport": 0,
+                         "len": 1514 if k == 1 else 1100, "frag_flags": 1 if k == 1 else 0,
+                         "frag_offset": 1480 * k, "record_flags": 0x20 | 0x40})  # no ports: L4 skipped
+    return packets(pkts)
+
+
+def test_reflection_profiles_each_raise_one_amplification_alert() -> None:
+    """NTP monlist answers (510-byte frames), SSDP answers (~320) and fragmented DNS answers: each
+    was missed by the single 512-byte mean of before (the DNS one by not counting fragments)."""
+    ntp = reflection("10.1.0.31", 123, 510, 600, T0 + 11 * SEC)
+    ssdp = reflection("10.1.0.32", 1900, 320, 800, T0 + 21 * SEC)
+    dns = fragmented_dns("10.1.0.33", 250, T0 + 31 * SEC)  # 250 answers = 750 packets
+    docs = run(merge(benign(), ntp, ssdp, dns))
+    created = [d for d in docs if d["activity_id"] == 1]
+    assert sorted(d["unmapped"]["pktstream"]["key"] for d in created) == ["10.1.0.31", "10.1.0.32", "10.1.0.33"]
+    assert {d["unmapped"]["pktstream"]["rule"] for d in created} == {"amplification"}
+    by_key = {d["unmapped"]["pktstream"]["key"]: d for d in created}
+    assert "(NTP)" in by_key["10.1.0.31"]["message"] and "(SSDP)" in by_key["10.1.0.32"]["message"]
+    dns_p = by_key["10.1.0.33"]["unmapped"]["pktstream"]
+    assert dns_p["window_count"] == 750 and {t["value"] for t in dns_p["top"]} == {"53", "fragments"}
+    # without its fragments the DNS attack is 250 packets: under min_packets
+    assert run(merge(benign(), reflection("10.1.0.33", 53, 1514, 250, T0 + 31 * SEC))) == []
+
+
+def test_benign_ntp_dns_and_ssdp_raise_nothing() -> None:
+    """Time sync (90-byte NTP answers), a resolver's ordinary DNS answers (mostly under 512 bytes,
+    a few larger) and SSDP discovery answered by a handful of devices stay quiet."""
+    sync = reflection("10.1.0.41", 123, 90, 2000, T0 + 11 * SEC, reflectors=8)
+    lookups = merge(reflection("10.1.0.42", 53, 160, 5000, T0 + 11 * SEC, reflectors=20),
+                    reflection("10.1.0.42", 53, 900, 300, T0 + 12 * SEC, reflectors=20))
+    discovery = reflection("10.1.0.43", 1900, 320, 12, T0 + 11 * SEC, span_s=2, reflectors=4)
+    assert run(merge(benign(), sync, lookups, discovery)) == []
+
+
+def test_a_scan_across_a_window_boundary_raises_one_alert() -> None:
+    """20 ports in 200 s, the first half before a 300-s boundary, the rest after: each tumbling
+    window would hold 10 (under min_ports 15); the sliding window holds them all, once."""
+    boundary = T0 + 300 * SEC
+    scan = packets([{"ts": ts, "src": "198.51.100.19", "dst": "10.1.0.50", "sport": 40001, "dport": 2000 + i,
+                     "flags": 0x02} for i, ts in enumerate(spread(boundary - 100 * SEC, 20, 200 * SEC))])
+    assert sum(1 for ts in scan.columns["ts_ns"].tolist() if ts < boundary) == 10
+    docs = run(merge(benign(), scan))
+    assert {(d["unmapped"]["pktstream"]["rule"], d["unmapped"]["pktstream"]["key"]) for d in docs} == {
+        ("port_scan", "198.51.100.19->10.1.0.50")}
+    assert len({d["finding_info"]["uid"] for d in docs}) == 1  # one alert: created once, updated while the
+    assert docs[0]["activity_name"] == "Create"  # scan went on, closed once
+    assert [d["activity_name"] for d in docs].count("Create") == 1 and docs[-1]["activity_name"] == "Close"
+    create = docs[0]
+    assert create["unmapped"]["pktstream"]["distinct"] >= 15
+    tumbling = {"detectors": {**RULES["detectors"], "port_scan": {"hop_s": 300}}}
+    assert [d for d in run(merge(benign(), scan), tumbling)] == []  # what the tumbling window missed

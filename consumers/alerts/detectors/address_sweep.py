@@ -17,7 +17,7 @@ class AddressSweep(Detector, name="address_sweep", order=20, severity_id=3,
                    technique=("T1595.001", "Active Scanning: Scanning IP Blocks"), tactic=("TA0043", "Reconnaissance")):
     """Address sweep: one source tries one destination port on at least min_hosts distinct hosts within a window."""
 
-    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_hosts": 25}
+    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "hop_s": 0, "min_hosts": 25}
     columns = ("src_addr", "dst_addr", "dst_port", "protocol", "syns", "flags_or", "src_port")
 
     def source_rows(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:

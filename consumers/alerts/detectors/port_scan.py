@@ -18,7 +18,7 @@ class PortScan(Detector, name="port_scan", order=10, severity_id=3, technique=("
     """Port scan: one source tries at least min_ports distinct destination ports on one host within a window
     (TCP SYN or flag probes without ACK, UDP from an ephemeral port)."""
 
-    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "min_ports": 15}
+    defaults: ClassVar[dict[str, Any]] = {"enabled": True, "window_s": 300, "hop_s": 0, "min_ports": 15}
     columns = ("src_addr", "dst_addr", "dst_port", "protocol", "syns", "flags_or", "src_port")
 
     def select(self, v: View, state: AlertsState) -> Iterable[Add]:
