@@ -47,12 +47,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 IF_A, IF_B = "pstbench0", "pstbench1"
 
 
-def frame_mix() -> list[bytes]:
-    """IPv4 and IPv6, TCP/UDP/ICMP, 64 to 1500 bytes, HTTP requests."""
+def frame_mix(credentials: bool = False) -> list[bytes]:
+    """IPv4 and IPv6, TCP/UDP/ICMP, 64 to 1500 bytes, HTTP requests (``credentials``: also a form
+    login, a JSON token request and a multipart upload, bodies the redaction has to read)."""
     http = [
         b"GET /v1/users/%d HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: Bearer x\r\n\r\n" % i
         for i in (17, 4242)
     ] + [b"POST /v2/orders HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: 120\r\n\r\n{\"sku\": 1}"]
+    if credentials:
+        http += [
+            b"POST /login HTTP/1.1\r\nHost: shop.example.com\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 42\r\n\r\nusername=bob&password=hunter2&remember=1",
+            b"POST /oauth/token HTTP/1.1\r\nHost: auth.example.com\r\nContent-Type: application/json\r\n\r\n"
+            b'{"grant_type":"client_credentials","client_id":"app","client_secret":"s3cr3t-value","scope":"a b"}',
+            b"POST /upload HTTP/1.1\r\nHost: shop.example.com\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+            b'\r\n--XyZ\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nk-123456\r\n--XyZ--\r\n',
+        ]
     f: list[Any] = []
     for i, req in enumerate(http):
         f.append(Ether() / IP(src=f"10.1.0.{i + 1}", dst="10.2.0.1") / TCP(sport=40000 + i, dport=80, flags="PA")
@@ -204,8 +214,8 @@ def run_point(design: str, payload: int, rate: float, duration: float, bootstrap
     pt.lost = seen - pt.delivered
     pt.cpu_s_per_million = pt.cpu_s / max(pt.delivered, 1) * 1e6
     pt.bytes_per_record = topic_bytes(kafka, topic) / max(pt.delivered, 1)
-    pt.latency_p50_ms = float(stopped.get("latency_p50_ms", float("nan")))
-    pt.latency_p99_ms = float(stopped.get("latency_p99_ms", float("nan")))
+    pt.latency_p50_ms = float(stopped.get("latency_p50_ms") or float("nan"))  # null: nothing delivered
+    pt.latency_p99_ms = float(stopped.get("latency_p99_ms") or float("nan"))
     pt.extra = {"packets_seen": seen, "final_sample_rate": stopped.get("sample_rate", 1)}
     print(f"  {design:9s} payload={payload:3d} offered={rate / 1e3 if rate else float('inf'):7.0f}k/s "
           f"sent={pt.achieved_offered / 1e3:7.0f}k/s delivered={pt.delivered_rate / 1e3:7.0f}k/s "
@@ -321,7 +331,15 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--replot", action="store_true", help="only redraw docs/throughput.png from the last results")
+    ap.add_argument("--plan", default=None,
+                    help="only these points, design:payload:rate,... (rate 0: flat out); implies --no-doc")
+    ap.add_argument("--bin", default=None, help="the pktstream command to measure (default: this venv's)")
+    ap.add_argument("--credentials", action="store_true",
+                    help="add HTTP requests with credentials in form, JSON and multipart bodies to the mix")
     args = ap.parse_args()
+    if args.bin:
+        global PKTSTREAM
+        PKTSTREAM = args.bin
     results = ROOT / "bench" / "results" / "throughput.json"
     if args.replot:
         plot([Point(**{k: v for k, v in d.items()}) for d in json.loads(results.read_text())],
@@ -331,7 +349,10 @@ def main() -> None:
         sys.exit("bench.throughput: run as root (it loads XDP programs)")
     args.duration = args.duration or (5.0 if args.quick else 10.0)
     plan: list[tuple[str, int, float]] = [("pktstream", 0, 100_000)]
-    if args.quick:
+    if args.plan:
+        args.no_doc = True
+        plan = [(d, int(p), float(r)) for d, p, r in (x.split(":") for x in args.plan.split(","))]
+    elif args.quick:
         plan += [("pktstream", 0, r) for r in (1_000_000, 0)] + [("pktstream", 64, r) for r in (500_000, 0)]
         plan += [("baseline", 0, r) for r in (50_000, 100_000)] + [("adaptive", 0, 0)]
     else:
@@ -339,7 +360,7 @@ def main() -> None:
         plan += [("pktstream", 64, r) for r in (250_000, 500_000, 750_000, 1_000_000, 0)]
         plan += [("baseline", 0, r) for r in (25_000, 50_000, 100_000, 150_000, 200_000, 0)]
         plan += [("adaptive", 0, r) for r in (2_000_000, 3_000_000, 4_000_000, 0)]
-    frames = frame_mix()
+    frames = frame_mix(args.credentials)
     data_dir = Path(tempfile.mkdtemp(prefix="pktstream-bench-kafka-"))
     kafka = LocalKafka(port=int(os.environ.get("PKTSTREAM_BENCH_KAFKA_PORT", "19192")), data_dir=data_dir)
     subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
@@ -359,6 +380,8 @@ def main() -> None:
         subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
         shutil.rmtree(Path("/sys/fs/bpf/pktstream") / IF_A, ignore_errors=True)
     elapsed = time.monotonic() - t0
+    if args.plan:  # a few points: printed above, the full run's results and plot stay as they are
+        return
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "throughput.json").write_text(json.dumps([asdict(p) for p in points], indent=1))

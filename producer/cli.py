@@ -28,6 +28,7 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--payload-bytes", "payload_bytes", int, "payload prefix per packet, 0..256 (default 64)"),
     ("--ringbuf-bytes", "ringbuf_bytes", int, "ring buffer size (power of two)"),
     ("--payload-ports", "payload_ports", str, "ports whose packets keep payload, e.g. 80,8080 (default all)"),
+    ("--redact-names", "redact_names", str, "more names whose values are redacted, e.g. pin,otp (comma-separated)"),
     ("--payload-networks", "payload_networks", str, "CIDRs whose packets keep payload (default all)"),
     ("--xdp-mode", "xdp_mode", str, "auto | native | generic"),
     ("--sample-rate", "sample_rate", int, "capture 1 packet in N"),

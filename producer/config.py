@@ -29,6 +29,7 @@ XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("auto", "json", "console")
 _SECRET_WORDS = ("password", "secret", "token", "key")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # what the redaction loop takes for a name
 
 
 def default_host_id() -> str:
@@ -49,6 +50,10 @@ class ProducerConfig:
     xdp_mode: str = field(default="auto", metadata={"doc": "auto | native | generic"})
     payload_bytes: int = field(default=64, metadata={"doc": "L4 payload prefix per record, 0..256"})
     redact: bool = field(default=True, metadata={"doc": "redact credentials in payload prefixes before publishing"})
+    redact_names: str = field(
+        default="", metadata={"doc": "comma-separated names to redact besides the built-in ones (docs/operations.md): "
+                                     "query parameters, form and multipart fields, JSON members"}
+    )
     payload_ports: str = field(
         default="", metadata={"doc": "comma-separated ports whose packets keep payload; empty = all"}
     )
@@ -197,6 +202,9 @@ def validate(cfg: ProducerConfig) -> list[str]:
     rb = cfg.ringbuf_bytes
     if rb < 65536 or rb & (rb - 1) or rb > 1 << 30:
         p.append(f"ringbuf_bytes: {rb} must be a power of two between 65536 and 1073741824")
+    for name in filter(None, (x.strip() for x in cfg.redact_names.split(","))):
+        if not _NAME_RE.match(name):
+            p.append(f"redact_names: {name!r} is not a field name (letters, digits, _ - ., at most 64)")
     for port in filter(None, (x.strip() for x in cfg.payload_ports.split(","))):
         if not port.isdigit() or not 0 <= int(port) <= 65535:
             p.append(f"payload_ports: {port!r} is not a port")

@@ -8,12 +8,13 @@ encodes them as one Avro Object Container; the message's headers carry the seque
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.producer.privacy import PayloadScope, redact
+from pktstream.producer.privacy import PayloadScope, names_buffer, redact
 from pktstream.schemas import headers as H
 from pktstream.schemas import packets
 from pktstream.schemas.container import ContainerWriter
@@ -30,12 +31,13 @@ class Message:
 
 class BatchEncoder:
     def __init__(self, writer: ContainerWriter, static_headers: list[tuple[str, bytes]], payload_bytes: int,
-                 scope: PayloadScope, redact_credentials: bool) -> None:
+                 scope: PayloadScope, redact_credentials: bool, redact_names: Sequence[str] = ()) -> None:
         self.writer = writer
         self.static_headers = static_headers
         self.payload_bytes = payload_bytes
         self.scope = scope
         self.redact_credentials = redact_credentials
+        self.extra_names = names_buffer(redact_names)
         self.next_seq = 0
         self.redacted = 0  # records whose payload had credentials replaced
         self.payload_cleared = 0  # records whose payload was out of scope
@@ -45,7 +47,7 @@ class BatchEncoder:
         if self.payload_bytes:
             self.payload_cleared += self.scope.apply(recs)
             if self.redact_credentials:
-                self.redacted += redact(recs)
+                self.redacted += redact(recs, self.extra_names)
         seq_first = self.next_seq
         offset = time.time_ns() - time.monotonic_ns()
         cols = packets.to_columns(recs, seq_first, offset)

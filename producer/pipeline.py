@@ -160,7 +160,8 @@ class ProducerRun:
             (H.INTERFACE, cfg.interface.encode()),
             (H.RUN_ID, self.run_id.encode()),
         ]
-        self.encoder = BatchEncoder(self.writer, static_headers, cfg.payload_bytes, self.scope, cfg.redact)
+        self.encoder = BatchEncoder(self.writer, static_headers, cfg.payload_bytes, self.scope, cfg.redact,
+                                    cfg.redact_names.split(","))
 
     def _account_previous_run(self) -> str | None:
         """Pin the counters where bpffs allows; report a previous run that did not end cleanly.

@@ -1,9 +1,10 @@
 """Keeping secrets out of Kafka: payload redaction and where payload is captured at all.
 
 Both work on a whole batch of kernel records, in place, before encoding:
-``redact`` runs one C loop over the payload prefixes (Authorization, Cookie,
-API-key and token headers; token-like query parameters in the request line;
-values replaced by ``*``, lengths unchanged); ``PayloadScope`` clears the
+``redact`` runs one C loop over the payload prefixes (producer/_redact.c: Authorization,
+Cookie, Set-Cookie, API-key and token headers; the values of credential names wherever they
+sit: query parameters, form fields, JSON members at any depth, multipart fields; values
+replaced by ``*``, lengths unchanged); ``PayloadScope`` clears the
 payload of records outside the configured ports and networks with numpy
 masks (their ``payload_len`` stays, only the bytes go).
 """
@@ -22,8 +23,15 @@ from pktstream.schemas.record import PAYLOAD_OFFSET
 _native = load_native()
 
 
-def redact(records: npt.NDArray[np.void]) -> int:
-    """Redact the payload prefixes of a batch in place; returns how many records changed."""
+def names_buffer(names: Sequence[str]) -> bytes:
+    """Extra credential names as the C loop takes them: lower case, each ended by a NUL, then an
+    empty one."""
+    return b"".join(n.strip().lower().encode() + b"\0" for n in names if n.strip()) + b"\0"
+
+
+def redact(records: npt.NDArray[np.void], extra: bytes = b"\0") -> int:
+    """Redact the payload prefixes of a batch in place; returns how many records changed.
+    ``extra``: more credential names (``names_buffer``)."""
     if len(records) == 0 or records.dtype.names is None or "payload" not in records.dtype.names:
         return 0
     if not records.flags.c_contiguous:
@@ -34,7 +42,8 @@ def redact(records: npt.NDArray[np.void]) -> int:
     width = fields["payload"][0].itemsize
     base = records.ctypes.data
     cap_off = fields["cap_len"][1]
-    return int(_native.pkt_redact(base + PAYLOAD_OFFSET, len(records), stride, width, base + cap_off, stride // 2))
+    return int(_native.pkt_redact(base + PAYLOAD_OFFSET, len(records), stride, width, base + cap_off, stride // 2,
+                                  extra))
 
 
 class PayloadScope:

@@ -1,9 +1,10 @@
 """API clients for the usage tests, run inside a network namespace.
 
-argv[1]: a JSON list of connections, each {"src", "server", "port", "kind", "requests": [[method, path]],
-"host"}; kind is http (one connection per entry, its requests one after another with keep-alive),
-split (the request line sent in two TCP segments), tls (a TLS handshake with "host" as server name,
-then one request inside). Prints one JSON line per connection: src, sport, and the entry's index.
+argv[1]: a JSON list of connections, each {"src", "server", "port", "kind", "requests": [[method,
+path] or [method, path, extra header lines, body]], "host"}; kind is http (one connection per entry,
+its requests one after another with keep-alive), split (the request line sent in two TCP segments),
+tls (a TLS handshake with "host" as server name, then one request inside). Prints one JSON line per
+connection: src, sport, and the entry's index.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def main() -> None:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             s = ctx.wrap_socket(raw, server_hostname=c["host"])
-        for method, path in c["requests"]:
-            req = f"{method} {path} HTTP/1.1\r\nHost: {c['host']}\r\nContent-Length: 0\r\n\r\n".encode()
+        for method, path, *more in c["requests"]:
+            extra, body = [*more, "", ""][:2]
+            req = (f"{method} {path} HTTP/1.1\r\nHost: {c['host']}\r\n{extra}"
+                   f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
             if c["kind"] == "split":
                 cut = len(method) + 4
                 s.sendall(req[:cut])

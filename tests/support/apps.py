@@ -36,6 +36,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _ok(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # the body, so that the next request on the connection parses
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

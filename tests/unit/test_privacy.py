@@ -86,3 +86,88 @@ def test_scope_by_port_and_network() -> None:
     assert payloads_of(recs) == [b"a" * 10, b"", b""]
     assert list(recs["payload_len"]) == [10, 10, 10]  # only the bytes go
     assert PayloadScope().everything
+
+
+# -- credentials in bodies and responses, wherever they sit --------------------------------------
+
+NAMES = ["password", "passwd", "pwd", "secret", "client_secret", "token", "access_token", "refresh_token",
+         "id_token", "api_key", "apikey", "private_key", "session"]
+PLACES = ["query", "header", "form", "json", "json-nested", "multipart", "set-cookie", "json-response"]
+
+
+def message(place: str, name: str, secret: bytes, noise: bytes) -> tuple[bytes, int]:
+    """An HTTP message with the secret in one place; returns it and the secret's offset."""
+    def at(head: bytes, tail: bytes = b"") -> tuple[bytes, int]:
+        return head + secret + tail, len(head)
+
+    n = name.encode()
+    if place == "query":
+        return at(b"GET /login?user=bob&" + n + b"=", b"&x=" + noise + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    if place == "header":
+        return at(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ", b"\r\nAccept: */*\r\n\r\n")
+    if place == "form":  # no Content-Type in the prefix: a body segment of its own
+        return at(b"user=" + noise + b"&" + n + b"=", b"&remember=1")
+    if place == "json":
+        return at(b'POST /oauth/token HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{"client_id": "app", "'
+                  + n + b'": "', b'", "scope": "' + noise + b'"}')
+    if place == "json-nested":
+        return at(b'{"data": {"users": [{"name": "' + noise + b'", "creds": {"' + n + b'":"', b'"}}]}}')
+    if place == "multipart":
+        return at(b'--XyZ\r\nContent-Disposition: form-data; name="user"\r\n\r\n' + noise
+                  + b'\r\n--XyZ\r\nContent-Disposition: form-data; name="' + n + b'"\r\n\r\n', b"\r\n--XyZ--\r\n")
+    if place == "set-cookie":
+        return at(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: sid=", b"; Path=/; HttpOnly\r\n\r\nok")
+    # json-response: a token endpoint's answer
+    return at(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"token_type":"Bearer","' + n + b'":"',
+              b'","expires_in":3600}')
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(PLACES), st.sampled_from(NAMES), st.sampled_from(["lower", "upper", "title"]),
+       st.text("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789-._~+/", min_size=6, max_size=40),
+       st.text("abcdefghijklmnopqrstuvwxyz0123456789", max_size=30), st.integers(0, WIDTH))
+def test_no_byte_of_a_credential_is_published_wherever_it_sits(place: str, name: str, case: str, secret: str,
+                                                                noise: str, cut: int) -> None:
+    """Generated requests and responses with a credential in a header, the query, a form body, a
+    JSON body (at any depth), a multipart field, a Set-Cookie header or a token answer, cut at any
+    prefix length: every byte of the secret inside the prefix is '*', and the length is kept."""
+    cased = {"lower": name, "upper": name.upper(), "title": name.title()}[case]
+    raw, off = message(place, cased, secret.encode(), noise.encode())
+    prefix = raw[:cut]
+    recs = batch([prefix])
+    redact(recs)
+    (out,) = payloads_of(recs)
+    assert len(out) == len(prefix)
+    inside = out[off : min(off + len(secret), len(prefix))]
+    assert set(inside) <= {ord("*")}, (place, raw, out)
+
+
+def test_body_redaction_examples_and_what_stays() -> None:
+    raw = [b"POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
+           b"username=bob&password=hunter2&next=/home",
+           b'{"client_id":"app","client_secret":"s3cr3t","nested":{"refresh_token":"r-1","n":1},"pwd":12345}',
+           b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nk-987\r\n--b\r\n'
+           b'Content-Disposition: form-data; name="file"\r\n\r\nplain\r\n--b--',
+           b"HTTP/1.1 302 Found\r\nSet-Cookie: session=abcdef; Secure\r\nLocation: /\r\n\r\n",
+           b"GET /search?q=password&keyword=token HTTP/1.1\r\n", b'{"passwordless": true, "tokens": 3}']
+    recs = batch(raw)
+    assert redact(recs) == 4
+    out = payloads_of(recs)
+    assert out[0].endswith(b"username=bob&password=*******&next=/home")
+    assert out[1] == (b'{"client_id":"app","client_secret":"******","nested":{"refresh_token":"***","n":1},'
+                      b'"pwd":*****}')
+    assert b"\r\n\r\n*****\r\n" in out[2] and b"\r\n\r\nplain\r\n" in out[2]
+    assert b"Set-Cookie: " + b"*" * 22 + b"\r\n" in out[3]  # the whole value, attributes too
+    assert out[4] == raw[4] and out[5] == raw[5]  # names as values, longer names: nothing to hide
+
+
+def test_names_users_add_are_redacted_too() -> None:
+    from pktstream.producer.privacy import names_buffer
+
+    raw = [b"pin=1234&otp=987654&user=bob", b'{"OTP": "555", "pin": 42}']
+    plain = batch(raw)
+    redact(plain)
+    assert payloads_of(plain) == raw
+    recs = batch(raw)
+    assert redact(recs, names_buffer(["otp", " PIN "])) == 2
+    assert payloads_of(recs) == [b"pin=****&otp=******&user=bob", b'{"OTP": "***", "pin": **}']
