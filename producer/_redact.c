@@ -24,20 +24,28 @@ static const char *const SECRET_HEADERS[] = {
 
 /* Credential names: query parameters, form fields, JSON members and multipart fields with one of
  * these names (any case) have their values redacted (docs/operations.md lists them). */
-static const char *const SECRET_PARAMS[] = {
-	"token", "access_token", "refresh_token", "id_token", "api_key", "apikey", "key", "password", "passwd",
-	"pwd", "secret", "client_secret", "private_key", "sig", "signature", "auth", "session", "sessionid", 0,
+#define NAME(w) { w, sizeof(w) - 1 }
+static const struct {
+	const char *w;
+	int64_t len;
+} SECRET_PARAMS[] = {
+	NAME("token"), NAME("access_token"), NAME("refresh_token"), NAME("id_token"), NAME("api_key"), NAME("apikey"),
+	NAME("key"), NAME("password"), NAME("passwd"), NAME("pwd"), NAME("secret"), NAME("client_secret"),
+	NAME("private_key"), NAME("sig"), NAME("signature"), NAME("auth"), NAME("session"), NAME("sessionid"),
+	{ 0, 0 },
 };
+#undef NAME
 
 /* Is p[0..len) one of the names (case-insensitively)? extra: more names, lower case, each ended by
- * a NUL, the list ended by an empty name (or a null pointer: none). */
+ * a NUL, the list ended by an empty name (or a null pointer: none). Lengths and first letters
+ * are compared before whole names: most candidates (every '=' and quoted string) fail there. */
 static int secret_param(const uint8_t *p, int64_t len, const char *extra)
 {
-	if (len <= 0 || len > 64)
+	if (len < 1 || len > 64)
 		return 0;
-	for (int k = 0; SECRET_PARAMS[k]; k++) {
-		const char *w = SECRET_PARAMS[k];
-		if ((int64_t)strlen(w) == len && starts_with(p, len, w))
+	uint8_t c0 = lower(p[0]);
+	for (int k = 0; SECRET_PARAMS[k].w; k++) {
+		if (SECRET_PARAMS[k].len == len && (uint8_t)SECRET_PARAMS[k].w[0] == c0 && starts_with(p, len, SECRET_PARAMS[k].w))
 			return 1;
 	}
 	for (const char *w = extra; w && *w; w += strlen(w) + 1)
@@ -59,6 +67,25 @@ static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 		}
 	}
 	return changed;
+}
+
+/* The position of the quote that closes a JSON string starting at from (a quote after an odd
+ * number of backslashes is escaped), or len when the prefix ends first. memchr does the walking:
+ * binary payloads are full of stray quote bytes. */
+static int64_t closing_quote(const uint8_t *p, int64_t from, int64_t len)
+{
+	for (int64_t at = from; at < len;) {
+		const uint8_t *q = memchr(p + at, '"', (size_t)(len - at));
+		if (!q)
+			return len;
+		int64_t c = (int64_t)(q - p), b = c;
+		while (b > from && p[b - 1] == '\\')
+			b--;
+		if ((c - b) % 2 == 0)
+			return c;
+		at = c + 1;
+	}
+	return len;
 }
 
 static inline int name_char(uint8_t c)
@@ -125,14 +152,13 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 	/* "name": value */
 	for (int64_t at = 0; at < len && (q = memchr(p + at, '"', (size_t)(len - at))) != 0;) {
 		int64_t open = (int64_t)(q - p);
-		int64_t close = open + 1;
-		while (close < len && p[close] != '"' && p[close] != '\n') {
-			if (p[close] == '\\')
-				close++;
-			close++;
+		int64_t close = closing_quote(p, open + 1, len);
+		if (close >= len)
+			break;  /* the prefix ends inside it: no value follows */
+		if (close - open - 1 > 64) {
+			at = close + 1;  /* too long for a name: a string value; the next quote opens the next string */
+			continue;
 		}
-		if (close >= len || p[close] != '"')
-			break;
 		int64_t c = close + 1;
 		while (c < len && (p[c] == ' ' || p[c] == '\t' || p[c] == '\r' || p[c] == '\n'))
 			c++;
@@ -148,12 +174,7 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 		if (!secret || v >= len || p[v] == '{' || p[v] == '[')
 			continue;
 		if (p[v] == '"') {
-			int64_t e = v + 1;
-			while (e < len && p[e] != '"') {
-				if (p[e] == '\\')
-					e++;
-				e++;
-			}
+			int64_t e = closing_quote(p, v + 1, len);
 			changed |= stars(p, v + 1, e, len);
 			at = e + 1;
 		} else {
