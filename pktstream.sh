@@ -17,6 +17,7 @@ case "$cmd" in
     exec "$here/.venv/bin/pktstream" produce "$@" ;;
   test)
     "$here/scripts/setup.sh"
+    "$here/scripts/test-tools.sh"
     exec "$here/scripts/test.sh" "$@" ;;
   *)
     echo "usage: $0 produce [flags] | test [pytest args]" >&2; exit 2 ;;

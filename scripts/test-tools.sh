@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Tools only the test suite needs, beyond scripts/setup.sh: helm, for the chart in deploy/helm
+# (tests/unit/test_deploy.py renders it). Built from the Go module proxy once, cached under
+# ~/.cache/pktstream/bin. Idempotent.
+set -euo pipefail
+say() { printf '[test-tools] %s\n' "$*" >&2; }
+HELM_VERSION=v3.22.0
+bin="${XDG_CACHE_HOME:-$HOME/.cache}/pktstream/bin"
+# (a helm built by go install reports its version without the patch level: a stamp file says it)
+if [ -x "$bin/helm" ] && [ "$(cat "$bin/helm.version" 2>/dev/null)" = "$HELM_VERSION" ]; then
+  exit 0
+fi
+go=$(command -v go || true)
+[ -n "$go" ] || [ ! -x /usr/local/go/bin/go ] || go=/usr/local/go/bin/go
+if [ -z "$go" ]; then
+  say "no Go toolchain: installing Debian's golang-go"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >/dev/null
+  go=$(command -v go)
+fi
+mkdir -p "$bin"
+say "building helm $HELM_VERSION into $bin (go install, a few minutes the first time)"
+if ! GOBIN="$bin" "$go" install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >"$bin/helm-build.log" 2>&1; then
+  cat "$bin/helm-build.log" >&2
+  say "helm could not be built; the chart tests will fail"
+  exit 1
+fi
+echo "$HELM_VERSION" > "$bin/helm.version"
+say "ready: $bin/helm ($HELM_VERSION)"
