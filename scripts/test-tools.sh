@@ -3,6 +3,7 @@
 # (tests/unit/test_deploy.py renders it). Built from the Go module proxy once, cached under
 # ~/.cache/pktstream/bin. Idempotent.
 set -euo pipefail
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"  # go and the cache need one
 say() { printf '[test-tools] %s\n' "$*" >&2; }
 HELM_VERSION=v3.22.0
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/pktstream/bin"
