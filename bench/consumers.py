@@ -149,6 +149,7 @@ def main() -> None:
     finally:
         if lk is not None:
             lk.down()
+            shutil.rmtree(lk.dir, ignore_errors=True)  # the broker's data: nothing left under /tmp
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  machine: {platform.node()} {os.cpu_count()} CPUs "
           f"{platform.machine()} Linux {platform.release()}  Python {platform.python_version()}")
     print(f"app: {a.app}  records: {len(msgs) and res['records']:,}  hosts: {a.hosts}  payload: 128 B  "

@@ -377,6 +377,7 @@ def main() -> None:
             points.append(run_point(design, payload, rate, args.duration, bootstrap, kafka, frames))
     finally:
         kafka.down()
+        shutil.rmtree(data_dir, ignore_errors=True)  # the broker's data: nothing left under /tmp
         subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
         shutil.rmtree(Path("/sys/fs/bpf/pktstream") / IF_A, ignore_errors=True)
     elapsed = time.monotonic() - t0
