@@ -111,7 +111,12 @@ def attack_traffic(a: NetnsHost, b: NetnsHost) -> None:
         *[IP(src=f"{base}.6", dst=victim) / TCP(sport=51000, dport=80, flags=fl)
           for fl in ("", "FPU", "SF", "SR", "F") for _ in range(2)],
     ]
-    a.send_frames(frames_of(a, flood))
+    frames = frames_of(a, flood)
+    # the floods are thresholds per 10-s window: send them just after a boundary, so that a burst
+    # never straddles one (half in each window would be under the threshold in both)
+    while not 0.2 <= time.time() % 10 <= 0.6:
+        time.sleep(0.02)
+    a.send_frames(frames)
     b.send_frames(frames_of(b, [IP(src="10.99.0.1", dst=b.host_ip) / TCP(sport=1234, dport=443, flags="S")
                                 for _ in range(3)]))
     # attack strings and a client over its rate limit, over real TCP connections
