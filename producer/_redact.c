@@ -97,7 +97,8 @@ static inline int name_char(uint8_t c)
 /* Bodies, wherever they sit in the prefix (a body may start a TCP segment of its own, with no
  * headers before it):
  * - form fields and query parameters, name=value: at each '=' the name before it (starting the
- *   prefix or after one of "&?;, \t\r\n"); the value runs to '&', white space or the end;
+ *   prefix or after one of "&?;, \t\r\n"); the value runs to '&', a space, a line end or the end
+ *   (query strings in request lines included: one rule serves both);
  * - multipart fields: name="..." in a Content-Disposition; the value runs from the blank line
  *   after it to the end of its line (the boundary follows) or the end;
  * - JSON members at any depth, "name": value; a string value runs to its closing quote (escapes
@@ -144,7 +145,7 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 		if (!secret_param(p + st, eq - st, extra))
 			continue;
 		int64_t e = eq + 1;
-		while (e < len && p[e] != '&' && p[e] != ' ' && p[e] != '\r' && p[e] != '\n' && p[e] != '\t')
+		while (e < len && p[e] != '&' && p[e] != ' ' && p[e] != '\r' && p[e] != '\n')
 			e++;
 		changed |= stars(p, eq + 1, e, len);
 		at = e;
@@ -191,42 +192,11 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 
 /* Redact one payload prefix in place; returns 1 if anything was replaced.
  * Header values of SECRET_HEADERS (requests' and responses': Set-Cookie) are replaced by '*' up
- * to the end of their line; in the request line, the values of SECRET_PARAMS query parameters;
- * in bodies, see redact_bodies. Lengths never change and nothing past len is read or written. */
+ * to the end of their line; credential names' values in query strings and bodies: see
+ * redact_bodies. Lengths never change and nothing past len is read or written. */
 static int redact_one(uint8_t *p, int64_t len, const char *extra)
 {
 	int changed = 0;
-	/* request line (only if the prefix starts like one, "TOKEN "): query parameters after the
-	 * first '?' before a space or the end of the line */
-	int64_t i = 0;
-	while (i < len && p[i] >= 'A' && p[i] <= 'Z')
-		i++;
-	if (i == 0 || i >= len || p[i] != ' ')
-		i = len;
-	while (i < len && p[i] != '?' && p[i] != '\r' && p[i] != '\n')
-		i++;
-	if (i < len && p[i] == '?') {
-		i++;
-		while (i < len && p[i] != ' ' && p[i] != '\r' && p[i] != '\n') {
-			int64_t name = i;
-			while (i < len && p[i] != '=' && p[i] != '&' && p[i] != ' ' && p[i] != '\r' && p[i] != '\n')
-				i++;
-			int64_t name_len = i - name;
-			if (i < len && p[i] == '=') {
-				i++;
-				int secret = secret_param(p + name, name_len, extra);
-				while (i < len && p[i] != '&' && p[i] != ' ' && p[i] != '\r' && p[i] != '\n') {
-					if (secret && p[i] != '*') {
-						p[i] = '*';
-						changed = 1;
-					}
-					i++;
-				}
-			}
-			if (i < len && p[i] == '&')
-				i++;
-		}
-	}
 	/* header lines: at the start of every line (memchr jumps from one line to the next) */
 	for (int64_t s = 0; s < len;) {
 		for (int k = 0; SECRET_HEADERS[k]; k++) {
