@@ -60,8 +60,10 @@ class AlertsProcessor:
         setup = Setup(self.catalog, list(rules.external_interfaces), rules.detectors)
         self.detectors: dict[str, Detector] = {name: cls(rules.detectors[name], setup)
                                                for name, cls in registry().items() if rules.on(name)}
-        wins = [rules.window_ns(d) for d in self.detectors] or [SEC]
-        self.fold_ns = max(SEC, math.gcd(*wins))
+        # stage one folds a connection's packets within one bin of every table: a sliding
+        # detector's bin is its hop, which divides its window
+        bins = [rules.step_ns(d) for d in self.detectors] or [SEC]
+        self.fold_ns = max(SEC, math.gcd(*bins))
         scans = [s for d in self.detectors.values() if (s := d.payload_scan()) is not None]
         if len(scans) > 1:
             raise ValueError("features.featurize takes one payload scan; two detectors ask for one")
