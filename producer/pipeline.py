@@ -67,13 +67,6 @@ def schema_fingerprint(schema: dict[str, Any]) -> str:
 class RunTotals:
     records_read: int = 0
     batches: int = 0
-    next_seq: int = 0
-    redacted: int = 0  # records whose payload had credentials replaced
-    payload_cleared: int = 0  # records whose payload was out of scope
-
-    def count(self, enc: BatchEncoder) -> None:
-        """Take the encoder's running figures."""
-        self.next_seq, self.redacted, self.payload_cleared = enc.next_seq, enc.redacted, enc.payload_cleared
 
 
 class ProducerRun:
@@ -182,7 +175,6 @@ class ProducerRun:
         assert self.publisher is not None
         m = self.encoder.encode(recs)
         self.publisher.publish(self.key, m.value, m.headers, m.records, m.ts_first_ns, m.ts_last_ns)
-        self.totals.count(self.encoder)
         self.totals.batches += 1
 
     def _drain(self, budget_s: float = DRAIN_BUDGET_S) -> int:
@@ -273,8 +265,8 @@ class ProducerRun:
             "sampled_out": c.sampled_out,
             "sample_rate": self.sampler.rate,
             "batches": self.totals.batches,
-            "records_redacted": self.totals.redacted,
-            "records_payload_cleared": self.totals.payload_cleared,
+            "records_redacted": self.encoder.redacted,
+            "records_payload_cleared": self.encoder.payload_cleared,
             "bytes_delivered": s.bytes_delivered,
             "queue_messages": self.publisher.queued(),
             "ring_fill_ratio": self.capture.reader.pending_bytes() / self.capture.reader.size,
@@ -335,7 +327,7 @@ class ProducerRun:
             ringbuf_full=c.ringbuf_full,
             sampled_out=c.sampled_out,
             batches=self.totals.batches,
-            seq_last=self.totals.next_seq - 1,
+            seq_last=self.encoder.next_seq - 1,
             undelivered_messages=undelivered,
             records_spooled=s.records_spooled,
             records_replayed=s.records_replayed,

@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from pktstream.runtime.errors import ConfigError, PktstreamError
 from pktstream.runtime.log import configure_logging
@@ -26,6 +27,11 @@ VERB_MODULES = (
     "pktstream.consumers.alerts.cli",
     "pktstream.runtime.cli",
 )
+
+
+def time_ms(text: str) -> int:
+    """An ISO 8601 time (2026-11-26T10:00:00Z) as epoch milliseconds; ValueError when it is not one."""
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.consumers.engine.agg import group_index
 from pktstream.consumers.engine.features import Features, addr_hash, words_bytes
 from pktstream.schemas.decode import addr_text as decode_addr_text
 from pktstream.schemas.protocols import ACK, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP
@@ -254,5 +253,5 @@ def first_per_key(kinv: npt.NDArray[np.intp], nk: int) -> npt.NDArray[np.int64]:
     return first
 
 
-__all__ = ["SEC", "Add", "Detector", "Evidence", "Setup", "View", "Window", "addr_text", "attempts",
-           "distinct_sources", "first_per_key", "group_index", "proto_name"]
+__all__ = ["SEC", "Add", "Detector", "Evidence", "PacketFlood", "Setup", "View", "Window", "addr_text", "attempts",
+           "distinct_sources", "first_per_key", "proto_name"]

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from pktstream.consumers.engine.runner import Processor, StreamConfig, StreamRunner
+from pktstream.runtime.cli import time_ms
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.kafka import client_config, ensure_topic, parse_props
 
@@ -74,7 +75,7 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
         start = "beginning"
     if args.since:
         try:
-            since_ms = int(datetime.fromisoformat(args.since.replace("Z", "+00:00")).timestamp() * 1000)
+            since_ms = time_ms(args.since)
             start = "time"
         except ValueError:
             problems.append(f"--since: {args.since!r} is not an ISO 8601 time")

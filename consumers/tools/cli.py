@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 
 from confluent_kafka import KafkaException
 
-from pktstream.runtime.cli import Verb
+from pktstream.runtime.cli import Verb, time_ms
 from pktstream.runtime.errors import ConfigError, KafkaUnavailableError
 from pktstream.runtime.kafka import check_reachable, client_config, parse_props, require_topic
 from pktstream.runtime.log import configure_logging
@@ -19,6 +18,7 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker's port)")
     p.add_argument("--local-kafka-port", type=int, default=9092)
     p.add_argument("--topic", default="pktstream.packets")
+    p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
 
 def _reader_conf(args: argparse.Namespace) -> dict[str, object]:
@@ -43,7 +43,6 @@ def tail_arguments(ta: argparse.ArgumentParser) -> None:
     ta.add_argument("--dead-letter-topic", default=None,
                     help="set messages that do not decode aside in this topic (with the reason) instead of only "
                          "counting them")
-    ta.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
 
 def tail_run(args: argparse.Namespace) -> int:
@@ -54,7 +53,7 @@ def tail_run(args: argparse.Namespace) -> int:
     start = "beginning" if args.from_beginning else "end"
     if args.since:
         try:
-            since_ms = int(datetime.fromisoformat(args.since.replace("Z", "+00:00")).timestamp() * 1000)
+            since_ms = time_ms(args.since)
         except ValueError:
             raise ConfigError([f"--since: {args.since!r} is not an ISO 8601 time"]) from None
         start = "time"
@@ -75,7 +74,6 @@ def audit_arguments(au: argparse.ArgumentParser) -> None:
     _reader_options(au)
     au.add_argument("--stats-topic", default="pktstream.stats")
     au.add_argument("--json", action="store_true", help="one JSON document instead of tables")
-    au.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
 
 
 def audit_run(args: argparse.Namespace) -> int:
