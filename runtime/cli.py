@@ -43,24 +43,39 @@ class Verb:
 
 def _kafka_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=int, default=9092,
+                   help="the first client port (brokers on PORT..PORT+N-1, controllers on the N ports after)")
+    p.add_argument("--brokers", type=int, default=None, metavar="N",
+                   help="nodes in the cluster (default: 1 for up, the running cluster's size for down and status)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
 
 
 def _kafka(args: argparse.Namespace) -> int:
-    from pktstream.runtime.kafka_local import LocalKafka
+    from pktstream.runtime.kafka_local import LocalCluster
 
     configure_logging("auto", "info")
-    lk = LocalKafka(port=args.port)
+    if args.brokers is not None and args.brokers < 1:
+        raise ConfigError([f"--brokers {args.brokers}: must be at least 1"])
+    cluster = LocalCluster(port=args.port, brokers=args.brokers) if args.brokers else \
+        LocalCluster.existing(args.port)
     if args.action == "up":
-        print(lk.up())
+        print(cluster.up())
     elif args.action == "down":
-        print("stopped" if lk.down() else "not running")
+        stopped = cluster.down()
+        print(f"stopped node {', '.join(map(str, stopped))}" if stopped else "not running")
     else:
-        print(json.dumps(lk.status(), indent=2))
+        rows = cluster.status()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'node':>4}  {'port':>5}  {'pid':>7}  {'accepting':9}  data")
+            for r in rows:
+                print(f"{r['node']:>4}  {r['port']:>5}  {r['pid'] or '-':>7}  {'yes' if r['accepting'] else 'no':9}"
+                      f"  {r['data_dir']}")
     return 0
 
 
-VERBS = {"kafka": Verb("the local single-node Kafka broker", _kafka_arguments, _kafka)}
+VERBS = {"kafka": Verb("the local Kafka broker, or a local cluster of N (--brokers)", _kafka_arguments, _kafka)}
 
 
 def verbs() -> dict[str, Verb]:

@@ -1,13 +1,19 @@
-"""The embedded default broker: Apache Kafka (KRaft, one node) from Maven Central.
+"""The embedded default broker: Apache Kafka (KRaft) from Maven Central, one node or a local cluster.
 
 ``pktstream kafka up`` resolves ``org.apache.kafka:kafka_2.13`` and its runtime
 dependencies with Maven into a cache, formats KRaft storage once and starts a
 single combined broker+controller on loopback, then waits until it answers.
+``pktstream kafka up --brokers N`` runs N such nodes (``LocalCluster``): clients on
+ports P..P+N-1, the controller quorum on P+N..P+2N-1, each node a process and data
+directory of its own; with three or more, topics default to replication factor 3
+and ``min.insync.replicas`` 2, as on a production cluster.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -59,12 +65,32 @@ def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pktstream"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own Uuid makes them; never starting with '-' (read as an option)."""
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of a cluster's topics: 3 and 2 from three brokers
+    on (one broker may fail and writes with acks=all go on), as many as there are below that."""
+    rf = min(brokers, 3)
+    return rf, max(1, rf - 1)
+
+
 @dataclass
 class LocalKafka:
     port: int = 9092
     data_dir: Path | None = None
     version: str = KAFKA_VERSION
     heap: str = "768m"
+    # a node of a LocalCluster: its id and the controller ports of every node (ids 1..N); empty: one
+    # node alone (its controller on port+1, a standalone quorum)
+    node_id: int = 1
+    quorum: tuple[int, ...] = ()
+    cluster_id: str = ""
     # optional second listener with SASL/SCRAM-SHA-512 over TLS (self-signed certificate)
     sasl_port: int = 0
     sasl_user: str = "pktstream"
@@ -81,7 +107,7 @@ class LocalKafka:
 
     @property
     def controller_port(self) -> int:
-        return self.port + 1
+        return self.quorum[self.node_id - 1] if self.quorum else self.port + 1
 
     @property
     def bootstrap(self) -> str:
@@ -177,10 +203,15 @@ class LocalKafka:
                 f"ssl.keystore.password={pw}",
                 f"ssl.key.password={pw}",
             ]
+        rf, min_isr = replication(len(self.quorum) or 1)
+        if self.quorum:
+            extra.append("controller.quorum.voters=" + ",".join(
+                f"{i}@127.0.0.1:{p}" for i, p in enumerate(self.quorum, start=1)))
+        else:
+            extra.append(f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}")
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            f"node.id={self.node_id}",
             f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
@@ -190,11 +221,13 @@ class LocalKafka:
             f"log.dirs={self.dir / 'data'}",
             "num.partitions=1",
             "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             "message.max.bytes=67108864",
             "",
@@ -235,6 +268,12 @@ class LocalKafka:
         """Start the broker unless it already runs; return its bootstrap address."""
         if self.pid() is not None and self.accepting():
             return self.bootstrap
+        proc = self.start()
+        self.wait_ready(proc, timeout_s)
+        return self.bootstrap
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Launch the node (storage formatted on first use) without waiting for it to answer."""
         if self.pid() is None and self.accepting():
             raise LocalKafkaError(
                 f"port {self.port} is taken by another process; name that broker with --bootstrap-servers "
@@ -251,14 +290,13 @@ class LocalKafka:
         props.chmod(0o600)
         (self.dir / "log4j2.xml").write_text(_LOG4J2)
         if not (self.dir / "data" / "meta.properties").exists():
-            cluster_id = "-"
-            while cluster_id.startswith("-"):  # as Kafka's own Uuid: '-' would read as an option
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.sasl_user},password={self.sasl_password}]"] \
                 if self.sasl_port else []
+            # a node of a cluster: the static voters in its properties; alone: a standalone quorum
+            quorum = [] if self.quorum else ["--standalone"]
             proc = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                           "--standalone", *scram),
+                self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or new_cluster_id(),
+                           "-c", str(props), *quorum, *scram),
                 capture_output=True, text=True, timeout=180,
             )
             if proc.returncode != 0:
@@ -269,26 +307,30 @@ class LocalKafka:
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid_file.write_text(str(proc2.pid))
-        log.info("kafka_starting", port=self.port, pid=proc2.pid, data_dir=str(self.dir))
+        log.info("kafka_starting", node=self.node_id, port=self.port, pid=proc2.pid, data_dir=str(self.dir))
+        return proc2
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float, brokers: int = 1) -> None:
+        """Until the node accepts and its metadata names ``brokers`` live brokers."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if proc2.poll() is not None:
+            if proc.poll() is not None:
                 tail = self.log_file.read_text(errors="replace")[-3000:]
-                raise LocalKafkaError(f"the local broker exited with {proc2.returncode}:\n{tail}")
-            if self.accepting() and self._answers():
-                log.info("kafka_up", bootstrap=self.bootstrap, pid=proc2.pid)
-                return self.bootstrap
+                raise LocalKafkaError(f"the local broker (node {self.node_id}) exited with {proc.returncode}:\n{tail}")
+            if self.accepting() and self._answers(brokers):
+                log.info("kafka_up", bootstrap=self.bootstrap, node=self.node_id, pid=proc.pid)
+                return
             time.sleep(0.5)
         raise LocalKafkaError(f"the local broker did not answer within {timeout_s:.0f}s; see {self.log_file}")
 
-    def _answers(self) -> bool:
+    def _answers(self, brokers: int = 1) -> bool:
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+            md = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=2)
         except Exception:
             return False
-        return bool(md.brokers)
+        return len(md.brokers) >= brokers
 
     def down(self, timeout_s: float = 60.0) -> bool:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after the timeout)."""
@@ -296,6 +338,19 @@ class LocalKafka:
         if pid is None:
             return False
         os.kill(pid, signal.SIGTERM)
+        self._await_exit(pid, timeout_s)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL: the node dies as on a power cut (tests of failures)."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        self._await_exit(pid, 30.0)
+        return True
+
+    def _await_exit(self, pid: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.2)
@@ -304,14 +359,15 @@ class LocalKafka:
             while self.pid() is not None:
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
-        log.info("kafka_down", port=self.port, pid=pid)
-        return True
+        log.info("kafka_down", node=self.node_id, port=self.port, pid=pid)
 
     def status(self) -> dict[str, object]:
         pid = self.pid()
         return {
+            "node": self.node_id,
             "running": pid is not None,
             "pid": pid,
+            "port": self.port,
             "bootstrap": self.bootstrap,
             "accepting": self.accepting(),
             "data_dir": str(self.dir),
@@ -319,3 +375,121 @@ class LocalKafka:
             "version": self.version,
             "jars": str(self.libs),
         }
+
+
+@dataclass
+class LocalCluster:
+    """N local KRaft nodes, each broker and controller: clients on ports ``port``..``port``+N-1, the
+    controller quorum on the N ports after those. One node is exactly ``LocalKafka`` (same directory,
+    same ports), so ``--brokers 1`` is the single broker everything else starts."""
+
+    port: int = 9092
+    brokers: int = 1
+    data_dir: Path | None = None
+    heap: str = "768m"
+
+    def __post_init__(self) -> None:
+        if self.brokers < 1:
+            raise LocalKafkaError(f"--brokers {self.brokers}: a cluster has at least one broker")
+        if self.data_dir is None:
+            self.data_dir = state_home() / f"kafka-{self.port}"
+
+    @property
+    def dir(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir
+
+    @property
+    def _manifest(self) -> Path:
+        return self.dir / "cluster.json"
+
+    @classmethod
+    def existing(cls, port: int, data_dir: Path | None = None) -> LocalCluster:
+        """The cluster whose data lives for this port: its size from its manifest, else one broker."""
+        c = cls(port=port, data_dir=data_dir)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            c.brokers = int(json.loads(c._manifest.read_text())["brokers"])
+        return c
+
+    def _cluster_id(self) -> str:
+        """The id every node's storage is formatted with (kept in the manifest)."""
+        try:
+            doc = json.loads(self._manifest.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if doc.get("brokers", self.brokers) != self.brokers:
+            raise LocalKafkaError(
+                f"a {doc['brokers']}-broker cluster has its data in {self.dir}; name that size with "
+                f"--brokers {doc['brokers']}, or stop it and remove the directory first"
+            )
+        if "cluster_id" not in doc:
+            doc = {"brokers": self.brokers, "cluster_id": new_cluster_id()}
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._manifest.write_text(json.dumps(doc) + "\n")
+        return str(doc["cluster_id"])
+
+    @property
+    def nodes(self) -> list[LocalKafka]:
+        if self.brokers == 1:
+            return [LocalKafka(port=self.port, data_dir=self.dir, heap=self.heap)]
+        quorum = tuple(self.port + self.brokers + i for i in range(self.brokers))
+        cid = self._cluster_id()
+        return [LocalKafka(port=self.port + i, data_dir=self.dir / f"node-{i + 1}", heap=self.heap, node_id=i + 1,
+                           quorum=quorum, cluster_id=cid) for i in range(self.brokers)]
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def up(self, timeout_s: float = 180.0) -> str:
+        """Start every node that does not run (all of them the first time, a dead one later) and wait
+        until each answers with the whole cluster in its metadata; return the bootstrap list."""
+        if self._manifest.exists():
+            self._cluster_id()  # a cluster of another size lives here: say so
+        if self.brokers > 1 and (self.dir / "data" / "meta.properties").exists():
+            raise LocalKafkaError(
+                f"a single broker has its data in {self.dir}; stop it and remove the directory, or choose "
+                "another --port for the cluster"
+            )
+        nodes = self.nodes
+        started = [(n, n.start()) for n in nodes if not (n.pid() is not None and n.accepting())]
+        for n, proc in started:  # a node answers only once a majority of the quorum is up
+            n.wait_ready(proc, timeout_s, brokers=self.brokers)
+        return self.bootstrap
+
+    def down(self, timeout_s: float = 60.0) -> list[int]:
+        """Stop every running node (SIGTERM, then SIGKILL after the timeout); the ids of those stopped.
+        All are told at once: one by one, the last nodes wait for a controller quorum that is gone."""
+        running = [(n, pid) for n in self.nodes if (pid := n.pid()) is not None]
+        for _n, pid in running:
+            os.kill(pid, signal.SIGTERM)
+        for n, pid in running:
+            n._await_exit(pid, timeout_s)
+        return [n.node_id for n, _pid in running]
+
+    def status(self) -> list[dict[str, object]]:
+        return [n.status() for n in self.nodes]
+
+    def in_sync(self, timeout_s: float = 120.0) -> None:
+        """Wait until no partition is under-replicated (every replica back in its ISR): what a rolling
+        restart waits for before it stops the next broker."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+        lagging: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                md = admin.list_topics(timeout=5)
+            except Exception:
+                time.sleep(0.5)
+                continue
+            lagging = [f"{t}[{p}]" for t, tm in md.topics.items() for p, pm in tm.partitions.items()
+                       if len(pm.isrs) < len(pm.replicas) or pm.leader < 0]
+            if len(md.brokers) == self.brokers and not lagging:
+                return
+            time.sleep(0.5)
+        raise LocalKafkaError(f"partitions still under-replicated after {timeout_s:.0f}s: {lagging[:10]}")
