@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
@@ -15,6 +16,46 @@ from pktstream.runtime.errors import ConfigError, KafkaUnavailableError, Pktstre
 from pktstream.runtime.log import librdkafka_logger
 
 log = structlog.get_logger("pktstream.kafka")
+
+T = TypeVar("T")
+
+# errors that a cluster's failover causes and cures: a leader or coordinator moving, a broker gone
+# for a while. librdkafka marks few of them retriable when a call of the application's fails.
+_TRANSIENT = {
+    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError._UNKNOWN_PARTITION,  # metadata without the partition's leader for a moment
+}
+
+
+def transient(err: object) -> bool:
+    """Does this error pass once the cluster has failed over (worth trying the call again)?"""
+    return isinstance(err, KafkaError) and not err.fatal() and (err.retriable() or err.code() in _TRANSIENT)
+
+
+def retriable(err: object) -> bool:
+    """What librdkafka's transactional calls say may be called again (a coordinator moving)."""
+    return isinstance(err, KafkaError) and err.retriable()
+
+
+def retrying(call: Callable[[], T], what: str, timeout_s: float = 120.0,
+             when: Callable[[object], bool] = transient) -> T:
+    """``call()``, tried again while it fails with a transient error (a broker of the cluster died and
+    its partitions' leaders or a coordinator are moving), for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            if not when(err) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("kafka_call_retried", call=what, error=str(err))
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
 
 def client_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +71,8 @@ from pktstream.consumers.engine.topics import (
     snapshot_loader,
     transactional_producer,
 )
+from pktstream.runtime.errors import PktstreamError
+from pktstream.runtime.kafka import retriable, retrying, transient
 from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
@@ -161,6 +163,38 @@ class RunCounters:
     records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
 
 
+TXN_CALL_S = 30.0  # the timeout given to each transactional call
+
+
+class ConsumerFailed(Exception):
+    """librdkafka reported the group consumer's fatal error."""
+
+
+class TransactionStuck(Exception):
+    """A transactional call did not return within its own timeout and a grace."""
+
+
+def guarded(call: Callable[[], None], what: str, grace_s: float = 10.0) -> None:
+    """``call()`` (one given TXN_CALL_S as its timeout) in a thread of its own, waited for TXN_CALL_S
+    plus a grace: past that it is stuck (see StreamRunner._replace_producer); its outcome otherwise."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as e:  # handed to the caller's thread
+            outcome.append(e)
+
+    t = threading.Thread(target=run, name=what, daemon=True)
+    t.start()
+    t.join(TXN_CALL_S + grace_s)
+    if not outcome:
+        raise TransactionStuck(f"{what} did not return within {TXN_CALL_S + grace_s:.0f} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def default_instance_id() -> str:
     return socket.gethostname()
 
@@ -193,6 +227,11 @@ class StreamRunner:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.dead: DeadLetters | None = None
+        self.txn_id = ""
+        self._abandoned: list[Producer] = []  # producers replaced while stuck in a call (see _replace_producer)
+        self.instance = ""
+        self._rejoining = False
+        self._rejoins: list[float] = []  # when the consumer was replaced (see _rejoin)
         self.heartbeat = time.monotonic()
 
     # -- setup ------------------------------------------------------------------------------
@@ -202,33 +241,72 @@ class StreamRunner:
         self.npackets, self.nparts = prepare_topics(self.conf, cfg.packet_topic, cfg.repartition_topic,
                                                     cfg.state_topic, cfg.partitions, cfg.replication_factor)
         instance = cfg.instance_id or default_instance_id()
-        self.producer = transactional_producer(self.conf, f"{cfg.app_id}-{instance}")
+        self.txn_id = f"{cfg.app_id}-{instance}"
+        self.producer = transactional_producer(self.conf, self.txn_id)
         self.producer.init_transactions(60)
         self.producer.begin_transaction()
         if cfg.dead_letter_topic:
             self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer)
-        self.consumer = group_consumer(self.conf, cfg.app_id, instance)
+        self.instance = instance
         self.loader = snapshot_loader(self.conf, cfg.app_id)
-        self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._subscribe()
         log.info("stream_started", app_id=cfg.app_id, instance=instance, packet_topic=cfg.packet_topic,
                  packet_partitions=self.npackets, repartition_partitions=self.nparts)
+
+    def _subscribe(self) -> None:
+        cfg = self.cfg
+        self.consumer = group_consumer(self.conf, cfg.app_id, self.instance)
+        self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _rejoin(self, why: str) -> None:
+        """librdkafka declared the group consumer failed for good (seen after a broker's death: the
+        session timed out against a stale coordinator and the static member's rejoin was fenced by
+        itself). Abort the open transaction, forget the assignment and join again with a new
+        consumer: the partitions come back from their last commit (offsets and snapshots), as after
+        a restart. A duplicate instance fences this one's producer, so it still stops (``_FENCED`` at
+        the next commit), and more than three rejoins in ten minutes stop it too."""
+        now = time.monotonic()
+        self._rejoins = [t for t in self._rejoins if now - t < 600] + [now]
+        if len(self._rejoins) > 3:
+            raise PktstreamError(f"the group consumer failed {len(self._rejoins)} times in ten minutes: {why}")
+        log.warning("consumer_rejoined", error=why)
+        assert self.producer is not None and self.consumer is not None
+        self._rejoining = True
+        try:
+            guarded(lambda: self.producer.abort_transaction(TXN_CALL_S) if self.producer else None,
+                    "abort_transaction")
+            self.producer.begin_transaction()
+        except (KafkaException, TransactionStuck) as e:
+            self._replace_producer(f"abort on rejoin: {e}")
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.consumer.close()
+        self.counters.aborted += 1
+        for key in list(self.assigned):
+            self._forget(key)
+        self.eof_at.clear()
+        self._batches.clear()
+        self.produced = 0
+        self._uncommitted = []
+        self._rejoining = False
+        self._subscribe()
 
     # -- assignment -------------------------------------------------------------------------
 
     def _start_offset(self, tp: TopicPartition) -> int:
         assert self.consumer is not None
-        lo, hi = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        consumer = self.consumer
+        lo, hi = retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks")
         if self.cfg.start == "beginning":
             return int(lo)
         if self.cfg.start == "time" and self.cfg.since_ms is not None:
-            r = self.consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, self.cfg.since_ms)],
-                                                timeout=10)[0]
+            at = [TopicPartition(tp.topic, tp.partition, self.cfg.since_ms)]
+            r = retrying(lambda: consumer.offsets_for_times(at, timeout=10), "offsets_for_times")[0]
             return int(r.offset) if r.offset >= 0 else int(hi)
         return int(hi)
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        committed = consumer.committed(parts, timeout=30)
+        committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
         for tp in committed:
             key = (tp.topic, tp.partition)
             if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
@@ -251,26 +329,41 @@ class StreamRunner:
         return fresh
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        try:
-            self._commit()
-        except KafkaException as e:
-            log.warning("commit_on_revoke_failed", error=str(e))
+        if not self._rejoining:  # a consumer given up: its work since the last commit is aborted
+            try:
+                self._commit()
+            except KafkaException as e:
+                log.warning("commit_on_revoke_failed", error=str(e))
         for tp in parts:
-            key = (tp.topic, tp.partition)
-            self.assigned.discard(key)
-            self.positions.pop(key, None)
-            self.changed.discard(key)
-            self.eof.discard(key)
-            if tp.topic == self.cfg.packet_topic:
-                self.src_progress.pop(tp.partition, None)
-            if tp.topic == self.cfg.repartition_topic:
-                self.states.pop(tp.partition, None)
-                self.dirty.discard(tp.partition)
+            self._forget((tp.topic, tp.partition))
         log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in parts])
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        topic, p = key
+        self.assigned.discard(key)
+        self.positions.pop(key, None)
+        self.changed.discard(key)
+        self.eof.discard(key)
+        if topic == self.cfg.packet_topic:
+            self.src_progress.pop(p, None)
+        if topic == self.cfg.repartition_topic:
+            self.states.pop(p, None)
+            self.dirty.discard(p)
 
     def _restore(self, q: int) -> PartState:
         """The last committed snapshot of repartition partition q, or a fresh state."""
-        value = last_snapshot(self.loader, self.cfg.state_topic, q)
+        for attempt in range(4):
+            try:
+                value = last_snapshot(self.loader, self.cfg.state_topic, q)
+                break
+            except KafkaException as e:
+                # a client whose metadata kept a broker that left the cluster may never find the
+                # partition again (librdkafka#5511): a new one asks afresh
+                if attempt == 3 or not transient(e.args[0] if e.args else None):
+                    raise
+                log.warning("snapshot_loader_replaced", partition=q, error=str(e))
+                self.loader.close()
+                self.loader = snapshot_loader(self.conf, self.cfg.app_id)
         if value is None:
             return PartState(self.proc.new_state())
         doc = snapshot.unpack(value)
@@ -293,8 +386,12 @@ class StreamRunner:
                 # consume() waits for all 64 or the timeout: a short one, so that a queue holding
                 # fewer (the end of a burst, the rows a commit just made readable) is not waited on
                 msgs = self.consumer.consume(num_messages=64, timeout=0.02)
-                for m in msgs:
-                    self._handle(m)
+                try:
+                    for m in msgs:
+                        self._handle(m)
+                except ConsumerFailed as e:
+                    self._rejoin(str(e))
+                    continue
                 self._process_batches()
                 now = time.monotonic()
                 at_end = self._at_end()
@@ -322,7 +419,25 @@ class StreamRunner:
         if now - self.last_pending_check < 0.5:
             return False
         self.last_pending_check = now
-        return self._pending() == set()
+        return self._pending() == set() and self._read_to_committed_end()
+
+    def _read_to_committed_end(self) -> bool:
+        """Have we read our repartition partitions to their committed end? An end-of-partition seen
+        before another instance's last commit is stale (the fetch that would bring its rows may
+        still be on its way, or wait for a partition's new leader): the last stable offset now
+        (read_committed's high watermark) against where the end was seen says."""
+        assert self.consumer is not None
+        for t, p in self.assigned:
+            if t != self.cfg.repartition_topic:
+                continue
+            try:
+                _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
+            except KafkaException as e:
+                log.warning("watermark_check_failed", error=str(e))
+                return False
+            if self.eof_at.get(p, -1) < hi:
+                return False
+        return True
 
     def _has_work(self) -> bool:
         return bool(self.changed or self.dirty or self.produced or self._uncommitted)
@@ -336,8 +451,8 @@ class StreamRunner:
                 if key[0] == self.cfg.repartition_topic:
                     self.eof_at[key[1]] = m.offset() or 0
                 return
-            if err.fatal():
-                raise KafkaException(err)
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                raise ConsumerFailed(str(err))
             log.warning("consumer_error", error=str(err))
             return
         self.eof.discard(key)
@@ -520,10 +635,20 @@ class StreamRunner:
             # cost more than the rest of a commit)
             self._produce(self.cfg.state_topic, snapshot.pack(doc), key=str(q).encode(), partition=q)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
+        producer, group = self.producer, self.consumer.consumer_group_metadata()
         try:
+            # a coordinator's broker dying makes these fail retriably: librdkafka's contract is to call
+            # them again (it finds the new coordinator), abort only when the error says so
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
-            self.producer.commit_transaction(60)
+                retrying(lambda: guarded(lambda: producer.send_offsets_to_transaction(offsets, group, TXN_CALL_S),
+                                         "send_offsets_to_transaction"), "send_offsets", when=retriable)
+            retrying(lambda: guarded(lambda: producer.commit_transaction(TXN_CALL_S), "commit_transaction"),
+                     "commit_transaction", when=retriable)
+        except TransactionStuck as e:
+            self._replace_producer(str(e))
+            self.counters.aborted += 1
+            self._rewind()
+            return
         except KafkaException as e:
             err = e.args[0]
             if err.txn_requires_abort():
@@ -543,6 +668,21 @@ class StreamRunner:
             cb(outs)
         self.producer.begin_transaction()
 
+    def _replace_producer(self, why: str) -> None:
+        """A transactional call that outlived its own timeout (librdkafka can wait forever for a group
+        coordinator whose broker left the metadata: confluentinc/librdkafka#5456, #5511): a new
+        producer with the same transactional id fences the stuck one and aborts its open
+        transaction; the caller goes back to the last commit, as after any abort."""
+        log.warning("transaction_stuck_producer_replaced", error=why, transactional_id=self.txn_id)
+        assert self.producer is not None
+        self._abandoned.append(self.producer)  # a thread still waits in it: never destroyed under it
+        producer = transactional_producer(self.conf, self.txn_id)
+        retrying(lambda: producer.init_transactions(TXN_CALL_S), "init_transactions", when=retriable)
+        producer.begin_transaction()
+        self.producer = producer
+        if self.dead is not None:
+            self.dead.producer = self.producer
+
     def _offset(self, topic: str, p: int) -> TopicPartition:
         """The position to commit; a packet partition's carries its progress."""
         if topic != self.cfg.packet_topic:
@@ -554,7 +694,8 @@ class StreamRunner:
         """After an aborted transaction: back to the last commit (offsets and state)."""
         assert self.consumer is not None
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
-        committed = self.consumer.committed(parts, timeout=30)
+        consumer = self.consumer
+        committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
         for tp in committed:
             self._resume_from(tp)
             self.consumer.seek(tp)

@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pktstream.runtime.errors import PktstreamError
-from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic
+from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic, retrying, transient
 
 MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
 
@@ -95,7 +95,7 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
     """The last committed snapshot of partition q of the state topic (compacted: usually one of the
     last few messages, else the whole partition is read), None when there is none."""
     tp = TopicPartition(state_topic, q)
-    lo, hi = loader.get_watermark_offsets(tp, timeout=10, cached=False)
+    lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks", timeout_s=20)
     value: bytes | None = None
     for start in (max(lo, hi - 64), lo):
         if hi <= lo:
@@ -110,7 +110,9 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
             if merr is not None:
                 if merr.code() == KafkaError._PARTITION_EOF:
                     break
-                raise KafkaException(merr)
+                if not transient(merr):
+                    raise KafkaException(merr)
+                continue  # a broker gone for a while: the client fails over and reads on
             value = m.value()
         loader.unassign()
         if value is not None or start == lo:
