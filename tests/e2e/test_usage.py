@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
 import yaml
 from confluent_kafka import Producer
@@ -26,14 +25,16 @@ from pktstream.runtime.kafka import ensure_topic
 from tests.support.apps import (
     HTTP_PORT,
     TLS_PORT,
-    final_figures,
+    key,
     kill_twice_then_finish,
-    log_events,
+    read_usage,
     run_clients,
+    run_usage,
     servers,
+    usage_cmd,
 )
 from tests.support.helpers import NetnsHost, read_messages
-from tests.support.producer_proc import PKTSTREAM, ProducerProcess
+from tests.support.producer_proc import ProducerProcess
 from tests.support.traffic import CATALOG as GEN_CATALOG
 from tests.support.traffic import containers, fleet, generate
 
@@ -91,40 +92,6 @@ def read_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     buf = io.StringIO()
     tail({"bootstrap.servers": bootstrap}, topic, start="beginning", follow=False, out=buf, payload="none")
     return [json.loads(line) for line in buf.getvalue().splitlines()]
-
-
-def read_usage(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every committed record of a usage topic (the transactional outputs a reader sees)."""
-    out = []
-    for _key, value, _headers in read_messages(bootstrap, topic):
-        for r in fastavro.reader(io.BytesIO(value)):
-            assert isinstance(r, dict)
-            r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)  # logical type -> ms
-            out.append(r)
-    return out
-
-
-def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: Path,
-              *extra: str) -> list[str]:
-    return [PKTSTREAM, "usage", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id", app,
-            "--usage-topic", usage_topic, "--catalog", str(catalog), "--from-beginning", "--until-end",
-            "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
-
-
-
-
-
-
-def run_usage(cmd: list[str], timeout: float = 300, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr[-3000:]
-    if figures is not None:
-        figures.update(final_figures(log_events(p.stderr)))
-    return [json.loads(line) for line in p.stdout.splitlines()]
-
-
-def key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["window_s"], r["window_start_ms"], r["api"])
 
 
 def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Callable[..., NetnsHost],

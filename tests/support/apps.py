@@ -4,6 +4,7 @@ clients in a namespace, the apps' log events, committed offsets, and kills at a 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import random
 import signal
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -187,6 +189,40 @@ def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         out.append(doc)
     assert_valid(out)  # every event, by OCSF's own schema
     return out
+
+
+def read_usage(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of a usage topic (the transactional outputs a reader sees)."""
+    out = []
+    for _key, value, _headers in read_messages(bootstrap, topic):
+        for r in fastavro.reader(io.BytesIO(value)):
+            assert isinstance(r, dict)
+            r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)  # logical type -> ms
+            out.append(r)
+    return out
+
+
+def usage_cmd(bootstrap: str, topic: str, app: str, usage_topic: str, catalog: Path,
+              *extra: str) -> list[str]:
+    return [PKTSTREAM, "usage", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id", app,
+            "--usage-topic", usage_topic, "--catalog", str(catalog), "--from-beginning", "--until-end",
+            "--output", "json", "--metrics-port", "0", "--log-format", "json", *extra]
+
+
+
+
+
+
+def run_usage(cmd: list[str], timeout: float = 300, figures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    if figures is not None:
+        figures.update(final_figures(log_events(p.stderr)))
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["window_s"], r["window_start_ms"], r["api"])
 
 
 LATE_SPOOL = 5000  # packets of the late block load() appends
