@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from pktstream.runtime.native import load_native
 
@@ -172,6 +173,17 @@ def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
     raise AvroEncodeError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
+def embedded_schema(schema: Mapping[str, Any]) -> str:
+    """The schema as a container embeds it: its Parsing Canonical Form (no docs, names fully
+    qualified; 0.9 KB for the packet schema instead of 3.4 KB, which dominated small messages).
+    The form also drops logical types and defaults, so a schema with logical types is embedded
+    minified but whole."""
+    text = json.dumps(schema, separators=(",", ":"))
+    if "logicalType" in text:
+        return text
+    return str(to_parsing_canonical_form(parse_schema(dict(schema))))
+
+
 class ContainerWriter:
     """Writes one Avro Object Container File per batch: a cached header and one block.
 
@@ -196,7 +208,7 @@ class ContainerWriter:
         self.sync = sync_marker if sync_marker is not None else os.urandom(16)
         if len(self.sync) != 16:
             raise AvroEncodeError("sync marker must be 16 bytes")
-        meta = {"avro.schema": json.dumps(schema, separators=(",", ":")), "avro.codec": codec}
+        meta = {"avro.schema": embedded_schema(schema), "avro.codec": codec}
         meta.update(metadata or {})
         head = bytearray(MAGIC)
         head += encode_long(len(meta))

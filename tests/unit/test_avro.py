@@ -10,6 +10,7 @@ import avro.datafile
 import avro.io
 import avro.schema
 import fastavro
+import fastavro.schema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,7 +68,11 @@ def test_empty_batch_is_a_header_only_container() -> None:
     assert list(fastavro.reader(io.BytesIO(w.container({}, 0)))) == []
 
 
-def test_header_schema_is_the_file_schema() -> None:
+def test_header_schema_is_the_files_parsing_canonical_form() -> None:
+    """The embedded schema is schemas/packet.avsc's Parsing Canonical Form, as fastavro computes it
+    (docs stay in schemas/), and a quarter of its size."""
     w = ContainerWriter(SCHEMA)
     fr = fastavro.reader(io.BytesIO(w.container({}, 0)))
-    assert json.loads(fr.metadata["avro.schema"]) == SCHEMA
+    embedded = fr.metadata["avro.schema"]
+    assert embedded == fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(SCHEMA))
+    assert "doc" not in json.loads(embedded) and len(embedded) < len(json.dumps(SCHEMA)) / 3
