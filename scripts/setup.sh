@@ -16,9 +16,10 @@ fi
 arch=$(dpkg --print-architecture)
 # bcc (Python bindings and library); gcc builds the compiled loops (*.c); Java (with keytool) and Maven
 # run the local Kafka broker; iproute2, libcap2-bin (capsh) tcpdump and openssl (a TLS server's certificate) serve the
-# tests, and systemd's systemd-analyze checks the units in deploy/systemd.
+# tests, systemd's systemd-analyze checks the units in deploy/systemd, and tshark (with capinfos) reads
+# the capture files `pktstream export` writes.
 pkgs=(python3 python3-venv python3-bpfcc libbpfcc iproute2 libcap2-bin gcc libc6-dev
-      default-jre-headless maven tcpdump openssl ca-certificates systemd)
+      default-jre-headless maven tcpdump openssl ca-certificates systemd tshark)
 kver=$(uname -r)
 missing=()
 for p in "${pkgs[@]}"; do

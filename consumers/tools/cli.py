@@ -1,17 +1,21 @@
-"""``pktstream tail`` and ``pktstream audit``: tools that read the topics as they are."""
+"""``pktstream tail``, ``audit``, ``query`` and ``export``: tools that read the topics as they are."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
 from pktstream.runtime.cli import Verb, time_ms
-from pktstream.runtime.errors import ConfigError, KafkaUnavailableError
+from pktstream.runtime.errors import ConfigError, KafkaUnavailableError, PktstreamError
 from pktstream.runtime.kafka import check_reachable, client_config, parse_props, require_topic
 from pktstream.runtime.log import configure_logging
+
+if TYPE_CHECKING:
+    from pktstream.consumers.tools.history import Range
 
 
 def _reader_options(p: argparse.ArgumentParser) -> None:
@@ -91,7 +95,112 @@ def audit_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _range_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--from-beginning", action="store_true", help="from the oldest record (the default)")
+    g.add_argument("--since", help="from this time (ISO 8601, e.g. 2026-11-26T10:00:00Z)")
+    p.add_argument("--until", help="up to this time (ISO 8601); default: the end of the topic now")
+    p.add_argument("--host", action="append", metavar="HOST_ID",
+                   help="only the records of this capture point (host id); repeat for several")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of standard output")
+
+
+def _range(args: argparse.Namespace) -> Range:
+    from pktstream.consumers.tools.history import Range
+
+    problems: list[str] = []
+    times: dict[str, int | None] = {"since": None, "until": None}
+    for name in times:
+        text = getattr(args, name)
+        if text:
+            try:
+                times[name] = time_ms(text)
+            except ValueError:
+                problems.append(f"--{name}: {text!r} is not an ISO 8601 time")
+    if times["since"] is not None and times["until"] is not None and times["until"] < times["since"]:
+        problems.append(f"--until {args.until} is before --since {args.since}")
+    if problems:
+        raise ConfigError(problems)
+    return Range(times["since"], times["until"], frozenset(args.host) if args.host else None)
+
+
+def query_arguments(q: argparse.ArgumentParser) -> None:
+    q.add_argument("sql", help="the SQL (DuckDB's dialect) over the tables packets, usage and alerts")
+    _reader_options(q)
+    q.add_argument("--usage-topic", default="pktstream.usage")
+    q.add_argument("--alerts-topic", default="pktstream.alerts")
+    _range_options(q)
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="json: one object per line; parquet needs -o FILE (or a pipe)")
+
+
+def query_run(args: argparse.Namespace) -> int:
+    from pktstream.consumers.tools.query import Sources, open_output, run_query
+
+    configure_logging("auto", "warning")
+    rng = _range(args)
+    out = open_output(args.output, args.format)
+    conf = _reader_conf(args)
+    try:
+        run_query(conf, args.sql, rng, Sources(args.topic, args.usage_topic, args.alerts_topic), args.format, out)
+    except KafkaException as e:
+        raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
+    finally:
+        out.flush()
+    return 0
+
+
+def export_arguments(ex: argparse.ArgumentParser) -> None:
+    _reader_options(ex)
+    _range_options(ex)
+    ex.add_argument("--format", choices=["pcap", "pcapng", "parquet"], required=True)
+
+
+def export_run(args: argparse.Namespace) -> int:
+    from pktstream.consumers.tools import export
+    from pktstream.consumers.tools.history import (
+        Progress,
+        packet_batches,
+        packet_schema,
+        range_has_messages,
+        terminal_progress,
+    )
+    from pktstream.consumers.tools.query import describe, open_output
+
+    configure_logging("auto", "warning")
+    rng = _range(args)
+    if args.output is None and sys.stdout.isatty():
+        raise ConfigError([f"--format {args.format} writes binary: name a file with -o FILE"])
+    conf = _reader_conf(args)
+    if not range_has_messages(conf, args.topic, rng):
+        raise PktstreamError(f"no messages in {describe(rng)} of topic {args.topic!r}")
+    out = open_output(args.output, "parquet")
+    progress = Progress()
+    schema = packet_schema()
+    batches = packet_batches(conf, args.topic, rng, progress, schema, terminal_progress())
+    try:
+        if args.format == "parquet":
+            n = export.write_parquet(batches, schema, out)
+        elif args.format == "pcap":
+            n = export.write_pcap(batches, out)
+        else:
+            n = export.write_pcapng(batches, out, export.COMMENT)
+    except KafkaException as e:
+        raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
+    finally:
+        out.flush()
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    if n == 0:
+        print(f"pktstream export: no packet records in {describe(rng)} of topic {args.topic!r}", file=sys.stderr)
+    print(f"pktstream export: {n:,} records written ({args.format})"
+          + (f"; {progress.corrupt} corrupt message(s) skipped" if progress.corrupt else ""), file=sys.stderr)
+    return 0
+
+
 VERBS = {
     "tail": Verb("print the packet topic as JSON lines", tail_arguments, tail_run),
     "audit": Verb("reconcile the packet topic with the producers' loss accounting", audit_arguments, audit_run),
+    "query": Verb("SQL over a time range of the packet, usage and alerts topics (DuckDB)", query_arguments, query_run),
+    "export": Verb("a time range of the packet topic as a pcap, pcapng or Parquet file", export_arguments, export_run),
 }

@@ -1,0 +1,76 @@
+"""``pktstream query`` over a large packet topic: records/s (read from Kafka, decode, load into
+DuckDB, a GROUP BY) and the process's peak RSS.
+
+    python -m bench.query --records 20000000
+
+Fills a topic of its own on a local broker (started here, or --bootstrap) with generated traffic
+(about 1 M distinct records, repeated up to --records), then times the command as a user runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from pktstream.runtime.kafka import ensure_topic
+from tests.support.traffic import fleet, generate
+
+PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
+SQL = ("SELECT host, protocol, dst_port, count(*) AS packets, sum(wire_len) AS bytes, "
+       "count(DISTINCT src_addr) AS sources FROM packets GROUP BY ALL ORDER BY packets DESC LIMIT 10")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=20_000_000)
+    ap.add_argument("--bootstrap", default=None)
+    a = ap.parse_args()
+    lk = None
+    bootstrap = a.bootstrap
+    if not bootstrap:
+        from pktstream.runtime.kafka_local import LocalKafka
+
+        lk = LocalKafka(port=19610, data_dir=Path(tempfile.mkdtemp(prefix="pktstream-bench-query-")))
+        lk.down()
+        bootstrap = lk.up()
+    try:
+        t = generate(50_000, time.time_ns() - 3600 * 10**9, 600 * 10**9, clients=5000)
+        msgs = fleet([(f"gen{h}", t) for h in range(3)])  # ~1 M records in messages of 20,000
+        per_round = 3 * t.n
+        topic = f"bench-query-{uuid.uuid4().hex[:6]}"
+        ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "zstd",
+                      "message.max.bytes": 16 << 20, "queue.buffering.max.kbytes": 1 << 20})
+        sent = 0
+        while sent < a.records:
+            for host, m in msgs:
+                p.produce(topic, m, key=host.encode())
+                p.poll(0)
+            sent += per_round
+        assert p.flush(300) == 0
+        t0 = time.monotonic()
+        r = subprocess.run([PKTSTREAM, "query", "--bootstrap-servers", bootstrap, "--topic", topic, SQL,
+                            "--format", "json"], capture_output=True, text=True, check=True)
+        secs = time.monotonic() - t0
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        total = sum(x["packets"] for x in rows)
+        print(json.dumps({"records": sent, "seconds": round(secs, 2), "records_per_s": round(sent / secs),
+                          "peak_rss_mb": round(rss_mb), "top_rows_records": total, "cpus": os.cpu_count()}))
+    finally:
+        if lk is not None:
+            lk.down()
+
+
+if __name__ == "__main__":
+    main()

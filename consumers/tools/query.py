@@ -1,0 +1,254 @@
+"""``pktstream query SQL``: SQL over a time range of the topics, in an embedded DuckDB.
+
+``packets`` is the packet topic's range (consumers/tools/history.py), streamed into the engine a
+message at a time (an Arrow record batch reader: bounded memory whatever the range; DuckDB scans
+it once, so a query that reads ``packets`` twice should go through ``pktstream export --format
+parquet`` first). ``usage`` and ``alerts`` are the consumers' output topics over the same range,
+read only when the SQL names them. Output: an aligned table, CSV, JSON lines or Parquet.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fastavro
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pktstream.consumers.tools.history import (
+    Progress,
+    Range,
+    packet_batches,
+    packet_schema,
+    range_has_messages,
+    terminal_progress,
+)
+from pktstream.runtime.errors import ConfigError, PktstreamError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+@dataclass
+class Sources:
+    packets: str = "pktstream.packets"
+    usage: str = "pktstream.usage"
+    alerts: str = "pktstream.alerts"
+
+
+def names_table(sql: str, table: str) -> bool:
+    """Does the SQL name this table (as a word outside quotes)?"""
+    bare = re.sub(r"'(?:[^']|'')*'", "''", sql)
+    return re.search(rf"(?<![\w.\"]){table}(?![\w\"])", bare, re.IGNORECASE) is not None
+
+
+def _messages(conf: Mapping[str, Any], topic: str, rng: Range) -> Iterator[bytes]:
+    """Every committed message of a (small) output topic whose timestamp is in the range's slack."""
+    c = Consumer({**conf, "group.id": "pktstream-query-out", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+    try:
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise PktstreamError(f"the query names a table whose topic {topic!r} does not exist")
+        for p in sorted(md.partitions):
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+            if hi <= lo:
+                continue
+            c.assign([TopicPartition(topic, p, lo)])
+            while True:
+                m = c.poll(1.0)
+                if m is None:
+                    continue
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        break
+                    raise KafkaException(err)
+                yield m.value() or b""
+                if (m.offset() or 0) + 1 >= hi:
+                    break
+            c.unassign()
+    finally:
+        c.close()
+
+
+def usage_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+    for value in _messages(conf, topic, rng):
+        try:
+            rows.extend(r for r in fastavro.reader(io.BytesIO(value)) if isinstance(r, dict))
+        except (ValueError, EOFError, StopIteration):
+            continue  # not a usage container: set aside as the consumers do
+    lo = datetime.fromtimestamp(rng.since_ms / 1000, UTC) if rng.since_ms is not None else None
+    hi = datetime.fromtimestamp(rng.until_ms / 1000, UTC) if rng.until_ms is not None else None
+    rows = [r for r in rows
+            if (lo is None or r["window_start_ms"] >= lo) and (hi is None or r["window_start_ms"] <= hi)]
+    return pa.Table.from_pylist(rows) if rows else pa.table({"window_start_ms": pa.array([], pa.timestamp("ms"))})
+
+
+def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+    """One row per OCSF event: its time, rule, severity, activity, key, message, and the document."""
+    cols: dict[str, list[Any]] = {k: [] for k in ("time", "rule", "severity_id", "activity", "key", "message",
+                                                  "uid", "document")}
+    for value in _messages(conf, topic, rng):
+        try:
+            d = json.loads(value)
+            t = int(d["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
+            continue
+        pk = d.get("unmapped", {}).get("pktstream", {})
+        cols["time"].append(datetime.fromtimestamp(t / 1000, UTC))
+        cols["rule"].append(pk.get("rule"))
+        cols["severity_id"].append(d.get("severity_id"))
+        cols["activity"].append(d.get("activity_name"))
+        cols["key"].append(pk.get("key"))
+        cols["message"].append(d.get("message"))
+        cols["uid"].append(d.get("finding_info", {}).get("uid"))
+        cols["document"].append(value.decode(errors="replace"))
+    return pa.table({
+        "time": pa.array(cols["time"], pa.timestamp("ms", tz="UTC")), "rule": pa.array(cols["rule"], pa.string()),
+        "severity_id": pa.array(cols["severity_id"], pa.int32()), "activity": pa.array(cols["activity"], pa.string()),
+        "key": pa.array(cols["key"], pa.string()), "message": pa.array(cols["message"], pa.string()),
+        "uid": pa.array(cols["uid"], pa.string()), "document": pa.array(cols["document"], pa.string()),
+    })
+
+
+def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
+              progress: Progress | None = None) -> int:
+    """Run the SQL; write its result; return the number of result rows."""
+    import duckdb
+
+    progress = progress or Progress()
+    con = duckdb.connect()
+    named = {t for t in ("packets", "usage", "alerts") if names_table(sql, t)}
+    if not named:
+        raise ConfigError([f"the query names none of the tables packets, usage, alerts: {sql!r}"])
+    show = terminal_progress()
+    keep: list[Any] = []  # what DuckDB scans must outlive the query
+    if "packets" in named:
+        if not range_has_messages(conf, sources.packets, rng):
+            raise PktstreamError(f"no messages in {describe(rng)} of topic {sources.packets!r}")
+        schema = packet_schema()
+        reader = pa.RecordBatchReader.from_batches(
+            schema, packet_batches(conf, sources.packets, rng, progress, schema, show))
+        keep.append(reader)
+        con.register("packets", reader)
+    if "usage" in named:
+        keep.append(usage_table(conf, sources.usage, rng))
+        con.register("usage", keep[-1])
+    if "alerts" in named:
+        keep.append(alerts_table(conf, sources.alerts, rng))
+        con.register("alerts", keep[-1])
+    try:
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result (SET, CREATE ...)
+            return 0
+        rows = write_result(rel.to_arrow_reader(), fmt, out)
+    except duckdb.Error as e:
+        columns = ", ".join(f"{f.name} {f.type}" for f in packet_schema())
+        raise PktstreamError(f"SQL: {e}\nthe packets table has the columns: {columns}") from None
+    finally:
+        if show is not None:
+            sys.stderr.write("\r\033[K")
+    if "packets" in named and progress.records == 0:
+        print(f"pktstream query: no packet records in {describe(rng)} of topic {sources.packets!r}"
+              + (f" ({progress.corrupt} corrupt message(s) skipped)" if progress.corrupt else ""), file=sys.stderr)
+    return rows
+
+
+def describe(rng: Range) -> str:
+    def t(ms: int | None, none: str) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z") if ms is not None else none
+    return f"the range {t(rng.since_ms, 'the beginning')} .. {t(rng.until_ms, 'the end')}"
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, Decimal):  # DuckDB's sums of integers are HUGEINT, Arrow decimals
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    return str(v)
+
+
+def plain(b: pa.RecordBatch) -> pa.RecordBatch:
+    """Timestamps as ISO 8601 text (nanoseconds kept), payloads as text (undecodable bytes escaped):
+    what JSON lines and the table print."""
+    cols = []
+    for col, f in zip(b.columns, b.schema, strict=True):
+        if pa.types.is_timestamp(f.type):
+            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ" if f.type.tz else "%Y-%m-%dT%H:%M:%S")
+        elif pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            col = pa.array([None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()],
+                           pa.string())
+        cols.append(col)
+    return pa.RecordBatch.from_arrays(cols, names=b.schema.names)
+
+
+def write_result(reader: pa.RecordBatchReader, fmt: str, out: BinaryIO) -> int:
+    rows = 0
+    if fmt in ("parquet", "csv"):  # Arrow's own writers, batch by batch
+        writer = pq.ParquetWriter if fmt == "parquet" else pacsv.CSVWriter
+        with writer(out, reader.schema) as w:
+            for b in reader:
+                w.write_batch(b)
+                rows += b.num_rows
+        return rows
+    if fmt == "json":
+        for b in reader:
+            for r in plain(b).to_pylist():
+                out.write(json.dumps(r, default=_json_default, separators=(",", ":")).encode() + b"\n")
+            rows += b.num_rows
+        return rows
+    table = pa.Table.from_batches([plain(b) for b in reader])
+    out.write(render_table(table).encode())
+    return int(table.num_rows)
+
+
+def render_table(t: pa.Table, max_rows: int = 1000) -> str:
+    names = t.column_names
+    cells = [[_cell(v) for v in row.values()] for row in t.slice(0, max_rows).to_pylist()]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+               for f in t.schema]
+
+    def line(vals: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric, strict=True)
+                         ).rstrip()
+    lines = [line(names), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    if t.num_rows > max_rows:
+        lines.append(f"({t.num_rows - max_rows:,} more rows; --format csv|json|parquet writes all)")
+    lines.append(f"({t.num_rows:,} row{'s' if t.num_rows != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    if isinstance(v, bytes):
+        return v[:32].decode("latin-1").encode("unicode_escape").decode() + ("..." if len(v) > 32 else "")
+    return str(v)
+
+
+def open_output(path: str | None, fmt: str) -> BinaryIO:
+    if path is None:
+        if fmt == "parquet" and sys.stdout.isatty():
+            raise ConfigError(["--format parquet writes binary: name a file with -o FILE"])
+        return sys.stdout.buffer
+    return Path(path).open("wb")
