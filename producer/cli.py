@@ -38,6 +38,7 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--compression", "compression", str, "Kafka compression: none | gzip | snappy | lz4 | zstd"),
     ("--batch-records", "batch_records", int, "records per Kafka message, at most"),
     ("--batch-age-ms", "batch_age_ms", int, "oldest record waits at most this long"),
+    ("--batch-quiet-ms", "batch_quiet_ms", int, "a small batch waits for more up to this age (0 = off; default 2000)"),
     ("--host-id", "host_id", str, "host id (message key)"),
     ("--queue-max-kbytes", "queue_max_kbytes", int, "producer memory queue in KiB (default 65536)"),
     ("--spool-dir", "spool_dir", str, "on-disk spool directory"),

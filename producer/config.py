@@ -83,6 +83,9 @@ class ProducerConfig:
     batch_records: int = field(default=20000, metadata={"doc": "records per Kafka message, at most"})
     batch_bytes: int = field(default=4 << 20, metadata={"doc": "encoded bytes per Kafka message, at most"})
     batch_age_ms: int = field(default=100, metadata={"doc": "oldest record waits at most this long"})
+    batch_quiet_ms: int = field(default=2000, metadata={
+        "doc": "a batch under 16 KiB at batch_age_ms waits for more up to this age (quiet hosts: fewer, longer "
+               "messages); 0 = never longer than batch_age_ms"})
     codec: str = field(default="null", metadata={"doc": "Avro container codec: " + " | ".join(CODECS)})
     compression: str = field(default="zstd", metadata={"doc": "Kafka compression: " + " | ".join(KAFKA_COMPRESSION)})
     queue_max_kbytes: int = field(default=65536, metadata={"doc": "producer memory queue (KiB)"})
@@ -239,6 +242,8 @@ def validate(cfg: ProducerConfig) -> list[str]:
         p.append(f"batch_bytes: {cfg.batch_bytes} is outside 1024..67108864")
     if not 1 <= cfg.batch_age_ms <= 60000:
         p.append(f"batch_age_ms: {cfg.batch_age_ms} is outside 1..60000")
+    if cfg.batch_quiet_ms and not cfg.batch_age_ms <= cfg.batch_quiet_ms <= 60000:
+        p.append(f"batch_quiet_ms: {cfg.batch_quiet_ms} is outside batch_age_ms..60000 (or 0: off)")
     if cfg.codec not in CODECS:
         p.append(f"codec: {cfg.codec!r} is not one of {', '.join(CODECS)}")
     if cfg.compression not in KAFKA_COMPRESSION:

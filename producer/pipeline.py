@@ -76,7 +76,7 @@ class ProducerRun:
         self.stop = stop or threading.Event()
         self.run_id = uuid.uuid4().hex[:16]
         self.totals = RunTotals()
-        self.batcher = Batcher(cfg.batch_records, cfg.batch_bytes, cfg.batch_age_ms)
+        self.batcher = Batcher(cfg.batch_records, cfg.batch_bytes, cfg.batch_age_ms, cfg.batch_quiet_ms)
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
@@ -234,11 +234,13 @@ class ProducerRun:
                 # with batches in flight, wake often enough that delivery reports (and so
                 # the acknowledged figures and latencies) are served promptly
                 cap = 0.01 if self.publisher.queued() else 0.1
-                if self.batcher:
+                if self.batcher and not self.batcher.quiet(now):
                     # Records are arriving: sleep instead of waking on each one, so that every
                     # drain takes thousands of records (the ring holds far more than a pause
                     # of DRAIN_PAUSE_S at any rate the producer sustains).
                     time.sleep(max(0.0, min(self.batcher.age_left_s(now), DRAIN_PAUSE_S, cap)))
+                elif self.batcher:  # a quiet host's small batch: wake on the next record or when due
+                    self.capture.reader.wait(max(0.0, min(self.batcher.age_left_s(now), cap)))
                 else:
                     self.capture.reader.wait(min(cfg.batch_age_ms / 1000, cap))
         finally:

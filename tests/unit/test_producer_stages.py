@@ -49,6 +49,18 @@ def test_batcher_is_due_by_records_bytes_or_age() -> None:
     assert small.full()  # by estimated bytes
 
 
+def test_a_quiet_hosts_small_batch_waits_longer_a_busy_ones_does_not() -> None:
+    b = Batcher(max_records=10**6, max_bytes=1 << 30, max_age_ms=100, quiet_ms=2000, quiet_bytes=16 << 10)
+    b.add(records(10), now=0.0)  # 10 records: far under 16 KiB
+    assert not b.due(0.1) and b.quiet(0.1) and math.isclose(b.age_left_s(0.5), 1.5)
+    assert not b.due(1.999) and b.due(2.0) and not b.quiet(2.0)
+    b.add(records(2000), now=0.5)  # grown past 16 KiB: due at the usual age
+    assert b.bytes >= 16 << 10 and b.due(0.1) and not b.quiet(0.1)
+    off = Batcher(max_records=10**6, max_bytes=1 << 30, max_age_ms=100, quiet_ms=0)
+    off.add(records(1), now=0.0)
+    assert off.due(0.1) and not off.quiet(0.1)
+
+
 def test_encoder_numbers_records_and_apache_avro_reads_the_message() -> None:
     schema = load_schema_json("packet")
     enc = BatchEncoder(ContainerWriter(schema, codec="null"), [(H.HOST, b"h1")], 64, PayloadScope([], []), True)
