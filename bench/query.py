@@ -10,9 +10,10 @@ Fills a topic of its own on a local broker (started here, or --bootstrap) with g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=20_000_000)
     ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--sql", default=SQL)
     a = ap.parse_args()
     lk = None
     bootstrap = a.bootstrap
@@ -54,22 +56,39 @@ def main() -> None:
         sent = 0
         while sent < a.records:
             for host, m in msgs:
-                p.produce(topic, m, key=host.encode())
+                while True:
+                    try:
+                        p.produce(topic, m, key=host.encode())
+                        break
+                    except BufferError:  # the local queue is full: let the broker take some
+                        p.poll(0.1)
                 p.poll(0)
             sent += per_round
         assert p.flush(300) == 0
         t0 = time.monotonic()
-        r = subprocess.run([PKTSTREAM, "query", "--bootstrap-servers", bootstrap, "--topic", topic, SQL,
-                            "--format", "json"], capture_output=True, text=True, check=True)
-        secs = time.monotonic() - t0
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        rows = [json.loads(line) for line in r.stdout.splitlines()]
-        total = sum(x["packets"] for x in rows)
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen([PKTSTREAM, "query", "--bootstrap-servers", bootstrap, "--topic", topic, a.sql,
+                                     "--format", "json"], stdout=out)
+            # the command's own peak RSS: VmHWM of its address space (wait4's ru_maxrss would count
+            # this process's memory at the fork, which exec keeps in the figure)
+            hwm_kb = 0
+            while proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    status = Path(f"/proc/{proc.pid}/status").read_text()
+                    hwm_kb = max(hwm_kb, int(status.split("VmHWM:")[1].split()[0]))
+                time.sleep(0.05)
+            secs = time.monotonic() - t0
+            assert proc.returncode == 0
+            out.seek(0)
+            rows = [json.loads(line) for line in out.read().decode().splitlines()]
+        rss_mb = hwm_kb / 1024
+        total = sum(x.get("packets", 0) for x in rows)
         print(json.dumps({"records": sent, "seconds": round(secs, 2), "records_per_s": round(sent / secs),
                           "peak_rss_mb": round(rss_mb), "top_rows_records": total, "cpus": os.cpu_count()}))
     finally:
         if lk is not None:
             lk.down()
+            shutil.rmtree(lk.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
