@@ -27,6 +27,7 @@ _TRANSIENT = {
     KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     KafkaError._UNKNOWN_PARTITION,  # metadata without the partition's leader for a moment
+    KafkaError._DESTROY_BROKER,  # a request in flight to a broker that just left the metadata
 }
 
 
