@@ -22,11 +22,14 @@ import avro.io
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from confluent_kafka import Producer
 
 from pktstream.runtime.kafka import ensure_topic
+from tests.support.apps import alerts_cmd, read_alerts, read_usage, restart_scenario, run_alerts, run_usage, usage_cmd
 from tests.support.helpers import read_messages, require
 from tests.support.producer_proc import PKTSTREAM
+from tests.support.traffic import CATALOG as GEN_CATALOG
 from tests.support.traffic import containers, generate, merge, packets
 
 pytestmark = [pytest.mark.kafka]
@@ -225,3 +228,26 @@ def test_bad_input_is_said_in_words(kafka_bootstrap: str, topic: str) -> None:
     r = pktstream("export", "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--format", "pcap", "--since",
                   "yesterday", "--until", "then", "-o", "/dev/null", ok=False)
     assert r.returncode == 2 and "'yesterday' is not an ISO 8601 time" in r.stderr and "'then'" in r.stderr
+
+
+def test_usage_and_alerts_are_tables_too(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The consumers' output topics as the tables usage and alerts: the answers equal what the
+    topics hold as the tests' own readers (fastavro, JSON) read them."""
+    b = kafka_bootstrap
+    topic, rules, catalog = restart_scenario(b, tmp_path)
+    usage_catalog = tmp_path / "usage-catalog.yaml"
+    usage_catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    run_usage(usage_cmd(b, topic, f"t-qu-{uuid.uuid4().hex[:6]}", f"{topic}.u", usage_catalog))
+    run_alerts(alerts_cmd(b, topic, f"t-qa-{uuid.uuid4().hex[:6]}", f"{topic}.a", rules, catalog))
+    want_u: Counter[str] = Counter()
+    for r in read_usage(b, f"{topic}.u"):
+        if r["window_s"] == 60:
+            want_u[r["api"]] += r["requests"]
+    want_a = Counter(d["unmapped"]["pktstream"]["rule"] for d in read_alerts(b, f"{topic}.a"))
+    assert sum(want_u.values()) > 100 and len(want_a) >= 3
+    got_u = query(b, topic, "SELECT api, sum(requests) AS n FROM usage WHERE window_s = 60 GROUP BY api",
+                  "--usage-topic", f"{topic}.u")
+    assert {r["api"]: r["n"] for r in got_u} == dict(want_u)
+    got_a = query(b, topic, "SELECT rule, count(*) AS n, count(DISTINCT document->>'$.finding_info.uid') AS ids "
+                  "FROM alerts GROUP BY rule", "--alerts-topic", f"{topic}.a")
+    assert {r["rule"]: r["n"] for r in got_a} == dict(want_a)
