@@ -28,6 +28,10 @@ _TRANSIENT = {
     KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     KafkaError._UNKNOWN_PARTITION,  # metadata without the partition's leader for a moment
     KafkaError._DESTROY_BROKER,  # a request in flight to a broker that just left the metadata
+    # librdkafka's other states of a cluster in motion: a broker's address or id changing, metadata
+    # being refreshed, a request to be sent again, too few in-sync replicas for a moment
+    KafkaError._NODE_UPDATE, KafkaError._UNKNOWN_BROKER, KafkaError._WAIT_CACHE, KafkaError._RETRY,
+    KafkaError._TIMED_OUT_QUEUE, KafkaError._OUTDATED, KafkaError._ISR_INSUFF, KafkaError._RESOLVE,
 }
 
 
