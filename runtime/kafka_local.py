@@ -65,6 +65,11 @@ def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pktstream"
 
 
+def default_dir(port: int) -> Path:
+    """Where the local broker (or cluster) of a client port keeps its data unless told otherwise."""
+    return state_home() / f"kafka-{port}"
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id as Kafka's own Uuid makes them; never starting with '-' (read as an option)."""
     cluster_id = "-"
@@ -98,7 +103,7 @@ class LocalKafka:
 
     def __post_init__(self) -> None:
         if self.data_dir is None:
-            self.data_dir = state_home() / f"kafka-{self.port}"
+            self.data_dir = default_dir(self.port)
 
     @property
     def dir(self) -> Path:
@@ -392,7 +397,7 @@ class LocalCluster:
         if self.brokers < 1:
             raise LocalKafkaError(f"--brokers {self.brokers}: a cluster has at least one broker")
         if self.data_dir is None:
-            self.data_dir = state_home() / f"kafka-{self.port}"
+            self.data_dir = default_dir(self.port)
 
     @property
     def dir(self) -> Path:

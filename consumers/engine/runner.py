@@ -273,10 +273,10 @@ class StreamRunner:
         log.warning("consumer_rejoined", error=why)
         assert self.producer is not None and self.consumer is not None
         self._rejoining = True
+        producer = self.producer
         try:
-            guarded(lambda: self.producer.abort_transaction(TXN_CALL_S) if self.producer else None,
-                    "abort_transaction")
-            self.producer.begin_transaction()
+            guarded(lambda: producer.abort_transaction(TXN_CALL_S), "abort_transaction")
+            producer.begin_transaction()
         except (KafkaException, TransactionStuck) as e:
             self._replace_producer(f"abort on rejoin: {e}")
         with contextlib.suppress(KafkaException, RuntimeError):

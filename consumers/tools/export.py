@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from pktstream.schemas.protocols import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP
 
-FORMATS = ("pcap", "pcapng", "parquet")
 COMMENT = ("pktstream export: frames rebuilt from packet metadata; each payload is the prefix the producer "
            "captured (payload_bytes), so frames are truncated where it ends; Ethernet addresses are not recorded "
            "(zero), L4 checksums are zero")

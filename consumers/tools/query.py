@@ -37,8 +37,6 @@ from pktstream.consumers.tools.history import (
 )
 from pktstream.runtime.errors import ConfigError, PktstreamError
 
-FORMATS = ("table", "csv", "json", "parquet")
-
 
 @dataclass
 class Sources:
@@ -53,8 +51,8 @@ def names_table(sql: str, table: str) -> bool:
     return re.search(rf"(?<![\w.\"]){table}(?![\w\"])", bare, re.IGNORECASE) is not None
 
 
-def _messages(conf: Mapping[str, Any], topic: str, rng: Range) -> Iterator[bytes]:
-    """Every committed message of a (small) output topic whose timestamp is in the range's slack."""
+def _messages(conf: Mapping[str, Any], topic: str) -> Iterator[bytes]:
+    """Every committed message of a (small) output topic; the callers cut the range by record time."""
     c = Consumer({**conf, "group.id": "pktstream-query-out", "enable.auto.commit": False,
                   "enable.partition.eof": True, "isolation.level": "read_committed"})
     try:
@@ -85,7 +83,7 @@ def _messages(conf: Mapping[str, Any], topic: str, rng: Range) -> Iterator[bytes
 
 def usage_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     rows: list[dict[str, Any]] = []
-    for value in _messages(conf, topic, rng):
+    for value in _messages(conf, topic):
         try:
             rows.extend(r for r in fastavro.reader(io.BytesIO(value)) if isinstance(r, dict))
         except (ValueError, EOFError, StopIteration):
@@ -101,7 +99,7 @@ def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     """One row per OCSF event: its time, rule, severity, activity, key, message, and the document."""
     cols: dict[str, list[Any]] = {k: [] for k in ("time", "rule", "severity_id", "activity", "key", "message",
                                                   "uid", "document")}
-    for value in _messages(conf, topic, rng):
+    for value in _messages(conf, topic):
         try:
             d = json.loads(value)
             t = int(d["time"])

@@ -8,9 +8,7 @@ what exceeds it is counted exactly, and nothing is duplicated.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ from scapy.packet import Raw
 
 from pktstream.runtime.kafka_local import LocalKafka
 from tests.support.helpers import NetnsHost, running_broker
-from tests.support.producer_proc import PKTSTREAM, ProducerProcess
+from tests.support.producer_proc import ProducerProcess, single_run_audit
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -40,17 +38,6 @@ def burst(host: NetnsHost, n: int, tag: int) -> None:
                   / UDP(sport=tag, dport=7) / Raw(b"o" * 16))
     host.send_frames([frame] * n)
 
-
-def audit(bootstrap: str, topic: str, stats: str) -> dict:
-    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    runs = json.loads(r.stdout)
-    assert len(runs) == 1, runs
-    table = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                            "--stats-topic", stats], capture_output=True, text=True, timeout=120)
-    print(table.stdout)  # what an operator sees (pytest -s shows it)
-    return runs[0]
 
 
 @pytest.mark.parametrize(
@@ -87,7 +74,7 @@ def test_outage(own_broker: LocalKafka, make_host: Callable[..., NetnsHost], out
     assert prod.stop(timeout=180) == (3 if spool_bytes == 400_000 else 0)
     sent = 2_000 + during
     stopped = prod.event("producer_stopped")
-    run = audit(bootstrap, topic, stats)
+    run = single_run_audit(bootstrap, topic, stats)
     rep = run["report"]
     assert rep["final"] and rep["packets_seen"] == sent and rep["ringbuf_full"] == 0
     assert run["duplicates"] == 0 and run["unexplained"] == 0

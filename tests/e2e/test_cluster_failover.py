@@ -38,7 +38,7 @@ from tests.support.apps import (
     usage_cmd,
 )
 from tests.support.helpers import NetnsHost
-from tests.support.producer_proc import PKTSTREAM, ProducerProcess
+from tests.support.producer_proc import ProducerProcess, single_run_audit
 from tests.support.traffic import CATALOG as GEN_CATALOG
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
@@ -97,17 +97,6 @@ class SteadyTraffic:
         self._t.join(120)
 
 
-def audit(bootstrap: str, topic: str, stats: str) -> dict[str, Any]:
-    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    runs = json.loads(r.stdout)
-    assert len(runs) == 1, runs
-    table = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                            "--stats-topic", stats], capture_output=True, text=True, timeout=120)
-    print(table.stdout)  # what an operator sees (pytest -s shows it; the closing note quotes it)
-    return dict(runs[0])
-
 
 def produce_through(c: LocalCluster, host: NetnsHost, disturb: Callable[[str], None]) -> None:
     """A producer on the host at a steady rate while ``disturb(topic)`` runs; then every packet the
@@ -130,7 +119,7 @@ def produce_through(c: LocalCluster, host: NetnsHost, disturb: Callable[[str], N
         time.sleep(2)
     time.sleep(2)
     assert prod.stop(timeout=180) == 0, prod.events[-5:]
-    run = audit(c.bootstrap, topic, stats)
+    run = single_run_audit(c.bootstrap, topic, stats)
     rep = run["report"]
     assert traffic.sent > 0 and rep["final"] and rep["packets_seen"] == traffic.sent and rep["ringbuf_full"] == 0
     assert run["unique"] == traffic.sent and run["duplicates"] == 0 and run["missing"] == 0

@@ -65,3 +65,17 @@ class ProducerProcess:
 
     def event(self, name: str) -> dict[str, Any]:
         return next(e for e in self.events if e.get("event") == name)
+
+
+def single_run_audit(bootstrap: str, topic: str, stats: str) -> dict[str, Any]:
+    """``pktstream audit --json`` of a topic written by one producer run (asserted), with the table an
+    operator sees printed too (``pytest -s`` shows it)."""
+    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
+                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)
+    assert len(runs) == 1, runs
+    table = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
+                            "--stats-topic", stats], capture_output=True, text=True, timeout=120)
+    print(table.stdout)
+    return dict(runs[0])
