@@ -1,0 +1,268 @@
+-- pktstream into a ClickHouse cluster: the tables of single-node.sql (docs/clickhouse.md), each one
+-- a ReplicatedMergeTree table `<name>_local` on every node and a Distributed table `<name>` over them
+-- for queries. Every node runs the Kafka engine tables in one consumer group per topic, so the
+-- topics' partitions are shared out among the nodes: each node writes what it reads into its own
+-- shard's local tables, and the replicas of a shard copy it. Keep a topic's partitions at least at
+-- the number of nodes. Needs ClickHouse Keeper (or ZooKeeper), the macros {shard} and {replica}
+-- in each server's configuration, and the cluster defined in remote_servers.
+-- Placeholders as in single-node.sql, plus CLUSTER (the cluster's name in remote_servers):
+--   KAFKA_BROKERS=... PACKETS_TOPIC=... USAGE_TOPIC=... ALERTS_TOPIC=... CONSUMER_GROUP=... CLUSTER=pktstream \
+--   envsubst < cluster.sql | clickhouse-client --multiquery
+-- Rollups and the Replacing tables merge within a shard only: query rollups with sum() and GROUP BY,
+-- usage and alerts through the Distributed tables with FINAL (the rows of one key land on one
+-- shard as long as one topic partition feeds one node at a time).
+
+CREATE DATABASE IF NOT EXISTS pktstream ON CLUSTER '${CLUSTER}';
+
+
+-- The packet topic as it is: one Avro Object Container per message. Messages that do not decode
+-- are not lost and do not stop the stream: kafka_handle_error_mode = 'stream' hands them to
+-- packets_errors below.
+CREATE TABLE pktstream.packets_queue ON CLUSTER '${CLUSTER}'
+(
+    seq Int64, ts_ns Int64, ifindex Int32, rx_queue Int32,
+    src_addr FixedString(16), dst_addr FixedString(16),
+    ip_version Int32, protocol Int32, src_port Int32, dst_port Int32, wire_len Int32, ttl Int32,
+    tcp_flags Int32, frag_flags Int32, frag_offset Int32, vlan_outer Int32, vlan_inner Int32,
+    ethertype Int32, flags Int32, sample_rate Int32, payload_len Int32, payload String
+)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${PACKETS_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-packets', kafka_format = 'Avro',
+         kafka_handle_error_mode = 'stream', kafka_num_consumers = 1;
+
+
+-- Every record, 7 days. Addresses are IPv6 (IPv4 as ::ffff:a.b.c.d, as in the topic), and
+-- src_ip and dst_ip give the text pktstream query shows.
+CREATE TABLE pktstream.packets_local ON CLUSTER '${CLUSTER}'
+(
+    host LowCardinality(String), interface LowCardinality(String), run_id String,
+    seq Int64, ts DateTime64(9, 'UTC'), ifindex UInt32, rx_queue UInt32,
+    src_addr IPv6, dst_addr IPv6,
+    src_ip String ALIAS replaceRegexpOne(toString(src_addr), '^::ffff:', ''),
+    dst_ip String ALIAS replaceRegexpOne(toString(dst_addr), '^::ffff:', ''),
+    ip_version UInt8, protocol UInt8, src_port UInt16, dst_port UInt16, wire_len UInt32, ttl UInt8,
+    tcp_flags UInt8, frag_flags UInt8, frag_offset UInt16, vlan_outer UInt16, vlan_inner UInt16,
+    ethertype UInt16, flags UInt16, sample_rate UInt32, payload_len UInt32, payload String CODEC(ZSTD(3)),
+    kafka_partition UInt32, kafka_offset UInt64
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/pktstream/packets_local', '{replica}')
+PARTITION BY toDate(ts)
+ORDER BY (host, ts)
+TTL toDateTime(ts) + INTERVAL 7 DAY
+SETTINGS ttl_only_drop_parts = 1;
+
+CREATE TABLE pktstream.packets ON CLUSTER '${CLUSTER}' AS pktstream.packets_local
+ENGINE = Distributed('${CLUSTER}', pktstream, packets_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.packets_mv ON CLUSTER '${CLUSTER}' TO pktstream.packets_local AS
+SELECT
+    _key AS host,
+    _headers.value[indexOf(_headers.name, 'pktstream.interface')] AS interface,
+    _headers.value[indexOf(_headers.name, 'pktstream.run_id')] AS run_id,
+    seq, fromUnixTimestamp64Nano(ts_ns, 'UTC') AS ts, ifindex, rx_queue,
+    CAST(src_addr AS IPv6) AS src_addr, CAST(dst_addr AS IPv6) AS dst_addr,
+    ip_version, protocol, src_port, dst_port, wire_len, ttl, tcp_flags, frag_flags, frag_offset,
+    vlan_outer, vlan_inner, ethertype, flags, sample_rate, payload_len, payload,
+    _partition AS kafka_partition, _offset AS kafka_offset
+FROM pktstream.packets_queue
+WHERE length(_error) = 0;
+
+
+-- What did not decode, unchanged, with where it came from and why (30 days).
+CREATE TABLE pktstream.packets_errors_local ON CLUSTER '${CLUSTER}'
+(
+    received DateTime('UTC'), topic LowCardinality(String), kafka_partition UInt32, kafka_offset UInt64,
+    key String, error String, message String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/pktstream/packets_errors_local', '{replica}')
+ORDER BY (topic, kafka_partition, kafka_offset)
+TTL received + INTERVAL 30 DAY;
+
+CREATE TABLE pktstream.packets_errors ON CLUSTER '${CLUSTER}' AS pktstream.packets_errors_local
+ENGINE = Distributed('${CLUSTER}', pktstream, packets_errors_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.packets_errors_mv ON CLUSTER '${CLUSTER}' TO pktstream.packets_errors_local AS
+SELECT now() AS received, _topic AS topic, _partition AS kafka_partition, _offset AS kafka_offset,
+       _key AS key, _error AS error, _raw_message AS message
+FROM pktstream.packets_queue
+WHERE length(_error) > 0;
+
+
+-- One-minute rollups, 90 days. packets and bytes are estimates of the wire when a run sampled
+-- (each record counts sample_rate times); records is what the topic holds. SummingMergeTree adds
+-- rows up when it merges: always query them with sum() and GROUP BY.
+CREATE TABLE pktstream.packets_1m_host_local ON CLUSTER '${CLUSTER}'
+(
+    minute DateTime('UTC'), host LowCardinality(String), interface LowCardinality(String),
+    records UInt64, packets UInt64, bytes UInt64
+)
+ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/pktstream/packets_1m_host_local', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (host, interface, minute)
+TTL minute + INTERVAL 90 DAY;
+
+CREATE TABLE pktstream.packets_1m_host ON CLUSTER '${CLUSTER}' AS pktstream.packets_1m_host_local
+ENGINE = Distributed('${CLUSTER}', pktstream, packets_1m_host_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.packets_1m_host_mv ON CLUSTER '${CLUSTER}' TO pktstream.packets_1m_host_local AS
+SELECT toStartOfMinute(ts) AS minute, host, interface, count() AS records,
+       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+FROM pktstream.packets_local
+GROUP BY minute, host, interface;
+
+
+CREATE TABLE pktstream.packets_1m_pair_local ON CLUSTER '${CLUSTER}'
+(
+    minute DateTime('UTC'), host LowCardinality(String), src_addr IPv6, dst_addr IPv6,
+    records UInt64, packets UInt64, bytes UInt64
+)
+ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/pktstream/packets_1m_pair_local', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (host, minute, src_addr, dst_addr)
+TTL minute + INTERVAL 90 DAY;
+
+CREATE TABLE pktstream.packets_1m_pair ON CLUSTER '${CLUSTER}' AS pktstream.packets_1m_pair_local
+ENGINE = Distributed('${CLUSTER}', pktstream, packets_1m_pair_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.packets_1m_pair_mv ON CLUSTER '${CLUSTER}' TO pktstream.packets_1m_pair_local AS
+SELECT toStartOfMinute(ts) AS minute, host, src_addr, dst_addr, count() AS records,
+       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+FROM pktstream.packets_local
+GROUP BY minute, host, src_addr, dst_addr;
+
+
+CREATE TABLE pktstream.packets_1m_port_local ON CLUSTER '${CLUSTER}'
+(
+    minute DateTime('UTC'), host LowCardinality(String), protocol UInt8, dst_port UInt16,
+    records UInt64, packets UInt64, bytes UInt64
+)
+ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/pktstream/packets_1m_port_local', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (host, minute, protocol, dst_port)
+TTL minute + INTERVAL 90 DAY;
+
+CREATE TABLE pktstream.packets_1m_port ON CLUSTER '${CLUSTER}' AS pktstream.packets_1m_port_local
+ENGINE = Distributed('${CLUSTER}', pktstream, packets_1m_port_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.packets_1m_port_mv ON CLUSTER '${CLUSTER}' TO pktstream.packets_1m_port_local AS
+SELECT toStartOfMinute(ts) AS minute, host, protocol, dst_port, count() AS records,
+       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+FROM pktstream.packets_local
+GROUP BY minute, host, protocol, dst_port;
+
+
+-- pktstream usage's windows (one Avro container per message, written in transactions: the Kafka
+-- engine reads committed messages only). A window read twice (ClickHouse consumes at least once)
+-- is one row after merges: query with FINAL for exact figures.
+CREATE TABLE pktstream.usage_queue ON CLUSTER '${CLUSTER}'
+(
+    api String, matched Bool, window_start_ms DateTime64(3, 'UTC'), window_s Int32, host String,
+    port Int32, protocol String, requests Int64, partial_requests Int64, packets Int64, bytes Int64,
+    new_connections Int64, methods Map(String, Int64), distinct_clients Int64,
+    top_clients Array(Tuple(client String, requests Int64, packets Int64, bytes Int64)),
+    seen_by Array(String), sampled Bool
+)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${USAGE_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-usage', kafka_format = 'Avro',
+         kafka_handle_error_mode = 'stream';
+
+
+CREATE TABLE pktstream.usage_local ON CLUSTER '${CLUSTER}'
+(
+    window_start DateTime64(3, 'UTC'), window_s UInt32, api String, matched Bool, host String,
+    port UInt16, protocol LowCardinality(String), requests UInt64, partial_requests UInt64,
+    packets UInt64, bytes UInt64, new_connections UInt64, methods Map(String, UInt64),
+    distinct_clients UInt64,
+    top_clients Array(Tuple(client String, requests UInt64, packets UInt64, bytes UInt64)),
+    seen_by Array(String), sampled Bool
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/usage_local', '{replica}')
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (window_s, api, host, port, protocol, window_start)
+TTL toDateTime(window_start) + INTERVAL 400 DAY;
+
+CREATE TABLE pktstream.usage ON CLUSTER '${CLUSTER}' AS pktstream.usage_local
+ENGINE = Distributed('${CLUSTER}', pktstream, usage_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.usage_mv ON CLUSTER '${CLUSTER}' TO pktstream.usage_local AS
+SELECT window_start_ms AS window_start, window_s, api, matched, host, port, protocol, requests,
+       partial_requests, packets, bytes, new_connections, methods, distinct_clients, top_clients,
+       seen_by, sampled
+FROM pktstream.usage_queue
+WHERE length(_error) = 0;
+
+
+-- pktstream alerts' events (OCSF Detection Finding JSON). alert_events keeps every event (create,
+-- update, close; one row per event id after merges); alerts keeps each alert's latest event.
+CREATE TABLE pktstream.alerts_queue ON CLUSTER '${CLUSTER}' (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${ALERTS_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-alerts', kafka_format = 'JSONAsString', kafka_handle_error_mode = 'stream';
+
+
+CREATE TABLE pktstream.alert_events_local ON CLUSTER '${CLUSTER}'
+(
+    time DateTime64(3, 'UTC'), event_uid String, uid String, rule LowCardinality(String),
+    activity_id UInt8, severity_id UInt8, title String, technique LowCardinality(String),
+    src_ip String, dst_ip String, dst_port UInt16, protocol UInt8, count UInt64,
+    first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), kafka_offset UInt64,
+    document String CODEC(ZSTD(3))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/alert_events_local', '{replica}')
+PARTITION BY toYYYYMM(time)
+ORDER BY (rule, uid, event_uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE TABLE pktstream.alert_events ON CLUSTER '${CLUSTER}' AS pktstream.alert_events_local
+ENGINE = Distributed('${CLUSTER}', pktstream, alert_events_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.alert_events_mv ON CLUSTER '${CLUSTER}' TO pktstream.alert_events_local AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    JSONExtractString(document, 'metadata', 'uid') AS event_uid,
+    JSONExtractString(document, 'finding_info', 'uid') AS uid,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'rule') AS rule,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractUInt(document, 'severity_id') AS severity_id,
+    JSONExtractString(document, 'finding_info', 'title') AS title,
+    JSONExtractString(document, 'finding_info', 'attacks', 1, 'technique', 'uid') AS technique,
+    JSONExtractString(document, 'evidences', 1, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractString(document, 'evidences', 1, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'evidences', 1, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractUInt(document, 'evidences', 1, 'connection_info', 'protocol_num') AS protocol,
+    JSONExtractUInt(document, 'count') AS count,
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'finding_info', 'first_seen_time'), 'UTC') AS first_seen,
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'finding_info', 'last_seen_time'), 'UTC') AS last_seen,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.alerts_queue
+WHERE length(_error) = 0;
+
+
+CREATE TABLE pktstream.alerts_local ON CLUSTER '${CLUSTER}'
+(
+    uid String, rule LowCardinality(String), activity_id UInt8, severity_id UInt8, title String,
+    technique LowCardinality(String), src_ip String, dst_ip String, dst_port UInt16, protocol UInt8,
+    count UInt64, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'),
+    time DateTime64(3, 'UTC'), kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/alerts_local', '{replica}', kafka_offset)
+ORDER BY uid;
+
+CREATE TABLE pktstream.alerts ON CLUSTER '${CLUSTER}' AS pktstream.alerts_local
+ENGINE = Distributed('${CLUSTER}', pktstream, alerts_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.alerts_mv ON CLUSTER '${CLUSTER}' TO pktstream.alerts_local AS
+SELECT uid, rule, activity_id, severity_id, title, technique, src_ip, dst_ip, dst_port, protocol,
+       count, first_seen, last_seen, time, kafka_offset, document
+FROM pktstream.alert_events_local;

@@ -1,0 +1,233 @@
+"""deploy/clickhouse/ against the real broker, through ClickHouse itself (chDB, the embedded
+ClickHouse from PyPI, with its Kafka engine): the rows, the one-minute rollups, the usage windows
+and the alerts equal what the topics hold as fastavro and json read them; a message that does not
+decode is set aside in packets_errors and the rest still arrive. The cluster variant's statements
+are parsed by ClickHouse's own parser (it needs Keeper and several servers to run)."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import re
+import string
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from tests.support.apps import alerts_cmd, read_alerts, read_usage, restart_scenario, run_alerts, run_usage, usage_cmd
+from tests.support.helpers import read_messages
+from tests.support.traffic import CATALOG as GEN_CATALOG
+from tests.support.traffic import containers, generate
+
+pytestmark = [pytest.mark.kafka]
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse"
+GARBAGE = b"not an avro container"
+
+
+def statements(path: Path, **values: str) -> list[str]:
+    """The file's statements with the placeholders filled in as envsubst fills them (every one
+    must be given: a placeholder left over is an error)."""
+    text = string.Template(path.read_text()).substitute(values)
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def text_ip(b: bytes) -> str:
+    ip = ipaddress.IPv6Address(b)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def topic_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    out = []
+    for key, value, headers in read_messages(bootstrap, topic):
+        if value == GARBAGE:
+            continue
+        for r in fastavro.reader(io.BytesIO(value)):
+            assert isinstance(r, dict)
+            r["host"] = (key or b"").decode()
+            r["interface"] = headers.get("pktstream.interface", b"").decode()
+            r["run_id"] = headers.get("pktstream.run_id", b"").decode()
+            out.append(r)
+    return out
+
+
+class ClickHouse:
+    def __init__(self, path: Path) -> None:
+        from chdb import session
+
+        self.s = session.Session(str(path))
+
+    def run(self, sql: str) -> None:
+        self.s.query(sql)
+
+    def table(self, sql: str) -> pa.Table:
+        res = self.s.query(sql, "Arrow")
+        return pa.ipc.open_file(io.BytesIO(res.bytes())).read_all()
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        return self.table(sql).to_pylist()
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
+    b = kafka_bootstrap
+    topic, rules, catalog = restart_scenario(b, tmp_path)
+    # a capture point as the producer names it (headers), and a message that does not decode
+    edge = generate(200, time.time_ns() - 1200 * 10**9, 60 * 10**9, clients=20, seed=11)
+    p = Producer({"bootstrap.servers": b})
+    run_id = uuid.uuid4().hex[:16]
+    for m in containers(edge, batch=500, host="edge-9", interface="ens5"):
+        p.produce(topic, m, key=b"edge-9", partition=3, headers=[("pktstream.host", b"edge-9"),
+                                                                   ("pktstream.interface", b"ens5"),
+                                                                   ("pktstream.run_id", run_id.encode())])
+    p.produce(topic, GARBAGE, key=b"edge-9", partition=3)
+    assert p.flush(30) == 0
+    usage_catalog = tmp_path / "usage-catalog.yaml"
+    usage_catalog.write_text(yaml.safe_dump(GEN_CATALOG))
+    run_usage(usage_cmd(b, topic, f"t-chu-{uuid.uuid4().hex[:6]}", f"{topic}.u", usage_catalog))
+    run_alerts(alerts_cmd(b, topic, f"t-cha-{uuid.uuid4().hex[:6]}", f"{topic}.a", rules, catalog))
+
+    want = topic_records(b, topic)
+    want_usage = read_usage(b, f"{topic}.u")
+    want_alerts = read_alerts(b, f"{topic}.a")
+    assert len(want) > 200_000 and len(want_usage) > 20 and len({d["finding_info"]["uid"] for d in want_alerts}) >= 3
+
+    ch = ClickHouse(tmp_path / "clickhouse")
+    try:
+        for st in statements(DEPLOY / "single-node.sql", KAFKA_BROKERS=b, PACKETS_TOPIC=topic,
+                             USAGE_TOPIC=f"{topic}.u", ALERTS_TOPIC=f"{topic}.a",
+                             CONSUMER_GROUP=f"t-ch-{uuid.uuid4().hex[:6]}"):
+            ch.run(st)
+        target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}))
+        deadline = time.monotonic() + 180
+        got: tuple[int, ...] = ()
+        while time.monotonic() < deadline:
+            r = ch.rows("SELECT (SELECT count() FROM pktstream.packets) AS p, "
+                        "(SELECT count() FROM pktstream.packets_errors) AS e, "
+                        "(SELECT count() FROM pktstream.usage FINAL) AS u, "
+                        "(SELECT count() FROM pktstream.alert_events FINAL) AS a")[0]
+            got = (r["p"], r["e"], r["u"], r["a"])
+            if got == target:
+                break
+            time.sleep(2)
+        assert got == target, f"ClickHouse holds {got}, the topics {target}"
+
+        # every record, every field
+        fields = ["seq", "ts_ns", "ifindex", "rx_queue", "ip_version", "protocol", "src_port", "dst_port",
+                  "wire_len", "ttl", "tcp_flags", "frag_flags", "frag_offset", "vlan_outer", "vlan_inner",
+                  "ethertype", "flags", "sample_rate", "payload_len"]
+        t = ch.table("SELECT host, interface, run_id, src_ip, dst_ip, hex(payload) AS payload, "
+                     "toUnixTimestamp64Nano(ts) AS ts_ns, " + ", ".join(f for f in fields if f != "ts_ns")
+                     + " FROM pktstream.packets")
+        cols = t.to_pydict()
+        got_rows = Counter(zip(*(cols[c] for c in ["host", "interface", "run_id", "src_ip", "dst_ip", *fields]),
+                               cols["payload"], strict=True))
+        want_rows = Counter((r["host"], r["interface"], r["run_id"], text_ip(r["src_addr"]), text_ip(r["dst_addr"]),
+                             *(r[f] for f in fields), r["payload"].hex().upper()) for r in want)
+        assert got_rows == want_rows
+        assert {(r["host"], r["interface"], r["run_id"]) for r in want if r["host"] == "edge-9"} == \
+            {("edge-9", "ens5", run_id)}
+
+        # the corrupt message: set aside with where it came from and why
+        err = ch.rows("SELECT topic, kafka_partition, key, error, message FROM pktstream.packets_errors")[0]
+        assert (err["topic"], err["kafka_partition"], err["key"], err["message"]) == \
+            (topic, 3, "edge-9", GARBAGE.decode())
+        assert re.search("magic", err["error"], re.I), err["error"]
+
+        # the rollups: sums per key equal the records' (each record counts sample_rate times)
+        def sums(key: Any) -> dict[Any, tuple[int, int, int]]:
+            acc: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0])
+            for r in want:
+                a = acc[key(r)]
+                n = max(r["sample_rate"], 1)
+                a[0] += 1
+                a[1] += n
+                a[2] += r["wire_len"] * n
+            return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+
+        def minute(r: dict[str, Any]) -> int:
+            return int(r["ts_ns"]) // 60_000_000_000 * 60
+
+        def rollup(table: str, *key: str) -> dict[Any, tuple[int, int, int]]:
+            k = ", ".join(f"{e} AS k{i}" for i, e in enumerate(key))
+            rows = ch.rows(f"SELECT toUnixTimestamp(minute) AS m, {k}, sum(records) AS r, sum(packets) AS p, "
+                           f"sum(bytes) AS b FROM pktstream.{table} GROUP BY ALL")
+            return {(r["m"], *(r[f"k{i}"] for i in range(len(key)))): (r["r"], r["p"], r["b"]) for r in rows}
+
+        unmapped = "replaceRegexpOne(toString({}), '^::ffff:', '')"
+        assert rollup("packets_1m_host", "host", "interface") == sums(lambda r: (minute(r), r["host"], r["interface"]))
+        assert rollup("packets_1m_port", "host", "protocol", "dst_port") == \
+            sums(lambda r: (minute(r), r["host"], r["protocol"], r["dst_port"]))
+        assert rollup("packets_1m_pair", "host", unmapped.format("src_addr"), unmapped.format("dst_addr")) == \
+            sums(lambda r: (minute(r), r["host"], text_ip(r["src_addr"]), text_ip(r["dst_addr"])))
+
+        # usage: one row per window, every figure
+        def usage_key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return (r["window_s"], r["window_start_ms"], r["api"], r["host"], r["port"], r["protocol"], r["matched"],
+                    r["requests"], r["partial_requests"], r["packets"], r["bytes"], r["new_connections"],
+                    tuple(sorted(r["methods"].items())), r["distinct_clients"],
+                    tuple((c["client"], c["requests"], c["packets"], c["bytes"]) for c in r["top_clients"]),
+                    tuple(r["seen_by"]), r["sampled"])
+
+        got_usage = []
+        for r in ch.rows("SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms "
+                         "FROM pktstream.usage FINAL"):
+            r["methods"] = dict(r["methods"])
+            got_usage.append(r)
+        assert Counter(map(usage_key, got_usage)) == Counter(map(usage_key, want_usage))
+
+        # alerts: every event once, and each alert's latest event
+        events = ch.rows("SELECT event_uid, uid, rule, activity_id, severity_id, technique, count "
+                         "FROM pktstream.alert_events FINAL")
+        want_events = {d["metadata"]["uid"]: d for d in want_alerts}
+        assert {e["event_uid"]: (e["uid"], e["rule"], e["activity_id"], e["severity_id"], e["technique"], e["count"])
+                for e in events} == {
+            k: (d["finding_info"]["uid"], d["unmapped"]["pktstream"]["rule"], d["activity_id"], d["severity_id"],
+                d["finding_info"]["attacks"][0]["technique"]["uid"], d["count"]) for k, d in want_events.items()}
+        latest: dict[str, dict[str, Any]] = {}
+        for d in want_alerts:  # in topic order: one alert's events are on one partition, in order
+            latest[d["finding_info"]["uid"]] = d
+        got_latest = ch.rows("SELECT uid, activity_id, count, document FROM pktstream.alerts FINAL")
+        assert {r["uid"]: (r["activity_id"], r["count"], json.loads(r["document"])) for r in got_latest} == {
+            u: (d["activity_id"], d["count"], d) for u, d in latest.items()}
+    finally:
+        ch.close()
+
+
+@pytest.mark.parametrize("name", ["single-node.sql", "cluster.sql"])
+def test_every_statement_parses(name: str, tmp_path: Path) -> None:
+    """ClickHouse's own parser accepts every statement (formatQuery); the cluster variant names
+    the same tables as the single node's, each as <name>_local and a Distributed <name>."""
+    from chdb import session
+
+    values = dict(KAFKA_BROKERS="k1:9092,k2:9092", PACKETS_TOPIC="pktstream.packets", USAGE_TOPIC="pktstream.usage",
+                  ALERTS_TOPIC="pktstream.alerts", CONSUMER_GROUP="clickhouse-pktstream", CLUSTER="pktstream")
+    sts = statements(DEPLOY / name, **values)
+    s = session.Session(str(tmp_path / "ch"))
+    try:
+        for st in sts:
+            quoted = st.replace("\\", "\\\\").replace("'", "\\'")
+            out = str(s.query(f"SELECT formatQuery('{quoted}')", "TabSeparatedRaw"))
+            assert out.strip().startswith("CREATE"), (st, out)
+    finally:
+        s.close()
+    created = {m.group(1) for st in sts for m in [re.search(r"CREATE (?:TABLE|MATERIALIZED VIEW) pktstream\.(\w+)", st)]
+               if m}
+    single = {m.group(1) for st in statements(DEPLOY / "single-node.sql", **values)
+              for m in [re.search(r"CREATE (?:TABLE|MATERIALIZED VIEW) pktstream\.(\w+)", st)] if m}
+    if name == "cluster.sql":
+        stored = {t for t in single if not t.endswith(("_queue", "_mv"))}
+        assert created == single | {f"{t}_local" for t in stored}
+        assert all("ON CLUSTER 'pktstream'" in st for st in sts)
