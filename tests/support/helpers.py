@@ -21,7 +21,10 @@ import pytest
 
 from pktstream.runtime.kafka_local import LocalKafka
 
-PREFIX = "pstt"  # every namespace and interface the tests create starts with this
+# every namespace and interface the tests create starts with this (4 characters; another value lets
+# a developer's run go on beside CI's without either removing the other's links)
+PREFIX = os.environ.get("PKTSTREAM_TEST_NETNS_PREFIX", "pstt")[:4]
+NET16 = os.environ.get("PKTSTREAM_TEST_NET16", "10.230")  # the test hosts' addresses: NET16.<index>.1 and .2
 
 
 @contextmanager
@@ -122,8 +125,8 @@ def create_host(index: int = 0, ipv6: bool = False) -> NetnsHost:
     ns = f"{PREFIX}-{tag}"
     host_if = f"{PREFIX}{tag}h"
     peer_if = f"{PREFIX}{tag}p"
-    host_ip = f"10.230.{index}.1"
-    peer_ip = f"10.230.{index}.2"
+    host_ip = f"{NET16}.{index}.1"
+    peer_ip = f"{NET16}.{index}.2"
     sh("ip", "netns", "add", ns)
     try:
         sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
