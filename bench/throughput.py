@@ -150,8 +150,10 @@ class Proc:
         return self.wait("producer_stopped", 1)
 
 
-def generate(prog_fd: int, frames: list[bytes], rate: float, duration: float, chunk: int = 4096) -> int:
-    """Run frames through the program at ``rate`` records/s (0 = flat out) for ``duration`` seconds."""
+def generate(prog_fd: int, frames: list[bytes], rate: float, duration: float, chunk: int = 4096,
+             egress_fd: int | None = None) -> int:
+    """Run frames through the program at ``rate`` records/s (0 = flat out) for ``duration`` seconds;
+    with ``egress_fd``, every other chunk through the egress classifier (both directions, half each)."""
     sent = 0
     i = 0
     t0 = time.monotonic()
@@ -163,7 +165,10 @@ def generate(prog_fd: int, frames: list[bytes], rate: float, duration: float, ch
         if k <= 0:
             time.sleep(0.0005)
             continue
-        sysbpf.prog_test_run(prog_fd, frames[i % len(frames)], repeat=k)
+        if egress_fd is not None and i % 2:
+            sysbpf.prog_test_run(egress_fd, frames[i % len(frames)], repeat=k, skb=True)
+        else:
+            sysbpf.prog_test_run(prog_fd, frames[i % len(frames)], repeat=k)
         sent += k
         i += 1
 
@@ -175,10 +180,11 @@ def topic_bytes(kafka: LocalKafka, topic: str) -> int:
 def run_point(design: str, payload: int, rate: float, duration: float, bootstrap: str, kafka: LocalKafka,
               frames: list[bytes]) -> Point:
     topic = f"bench-{design}-{uuid.uuid4().hex[:6]}"
-    if design in ("pktstream", "adaptive"):
+    if design in ("pktstream", "adaptive", "both"):
         cmd = [PKTSTREAM, "produce", "--interface", IF_A, "--bootstrap-servers", bootstrap, "--topic", topic,
-               "--partitions", "1", "--payload-bytes", str(payload), "--stats-interval", "3600"]
-        if design == "pktstream":
+               "--partitions", "1", "--payload-bytes", str(payload), "--stats-interval", "3600",
+               "--direction", "both" if design == "both" else "ingress"]
+        if design in ("pktstream", "both"):
             cmd.append("--no-adaptive-sampling")
     else:
         subprocess.run([PKTSTREAM, "produce", "--print-config"], capture_output=True)  # warm imports
@@ -189,17 +195,20 @@ def run_point(design: str, payload: int, rate: float, duration: float, bootstrap
                "--topic", topic, "--payload-bytes", str(payload)]
     p = Proc(cmd)
     prog_id = int(p.wait("xdp_attached")["prog_id"])
+    egress_fd = sysbpf.prog_fd_by_id(int(p.wait("egress_attached")["prog_id"])) if design == "both" else None
     p.wait("producer_started")
     fd = sysbpf.prog_fd_by_id(prog_id)
     pt = Point(design, payload, rate, duration)
     try:
         cpu0, _ = p.cpu_and_rss()
-        pt.sent = generate(fd, frames, rate, duration)
+        pt.sent = generate(fd, frames, rate, duration, egress_fd=egress_fd)
         # let the producer catch up (bounded), then take its CPU and memory before it stops
-        time.sleep(2.0 if design == "pktstream" else 5.0)
+        time.sleep(2.0 if design in ("pktstream", "both") else 5.0)
         cpu1, pt.peak_rss_mb = p.cpu_and_rss()
     finally:
         os.close(fd)
+        if egress_fd is not None:
+            os.close(egress_fd)
         stopped = p.stop()
     pt.cpu_s = cpu1 - cpu0
     pt.achieved_offered = pt.sent / duration

@@ -38,12 +38,18 @@
 #define PKT_FRAG_MF 0x01 /* more fragments */
 #define PKT_FRAG_DF 0x02 /* IPv4 don't fragment */
 
-/* Per-CPU counters (BPF_PERCPU_ARRAY "counters"), indices. */
-#define CNT_PACKETS      0 /* every packet the program saw */
+/* record.direction */
+#define DIR_INGRESS 0 /* XDP: arrived on the interface */
+#define DIR_EGRESS  1 /* egress classifier: leaving through the interface */
+
+/* Per-CPU counters (BPF_PERCPU_ARRAY "counters"), indices. Indices 0-3 count
+ * both directions together; CNT_EGRESS + i counts the egress share of i. */
+#define CNT_PACKETS      0 /* every packet (egress: socket buffer) the programs saw */
 #define CNT_RECORDS      1 /* records submitted to the ring buffer */
 #define CNT_RINGBUF_FULL 2 /* ring-buffer reservation failed: packet passed, record lost */
 #define CNT_SAMPLED_OUT  3 /* skipped by 1-in-N sampling */
-#define CNT_MAX          4
+#define CNT_EGRESS       4
+#define CNT_MAX          8
 
 /* Config array (BPF_ARRAY "config"), indices; written by the producer. */
 #define CFG_SAMPLE_RATE 0 /* 1-in-N sampling; 0 or 1 = every packet */
@@ -54,8 +60,9 @@ struct pkt_record {
 	__u8  src_addr[16]; /*  8: network byte order; IPv4 as ::ffff:a.b.c.d */
 	__u8  dst_addr[16]; /* 24 */
 	__u32 ifindex;      /* 40 */
-	__u32 rx_queue;     /* 44 */
-	__u32 wire_len;     /* 48: whole frame length in bytes, Ethernet header included */
+	__u16 rx_queue;     /* 44: receive queue (ingress), transmit queue (egress) */
+	__u16 segments;     /* 46: wire packets this record stands for: 1, or an egress GSO buffer's segment count */
+	__u32 wire_len;     /* 48: whole frame length in bytes, Ethernet header included (egress GSO: the whole buffer) */
 	__u32 sample_rate;  /* 52: 1-in-N sampling in force when captured */
 	__u16 src_port;     /* 56: host order; ICMP/ICMPv6 type */
 	__u16 dst_port;     /* 58: host order; ICMP/ICMPv6 code */
@@ -70,7 +77,7 @@ struct pkt_record {
 	__u8  ttl;          /* 74: TTL or hop limit */
 	__u8  tcp_flags;    /* 75: FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
 	__u8  frag_flags;   /* 76: PKT_FRAG_* */
-	__u8  _pad;         /* 77: always 0 */
+	__u8  direction;    /* 77: DIR_* */
 	__u16 ethertype;    /* 78: host order, innermost EtherType */
 	__u8  payload[PAYLOAD_AREA]; /* 80 */
 };

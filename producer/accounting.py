@@ -21,7 +21,9 @@ log = structlog.get_logger("pktstream.producer")
 
 # the snapshot's fields that the stats topic carries (schemas/stats.avsc)
 STATS_FIELDS = ("packets_seen", "records_captured", "records_delivered", "records_failed", "records_pending",
-                "records_spooled", "ringbuf_full", "ringbuf_full_per_cpu", "sampled_out", "sample_rate", "batches")
+                "records_spooled", "ringbuf_full", "ringbuf_full_per_cpu", "sampled_out", "sample_rate", "batches",
+                "directions", "egress_packets_seen", "egress_records_captured", "egress_ringbuf_full",
+                "egress_sampled_out")
 
 
 def stats_report(snapshot: dict[str, Any], host_id: str, interface: str, run_id: str, final: bool) -> bytes:
@@ -69,6 +71,9 @@ def account_crashed_run(prev: RunState | None, pin: Path | None, publisher: Publ
         "records_delivered": 0, "records_failed": 0, "records_pending": 0, "records_spooled": 0,
         "ringbuf_full": c.ringbuf_full, "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
         "sampled_out": c.sampled_out, "sample_rate": 0, "batches": 0,
+        "directions": prev.directions, "egress_packets_seen": c.egress_packets,
+        "egress_records_captured": c.egress_records, "egress_ringbuf_full": c.egress_ringbuf_full,
+        "egress_sampled_out": c.egress_sampled_out,
     }
     publisher.publish_aux(prev.stats_topic, stats_key(prev.host_id, prev.run_id), encode_report(report))
     log.warning("crashed_run_accounted", run_id=prev.run_id, packets_seen=c.packets,

@@ -1,4 +1,4 @@
-"""Compile and load the XDP program in a child process; hand the fds back.
+"""Compile and load the capture programs in a child process; hand the fds back.
 
 bcc compiles C with clang/LLVM in-process, which costs the compiling process
 about 200 MB of memory it never gives back. The producer therefore runs this
@@ -14,7 +14,8 @@ import json
 import socket
 import sys
 
-# the order of the fds sent after the program fd
+# the programs, then the maps, in the order their fds are sent
+PROGRAMS = ("xdp_capture", "tc_egress")
 MAPS = ("events", "counters", "config")
 
 
@@ -25,8 +26,9 @@ def main() -> int:
         from bcc import BPF
 
         b = BPF(src_file=request["src"].encode(), cflags=request["cflags"])
-        fn = b.load_func(b"xdp_capture", BPF.XDP)
-        fds = [fn.fd] + [b[name.encode()].map_fd for name in MAPS]
+        xdp = b.load_func(b"xdp_capture", BPF.XDP)
+        tc = b.load_func(b"tc_egress", BPF.SCHED_CLS)
+        fds = [xdp.fd, tc.fd] + [b[name.encode()].map_fd for name in MAPS]
         meta = {"ok": True, "ringbuf_size": int(b[b"events"].max_entries)}
         socket.send_fds(sock, [json.dumps(meta).encode()], fds)
     except Exception as e:  # reported to the parent, which raises BpfLoadError

@@ -1,10 +1,12 @@
-"""Compile, load and attach the XDP program; expose its ring buffer and counters."""
+"""Compile, load and attach the capture programs (XDP on ingress, a classifier on egress);
+expose their ring buffer and counters."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -23,6 +25,11 @@ from pktstream.runtime.errors import BpfLoadError, InterfaceError, PrivilegeErro
 from pktstream.schemas import record
 
 log = structlog.get_logger("pktstream.capture")
+
+# The clsact path (kernels without TCX): the filter's priority on the egress hook, by which a
+# later run finds one a killed producer left behind, and where the program is pinned for tc(8).
+TC_PREF = 0xC0DE
+TC_PIN_DIR = "/sys/fs/bpf"
 
 # Capabilities needed to load an XDP program, attach it and use the ring
 # buffer (kernel >= 5.8 splits them out of CAP_SYS_ADMIN).
@@ -87,15 +94,21 @@ def default_route_interface() -> str | None:
 
 @dataclass
 class Counters:
+    """The kernel's counters: both directions together, and the egress share of each."""
+
     packets: int = 0
     records: int = 0
     ringbuf_full: int = 0
     sampled_out: int = 0
     ringbuf_full_per_cpu: tuple[int, ...] = ()
+    egress_packets: int = 0
+    egress_records: int = 0
+    egress_ringbuf_full: int = 0
+    egress_sampled_out: int = 0
 
 
 class Capture:
-    """The loaded XDP program: attach/detach, ring-buffer reader, counters, config.
+    """The loaded programs: attach/detach per direction, ring-buffer reader, counters, config.
 
     The program is compiled and loaded by a short-lived child process (see
     bpfloader.py), so this process holds only file descriptors.
@@ -115,18 +128,41 @@ class Capture:
         if pin_counters:
             cflags.append(f'-DPIN_COUNTERS="{pin_counters}"')
         fds, ring_size = _load_program(str(PROGRAM), cflags)
-        self.prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
+        self.prog_fd, self.tc_prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
         self.prog_id = sysbpf.prog_id(self.prog_fd)
+        self.tc_prog_id = sysbpf.prog_id(self.tc_prog_fd)
         self.reader = RingReader(self._events_fd, ring_size, self.dtype)
         self._ncpus = sysbpf.possible_cpus()
-        self.link_fd: int | None = None
+        self.link_fd: int | None = None  # the XDP link
+        self.egress_link_fd: int | None = None  # the TCX link
+        self.egress_hook = ""  # "tcx" or "tc" while the egress classifier is attached
         self.ifindex = 0
         self.interface = ""
         self.mode = ""
 
-    def attach(self, interface: str, mode: str = "auto") -> None:
+    @property
+    def directions(self) -> list[str]:
+        """The directions being captured now."""
+        return [d for d, on in (("ingress", self.link_fd is not None), ("egress", bool(self.egress_hook))) if on]
+
+    def attach(self, interface: str, mode: str = "auto", direction: str = "ingress", egress_hook: str = "auto") -> None:
+        """Attach to the interface: XDP for ingress, the classifier for egress, or both.
+
+        With ``both``, an egress hook that cannot attach is said in the log and the run goes on
+        with ingress alone (``directions`` shows it); with ``egress`` it is an error."""
         self.ifindex = ifindex_of(interface)
         self.interface = interface
+        if direction in ("ingress", "both"):
+            self._attach_xdp(interface, mode)
+        if direction in ("egress", "both"):
+            try:
+                self._attach_egress(egress_hook)
+            except BpfLoadError as e:
+                if direction == "egress":
+                    raise
+                log.warning("egress_unavailable", interface=interface, error=str(e), capturing="ingress only")
+
+    def _attach_xdp(self, interface: str, mode: str) -> None:
         try:
             try:
                 self.link_fd = sysbpf.xdp_link_create(self.prog_fd, self.ifindex, mode)
@@ -148,11 +184,70 @@ class Capture:
         self.mode = mode
         log.info("xdp_attached", interface=interface, ifindex=self.ifindex, mode=mode, prog_id=self.prog_id)
 
+    def _attach_egress(self, hook: str) -> None:
+        iface = self.interface
+        self._remove_stale_tc_filter()
+        if hook in ("auto", "tcx"):
+            try:
+                self.egress_link_fd = sysbpf.link_create(self.tc_prog_fd, self.ifindex, sysbpf.BPF_TCX_EGRESS)
+                self.egress_hook = "tcx"
+            except OSError as e:
+                if hook == "tcx":
+                    raise BpfLoadError(f"attaching the egress classifier to {iface} by a TCX link failed: {e} "
+                                       "(TCX needs kernel 6.6 or later; egress_hook=tc uses a clsact filter)") from e
+                log.info("tcx_unavailable", interface=iface, error=str(e), fallback="tc")
+        if not self.egress_hook:
+            self._attach_tc_filter()
+            self.egress_hook = "tc"
+        log.info("egress_attached", interface=iface, ifindex=self.ifindex, hook=self.egress_hook,
+                 prog_id=self.tc_prog_id)
+
+    def _attach_tc_filter(self) -> None:
+        """A clsact qdisc (created if missing, left in place) with pktstream's filter at TC_PREF."""
+        iface = self.interface
+        if not sysbpf.is_bpffs(TC_PIN_DIR):
+            raise BpfLoadError(f"attaching the egress classifier to {iface} with tc needs bpffs at {TC_PIN_DIR} "
+                               "(mount -t bpf bpf /sys/fs/bpf)")
+        if "clsact" not in _tc("qdisc", "show", "dev", iface).stdout:
+            r = _tc("qdisc", "add", "dev", iface, "clsact")
+            if r.returncode != 0 and "exists" not in r.stderr.lower():
+                raise BpfLoadError(f"adding a clsact qdisc to {iface} failed: {r.stderr.strip()}")
+        pin = f"{TC_PIN_DIR}/pktstream-egress-{os.getpid()}-{self.ifindex}"
+        try:
+            sysbpf.obj_pin(self.tc_prog_fd, pin)
+        except OSError as e:
+            raise BpfLoadError(f"pinning the egress classifier at {pin} failed: {e}") from e
+        try:
+            r = _tc("filter", "add", "dev", iface, "egress", "pref", str(TC_PREF), "handle", "1", "bpf",
+                    "direct-action", "pinned", pin)
+        finally:
+            os.unlink(pin)  # the filter holds the program now
+        if r.returncode != 0:
+            raise BpfLoadError(f"adding the egress filter to {iface} failed: {r.stderr.strip()}")
+
+    def _remove_stale_tc_filter(self) -> None:
+        """A filter at TC_PREF is what a producer killed on the clsact path left attached: remove it."""
+        shown = _tc("filter", "show", "dev", self.interface, "egress", "pref", str(TC_PREF)).stdout
+        if "bpf" not in shown:
+            return
+        r = _tc("filter", "del", "dev", self.interface, "egress", "pref", str(TC_PREF))
+        log.warning("stale_egress_filter_removed", interface=self.interface, pref=TC_PREF,
+                    ok=r.returncode == 0, error=r.stderr.strip() or None,
+                    reason="a previous producer did not detach it (killed on the clsact path)")
+
     def detach(self) -> None:
         if self.link_fd is not None:
             os.close(self.link_fd)
             self.link_fd = None
             log.info("xdp_detached", interface=self.interface)
+        if self.egress_link_fd is not None:
+            os.close(self.egress_link_fd)
+            self.egress_link_fd = None
+        elif self.egress_hook == "tc":
+            _tc("filter", "del", "dev", self.interface, "egress", "pref", str(TC_PREF))
+        if self.egress_hook:
+            log.info("egress_detached", interface=self.interface, hook=self.egress_hook)
+            self.egress_hook = ""
 
     def set_sample_rate(self, rate: int) -> None:
         sysbpf.map_update(self._config_fd, struct.pack("=I", record.CFG_SAMPLE_RATE),
@@ -170,10 +265,15 @@ class Capture:
     def test_run(self, frame: bytes, repeat: int = 1, ifindex: int = 0) -> sysbpf.TestRunResult:
         return sysbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ifindex=ifindex)
 
+    def test_run_egress(self, frame: bytes, repeat: int = 1, ifindex: int = 0,
+                        gso_segs: int = 0) -> sysbpf.TestRunResult:
+        return sysbpf.prog_test_run(self.tc_prog_fd, frame, repeat=repeat, ifindex=ifindex, gso_segs=gso_segs,
+                                    skb=True)
+
     def close(self) -> None:
         self.detach()
         self.reader.close()
-        for fd in (self.prog_fd, self._events_fd, self._counters_fd, self._config_fd):
+        for fd in (self.prog_fd, self.tc_prog_fd, self._events_fd, self._counters_fd, self._config_fd):
             os.close(fd)
 
     def __enter__(self) -> Capture:
@@ -192,17 +292,31 @@ def read_counters(counters_fd: int, ncpus: int | None = None) -> Counters:
         return list(struct.unpack(f"={ncpus}Q", raw))
 
     full = per_cpu(record.CNT_RINGBUF_FULL)
+    e = record.CNT_EGRESS
     return Counters(
         packets=sum(per_cpu(record.CNT_PACKETS)),
         records=sum(per_cpu(record.CNT_RECORDS)),
         ringbuf_full=sum(full),
         sampled_out=sum(per_cpu(record.CNT_SAMPLED_OUT)),
         ringbuf_full_per_cpu=tuple(full),
+        egress_packets=sum(per_cpu(e + record.CNT_PACKETS)),
+        egress_records=sum(per_cpu(e + record.CNT_RECORDS)),
+        egress_ringbuf_full=sum(per_cpu(e + record.CNT_RINGBUF_FULL)),
+        egress_sampled_out=sum(per_cpu(e + record.CNT_SAMPLED_OUT)),
     )
 
 
+def _tc(*args: str) -> subprocess.CompletedProcess[str]:
+    """tc(8) from iproute2 (the clsact path)."""
+    exe = shutil.which("tc") or "/usr/sbin/tc"
+    try:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess([exe, *args], 127, "", "tc (iproute2) is not installed")
+
+
 def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tuple[list[int], int]:
-    """Run bpfloader in a child; returns [prog, events, counters, config] fds and the ring size."""
+    """Run bpfloader in a child; returns [xdp, classifier, events, counters, config] fds and the ring size."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent:
         try:
@@ -215,15 +329,15 @@ def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tupl
             child.close()
         parent.settimeout(timeout_s)
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 4)
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 5)
         except TimeoutError:
             proc.kill()
-            raise BpfLoadError(f"compiling the XDP program took more than {timeout_s:.0f}s") from None
+            raise BpfLoadError(f"compiling the capture programs took more than {timeout_s:.0f}s") from None
         _, err = proc.communicate(timeout=timeout_s)
     if not msg:
         raise BpfLoadError(f"the XDP program loader died: {err.strip()[-2000:]}")
     meta = json.loads(msg)
-    if not meta.get("ok") or len(fds) != 4:
+    if not meta.get("ok") or len(fds) != 5:
         for fd in fds:
             os.close(fd)
         detail = meta.get("error", "no file descriptors received")

@@ -31,6 +31,8 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--redact-names", "redact_names", str, "more names whose values are redacted, e.g. pin,otp (comma-separated)"),
     ("--payload-networks", "payload_networks", str, "CIDRs whose packets keep payload (default all)"),
     ("--xdp-mode", "xdp_mode", str, "auto | native | generic"),
+    ("--direction", "direction", str, "both | ingress | egress (default both)"),
+    ("--egress-hook", "egress_hook", str, "auto | tcx | tc: how the egress classifier attaches"),
     ("--sample-rate", "sample_rate", int, "capture 1 packet in N"),
     ("--max-sample-rate", "max_sample_rate", int, "ceiling of adaptive sampling (default 1024)"),
     ("--stats-interval", "stats_interval_s", float, "seconds between figures lines"),

@@ -26,6 +26,8 @@ from pktstream.schemas.container import CODECS
 
 KAFKA_COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 XDP_MODES = ("auto", "native", "generic")
+DIRECTIONS = ("both", "ingress", "egress")
+EGRESS_HOOKS = ("auto", "tcx", "tc")
 LOG_FORMATS = ("auto", "json", "console")
 _SECRET_WORDS = ("password", "secret", "token", "key")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -48,6 +50,11 @@ def default_host_id() -> str:
 class ProducerConfig:
     interface: str = field(default="", metadata={"doc": "interface to capture on; default: the default route's"})
     xdp_mode: str = field(default="auto", metadata={"doc": "auto | native | generic"})
+    direction: str = field(default="both", metadata={
+        "doc": "both | ingress | egress: packets arriving (XDP), leaving (egress classifier), or both"})
+    egress_hook: str = field(default="auto", metadata={
+        "doc": "auto | tcx | tc: attach the egress classifier by a TCX link (kernel 6.6+) or a clsact filter; "
+               "auto = TCX where the kernel has it"})
     payload_bytes: int = field(default=64, metadata={"doc": "L4 payload prefix per record, 0..256"})
     redact: bool = field(default=True, metadata={"doc": "redact credentials in payload prefixes before publishing"})
     redact_names: str = field(
@@ -200,6 +207,10 @@ def validate(cfg: ProducerConfig) -> list[str]:
     p: list[str] = []
     if cfg.xdp_mode not in XDP_MODES:
         p.append(f"xdp_mode: {cfg.xdp_mode!r} is not one of {', '.join(XDP_MODES)}")
+    if cfg.direction not in DIRECTIONS:
+        p.append(f"direction: {cfg.direction!r} is not one of {', '.join(DIRECTIONS)}")
+    if cfg.egress_hook not in EGRESS_HOOKS:
+        p.append(f"egress_hook: {cfg.egress_hook!r} is not one of {', '.join(EGRESS_HOOKS)}")
     if not 0 <= cfg.payload_bytes <= 256:
         p.append(f"payload_bytes: {cfg.payload_bytes} is outside 0..256")
     rb = cfg.ringbuf_bytes

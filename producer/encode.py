@@ -58,5 +58,8 @@ class BatchEncoder:
             (H.SEQ_FIRST, str(seq_first).encode()),
             (H.SEQ_LAST, str(seq_first + n - 1).encode()),
         ]
+        egress = int(np.count_nonzero(recs["direction"]))
+        if egress:
+            headers.append((H.RECORDS_EGRESS, str(egress).encode()))
         self.next_seq += n
         return Message(value, headers, n, int(cols["ts_ns"][0]), int(cols["ts_ns"][-1]))

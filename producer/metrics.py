@@ -2,7 +2,10 @@
 
 # name -> (help, type); the snapshot function returns values for these names
 COUNTERS = {
-    "packets_seen": "Packets the XDP program saw.",
+    "packets_seen": "Packets the capture programs saw (both directions; an egress GSO buffer counts once).",
+    "egress_packets_seen": "The egress share of packets_seen.",
+    "egress_records_captured": "Records the egress classifier put into the ring buffer.",
+    "egress_ringbuf_full": "The egress share of ringbuf_full.",
     "records_captured": "Records read from the ring buffer.",
     "records_delivered": "Records acknowledged by Kafka.",
     "records_failed": "Records in batches Kafka rejected.",

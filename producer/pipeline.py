@@ -80,6 +80,7 @@ class ProducerRun:
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
+        self.directions: list[str] = []  # what the run captures (attached at run())
         self.sampler = SamplingController(base_rate=cfg.sample_rate, max_rate=cfg.max_sample_rate)
         self.heartbeat = Heartbeat()
         self.scope = PayloadScope(
@@ -202,9 +203,13 @@ class ProducerRun:
     def run(self, duration_s: float | None = None) -> RunTotals:
         assert self.capture is not None and self.publisher is not None
         cfg = self.cfg
-        self.capture.attach(cfg.interface, cfg.xdp_mode)
+        self.capture.attach(cfg.interface, cfg.xdp_mode, cfg.direction, cfg.egress_hook)
+        self.directions = self.capture.directions
+        self.runfile.write(RunState(cfg.host_id, cfg.interface, self.run_id, cfg.stats_topic, time.time_ns(),
+                                    directions=self.directions))
         log.info("producer_started", interface=cfg.interface, topic=cfg.topic, bootstrap=self.bootstrap,
-                 run_id=self.run_id, host_id=cfg.host_id, schema_fp=self.fingerprint)
+                 run_id=self.run_id, host_id=cfg.host_id, schema_fp=self.fingerprint,
+                 directions=self.capture.directions, egress_hook=self.capture.egress_hook or None)
         figures = Figures(self, tty=sys.stderr.isatty(), interval_s=cfg.stats_interval_s)
         started = time.monotonic()
         self._next_stats = started + cfg.stats_publish_s
@@ -265,6 +270,11 @@ class ProducerRun:
             "ringbuf_full": c.ringbuf_full,
             "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
             "sampled_out": c.sampled_out,
+            "directions": self.directions,
+            "egress_packets_seen": c.egress_packets,
+            "egress_records_captured": c.egress_records,
+            "egress_ringbuf_full": c.egress_ringbuf_full,
+            "egress_sampled_out": c.egress_sampled_out,
             "sample_rate": self.sampler.rate,
             "batches": self.totals.batches,
             "records_redacted": self.encoder.redacted,
@@ -277,8 +287,8 @@ class ProducerRun:
         }
 
     def health(self) -> tuple[bool, str]:
-        if self.capture is None or self.capture.link_fd is None:
-            return False, "xdp program not attached"
+        if self.capture is None or not self.capture.directions:
+            return False, "capture programs not attached"
         if not self.heartbeat.fresh():
             return False, "main loop stalled"
         return True, "ok"
@@ -313,7 +323,7 @@ class ProducerRun:
         self._publish_stats(final=True)
         self.publisher.flush(30.0)
         self.runfile.write(RunState(self.cfg.host_id, self.cfg.interface, self.run_id, self.cfg.stats_topic,
-                                    0, clean=True))
+                                    0, clean=True, directions=self.directions))
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats
@@ -328,6 +338,9 @@ class ProducerRun:
             records_failed=s.records_failed,
             ringbuf_full=c.ringbuf_full,
             sampled_out=c.sampled_out,
+            directions=self.directions,
+            egress_packets_seen=c.egress_packets,
+            egress_records_captured=c.egress_records,
             batches=self.totals.batches,
             seq_last=self.encoder.next_seq - 1,
             undelivered_messages=undelivered,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -18,6 +18,7 @@ class RunState:
     stats_topic: str
     started_ns: int
     clean: bool = False
+    directions: list[str] = field(default_factory=lambda: ["ingress"])  # what the run captured
 
 
 class RunStateFile:

@@ -42,6 +42,7 @@ class FieldSpec:
     name: str
     kind: str  # "varint" | "fixed" | "bytes"
     size: int = 0  # fixed size
+    default: int | None = None  # an int/long field's schema default: used when a batch has no column for it
 
 
 def field_specs(schema: Mapping[str, Any]) -> list[FieldSpec]:
@@ -56,7 +57,8 @@ def field_specs(schema: Mapping[str, Any]) -> list[FieldSpec]:
         elif isinstance(t, str) and t in named:
             specs.append(FieldSpec(f["name"], "fixed", named[t]))
         elif t in ("int", "long"):
-            specs.append(FieldSpec(f["name"], "varint"))
+            d = f.get("default")
+            specs.append(FieldSpec(f["name"], "varint", default=int(d) if isinstance(d, int) else None))
         elif t == "bytes":
             specs.append(FieldSpec(f["name"], "bytes"))
         else:
@@ -90,7 +92,9 @@ def encode_records(specs: Sequence[FieldSpec], columns: Mapping[str, Any], n: in
         try:
             col = columns[spec.name]
         except KeyError:
-            raise AvroEncodeError(f"no column for field {spec.name!r}") from None
+            if spec.default is None:
+                raise AvroEncodeError(f"no column for field {spec.name!r}") from None
+            col = np.full(n, spec.default, dtype=np.int64)  # a field with a default: every record has it
         if spec.kind == "varint":
             arr = np.asarray(col)
             if arr.shape != (n,):

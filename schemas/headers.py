@@ -8,6 +8,7 @@ RUN_ID = "pktstream.run_id"  # one producer run
 PAYLOAD_BYTES = "pktstream.payload_bytes"  # container metadata: the payload prefix the run captured
 SCHEMA_FP = "pktstream.schema_fp"  # CRC-64-AVRO fingerprint of the writer's schema
 RECORDS = "pktstream.records"  # records in the message
+RECORDS_EGRESS = "pktstream.records_egress"  # of which egress records (the header is absent when there are none)
 SEQ_FIRST = "pktstream.seq_first"  # the run's sequence numbers of the first and last record
 SEQ_LAST = "pktstream.seq_last"
 

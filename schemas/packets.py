@@ -26,7 +26,7 @@ def to_columns(records: npt.NDArray[np.void], seq_first: int, wall_offset_ns: in
     for name in (
         "ifindex", "rx_queue", "ip_version", "protocol", "src_port", "dst_port", "wire_len", "ttl",
         "tcp_flags", "frag_flags", "vlan_outer", "vlan_inner", "ethertype", "flags", "sample_rate",
-        "payload_len",
+        "payload_len", "direction", "segments",
     ):
         cols[name] = records[name]
     if records.dtype.names is not None and "payload" in records.dtype.names:

@@ -29,7 +29,13 @@ CNT_PACKETS = 0
 CNT_RECORDS = 1
 CNT_RINGBUF_FULL = 2
 CNT_SAMPLED_OUT = 3
-CNT_MAX = 4
+CNT_EGRESS = 4  # CNT_EGRESS + i: the egress share of counter i (0-3 count both directions)
+CNT_MAX = 8
+
+# record.direction (DIR_* in pktstream.h)
+DIR_INGRESS = 0
+DIR_EGRESS = 1
+DIRECTIONS = {"ingress": DIR_INGRESS, "egress": DIR_EGRESS}
 
 CFG_SAMPLE_RATE = 0
 
@@ -39,7 +45,8 @@ HEADER_FIELDS: list[tuple[str, str, int]] = [
     ("src_addr", "16u1", 8),
     ("dst_addr", "16u1", 24),
     ("ifindex", "<u4", 40),
-    ("rx_queue", "<u4", 44),
+    ("rx_queue", "<u2", 44),
+    ("segments", "<u2", 46),
     ("wire_len", "<u4", 48),
     ("sample_rate", "<u4", 52),
     ("src_port", "<u2", 56),
@@ -55,7 +62,7 @@ HEADER_FIELDS: list[tuple[str, str, int]] = [
     ("ttl", "u1", 74),
     ("tcp_flags", "u1", 75),
     ("frag_flags", "u1", 76),
-    ("_pad", "u1", 77),
+    ("direction", "u1", 77),
     ("ethertype", "<u2", 78),
 ]
 PAYLOAD_OFFSET = 80

@@ -165,11 +165,18 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     if n == 0:
         return Features(np.zeros(0, dtype=FEATURE_DTYPE), strings.items)
     sel: npt.NDArray[np.intp] | None = None
+    wanted: npt.NDArray[np.bool_] | None = None
+    direction = c.get("direction")
+    if direction is not None and direction.any():
+        # the answers a host sends (egress records) are not features yet: requests, scans and
+        # floods are judged on what arrives
+        wanted = direction == 0
     if transport_only:
         proto_all = c["protocol"]
-        wanted = ((proto_all == PROTO_TCP) | (proto_all == PROTO_UDP)) & (c["ip_version"] > 0)
-        if not wanted.all():  # most batches are all TCP and UDP: no copy then
-            sel = np.flatnonzero(wanted)
+        transport = ((proto_all == PROTO_TCP) | (proto_all == PROTO_UDP)) & (c["ip_version"] > 0)
+        wanted = transport if wanted is None else wanted & transport
+    if wanted is not None and not wanted.all():  # most batches are all TCP and UDP: no copy then
+        sel = np.flatnonzero(wanted)
 
     def col(name: str) -> npt.NDArray[Any]:
         return c[name] if sel is None else c[name][sel]

@@ -34,6 +34,7 @@ class RunAudit:
     interface: str = ""
     messages: int = 0
     records_in_topic: int = 0  # as the headers count them, duplicates included
+    egress_in_topic: int = 0  # of which egress records
     unique: int = 0
     duplicates: int = 0
     gaps: list[tuple[int, int]] = field(default_factory=list)  # missing [first, last] seq ranges
@@ -78,15 +79,48 @@ class RunAudit:
         return r is not None and r["packets_seen"] == r["records_captured"] + r["ringbuf_full"] + r["sampled_out"]
 
     @property
+    def directions(self) -> list[str]:
+        return list(self.report.get("directions", ["ingress"])) if self.report else []
+
+    def by_direction(self) -> dict[str, dict[str, int]]:
+        """Per direction: seen, captured, ring full, sampled out (the report's figures) and the records
+        in the topic (the messages' headers)."""
+        r = self.report
+        if r is None:
+            return {}
+        egress = {"seen": int(r.get("egress_packets_seen", 0)), "captured": int(r.get("egress_records_captured", 0)),
+                  "ringbuf_full": int(r.get("egress_ringbuf_full", 0)),
+                  "sampled_out": int(r.get("egress_sampled_out", 0)), "in_topic": self.egress_in_topic}
+        total = {"seen": int(r["packets_seen"]), "captured": int(r["records_captured"]),
+                 "ringbuf_full": int(r["ringbuf_full"]), "sampled_out": int(r["sampled_out"]),
+                 "in_topic": self.records_in_topic}
+        ingress = {k: total[k] - egress[k] for k in total}
+        return {d: v for d, v in (("ingress", ingress), ("egress", egress)) if d in self.directions}
+
+    @property
+    def directions_balance(self) -> bool:
+        """Each direction's kernel identity holds, and when nothing is failed, pending or duplicated,
+        each direction's records are in the topic exactly."""
+        rows = self.by_direction()
+        if not rows:
+            return False
+        plain = self.report is not None and not self.crashed and self.duplicates == 0 and \
+            int(self.report["records_failed"]) == 0 and int(self.report["records_pending"]) == 0
+        return all(v["seen"] == v["captured"] + v["ringbuf_full"] + v["sampled_out"]
+                   and (not plain or v["in_topic"] == v["captured"]) for v in rows.values())
+
+    @property
     def exact(self) -> bool:
-        """Every packet the run's kernel program saw is in the topic once or counted with its cause."""
+        """Every packet the run's kernel programs saw is in the topic once or counted with its cause,
+        in each direction."""
         return bool(self.report and self.report["final"] and self.kernel_identity and self.unexplained == 0
-                    and self.duplicates == 0)
+                    and self.duplicates == 0 and self.directions_balance)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(missing=self.missing, unexplained=self.unexplained, kernel_identity=self.kernel_identity,
-                 crashed=self.crashed, crash_lost=self.crash_lost, exact=self.exact)
+                 crashed=self.crashed, crash_lost=self.crash_lost, exact=self.exact, directions=self.directions,
+                 by_direction=self.by_direction())
         return d
 
 
@@ -153,6 +187,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
         ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=h.get(H.INTERFACE, "")))
         ra.messages += 1
         ra.records_in_topic += n
+        ra.egress_in_topic += int(h.get(H.RECORDS_EGRESS, 0))
         ranges[key].append((first, last, n))
         _ts_type, ts_ms = msg.timestamp()
         minute = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
@@ -192,21 +227,28 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
 
 
 def render(runs: list[RunAudit]) -> str:
-    cols = ["host", "run", "iface", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
+    cols = ["host", "run", "iface", "dirs", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
             "failed", "pending", "crash lost", "unexplained", "final", "exact"]
     rows = [cols]
     for r in runs:
         rep = r.report or {}
-        rows.append([r.host, r.run_id, r.interface, str(rep.get("packets_seen", "?")),
+        rows.append([r.host, r.run_id, r.interface, "+".join(r.directions) or "?", str(rep.get("packets_seen", "?")),
                      str(rep.get("records_captured", "?")), str(r.unique), str(r.duplicates), str(r.missing),
                      str(rep.get("ringbuf_full", "?")), str(rep.get("sampled_out", "?")),
                      str(rep.get("records_failed", "?")), str(rep.get("records_pending", "?")),
                      str(r.crash_lost) if r.crashed else "-", str(r.unexplained),
                      str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = ["  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+    lines = ["  ".join(v.rjust(w) if i >= 4 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.append("")
+    if any(len(r.directions) > 1 or r.directions == ["egress"] for r in runs):
+        lines.append("per direction (seen = captured + ring full + sampled; in topic from the message headers):")
+        for r in runs:
+            for d, v in r.by_direction().items():
+                lines.append(f"  {r.host}  {r.run_id}  {d:7}  seen {v['seen']}  captured {v['captured']}  "
+                             f"in topic {v['in_topic']}  ring full {v['ringbuf_full']}  sampled {v['sampled_out']}")
+        lines.append("")
     lines.append("records in the topic per minute (message time):")
     for r in runs:
         for minute, n in sorted(r.per_minute.items()):

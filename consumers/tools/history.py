@@ -61,6 +61,10 @@ def packet_schema() -> pa.Schema:
     return pa.schema(fields)
 
 
+FIELD_DEFAULTS: dict[str, Any] = {f["name"]: f["default"] for f in load_schema_json("packet")["fields"]
+                                  if isinstance(f.get("default"), int)}
+
+
 def addresses(m: npt.NDArray[np.uint8]) -> pa.Array:
     """(n, 16) address bytes (IPv4 mapped into IPv6) as text; each distinct address formatted once."""
     if len(m) == 0:
@@ -102,7 +106,8 @@ def to_batch(columns: Mapping[str, npt.NDArray[Any]], n: int, host: str, interfa
         elif f.name in columns:
             arrays.append(pa.array(columns[f.name].astype(f.type.to_pandas_dtype()), f.type))
         else:  # a field newer than the data's writer schema: its default
-            arrays.append(pa.array(np.zeros(n, f.type.to_pandas_dtype()), f.type))
+            default = FIELD_DEFAULTS.get(f.name, 0)
+            arrays.append(pa.array(np.full(n, default, f.type.to_pandas_dtype()), f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

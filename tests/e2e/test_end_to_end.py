@@ -1,5 +1,6 @@
 """The producer on a veth writes to the real broker; every packet an independent
-capture (tcpdump) saw on the same interface comes out of the topic exactly once."""
+capture (tcpdump) saw on the same interface, in either direction, comes out of the topic exactly
+once, with its direction."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1Q
 from scapy.utils import rdpcap
 
+from pktstream.consumers.tools.audit import audit, render
 from pktstream.consumers.tools.tail import tail
 from tests.support.frames import build_cases
 from tests.support.helpers import NetnsHost, require
@@ -65,7 +67,8 @@ def pcap_tuples(path: Path) -> list[tuple[Any, ...]]:
 
 
 def record_tuple(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["src_addr"], r["dst_addr"], r["src_port"], r["dst_port"], r["protocol"], r["wire_len"])
+    return (r["direction"], r["src_addr"], r["dst_addr"], r["src_port"], r["dst_port"], r["protocol"],
+            r["wire_len"])
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -118,34 +121,50 @@ def test_every_captured_packet_arrives_exactly_once(
     prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
                            "--partitions", "2", "--batch-age-ms", "50", "--batch-records", "16",
                            "--payload-bytes", "128")
-    pcap = tmp_path / "in.pcap"
-    dump = None
+    dumps: dict[int, tuple[Path, subprocess.Popen[str]]] = {}
     try:
         prod.wait_event("producer_started")
-        dump = subprocess.Popen(["tcpdump", "-i", host.host_if, "-Q", "in", "-n", "-s", "256", "-U", "-w",
-                                 str(pcap)], stderr=subprocess.PIPE, text=True)
-        assert dump.stderr is not None
-        line = dump.stderr.readline()
-        assert "listening on" in line, line
+        for direction, q in ((0, "in"), (1, "out")):
+            path = tmp_path / f"{q}.pcap"
+            dump = subprocess.Popen(["tcpdump", "-i", host.host_if, "-Q", q, "-n", "-s", "256", "-U", "-w",
+                                     str(path)], stderr=subprocess.PIPE, text=True)
+            dumps[direction] = (path, dump)
+            assert dump.stderr is not None
+            line = dump.stderr.readline()
+            assert "listening on" in line, line
         traffic(host)
         time.sleep(1.0)
     finally:
-        if dump is not None:
+        for _path, dump in dumps.values():
             dump.terminate()
             dump.wait(10)
         rc = prod.stop()
     assert rc == 0, prod.events[-5:]
+    assert prod.event("producer_started")["directions"] == ["ingress", "egress"]
 
-    seen = pcap_tuples(pcap)
+    seen = [(d, *t) for d, (path, _dump) in dumps.items() for t in pcap_tuples(path)]
     records = read_topic(kafka_bootstrap, topic)
-    assert len(seen) > 40
+    assert sum(1 for t in seen if t[0] == 0) > 40 and sum(1 for t in seen if t[0] == 1) > 20
     assert collections.Counter(record_tuple(r) for r in records) == collections.Counter(seen)
+    assert all(r["segments"] == 1 for r in records)  # nothing here is large enough for GSO
     # exactly once, in order: sequence numbers 0..n-1, each once
     assert sorted(r["seq"] for r in records) == list(range(len(records)))
     stopped = prod.event("producer_stopped")
     assert stopped["records_captured"] == stopped["records_delivered"] == len(records)
     assert stopped["ringbuf_full"] == 0 and stopped["records_failed"] == 0
     assert stopped["packets_seen"] == len(records)
+    assert stopped["egress_records_captured"] == stopped["egress_packets_seen"] == \
+        sum(r["direction"] for r in records)
+    # the audit balances per direction: the report's egress share, the messages' egress counts
+    run_id = prod.event("producer_started")["run_id"]
+    (run,) = [r for r in audit({"bootstrap.servers": kafka_bootstrap}, topic, "pktstream.stats") if r.run_id == run_id]
+    egress = sum(r["direction"] for r in records)
+    assert run.exact and run.directions == ["ingress", "egress"]
+    assert run.by_direction() == {
+        "ingress": {"seen": len(records) - egress, "captured": len(records) - egress, "in_topic": len(records) - egress,
+                    "ringbuf_full": 0, "sampled_out": 0},
+        "egress": {"seen": egress, "captured": egress, "in_topic": egress, "ringbuf_full": 0, "sampled_out": 0}}
+    assert "per direction" in render([run])
     assert {r["host"] for r in records} == {prod.event("producer_started")["host_id"]}
     http = [r for r in records if bytes.fromhex(r["payload"]).startswith(b"GET /api/items/")]
     assert len(http) == 3 and all(r["dst_port"] > 0 and r["tcp_flags"] & 0x08 for r in http)

@@ -8,51 +8,19 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 from pktstream.producer.capture import Capture
 from pktstream.schemas import record as R
-from tests.support.frames import Case, build_cases
+from tests.support.frames import build_cases, check_record, record_dict
 from tests.support.helpers import NetnsHost
 
 pytestmark = pytest.mark.kernel
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
-
-
-@pytest.fixture(params=[0, 64, 256], ids=lambda n: f"payload{n}")
-def capture(request: pytest.FixtureRequest, root: None) -> Iterator[Capture]:
-    cap = Capture(payload_bytes=request.param, ringbuf_bytes=1 << 20)
-    try:
-        yield cap
-    finally:
-        cap.close()
-
-
-def record_dict(rec: Any) -> dict[str, Any]:
-    out = {name: rec[name].item() if not isinstance(rec[name], np.ndarray) else rec[name] for name in
-           rec.dtype.names}
-    out["src_addr"] = bytes(rec["src_addr"])
-    out["dst_addr"] = bytes(rec["dst_addr"])
-    return out
-
-
-def check_record(case: Case, rec: dict[str, Any], payload_bytes: int, ifindex: int) -> None:
-    exp = dict(case.expect)
-    exp["ifindex"] = ifindex
-    exp["_pad"] = 0
-    exp["cap_len"] = min(len(case.payload), payload_bytes)
-    for k, v in exp.items():
-        assert rec[k] == v, f"{case.name}: field {k} is {rec[k]!r}, expected {v!r}"
-    if payload_bytes:
-        assert bytes(rec["payload"][: exp["cap_len"]]) == case.payload[:payload_bytes], case.name
-    else:
-        assert "payload" not in rec
 
 
 def test_every_field_of_every_frame(capture: Capture, test_host: NetnsHost) -> None:

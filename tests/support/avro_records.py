@@ -54,6 +54,6 @@ def columns_of(records: list[dict[str, Any]]) -> dict[str, Any]:
                 arr[i, : len(r["payload"])] = np.frombuffer(r["payload"], dtype=np.uint8)
             cols["payload"] = arr
             cols["payload__len"] = np.array([len(r["payload"]) for r in records])
-        else:
+        elif all(name in r for r in records):  # (a record of an older schema lacks the newer fields)
             cols[name] = np.array([r[name] for r in records], dtype=np.int64)
     return cols

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -157,3 +158,25 @@ def build_cases(dst_mac: str, src_mac: str) -> list[Case]:
     cases.append(Case("malformed_tcp_doff", bytes(bad_doff),
                       v4(bytes(bad_doff), 6, src_port=1234, dst_port=80, tcp_flags=0x02, flags=R.F_MALFORMED)))
     return cases
+
+
+def record_dict(rec: Any) -> dict[str, Any]:
+    out = {name: rec[name].item() if not isinstance(rec[name], np.ndarray) else rec[name] for name in
+           rec.dtype.names}
+    out["src_addr"] = bytes(rec["src_addr"])
+    out["dst_addr"] = bytes(rec["dst_addr"])
+    return out
+
+
+def check_record(case: Case, rec: dict[str, Any], payload_bytes: int, ifindex: int) -> None:
+    exp = dict(case.expect)
+    exp["ifindex"] = ifindex
+    exp.setdefault("direction", R.DIR_INGRESS)
+    exp.setdefault("segments", 1)
+    exp["cap_len"] = min(len(case.payload), payload_bytes)
+    for k, v in exp.items():
+        assert rec[k] == v, f"{case.name}: field {k} is {rec[k]!r}, expected {v!r}"
+    if payload_bytes:
+        assert bytes(rec["payload"][: exp["cap_len"]]) == case.payload[:payload_bytes], case.name
+    else:
+        assert "payload" not in rec

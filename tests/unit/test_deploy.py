@@ -132,9 +132,12 @@ def test_the_chart_renders_valid_manifests_for_each_choice_of_values() -> None:
     env_from = plain["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert env_from == [{"configMapRef": {"name": "pktstream"}}]  # no Kafka secret without SASL
     third = render("usage.enabled=false", "producer.payloadBytes=256", "producer.interface=eth1",
-                   "kafka.sasl.existingSecret=my-kafka")
+                   "kafka.sasl.existingSecret=my-kafka", "producer.direction=ingress")
     cm = next(d for d in third if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pktstream")
     assert cm["data"]["PKTSTREAM_PAYLOAD_BYTES"] == "256" and cm["data"]["PKTSTREAM_INTERFACE"] == "eth1"
+    assert cm["data"]["PKTSTREAM_DIRECTION"] == "ingress"
+    default_cm = next(d for d in render() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pktstream")
+    assert default_cm["data"]["PKTSTREAM_DIRECTION"] == "both"
     assert not any(d["kind"] == "Deployment" and d["metadata"]["name"] == "pktstream-usage" for d in third)
     assert not any(d["kind"] == "Secret" and d["metadata"]["name"] == "pktstream-kafka" for d in third)
 

@@ -55,7 +55,8 @@ def test_flag_constants_match_header() -> None:
         "PKT_F_L4_SKIPPED": R.F_L4_SKIPPED, "PKT_F_MULTIBUF": R.F_MULTIBUF, "PKT_FRAG_MF": R.FRAG_MF,
         "PKT_FRAG_DF": R.FRAG_DF, "CNT_PACKETS": R.CNT_PACKETS, "CNT_RECORDS": R.CNT_RECORDS,
         "CNT_RINGBUF_FULL": R.CNT_RINGBUF_FULL, "CNT_SAMPLED_OUT": R.CNT_SAMPLED_OUT, "CNT_MAX": R.CNT_MAX,
-        "CFG_SAMPLE_RATE": R.CFG_SAMPLE_RATE,
+        "CFG_SAMPLE_RATE": R.CFG_SAMPLE_RATE, "CNT_EGRESS": R.CNT_EGRESS, "DIR_INGRESS": R.DIR_INGRESS,
+        "DIR_EGRESS": R.DIR_EGRESS,
     }
     for name, value in consts.items():
         line = next(ln for ln in text.splitlines() if ln.startswith(f"#define {name} "))

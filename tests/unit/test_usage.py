@@ -195,6 +195,19 @@ def test_feature_batches_round_trip_and_reject_garbage() -> None:
             features.decode(features.encode(features.Features(rows, f.strings)))
 
 
+def test_egress_records_are_not_features_yet() -> None:
+    """The answers a host sends (direction 1) do not count as requests, packets or connections:
+    the same traffic with egress copies of every record featurizes to the same rows."""
+    from tests.support.traffic import Traffic
+
+    t = generate(50, T0, 10**9, clients=5)
+    both = Traffic({k: np.concatenate([v, v]) for k, v in t.columns.items()}, 2 * t.n)
+    both.columns["direction"] = np.repeat(np.array([0, 1], np.int64), t.n)
+    one = features.featurize(read_container(containers(t)[0]), "h/i")
+    two = features.featurize(read_container(containers(both, batch=2 * t.n)[0]), "h/i")
+    assert two.rows.tobytes() == one.rows.tobytes() and len(one.rows) > 0
+
+
 ids = st.one_of(st.integers(0, 10**12).map(str), st.uuids().map(str),
                 st.binary(min_size=8, max_size=32).map(lambda b: b.hex()))
 words = st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=12)

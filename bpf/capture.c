@@ -1,9 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
-/* pktstream XDP capture: one ring-buffer record per incoming packet.
+/* pktstream capture: one ring-buffer record per packet, in both directions.
  *
- * The program never drops: every path returns XDP_PASS. Every read of the
- * packet is preceded by a bounds check against data_end (the verifier demands
- * it, and it is also what keeps truncated frames from being misread).
+ * Two programs share one parser, one record and the same maps:
+ *   xdp_capture  at the XDP hook: every incoming frame (direction 0)
+ *   tc_egress    a classifier on the egress path (TCX link, or a clsact
+ *                filter on kernels before 6.6): every outgoing socket buffer
+ *                (direction 1), which can be several wire packets (GSO)
+ *
+ * Neither program ever drops: XDP returns XDP_PASS, the classifier
+ * TC_ACT_UNSPEC (TCX_NEXT: the next program, or the default, decides). Every
+ * read of the packet is preceded by a bounds check against data_end (the
+ * verifier demands it, and it is also what keeps truncated frames from being
+ * misread).
  *
  * Compile flags (defaults in pktstream.h or below):
  *   PAYLOAD_BYTES  payload prefix copied per record (0..256)
@@ -19,6 +27,7 @@
 #include <linux/udp.h>
 #include <linux/icmp.h>
 #include <linux/icmpv6.h>
+#include <linux/pkt_cls.h>
 
 #include "pktstream.h"
 
@@ -33,6 +42,14 @@
 #define ETH_P_8021AD_ 0x88A8
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
+
+/* Bytes the classifier makes sure are in the linear part before parsing:
+ * Ethernet + 2 VLAN tags + IPv6 + extension headers + TCP with options. */
+#define PULL_BYTES 192
+
+#ifndef TC_ACT_UNSPEC
+#define TC_ACT_UNSPEC (-1)
+#endif
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #ifdef PIN_COUNTERS
@@ -61,11 +78,19 @@ struct ipv6_frag_hdr_ {
 	__be32 identification;
 };
 
-static __always_inline void count(u32 idx)
+static __always_inline void count1(u32 idx)
 {
 	u64 *c = counters.lookup(&idx);
 	if (c)
 		*c += 1;
+}
+
+/* The totals (both directions), and the egress share on its own. */
+static __always_inline void count(u32 idx, u8 direction)
+{
+	count1(idx);
+	if (direction == DIR_EGRESS)
+		count1(idx + CNT_EGRESS);
 }
 
 /* Parse the L4 header at offset off; fill ports/flags and return the offset of
@@ -123,36 +148,39 @@ static __always_inline u32 parse_l4(struct pkt_record *r, void *data, void *data
 	}
 }
 
-int xdp_capture(struct xdp_md *ctx)
+/* Sampling and the ring-buffer reservation, with the counters. */
+static __always_inline struct pkt_record *reserve(u8 direction)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	u32 zero = 0;
 
-	count(CNT_PACKETS);
+	count(CNT_PACKETS, direction);
 
 	u32 *rate = config.lookup(&zero);
 	u32 sample_rate = rate && *rate > 1 ? *rate : 1;
 	if (sample_rate > 1 && bpf_get_prandom_u32() % sample_rate != 0) {
-		count(CNT_SAMPLED_OUT);
-		return XDP_PASS;
+		count(CNT_SAMPLED_OUT, direction);
+		return NULL;
 	}
 
 	struct pkt_record *r = events.ringbuf_reserve(sizeof(struct pkt_record));
 	if (!r) {
-		count(CNT_RINGBUF_FULL);
-		return XDP_PASS;
+		count(CNT_RINGBUF_FULL, direction);
+		return NULL;
 	}
+	r->sample_rate = sample_rate;
+	return r;
+}
 
+/* Fill every header field of r from the frame [data, data_end) whose whole
+ * length is wire. Returns the offset of the L4 payload in the frame and sets
+ * r->payload_len, or returns 0 when there is no payload to copy. */
+static __always_inline u32 parse(struct pkt_record *r, void *data, void *data_end, u32 wire)
+{
 	/* Reserved memory is not zeroed: set every header field explicitly. */
 	r->ts_ns = bpf_ktime_get_ns();
 	__builtin_memset(r->src_addr, 0, 32);
-	r->ifindex = ctx->ingress_ifindex;
-	r->rx_queue = ctx->rx_queue_index;
 	u32 linear = data_end - data;
-	u32 wire = bpf_xdp_get_buff_len(ctx);
 	r->wire_len = wire;
-	r->sample_rate = sample_rate;
 	r->src_port = 0;
 	r->dst_port = 0;
 	r->payload_len = 0;
@@ -166,14 +194,13 @@ int xdp_capture(struct xdp_md *ctx)
 	r->ttl = 0;
 	r->tcp_flags = 0;
 	r->frag_flags = 0;
-	r->_pad = 0;
 	r->ethertype = 0;
 
 	u32 off = sizeof(struct ethhdr);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end) {
 		r->flags |= PKT_F_TRUNCATED;
-		goto submit;
+		return 0;
 	}
 	u16 proto = bpf_ntohs(eth->h_proto);
 
@@ -186,7 +213,7 @@ int xdp_capture(struct xdp_md *ctx)
 		if ((void *)(vh + 1) > data_end) {
 			r->flags |= PKT_F_TRUNCATED;
 			r->ethertype = proto;
-			goto submit;
+			return 0;
 		}
 		r->flags |= PKT_F_VLAN;
 		if (i == 0)
@@ -205,7 +232,7 @@ int xdp_capture(struct xdp_md *ctx)
 		struct iphdr *iph = data + off;
 		if ((void *)(iph + 1) > data_end) {
 			r->flags |= PKT_F_TRUNCATED;
-			goto submit;
+			return 0;
 		}
 		r->ip_version = 4;
 		r->protocol = iph->protocol;
@@ -226,7 +253,7 @@ int xdp_capture(struct xdp_md *ctx)
 		u32 tot = bpf_ntohs(iph->tot_len);
 		if (ihl < 20 || tot < ihl) {
 			r->flags |= PKT_F_MALFORMED;
-			goto submit;
+			return 0;
 		}
 		if (ihl > 20)
 			r->flags |= PKT_F_IP_OPTIONS;
@@ -243,7 +270,7 @@ int xdp_capture(struct xdp_md *ctx)
 		struct ipv6hdr *ip6 = data + off;
 		if ((void *)(ip6 + 1) > data_end) {
 			r->flags |= PKT_F_TRUNCATED;
-			goto submit;
+			return 0;
 		}
 		r->ip_version = 6;
 		r->ttl = ip6->hop_limit;
@@ -264,20 +291,20 @@ int xdp_capture(struct xdp_md *ctx)
 			/* keep off bounded for the verifier; real stacks stay far below */
 			if (off > 2048) {
 				r->flags |= PKT_F_MALFORMED;
-				goto submit;
+				return 0;
 			}
 			struct ipv6_opt_hdr_ *eh = data + off;
 			if ((void *)(eh + 1) > data_end) {
 				r->flags |= PKT_F_TRUNCATED;
 				r->protocol = nh;
-				goto submit;
+				return 0;
 			}
 			if (nh == IPPROTO_FRAGMENT) {
 				struct ipv6_frag_hdr_ *fh = data + off;
 				if ((void *)(fh + 1) > data_end) {
 					r->flags |= PKT_F_TRUNCATED;
 					r->protocol = nh;
-					goto submit;
+					return 0;
 				}
 				u16 fo = bpf_ntohs(fh->frag_off);
 				r->flags |= PKT_F_FRAGMENT;
@@ -302,49 +329,101 @@ int xdp_capture(struct xdp_md *ctx)
 		r->protocol = nh;
 		if (!done) {
 			r->flags |= PKT_F_L4_SKIPPED;
-			goto submit;
+			return 0;
 		}
 		if (off > 2048) {
 			r->flags |= PKT_F_MALFORMED;
-			goto submit;
+			return 0;
 		}
 		l4off = off;
 	} else {
-		goto submit; /* not IP: ARP, LLDP, ... recorded with ethertype only */
+		return 0; /* not IP: ARP, LLDP, ... recorded with ethertype only */
 	}
 
 	if (l4off == 0)
-		goto submit;
+		return 0;
 	off = parse_l4(r, data, data_end, l4off);
 	if (off == 0)
-		goto submit;
+		return 0;
 
 payload_from_off:;
 	/* L4 payload: from off to the end of the IP datagram, but not past the
 	 * frame (Ethernet padding after the datagram is not payload). */
 	u32 end = ip_end < wire ? ip_end : wire;
 	if (off >= end)
-		goto submit;
+		return 0;
 	u32 plen = end - off;
 	if (plen > 0xffff)
 		plen = 0xffff;
 	r->payload_len = plen;
+	return off;
+}
+
+/* The payload prefix: n in [1, PAYLOAD_BYTES] bytes at off, through the
+ * program type's own helper (it reads non-linear data too). */
 #if PAYLOAD_BYTES > 0
-	{
-		u64 n = plen < PAYLOAD_BYTES ? plen : PAYLOAD_BYTES;
-		/* The verifier needs n in [1, PAYLOAD_BYTES] on the very register
-		 * passed to the helper; the empty asm stops clang from re-deriving n
-		 * from plen after the check. */
-		asm volatile("" : "+r"(n));
-		if (n >= 1 && n <= PAYLOAD_BYTES) {
-			if (bpf_xdp_load_bytes(ctx, off, r->payload, n) == 0)
-				r->cap_len = n;
-		}
-	}
+#define COPY_PAYLOAD(load_bytes, ctx, r, off)                                        \
+	do {                                                                         \
+		u64 n = (r)->payload_len < PAYLOAD_BYTES ? (r)->payload_len : PAYLOAD_BYTES; \
+		/* The verifier needs n in [1, PAYLOAD_BYTES] on the very register      \
+		 * passed to the helper; the empty asm stops clang from re-deriving n \
+		 * from payload_len after the check. */                                 \
+		asm volatile("" : "+r"(n));                                          \
+		if ((off) && n >= 1 && n <= PAYLOAD_BYTES) {                         \
+			if (load_bytes((ctx), (off), (r)->payload, n) == 0)          \
+				(r)->cap_len = n;                                    \
+		}                                                                    \
+	} while (0)
+#else
+#define COPY_PAYLOAD(load_bytes, ctx, r, off) do { } while (0)
 #endif
 
-submit:
+int xdp_capture(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	struct pkt_record *r = reserve(DIR_INGRESS);
+	if (!r)
+		return XDP_PASS;
+	r->ifindex = ctx->ingress_ifindex;
+	r->rx_queue = ctx->rx_queue_index;
+	r->segments = 1;
+	r->direction = DIR_INGRESS;
+	u32 off = parse(r, data, data_end, bpf_xdp_get_buff_len(ctx));
+	COPY_PAYLOAD(bpf_xdp_load_bytes, ctx, r, off);
 	events.ringbuf_submit(r, 0);
-	count(CNT_RECORDS);
+	count(CNT_RECORDS, DIR_INGRESS);
 	return XDP_PASS;
+}
+
+int tc_egress(struct __sk_buff *skb)
+{
+	/* Headers outside the linear part (rare on egress: the stack builds
+	 * them there) are pulled in, so that the parser sees them directly. */
+	u32 want = skb->len < PULL_BYTES ? skb->len : PULL_BYTES;
+	if ((u32)(skb->data_end - skb->data) < want)
+		bpf_skb_pull_data(skb, want);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	struct pkt_record *r = reserve(DIR_EGRESS);
+	if (!r)
+		return TC_ACT_UNSPEC;
+	r->ifindex = skb->ifindex;
+	r->rx_queue = skb->queue_mapping;
+	u32 segs = skb->gso_segs;
+	r->segments = segs > 1 ? (segs > 0xffff ? 0xffff : segs) : 1;
+	r->direction = DIR_EGRESS;
+	u32 off = parse(r, data, data_end, skb->len);
+	if (skb->vlan_present) {
+		/* a tag the NIC will insert (VLAN offload) is outside the data: it is the outermost */
+		r->vlan_inner = r->vlan_outer;
+		r->vlan_outer = skb->vlan_tci;
+		r->flags |= PKT_F_VLAN;
+	}
+	COPY_PAYLOAD(bpf_skb_load_bytes, skb, r, off);
+	events.ringbuf_submit(r, 0);
+	count(CNT_RECORDS, DIR_EGRESS);
+	return TC_ACT_UNSPEC;
 }
