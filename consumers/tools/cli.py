@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,7 @@ def tail_arguments(ta: argparse.ArgumentParser) -> None:
 def tail_run(args: argparse.Namespace) -> int:
     from pktstream.consumers.tools.tail import tail
 
-    configure_logging("auto", "warning")
+    configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
     since_ms = None
     start = "beginning" if args.from_beginning else "end"
     if args.since:
@@ -83,7 +84,7 @@ def audit_arguments(au: argparse.ArgumentParser) -> None:
 def audit_run(args: argparse.Namespace) -> int:
     from pktstream.consumers.tools.audit import audit, render
 
-    configure_logging("auto", "warning")
+    configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
     try:
         runs = audit(_reader_conf(args), args.topic, args.stats_topic)
     except KafkaException as e:
@@ -137,7 +138,7 @@ def query_arguments(q: argparse.ArgumentParser) -> None:
 def query_run(args: argparse.Namespace) -> int:
     from pktstream.consumers.tools.query import Sources, open_output, run_query
 
-    configure_logging("auto", "warning")
+    configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
     rng = _range(args)
     out = open_output(args.output, args.format)
     conf = _reader_conf(args)
@@ -167,7 +168,7 @@ def export_run(args: argparse.Namespace) -> int:
     )
     from pktstream.consumers.tools.query import describe, open_output
 
-    configure_logging("auto", "warning")
+    configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
     rng = _range(args)
     if args.output is None and sys.stdout.isatty():
         raise ConfigError([f"--format {args.format} writes binary: name a file with -o FILE"])

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.consumers.tools.pushdown import Filter, message_passes, record_mask
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import read_container
@@ -116,12 +117,14 @@ class Range:
     since_ms: int | None = None  # None: from the oldest message
     until_ms: int | None = None  # None: to the end of the topic as it is when reading starts
     hosts: frozenset[str] | None = None  # capture points (host ids) to keep; None: all
+    filters: tuple[Filter, ...] = ()  # simple WHERE filters of a query, applied while decoding
 
 
 @dataclass
 class Progress:
     messages: int = 0
-    records: int = 0
+    records: int = 0  # handed to the engine
+    filtered: int = 0  # of the range, dropped by a pushed-down filter before the engine
     corrupt: int = 0
     first_ns: int = 0
     last_ns: int = 0
@@ -202,6 +205,11 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
                 host = h.get(H.HOST) or b.metadata.get(H.HOST, "")
                 if rng.hosts is not None and host not in rng.hosts:
                     continue
+                iface = h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
+                run_id = h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, "")
+                if rng.filters and not message_passes(rng.filters, {"host": host, "interface": iface,
+                                                                    "run_id": run_id}):
+                    continue
                 if b.n == 0:
                     continue
                 ts = b.columns["ts_ns"]
@@ -217,10 +225,16 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
                         keep &= ts <= hi_ns
                     if not keep.any():
                         continue
+                if rng.filters:
+                    passing = record_mask(rng.filters, b.columns)
+                    if passing is not None:
+                        in_range = int(keep.sum()) if keep is not None else b.n
+                        keep = passing if keep is None else keep & passing
+                        progress.filtered += in_range - int(keep.sum())
+                        if not keep.any():
+                            continue
                 cols = b.columns if keep is None or keep.all() else {k: v[keep] for k, v in b.columns.items()}
                 n = len(cols["ts_ns"])
-                iface = h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
-                run_id = h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, "")
                 batch = to_batch(cols, n, host, iface, run_id, schema)
                 progress.records += n
                 t_lo, t_hi = int(cols["ts_ns"].min()), int(cols["ts_ns"].max())

@@ -9,6 +9,7 @@ read only when the SQL names them. Output: an aligned table, CSV, JSON lines or 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pktstream.consumers.tools.history import (
@@ -35,7 +37,10 @@ from pktstream.consumers.tools.history import (
     range_has_messages,
     terminal_progress,
 )
+from pktstream.consumers.tools.pushdown import pushdown
 from pktstream.runtime.errors import ConfigError, PktstreamError
+
+log = structlog.get_logger("pktstream.query")
 
 
 @dataclass
@@ -140,8 +145,12 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
         if not range_has_messages(conf, sources.packets, rng):
             raise PktstreamError(f"no messages in {describe(rng)} of topic {sources.packets!r}")
         schema = packet_schema()
+        filters = tuple(pushdown(sql))
+        if filters:
+            log.debug("query_filters_pushed_down", filters=[str(f) for f in filters])
         reader = pa.RecordBatchReader.from_batches(
-            schema, packet_batches(conf, sources.packets, rng, progress, schema, show))
+            schema, packet_batches(conf, sources.packets, dataclasses.replace(rng, filters=filters), progress,
+                                   schema, show))
         keep.append(reader)
         con.register("packets", reader)
     if "usage" in named:

@@ -25,6 +25,8 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
+from pktstream.consumers.tools.history import Progress, Range
+from pktstream.consumers.tools.query import Sources, run_query
 from pktstream.runtime.kafka import ensure_topic
 from tests.support.apps import alerts_cmd, read_alerts, read_usage, restart_scenario, run_alerts, run_usage, usage_cmd
 from tests.support.helpers import read_messages, require
@@ -150,6 +152,28 @@ def test_query_answers_equal_the_topic_as_apache_avro_decodes_it(kafka_bootstrap
     assert {(r["src_addr"], r["protocol"]): (r["n"], r["bytes"]) for r in rows} == \
         {k: (n, size[k]) for k, n in want.items()}
     assert sum(want.values()) > 100
+
+
+def test_simple_filters_are_applied_while_decoding(kafka_bootstrap: str, topic: str) -> None:
+    """A query's simple WHERE filters drop records (and whole messages, by their headers) before
+    DuckDB: the answer is the same, fewer records reach the engine."""
+    expected = apache_records(kafka_bootstrap, topic)
+    sql = ("SELECT src_addr, dst_port, count(*) AS n, sum(wire_len) AS bytes FROM packets "
+           "WHERE protocol = 6 AND dst_port = 443 AND host = 'edge-1' AND wire_len >= 200 GROUP BY ALL")
+    progress = Progress()
+    out = io.BytesIO()
+    run_query({"bootstrap.servers": kafka_bootstrap}, sql, Range(), Sources(packets=topic), "json", out, progress)
+    got = {(r["src_addr"], r["dst_port"]): (r["n"], r["bytes"]) for r in map(json.loads, out.getvalue().splitlines())}
+    want: Counter[tuple[str, int]] = Counter()
+    size: Counter[tuple[str, int]] = Counter()
+    for e in expected:
+        if e["protocol"] == 6 and e["dst_port"] == 443 and e["host"] == "edge-1" and e["wire_len"] >= 200:
+            want[(e["src_addr"], e["dst_port"])] += 1
+            size[(e["src_addr"], e["dst_port"])] += e["wire_len"]
+    assert got == {k: (n, size[k]) for k, n in want.items()} and sum(want.values()) > 20
+    edge1 = sum(1 for e in expected if e["host"] == "edge-1")
+    assert progress.records == sum(want.values())  # only the passing records reached DuckDB
+    assert progress.filtered == edge1 - progress.records  # edge-2's messages were not even decoded
 
 
 def test_export_pcap_and_pcapng_open_in_tshark_one_frame_per_record(kafka_bootstrap: str, topic: str,
