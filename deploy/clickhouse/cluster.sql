@@ -159,7 +159,9 @@ GROUP BY minute, host, protocol, dst_port;
 
 -- pktstream usage's windows (one Avro container per message, written in transactions: the Kafka
 -- engine reads committed messages only). A window read twice (ClickHouse consumes at least once)
--- is one row after merges: query with FINAL for exact figures.
+-- is one row after merges: query with FINAL for exact figures. seen_by is part of the key: an API
+-- served by addresses that pktstream usage handles in different partitions has one row per window
+-- from each (docs/usage.md, Limits); sum them.
 CREATE TABLE pktstream.usage_queue ON CLUSTER '${CLUSTER}'
 (
     api String, matched Bool, window_start_ms DateTime64(3, 'UTC'), window_s Int32, host String,
@@ -185,7 +187,7 @@ CREATE TABLE pktstream.usage_local ON CLUSTER '${CLUSTER}'
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/usage_local', '{replica}')
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (window_s, api, host, port, protocol, window_start)
+ORDER BY (window_s, api, host, port, protocol, window_start, seen_by)
 TTL toDateTime(window_start) + INTERVAL 400 DAY;
 
 CREATE TABLE pktstream.usage ON CLUSTER '${CLUSTER}' AS pktstream.usage_local
