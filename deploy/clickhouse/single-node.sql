@@ -16,12 +16,14 @@ CREATE TABLE pktstream.packets_queue
     src_addr FixedString(16), dst_addr FixedString(16),
     ip_version Int32, protocol Int32, src_port Int32, dst_port Int32, wire_len Int32, ttl Int32,
     tcp_flags Int32, frag_flags Int32, frag_offset Int32, vlan_outer Int32, vlan_inner Int32,
-    ethertype Int32, flags Int32, sample_rate Int32, payload_len Int32, payload String
+    ethertype Int32, flags Int32, sample_rate Int32, payload_len Int32, payload String,
+    direction Int32, segments Int32
 )
 ENGINE = Kafka
 SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${PACKETS_TOPIC}',
          kafka_group_name = '${CONSUMER_GROUP}-packets', kafka_format = 'Avro',
-         kafka_handle_error_mode = 'stream', kafka_num_consumers = 1;
+         kafka_handle_error_mode = 'stream', kafka_num_consumers = 1,
+         input_format_avro_allow_missing_fields = 1;
 
 -- Every record, 7 days. Addresses are IPv6 (IPv4 as ::ffff:a.b.c.d, as in the topic), and
 -- src_ip and dst_ip give the text pktstream query shows.
@@ -35,7 +37,7 @@ CREATE TABLE pktstream.packets
     ip_version UInt8, protocol UInt8, src_port UInt16, dst_port UInt16, wire_len UInt32, ttl UInt8,
     tcp_flags UInt8, frag_flags UInt8, frag_offset UInt16, vlan_outer UInt16, vlan_inner UInt16,
     ethertype UInt16, flags UInt16, sample_rate UInt32, payload_len UInt32, payload String CODEC(ZSTD(3)),
-    kafka_partition UInt32, kafka_offset UInt64
+    direction UInt8, segments UInt16, kafka_partition UInt32, kafka_offset UInt64
 )
 ENGINE = MergeTree
 PARTITION BY toDate(ts)
@@ -51,8 +53,8 @@ SELECT
     seq, fromUnixTimestamp64Nano(ts_ns, 'UTC') AS ts, ifindex, rx_queue,
     CAST(src_addr AS IPv6) AS src_addr, CAST(dst_addr AS IPv6) AS dst_addr,
     ip_version, protocol, src_port, dst_port, wire_len, ttl, tcp_flags, frag_flags, frag_offset,
-    vlan_outer, vlan_inner, ethertype, flags, sample_rate, payload_len, payload,
-    _partition AS kafka_partition, _offset AS kafka_offset
+    vlan_outer, vlan_inner, ethertype, flags, sample_rate, payload_len, payload, direction,
+    greatest(segments, 1) AS segments, _partition AS kafka_partition, _offset AS kafka_offset
 FROM pktstream.packets_queue
 WHERE length(_error) = 0;
 
@@ -72,56 +74,60 @@ SELECT now() AS received, _topic AS topic, _partition AS kafka_partition, _offse
 FROM pktstream.packets_queue
 WHERE length(_error) > 0;
 
--- One-minute rollups, 90 days. packets and bytes are estimates of the wire when a run sampled
--- (each record counts sample_rate times); records is what the topic holds. SummingMergeTree adds
+-- One-minute rollups per direction (0 ingress, 1 egress), 90 days. packets counts wire packets
+-- (an egress GSO buffer counts its segments) and, like bytes, is an estimate of the wire when a run
+-- sampled (each record counts sample_rate times); records is what the topic holds. SummingMergeTree adds
 -- rows up when it merges: always query them with sum() and GROUP BY.
 CREATE TABLE pktstream.packets_1m_host
 (
-    minute DateTime('UTC'), host LowCardinality(String), interface LowCardinality(String),
+    minute DateTime('UTC'), host LowCardinality(String), interface LowCardinality(String), direction UInt8,
     records UInt64, packets UInt64, bytes UInt64
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(minute)
-ORDER BY (host, interface, minute)
+ORDER BY (host, interface, direction, minute)
 TTL minute + INTERVAL 90 DAY;
 
 CREATE MATERIALIZED VIEW pktstream.packets_1m_host_mv TO pktstream.packets_1m_host AS
-SELECT toStartOfMinute(ts) AS minute, host, interface, count() AS records,
-       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+SELECT toStartOfMinute(ts) AS minute, host, interface, direction, count() AS records,
+       sum(toUInt64(segments) * greatest(sample_rate, 1)) AS packets,
+       sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
 FROM pktstream.packets
-GROUP BY minute, host, interface;
+GROUP BY minute, host, interface, direction;
 
 CREATE TABLE pktstream.packets_1m_pair
 (
-    minute DateTime('UTC'), host LowCardinality(String), src_addr IPv6, dst_addr IPv6,
+    minute DateTime('UTC'), host LowCardinality(String), direction UInt8, src_addr IPv6, dst_addr IPv6,
     records UInt64, packets UInt64, bytes UInt64
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(minute)
-ORDER BY (host, minute, src_addr, dst_addr)
+ORDER BY (host, direction, minute, src_addr, dst_addr)
 TTL minute + INTERVAL 90 DAY;
 
 CREATE MATERIALIZED VIEW pktstream.packets_1m_pair_mv TO pktstream.packets_1m_pair AS
-SELECT toStartOfMinute(ts) AS minute, host, src_addr, dst_addr, count() AS records,
-       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+SELECT toStartOfMinute(ts) AS minute, host, direction, src_addr, dst_addr, count() AS records,
+       sum(toUInt64(segments) * greatest(sample_rate, 1)) AS packets,
+       sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
 FROM pktstream.packets
-GROUP BY minute, host, src_addr, dst_addr;
+GROUP BY minute, host, direction, src_addr, dst_addr;
 
 CREATE TABLE pktstream.packets_1m_port
 (
-    minute DateTime('UTC'), host LowCardinality(String), protocol UInt8, dst_port UInt16,
+    minute DateTime('UTC'), host LowCardinality(String), direction UInt8, protocol UInt8, dst_port UInt16,
     records UInt64, packets UInt64, bytes UInt64
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(minute)
-ORDER BY (host, minute, protocol, dst_port)
+ORDER BY (host, direction, minute, protocol, dst_port)
 TTL minute + INTERVAL 90 DAY;
 
 CREATE MATERIALIZED VIEW pktstream.packets_1m_port_mv TO pktstream.packets_1m_port AS
-SELECT toStartOfMinute(ts) AS minute, host, protocol, dst_port, count() AS records,
-       sum(greatest(sample_rate, 1)) AS packets, sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
+SELECT toStartOfMinute(ts) AS minute, host, direction, protocol, dst_port, count() AS records,
+       sum(toUInt64(segments) * greatest(sample_rate, 1)) AS packets,
+       sum(toUInt64(wire_len) * greatest(sample_rate, 1)) AS bytes
 FROM pktstream.packets
-GROUP BY minute, host, protocol, dst_port;
+GROUP BY minute, host, direction, protocol, dst_port;
 
 -- pktstream usage's windows (one Avro container per message, written in transactions: the Kafka
 -- engine reads committed messages only). A window read twice (ClickHouse consumes at least once)

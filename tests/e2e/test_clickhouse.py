@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
 from confluent_kafka import Producer
 
+from pktstream.schemas import SCHEMA_DIR
+from pktstream.schemas.container import ContainerWriter
 from tests.support.apps import alerts_cmd, read_alerts, read_usage, restart_scenario, run_alerts, run_usage, usage_cmd
 from tests.support.helpers import read_messages
 from tests.support.traffic import CATALOG as GEN_CATALOG
@@ -54,6 +57,8 @@ def topic_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             continue
         for r in fastavro.reader(io.BytesIO(value)):
             assert isinstance(r, dict)
+            r.setdefault("direction", 0)  # written before the fields existed: their defaults
+            r.setdefault("segments", 1)
             r["host"] = (key or b"").decode()
             r["interface"] = headers.get("pktstream.interface", b"").decode()
             r["run_id"] = headers.get("pktstream.run_id", b"").decode()
@@ -86,12 +91,19 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
     topic, rules, catalog = restart_scenario(b, tmp_path)
     # a capture point as the producer names it (headers), and a message that does not decode
     edge = generate(200, time.time_ns() - 1200 * 10**9, 60 * 10**9, clients=20, seed=11)
+    # both directions, and egress GSO buffers that stand for several wire packets
+    edge.columns["direction"] = np.arange(edge.n, dtype=np.int64) % 2
+    edge.columns["segments"] = np.where(np.arange(edge.n) % 6 == 1, 4, 1).astype(np.int64)
     p = Producer({"bootstrap.servers": b})
     run_id = uuid.uuid4().hex[:16]
+    headers = [("pktstream.host", b"edge-9"), ("pktstream.interface", b"ens5"), ("pktstream.run_id", run_id.encode())]
     for m in containers(edge, batch=500, host="edge-9", interface="ens5"):
-        p.produce(topic, m, key=b"edge-9", partition=3, headers=[("pktstream.host", b"edge-9"),
-                                                                   ("pktstream.interface", b"ens5"),
-                                                                   ("pktstream.run_id", run_id.encode())])
+        p.produce(topic, m, key=b"edge-9", partition=3, headers=headers)
+    # a message of the previous packet schema (no direction, no segments): read with their defaults
+    old = generate(20, time.time_ns() - 1100 * 10**9, 10**9, clients=3, seed=12)
+    v3 = json.loads((SCHEMA_DIR / "history" / "packet" / "v3.avsc").read_text())
+    p.produce(topic, ContainerWriter(v3, "null", {"pktstream.host": "edge-9"}).container(old.columns, old.n),
+              key=b"edge-9", partition=3, headers=headers)
     p.produce(topic, GARBAGE, key=b"edge-9", partition=3)
     assert p.flush(30) == 0
     usage_catalog = tmp_path / "usage-catalog.yaml"
@@ -127,7 +139,7 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
         # every record, every field
         fields = ["seq", "ts_ns", "ifindex", "rx_queue", "ip_version", "protocol", "src_port", "dst_port",
                   "wire_len", "ttl", "tcp_flags", "frag_flags", "frag_offset", "vlan_outer", "vlan_inner",
-                  "ethertype", "flags", "sample_rate", "payload_len"]
+                  "ethertype", "flags", "sample_rate", "payload_len", "direction", "segments"]
         t = ch.table("SELECT host, interface, run_id, src_ip, dst_ip, hex(payload) AS payload, "
                      "toUnixTimestamp64Nano(ts) AS ts_ns, " + ", ".join(f for f in fields if f != "ts_ns")
                      + " FROM pktstream.packets")
@@ -153,7 +165,7 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
                 a = acc[key(r)]
                 n = max(r["sample_rate"], 1)
                 a[0] += 1
-                a[1] += n
+                a[1] += n * r["segments"]
                 a[2] += r["wire_len"] * n
             return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
 
@@ -167,11 +179,14 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
             return {(r["m"], *(r[f"k{i}"] for i in range(len(key)))): (r["r"], r["p"], r["b"]) for r in rows}
 
         unmapped = "replaceRegexpOne(toString({}), '^::ffff:', '')"
-        assert rollup("packets_1m_host", "host", "interface") == sums(lambda r: (minute(r), r["host"], r["interface"]))
-        assert rollup("packets_1m_port", "host", "protocol", "dst_port") == \
-            sums(lambda r: (minute(r), r["host"], r["protocol"], r["dst_port"]))
-        assert rollup("packets_1m_pair", "host", unmapped.format("src_addr"), unmapped.format("dst_addr")) == \
-            sums(lambda r: (minute(r), r["host"], text_ip(r["src_addr"]), text_ip(r["dst_addr"])))
+        assert rollup("packets_1m_host", "host", "interface", "direction") == \
+            sums(lambda r: (minute(r), r["host"], r["interface"], r["direction"]))
+        assert rollup("packets_1m_port", "host", "direction", "protocol", "dst_port") == \
+            sums(lambda r: (minute(r), r["host"], r["direction"], r["protocol"], r["dst_port"]))
+        assert rollup("packets_1m_pair", "host", "direction", unmapped.format("src_addr"),
+                      unmapped.format("dst_addr")) == \
+            sums(lambda r: (minute(r), r["host"], r["direction"], text_ip(r["src_addr"]), text_ip(r["dst_addr"])))
+        assert {r["direction"] for r in want} == {0, 1} and any(r["segments"] > 1 for r in want)
 
         # usage: one row per window, every figure
         def usage_key(r: dict[str, Any]) -> tuple[Any, ...]:
