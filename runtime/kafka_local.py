@@ -239,8 +239,12 @@ class LocalKafka:
         ])
 
     def _java(self, main: str, *args: str) -> list[str]:
+        # Java ignores TMPDIR: without this the JVM leaves its native libraries (liblz4-java-*.so)
+        # in /tmp; in the data directory they go with it
+        tmp = self.dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
         return [
-            "java", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true", f"-Djava.io.tmpdir={tmp}",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.xml'}",
             "-cp", f"{self.libs}/*", main, *args,
         ]

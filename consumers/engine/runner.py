@@ -214,6 +214,9 @@ class StreamRunner:
         self.eof: set[tuple[str, int]] = set()
         self.eof_at: dict[int, int] = {}  # repartition partition -> offset of its last end-of-partition event
         self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
+        # repartition partition -> (packet partitions pending, its committed end, wall clock), taken together:
+        # the watermark those give is used once the partition is read to that end (see _advance)
+        self.barriers: dict[int, tuple[set[int], int, int]] = {}
         self.assigned: set[tuple[str, int]] = set()
         self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
         self.late = LateReporter(processor.grace_ns)
@@ -285,6 +288,7 @@ class StreamRunner:
         for key in list(self.assigned):
             self._forget(key)
         self.eof_at.clear()
+        self.barriers.clear()
         self._batches.clear()
         self.produced = 0
         self._uncommitted = []
@@ -349,6 +353,7 @@ class StreamRunner:
         if topic == self.cfg.repartition_topic:
             self.states.pop(p, None)
             self.dirty.discard(p)
+            self.barriers.pop(p, None)
 
     def _restore(self, q: int) -> PartState:
         """The last committed snapshot of repartition partition q, or a fresh state."""
@@ -397,7 +402,11 @@ class StreamRunner:
                 at_end = self._at_end()
                 if self.cfg.until_end and at_end and not self._has_work() and self._group_done(now):
                     self._advance(final=True)
-                    self._commit()
+                    if not self._commit():
+                        # the last transaction (the windows the final close emitted) was aborted and
+                        # the state rewound to the commit before: read on and finish again
+                        log.warning("final_commit_aborted", **self.figures())
+                        continue
                     log.info("stream_caught_up", **self.figures())
                     break
                 if now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work()):
@@ -420,6 +429,17 @@ class StreamRunner:
             return False
         self.last_pending_check = now
         return self._pending() == set() and self._read_to_committed_end()
+
+    def _committed_end(self, q: int) -> int | None:
+        """Repartition partition q's last stable offset now (None: cannot tell)."""
+        assert self.consumer is not None
+        try:
+            _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(self.cfg.repartition_topic, q), timeout=10,
+                                                          cached=False)
+        except KafkaException as e:
+            log.warning("watermark_check_failed", error=str(e))
+            return None
+        return int(hi)
 
     def _read_to_committed_end(self) -> bool:
         """Have we read our repartition partitions to their committed end? An end-of-partition seen
@@ -602,11 +622,28 @@ class StreamRunner:
         ready = [q for q in self.states if self._caught_up(q)]
         if not ready:
             return
-        pending = self._pending()
-        if pending is None:
-            return
-        now_ns = time.time_ns()
+        # Which packet partitions are pending says how far event time may go, but only for rows
+        # this process has read: another instance's rows committed before the check may not have
+        # reached us yet (an end-of-partition seen before its commit, a fetch slowed by a leader's
+        # move), and judged against a watermark that ignores them they would be late. So the
+        # pending set is taken with each partition's committed end, and used once we have read
+        # that far (a later end would do too, but under load it would never be reached).
+        if any(q not in self.barriers for q in ready):
+            pending = self._pending()
+            if pending is None:
+                return
+            now_ns = time.time_ns()
+            for q in ready:
+                if q not in self.barriers:
+                    end = self._committed_end(q)
+                    if end is None:
+                        return
+                    self.barriers[q] = (pending, end, now_ns)
         for q in ready:
+            pending, end, now_ns = self.barriers[q]
+            if max(self.positions.get((self.cfg.repartition_topic, q), -1), self.eof_at.get(q, -1)) < end:
+                continue
+            del self.barriers[q]
             st = self.states[q]
             wm = watermark(st.sources, pending, now_ns)
             if wm > st.watermark:
@@ -622,10 +659,12 @@ class StreamRunner:
 
     # -- transactions -----------------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self) -> bool:
+        """Commit the open transaction (snapshots, offsets, outputs). False when it was aborted and
+        the state rewound to the last commit (the caller must not take its outputs as published)."""
         assert self.producer is not None and self.consumer is not None
         if not self._has_work():
-            return
+            return True
         for q in sorted(self.dirty):
             st = self.states.get(q)
             if st is None:
@@ -648,7 +687,7 @@ class StreamRunner:
             self._replace_producer(str(e))
             self.counters.aborted += 1
             self._rewind()
-            return
+            return False
         except KafkaException as e:
             err = e.args[0]
             if err.txn_requires_abort():
@@ -657,7 +696,7 @@ class StreamRunner:
                 self.producer.begin_transaction()
                 self.counters.aborted += 1
                 self._rewind()
-                return
+                return False
             raise
         self.counters.transactions += 1
         self.changed.clear()
@@ -667,6 +706,7 @@ class StreamRunner:
         for cb in self.on_outputs:
             cb(outs)
         self.producer.begin_transaction()
+        return True
 
     def _replace_producer(self, why: str) -> None:
         """A transactional call that outlived its own timeout (librdkafka can wait forever for a group
@@ -705,6 +745,7 @@ class StreamRunner:
         self.dirty.clear()
         self.eof.clear()
         self.eof_at.clear()
+        self.barriers.clear()
         self.produced = 0
         self._uncommitted = []
 
