@@ -264,9 +264,8 @@ def test_two_instances_of_each_consumer_through_a_broker_kill(healthy: LocalClus
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "known, watched: the group-coordinator case failed in CI at 8f664e1; it has passed in every run "
-    "since (three CI runs and nine local runs on 2026-11-30), kept marked until the alerts' remaining "
-    "failover difference is understood"))
+    "known, open: the group-coordinator case failed in CI at 8f664e1 and again at 269d558, after passing "
+    "in three CI runs and nine local runs in between; the transaction-coordinator case has passed in all"))
 @pytest.mark.parametrize("which", ["transaction", "group"])
 def test_coordinators_broker_killed_mid_transaction(healthy: LocalCluster, scenario: dict[str, Any], which: str,
                                                     tmp_path: Path) -> None:
