@@ -14,9 +14,10 @@ import json
 import socket
 import sys
 
-# the programs, then the maps, in the order their fds are sent
-PROGRAMS = ("xdp_capture", "tc_egress")
+# the programs (function, bcc program type), then the maps, in the order their fds are sent
+PROGRAMS = (("xdp_capture", "XDP"), ("tc_egress", "SCHED_CLS"))
 MAPS = ("events", "counters", "config")
+FDS = len(PROGRAMS) + len(MAPS)
 
 
 def main() -> int:
@@ -26,9 +27,8 @@ def main() -> int:
         from bcc import BPF
 
         b = BPF(src_file=request["src"].encode(), cflags=request["cflags"])
-        xdp = b.load_func(b"xdp_capture", BPF.XDP)
-        tc = b.load_func(b"tc_egress", BPF.SCHED_CLS)
-        fds = [xdp.fd, tc.fd] + [b[name.encode()].map_fd for name in MAPS]
+        fds = [b.load_func(fn.encode(), getattr(BPF, kind)).fd for fn, kind in PROGRAMS]
+        fds += [b[name.encode()].map_fd for name in MAPS]
         meta = {"ok": True, "ringbuf_size": int(b[b"events"].max_entries)}
         socket.send_fds(sock, [json.dumps(meta).encode()], fds)
     except Exception as e:  # reported to the parent, which raises BpfLoadError

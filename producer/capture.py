@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from pktstream.bpf import BPF_DIR, PROGRAM
-from pktstream.producer import sysbpf
+from pktstream.producer import bpfloader, sysbpf
 from pktstream.producer.ringbuf import RingReader
 from pktstream.runtime.errors import BpfLoadError, InterfaceError, PrivilegeError
 from pktstream.schemas import record
@@ -230,10 +230,13 @@ class Capture:
         shown = _tc("filter", "show", "dev", self.interface, "egress", "pref", str(TC_PREF)).stdout
         if "bpf" not in shown:
             return
-        r = _tc("filter", "del", "dev", self.interface, "egress", "pref", str(TC_PREF))
+        r = self._del_tc_filter()
         log.warning("stale_egress_filter_removed", interface=self.interface, pref=TC_PREF,
                     ok=r.returncode == 0, error=r.stderr.strip() or None,
                     reason="a previous producer did not detach it (killed on the clsact path)")
+
+    def _del_tc_filter(self) -> subprocess.CompletedProcess[str]:
+        return _tc("filter", "del", "dev", self.interface, "egress", "pref", str(TC_PREF))
 
     def detach(self) -> None:
         if self.link_fd is not None:
@@ -244,7 +247,7 @@ class Capture:
             os.close(self.egress_link_fd)
             self.egress_link_fd = None
         elif self.egress_hook == "tc":
-            _tc("filter", "del", "dev", self.interface, "egress", "pref", str(TC_PREF))
+            self._del_tc_filter()
         if self.egress_hook:
             log.info("egress_detached", interface=self.interface, hook=self.egress_hook)
             self.egress_hook = ""
@@ -329,19 +332,19 @@ def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tupl
             child.close()
         parent.settimeout(timeout_s)
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, 5)
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, bpfloader.FDS)
         except TimeoutError:
             proc.kill()
             raise BpfLoadError(f"compiling the capture programs took more than {timeout_s:.0f}s") from None
         _, err = proc.communicate(timeout=timeout_s)
     if not msg:
-        raise BpfLoadError(f"the XDP program loader died: {err.strip()[-2000:]}")
+        raise BpfLoadError(f"the capture programs' loader died: {err.strip()[-2000:]}")
     meta = json.loads(msg)
-    if not meta.get("ok") or len(fds) != 5:
+    if not meta.get("ok") or len(fds) != bpfloader.FDS:
         for fd in fds:
             os.close(fd)
         detail = meta.get("error", "no file descriptors received")
-        raise BpfLoadError(f"loading the XDP program failed: {detail}\n{err.strip()[-3000:]}")
+        raise BpfLoadError(f"loading the capture programs failed: {detail}\n{err.strip()[-3000:]}")
     return fds, int(meta["ringbuf_size"])
 
 

@@ -209,7 +209,7 @@ class ProducerRun:
                                     directions=self.directions))
         log.info("producer_started", interface=cfg.interface, topic=cfg.topic, bootstrap=self.bootstrap,
                  run_id=self.run_id, host_id=cfg.host_id, schema_fp=self.fingerprint,
-                 directions=self.capture.directions, egress_hook=self.capture.egress_hook or None)
+                 directions=self.directions, egress_hook=self.capture.egress_hook or None)
         figures = Figures(self, tty=sys.stderr.isatty(), interval_s=cfg.stats_interval_s)
         started = time.monotonic()
         self._next_stats = started + cfg.stats_publish_s

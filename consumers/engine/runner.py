@@ -446,16 +446,11 @@ class StreamRunner:
         before another instance's last commit is stale (the fetch that would bring its rows may
         still be on its way, or wait for a partition's new leader): the last stable offset now
         (read_committed's high watermark) against where the end was seen says."""
-        assert self.consumer is not None
         for t, p in self.assigned:
             if t != self.cfg.repartition_topic:
                 continue
-            try:
-                _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
-            except KafkaException as e:
-                log.warning("watermark_check_failed", error=str(e))
-                return False
-            if self.eof_at.get(p, -1) < hi:
+            end = self._committed_end(p)
+            if end is None or self.eof_at.get(p, -1) < end:
                 return False
         return True
 

@@ -11,6 +11,7 @@
 -- Rollups and the Replacing tables merge within a shard only: query rollups with sum() and GROUP BY,
 -- usage and alerts through the Distributed tables with FINAL (the rows of one key land on one
 -- shard as long as one topic partition feeds one node at a time).
+-- Generated from single-node.sql by make_cluster.py: edit that file, then run this script.
 
 CREATE DATABASE IF NOT EXISTS pktstream ON CLUSTER '${CLUSTER}';
 

@@ -6,6 +6,7 @@ are parsed by ClickHouse's own parser (it needs Keeper and several servers to ru
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import ipaddress
 import json
@@ -243,6 +244,12 @@ def test_every_statement_parses(name: str, tmp_path: Path) -> None:
     single = {m.group(1) for st in statements(DEPLOY / "single-node.sql", **values)
               for m in [re.search(r"CREATE (?:TABLE|MATERIALIZED VIEW) pktstream\.(\w+)", st)] if m}
     if name == "cluster.sql":
+        # one source: cluster.sql is what make_cluster.py writes from single-node.sql
+        spec = importlib.util.spec_from_file_location("make_cluster", DEPLOY / "make_cluster.py")
+        assert spec is not None and spec.loader is not None
+        make = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(make)
+        assert (DEPLOY / "cluster.sql").read_text() == make.cluster_sql((DEPLOY / "single-node.sql").read_text())
         stored = {t for t in single if not t.endswith(("_queue", "_mv"))}
         assert created == single | {f"{t}_local" for t in stored}
         assert all("ON CLUSTER 'pktstream'" in st for st in sts)

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
@@ -23,7 +22,7 @@ import structlog
 from pktstream.producer import sysbpf
 from pktstream.producer.capture import TC_PREF, Capture
 from pktstream.schemas import record as R
-from tests.support.frames import build_cases, check_record, record_dict
+from tests.support.frames import build_cases, check_record, read_records, record_dict
 from tests.support.helpers import NetnsHost
 
 pytestmark = pytest.mark.kernel
@@ -64,11 +63,7 @@ def test_frames_sent_from_the_host_are_egress_records(capture: Capture, test_hos
         assert f"pref {TC_PREF}" in tc_filters(test_host.host_if)
     t0 = time.monotonic_ns()
     send_from_host(test_host.host_if, [c.frame for c in cases])
-    deadline = time.monotonic() + 5
-    recs: list[Any] = []
-    while len(recs) < len(cases) and time.monotonic() < deadline:
-        capture.reader.wait(0.1)
-        recs.extend(capture.reader.read(1000))
+    recs = read_records(capture, len(cases))
     t1 = time.monotonic_ns()
     c = capture.counters()
     capture.detach()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
 
 import pytest
 
 from pktstream.producer.capture import Capture
 from pktstream.schemas import record as R
-from tests.support.frames import build_cases, check_record, record_dict
+from tests.support.frames import build_cases, check_record, read_records, record_dict
 from tests.support.helpers import NetnsHost
 
 pytestmark = pytest.mark.kernel
@@ -31,11 +30,7 @@ def test_every_field_of_every_frame(capture: Capture, test_host: NetnsHost) -> N
     capture.attach(test_host.host_if)
     t0 = time.monotonic_ns()
     test_host.send_frames(c.frame for c in cases)
-    deadline = time.monotonic() + 5
-    recs: list[Any] = []
-    while len(recs) < len(cases) and time.monotonic() < deadline:
-        capture.reader.wait(0.1)
-        recs.extend(capture.reader.read(1000))
+    recs = read_records(capture, len(cases))
     t1 = time.monotonic_ns()
     capture.detach()
 

@@ -7,6 +7,7 @@ each case states what a user must find in the record.
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,3 +181,13 @@ def check_record(case: Case, rec: dict[str, Any], payload_bytes: int, ifindex: i
         assert bytes(rec["payload"][: exp["cap_len"]]) == case.payload[:payload_bytes], case.name
     else:
         assert "payload" not in rec
+
+
+def read_records(capture: Any, n: int, timeout_s: float = 5.0) -> list[Any]:
+    """Up to ``n`` records from a capture's ring buffer, waiting at most ``timeout_s`` for them."""
+    deadline = time.monotonic() + timeout_s
+    recs: list[Any] = []
+    while len(recs) < n and time.monotonic() < deadline:
+        capture.reader.wait(0.1)
+        recs.extend(capture.reader.read(1000))
+    return recs
