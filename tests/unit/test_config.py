@@ -19,14 +19,17 @@ def test_defaults() -> None:
 def test_every_problem_is_listed_at_once() -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(
-            flags={"payload_bytes": 300, "codec": "lzma", "xdp_mode": "turbo", "topic": "bad topic!"},
+            flags={"payload_bytes": 300, "codec": "lzma", "xdp_mode": "turbo", "topic": "bad topic!",
+                   "direction": "sideways", "egress_hook": "ebpf"},
             env={"PKTSTREAM_RINGBUF_BYTES": "1000", "PKTSTREAM_BATCH_RECORDS": "many", "PKTSTREAM_NOPE": "1"},
         )
     msg = str(ei.value)
     problems = ei.value.problems
-    assert len(problems) == 7, problems
+    assert len(problems) == 9, problems
     for needle in ("payload_bytes: 300", "codec: 'lzma'", "xdp_mode: 'turbo'", "topic: 'bad topic!'",
-                   "ringbuf_bytes: 1000", "batch_records: 'many' is not a valid int", "PKTSTREAM_NOPE"):
+                   "ringbuf_bytes: 1000", "batch_records: 'many' is not a valid int", "PKTSTREAM_NOPE",
+                   "direction: 'sideways' is not one of both, ingress, egress",
+                   "egress_hook: 'ebpf' is not one of auto, tcx, tc"):
         assert needle in msg
 
 
