@@ -63,9 +63,12 @@ class MetricsServer:
         counters: dict[str, str],
         gauges: dict[str, str],
         prefix: str = "pktstream",
+        collectors: list[Collector] | None = None,
     ) -> None:
         registry = CollectorRegistry()
         registry.register(_Collector(prefix, snapshot, labels, counters, gauges))
+        for c in collectors or []:  # metrics a consumer app keeps itself (the usage RED histograms)
+            registry.register(c)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Tools only the test suite needs, beyond scripts/setup.sh: helm, for the chart in deploy/helm
-# (tests/unit/test_deploy.py renders it). Built from the Go module proxy once, cached under
-# ~/.cache/pktstream/bin. Idempotent.
+# Tools only the test suite needs, beyond scripts/setup.sh: Debian's prometheus (the RED metrics
+# test scrapes pktstream usage with it; the package's own service is not started), and helm, for
+# the chart in deploy/helm (tests/unit/test_deploy.py renders it), built from the Go module proxy
+# once, cached under ~/.cache/pktstream/bin. Idempotent.
 set -euo pipefail
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"  # go and the cache need one
 say() { printf '[test-tools] %s\n' "$*" >&2; }
+if ! command -v prometheus >/dev/null; then
+  say "installing Debian's prometheus (the server only; its service stays stopped)"
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then  # no service starts while the package installs
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+           --no-install-recommends prometheus >/dev/null; }
+  [ "$made_policy" = 0 ] || rm -f "$policy"
+fi
 HELM_VERSION=v3.22.0
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/pktstream/bin"
 # (a helm built by go install reports its version without the patch level: a stamp file says it)

@@ -3,7 +3,9 @@
  * through ctypes; every read is bounded by the prefix length (tests fuzz them).
  *
  * Output per record, 10 int32 (see pktstream/consumers/engine/parse.py for the Python names):
- *   kind, method, path_off, path_len, host_off, host_len, flags, version, reserved, reserved
+ *   kind, method, path_off, path_len, host_off, host_len, flags, version, status, content_length
+ * status: an HTTP/1.x response's status code (0 otherwise); content_length: the Content-Length
+ * header's value when the prefix holds it whole (requests and responses), else -1.
  */
 #include <stdint.h>
 #include <string.h>
@@ -27,8 +29,64 @@ static inline uint8_t lc(uint8_t c)
 	return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c;
 }
 
+/* The value of a Content-Length header among the header lines from s on (up to the blank line),
+ * -1 when there is none within the prefix or it is not a whole number. */
+static int32_t content_length(const uint8_t *p, int64_t len, int64_t s)
+{
+	while (s < len && p[s] != '\r' && p[s] != '\n') {
+		int64_t e = s;
+		while (e < len && p[e] != '\n')
+			e++;
+		if (e >= len) /* the line is cut: its value may be too */
+			return -1;
+		static const char CL[] = "content-length:";
+		if (e - s >= 15) {
+			int k = 0;
+			while (k < 15 && lc(p[s + k]) == (uint8_t)CL[k])
+				k++;
+			if (k == 15) {
+				int64_t v = s + 15, n = 0;
+				while (v < e && (p[v] == ' ' || p[v] == '\t'))
+					v++;
+				if (v >= e || p[v] < '0' || p[v] > '9')
+					return -1;
+				while (v < e && p[v] >= '0' && p[v] <= '9') {
+					n = n * 10 + (p[v] - '0');
+					if (n > 0x7fffffff)
+						return -1;
+					v++;
+				}
+				while (v < e && (p[v] == ' ' || p[v] == '\t' || p[v] == '\r'))
+					v++;
+				return v < e ? -1 : (int32_t)n; /* something after the digits: not a length */
+			}
+		}
+		s = e + 1;
+	}
+	return -1;
+}
+
+static void parse_response(const uint8_t *p, int64_t len, int32_t *o)
+{
+	o[0] = K_HTTP1_RESPONSE;
+	o[7] = 10 + (p[7] - '0');
+	o[9] = -1;
+	/* "HTTP/1.x NNN" */
+	if (len >= 12 && p[8] == ' ' && p[9] >= '1' && p[9] <= '5' && p[10] >= '0' && p[10] <= '9' &&
+	    p[11] >= '0' && p[11] <= '9')
+		o[8] = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+	else
+		o[6] |= F_LINE_CUT;
+	int64_t eol = 8;
+	while (eol < len && p[eol] != '\n')
+		eol++;
+	if (eol < len)
+		o[9] = content_length(p, len, eol + 1);
+}
+
 static void parse_http1(const uint8_t *p, int64_t len, int method, int32_t *o)
 {
+	o[9] = -1;
 	int64_t i = (int64_t)strlen(METHODS[method]);
 	o[0] = K_HTTP1;
 	o[1] = method;
@@ -46,6 +104,7 @@ static void parse_http1(const uint8_t *p, int64_t len, int method, int32_t *o)
 		o[6] |= F_LINE_CUT | F_HEADERS_CUT;
 		return;
 	}
+	o[9] = content_length(p, len, eol + 1);
 	/* header lines */
 	int64_t s = eol + 1;
 	for (;;) {
@@ -157,8 +216,7 @@ int64_t pkt_parse_payloads(const uint8_t *payload, int64_t n, int64_t stride, in
 			continue;
 		}
 		if (len >= 8 && memcmp(p, "HTTP/1.", 7) == 0) {
-			o[0] = K_HTTP1_RESPONSE;
-			o[7] = 10 + (p[7] - '0');
+			parse_response(p, len, o);
 			found++;
 			continue;
 		}

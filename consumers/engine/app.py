@@ -32,6 +32,7 @@ COUNTERS = {
 GAUGES = {
     "open_windows": "Windows open in this process's partitions.",
     "flows": "Connections in the flow table.",
+    "waiting_requests": "Requests waiting for their answers (usage).",
     "open_alerts": "Alerts open (firing) in this process's partitions.",
 }
 
@@ -98,7 +99,7 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
 
 
 def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,
-            output_topic: str, on_outputs: Any, output_partitions: int = 6) -> int:
+            output_topic: str, on_outputs: Any, output_partitions: int = 6, collectors: list[Any] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -115,7 +116,8 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
             return (age < 30, f"loop turned {age:.1f}s ago")
 
         server = MetricsServer(args.metrics_address, args.metrics_port, runner.figures, health,
-                               {"app_id": cfg.app_id}, prefix="pktstream_consumer", counters=COUNTERS, gauges=GAUGES)
+                               {"app_id": cfg.app_id}, prefix="pktstream_consumer", counters=COUNTERS, gauges=GAUGES,
+                               collectors=collectors)
         log.info("metrics_listening", address=args.metrics_address, port=server.port)
     try:
         runner.run(duration_s=args.duration)

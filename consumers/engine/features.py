@@ -21,25 +21,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.consumers.engine.parse import FLAGS as PFLAGS
 from pktstream.consumers.engine.parse import (
+    CONTENT_LENGTH,
     HOST_LEN,
     HOST_OFF,
     KIND,
     KIND_H2_PREFACE,
     KIND_HTTP1,
+    KIND_HTTP1_RESPONSE,
     KIND_TLS_HELLO,
     METHOD,
     PATH_LEN,
     PATH_OFF,
+    STATUS,
     parse_payloads,
 )
+from pktstream.consumers.engine.parse import FLAGS as PFLAGS
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import DecodeError
 from pktstream.schemas.protocols import ACK, PROTO_TCP, PROTO_UDP, SYN
 
 MAGIC = b"PSFB"
-VERSION = 2  # 2: the fh column
+VERSION = 3  # 2: the fh column; 3: answer, status, content_length, ts_data
 
 FEATURE_DTYPE = np.dtype([
     ("ts_ns", "<i8"),
@@ -69,6 +72,12 @@ FEATURE_DTYPE = np.dtype([
     ("syns", "<u4"),  # SYNs without ACK, scaled by sample_rate
     ("flags_or", "u1"),  # TCP flags of all of them, or-ed
     ("fh", "<u8"),  # flow_hash of the 5-tuple (computed once, in stage one)
+    # conversations (featurize(answers=True)): the row is oriented client -> server whichever way
+    # its packets went, and answer says they went from the server to the client
+    ("answer", "u1"),
+    ("status", "<u2"),  # an HTTP/1.x response's status code (0 otherwise)
+    ("content_length", "<i4"),  # Content-Length of an HTTP/1.x request or response (-1: not in the prefix)
+    ("ts_data", "<i8"),  # the first of the row's packets that carries payload: its ts_ns (0: none does)
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
@@ -89,6 +98,57 @@ REQUEST_KINDS = (KIND_HTTP1, KIND_H2_PREFACE, KIND_TLS_HELLO)
 # kind -> bool tables (parse.KIND_* are small numbers): one lookup instead of np.isin's passes
 _IS_REQUEST = np.isin(np.arange(16), REQUEST_KINDS)
 _IS_HTTP1_OR_TLS = np.isin(np.arange(16), (KIND_HTTP1, KIND_TLS_HELLO))
+_STARTS_RUN = np.isin(np.arange(16), (*REQUEST_KINDS, KIND_HTTP1_RESPONSE))
+_ANSWER_BIT = np.uint64(1 << 63)
+
+
+def _port_rank(port: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """How much a port looks like a client's: 0 for well-known ports (< 1024), 2 for the
+    ephemeral range (>= 32768), 1 between."""
+    p = port.astype(np.int64)
+    return (p >= 1024).astype(np.int64) + (p >= 32768)
+
+
+def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[Any], dport: npt.NDArray[Any],
+               proto: npt.NDArray[Any], flags: npt.NDArray[Any], kind: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Which packets go from a server to its client (addresses as (n, 2) words).
+
+    A conversation's server is known from its packets in the batch that say so, the first of
+    them deciding: a request (HTTP/1.x request line, TLS ClientHello, HTTP/2 preface) or a SYN
+    goes to the server, an HTTP/1.x response or a SYN-ACK comes from it. A conversation none of
+    whose packets say so is judged by its ports: the server's is the well-known one (< 1024),
+    else the one outside the ephemeral range (< 32768), else the lower; equal ports: the
+    destination is the server."""
+    m = len(sport)
+    if m == 0:
+        return np.zeros(0, dtype=bool)
+    # the conversation's endpoints in a fixed order: lo, hi (by address words, then port)
+    s0, s1, d0, d1 = src[:, 0], src[:, 1], dst[:, 0], dst[:, 1]
+    src_hi = (s0 > d0) | ((s0 == d0) & ((s1 > d1) | ((s1 == d1) & (sport > dport))))
+    lo = np.where(src_hi[:, None], dst, src)
+    hi = np.where(src_hi[:, None], src, dst)
+    lo_p = np.where(src_hi, dport, sport)
+    hi_p = np.where(src_hi, sport, dport)
+    conv = flow_hash(lo, hi, lo_p, hi_p, proto)
+    # evidence: +1 the packet goes to the server, -1 it comes from it
+    syn = (flags & (SYN | ACK)) == SYN
+    synack = (flags & (SYN | ACK)) == (SYN | ACK)
+    tcp = proto == PROTO_TCP
+    to_server = _IS_REQUEST[kind] | (syn & tcp)
+    from_server = (kind == KIND_HTTP1_RESPONSE) | (synack & tcp)
+    # the heuristic: is the conversation's server its hi endpoint?
+    rl, rh = _port_rank(lo_p), _port_rank(hi_p)
+    server_hi = (rh < rl) | ((rh == rl) & (hi_p < lo_p)) | ((rh == rl) & (hi_p == lo_p) & ~src_hi)
+    ev = np.flatnonzero(to_server | from_server)
+    if len(ev):
+        # the first evidence per conversation: server is hi when (to the server) == (dst is hi)
+        ev_hi = np.where(to_server[ev], ~src_hi[ev], src_hi[ev])
+        keys, first = np.unique(conv[ev], return_index=True)
+        at = np.searchsorted(keys, conv)
+        at[at == len(keys)] = 0
+        known = keys[at] == conv
+        server_hi = np.where(known, ev_hi[first][at], server_hi)
+    return np.asarray(src_hi == server_hi, dtype=bool)
 
 
 @dataclass
@@ -149,7 +209,7 @@ def flow_order(fh: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
 
 
 def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only: bool = False,
-              coalesce_ns: int = 0, keep_apart: Any = None) -> Features:
+              coalesce_ns: int = 0, keep_apart: Any = None, answers: bool = False) -> Features:
     """One packet container's records as feature rows (the strings they need included).
 
     ``transport_only`` keeps TCP and UDP over IP. ``coalesce_ns`` > 0 folds each run of one
@@ -157,7 +217,12 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     batch) and stays within one window of that length into one row: the first packet's fields,
     packets, bytes and SYNs summed, flags or-ed; ``keep_apart(tcp_flags, protocol)`` (nonzero:
     keep apart) names packets that stay rows of their own. ``attack_scan`` ((payloads, lengths) ->
-    attack bits per row) marks HTTP request payloads; it is given each distinct prefix once."""
+    attack bits per row) marks HTTP request payloads; it is given each distinct prefix once.
+
+    ``answers``: packets of both directions become rows of their conversation, each oriented
+    client -> server (source and destination swapped for the server's packets, which have
+    ``answer`` set; see answers_of), so that both directions share one flow hash; runs fold
+    one direction's packets. Without it, a host's egress records are left out."""
     n = batch.n
     c = batch.columns
     strings = StringTable()
@@ -167,7 +232,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     sel: npt.NDArray[np.intp] | None = None
     wanted: npt.NDArray[np.bool_] | None = None
     direction = c.get("direction")
-    if direction is not None and direction.any():
+    if not answers and direction is not None and direction.any():
         # the answers a host sends (egress records) are not features yet: requests, scans and
         # floods are judged on what arrives
         wanted = direction == 0
@@ -203,14 +268,24 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     idx: npt.NDArray[np.intp] = np.arange(m)
     packets = rate
     flags_or = flags
+    answer: npt.NDArray[np.bool_] | None = None
+    if answers and m:
+        answer = answers_of(src, dst, sport, dport, proto, flags, kind)
+        if answer.any():
+            src, dst = np.where(answer[:, None], dst, src), np.where(answer[:, None], src, dst)
+            sport, dport = np.where(answer, dport, sport), np.where(answer, sport, dport)
+    data_ts = np.where(col("payload_len") > 0, ts, 0) if answers else None
     fh = flow_hash(src, dst, sport, dport, proto) if m else np.zeros(0, np.uint64)
     if coalesce_ns and m:
-        order = flow_order(fh)
+        order = flow_order(fh if answer is None else fh ^ np.where(answer, _ANSWER_BIT, np.uint64(0)))
         fs = fh[order] >> np.uint64(20)
         w = ts[order] // coalesce_ns
         new = np.empty(m, dtype=bool)
         new[0] = True
-        new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | _IS_REQUEST[kind[order][1:]]
+        new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | _STARTS_RUN[kind[order][1:]]
+        if answer is not None:
+            a_s = answer[order]
+            new[1:] |= a_s[1:] != a_s[:-1]
         if keep_apart is not None:
             odd = np.asarray(keep_apart(flags, proto))[order] != 0
             new[1:] |= odd[1:] | odd[:-1]
@@ -220,6 +295,12 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         nbytes = np.add.reduceat(nbytes[order], starts)
         syns = np.add.reduceat(syns[order], starts)
         flags_or = np.bitwise_or.reduceat(flags[order], starts)
+        if data_ts is not None:  # the earliest packet with payload: 0 (none) must not win
+            big = np.iinfo(np.int64).max
+            first_data = np.minimum.reduceat(np.where(data_ts[order] > 0, data_ts[order], big), starts)
+            data_ts = np.where(first_data == big, 0, first_data)
+    elif data_ts is not None:
+        data_ts = data_ts[idx]
     k = len(idx)
     rows = np.zeros(k, dtype=FEATURE_DTYPE)
     rows["origin"] = o
@@ -243,12 +324,20 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["syns"] = syns
     rows["flags_or"] = flags_or
     rows["fh"] = fh[idx]
+    if answer is not None:
+        rows["answer"] = answer[idx]
+    if data_ts is not None:
+        rows["ts_data"] = data_ts
+    rows["content_length"] = -1
     if not has_payload:
         return Features(rows, strings.items)
     pk = parsed[idx]
     rows["kind"] = pk[:, KIND]
     rows["method"] = pk[:, METHOD]
     rows["pflags"] = pk[:, PFLAGS]
+    rows["status"] = pk[:, STATUS]
+    http = (pk[:, KIND] == KIND_HTTP1) | (pk[:, KIND] == KIND_HTTP1_RESPONSE)
+    rows["content_length"] = np.where(http, pk[:, CONTENT_LENGTH], -1)
     req = np.flatnonzero(_IS_HTTP1_OR_TLS[pk[:, KIND]])
     if req.size == 0:
         return Features(rows, strings.items)

@@ -16,7 +16,7 @@ from pktstream.runtime.native import load_native
 _native = load_native()
 
 OUT_COLS = 10
-KIND, METHOD, PATH_OFF, PATH_LEN, HOST_OFF, HOST_LEN, FLAGS, VERSION = range(8)
+KIND, METHOD, PATH_OFF, PATH_LEN, HOST_OFF, HOST_LEN, FLAGS, VERSION, STATUS, CONTENT_LENGTH = range(10)
 KIND_NONE, KIND_HTTP1, KIND_H2_PREFACE, KIND_TLS_HELLO, KIND_HTTP1_RESPONSE = range(5)
 METHODS = ("", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
 F_LINE_CUT, F_HEADERS_CUT, F_NO_HOST, F_TLS_CUT = 1, 2, 4, 8
@@ -36,7 +36,9 @@ def payload_args(payload: npt.ArrayLike, cap_len: npt.ArrayLike) -> tuple[npt.ND
 
 
 def parse_payloads(payload: npt.NDArray[np.uint8], cap_len: npt.ArrayLike) -> npt.NDArray[np.int32]:
-    """(n, 10) int32: kind, method, path offset/length, host (or SNI) offset/length, flags, version."""
+    """(n, 10) int32: kind, method, path offset/length, host (or SNI) offset/length, flags, version,
+    an HTTP/1.x response's status code (0 otherwise), Content-Length (-1 when the prefix does not
+    hold it whole; 0 for what is not HTTP/1.x)."""
     payload, lens, n, width = payload_args(payload, cap_len)
     out = np.zeros((n, OUT_COLS), dtype=np.int32)
     if n and width:

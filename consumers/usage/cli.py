@@ -6,6 +6,7 @@ import argparse
 
 from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
 from pktstream.runtime.cli import Verb
+from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.log import configure_logging
 
 
@@ -17,19 +18,36 @@ def usage_arguments(us: argparse.ArgumentParser) -> None:
     us.add_argument("--top", type=int, default=15, help="rows of the table")
     us.add_argument("--top-clients", type=int, default=10, help="clients listed per API and window")
     us.add_argument("--no-hours", action="store_true", help="do not publish the hourly roll-up")
+    us.add_argument("--response-timeout-s", type=float, default=30.0,
+                    help="a request no answer follows within this is counted as unanswered")
+    us.add_argument("--metrics-max-apis", type=int, default=100,
+                    help="API label values per server in the /metrics RED histograms; the rest are _OTHER")
 
 
 def usage_run(args: argparse.Namespace) -> int:
     from pktstream.consumers.catalog import Catalog
     from pktstream.consumers.usage.processor import UsageProcessor
+    from pktstream.consumers.usage.red import RedMetrics
     from pktstream.consumers.usage.table import UsageView
 
     configure_logging(args.log_format, "info")
-    cfg = stream_config(args, "pktstream-usage")
+    problems = []
+    if not args.response_timeout_s > 0:
+        problems.append(f"--response-timeout-s must be > 0, got {args.response_timeout_s}")
+    if args.metrics_max_apis < 1:
+        problems.append(f"--metrics-max-apis must be >= 1, got {args.metrics_max_apis}")
+    try:
+        cfg = stream_config(args, "pktstream-usage")
+    except ConfigError as e:
+        raise ConfigError([*e.problems, *problems]) from None
+    if problems:
+        raise ConfigError(problems)
     catalog = Catalog.load(args.catalog)
-    proc = UsageProcessor(catalog, args.usage_topic, args.grace_s, args.top_clients, hours=not args.no_hours)
+    red = RedMetrics(args.metrics_max_apis) if args.metrics_port else None
+    proc = UsageProcessor(catalog, args.usage_topic, args.grace_s, args.top_clients, hours=not args.no_hours,
+                          response_timeout_s=args.response_timeout_s, red=red)
     view = UsageView(args.output, args.top)
-    return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view)
+    return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view, collectors=[red] if red else None)
 
 
 def openapi_arguments(oa: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ so hours are exact roll-ups (distinct clients included).
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +45,14 @@ from pktstream.consumers.engine.parse import (
     F_LINE_CUT,
     F_TLS_CUT,
     KIND_H2_PREFACE,
+    KIND_HTTP1,
+    KIND_HTTP1_RESPONSE,
     KIND_TLS_HELLO,
     METHODS,
 )
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.engine.snapshot import array as snapshot_array
+from pktstream.consumers.usage.responses import NBUCKETS, QUEUE_DTYPE, Paired, Pairing, bucket, quantile_ms
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import Batch
@@ -60,7 +64,11 @@ HOUR_NS = 3600_000_000_000
 FLOW_IDLE_NS = 600_000_000_000  # a connection without a request for 10 minutes leaves the flow table
 MAX_PENDING_FLOWS = 200_000
 CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find it for 10 s
+RESPONSE_TIMEOUT_S = 30.0  # a request no answer follows within this is unanswered
 _PARSED = fastavro.parse_schema(load_schema_json("usage"))
+ANSWER_FIELDS = ("response_packets", "response_bytes", "responses", "unanswered", "status_classes", "status_codes",
+                 "latency_buckets", "latency_sum_us", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+                 "error_rate", "latency_count")
 
 
 class Clients:
@@ -130,6 +138,22 @@ class Clients:
         return cls(addr, cnt)
 
 
+def _add_pending(a: Agg, pend: Pending, acc: list[int]) -> None:
+    """A waiting connection's packets of one window ([packets, bytes, syns, the server's packets,
+    their bytes]) added to an API's window."""
+    p, b, s = acc[0], acc[1], acc[2]
+    a.packets += p
+    a.nbytes += b
+    a.syns += s
+    a.seen_by |= pend.origins
+    if p or b:
+        a.clients.add(*_one_client(pend.src, p, b))
+    if len(acc) > 3 and acc[3]:
+        a.answered = True
+        a.rpackets += acc[3]
+        a.rbytes += acc[4]
+
+
 def _one_client(src: bytes, packets: int, nbytes: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     return (np.frombuffer(src, dtype="<u8").reshape(1, 2).copy(), np.array([[0, packets, nbytes]], dtype=np.int64))
 
@@ -147,6 +171,15 @@ class Agg:
     methods: dict[str, int] = field(default_factory=dict)
     clients: Clients = field(default_factory=Clients)
     seen_by: set[str] = field(default_factory=set)
+    # the server's side (see responses.py); none of it is published unless answered
+    answered: bool = False  # some of the server's packets were seen
+    rpackets: int = 0
+    rbytes: int = 0
+    responses: int = 0
+    unanswered: int = 0
+    codes: dict[int, int] = field(default_factory=dict)  # status code -> responses (0: unreadable)
+    hist: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(NBUCKETS, np.int64))
+    latency_sum_us: int = 0
 
     def merge(self, o: Agg) -> None:
         self.requests += o.requests
@@ -159,15 +192,36 @@ class Agg:
             self.methods[k] = self.methods.get(k, 0) + v
         self.clients.extend(o.clients)
         self.seen_by |= o.seen_by
+        self.answered |= o.answered
+        self.rpackets += o.rpackets
+        self.rbytes += o.rbytes
+        self.responses += o.responses
+        self.unanswered += o.unanswered
+        for c, v in o.codes.items():
+            self.codes[c] = self.codes.get(c, 0) + v
+        self.hist = self.hist + o.hist
+        self.latency_sum_us += o.latency_sum_us
 
     def dump(self) -> list[Any]:
         return [self.requests, self.partial, self.packets, self.nbytes, self.syns, self.sampled, self.methods,
-                self.clients.dump(), sorted(self.seen_by)]
+                self.clients.dump(), sorted(self.seen_by),
+                [self.answered, self.rpackets, self.rbytes, self.responses, self.unanswered,
+                 {str(k): v for k, v in self.codes.items()}, self.hist.tolist(), self.latency_sum_us]]
 
     @classmethod
     def load(cls, d: list[Any]) -> Agg:
-        return cls(int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), bool(d[5]), dict(d[6]),
-                   Clients.load(d[7]), set(d[8]))
+        a = cls(int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), bool(d[5]), dict(d[6]),
+                Clients.load(d[7]), set(d[8]))
+        if len(d) > 9:  # written by a version that pairs answers
+            r = d[9]
+            a.answered, a.rpackets, a.rbytes, a.responses, a.unanswered = bool(r[0]), int(r[1]), int(r[2]), \
+                int(r[3]), int(r[4])
+            a.codes = {int(k): int(v) for k, v in r[5].items()}
+            a.hist = np.array(r[6], dtype=np.int64)
+            if a.hist.shape != (NBUCKETS,):
+                raise ValueError("snapshot: latency histogram of another size")
+            a.latency_sum_us = int(r[7])
+        return a
 
 
 @dataclass
@@ -177,7 +231,8 @@ class Pending:
     src: bytes
     service: str  # the catch-all API they go to if no request comes
     origins: set[str] = field(default_factory=set)
-    windows: dict[int, list[int]] = field(default_factory=dict)  # window start -> [packets, bytes, syns]
+    # window start -> [packets, bytes, syns, the server's packets, their bytes]
+    windows: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,6 +245,16 @@ class UsageState:
     apis: dict[str, ApiRef] = field(default_factory=dict)
     late_records: int = 0
     records: int = 0
+    pairing: Pairing = field(default_factory=lambda: Pairing(int(RESPONSE_TIMEOUT_S * 1e9)))
+    names: list[str] = field(default_factory=list)  # API names the request queue refers to
+    name_ix: dict[str, int] = field(default_factory=dict)
+
+    def name_id(self, name: str) -> int:
+        i = self.name_ix.get(name)
+        if i is None:
+            i = self.name_ix[name] = len(self.names)
+            self.names.append(name)
+        return i
 
 
 def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
@@ -208,17 +273,21 @@ def _protocol(kind: int, proto: int) -> str:
 
 class UsageProcessor:
     def __init__(self, catalog: Catalog, topic: str = "pktstream.usage", grace_s: float = 10.0,
-                 top_clients: int = 10, hours: bool = True) -> None:
+                 top_clients: int = 10, hours: bool = True, response_timeout_s: float = RESPONSE_TIMEOUT_S,
+                 red: Any = None) -> None:
         self.catalog = catalog
         self.topic = topic
         self.grace_ns = int(grace_s * 1e9)
         self.top_clients = top_clients
         self.hours = hours
+        self.timeout_ns = int(response_timeout_s * 1e9)
+        self.red = red  # metrics.RedMetrics: the answers as Prometheus histograms (process-local)
+        self._origin_crc: dict[str, int] = {}
 
     # -- stage one --------------------------------------------------------------------------
 
     def featurize(self, batch: Batch, origin: str) -> Features:
-        return featurize(batch, origin, transport_only=True, coalesce_ns=MINUTE_NS)
+        return featurize(batch, origin, transport_only=True, coalesce_ns=MINUTE_NS, answers=True)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
         rows = f.rows
@@ -234,7 +303,7 @@ class UsageProcessor:
     # -- stage two --------------------------------------------------------------------------
 
     def new_state(self) -> UsageState:
-        return UsageState()
+        return UsageState(pairing=Pairing(self.timeout_ns))
 
     def _service(self, st: UsageState, dst: bytes, port: int, proto: int) -> str:
         ref = self.catalog.match("", dst, port, "", "", "udp" if proto == PROTO_UDP else "tcp")
@@ -254,7 +323,8 @@ class UsageProcessor:
             if n == 0:
                 return
         kind = rows["kind"]
-        is_req = np.isin(kind, REQUEST_KINDS)
+        answer = rows["answer"] != 0
+        is_req = np.isin(kind, REQUEST_KINDS) & ~answer
         # 1. requests -> API, once per distinct (dst, port, method, host, path, kind)
         api_names: list[str] = []
         api_index: dict[str, int] = {}
@@ -363,10 +433,14 @@ class UsageProcessor:
                     sel = unk[us : us + uc]
                     win_s = win[order][sel]
                     for i, w in zip(pos_of[sel].tolist(), win_s.tolist(), strict=True):
-                        acc = pend.windows.setdefault(int(w), [0, 0, 0])
-                        acc[0] += int(rows_s["packets"][i])
-                        acc[1] += int(rows_s["nbytes"][i])
-                        acc[2] += int(rows_s["syns"][i])
+                        acc = pend.windows.setdefault(int(w), [0, 0, 0, 0, 0])
+                        if rows_s["answer"][i]:
+                            acc[3] += int(rows_s["packets"][i])
+                            acc[4] += int(rows_s["nbytes"][i])
+                        else:
+                            acc[0] += int(rows_s["packets"][i])
+                            acc[1] += int(rows_s["nbytes"][i])
+                            acc[2] += int(rows_s["syns"][i])
                         pend.origins.add(f.text(int(rows_s["origin"][i])))
                     wait_rows.append(sel)
             if wait_rows:
@@ -384,9 +458,76 @@ class UsageProcessor:
         row_api[order] = row_api_sorted
         # 5. aggregate per (window, API)
         ok = np.flatnonzero(row_api >= 0)
-        if ok.size == 0:
+        if ok.size:
+            self._aggregate(st, f, take(rows, ok), win[ok], row_api[ok], is_req[ok], api_names)
+        # 6. answers paired with requests
+        if answer.any() or st.pairing.queue.size or is_req.any():
+            self._pair(st, f, rows, row_api, is_req, answer, api_names)
+
+    def _pair(self, st: UsageState, f: Features, rows: npt.NDArray[Any], row_api: npt.NDArray[np.int64],
+              is_req: npt.NDArray[np.bool_], answer: npt.NDArray[np.bool_], api_names: list[str]) -> None:
+        crc = np.array([self._origin_crc.setdefault(s_, zlib.crc32(s_.encode())) for s_ in f.strings] or [0],
+                       dtype=np.int64)
+        conn = mix(rows["fh"], crc[np.maximum(rows["origin"], 0)])
+        ids = np.array([st.name_id(nm) for nm in api_names] or [0], dtype=np.int64)  # batch API -> state name
+        ans_conn = np.unique(conn[answer])
+        ri = np.flatnonzero(is_req)
+        reqs = np.zeros(len(ri), QUEUE_DTYPE)
+        if len(ri):
+            reqs["conn"] = conn[ri]
+            reqs["ts"] = rows["ts_ns"][ri]
+            reqs["api"] = ids[row_api[ri]]
+            reqs["method"] = rows["method"][ri]
+            reqs["http"] = rows["kind"][ri] == KIND_HTTP1
+            reqs["seen"] = np.isin(reqs["conn"], ans_conn)
+            reqs["content_length"] = rows["content_length"][ri]
+        status = rows["status"].astype(np.int64)
+        final = (status < 100) | (status >= 200) | (status == 101)  # 1xx interim answers are not answers
+        rs = np.flatnonzero(answer & (rows["kind"] == KIND_HTTP1_RESPONSE) & final)
+        r_api = np.full(len(rs), -1, np.int64)
+        if len(rs):
+            ra = row_api[rs]
+            r_api[ra >= 0] = ids[ra[ra >= 0]]
+            for j in np.flatnonzero(ra < 0).tolist():  # the connection waits for its request: the server's API
+                r = rows[rs[j]]
+                r_api[j] = st.name_id(self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]),
+                                                    int(r["protocol"])))
+        responses = {"conn": conn[rs], "ts": rows["ts_ns"][rs], "status": status[rs],
+                     "content_length": rows["content_length"][rs], "api": r_api}
+        ds = np.flatnonzero(answer & (rows["ts_data"] > 0))
+        first_bytes = {"conn": conn[ds], "ts": rows["ts_data"][ds]}
+        self._add_paired(st, st.pairing.add(reqs, ans_conn, responses, first_bytes))
+
+    def _add_paired(self, st: UsageState, p: Paired) -> None:
+        """Answers and unanswered requests into their windows (and the RED metrics)."""
+        m = len(p.api)
+        if m == 0:
             return
-        self._aggregate(st, f, take(rows, ok), win[ok], row_api[ok], is_req[ok], api_names)
+        win = (p.ts // MINUTE_NS) * MINUTE_NS
+        order = np.lexsort((p.api, win))
+        w_s, a_s = win[order], p.api[order]
+        starts = np.flatnonzero(np.r_[True, (w_s[1:] != w_s[:-1]) | (a_s[1:] != a_s[:-1])])
+        bounds = np.r_[starts, m]
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            sel = order[lo:hi]
+            name = st.names[int(a_s[lo])]
+            a = st.windows.setdefault(int(w_s[lo]), {}).setdefault(name, Agg())
+            a.answered = True
+            un = p.unanswered[sel]
+            a.unanswered += int(un.sum())
+            answered = sel[~un]
+            a.responses += len(answered)
+            if len(answered):
+                codes, cnt = np.unique(p.status[answered], return_counts=True)
+                for c, v in zip(codes.tolist(), cnt.tolist(), strict=True):
+                    a.codes[c] = a.codes.get(c, 0) + v
+                lat = p.latency[answered]
+                lat = lat[lat >= 0]
+                if len(lat):
+                    a.hist += np.bincount(bucket(lat), minlength=NBUCKETS)
+                    a.latency_sum_us += int((lat // 1000).sum())
+        if self.red is not None:
+            self.red.observe(st, p)
 
     def _aggregate(self, st: UsageState, f: Features, rows: npt.NDArray[Any], win: npt.NDArray[np.int64],
                    api: npt.NDArray[np.int64], is_req: npt.NDArray[np.bool_], api_names: list[str]) -> None:
@@ -397,8 +538,14 @@ class UsageProcessor:
         gi = gi.ravel()
         ng = len(groups)
         rate = rows["sample_rate"].astype(np.int64)
-        npk = rows["packets"].astype(np.int64)
-        nbytes = rows["nbytes"].astype(np.int64)
+        ans = rows["answer"] != 0
+        npk_all = rows["packets"].astype(np.int64)
+        nbytes_all = rows["nbytes"].astype(np.int64)
+        npk = np.where(ans, 0, npk_all)
+        nbytes = np.where(ans, 0, nbytes_all)
+        rpk = np.bincount(gi, np.where(ans, npk_all, 0), ng)
+        rby = np.bincount(gi, np.where(ans, nbytes_all, 0), ng)
+        nans = np.bincount(gi, ans, ng)
         reqw = np.where(is_req, rate, 0)
         cut = (rows["pflags"] & (F_LINE_CUT | F_HEADERS_CUT | F_TLS_CUT)) != 0
         packets = np.bincount(gi, npk, ng)
@@ -420,6 +567,10 @@ class UsageProcessor:
             a.nbytes += int(byts[j])
             a.syns += int(syns[j])
             a.sampled |= bool(sampled[j])
+            if nans[j]:
+                a.answered = True
+                a.rpackets += int(rpk[j])
+                a.rbytes += int(rby[j])
             aggs.append(a)
         # methods
         mrows = np.flatnonzero(is_req & (rows["method"] > 0))
@@ -432,8 +583,9 @@ class UsageProcessor:
                 d = aggs[k // 16].methods
                 d[m] = d.get(m, 0) + int(c)
         # clients: each group's rows go to its API's client table as they are (folded later)
-        corder = np.argsort(gi, kind="stable")
-        cstarts = np.searchsorted(gi[corder], np.arange(ng + 1))
+        gi_c = np.where(ans, ng, gi)  # the server's packets are not a client's
+        corder = np.argsort(gi_c, kind="stable")
+        cstarts = np.searchsorted(gi_c[corder], np.arange(ng + 1))
         src = rows["src_addr"][corder]
         ccnt = np.stack([reqw, npk, nbytes], axis=1)[corder]
         for j in range(ng):
@@ -443,13 +595,8 @@ class UsageProcessor:
             aggs[u >> 16].seen_by.add(f.text(u & 0xFFFF))
 
     def _resolve(self, st: UsageState, pend: Pending, api: str) -> None:
-        for w, (p, b, s) in pend.windows.items():
-            a = st.windows.setdefault(w, {}).setdefault(api, Agg())
-            a.packets += p
-            a.nbytes += b
-            a.syns += s
-            a.seen_by |= pend.origins
-            a.clients.add(*_one_client(pend.src, p, b))
+        for w, acc in pend.windows.items():
+            _add_pending(st.windows.setdefault(w, {}).setdefault(api, Agg()), pend, acc)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -457,18 +604,14 @@ class UsageProcessor:
         out: list[Output] = []
         final = watermark_ns >= FOREVER
         limit = FOREVER if final else watermark_ns - self.grace_ns
+        self._add_paired(st, st.pairing.expire(limit))  # before the windows they count in close
         closing = sorted(w for w in st.windows if w + MINUTE_NS <= limit)
         if closing:
             # waiting connections' packets of those windows go to the server's catch-all
             for key, pend in list(st.pending.items()):
                 for w in [w for w in pend.windows if w + MINUTE_NS <= limit]:
-                    p, b, s = pend.windows.pop(w)
-                    a = st.windows.setdefault(w, {}).setdefault(pend.service, Agg())
-                    a.packets += p
-                    a.nbytes += b
-                    a.syns += s
-                    a.seen_by |= pend.origins
-                    a.clients.add(*_one_client(pend.src, p, b))
+                    _add_pending(st.windows.setdefault(w, {}).setdefault(pend.service, Agg()), pend,
+                                 pend.windows.pop(w))
                 if not pend.windows:
                     del st.pending[key]
         for w in closing:
@@ -503,11 +646,36 @@ class UsageProcessor:
             "top_clients": [{"client": addr_text(c), "requests": v[0], "packets": v[1], "bytes": v[2]}
                             for c, v in top],
             "seen_by": sorted(a.seen_by), "sampled": a.sampled,
+            **self._answers(a),
         }
         buf = io.BytesIO()
         fastavro.writer(buf, _PARSED, [rec], codec="null")
         return Output(self.topic, name.encode(), buf.getvalue(), [(H.WINDOW_S, str(window_s).encode())],
                       record=rec)
+
+    @staticmethod
+    def _answers(a: Agg) -> dict[str, Any]:
+        """The response figures of a window: null unless the server's side was seen."""
+        if not a.answered:
+            return {k: None for k in ANSWER_FIELDS}
+        classes: dict[str, int] = {}
+        for c, v in a.codes.items():
+            if c:
+                k = f"{c // 100}xx"
+                classes[k] = classes.get(k, 0) + v
+        hist = [int(x) for x in a.hist.tolist()]
+        paired = sum(hist)
+        return {
+            "response_packets": a.rpackets, "response_bytes": a.rbytes, "responses": a.responses,
+            "unanswered": a.unanswered, "status_classes": dict(sorted(classes.items())),
+            "status_codes": {str(c): v for c, v in sorted(a.codes.items()) if c},
+            "latency_buckets": hist, "latency_sum_us": a.latency_sum_us,
+            "latency_p50_ms": quantile_ms(a.hist, 0.5), "latency_p90_ms": quantile_ms(a.hist, 0.9),
+            "latency_p99_ms": quantile_ms(a.hist, 0.99),
+            "error_rate": round((classes.get("5xx", 0) + a.unanswered) / (a.responses + a.unanswered), 6)
+            if a.responses + a.unanswered else None,
+            "latency_count": paired,
+        }
 
     # -- state ------------------------------------------------------------------------------
 
@@ -521,15 +689,20 @@ class UsageProcessor:
                         for k, p in st.pending.items()},
             "apis": {k: [r.host, r.port, r.protocol, r.matched, r.rate_limit_per_min] for k, r in st.apis.items()},
             "late_records": st.late_records, "records": st.records,
+            "queue": st.pairing.dump(), "names": st.names,
         }
 
     def load(self, d: Any) -> UsageState:
+        names = [str(x) for x in d.get("names", [])]
         return UsageState(
+            pairing=Pairing.load(self.timeout_ns, d["queue"]) if "queue" in d else Pairing(self.timeout_ns),
+            names=names, name_ix={nm: i for i, nm in enumerate(names)},
             windows={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["windows"].items()},
             hours={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["hours"].items()},
             closed_until=int(d["closed_until"]),
             flows={int(k): tuple(v) for k, v in d["flows"].items()},
-            pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]), {int(w): list(x) for w, x in v[3].items()})
+            pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]),
+                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()})
                      for k, v in d["pending"].items()},
             apis={k: ApiRef(k, v[0], int(v[1]), v[2], bool(v[3]), int(v[4])) for k, v in d["apis"].items()},
             late_records=int(d["late_records"]), records=int(d["records"]),
@@ -541,4 +714,5 @@ class UsageProcessor:
             "open_windows": sum(len(s.windows) for s in states),
             "flows": sum(len(s.flows) for s in states),
             "pending_flows": sum(len(s.pending) for s in states),
+            "waiting_requests": sum(len(s.pairing.queue) for s in states),
         }

@@ -29,13 +29,18 @@ def render(records: list[dict[str, Any]], top: int = 15, width: int = 140) -> st
     total_bytes = sum(r["bytes"] for r in recs)
     lines = [f"pktstream usage  window {t} UTC (1 min)  APIs {len(recs)}  requests {total_req}  "
              f"bytes {_bytes(total_bytes)}",
-             f"{'API':<44} {'req/min':>8} {'partial':>7} {'packets':>8} {'bytes':>10} {'conns':>6} "
-             f"{'clients':>7}  top clients"]
+             f"{'API':<44} {'req/min':>8} {'err%':>6} {'p99 ms':>8} {'partial':>7} {'packets':>8} {'bytes':>10} "
+             f"{'resp B':>10} {'conns':>6} {'clients':>7}  top clients"]
     for r in recs[:top]:
         clients = ", ".join(f"{c['client']} ({c['requests']})" for c in r["top_clients"][:3])
         api = r["api"] if len(r["api"]) <= 44 else r["api"][:43] + "…"
-        line = (f"{api:<44} {r['requests']:>8} {r['partial_requests']:>7} {r['packets']:>8} "
-                f"{_bytes(r['bytes']):>10} {r['new_connections']:>6} {r['distinct_clients']:>7}  {clients}")
+        err = r.get("error_rate")
+        p99 = r.get("latency_p99_ms")
+        rb = r.get("response_bytes")
+        line = (f"{api:<44} {r['requests']:>8} {'-' if err is None else f'{100 * err:.1f}':>6} "
+                f"{'-' if p99 is None else f'{p99:.1f}':>8} {r['partial_requests']:>7} {r['packets']:>8} "
+                f"{_bytes(r['bytes']):>10} {'-' if rb is None else _bytes(rb):>10} {r['new_connections']:>6} "
+                f"{r['distinct_clients']:>7}  {clients}")
         lines.append(line[:width])
     if len(recs) > top:
         lines.append(f"... and {len(recs) - top} more")

@@ -195,14 +195,22 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
                     r["requests"], r["partial_requests"], r["packets"], r["bytes"], r["new_connections"],
                     tuple(sorted(r["methods"].items())), r["distinct_clients"],
                     tuple((c["client"], c["requests"], c["packets"], c["bytes"]) for c in r["top_clients"]),
-                    tuple(r["seen_by"]), r["sampled"])
+                    tuple(r["seen_by"]), r["sampled"],
+                    # the answers: null in Avro is null in ClickHouse (the maps and buckets empty)
+                    r["response_packets"], r["response_bytes"], r["responses"], r["unanswered"],
+                    tuple(sorted((r["status_codes"] or {}).items())),
+                    tuple(sorted((r["status_classes"] or {}).items())), tuple(r["latency_buckets"] or ()),
+                    r["latency_sum_us"], r["latency_count"], r["latency_p50_ms"], r["latency_p99_ms"],
+                    r["error_rate"])
 
         got_usage = []
         for r in ch.rows("SELECT *, toUnixTimestamp64Milli(window_start) AS window_start_ms "
                          "FROM pktstream.usage FINAL"):
             r["methods"] = dict(r["methods"])
+            r["status_codes"], r["status_classes"] = dict(r["status_codes"]), dict(r["status_classes"])
             got_usage.append(r)
         assert Counter(map(usage_key, got_usage)) == Counter(map(usage_key, want_usage))
+        assert any(r["responses"] for r in want_usage) and any(r["responses"] is None for r in want_usage)
 
         # alerts: every event once, and each alert's latest event
         events = ch.rows("SELECT event_uid, uid, rule, activity_id, severity_id, technique, count "

@@ -209,7 +209,7 @@ def additive(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[int, ...
 
 def load_generated(bootstrap: str, topic: str, connections: int, hosts: int = 3) -> int:
     ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
-    t = generate(connections, time.time_ns() - 400_000_000_000, 240_000_000_000, seed=7)
+    t = generate(connections, time.time_ns() - 400_000_000_000, 240_000_000_000, seed=7, responses=True)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd",
                   "message.max.bytes": 16 << 20, "enable.idempotence": True})  # in order, as sent
     for host, m in fleet([(f"gen{h}", t) for h in range(hosts)], batch=5000):

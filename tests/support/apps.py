@@ -238,7 +238,7 @@ def load(bootstrap: str, topic: str) -> None:
     t0 = (time.time_ns() - 600 * 10**9) // (300 * 10**9) * (300 * 10**9)
     sec = 10**9
     rng = random.Random(5)
-    benign = generate(20000, t0, 250 * sec, clients=300, seed=9)
+    benign = generate(20000, t0, 250 * sec, clients=300, seed=9, responses=True)
     flood = packets([{"ts": ts, "src": f"52.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
                       "dst": "10.1.0.10", "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02}
                      for ts in spread(t0 + 20 * sec, 12000, 40 * sec)])

@@ -80,16 +80,33 @@ def _request(api: Api, ident: int) -> bytes:
     return f"{api.method} {path}?q=1 HTTP/1.1\r\nHost: {api.host}\r\nUser-Agent: gen\r\n\r\n".encode()
 
 
+# the servers' answers (generate(responses=True)): per API, the delay and the status codes to pick from
+ANSWER_DELAY_NS = {"users.get": 300_000, "users.update": 2_000_000, "orders.create": 60_000_000,
+                   "orders.get": 30_000_000, "health": 100_000, "pay": 220_000_000, "search": 7_000_000}
+ANSWER_CODES = {"users.get": (200, 200, 200, 404), "users.update": (204, 401, 403), "orders.create": (201, 500),
+                "orders.get": (200,), "health": (200, 503), "search": (200, 200, 400)}
+SERVER_HELLO = b"\x16\x03\x03\x00\x5a\x02\x00\x00\x56\x03\x03" + b"\x22" * 32
+
+
+def _response(code: int) -> bytes:
+    body = b"x" * (code % 7)
+    return f"HTTP/1.1 {code} R\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
 def generate(connections: int, start_ns: int, span_ns: int, clients: int = 2000, seed: int = 1,
-             apis: list[Api] | None = None, dns_share: float = 0.1) -> Traffic:
-    """About 6 records per connection (+ DNS), timestamps spread over [start, start + span)."""
+             apis: list[Api] | None = None, dns_share: float = 0.1, responses: bool = False) -> Traffic:
+    """About 6 records per connection (+ DNS), timestamps spread over [start, start + span).
+
+    ``responses``: the servers' packets too, as the server host's egress records (direction 1):
+    a SYN-ACK, the answer (an HTTP status line from ANSWER_CODES, a TLS ServerHello) after the
+    API's ANSWER_DELAY_NS, and a FIN-ACK; expected then holds what a usage consumer pairs."""
     apis = apis or DEFAULT_APIS
     rng = np.random.default_rng(seed)
     weights = np.array([a.weight for a in apis], dtype=float)
     which = rng.choice(len(apis), size=connections, p=weights / weights.sum())
     ids = rng.integers(1, 200, size=connections)
     client = rng.integers(0, clients, size=connections)
-    sport = 1024 + (np.arange(connections) * 7919) % 64000  # no 5-tuple is reused
+    sport = 32768 + (np.arange(connections) * 7919) % 28232  # the ephemeral range; a 5-tuple seldom reused
     t0 = np.sort(rng.integers(start_ns, start_ns + span_ns, size=connections))
     # per connection: SYN, ACK, request, ACK, ACK, FIN+ACK; 100 us apart
     k = 6
@@ -136,18 +153,54 @@ def generate(connections: int, start_ns: int, span_ns: int, clients: int = 2000,
         plen[r] = min(hit[1], PAYLOAD)
         full_len[c] = hit[1]
         wire[r] = 66 + hit[1]
-    order = np.argsort(ts, kind="stable")
     dns_sport = rng.integers(20000, 60000, size=n_dns)
+    sp = np.concatenate([sport[conn], dns_sport])
+    dp = np.concatenate([np.array([a.port for a in apis])[which[conn]], np.full(n_dns, 53)])
+    proto = np.concatenate([np.full(n_tcp, 6), np.full(n_dns, 17)])
+    tflags = np.concatenate([flags[step], np.zeros(n_dns, dtype=np.int64)])
+    direction = np.zeros(n, dtype=np.int64)
+    if responses:  # per connection: SYN-ACK, the answer, FIN-ACK (server to client, egress)
+        c3 = np.repeat(np.arange(connections), 3)
+        s3 = np.tile(np.arange(3), connections)
+        delay = np.array([ANSWER_DELAY_NS[a.name] for a in apis], dtype=np.int64)[which]
+        codes = np.array([ANSWER_CODES.get(apis[w].name, (0,))[i % len(ANSWER_CODES.get(apis[w].name, (0,)))]
+                          for i, w in enumerate(which.tolist())], dtype=np.int64)
+        t_ans = t0 + 200_000 + delay
+        r_ts = np.where(s3 == 0, t0[c3] + 50_000, np.where(s3 == 1, t_ans[c3], t_ans[c3] + 100_000))
+        m3 = len(c3)
+        r_pay = np.zeros((m3, PAYLOAD), dtype=np.uint8)
+        r_plen = np.zeros(m3, dtype=np.int64)
+        r_wire = np.full(m3, 66, dtype=np.int64)
+        answers: dict[int, bytes] = {}
+        for j in np.flatnonzero(s3 == 1).tolist():
+            code = int(codes[c3[j]])
+            if code not in answers:
+                answers[code] = SERVER_HELLO if code == 0 else _response(code)
+            raw = answers[code]
+            r_pay[j, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            r_plen[j] = len(raw)
+            r_wire[j] = 66 + len(raw)
+        ts = np.concatenate([ts, r_ts])
+        src = np.concatenate([src, dst[:n_tcp][c3 * k]])
+        dst = np.concatenate([dst, client_addrs[client[c3]]])
+        sp, dp = np.concatenate([sp, dp[:n_tcp][c3 * k]]), np.concatenate([dp, sport[c3]])
+        proto = np.concatenate([proto, np.full(m3, 6)])
+        tflags = np.concatenate([tflags, np.array([SYN | ACK, PSH | ACK, FIN | ACK], dtype=np.int64)[s3]])
+        wire = np.concatenate([wire, r_wire])
+        payload = np.concatenate([payload, r_pay])
+        plen = np.concatenate([plen, r_plen])
+        direction = np.concatenate([direction, np.ones(m3, dtype=np.int64)])
+        n += m3
+    order = np.argsort(ts, kind="stable")
     cols["seq"] = np.arange(n, dtype=np.int64)
     cols["ts_ns"] = ts[order]
     cols["src_addr"] = src[order]
     cols["dst_addr"] = dst[order]
-    sp = np.concatenate([sport[conn], dns_sport])
-    dp = np.concatenate([np.array([a.port for a in apis])[which[conn]], np.full(n_dns, 53)])
     cols["src_port"] = sp[order]
     cols["dst_port"] = dp[order]
-    cols["protocol"] = np.concatenate([np.full(n_tcp, 6), np.full(n_dns, 17)])[order]
-    cols["tcp_flags"] = np.concatenate([flags[step], np.zeros(n_dns, dtype=np.int64)])[order]
+    cols["protocol"] = proto[order]
+    cols["tcp_flags"] = tflags[order]
+    cols["direction"] = direction[order]
     cols["wire_len"] = wire[order]
     cols["payload"] = payload[order]
     cols["payload__len"] = plen[order]
@@ -165,6 +218,14 @@ def generate(connections: int, start_ns: int, span_ns: int, clients: int = 2000,
         e["bytes"] = int(sel.sum()) * k * 66 + int(full_len[sel].sum())
         e["new_connections"] = int(sel.sum())
         e["distinct_clients"] = len(set(client[sel].tolist()))
+        if responses:
+            e["response_packets"] = int(sel.sum()) * 3
+            e["response_bytes"] = int(r_wire.reshape(-1, 3)[sel].sum())
+            e["responses"] = int(sel.sum())
+            for code, cnt in Counter(codes[sel].tolist()).items():
+                if code:
+                    e[f"code:{code}"] = cnt
+            e[f"delay:{ANSWER_DELAY_NS[a.name]}"] = int(sel.sum())
     e = expected["10.1.0.53:53/udp"] = Counter()
     e["packets"] = n_dns
     e["bytes"] = n_dns * 80
@@ -228,7 +289,7 @@ def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic
     cols["payload_len"] = plen
     for name, val in (("ifindex", 2), ("rx_queue", 0), ("ip_version", 4), ("frag_flags", 2), ("frag_offset", 0),
                       ("vlan_outer", 0), ("vlan_inner", 0), ("ethertype", 0x0800), ("flags", 0),
-                      ("sample_rate", 1)):
+                      ("sample_rate", 1), ("direction", 0)):
         key = "record_flags" if name == "flags" else name
         cols[name] = np.array([p.get(key, val) for p in pkts], dtype=np.int64)
     order = np.argsort(cols["ts_ns"], kind="stable")

@@ -110,7 +110,24 @@ def test_hostile_bytes_never_break_the_parser(payloads: list[bytes], prefix: byt
     out = P.parse_payloads(m, lens)
     assert out.shape == (len(payloads), P.OUT_COLS)
     offs_ok = (out[:, P.PATH_OFF] + out[:, P.PATH_LEN] <= 256) & (out[:, P.HOST_OFF] + out[:, P.HOST_LEN] <= 256)
-    assert offs_ok.all() and (out >= 0).all()
+    assert offs_ok.all() and (out[:, : P.CONTENT_LENGTH] >= 0).all() and (out[:, P.CONTENT_LENGTH] >= -1).all()
+    assert ((out[:, P.STATUS] == 0) | ((out[:, P.STATUS] >= 100) & (out[:, P.STATUS] <= 599))).all()
+
+
+def test_responses_status_and_content_length() -> None:
+    m, lens = rows(b"HTTP/1.1 404 Not Found\r\nServer: x\r\ncontent-length:  12\r\n\r\nnot found...",
+                   b"HTTP/1.0 200 OK\r\nX: y\r\n",  # headers cut: length unknown
+                   b"HTTP/1.1 2",  # status cut
+                   b"HTTP/1.1 503 Busy\r\nContent-Length: 1x\r\n\r\n",  # not a number
+                   b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nHost: a\r\n\r\nhello",
+                   b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                   b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 99999999999\r\n\r\n")
+    out = P.parse_payloads(m, lens)
+    assert list(out[:, P.KIND]) == [P.KIND_HTTP1_RESPONSE] * 4 + [P.KIND_HTTP1] * 2 + [P.KIND_HTTP1_RESPONSE]
+    assert list(out[:, P.STATUS]) == [404, 200, 0, 503, 0, 0, 101]
+    assert list(out[:, P.CONTENT_LENGTH]) == [12, -1, -1, -1, 5, -1, -1]
+    assert list(out[:, P.VERSION]) == [11, 10, 11, 11, 11, 11, 11]
+    assert out[2, P.FLAGS] == P.F_LINE_CUT and out[0, P.FLAGS] == 0
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ def strategy_for(t: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
         prim: dict[str, st.SearchStrategy[Any]] = {
             "int": st.integers(-(2**31), 2**31 - 1), "long": st.integers(-(2**63), 2**63 - 1),
             "bytes": st.binary(max_size=64), "string": st.text(max_size=20), "boolean": st.booleans(),
+            "null": st.none(), "double": st.floats(allow_nan=False),
         }
         if t not in prim:
             raise AssertionError(f"extend strategy_for() to type {t!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from pktstream.consumers.engine import features, snapshot
 from pktstream.consumers.engine.parse import normalize_path
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.usage.processor import MINUTE_NS, UsageProcessor
+from pktstream.consumers.usage.responses import LATENCY_BOUNDS_NS, NBUCKETS, quantile_ms
 from pktstream.consumers.usage.table import render
 from pktstream.runtime.errors import ConfigError
 from pktstream.schemas.columns import read_container
 from pktstream.schemas.decode import DecodeError
 from tests.support.traffic import CATALOG, containers, generate, v4
+from tests.support.traffic import packets as packets_traffic
 
 T0 = 1_800_000_000_000_000_000 - 1_800_000_000_000_000_000 % MINUTE_NS
 
@@ -45,6 +48,122 @@ def totals(outs: list[Output], window_s: int = 60) -> dict[str, dict[str, int]]:
         for k in d:
             d[k] += r[k]
     return tot
+
+
+def answer_totals(outs: list[Output], window_s: int = 60) -> dict[str, Counter[str]]:
+    tot: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outs:
+        r = o.record
+        if r["window_s"] != window_s:
+            continue
+        d = tot[r["api"]]
+        if r["responses"] is None:
+            d["null"] += 1
+            continue
+        for k in ("response_packets", "response_bytes", "responses", "unanswered", "latency_count"):
+            d[k] += r[k]
+        for code, v in r["status_codes"].items():
+            d[f"code:{code}"] += v
+        for i, v in enumerate(r["latency_buckets"]):
+            d[f"bucket:{i}"] += v
+    return tot
+
+
+def test_answers_are_paired_with_their_requests() -> None:
+    """Both directions of the generated mix: every answer pairs with its request, each latency
+    lands in the bucket holding the API's delay, the counts of both directions are exact, and the
+    result does not depend on how the records are cut into messages or partitions."""
+    t = generate(6000, T0 + 5 * 10**9, 100 * 10**9, clients=300, responses=True)
+    results = []
+    for batch, nparts in ((3000, 4), (777, 3)):
+        p = UsageProcessor(Catalog.from_data(CATALOG))
+        states = {q: p.new_state() for q in range(nparts)}
+        feed(p, containers(t, batch=batch), states, nparts)
+        outs = [o for st_ in states.values() for o in p.close(st_, FOREVER)]
+        got, ans = totals(outs), answer_totals(outs)
+        for api, e in t.expected.items():
+            for k in ("requests", "packets", "bytes", "new_connections"):
+                assert got[api][k] == e[k], (api, k)
+            if api.endswith("/udp"):
+                assert ans[api] == Counter({"null": ans[api]["null"]})  # no answers seen: null, not 0
+                continue
+            a = ans[api]
+            assert a["null"] == 0
+            for k in ("response_packets", "response_bytes", "responses"):
+                assert a[k] == e[k], (api, k, a[k], e[k])
+            assert a["unanswered"] == 0 and a["latency_count"] == e["responses"]
+            codes = {k: v for k, v in a.items() if k.startswith("code:")}
+            assert codes == {k: v for k, v in e.items() if k.startswith("code:")}, api
+            (delay,) = [int(k.split(":")[1]) for k in e if k.startswith("delay:")]
+            want = int(np.searchsorted(LATENCY_BOUNDS_NS, delay, side="left"))  # latency == delay
+            assert {k: v for k, v in a.items() if k.startswith("bucket:") and v} == {f"bucket:{want}": e["responses"]}
+        results.append(sorted((o.record["api"], o.record["window_start_ms"], o.record["window_s"],
+                               o.record["responses"], o.record["latency_buckets"], o.record["status_codes"])
+                              for o in outs if o.record["responses"] is not None))
+    # answers count in the window of the answer: the same whatever the batches and partitions
+    merged: list[Counter[tuple[Any, ...]]] = [Counter() for _ in results]
+    for m, res in zip(merged, results, strict=True):
+        for api, w, ws, n, _b, _c in res:
+            m[(api, w, ws)] += n
+    assert merged[0] == merged[1]
+
+
+def test_unanswered_requests_and_one_direction_captures() -> None:
+    p = UsageProcessor(Catalog.from_data(CATALOG), response_timeout_s=5)
+    cli, srv = "10.9.0.2", "10.1.0.10"
+    get = b"GET /v1/users/1 HTTP/1.1\r\nHost: api.shop.test\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    t0 = T0 + 10**9
+
+    def pkt(ts: int, out: bool, flags: int, payload: bytes = b"", sport: int = 40000) -> dict[str, Any]:
+        a, b = (srv, cli) if out else (cli, srv)
+        pa, pb = (80, sport) if out else (sport, 80)
+        return {"ts": ts, "src": a, "dst": b, "sport": pa, "dport": pb, "flags": flags, "payload": payload,
+                "direction": int(out), "len": 60 + len(payload)}
+
+    # one connection: 3 pipelined requests, 2 answers in order, then nothing (the third is unanswered);
+    # a second connection of which only the client's side was captured (no server packet at all)
+    pk = [pkt(t0, False, 0x02), pkt(t0 + 10**5, True, 0x12), pkt(t0 + 2 * 10**5, False, 0x10),
+          pkt(t0 + 3 * 10**5, False, 0x18, get), pkt(t0 + 4 * 10**5, False, 0x18, get),
+          pkt(t0 + 5 * 10**5, False, 0x18, get),
+          pkt(t0 + 3 * 10**6, True, 0x18, ok), pkt(t0 + 9 * 10**6, True, 0x18, ok),
+          pkt(t0, False, 0x02, sport=40001), pkt(t0 + 10**6, False, 0x18, get, sport=40001)]
+    t = packets_traffic(pk)
+    st_ = p.new_state()
+    for part in p.route(p.featurize(read_container(containers(t)[0]), "h/i"), 1).values():
+        p.process(st_, part)
+    # the snapshot round trip keeps the waiting requests
+    st_ = p.load(snapshot.unpack(snapshot.pack(p.dump(st_))))
+    assert len(st_.pairing.queue) == 2
+    outs = p.close(st_, FOREVER)
+    (rec,) = [o.record for o in outs if o.record["window_s"] == 60]
+    assert rec["api"] == "users.get" and rec["requests"] == 4
+    assert rec["responses"] == 2 and rec["status_codes"] == {"200": 2} and rec["status_classes"] == {"2xx": 2}
+    # the third request of the first connection; the second connection's request was never seen answered
+    assert rec["unanswered"] == 1
+    assert rec["latency_count"] == 2 and rec["latency_buckets"][0] == 1 and rec["latency_buckets"][1] == 1
+    assert rec["latency_sum_us"] == (3 * 10**6 - 3 * 10**5 + 9 * 10**6 - 4 * 10**5) // 1000
+    assert rec["response_packets"] == 3 and rec["response_bytes"] == 3 * 60 + 2 * len(ok)
+    assert rec["error_rate"] == round(1 / 3, 6)
+    assert rec["latency_p50_ms"] == 5.0 and 5.0 < rec["latency_p99_ms"] <= 10.0
+    # a capture of the client's side only: the response figures are null
+    only_in = packets_traffic([x for x in pk if not x["direction"]])
+    p2 = UsageProcessor(Catalog.from_data(CATALOG), response_timeout_s=5)
+    st2 = p2.new_state()
+    for part in p2.route(p2.featurize(read_container(containers(only_in)[0]), "h/i"), 1).values():
+        p2.process(st2, part)
+    (rec2,) = [o.record for o in p2.close(st2, FOREVER) if o.record["window_s"] == 60]
+    assert rec2["requests"] == 4 and rec2["responses"] is None and rec2["unanswered"] is None
+    assert rec2["latency_p99_ms"] is None and rec2["response_bytes"] is None
+
+
+def test_latency_quantiles_from_the_buckets() -> None:
+    h = np.zeros(NBUCKETS, np.int64)
+    assert quantile_ms(h, 0.5) is None
+    h[3] = 10  # (25, 50] ms
+    assert quantile_ms(h, 0.5) == 37.5 and quantile_ms(h, 1.0) == 50.0
+    h[-1] = 90  # above 10 s
+    assert quantile_ms(h, 0.99) == 10000.0
 
 
 def test_generated_mix_is_counted_exactly() -> None:
@@ -230,3 +349,10 @@ def test_table_shows_the_busiest_apis() -> None:
     assert "requests 2100" in lines[0]
     assert lines[2].startswith("api20") and lines[6].startswith("api16") and "and 15 more" in lines[-1]
     assert "10.0.0.1 (20)" in lines[2]
+    # error rate and p99 where the answers were seen, "-" where not (a one-direction capture)
+    recs[-1].update(error_rate=0.125, latency_p99_ms=247.5, response_bytes=12000)
+    head, row20, row19 = render(recs, top=5).splitlines()[1:4]
+    cols = head.split()
+    assert cols[:4] == ["API", "req/min", "err%", "p99"]
+    assert row20.split()[:4] == ["api20", "200", "12.5", "247.5"] and "12.0 kB" in row20
+    assert row19.split()[:4] == ["api19", "190", "-", "-"]

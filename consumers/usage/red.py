@@ -1,0 +1,124 @@
+"""RED metrics of the APIs on ``pktstream usage``'s ``/metrics``: rate, errors and duration per API in
+the Prometheus form of OpenTelemetry's HTTP server semantic conventions.
+
+* ``http_server_request_duration_seconds``: a histogram of the answers paired with a request
+  (responses.py), the latency from the request's first packet to the answer's first packet, with
+  the conventions' default bucket bounds (the usage topic's latency buckets);
+* ``http_server_request_body_size_bytes`` and ``http_server_response_body_size_bytes``: histograms of
+  the requests' and answers' Content-Length, where the payload prefix holds it.
+
+Labels: ``http_route`` (the API: the catalog's name or the route template pktstream made),
+``http_request_method``, ``http_response_status_code`` (absent for TLS and HTTP/2: their answers
+have no status pktstream can read), ``server_address`` and ``server_port``. A cardinality guard
+keeps at most ``max_apis`` route values per server address; further APIs of that server are
+counted under ``http_route="_OTHER"``.
+
+These are the process's own counters, from its start (Prometheus' rate() handles restarts): an
+answer processed again after an aborted transaction is counted again here, never in the usage topic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from pktstream.consumers.engine.parse import METHODS
+from pktstream.consumers.usage.responses import LATENCY_BOUNDS_S, NBUCKETS, Paired, bucket
+
+SIZE_BOUNDS = (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)  # the default bounds
+_SIZE_BOUNDS = np.array(SIZE_BOUNDS, dtype=np.int64)
+LABELS = ("http_route", "http_request_method", "http_response_status_code", "server_address", "server_port")
+OTHER = "_OTHER"
+
+
+class _Hist:
+    __slots__ = ("buckets", "total")
+
+    def __init__(self, n: int) -> None:
+        self.buckets = np.zeros(n, np.int64)
+        self.total = 0.0
+
+
+class RedMetrics(Collector):
+    def __init__(self, max_apis: int = 100) -> None:
+        self.max_apis = max_apis
+        self.lock = threading.Lock()
+        self.duration: dict[tuple[str, ...], _Hist] = {}
+        self.req_size: dict[tuple[str, ...], _Hist] = {}
+        self.resp_size: dict[tuple[str, ...], _Hist] = {}
+        self.routes: dict[str, set[str]] = {}  # server address -> the route values given out
+
+    def _labels(self, st: Any, api: int, method: int, status: int) -> tuple[str, ...]:
+        name = st.names[api]
+        ref = st.apis.get(name)
+        server = (ref.host if ref is not None and ref.host else name.split(" ", 1)[0].rsplit(":", 1)[0])
+        port = str(ref.port) if ref is not None and ref.port else ""
+        routes = self.routes.setdefault(server, set())
+        if name not in routes:
+            if len(routes) >= self.max_apis:
+                name = OTHER
+            else:
+                routes.add(name)
+        meth = METHODS[method] if 0 < method < len(METHODS) else ""
+        return (name, meth, str(status) if status else "", server, port)
+
+    def observe(self, st: Any, p: Paired) -> None:
+        """The answers of a batch (unanswered requests are not observations)."""
+        sel = np.flatnonzero(~p.unanswered)
+        if len(sel) == 0:
+            return
+        key = (p.api[sel] * 1024 + p.status[sel]) * 16 + p.method[sel]
+        uniq, inv = np.unique(key, return_inverse=True)
+        inv = inv.ravel()
+        with self.lock:
+            for g, k in enumerate(uniq.tolist()):
+                rows = sel[inv == g]
+                labels = self._labels(st, k // (1024 * 16), k % 16, (k // 16) % 1024)
+                lat = p.latency[rows]
+                lat = lat[lat >= 0]
+                if len(lat):
+                    self._add(self.duration, labels, np.bincount(bucket(lat), minlength=NBUCKETS),
+                              float(lat.sum()) / 1e9, NBUCKETS)
+                for store, col in ((self.req_size, p.req_length[rows]), (self.resp_size, p.resp_length[rows])):
+                    v = col[col >= 0]
+                    if len(v):
+                        self._add(store, labels, _size_buckets(v), float(v.sum()), len(SIZE_BOUNDS) + 1)
+
+    @staticmethod
+    def _add(store: dict[tuple[str, ...], _Hist], labels: tuple[str, ...], counts: npt.NDArray[np.int64],
+             total: float, n: int) -> None:
+        h = store.get(labels)
+        if h is None:
+            h = store[labels] = _Hist(n)
+        h.buckets += counts
+        h.total += total
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            for name, doc, store, bounds in (
+                    ("http_server_request_duration_seconds", "Duration of HTTP server requests (request's first "
+                     "packet to the answer's first packet).", self.duration, LATENCY_BOUNDS_S),
+                    ("http_server_request_body_size_bytes", "Size of HTTP server request bodies (Content-Length).",
+                     self.req_size, SIZE_BOUNDS),
+                    ("http_server_response_body_size_bytes", "Size of HTTP server response bodies (Content-Length).",
+                     self.resp_size, SIZE_BOUNDS)):
+                m = HistogramMetricFamily(name, doc, labels=list(LABELS))
+                for labels, h in sorted(store.items()):
+                    cum = np.cumsum(h.buckets).tolist()
+                    les = [_le(b) for b in bounds] + ["+Inf"]
+                    m.add_metric(list(labels), list(zip(les, cum, strict=True)), h.total)
+                yield m
+
+
+def _le(b: float) -> str:
+    return str(float(b))
+
+
+def _size_buckets(v: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return np.bincount(np.searchsorted(_SIZE_BOUNDS, v, side="left"), minlength=len(SIZE_BOUNDS) + 1)
