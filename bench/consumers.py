@@ -1,9 +1,11 @@
 """Consumer throughput: packet records per second through ``pktstream usage`` (and ``alerts``).
 
     sudo .venv/bin/python -m bench.consumers [--app usage|alerts] [--connections 200000] [--cpu 1] [--span-s 20]
+        [--directions both|ingress]
 
 Generates traffic with a realistic API mix (tests/support/traffic.py: connections of 6 packets with
-HTTP/1.1 requests and TLS ClientHellos, plus DNS; 128-byte payload prefixes), loads it into a
+HTTP/1.1 requests and TLS ClientHellos, plus DNS; with --directions both, the default, the servers'
+3 packets per connection too: SYN-ACK, the answer, FIN-ACK; 128-byte payload prefixes), loads it into a
 topic of a real broker (a local one on port 19600 unless --bootstrap names one), then runs the
 real command, ``pktstream <app> --from-beginning --until-end``, pinned to one CPU with taskset,
 and reports records / second between its first assignment and its "caught up" log line. A
@@ -108,6 +110,9 @@ def main() -> None:
     ap.add_argument("--app", choices=["usage", "alerts"], default="usage")
     ap.add_argument("--connections", type=int, default=200_000, help="per host (about 6.6 records each)")
     ap.add_argument("--hosts", type=int, default=3)
+    ap.add_argument("--directions", choices=["both", "ingress"], default="both",
+                    help="both: the servers' answers too (SYN-ACK, status line or ServerHello, FIN-ACK per "
+                         "connection: about 9.6 records per connection); ingress: the clients' packets only")
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--cpu", type=int, default=1, help="the CPU the consumer is pinned to")
     ap.add_argument("--span-s", type=float, default=20.0,
@@ -115,7 +120,8 @@ def main() -> None:
                          "a longer span is a quieter network replayed faster, with more windows per record)")
     a = ap.parse_args()
     span_ns = int(a.span_s * 1e9)
-    t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000)
+    t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000,
+                 responses=a.directions == "both")
     sent = fleet([(f"gen{h}", t) for h in range(a.hosts)])
     msgs = [m for _h, m in sent]
     rate_local = in_process(a.app, msgs, 6)
@@ -153,7 +159,7 @@ def main() -> None:
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  machine: {platform.node()} {os.cpu_count()} CPUs "
           f"{platform.machine()} Linux {platform.release()}  Python {platform.python_version()}")
     print(f"app: {a.app}  records: {len(msgs) and res['records']:,}  hosts: {a.hosts}  payload: 128 B  "
-          f"event time spanned: {a.span_s:g} s")
+          f"event time spanned: {a.span_s:g} s  directions: {a.directions}")
     print(f"in process, no Kafka          : {rate_local:,.0f} records/s")
     print(f"pktstream {a.app} on 1 CPU (Kafka): {res['rate']:,.0f} records/s  ({res['records']:,} in "
           f"{res['seconds']:.2f} s, {res['outputs']} records out)")

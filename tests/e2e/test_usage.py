@@ -16,15 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from confluent_kafka import Producer
 
 from pktstream.consumers.tools.tail import tail
+from pktstream.consumers.usage.responses import LATENCY_BOUNDS_NS, NBUCKETS
 from pktstream.runtime.kafka import ensure_topic
 from tests.support.apps import (
     HTTP_PORT,
     TLS_PORT,
+    answer_for,
     key,
     kill_twice_then_finish,
     read_usage,
@@ -103,8 +106,12 @@ def merged(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             got[r["api"]] = {**r, "methods": dict(r["methods"]), "top_clients": list(r["top_clients"]),
                              "seen_by": list(r["seen_by"])}
             continue
-        for k in ("requests", "partial_requests", "packets", "bytes", "new_connections", "distinct_clients"):
+        for k in ("requests", "partial_requests", "packets", "bytes", "new_connections", "distinct_clients",
+                  "response_packets", "response_bytes", "responses", "unanswered", "latency_count"):
             g[k] += r[k]
+        g["latency_buckets"] = [x + y for x, y in zip(g["latency_buckets"], r["latency_buckets"], strict=True)]
+        g["status_codes"] = dict(Counter(g["status_codes"]) + Counter(r["status_codes"]))
+        g["status_classes"] = dict(Counter(g["status_classes"]) + Counter(r["status_classes"]))
         for m, n in r["methods"].items():
             g["methods"][m] = g["methods"].get(m, 0) + n
         g["top_clients"] = sorted(g["top_clients"] + r["top_clients"], key=lambda c: (-c["requests"], -c["packets"]))
@@ -146,6 +153,12 @@ def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Call
     clients: dict[str, set[str]] = defaultdict(set)
     seen_by: dict[str, set[str]] = defaultdict(set)
     for r in read_records(kafka_bootstrap, topic):
+        if r["protocol"] == 6 and r["src_port"] in (HTTP_PORT, TLS_PORT):  # the servers' answers
+            assert r["direction"] == 1  # sent by this host: captured on egress
+            api = api_of[(r["dst_addr"], r["dst_port"])]
+            expected[api]["response_packets"] += 1
+            expected[api]["response_bytes"] += r["wire_len"]
+            continue
         if r["protocol"] != 6 or r["dst_port"] not in (HTTP_PORT, TLS_PORT):
             continue
         api = api_of[(r["src_addr"], r["src_port"])]
@@ -155,6 +168,18 @@ def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Call
             expected[api]["new_connections"] += 1
         clients[api].add(r["src_addr"])
         seen_by[api].add(f"{r['host']}/{r['interface']}")
+    # the answers: per request its status and the bucket of the server's delay (TLS: the handshake's
+    # first bytes, at once); "split" requests are answered when their second half arrives, 50 ms on
+    codes: dict[str, Counter[str]] = defaultdict(Counter)
+    buckets: dict[str, set[int]] = defaultdict(set)
+    for c in plan_a + plan_b:
+        if c["kind"] == "tls":
+            buckets[c["api"]].add(-1)
+            continue
+        for method, path, *_ in c["requests"]:
+            status, delay = answer_for(method, path)
+            codes[c["api"]][str(status)] += 1
+            buckets[c["api"]].add(-2 if c["kind"] == "split" else int(np.searchsorted(LATENCY_BOUNDS_NS, delay * 1e9)))
     for c in plan_a + plan_b:
         expected[c["api"]]["requests"] += 1 if c["kind"] == "tls" else len(c["requests"])
         expected[c["api"]]["partial_requests"] += 1 if c["kind"] == "split" or "xxxx" in c["requests"][0][1] else 0
@@ -175,6 +200,25 @@ def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Call
         assert {c["client"] for c in r["top_clients"]} == clients[api]
         assert set(r["seen_by"]) == seen_by[api]
         assert r["matched"] == (api in {"users.get", "orders.create", "orders.items", "pay"})
+    for api, e in expected.items():
+        r = got[api]
+        assert (r["response_packets"], r["response_bytes"]) == (e["response_packets"], e["response_bytes"]), api
+        assert r["unanswered"] == 0, api
+        assert r["status_codes"] == dict(codes[api]), (api, r["status_codes"])
+        assert r["responses"] == r["latency_count"] == e["requests"], api
+        hist = r["latency_buckets"]
+        (want_bucket,) = buckets[api]
+        if want_bucket == -1:  # TLS: time to the server's first byte, the handshake (well under 100 ms)
+            assert sum(hist[:6]) == e["requests"], (api, hist)
+        elif want_bucket == -2:  # split: 50 ms after the first half
+            assert sum(hist[3:6]) == e["requests"], (api, hist)
+        elif want_bucket == 0:  # at once: the first bucket (5 ms), the second on a loaded machine
+            assert sum(hist[:2]) == e["requests"], (api, hist)
+        else:
+            assert hist[want_bucket] == e["requests"], (api, hist, want_bucket)
+    assert got["orders.items"]["status_classes"] == {"4xx": 2} and got["orders.items"]["latency_p50_ms"] > 100
+    assert got["orders.create"]["status_codes"] == {"201": 3} and got["orders.create"]["error_rate"] == 0
+    assert got["api.shop.test:18080 GET /misc/{id}/x"]["error_rate"] == 1.0  # every answer a 500
     assert got["users.get"]["methods"] == {"GET": 5}
     assert got["orders.create"]["methods"] == {"POST": 3}
     assert got["pay"]["protocol"] == "tls" and got["pay"]["host"] == "pay.shop.test"
@@ -202,7 +246,9 @@ def additive(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[int, ...
     out: dict[tuple[Any, ...], tuple[int, ...]] = {}
     for r in rows:
         k = (r["api"], r["window_s"], r["window_start_ms"])
-        v = (r["requests"], r["partial_requests"], r["packets"], r["bytes"], r["new_connections"])
+        v = (r["requests"], r["partial_requests"], r["packets"], r["bytes"], r["new_connections"],
+             r["response_packets"] or 0, r["response_bytes"] or 0, r["responses"] or 0, r["unanswered"] or 0,
+             *(r["latency_buckets"] or [0] * NBUCKETS))
         out[k] = tuple(a + b for a, b in zip(out.get(k, (0,) * len(v)), v, strict=True))
     return out
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import random
+import re
 import signal
 import socket
 import ssl
@@ -34,6 +35,21 @@ from tests.support.traffic import Traffic, containers, fleet, generate, merge, p
 HTTP_PORT, TLS_PORT = 18080, 18443
 
 
+# how the test HTTP server answers: (method, path pattern) -> (status, delay in seconds); else 200 at once
+ANSWERS = [
+    ("POST", re.compile(r"^/v1/orders$"), 201, 0.06),
+    ("GET", re.compile(r"^/v1/orders/\d+/items$"), 404, 0.15),
+    ("GET", re.compile(r"^/misc/"), 500, 0.0),
+]
+
+
+def answer_for(method: str, path: str) -> tuple[int, float]:
+    for m, pat, status, delay in ANSWERS:
+        if m == method and pat.match(path):
+            return status, delay
+    return 200, 0.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -41,7 +57,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)  # the body, so that the next request on the connection parses
-        self.send_response(200)
+        status, delay = answer_for(self.command, self.path)
+        if delay:
+            time.sleep(delay)
+        self.send_response(status)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
