@@ -60,8 +60,8 @@ class View:
     protocol, packets, bytes, time, capture point (an index into the state's strings), and which
     keying a row belongs to (``dst_rows``: routed by destination; ``src_rows``: by source)."""
 
-    __slots__ = ("_attempts", "b", "dst_port", "dst_rows", "f", "fh", "flags_or", "hd", "hs", "ip_dst", "n", "o",
-                 "protocol", "rows", "src_port", "src_rows", "syns", "t")
+    __slots__ = ("_attempts", "b", "dst_port", "dst_rows", "egress_dst", "egress_src", "f", "fh", "flags_or", "hd",
+                 "hs", "ip_dst", "n", "o", "protocol", "rows", "src_port", "src_rows", "status", "syns", "t")
 
     def __init__(self, f: Features, omap: npt.NDArray[np.int64], dst_rows: npt.NDArray[np.bool_]) -> None:
         rows = f.rows
@@ -79,9 +79,15 @@ class View:
         self.syns = rows["syns"].astype(np.int64)
         self.flags_or = rows["flags_or"]
         self.fh = np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
-        self.dst_rows = dst_rows
-        self.src_rows = ~dst_rows
-        self.ip_dst = dst_rows & (rows["ip_version"] > 0)
+        # the host's own packets (egress records, direction 1) are for the detectors that read answers
+        # (Detector.answers): egress_dst keyed by their destination, egress_src by their source
+        egress = rows["direction"] == 1
+        self.egress_dst = dst_rows & egress
+        self.egress_src = ~dst_rows & egress
+        self.dst_rows = dst_rows & ~egress
+        self.src_rows = ~dst_rows & ~egress
+        self.ip_dst = self.dst_rows & (rows["ip_version"] > 0)
+        self.status = rows["status"].astype(np.int64)
         self._attempts: npt.NDArray[np.bool_] | None = None
 
     def attempts(self) -> npt.NDArray[np.bool_]:
@@ -155,6 +161,7 @@ class Detector:
     order: ClassVar[int]  # position among the detectors: the order alerts of one window are emitted in
     columns: ClassVar[tuple[str, ...]] = ()  # the feature columns it reads (features.FEATURE_DTYPE)
     light: ClassVar[bool] = False  # large tables: keep one sample feature row per key, not per group
+    answers: ClassVar[bool] = False  # reads the host's answers (egress records): stage one keeps them
 
     def __init_subclass__(cls, *, name: str = "", order: int = 0, severity_id: int = 0,
                           technique: tuple[str, str] = ("", ""), tactic: tuple[str, str] = ("", ""),
@@ -192,7 +199,8 @@ class Detector:
 
     def source_rows(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
         """Feature rows that must also reach the partition of their source address (everything
-        keyed by source: sweeps, per-source volumes); None: none."""
+        keyed by source: sweeps, per-source volumes); None: none. (Egress rows only go there
+        for a detector that reads answers.)"""
         return None
 
     # -- stage two (per partition) -------------------------------------------------------------

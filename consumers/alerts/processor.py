@@ -70,12 +70,13 @@ class AlertsProcessor:
         self.payload_scan = scans[0] if scans else None
         self.keep_apart = next((cls.keep_apart for cls in registry().values()
                                 if cls.keep_apart is not Detector.keep_apart), None)
+        self.egress = any(d.answers for d in self.detectors.values())
 
     # -- stage one ------------------------------------------------------------------------------
 
     def featurize(self, batch: Any, origin: str) -> Features:
         return featurize(batch, origin, attack_scan=self.payload_scan, coalesce_ns=self.fold_ns,
-                         keep_apart=self.keep_apart)
+                         keep_apart=self.keep_apart, egress=self.egress)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
         rows = f.rows  # featurize made them: view is VIEW_DST (0) already
@@ -83,10 +84,11 @@ class AlertsProcessor:
         if n == 0:
             return {}
         to_src = np.zeros(n, dtype=bool)
+        ingress = rows["direction"] == 0
         for d in self.detectors.values():
             m = d.source_rows(rows)
             if m is not None:
-                to_src |= m
+                to_src |= m if d.answers else m & ingress
         src_idx = np.flatnonzero(to_src)
         # one gather builds every partition's rows: its destination rows, then its source rows
         part = np.concatenate([addr_hash(rows["dst_addr"]), addr_hash(rows["src_addr"][src_idx])]) % np.uint64(nparts)
@@ -311,7 +313,9 @@ class AlertsProcessor:
             "closed_until": st.closed_until,
             "open": {k: [a.uid, a.rule, a.key, a.first_window, a.last_window, a.first_seen, a.last_seen, a.count,
                          a.windows] for k, a in st.open.items()},
-            "baselines": st.baselines.dump(), "strings": st.strings.items, "late_records": st.late_records,
+            "baselines": st.baselines.dump(),
+            "extra_baselines": {k: b.dump() for k, b in st.extra_baselines.items()},
+            "strings": st.strings.items, "late_records": st.late_records,
             "alerts_raised": st.alerts_raised,
         }
 
@@ -322,6 +326,7 @@ class AlertsProcessor:
             open={k: OpenAlert(v[0], v[1], v[2], int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7]), int(v[8]))
                   for k, v in d["open"].items()},
             baselines=Baselines.load(d["baselines"]),
+            extra_baselines={k: Baselines.load(b) for k, b in d.get("extra_baselines", {}).items()},
             strings=StringTable(d["strings"]), late_records=int(d["late_records"]),
             alerts_raised=int(d["alerts_raised"]),
         )

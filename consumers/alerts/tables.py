@@ -163,6 +163,7 @@ class AlertsState:
     closed_until: dict[str, int] = field(default_factory=dict)
     open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
     baselines: Baselines = field(default_factory=Baselines)  # the volume detector's history per key
+    extra_baselines: dict[str, Baselines] = field(default_factory=dict)  # other detectors' (error_spike), by name
     strings: StringTable = field(default_factory=StringTable)  # capture points, paths, API names
     late_records: int = 0
     alerts_raised: int = 0

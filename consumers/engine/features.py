@@ -78,6 +78,8 @@ FEATURE_DTYPE = np.dtype([
     ("status", "<u2"),  # an HTTP/1.x response's status code (0 otherwise)
     ("content_length", "<i4"),  # Content-Length of an HTTP/1.x request or response (-1: not in the prefix)
     ("ts_data", "<i8"),  # the first of the row's packets that carries payload: its ts_ns (0: none does)
+    ("direction", "u1"),  # as the packet schema's: 0 received (ingress), 1 sent (egress)
+    ("quoted_port", "<u2"),  # an ICMP port-unreachable's quoted destination port (0 otherwise)
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
@@ -209,7 +211,7 @@ def flow_order(fh: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
 
 
 def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only: bool = False,
-              coalesce_ns: int = 0, keep_apart: Any = None, answers: bool = False) -> Features:
+              coalesce_ns: int = 0, keep_apart: Any = None, answers: bool = False, egress: bool = False) -> Features:
     """One packet container's records as feature rows (the strings they need included).
 
     ``transport_only`` keeps TCP and UDP over IP. ``coalesce_ns`` > 0 folds each run of one
@@ -222,7 +224,8 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     ``answers``: packets of both directions become rows of their conversation, each oriented
     client -> server (source and destination swapped for the server's packets, which have
     ``answer`` set; see answers_of), so that both directions share one flow hash; runs fold
-    one direction's packets. Without it, a host's egress records are left out."""
+    one direction's packets. ``egress``: a host's egress records are rows too, as they are
+    (``direction`` 1). With neither, a host's egress records are left out."""
     n = batch.n
     c = batch.columns
     strings = StringTable()
@@ -232,7 +235,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     sel: npt.NDArray[np.intp] | None = None
     wanted: npt.NDArray[np.bool_] | None = None
     direction = c.get("direction")
-    if not answers and direction is not None and direction.any():
+    if not answers and not egress and direction is not None and direction.any():
         # the answers a host sends (egress records) are not features yet: requests, scans and
         # floods are judged on what arrives
         wanted = direction == 0
@@ -324,6 +327,8 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["syns"] = syns
     rows["flags_or"] = flags_or
     rows["fh"] = fh[idx]
+    if direction is not None:
+        rows["direction"] = col("direction")[idx]
     if answer is not None:
         rows["answer"] = answer[idx]
     if data_ts is not None:
@@ -331,6 +336,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["content_length"] = -1
     if not has_payload:
         return Features(rows, strings.items)
+    _quoted_ports(rows, idx, proto, sport, dport, pay, plen)
     pk = parsed[idx]
     rows["kind"] = pk[:, KIND]
     rows["method"] = pk[:, METHOD]
@@ -390,6 +396,28 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     rows["path"][req] = u_path[inv]
     rows["attack"][req] = u_attack[inv]
     return Features(rows, strings.items)
+
+
+def _quoted_ports(rows: npt.NDArray[Any], idx: npt.NDArray[np.intp], proto: npt.NDArray[Any],
+                  itype: npt.NDArray[Any], icode: npt.NDArray[Any], pay: npt.NDArray[np.uint8],
+                  plen: npt.NDArray[Any]) -> None:
+    """ICMP port unreachable (v4 type 3 code 3, v6 type 1 code 4; the record's src_port and dst_port
+    hold type and code): the destination port of the datagram it quotes, from the payload prefix
+    (the quoted IP header, then the transport header)."""
+    unreach = ((proto == 1) & (itype == 3) & (icode == 3)) | ((proto == 58) & (itype == 1) & (icode == 4))
+    sel = np.flatnonzero(unreach[idx])
+    if len(sel) == 0 or pay.shape[1] < 4:
+        return
+    src = idx[sel]
+    p = pay[src]
+    v6 = proto[src] == 58
+    ihl = np.where(v6, 40, (p[:, 0].astype(np.int64) & 0xF) * 4)
+    ok = plen[src] >= ihl + 4
+    at = np.minimum(ihl + 2, pay.shape[1] - 2)
+    ok &= ihl + 4 <= pay.shape[1]
+    r = np.arange(len(src))
+    port = (p[r, at].astype(np.int64) << 8) | p[r, at + 1]
+    rows["quoted_port"][sel[ok]] = port[ok]
 
 
 def encode(f: Features) -> bytes:

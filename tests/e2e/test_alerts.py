@@ -111,12 +111,21 @@ def attack_traffic(a: NetnsHost, b: NetnsHost) -> None:
         *[IP(src=f"{base}.6", dst=victim) / TCP(sport=51000, dport=80, flags=fl)
           for fl in ("", "FPU", "SF", "SR", "F") for _ in range(2)],
     ]
+    # connection attempts to the HTTP server from 50 addresses of the namespace that no socket uses:
+    # the host's SYN-ACKs reach them, and their kernel answers with resets, never an ACK
+    for i in range(50):
+        a.run("ip", "addr", "add", f"{base}.{100 + i}/24", "dev", a.peer_if)
+    attempts = frames_of(a, [IP(src=f"{base}.{100 + i % 50}", dst=victim) / TCP(sport=30000 + i, dport=HTTP_PORT,
+                                                                             flags="S") for i in range(600)])
     frames = frames_of(a, flood)
     # the floods are thresholds per 10-s window: send them just after a boundary, so that a burst
     # never straddles one (half in each window would be under the threshold in both)
     while not 0.2 <= time.time() % 10 <= 0.6:
         time.sleep(0.02)
     a.send_frames(frames)
+    # (in the next window: connections that the clients' resets close are not half-open for syn_flood)
+    time.sleep(10.3 - time.time() % 10)
+    a.send_frames(attempts)
     b.send_frames(frames_of(b, [IP(src="10.99.0.1", dst=b.host_ip) / TCP(sport=1234, dport=443, flags="S")
                                 for _ in range(3)]))
     # attack strings and a client over its rate limit, over real TCP connections
@@ -146,12 +155,15 @@ EXPECTED = [
     ("http_attack", "shell_injection:{peer}->{victim}:18080"),
     ("http_attack", "sql_injection:{peer}->{victim}:18080"),
     ("icmp_flood", "{victim}"),
+    ("brute_force", "{base}.7->{victim}:18080"),  # its 80 logins answered 401
     ("port_scan", "{peer}->{victim}"),
     ("rate_limit", "login:{base}.7"),
+    ("scan_confirmed", "{peer}->{victim}"),  # the host's resets to the probes of its closed ports
     ("spoofed_source", "LAND->{victim}"),
     ("spoofed_source", "bogon or martian source->{b_victim}"),
     ("spoofed_source", "multicast or broadcast source->{victim}"),
     ("syn_flood", "{victim}"),
+    ("synack_unanswered", "{victim}"),  # the 600 attempts on the HTTP server
     ("tcp_flags", "FIN without ACK:{base}.6->{victim}"),
     ("tcp_flags", "NULL:{base}.6->{victim}"),
     ("tcp_flags", "SYN+FIN:{base}.6->{victim}"),
@@ -228,6 +240,23 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     jndi = by_key[("http_attack", f"jndi_lookup:{a.peer_ip}->{victim}:18080")]
     assert jndi["evidences"][0]["data"]["path"] == "/x"
     assert jndi["severity_id"] == 4 and jndi["finding_info"]["attacks"][0]["technique"]["uid"] == "T1190"
+    # the answers: every reset the host sent to the scanner's closed ports, every 401, every SYN-ACK unanswered
+    confirmed = by_key[("scan_confirmed", f"{a.peer_ip}->{victim}")]
+    lo = confirmed["unmapped"]["pktstream"]["window_start"] * 1_000_000
+    hi = lo + confirmed["unmapped"]["pktstream"]["window_s"] * 1_000_000_000
+    reset_ports = {r["src_port"] for r in recs if r["direction"] == 1 and r["dst_addr"] == a.peer_ip
+                   and r["protocol"] == 6 and r["tcp_flags"] & 0x04 and lo <= r["ts_ns"] < hi}
+    assert confirmed["unmapped"]["pktstream"]["distinct"] == len(reset_ports) >= 90  # 1..100 but what listens
+    brute = by_key[("brute_force", f"{base}.7->{victim}:18080")]
+    assert brute["unmapped"]["pktstream"]["window_count"] == seen(
+        lambda r: r["direction"] == 1 and r["dst_addr"] == f"{base}.7"
+        and base64.b64decode(r["payload"]).startswith(b"HTTP/1.1 401 ")) == 80
+    assert brute["finding_info"]["attacks"][0]["technique"]["uid"] == "T1110"
+    synack = by_key[("synack_unanswered", victim)]
+    spoofed = {f"{base}.{100 + i}" for i in range(50)}
+    answered = {(r["dst_addr"], r["dst_port"]) for r in recs if r["direction"] == 1 and r["dst_addr"] in spoofed
+                and r["tcp_flags"] & 0x12 == 0x12 and r["src_port"] == HTTP_PORT}
+    assert len(answered) == 600 and synack["message"].startswith("600 of "), synack["message"]
     rate_doc = by_key[("rate_limit", f"login:{base}.7")]
 
     def login(r: dict[str, Any]) -> bool:

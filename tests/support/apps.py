@@ -40,6 +40,7 @@ ANSWERS = [
     ("POST", re.compile(r"^/v1/orders$"), 201, 0.06),
     ("GET", re.compile(r"^/v1/orders/\d+/items$"), 404, 0.15),
     ("GET", re.compile(r"^/misc/"), 500, 0.0),
+    ("POST", re.compile(r"^/login$"), 401, 0.0),  # no credentials are ever right
 ]
 
 

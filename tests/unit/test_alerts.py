@@ -369,8 +369,9 @@ def test_every_detector_is_one_module_with_its_declarations() -> None:
     from pktstream.consumers.alerts.detectors import registry
 
     reg = registry()
-    assert list(reg) == ["port_scan", "address_sweep", "syn_flood", "udp_flood", "icmp_flood", "amplification",
-                         "spoofed_source", "tcp_flags", "http_attack", "rate_limit", "volumetric"]
+    assert list(reg) == ["port_scan", "scan_confirmed", "address_sweep", "syn_flood", "synack_unanswered",
+                         "udp_flood", "icmp_flood", "amplification", "spoofed_source", "tcp_flags", "http_attack",
+                         "brute_force", "rate_limit", "error_spike", "volumetric"]
     for name, d in reg.items():
         assert d.__module__ == f"pktstream.consumers.alerts.detectors.{name}"
         assert d.defaults["enabled"] is True and d.defaults["window_s"] >= 1
@@ -481,3 +482,102 @@ def test_a_scan_across_a_window_boundary_raises_one_alert() -> None:
     assert create["unmapped"]["pktstream"]["distinct"] >= 15
     tumbling = {"detectors": {**RULES["detectors"], "port_scan": {"hop_s": 300}}}
     assert [d for d in run(merge(benign(), scan), tumbling)] == []  # what the tumbling window missed
+
+
+# -- detectors that read the host's answers (egress records) ------------------------------------------
+
+def benign_both(n_conn: int = 20000) -> Traffic:
+    return generate(n_conn, T0 + SEC, 200 * SEC, clients=400, seed=3, responses=True)
+
+
+def test_benign_mix_with_answers_raises_nothing() -> None:
+    """The servers' answers (401/403 and 5xx among them, at steady shares) raise nothing."""
+    t = benign_both()
+    assert int(t.columns["direction"].sum()) == 60000
+    assert run(t) == []
+
+
+def answer(ts: int, client: str, server: str, status: int, cport: int = 40000, sport: int = 80) -> list[dict[str, Any]]:
+    """A request and the host's answer 2 ms later (an egress record)."""
+    return [{"ts": ts, "src": client, "dst": server, "sport": cport, "dport": sport, "flags": 0x18,
+             "payload": b"POST /login HTTP/1.1\r\nHost: api.shop.test\r\n\r\n"},
+            {"ts": ts + 2_000_000, "src": server, "dst": client, "sport": sport, "dport": cport, "flags": 0x18,
+             "payload": f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode(), "direction": 1}]
+
+
+def test_brute_force_from_401_and_403_answers() -> None:
+    attempts = [p for i, ts in enumerate(spread(T0 + 5 * SEC, 30, 60 * SEC))
+                for p in answer(ts, "198.51.100.20", "10.1.0.10", 401 if i % 2 else 403, cport=41000 + i)]
+    near_miss = [p for i, ts in enumerate(spread(T0 + 5 * SEC, 19, 60 * SEC))  # one under the threshold
+                 for p in answer(ts, "198.51.100.21", "10.1.0.10", 401, cport=42000 + i)]
+    docs = run(merge(benign_both(3000), packets(attempts), packets(near_miss)))
+    assert rules_fired(docs) == [("brute_force", "198.51.100.20->10.1.0.10:80", "Close"),
+                                 ("brute_force", "198.51.100.20->10.1.0.10:80", "Create")]
+    c = next(d for d in docs if d["activity_id"] == 1)
+    assert c["message"] == "30 failed logins (401/403) of 198.51.100.20 at 10.1.0.10:80"
+    assert c["finding_info"]["attacks"][0]["technique"]["uid"] == "T1110"
+    assert c["unmapped"]["pktstream"]["distinct"] == 2  # both codes
+
+
+def test_a_scan_the_answers_confirm() -> None:
+    """TCP probes answered by RSTs, UDP probes by ICMP port-unreachables quoting them; probes of open ports
+    (answered with SYN-ACK) do not count."""
+    pk: list[dict[str, Any]] = []
+    for i, ts in enumerate(spread(T0 + 5 * SEC, 20, 20 * SEC)):
+        port = 1000 + i
+        pk.append({"ts": ts, "src": "198.51.100.30", "dst": "10.1.0.12", "sport": 50000, "dport": port, "flags": 0x02})
+        pk.append({"ts": ts + 10**5, "src": "10.1.0.12", "dst": "198.51.100.30", "sport": port, "dport": 50000,
+                   "flags": 0x14 if i < 16 else 0x12, "direction": 1})  # 16 closed (RST-ACK), 4 open (SYN-ACK)
+        quoted = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 198, 51, 100, 31, 10, 1, 0, 13]) \
+            + (50001).to_bytes(2, "big") + (2000 + i).to_bytes(2, "big") + b"\0\x08\0\0"
+        pk.append({"ts": ts, "src": "198.51.100.31", "dst": "10.1.0.13", "proto": 17, "sport": 50001,
+                   "dport": 2000 + i, "len": 42})
+        pk.append({"ts": ts + 10**5, "src": "10.1.0.13", "dst": "198.51.100.31", "proto": 1, "sport": 3, "dport": 3,
+                   "payload": quoted, "direction": 1, "len": 70})
+    docs = run(merge(benign_both(3000), packets(pk)))
+    fired = rules_fired(docs)
+    assert ("scan_confirmed", "198.51.100.30->10.1.0.12", "Create") in fired
+    assert ("scan_confirmed", "198.51.100.31->10.1.0.13", "Create") in fired
+    by_key = {d["unmapped"]["pktstream"]["key"]: d for d in docs
+              if d["activity_id"] == 1 and d["unmapped"]["pktstream"]["rule"] == "scan_confirmed"}
+    tcp = by_key["198.51.100.30->10.1.0.12"]
+    assert tcp["unmapped"]["pktstream"]["distinct"] == 16 and "TCP resets" in tcp["message"]
+    udp = by_key["198.51.100.31->10.1.0.13"]
+    assert udp["unmapped"]["pktstream"]["distinct"] == 20 and "ICMP port-unreachables" in udp["message"]
+    assert sorted(int(x["value"]) for x in udp["unmapped"]["pktstream"]["top"]) == list(range(2000, 2010))
+
+
+def test_synack_flood_needs_syn_acks_without_acks() -> None:
+    rng = random.Random(2)
+    pk: list[dict[str, Any]] = []
+    for ts in spread(T0 + 12 * SEC, 700, 5 * SEC):
+        src, sport = f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.randrange(1024, 65535)
+        pk.append({"ts": ts, "src": src, "dst": "10.1.0.10", "sport": sport, "dport": 80, "flags": 0x02})
+        pk.append({"ts": ts + 10**5, "src": "10.1.0.10", "dst": src, "sport": 80, "dport": sport, "flags": 0x12,
+                   "direction": 1})
+    # the same number of real clients to another server: SYN, SYN-ACK, ACK
+    for ts in spread(T0 + 12 * SEC, 700, 5 * SEC):
+        src, sport = f"198.18.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.randrange(1024, 65535)
+        pk.append({"ts": ts, "src": src, "dst": "10.1.0.11", "sport": sport, "dport": 8080, "flags": 0x02})
+        pk.append({"ts": ts + 10**5, "src": "10.1.0.11", "dst": src, "sport": 8080, "dport": sport, "flags": 0x12,
+                   "direction": 1})
+        pk.append({"ts": ts + 2 * 10**5, "src": src, "dst": "10.1.0.11", "sport": sport, "dport": 8080,
+                   "flags": 0x10})
+    docs = run(merge(benign_both(3000), packets(pk)))
+    assert rules_fired(docs) == [("synack_unanswered", "10.1.0.10", "Close"),
+                                 ("synack_unanswered", "10.1.0.10", "Create")]
+    c = next(d for d in docs if d["activity_id"] == 1)
+    assert c["message"].startswith("700 of ") and c["message"].endswith("SYN-ACKs 10.1.0.10 sent got no ACK")
+
+
+def test_error_spike_against_the_services_baseline() -> None:
+    pk: list[dict[str, Any]] = []
+    for minute in range(8):  # 100 answers a minute: 2 % errors, then 40 % in minute 7
+        bad = 40 if minute == 7 else 2
+        for i, ts in enumerate(spread(T0 + minute * 60 * SEC + SEC, 100, 50 * SEC)):
+            pk += answer(ts, f"198.18.0.{i + 1}", "10.1.0.14", 500 if i < bad else 200, cport=30000 + minute * 100 + i)
+    docs = run(packets(pk))
+    assert rules_fired(docs) == [("error_spike", "10.1.0.14:80", "Close"), ("error_spike", "10.1.0.14:80", "Create")]
+    c = next(d for d in docs if d["activity_id"] == 1)
+    assert c["message"] == "40 of 100 answers of 10.1.0.14:80 were server errors (5xx)"
+    assert c["finding_info"]["first_seen_time"] >= (T0 + 7 * 60 * SEC) // 10**6
