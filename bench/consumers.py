@@ -83,7 +83,9 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int)
            "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json"]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"pktstream {app} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     t_assign = t_done = None
     done: dict[str, Any] = {}
     for line in p.stderr.splitlines():
