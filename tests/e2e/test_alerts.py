@@ -55,6 +55,7 @@ def rules(external: list[str]) -> dict[str, Any]:
         "icmp_flood": {"min_packets": 2000},
         "amplification": {"min_packets": 300},
         "volumetric": {"window_s": 1, "warmup_windows": 5, "min_packets": 6000},
+        "error_spike": {"window_s": 1, "warmup_windows": 3, "min_errors": 10},
     }}
 
 
@@ -136,6 +137,14 @@ def attack_traffic(a: NetnsHost, b: NetnsHost) -> None:
     plan.append({"src": f"{base}.7", "server": victim, "port": HTTP_PORT, "kind": "http", "host": "api.shop.test",
                  "requests": [["POST", "/login"]] * 80})
     run_clients(a, plan)
+    # a service's answers: 40 a second with one 503 for five seconds, then a second with 25 of 40 failing
+    flaky = f"{base}.9"
+    for sec in range(6):
+        t = time.monotonic()
+        fails = 25 if sec == 5 else 1
+        run_clients(a, [{"src": flaky, "server": victim, "port": HTTP_PORT, "kind": "http", "host": "api.shop.test",
+                         "requests": [["GET", "/flaky/fail" if i < fails else "/flaky/ok"] for i in range(40)]}])
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
     # a steady stream to one address for 6 s, then a burst: its volume against its own baseline
     steady = frames_of(a, [IP(src=f"{base}.8", dst=f"{base}.200") / TCP(sport=52000, dport=443, flags="A")
                            for _ in range(300)])
@@ -150,6 +159,7 @@ def attack_traffic(a: NetnsHost, b: NetnsHost) -> None:
 EXPECTED = [
     ("address_sweep", "{base}.3->*:22/tcp"),
     ("amplification", "{victim}"),
+    ("error_spike", "{victim}:18080"),  # the flaky second's 503s
     ("http_attack", "jndi_lookup:{peer}->{victim}:18080"),
     ("http_attack", "path_traversal:{peer}->{victim}:18080"),
     ("http_attack", "shell_injection:{peer}->{victim}:18080"),
@@ -257,6 +267,10 @@ def test_each_detector_raises_exactly_its_alert_from_real_packets(
     answered = {(r["dst_addr"], r["dst_port"]) for r in recs if r["direction"] == 1 and r["dst_addr"] in spoofed
                 and r["tcp_flags"] & 0x12 == 0x12 and r["src_port"] == HTTP_PORT}
     assert len(answered) == 600 and synack["message"].startswith("600 of "), synack["message"]
+    spike = by_key[("error_spike", f"{victim}:18080")]
+    errors_sent = seen(lambda r: r["direction"] == 1 and r["src_port"] == HTTP_PORT
+                       and base64.b64decode(r["payload"]).startswith(b"HTTP/1.1 503 "), spike)
+    assert spike["message"].startswith(f"{errors_sent} of ") and errors_sent >= 10, (errors_sent, spike["message"])
     rate_doc = by_key[("rate_limit", f"login:{base}.7")]
 
     def login(r: dict[str, Any]) -> bool:

@@ -41,6 +41,7 @@ ANSWERS = [
     ("GET", re.compile(r"^/v1/orders/\d+/items$"), 404, 0.15),
     ("GET", re.compile(r"^/misc/"), 500, 0.0),
     ("POST", re.compile(r"^/login$"), 401, 0.0),  # no credentials are ever right
+    ("GET", re.compile(r"^/flaky/fail"), 503, 0.0),
 ]
 
 
@@ -119,7 +120,7 @@ def servers(tmp: Path) -> Iterator[None]:
 
 def run_clients(h: NetnsHost, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for extra in {c["src"] for c in plan} - {h.peer_ip}:
-        h.run("ip", "addr", "add", f"{extra}/24", "dev", h.peer_if)
+        h.run("ip", "addr", "replace", f"{extra}/24", "dev", h.peer_if)  # (again: no error)
     out = h.run(sys.executable, str(Path(__file__).with_name("api_clients.py")), json.dumps(plan), timeout=120)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
