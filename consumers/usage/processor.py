@@ -281,8 +281,7 @@ class UsageProcessor:
         self.top_clients = top_clients
         self.hours = hours
         self.timeout_ns = int(response_timeout_s * 1e9)
-        self.red = red  # metrics.RedMetrics: the answers as Prometheus histograms (process-local)
-        self._origin_crc: dict[str, int] = {}
+        self.red = red  # red.RedMetrics: the answers as Prometheus histograms (process-local)
 
     # -- stage one --------------------------------------------------------------------------
 
@@ -466,9 +465,10 @@ class UsageProcessor:
 
     def _pair(self, st: UsageState, f: Features, rows: npt.NDArray[Any], row_api: npt.NDArray[np.int64],
               is_req: npt.NDArray[np.bool_], answer: npt.NDArray[np.bool_], api_names: list[str]) -> None:
-        crc = np.array([self._origin_crc.setdefault(s_, zlib.crc32(s_.encode())) for s_ in f.strings] or [0],
-                       dtype=np.int64)
-        conn = mix(rows["fh"], crc[np.maximum(rows["origin"], 0)])
+        # the connection per capture point: its flow hash mixed with a stable hash of the capture point
+        uo, oinv = np.unique(rows["origin"].astype(np.int64), return_inverse=True)
+        crc = np.array([zlib.crc32(f.text(o).encode()) for o in uo.tolist()], dtype=np.int64)
+        conn = mix(rows["fh"], crc[oinv.ravel()])
         ids = np.array([st.name_id(nm) for nm in api_names] or [0], dtype=np.int64)  # batch API -> state name
         ans_conn = np.unique(conn[answer])
         ri = np.flatnonzero(is_req)
