@@ -65,6 +65,7 @@ from pktstream.consumers.engine.eventtime import (
 )
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.topics import (
+    SnapshotUnreadable,
     group_consumer,
     last_snapshot,
     prepare_topics,
@@ -164,6 +165,7 @@ class RunCounters:
 
 
 TXN_CALL_S = 30.0  # the timeout given to each transactional call
+OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
 
 
 class ConsumerFailed(Exception):
@@ -309,8 +311,36 @@ class StreamRunner:
             return int(r.offset) if r.offset >= 0 else int(hi)
         return int(hi)
 
+    def _committed_with_states(self, consumer: Consumer,
+                               parts: list[TopicPartition]) -> tuple[list[TopicPartition], dict[int, PartState]]:
+        """The committed positions of parts and the states of their repartition partitions, as one
+        transaction left them. A snapshot and its partition's offsets commit together, so a
+        snapshot without offsets means the offsets are not visible yet (a coordinator that failed
+        over while the commit's markers were being written): ask again, rather than read the
+        partition from its start into a restored state; offsets without a snapshot are an error."""
+        deadline = time.monotonic() + OFFSETS_VISIBLE_S
+        while True:
+            committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+            states: dict[int, PartState] = {}
+            unseen = []
+            for tp in committed:
+                if tp.topic == self.cfg.repartition_topic:
+                    st, found = self._restore(tp.partition, expect=tp.offset >= 0)
+                    states[tp.partition] = st
+                    if found and tp.offset < 0:
+                        unseen.append(tp.partition)
+            if not unseen:
+                return committed, states
+            if time.monotonic() > deadline:
+                raise PktstreamError(
+                    f"{self.cfg.repartition_topic} partitions {unseen}: a state snapshot is committed but the "
+                    f"group's offsets are not visible after {OFFSETS_VISIBLE_S:.0f} s (offsets expired while the app "
+                    f"was stopped?); to start over, give a new --app-id or delete the app's internal topics")
+            log.warning("committed_offsets_not_visible", partitions=unseen)
+            time.sleep(2.0)
+
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+        committed, states = self._committed_with_states(consumer, parts)
         for tp in committed:
             key = (tp.topic, tp.partition)
             if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
@@ -318,7 +348,7 @@ class StreamRunner:
                 self.changed.add(key)
             self.assigned.add(key)
             if tp.topic == self.cfg.repartition_topic:
-                self.states[tp.partition] = self._restore(tp.partition)
+                self.states[tp.partition] = states[tp.partition]
         consumer.assign(committed)
         log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed])
 
@@ -355,28 +385,39 @@ class StreamRunner:
             self.dirty.discard(p)
             self.barriers.pop(p, None)
 
-    def _restore(self, q: int) -> PartState:
-        """The last committed snapshot of repartition partition q, or a fresh state."""
-        for attempt in range(4):
+    def _restore(self, q: int, expect: bool = False) -> tuple[PartState, bool]:
+        """The last committed snapshot of repartition partition q, or a fresh state; and whether
+        there was one. ``expect``: the partition's offsets are committed, so a snapshot must be
+        there: not finding it is retried with a new reader, then an error (never a fresh state)."""
+        value: bytes | None = None
+        for attempt in range(6):
             try:
                 value = last_snapshot(self.loader, self.cfg.state_topic, q)
-                break
+                if value is not None or not expect:
+                    break
+                why = "no snapshot although the partition's offsets are committed"
             except KafkaException as e:
                 # a client whose metadata kept a broker that left the cluster may never find the
                 # partition again (librdkafka#5511): a new one asks afresh
-                if attempt == 3 or not transient(e.args[0] if e.args else None):
+                if attempt == 5 or not transient(e.args[0] if e.args else None):
                     raise
-                log.warning("snapshot_loader_replaced", partition=q, error=str(e))
-                self.loader.close()
-                self.loader = snapshot_loader(self.conf, self.cfg.app_id)
+                why = str(e)
+            except SnapshotUnreadable as e:
+                why = str(e)
+            if attempt == 5:
+                raise PktstreamError(f"state of {self.cfg.repartition_topic}[{q}] cannot be restored: {why}")
+            log.warning("snapshot_loader_replaced", partition=q, error=why)
+            self.loader.close()
+            self.loader = snapshot_loader(self.conf, self.cfg.app_id)
+            time.sleep(min(8.0, 0.5 * 2**attempt))
         if value is None:
-            return PartState(self.proc.new_state())
+            return PartState(self.proc.new_state()), False
         doc = snapshot.unpack(value)
         self.counters.restored_partitions += 1
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
                        int(doc["watermark"]))
         log.info("state_restored", partition=q, bytes=len(value), watermark=st.watermark)
-        return st
+        return st, True
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -570,6 +611,7 @@ class StreamRunner:
             src, progress = int(h[H.SRC]), int(h[H.PROGRESS])
         except (DecodeError, KeyError, ValueError) as e:
             self._dead_letter(m, f"repartition message: {e}")
+            self.dirty.add(q)  # its offset commits, so a snapshot does too (see _committed_with_states)
             return
         st.sources[src] = max(st.sources.get(src, NO_PROGRESS), progress)
         if len(f.rows):
@@ -729,13 +771,12 @@ class StreamRunner:
         """After an aborted transaction: back to the last commit (offsets and state)."""
         assert self.consumer is not None
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
-        consumer = self.consumer
-        committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+        committed, states = self._committed_with_states(self.consumer, parts)
         for tp in committed:
             self._resume_from(tp)
             self.consumer.seek(tp)
             if tp.topic == self.cfg.repartition_topic:
-                self.states[tp.partition] = self._restore(tp.partition)
+                self.states[tp.partition] = states[tp.partition]
         self.changed.clear()
         self.dirty.clear()
         self.eof.clear()

@@ -91,17 +91,26 @@ def snapshot_loader(conf: Mapping[str, Any], app_id: str) -> Consumer:
                      "max.partition.fetch.bytes": 64 << 20})
 
 
+class SnapshotUnreadable(Exception):
+    """The state topic's partition could not be read to its end (a broker gone, a client whose
+    metadata went stale): whether it holds a snapshot is not known. Never the same as "none"."""
+
+
 def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
     """The last committed snapshot of partition q of the state topic (compacted: usually one of the
-    last few messages, else the whole partition is read), None when there is none."""
+    last few messages, else the whole partition is read), None when there is none. Raises
+    SnapshotUnreadable when the partition could not be read to its end."""
     tp = TopicPartition(state_topic, q)
     lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks", timeout_s=20)
+    if lo < 0 or hi < lo:
+        raise SnapshotUnreadable(f"{state_topic}[{q}]: no valid offsets ({lo}, {hi})")
     value: bytes | None = None
     for start in (max(lo, hi - 64), lo):
         if hi <= lo:
             break
         loader.assign([TopicPartition(state_topic, q, start)])
         deadline = time.monotonic() + 60
+        at_end = False
         while time.monotonic() < deadline:
             m = loader.poll(1.0)
             if m is None:
@@ -109,12 +118,15 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
             merr = m.error()
             if merr is not None:
                 if merr.code() == KafkaError._PARTITION_EOF:
+                    at_end = True
                     break
                 if not transient(merr):
                     raise KafkaException(merr)
                 continue  # a broker gone for a while: the client fails over and reads on
             value = m.value()
         loader.unassign()
+        if not at_end:
+            raise SnapshotUnreadable(f"{state_topic}[{q}]: not read to its end within 60 s")
         if value is not None or start == lo:
             break
     return value
