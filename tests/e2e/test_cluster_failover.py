@@ -249,7 +249,7 @@ def same_outputs(c: LocalCluster, s: dict[str, Any], usage_topic: str, alerts_to
 
 @pytest.mark.xfail(strict=False, reason=(
     "known, open: the usage windows' two causes are fixed (5b54d2e); the alerts' events differed once in "
-    "six runs after that, then none in eight local runs and one CI run on 2026-11-30 (session 8)"))
+    "six runs after that, then none in ten local runs and one CI run on 2026-11-30 (session 8)"))
 def test_two_instances_of_each_consumer_through_a_broker_kill(healthy: LocalCluster, scenario: dict[str, Any],
                                                               tmp_path: Path) -> None:
     b, topic = healthy.bootstrap, scenario["topic"]
