@@ -318,19 +318,18 @@ class StreamRunner:
         snapshot without offsets means the offsets are not visible yet (a coordinator that failed
         over while the commit's markers were being written): ask again, rather than read the
         partition from its start into a restored state; offsets without a snapshot are an error."""
+        committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+        states: dict[int, PartState] = {}
+        unseen = []
+        for tp in committed:
+            if tp.topic == self.cfg.repartition_topic:
+                st, found = self._restore(tp.partition, expect=tp.offset >= 0)
+                states[tp.partition] = st
+                if found and tp.offset < 0:
+                    unseen.append(tp.partition)
+        # the snapshots are read once; only the offsets are asked for again
         deadline = time.monotonic() + OFFSETS_VISIBLE_S
-        while True:
-            committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
-            states: dict[int, PartState] = {}
-            unseen = []
-            for tp in committed:
-                if tp.topic == self.cfg.repartition_topic:
-                    st, found = self._restore(tp.partition, expect=tp.offset >= 0)
-                    states[tp.partition] = st
-                    if found and tp.offset < 0:
-                        unseen.append(tp.partition)
-            if not unseen:
-                return committed, states
+        while unseen:
             if time.monotonic() > deadline:
                 raise PktstreamError(
                     f"{self.cfg.repartition_topic} partitions {unseen}: a state snapshot is committed but the "
@@ -338,6 +337,10 @@ class StreamRunner:
                     f"was stopped?); to start over, give a new --app-id or delete the app's internal topics")
             log.warning("committed_offsets_not_visible", partitions=unseen)
             time.sleep(2.0)
+            committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+            unseen = [tp.partition for tp in committed
+                      if tp.topic == self.cfg.repartition_topic and tp.offset < 0 and tp.partition in unseen]
+        return committed, states
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         committed, states = self._committed_with_states(consumer, parts)

@@ -33,6 +33,7 @@ from pktstream.consumers.catalog import ApiRef, Catalog
 from pktstream.consumers.engine.features import (
     REQUEST_KINDS,
     Features,
+    StringTable,
     addr_hash,
     featurize,
     flow_order,
@@ -246,15 +247,7 @@ class UsageState:
     late_records: int = 0
     records: int = 0
     pairing: Pairing = field(default_factory=lambda: Pairing(int(RESPONSE_TIMEOUT_S * 1e9)))
-    names: list[str] = field(default_factory=list)  # API names the request queue refers to
-    name_ix: dict[str, int] = field(default_factory=dict)
-
-    def name_id(self, name: str) -> int:
-        i = self.name_ix.get(name)
-        if i is None:
-            i = self.name_ix[name] = len(self.names)
-            self.names.append(name)
-        return i
+    names: StringTable = field(default_factory=StringTable)  # API names the request queue refers to
 
 
 def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
@@ -469,7 +462,7 @@ class UsageProcessor:
         uo, oinv = np.unique(rows["origin"].astype(np.int64), return_inverse=True)
         crc = np.array([zlib.crc32(f.text(o).encode()) for o in uo.tolist()], dtype=np.int64)
         conn = mix(rows["fh"], crc[oinv.ravel()])
-        ids = np.array([st.name_id(nm) for nm in api_names] or [0], dtype=np.int64)  # batch API -> state name
+        ids = np.array([st.names.add(nm) for nm in api_names] or [0], dtype=np.int64)  # batch API -> state name
         ans_conn = np.unique(conn[answer])
         ri = np.flatnonzero(is_req)
         reqs = np.zeros(len(ri), QUEUE_DTYPE)
@@ -490,7 +483,7 @@ class UsageProcessor:
             r_api[ra >= 0] = ids[ra[ra >= 0]]
             for j in np.flatnonzero(ra < 0).tolist():  # the connection waits for its request: the server's API
                 r = rows[rs[j]]
-                r_api[j] = st.name_id(self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]),
+                r_api[j] = st.names.add(self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]),
                                                     int(r["protocol"])))
         responses = {"conn": conn[rs], "ts": rows["ts_ns"][rs], "status": status[rs],
                      "content_length": rows["content_length"][rs], "api": r_api}
@@ -510,7 +503,7 @@ class UsageProcessor:
         bounds = np.r_[starts, m]
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             sel = order[lo:hi]
-            name = st.names[int(a_s[lo])]
+            name = st.names.items[int(a_s[lo])]
             a = st.windows.setdefault(int(w_s[lo]), {}).setdefault(name, Agg())
             a.answered = True
             un = p.unanswered[sel]
@@ -689,14 +682,13 @@ class UsageProcessor:
                         for k, p in st.pending.items()},
             "apis": {k: [r.host, r.port, r.protocol, r.matched, r.rate_limit_per_min] for k, r in st.apis.items()},
             "late_records": st.late_records, "records": st.records,
-            "queue": st.pairing.dump(), "names": st.names,
+            "queue": st.pairing.dump(), "names": st.names.items,
         }
 
     def load(self, d: Any) -> UsageState:
-        names = [str(x) for x in d.get("names", [])]
         return UsageState(
             pairing=Pairing.load(self.timeout_ns, d["queue"]) if "queue" in d else Pairing(self.timeout_ns),
-            names=names, name_ix={nm: i for i, nm in enumerate(names)},
+            names=StringTable([str(x) for x in d.get("names", [])]),
             windows={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["windows"].items()},
             hours={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["hours"].items()},
             closed_until=int(d["closed_until"]),

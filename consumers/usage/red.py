@@ -55,7 +55,7 @@ class RedMetrics(Collector):
         self.routes: dict[str, set[str]] = {}  # server address -> the route values given out
 
     def _labels(self, st: Any, api: int, method: int, status: int) -> tuple[str, ...]:
-        name = st.names[api]
+        name = st.names.items[api]
         ref = st.apis.get(name)
         server = (ref.host if ref is not None and ref.host else name.split(" ", 1)[0].rsplit(":", 1)[0])
         port = str(ref.port) if ref is not None and ref.port else ""
