@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -118,8 +118,19 @@ class OpenAlert:
     windows: int = 1
 
 
+class BaselineRows(NamedTuple):
+    """Keys' histories as Baselines.lookup found them: position in the table, found, count, mean, m2."""
+
+    pos: npt.NDArray[np.intp]
+    found: npt.NDArray[np.bool_]
+    cnt: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    m2: npt.NDArray[np.float64]
+
+
 class Baselines:
-    """Per-key traffic history of the volume detector: window count, mean, sum of squared deviations."""
+    """Per-key history of a value per window (the volume detector's packets, error_spike's share of
+    5xx): window count, mean, sum of squared deviations."""
 
     def __init__(self, keys: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.float64] | None = None,
                  mean: npt.NDArray[np.float64] | None = None, m2: npt.NDArray[np.float64] | None = None) -> None:
@@ -139,6 +150,34 @@ class Baselines:
         self.cnt = np.concatenate([self.cnt, cnt])[order]
         self.mean = np.concatenate([self.mean, mean])[order]
         self.m2 = np.concatenate([self.m2, m2])[order]
+
+    def lookup(self, keys: npt.NDArray[np.uint64]) -> BaselineRows:
+        """Each key's history: zeros where it has none."""
+        pos = np.searchsorted(self.keys, keys)
+        if len(self.keys) == 0:
+            z = np.zeros(len(keys))
+            return BaselineRows(pos, np.zeros(len(keys), bool), z, z, z)
+        posc = np.minimum(pos, len(self.keys) - 1)
+        found = (pos < len(self.keys)) & (self.keys[posc] == keys)
+        return BaselineRows(pos, found, np.where(found, self.cnt[posc], 0.0), np.where(found, self.mean[posc], 0.0),
+                            np.where(found, self.m2[posc], 0.0))
+
+    def learn(self, keys: npt.NDArray[np.uint64], seen: BaselineRows, x: npt.NDArray[np.float64],
+              where: npt.NDArray[np.bool_], max_keys: int) -> None:
+        """The keys' histories (as ``lookup`` gave them) learn this window's value x where ``where``
+        (Welford's running mean and squared deviations); keys without history start one; at most
+        max_keys are kept (the busiest)."""
+        cnt1 = seen.cnt + 1
+        delta = x - seen.mean
+        mean1 = seen.mean + delta / cnt1
+        m2_1 = seen.m2 + delta * (x - mean1)
+        upd = where & seen.found
+        at = seen.pos[upd]
+        self.cnt[at], self.mean[at], self.m2[at] = cnt1[upd], mean1[upd], m2_1[upd]
+        new = where & ~seen.found
+        if new.any():
+            self.add(keys[new], cnt1[new], mean1[new], m2_1[new])
+        self.cap(max_keys)
 
     def cap(self, max_keys: int) -> None:
         if len(self.keys) > max_keys:  # keep the busiest

@@ -120,7 +120,7 @@ def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[
     goes to the server, an HTTP/1.x response or a SYN-ACK comes from it. A conversation none of
     whose packets say so is judged by its ports: the server's is the well-known one (< 1024),
     else the one outside the ephemeral range (< 32768), else the lower; equal ports: the
-    destination is the server."""
+    destination is the server. Packets other than TCP and UDP are never answers."""
     m = len(sport)
     if m == 0:
         return np.zeros(0, dtype=bool)
@@ -150,7 +150,8 @@ def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[
         at[at == len(keys)] = 0
         known = keys[at] == conv
         server_hi = np.where(known, ev_hi[first][at], server_hi)
-    return np.asarray(src_hi == server_hi, dtype=bool)
+    # only TCP and UDP have ports to swap (ICMP's hold type and code)
+    return np.asarray((src_hi == server_hi) & ((proto == PROTO_TCP) | (proto == PROTO_UDP)), dtype=bool)
 
 
 @dataclass

@@ -66,10 +66,10 @@ FLOW_IDLE_NS = 600_000_000_000  # a connection without a request for 10 minutes 
 MAX_PENDING_FLOWS = 200_000
 CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find it for 10 s
 RESPONSE_TIMEOUT_S = 30.0  # a request no answer follows within this is unanswered
-_PARSED = fastavro.parse_schema(load_schema_json("usage"))
-ANSWER_FIELDS = ("response_packets", "response_bytes", "responses", "unanswered", "status_classes", "status_codes",
-                 "latency_buckets", "latency_sum_us", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
-                 "error_rate", "latency_count")
+_SCHEMA = load_schema_json("usage")
+_PARSED = fastavro.parse_schema(_SCHEMA)
+# the answer figures: the schema's nullable fields (null when the capture saw none of the server's packets)
+ANSWER_FIELDS = tuple(f["name"] for f in _SCHEMA["fields"] if isinstance(f["type"], list) and "null" in f["type"])
 
 
 class Clients:
@@ -497,6 +497,7 @@ class UsageProcessor:
         if m == 0:
             return
         win = (p.ts // MINUTE_NS) * MINUTE_NS
+        lb = np.where(p.latency >= 0, bucket(p.latency), -1)  # each answer's latency bucket, once
         order = np.lexsort((p.api, win))
         w_s, a_s = win[order], p.api[order]
         starts = np.flatnonzero(np.r_[True, (w_s[1:] != w_s[:-1]) | (a_s[1:] != a_s[:-1])])
@@ -514,13 +515,12 @@ class UsageProcessor:
                 codes, cnt = np.unique(p.status[answered], return_counts=True)
                 for c, v in zip(codes.tolist(), cnt.tolist(), strict=True):
                     a.codes[c] = a.codes.get(c, 0) + v
-                lat = p.latency[answered]
-                lat = lat[lat >= 0]
-                if len(lat):
-                    a.hist += np.bincount(bucket(lat), minlength=NBUCKETS)
-                    a.latency_sum_us += int((lat // 1000).sum())
+                timed = answered[lb[answered] >= 0]
+                if len(timed):
+                    a.hist += np.bincount(lb[timed], minlength=NBUCKETS)
+                    a.latency_sum_us += int((p.latency[timed] // 1000).sum())
         if self.red is not None:
-            self.red.observe(st, p)
+            self.red.observe(st, p, lb)
 
     def _aggregate(self, st: UsageState, f: Features, rows: npt.NDArray[Any], win: npt.NDArray[np.int64],
                    api: npt.NDArray[np.int64], is_req: npt.NDArray[np.bool_], api_names: list[str]) -> None:

@@ -29,7 +29,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from pktstream.consumers.engine.parse import METHODS
-from pktstream.consumers.usage.responses import LATENCY_BOUNDS_S, NBUCKETS, Paired, bucket
+from pktstream.consumers.usage.responses import LATENCY_BOUNDS_S, NBUCKETS, Paired
 
 SIZE_BOUNDS = (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)  # the default bounds
 _SIZE_BOUNDS = np.array(SIZE_BOUNDS, dtype=np.int64)
@@ -68,27 +68,32 @@ class RedMetrics(Collector):
         meth = METHODS[method] if 0 < method < len(METHODS) else ""
         return (name, meth, str(status) if status else "", server, port)
 
-    def observe(self, st: Any, p: Paired) -> None:
-        """The answers of a batch (unanswered requests are not observations)."""
+    def observe(self, st: Any, p: Paired, lb: npt.NDArray[np.int64]) -> None:
+        """The answers of a batch (unanswered requests are not observations), with each one's latency
+        bucket (-1: no latency). Histograms per label set in one pass each (bincount on group x bucket)."""
         sel = np.flatnonzero(~p.unanswered)
         if len(sel) == 0:
             return
         key = (p.api[sel] * 1024 + p.status[sel]) * 16 + p.method[sel]
         uniq, inv = np.unique(key, return_inverse=True)
-        inv = inv.ravel()
+        g, k = inv.ravel().astype(np.int64), len(uniq)
+        timed = lb[sel] >= 0
+        dur = _grouped(g[timed], lb[sel][timed], NBUCKETS, k)
+        dur_sum = np.bincount(g[timed], weights=p.latency[sel][timed], minlength=k) / 1e9
+        sizes = []
+        for col in (p.req_length[sel], p.resp_length[sel]):
+            known = col >= 0
+            v = col[known]
+            sizes.append((_grouped(g[known], np.searchsorted(_SIZE_BOUNDS, v, side="left"), len(SIZE_BOUNDS) + 1, k),
+                          np.bincount(g[known], weights=v, minlength=k)))
         with self.lock:
-            for g, k in enumerate(uniq.tolist()):
-                rows = sel[inv == g]
-                labels = self._labels(st, k // (1024 * 16), k % 16, (k // 16) % 1024)
-                lat = p.latency[rows]
-                lat = lat[lat >= 0]
-                if len(lat):
-                    self._add(self.duration, labels, np.bincount(bucket(lat), minlength=NBUCKETS),
-                              float(lat.sum()) / 1e9, NBUCKETS)
-                for store, col in ((self.req_size, p.req_length[rows]), (self.resp_size, p.resp_length[rows])):
-                    v = col[col >= 0]
-                    if len(v):
-                        self._add(store, labels, _size_buckets(v), float(v.sum()), len(SIZE_BOUNDS) + 1)
+            for i, kk in enumerate(uniq.tolist()):
+                labels = self._labels(st, kk // (1024 * 16), kk % 16, (kk // 16) % 1024)
+                if dur[i].any():
+                    self._add(self.duration, labels, dur[i], float(dur_sum[i]), NBUCKETS)
+                for store, (hist, total) in zip((self.req_size, self.resp_size), sizes, strict=True):
+                    if hist[i].any():
+                        self._add(store, labels, hist[i], float(total[i]), len(SIZE_BOUNDS) + 1)
 
     @staticmethod
     def _add(store: dict[tuple[str, ...], _Hist], labels: tuple[str, ...], counts: npt.NDArray[np.int64],
@@ -120,5 +125,6 @@ def _le(b: float) -> str:
     return str(float(b))
 
 
-def _size_buckets(v: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    return np.bincount(np.searchsorted(_SIZE_BOUNDS, v, side="left"), minlength=len(SIZE_BOUNDS) + 1)
+def _grouped(group: npt.NDArray[np.int64], b: npt.NDArray[Any], nb: int, k: int) -> npt.NDArray[np.int64]:
+    """Counts per (group, bucket) as a (k, nb) array."""
+    return np.bincount(group * nb + b, minlength=k * nb).reshape(k, nb).astype(np.int64)

@@ -102,6 +102,13 @@ def _unanswered(q: npt.NDArray[Any], timeout_ns: int) -> Paired:
                   np.ones(n, bool))
 
 
+def _answered(q: npt.NDArray[Any], ts: npt.NDArray[np.int64], status: npt.NDArray[np.int64],
+              latency: npt.NDArray[np.int64], resp_length: npt.NDArray[np.int64]) -> Paired:
+    """Requests (QUEUE_DTYPE rows) and their answers, row by row."""
+    return Paired(q["api"].astype(np.int64), ts, status, latency, q["method"].astype(np.int64),
+                  q["content_length"].astype(np.int64), resp_length, np.zeros(len(q), bool))
+
+
 @dataclass
 class Pairing:
     """The requests of one partition waiting for answers."""
@@ -141,10 +148,8 @@ class Pairing:
             late = req[~ok]
             if len(late):
                 out.append(_unanswered(q[late], self.timeout_ns))
-            out.append(Paired(q["api"][req_ok].astype(np.int64), r["ts"][ri_ok], r["status"][ri_ok].astype(np.int64),
-                              lat[ok], q["method"][req_ok].astype(np.int64),
-                              q["content_length"][req_ok].astype(np.int64),
-                              r["content_length"][ri_ok].astype(np.int64), np.zeros(len(req_ok), bool)))
+            out.append(_answered(q[req_ok], r["ts"][ri_ok], r["status"][ri_ok].astype(np.int64), lat[ok],
+                                 r["content_length"][ri_ok].astype(np.int64)))
             lone = np.ones(len(r["conn"]), bool)
             lone[ri_ok] = False
             li = np.flatnonzero(lone)
@@ -153,36 +158,19 @@ class Pairing:
                 out.append(Paired(r["api"][li].astype(np.int64), r["ts"][li], r["status"][li].astype(np.int64),
                                   np.full(m, -1, np.int64), np.zeros(m, np.int64), np.full(m, -1, np.int64),
                                   r["content_length"][li].astype(np.int64), np.zeros(m, bool)))
-        # TLS / HTTP/2: the server's first payload after the request
+        # TLS / HTTP/2: the server's first payload at or after the request
         tls = np.flatnonzero(q["http"] == 0)
-        d_conn = first_bytes["conn"]
-        if len(tls) and len(d_conn):
-            do = np.lexsort((first_bytes["ts"], d_conn))
-            dc, dt = d_conn[do], first_bytes["ts"][do]
-            # per request: the first data row of its connection at or after its time
-            ukeys = np.unique(np.concatenate([dc, q["conn"][tls]]))
-            g_d = np.searchsorted(ukeys, dc).astype(np.int64)
-            g_q = np.searchsorted(ukeys, q["conn"][tls]).astype(np.int64)
-            base = int(min(dt.min(), q["ts"][tls].min()))
-            span = int(max(dt.max(), q["ts"][tls].max())) - base + 1
-            if span * (len(ukeys) + 1) < (1 << 62):
-                kd = g_d * span + (dt - base)
-                kq = g_q * span + (q["ts"][tls] - base)
-                at = np.searchsorted(kd, kq, side="left")
-                found = at < len(kd)
-                at_c = np.minimum(at, len(kd) - 1)
-                found &= g_d[at_c] == g_q
-                lat = dt[at_c] - q["ts"][tls]
-                ok = found & (lat <= self.timeout_ns)
-                sel = tls[ok]
-                matched[tls[found]] = True
-                late = tls[found & ~ok]
-                if len(late):
-                    out.append(_unanswered(q[late], self.timeout_ns))
-                m = len(sel)
-                out.append(Paired(q["api"][sel].astype(np.int64), dt[at_c[ok]], np.zeros(m, np.int64), lat[ok],
-                                  q["method"][sel].astype(np.int64), np.full(m, -1, np.int64),
-                                  np.full(m, -1, np.int64), np.zeros(m, bool)))
+        if len(tls) and len(first_bytes["conn"]):
+            at, found = _next_at_or_after(q["conn"][tls], q["ts"][tls], first_bytes["conn"], first_bytes["ts"])
+            dt = first_bytes["ts"][at]
+            lat = dt - q["ts"][tls]
+            ok = found & (lat <= self.timeout_ns)
+            matched[tls[found]] = True
+            late = tls[found & ~ok]
+            if len(late):
+                out.append(_unanswered(q[late], self.timeout_ns))
+            sel, k = tls[ok], int(ok.sum())
+            out.append(_answered(q[sel], dt[ok], np.zeros(k, np.int64), lat[ok], np.full(k, -1, np.int64)))
         rest = q[~matched]
         if len(rest) > MAX_QUEUED:  # the oldest give up their place
             drop = np.argsort(rest["ts"], kind="stable")[: len(rest) - MAX_QUEUED]
@@ -212,6 +200,29 @@ class Pairing:
     @classmethod
     def load(cls, timeout_ns: int, d: Any) -> Pairing:
         return cls(timeout_ns, snapshot_array(d, QUEUE_DTYPE).copy())
+
+
+def _next_at_or_after(conn: npt.NDArray[np.uint64], ts: npt.NDArray[np.int64], e_conn: npt.NDArray[np.uint64],
+                      e_ts: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """For each (conn, ts): the index of the first event of the same connection at or after ts
+    (valid where found). One sort of both sides by (connection, time, request before event at equal
+    times), then each position's next event by a reversed running minimum."""
+    n, m = len(conn), len(e_conn)
+    c = np.concatenate([conn, e_conn])
+    t = np.concatenate([ts, e_ts])
+    is_event = np.r_[np.zeros(n, bool), np.ones(m, bool)]
+    order = np.lexsort((is_event, t, c))
+    pos = np.arange(n + m)
+    nxt = np.where(is_event[order], pos, n + m)
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]  # the next event's position, n + m if none
+    where = np.empty(n + m, np.int64)
+    where[order] = pos
+    at_pos = nxt[where[:n]]
+    found = at_pos < n + m
+    at_pos_c = np.minimum(at_pos, n + m - 1)
+    ev = order[at_pos_c] - n  # index into the events
+    found &= (ev >= 0) & (c[order[at_pos_c]] == conn)
+    return np.where(found, ev, 0).astype(np.intp), found
 
 
 def _ranks(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:

@@ -20,7 +20,14 @@ from pktstream.consumers.engine import features, snapshot
 from pktstream.consumers.engine.parse import normalize_path
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.usage.processor import MINUTE_NS, UsageProcessor
-from pktstream.consumers.usage.responses import LATENCY_BOUNDS_NS, NBUCKETS, quantile_ms
+from pktstream.consumers.usage.red import RedMetrics
+from pktstream.consumers.usage.responses import (
+    LATENCY_BOUNDS_NS,
+    LATENCY_BOUNDS_S,
+    NBUCKETS,
+    _next_at_or_after,
+    quantile_ms,
+)
 from pktstream.consumers.usage.table import render
 from pktstream.runtime.errors import ConfigError
 from pktstream.schemas.columns import read_container
@@ -76,11 +83,34 @@ def test_answers_are_paired_with_their_requests() -> None:
     t = generate(6000, T0 + 5 * 10**9, 100 * 10**9, clients=300, responses=True)
     results = []
     for batch, nparts in ((3000, 4), (777, 3)):
-        p = UsageProcessor(Catalog.from_data(CATALOG))
+        red = RedMetrics()
+        p = UsageProcessor(Catalog.from_data(CATALOG), red=red)
         states = {q: p.new_state() for q in range(nparts)}
         feed(p, containers(t, batch=batch), states, nparts)
         outs = [o for st_ in states.values() for o in p.close(st_, FOREVER)]
         got, ans = totals(outs), answer_totals(outs)
+        # the RED histograms (/metrics) hold the same answers as the usage records: per route, the
+        # latency buckets; per route and status, the counts
+        prom: dict[str, Counter[str]] = defaultdict(Counter)
+        for fam in red.collect():
+            for smp in fam.samples:
+                route = smp.labels["http_route"]
+                if fam.name == "http_server_request_duration_seconds" and smp.name.endswith("_count"):
+                    prom[route][f"code:{smp.labels['http_response_status_code'] or 0}"] += int(smp.value)
+                elif fam.name == "http_server_request_duration_seconds" and smp.name.endswith("_bucket"):
+                    prom[route][f"le:{smp.labels['le']}"] += int(smp.value)
+        for api, a in ans.items():
+            if api.endswith("/udp"):
+                assert api not in prom
+                continue
+            codes = {k: v for k, v in a.items() if k.startswith("code:")}
+            if set(codes) == {"code:0"} or not codes:  # TLS: no status code label
+                assert prom[api]["code:0"] == a["latency_count"], api
+            else:
+                assert {k: v for k, v in prom[api].items() if k.startswith("code:")} == codes, api
+            cum = np.cumsum([a[f"bucket:{i}"] for i in range(NBUCKETS)]).tolist()
+            les = [str(float(b)) for b in LATENCY_BOUNDS_S] + ["+Inf"]
+            assert [prom[api][f"le:{le}"] for le in les] == cum and cum[-1] > 0, api
         for api, e in t.expected.items():
             for k in ("requests", "packets", "bytes", "new_connections"):
                 assert got[api][k] == e[k], (api, k)
@@ -155,6 +185,27 @@ def test_unanswered_requests_and_one_direction_captures() -> None:
     (rec2,) = [o.record for o in p2.close(st2, FOREVER) if o.record["window_s"] == 60]
     assert rec2["requests"] == 4 and rec2["responses"] is None and rec2["unanswered"] is None
     assert rec2["latency_p99_ms"] is None and rec2["response_bytes"] is None
+
+
+@pytest.mark.parametrize("span_ns", [10**3, 10**9, 10**18])
+def test_first_bytes_follow_their_request_whatever_the_time_span(span_ns: int) -> None:
+    """TLS / HTTP/2 pairing: each request's first server payload of its connection at or after it,
+    as a brute force finds it, over spans of event time as long as a replay of years (no key overflow)."""
+    rng = np.random.default_rng(span_ns % 1000)
+    conns = rng.integers(0, 2**64, 40, dtype=np.uint64)
+    n, m = 3000, 2000
+    q_conn, e_conn = rng.choice(conns, n), rng.choice(conns, m)
+    q_ts = rng.integers(0, span_ns, n, dtype=np.int64)
+    e_ts = rng.integers(0, span_ns, m, dtype=np.int64)
+    e_ts[:50] = q_ts[:50]  # an answer at the request's own nanosecond counts
+    e_conn[:50] = q_conn[:50]
+    at, found = _next_at_or_after(q_conn, q_ts, e_conn, e_ts)
+    for i in range(n):
+        cand = np.flatnonzero((e_conn == q_conn[i]) & (e_ts >= q_ts[i]))
+        if len(cand) == 0:
+            assert not found[i]
+        else:
+            assert found[i] and e_ts[at[i]] == e_ts[cand].min() and e_conn[at[i]] == q_conn[i]
 
 
 def test_latency_quantiles_from_the_buckets() -> None:
@@ -325,6 +376,25 @@ def test_egress_records_are_not_features_yet() -> None:
     one = features.featurize(read_container(containers(t)[0]), "h/i")
     two = features.featurize(read_container(containers(both, batch=2 * t.n)[0]), "h/i")
     assert two.rows.tobytes() == one.rows.tobytes() and len(one.rows) > 0
+
+
+def test_answers_mode_orients_tcp_and_udp_only() -> None:
+    """Both directions as rows of their conversation: the server's TCP packets are swapped to client ->
+    server and marked; an ICMP port unreachable keeps its type and code and the port it quotes."""
+    quoted = bytes([0x45]) + bytes(19) + (40001).to_bytes(2, "big") + (5353).to_bytes(2, "big") + bytes(4)
+    t = packets_traffic([
+        {"ts": T0, "src": "10.0.0.1", "dst": "10.0.0.2", "sport": 40001, "dport": 8080, "flags": 0x02},
+        {"ts": T0 + 1000, "src": "10.0.0.2", "dst": "10.0.0.1", "sport": 8080, "dport": 40001, "flags": 0x12},
+        {"ts": T0 + 2000, "src": "10.0.0.2", "dst": "10.0.0.1", "sport": 3, "dport": 3, "proto": 1,
+         "flags": 0, "payload": quoted, "direction": 1},
+        {"ts": T0 + 3000, "src": "10.0.0.2", "dst": "10.0.0.1", "sport": 1, "dport": 4, "proto": 1, "flags": 0},
+    ])
+    rows = features.featurize(read_container(containers(t)[0]), "h/i", answers=True).rows
+    rows = rows[np.argsort(rows["ts_ns"])]
+    assert rows["answer"].tolist() == [0, 1, 0, 0]
+    assert rows["src_port"].tolist() == [40001, 40001, 3, 1] and rows["dst_port"].tolist() == [8080, 8080, 3, 4]
+    assert rows["fh"][0] == rows["fh"][1]
+    assert rows["quoted_port"][2] == 5353
 
 
 ids = st.one_of(st.integers(0, 10**12).map(str), st.uuids().map(str),

@@ -41,23 +41,10 @@ class ErrorSpike(Detector, name="error_spike", order=105, severity_id=3,
         errors = w.per_key(np.where(w.c["item"] == ERROR, w.c["n"], 0))
         ratio = errors / np.maximum(w.n, 1)
         bl = baselines(w.state)
-        keys = w.keys
-        pos = np.searchsorted(bl.keys, keys)
-        posc = np.minimum(pos, max(0, len(bl.keys) - 1))
-        found = (pos < len(bl.keys)) & (bl.keys[posc] == keys) if len(bl.keys) else np.zeros(len(keys), bool)
-        cnt = np.where(found, bl.cnt[posc] if len(bl.keys) else 0, 0.0)
-        mean = np.where(found, bl.mean[posc] if len(bl.keys) else 0, 0.0)
-        fire: npt.NDArray[np.bool_] = found & (cnt >= cfg["warmup_windows"]) & (errors >= cfg["min_errors"]) \
-            & (ratio >= cfg["min_ratio"]) & (ratio >= cfg["factor"] * mean)
-        learn = ~fire
-        cnt1 = cnt + 1
-        mean1 = mean + (ratio - mean) / cnt1
-        upd = learn & found
-        bl.cnt[pos[upd]], bl.mean[pos[upd]] = cnt1[upd], mean1[upd]
-        new = learn & ~found
-        if new.any():
-            bl.add(keys[new], cnt1[new], mean1[new], np.zeros(int(new.sum())))
-        bl.cap(int(cfg["max_keys"]))
+        seen = bl.lookup(w.keys)
+        fire: npt.NDArray[np.bool_] = seen.found & (seen.cnt >= cfg["warmup_windows"]) \
+            & (errors >= cfg["min_errors"]) & (ratio >= cfg["min_ratio"]) & (ratio >= cfg["factor"] * seen.mean)
+        bl.learn(w.keys, seen, ratio, ~fire, int(cfg["max_keys"]))  # a window that fires does not move the average
         return fire
 
     def describe(self, e: Evidence) -> tuple[str, str]:

@@ -42,27 +42,12 @@ class Volumetric(Detector, name="volumetric", order=110, severity_id=3,
         cfg = self.settings
         keys, n = w.keys, w.n
         bl = w.state.baselines
-        pos = np.searchsorted(bl.keys, keys)
-        posc = np.minimum(pos, max(0, len(bl.keys) - 1))
-        found = (pos < len(bl.keys)) & (bl.keys[posc] == keys) if len(bl.keys) else np.zeros(len(keys), bool)
-        cnt = np.where(found, bl.cnt[posc] if len(bl.keys) else 0, 0.0)
-        mean = np.where(found, bl.mean[posc] if len(bl.keys) else 0, 0.0)
-        m2 = np.where(found, bl.m2[posc] if len(bl.keys) else 0, 0.0)
+        seen = bl.lookup(keys)
         x = n.astype(np.float64)
-        std = np.sqrt(m2 / np.maximum(1.0, cnt - 1))
-        fire: npt.NDArray[np.bool_] = found & (cnt >= cfg["warmup_windows"]) & (x >= cfg["min_packets"]) \
-            & (x > cfg["factor"] * mean) & (x > mean + cfg["sigmas"] * std)
-        learn = ~fire  # an attack does not move the baseline
-        cnt1 = cnt + 1
-        delta = x - mean
-        mean1 = mean + delta / cnt1
-        m2_1 = m2 + delta * (x - mean1)
-        upd = learn & found
-        bl.cnt[pos[upd]], bl.mean[pos[upd]], bl.m2[pos[upd]] = cnt1[upd], mean1[upd], m2_1[upd]
-        new = learn & ~found
-        if new.any():
-            bl.add(keys[new], cnt1[new], mean1[new], m2_1[new])
-        bl.cap(int(cfg["max_keys"]))
+        std = np.sqrt(seen.m2 / np.maximum(1.0, seen.cnt - 1))
+        fire: npt.NDArray[np.bool_] = seen.found & (seen.cnt >= cfg["warmup_windows"]) & (x >= cfg["min_packets"]) \
+            & (x > cfg["factor"] * seen.mean) & (x > seen.mean + cfg["sigmas"] * std)
+        bl.learn(keys, seen, x, ~fire, int(cfg["max_keys"]))  # an attack does not move the baseline
         out: npt.NDArray[np.bool_] = fire & (w.distinct >= cfg["min_flows"])
         return out
 
