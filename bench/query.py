@@ -1,7 +1,9 @@
 """``pktstream query`` over a large packet topic: records/s (read from Kafka, decode, load into
-DuckDB, a GROUP BY) and the process's peak RSS.
+DuckDB, a GROUP BY) and the process's peak RSS; with ``--export FORMAT``, ``pktstream export``
+of the whole topic to a file instead (read, decode, rebuild the frames, write).
 
     python -m bench.query --records 20000000
+    python -m bench.query --records 5000000 --export pcapng
 
 Fills a topic of its own on a local broker (started here, or --bootstrap) with generated traffic
 (about 1 M distinct records, repeated up to --records), then times the command as a user runs it.
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=20_000_000)
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--sql", default=SQL)
+    ap.add_argument("--export", choices=["pcap", "pcapng", "parquet"], default=None,
+                    help="time pktstream export to this format instead of the query")
     a = ap.parse_args()
     lk = None
     bootstrap = a.bootstrap
@@ -66,9 +70,12 @@ def main() -> None:
             sent += per_round
         assert p.flush(300) == 0
         t0 = time.monotonic()
-        with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen([PKTSTREAM, "query", "--bootstrap-servers", bootstrap, "--topic", topic, a.sql,
-                                     "--format", "json"], stdout=out)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as tmp:
+            cmd = [PKTSTREAM, "query", "--bootstrap-servers", bootstrap, "--topic", topic, a.sql, "--format", "json"]
+            if a.export:
+                cmd = [PKTSTREAM, "export", "--bootstrap-servers", bootstrap, "--topic", topic, "--format", a.export,
+                       "-o", str(Path(tmp) / f"out.{a.export}")]
+            proc = subprocess.Popen(cmd, stdout=out)
             # the command's own peak RSS: VmHWM of its address space (wait4's ru_maxrss would count
             # this process's memory at the fork, which exec keeps in the figure)
             hwm_kb = 0
@@ -80,11 +87,13 @@ def main() -> None:
             secs = time.monotonic() - t0
             assert proc.returncode == 0
             out.seek(0)
-            rows = [json.loads(line) for line in out.read().decode().splitlines()]
+            rows = [] if a.export else [json.loads(line) for line in out.read().decode().splitlines()]
+            file_mb = (Path(tmp) / f"out.{a.export}").stat().st_size / 1e6 if a.export else 0
         rss_mb = hwm_kb / 1024
         total = sum(x.get("packets", 0) for x in rows)
         print(json.dumps({"records": sent, "seconds": round(secs, 2), "records_per_s": round(sent / secs),
-                          "peak_rss_mb": round(rss_mb), "top_rows_records": total, "cpus": os.cpu_count()}))
+                          "peak_rss_mb": round(rss_mb), "top_rows_records": total, "cpus": os.cpu_count(),
+                          **({"export": a.export, "file_mb": round(file_mb)} if a.export else {})}))
     finally:
         if lk is not None:
             lk.down()
