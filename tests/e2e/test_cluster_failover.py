@@ -247,9 +247,6 @@ def same_outputs(c: LocalCluster, s: dict[str, Any], usage_topic: str, alerts_to
         sorted(json.dumps(d, sort_keys=True) for d in s["alerts"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, open: the usage windows' two causes are fixed (5b54d2e); the alerts' events differed once in "
-    "six runs after that, then none in ten local runs and one CI run on 2026-11-30 (session 8)"))
 def test_two_instances_of_each_consumer_through_a_broker_kill(healthy: LocalCluster, scenario: dict[str, Any],
                                                               tmp_path: Path) -> None:
     b, topic = healthy.bootstrap, scenario["topic"]
@@ -268,10 +265,6 @@ def test_two_instances_of_each_consumer_through_a_broker_kill(healthy: LocalClus
     same_outputs(healthy, scenario, f"{topic}.u.two", f"{topic}.a.two")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, open: the group-coordinator case failed in CI at 8f664e1 and 269d558 and in 5 of 19 local runs "
-    "on 2026-11-30: twice with the state restore fixed in df6acd3, three times at the test's own check that "
-    "the coordinator is its partition's leader (removed: the two differ for a while after a restart)"))
 @pytest.mark.parametrize("which", ["transaction", "group"])
 def test_coordinators_broker_killed_mid_transaction(healthy: LocalCluster, scenario: dict[str, Any], which: str,
                                                     tmp_path: Path) -> None:
