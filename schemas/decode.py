@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,19 @@ def decode_container(value: bytes | None) -> Container:
     return Container(metadata=meta, records=[r for r in records if isinstance(r, dict)])
 
 
+_MAPPED = bytes(10) + b"\xff\xff"
+_ZERO12 = bytes(12)
+
+
 def addr_text(addr: bytes) -> str:
-    """A 16-byte address as text; IPv4-mapped addresses as dotted quads."""
-    ip = ipaddress.IPv6Address(addr)
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+    """A 16-byte address as text; IPv4-mapped addresses as dotted quads. The text of Python's
+    ipaddress (RFC 5952), formatted by the C library where the two agree (all but the deprecated
+    IPv4-compatible ::a.b.c.d form, which ipaddress writes in hex)."""
+    if addr[:12] == _MAPPED:
+        return socket.inet_ntop(socket.AF_INET, addr[12:])
+    if addr[:12] == _ZERO12:
+        return str(ipaddress.IPv6Address(addr))
+    return socket.inet_ntop(socket.AF_INET6, addr)
 
 
 def escape_payload(b: bytes) -> str:

@@ -15,7 +15,6 @@ whatever the range. A message that does not decode is counted and skipped.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import time
 import uuid
@@ -34,7 +33,7 @@ from pktstream.consumers.tools.pushdown import Filter, message_passes, record_ma
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import read_container
-from pktstream.schemas.decode import DecodeError, message_headers
+from pktstream.schemas.decode import DecodeError, addr_text, message_headers
 
 log = structlog.get_logger("pktstream.history")
 
@@ -72,10 +71,7 @@ def addresses(m: npt.NDArray[np.uint8]) -> pa.Array:
         return pa.array([], pa.string())
     rows = np.ascontiguousarray(m).view(np.dtype((np.void, 16))).ravel()
     uniq, inverse = np.unique(rows, return_inverse=True)
-    texts = []
-    for u in uniq:
-        ip = ipaddress.IPv6Address(bytes(u))
-        texts.append(str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip))
+    texts = [addr_text(bytes(u)) for u in uniq]
     return pa.array(texts, pa.string()).take(pa.array(inverse.astype(np.int32).ravel()))
 
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.container import ContainerWriter
@@ -13,6 +17,17 @@ from pktstream.schemas.record import record_dtype
 def test_addr_text() -> None:
     assert addr_text(bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])) == "192.0.2.1"
     assert addr_text(bytes.fromhex("20010db8000000000000000000000001")) == "2001:db8::1"
+
+
+# 16 bytes built from 16-bit groups that are often zero (runs of zeros are where formatters differ)
+_groups = st.lists(st.one_of(st.just(0), st.just(0xFFFF), st.integers(0, 0xFFFF)), min_size=8, max_size=8)
+
+
+@given(_groups)
+def test_addr_text_is_the_text_of_pythons_ipaddress(groups: list[int]) -> None:
+    raw = b"".join(g.to_bytes(2, "big") for g in groups)
+    ip = ipaddress.IPv6Address(raw)
+    assert addr_text(raw) == (str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip))
 
 
 def test_escape_payload() -> None:
