@@ -112,8 +112,11 @@ def _port_rank(port: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
 
 
 def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[Any], dport: npt.NDArray[Any],
-               proto: npt.NDArray[Any], flags: npt.NDArray[Any], kind: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Which packets go from a server to its client (addresses as (n, 2) words).
+               proto: npt.NDArray[Any], flags: npt.NDArray[Any], kind: npt.NDArray[Any],
+               ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+    """Which packets go from a server to its client (addresses as (n, 2) words); with each row's
+    conversation hash (flow_hash of its endpoints in a fixed order) and whether that order is
+    client -> server (then the hash is the flow hash of the oriented row too).
 
     A conversation's server is known from its packets in the batch that say so, the first of
     them deciding: a request (HTTP/1.x request line, TLS ClientHello, HTTP/2 preface) or a SYN
@@ -123,7 +126,7 @@ def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[
     destination is the server. Packets other than TCP and UDP are never answers."""
     m = len(sport)
     if m == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0, dtype=bool), np.zeros(0, np.uint64), np.zeros(0, dtype=bool)
     # the conversation's endpoints in a fixed order: lo, hi (by address words, then port)
     s0, s1, d0, d1 = src[:, 0], src[:, 1], dst[:, 0], dst[:, 1]
     src_hi = (s0 > d0) | ((s0 == d0) & ((s1 > d1) | ((s1 == d1) & (sport > dport))))
@@ -151,7 +154,11 @@ def answers_of(src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[
         known = keys[at] == conv
         server_hi = np.where(known, ev_hi[first][at], server_hi)
     # only TCP and UDP have ports to swap (ICMP's hold type and code)
-    return np.asarray((src_hi == server_hi) & ((proto == PROTO_TCP) | (proto == PROTO_UDP)), dtype=bool)
+    ported = (proto == PROTO_TCP) | (proto == PROTO_UDP)
+    answer = np.asarray((src_hi == server_hi) & ported, dtype=bool)
+    # the oriented row is (lo -> hi) where the server is hi; unported rows stay as they are
+    in_order = np.asarray(np.where(ported, server_hi, ~src_hi), dtype=bool)
+    return answer, conv, in_order
 
 
 @dataclass
@@ -273,13 +280,20 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     packets = rate
     flags_or = flags
     answer: npt.NDArray[np.bool_] | None = None
+    fh: npt.NDArray[np.uint64] | None = None
     if answers and m:
-        answer = answers_of(src, dst, sport, dport, proto, flags, kind)
+        answer, conv, in_order = answers_of(src, dst, sport, dport, proto, flags, kind)
         if answer.any():
             src, dst = np.where(answer[:, None], dst, src), np.where(answer[:, None], src, dst)
             sport, dport = np.where(answer, dport, sport), np.where(answer, sport, dport)
+        # the flow hash of the oriented rows: the conversation's where it is ordered client -> server
+        fh = conv
+        other = np.flatnonzero(~in_order)
+        if len(other):
+            fh[other] = flow_hash(src[other], dst[other], sport[other], dport[other], proto[other])
     data_ts = np.where(col("payload_len") > 0, ts, 0) if answers else None
-    fh = flow_hash(src, dst, sport, dport, proto) if m else np.zeros(0, np.uint64)
+    if fh is None:
+        fh = flow_hash(src, dst, sport, dport, proto) if m else np.zeros(0, np.uint64)
     if coalesce_ns and m:
         order = flow_order(fh if answer is None else fh ^ np.where(answer, _ANSWER_BIT, np.uint64(0)))
         fs = fh[order] >> np.uint64(20)

@@ -394,6 +394,8 @@ def test_answers_mode_orients_tcp_and_udp_only() -> None:
     assert rows["answer"].tolist() == [0, 1, 0, 0]
     assert rows["src_port"].tolist() == [40001, 40001, 3, 1] and rows["dst_port"].tolist() == [8080, 8080, 3, 4]
     assert rows["fh"][0] == rows["fh"][1]
+    assert (rows["fh"] == features.flow_hash(rows["src_addr"], rows["dst_addr"], rows["src_port"], rows["dst_port"],
+                                             rows["protocol"])).all()  # each row's hash is its oriented 5-tuple's
     assert rows["quoted_port"][2] == 5353
 
 
