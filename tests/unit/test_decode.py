@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pktstream.consumers.tools.history import addresses, binaries
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.container import ContainerWriter
 from pktstream.schemas.decode import DecodeError, addr_text, decode_container, escape_payload, present
@@ -28,6 +29,27 @@ def test_addr_text_is_the_text_of_pythons_ipaddress(groups: list[int]) -> None:
     raw = b"".join(g.to_bytes(2, "big") for g in groups)
     ip = ipaddress.IPv6Address(raw)
     assert addr_text(raw) == (str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip))
+
+
+_v4 = st.binary(min_size=4, max_size=4).map(lambda b: bytes(10) + b"\xff\xff" + b)
+
+
+@given(st.lists(st.one_of(_v4, _groups.map(lambda gs: b"".join(g.to_bytes(2, "big") for g in gs))), max_size=40))
+def test_address_columns_are_addr_text_row_by_row(addrs: list[bytes]) -> None:
+    """The query and export tables' address column (IPv4 formatted by Arrow, the rest per distinct
+    address) holds what addr_text gives for each row, in any mix."""
+    m = np.frombuffer(b"".join(addrs), np.uint8).reshape(len(addrs), 16)
+    assert addresses(m).to_pylist() == [addr_text(a) for a in addrs]
+
+
+@given(st.lists(st.binary(max_size=12), max_size=30), st.integers(0, 12))
+def test_payload_columns_are_each_rows_prefix(payloads: list[bytes], width: int) -> None:
+    """The tables' payload column: each row's bytes up to its length, cut at the matrix's width."""
+    m = np.zeros((len(payloads), width), np.uint8)
+    for i, p in enumerate(payloads):
+        m[i, : min(len(p), width)] = np.frombuffer(p[:width], np.uint8)
+    lens = np.array([len(p) for p in payloads], np.int64)
+    assert binaries(m, lens).to_pylist() == [p[:width] for p in payloads]
 
 
 def test_escape_payload() -> None:
