@@ -106,13 +106,17 @@ class Point:
         return self.lost == 0 and self.sent > 0
 
 
+STATE = Path(tempfile.gettempdir()) / f"pktstream-bench-state-{os.getpid()}"
+
+
 class Proc:
     """A producer subprocess whose JSON log events are collected."""
 
     def __init__(self, cmd: list[str]) -> None:
         self.events: list[dict[str, Any]] = []
+        # the producer's state (spool, run files) in the benchmark's own directory, removed at the end
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PKTSTREAM_LOG_FORMAT": "json"})
+                                     env={**os.environ, "PKTSTREAM_LOG_FORMAT": "json", "PKTSTREAM_HOME": str(STATE)})
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
@@ -371,6 +375,7 @@ def main() -> None:
         plan += [("adaptive", 0, r) for r in (2_000_000, 3_000_000, 4_000_000, 0)]
     frames = frame_mix(args.credentials)
     data_dir = Path(tempfile.mkdtemp(prefix="pktstream-bench-kafka-"))
+    STATE.mkdir(parents=True, exist_ok=True)
     kafka = LocalKafka(port=int(os.environ.get("PKTSTREAM_BENCH_KAFKA_PORT", "19192")), data_dir=data_dir)
     subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
     subprocess.run(["ip", "link", "add", IF_A, "type", "veth", "peer", "name", IF_B], check=True)
@@ -387,6 +392,7 @@ def main() -> None:
     finally:
         kafka.down()
         shutil.rmtree(data_dir, ignore_errors=True)  # the broker's data: nothing left under /tmp
+        shutil.rmtree(STATE, ignore_errors=True)
         subprocess.run(["ip", "link", "del", IF_A], capture_output=True)
         shutil.rmtree(Path("/sys/fs/bpf/pktstream") / IF_A, ignore_errors=True)
     elapsed = time.monotonic() - t0
