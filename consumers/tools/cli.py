@@ -177,7 +177,7 @@ def export_run(args: argparse.Namespace) -> int:
         raise PktstreamError(f"no messages in {describe(rng)} of topic {args.topic!r}")
     out = open_output(args.output, "parquet")
     progress = Progress()
-    schema = packet_schema()
+    schema = packet_schema(address_text=args.format == "parquet")  # frames take the addresses' bytes
     batches = packet_batches(conf, args.topic, rng, progress, schema, terminal_progress())
     try:
         if args.format == "parquet":

@@ -12,7 +12,6 @@ prefixes. Parquet has the columns of ``pktstream query``'s ``packets`` table.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pktstream.consumers.tools.history import ADDRESS_BYTES, row_prefixes
 from pktstream.schemas.protocols import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP
 
 COMMENT = ("pktstream export: frames rebuilt from packet metadata; each payload is the prefix the producer "
@@ -45,26 +44,16 @@ _TCP = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("seq", ">u4"), ("ack", ">u
                  ("win", ">u2"), ("csum", ">u2"), ("urg", ">u2")])
 _UDP = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2"), ("pad", "u1", 12)])
 _ICMP = np.dtype([("type", "u1"), ("code", "u1"), ("csum", ">u2"), ("rest", ">u4"), ("pad", "u1", 12)])
-_COLS = ("ts_ns", "src_addr", "dst_addr", "ip_version", "protocol", "src_port", "dst_port", "wire_len", "ttl",
-         "tcp_flags", "frag_flags", "frag_offset", "vlan_outer", "vlan_inner", "ethertype", "flags")
+_INTS = ("ts_ns", "ip_version", "protocol", "src_port", "dst_port", "wire_len", "ttl", "tcp_flags", "frag_flags",
+         "frag_offset", "vlan_outer", "vlan_inner", "ethertype", "flags")
 
 
 def _addresses(col: pa.Array) -> npt.NDArray[np.uint8]:
-    """Address text (IPv4 as dotted quad, the rest IPv6) as (n, 16) bytes, IPv4 mapped into IPv6;
-    each distinct address parsed once."""
-    enc = pc.dictionary_encode(col).combine_chunks() if isinstance(col, pa.ChunkedArray) else pc.dictionary_encode(col)
-    texts = enc.dictionary.to_pylist()
-    mapped = bytes(10) + b"\xff\xff"
-    raw = b"".join(socket.inet_pton(socket.AF_INET6, t) if ":" in t else mapped + socket.inet_aton(t) for t in texts)
-    uniq = np.frombuffer(raw, np.uint8).reshape(len(texts), 16)
-    out: npt.NDArray[np.uint8] = uniq[enc.indices.to_numpy(zero_copy_only=False)]
-    return out
-
-
-def _flat(block: npt.NDArray[np.uint8], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-    """Each row's first lens[i] bytes, concatenated."""
-    out: npt.NDArray[np.uint8] = block[np.arange(block.shape[1])[None, :] < lens[:, None]]
-    return out
+    """An address column of 16-byte values (packet_schema(address_text=False)) as (n, 16) bytes."""
+    if col.type != ADDRESS_BYTES:
+        raise TypeError(f"export: addresses as {col.type}; read the topic with packet_schema(address_text=False)")
+    data = np.frombuffer(col.buffers()[1], np.uint8, 16 * len(col), 16 * col.offset)
+    return data.reshape(len(col), 16)
 
 
 def _join_rows(parts: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]]) -> bytes:
@@ -101,15 +90,14 @@ class Frames:
         return total
 
     def parts(self) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]]:
-        return [(_flat(b, ln), ln) for b, ln in self.headers] + [self.payload]
+        return [(row_prefixes(b, ln), ln) for b, ln in self.headers] + [self.payload]
 
 
 def frames(b: pa.RecordBatch) -> Frames:
     """The frames a batch of records describes, as far as their metadata and payload prefixes go
     (column-wise: no Python per record)."""
     n = b.num_rows
-    c = {k: b.column(k).to_numpy(zero_copy_only=False).astype(np.int64) for k in _COLS if k not in
-         ("src_addr", "dst_addr")}
+    c = {k: b.column(k).to_numpy(zero_copy_only=False).astype(np.int64) for k in _INTS}
     pay = b.column("payload")
     offsets = np.frombuffer(pay.buffers()[1], np.int32, n + 1, pay.offset * 4).astype(np.int64)
     data = np.frombuffer(pay.buffers()[2], np.uint8) if pay.buffers()[2] is not None else np.zeros(0, np.uint8)
@@ -136,25 +124,23 @@ def frames(b: pa.RecordBatch) -> Frames:
     icmp = l4_on & ((proto == PROTO_ICMP) | (proto == PROTO_ICMP6))
     l4 = np.zeros(n, _TCP)
     l4["sport"], l4["dport"], l4["off"], l4["flags"] = c["src_port"], c["dst_port"], 5 << 4, c["tcp_flags"] & 0xFF
+    # UDP and ICMP rows overwrite the TCP fields they share bytes with (the rest stays zero)
     u = l4.view(_UDP)
     udp_len = np.minimum(np.maximum(8, wire - l2 - np.where(v4, 20, 40)), 0xFFFF)
     u["len"] = np.where(udp, udp_len, u["len"])
-    u["csum"] = np.where(udp, 0, u["csum"])
     i = l4.view(_ICMP)
-    i_type, i_code = c["src_port"] & 0xFF, c["dst_port"] & 0xFF
-    for name, val in (("type", i_type), ("code", i_code), ("csum", 0), ("rest", 0)):
+    for name, val in (("type", c["src_port"] & 0xFF), ("code", c["dst_port"] & 0xFF), ("csum", 0)):
         i[name] = np.where(icmp, val, i[name])
     l4_len = np.where(tcp, 20, np.where(udp | icmp, 8, 0))
     # IP
     src, dst = _addresses(b.column("src_addr")), _addresses(b.column("dst_addr"))
-    l3 = np.zeros(n, _IPV6)
-    h6 = l3
+    h6 = np.zeros(n, _IPV6)
     frag6 = v6 & ((off != 0) | ((ff & 1) != 0))
     h6["vtf"], h6["plen"] = 6 << 28, np.minimum(np.maximum(0, wire - l2 - 40), 0xFFFF)
     h6["next"] = np.where(frag6, 44, proto)
     h6["hlim"], h6["src"], h6["dst"] = c["ttl"], src, dst
     h6["f_next"], h6["f_off"] = np.where(frag6, proto, 0), np.where(frag6, (off // 8) << 3 | (ff & 1), 0)
-    l3_bytes = l3.view(np.uint8).reshape(n, _L3).copy()
+    l3_bytes = h6.view(np.uint8).reshape(n, _L3).copy()
     if v4.any():
         h4 = np.zeros(n, _IPV4)
         h4["vihl"], h4["total"] = 0x45, np.minimum(np.maximum(20, wire - l2), 0xFFFF)
@@ -177,7 +163,7 @@ def write_pcap(batches: Iterable[pa.RecordBatch], out: BinaryIO) -> int:
     for b in batches:
         if b.num_rows == 0:
             continue
-        f = frames(b.select([*_COLS, "payload"]))
+        f = frames(b)
         length = f.length
         rec = np.zeros((b.num_rows, 4), "<u4")
         rec[:, 0], rec[:, 1] = np.divmod(f.ts_ns, 1_000_000_000)
@@ -207,7 +193,7 @@ def write_pcapng(batches: Iterable[pa.RecordBatch], out: BinaryIO, comment: str)
         m = b.num_rows
         if m == 0:
             continue
-        f = frames(b.select([*_COLS, "payload"]))
+        f = frames(b)
         length = f.length
         pad = -length % 4
         total = 32 + length + pad  # enhanced packet block: 28 bytes before the frame, its padding, 4 after
@@ -219,7 +205,7 @@ def write_pcapng(batches: Iterable[pa.RecordBatch], out: BinaryIO, comment: str)
         tail = np.zeros((m, 7), np.uint8)  # the padding, then the block's length again
         tail[np.arange(m)[:, None], pad[:, None] + np.arange(4)] = total.astype("<u4").view(np.uint8).reshape(m, 4)
         out.write(_join_rows([(head.view(np.uint8).ravel(), np.full(m, 28, np.int64)), *f.parts(),
-                              (_flat(tail, pad + 4), pad + 4)]))
+                              (row_prefixes(tail, pad + 4), pad + 4)]))
         n += m
     return n
 

@@ -40,14 +40,19 @@ log = structlog.get_logger("pktstream.history")
 UNTIL_SLACK_MS = 60_000  # messages sent up to this long after --until are read for its records
 
 
-def packet_schema() -> pa.Schema:
+ADDRESS_BYTES = pa.binary(16)
+
+
+def packet_schema(address_text: bool = True) -> pa.Schema:
     """The ``packets`` table: every field of schemas/packet.avsc under its name (int -> int32,
-    long -> int64, addresses -> text, bytes -> binary), then ts, host, interface, run_id."""
+    long -> int64, addresses -> text, bytes -> binary), then ts, host, interface, run_id.
+    ``address_text=False``: addresses as their 16 bytes (IPv4 mapped into IPv6), for readers that
+    want the bytes (pcap export) rather than text."""
     fields: list[pa.Field] = []
     for f in load_schema_json("packet")["fields"]:
         t = f["type"]
         if f["name"] in ("src_addr", "dst_addr"):
-            fields.append(pa.field(f["name"], pa.string()))
+            fields.append(pa.field(f["name"], pa.string() if address_text else ADDRESS_BYTES))
         elif t == "long":
             fields.append(pa.field(f["name"], pa.int64()))
         elif t == "int":
@@ -75,16 +80,26 @@ def addresses(m: npt.NDArray[np.uint8]) -> pa.Array:
     return pa.array(texts, pa.string()).take(pa.array(inverse.astype(np.int32).ravel()))
 
 
+def row_prefixes(matrix: npt.NDArray[np.uint8], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """Each row's first lens[i] bytes of an (n, width) matrix (lens at most the width), concatenated:
+    gathered by index, so a row mostly shorter than the width costs only its own bytes."""
+    n, width = len(lens), (matrix.shape[1] if matrix.ndim == 2 else 0)
+    if n == 0 or width == 0:
+        return np.zeros(0, np.uint8)
+    start = np.arange(n, dtype=np.int64) * width
+    first = np.cumsum(lens) - lens  # where each row's bytes begin in the output
+    out: npt.NDArray[np.uint8] = np.ascontiguousarray(matrix).reshape(-1)[
+        np.repeat(start - first, lens) + np.arange(int(lens.sum()))]
+    return out
+
+
 def binaries(matrix: npt.NDArray[np.uint8], lengths: npt.NDArray[Any]) -> pa.Array:
     """Variable-length bytes from the decoder's (n, width) matrix and lengths, without a loop."""
     n = len(lengths)
-    width = matrix.shape[1] if matrix.ndim == 2 else 0
-    lens = np.minimum(lengths.astype(np.int64), width)
+    lens = np.minimum(lengths.astype(np.int64), matrix.shape[1] if matrix.ndim == 2 else 0)
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(lens, out=offsets[1:])
-    # each row's first lens[i] bytes: gathered by index (a payload is mostly shorter than the width)
-    flat = np.ascontiguousarray(matrix).reshape(-1) if n else np.zeros(0, np.uint8)
-    data = flat[np.repeat(np.arange(n, dtype=np.int64) * width - offsets[:-1], lens) + np.arange(int(offsets[-1]))]
+    data = row_prefixes(matrix, lens)
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
 
 
@@ -93,7 +108,9 @@ def to_batch(columns: Mapping[str, npt.NDArray[Any]], n: int, host: str, interfa
     arrays: list[pa.Array] = []
     for f in schema:
         if f.name in ("src_addr", "dst_addr"):
-            arrays.append(addresses(columns[f.name]))
+            arrays.append(addresses(columns[f.name]) if f.type == pa.string() else
+                          pa.FixedSizeBinaryArray.from_buffers(ADDRESS_BYTES, n, [
+                              None, pa.py_buffer(np.ascontiguousarray(columns[f.name], np.uint8))]))
         elif f.type == pa.binary():
             arrays.append(binaries(columns[f.name], columns[f.name + "__len"]) if f.name in columns
                           else pa.array([b""] * n, pa.binary()))

@@ -49,7 +49,7 @@ def records() -> tuple[dict[str, np.ndarray], int]:
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_frames_read_back_field_by_field(fmt: str, tmp_path: Path) -> None:
     cols, n = records()
-    batch = to_batch(cols, n, "h", "eth0", "r", packet_schema())
+    batch = to_batch(cols, n, "h", "eth0", "r", packet_schema(address_text=False))
     buf = io.BytesIO()
     parts = [batch.slice(0, 3), batch.slice(3)]  # slices: the payload column starts at an offset
     written = export.write_pcap(parts, buf) if fmt == "pcap" else export.write_pcapng(parts, buf, export.COMMENT)
