@@ -107,8 +107,10 @@ class ProducerRun:
         if cfg.create_topic:
             ensure_topic(
                 conf, cfg.topic, cfg.partitions, cfg.replication_factor,
+                # the broker's clock stamps each message (LogAppendTime): the consumers judge a host's
+                # record times against it, so a host's wrong clock cannot move their event time
                 {"retention.ms": str(cfg.retention_ms), "max.message.bytes": str(64 << 20),
-                 "compression.type": "producer"},
+                 "compression.type": "producer", "message.timestamp.type": "LogAppendTime"},
             )
             ensure_topic(
                 conf, cfg.stats_topic, 1, cfg.replication_factor,

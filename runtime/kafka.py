@@ -118,6 +118,27 @@ def ensure_topic(
     return True
 
 
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588  # Kafka's message.max.bytes when no one sets it
+
+
+def max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> int:
+    """The largest message (record batch) the topic accepts: its effective ``max.message.bytes``
+    (the topic's own setting, else the broker's ``message.max.bytes``); Kafka's default when the
+    configuration cannot be read (a principal without DescribeConfigs, say)."""
+    from confluent_kafka.admin._config import ConfigResource
+    from confluent_kafka.admin._resource import ResourceType
+
+    admin = AdminClient(dict(conf))
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([res], request_timeout=timeout_s)[res].result(timeout=timeout_s)
+        return int(entries["max.message.bytes"].value)
+    except (KafkaException, KeyError, ValueError, TypeError) as e:
+        log.warning("topic_config_unreadable", topic=topic, error=str(e),
+                    assumed=BROKER_DEFAULT_MAX_MESSAGE_BYTES)
+        return BROKER_DEFAULT_MAX_MESSAGE_BYTES
+
+
 def parse_props(items: Sequence[str] | None) -> dict[str, str]:
     """``-X property=value`` flags as a librdkafka dict; every malformed one listed."""
     out: dict[str, str] = {}

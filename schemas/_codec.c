@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { KIND_VARINT = 0, KIND_FIXED = 1, KIND_BYTES = 2 };
+enum { KIND_VARINT = 0, KIND_FIXED = 1, KIND_BYTES = 2, KIND_INT = 3 };
 
 static inline int64_t put_varint(uint8_t *out, int64_t pos, int64_t v)
 {
@@ -39,6 +39,7 @@ int64_t pkt_avro_encode(int64_t n, int64_t nfields, const int64_t *kinds, const 
 				return -1;
 			switch (kinds[f]) {
 			case KIND_VARINT:
+			case KIND_INT:
 				pos = put_varint(out, pos, ints[i * ints_cols + s]);
 				break;
 			case KIND_FIXED: {
@@ -88,15 +89,46 @@ static inline int get_varint(const uint8_t *buf, int64_t len, int64_t *pos, int6
 }
 
 /* Decode nrec records of the field layout (kinds/slots as for encoding) into column matrices.
- * A bytes value longer than its column's width is cut to the width; its full length is kept in
- * blens. Returns the bytes consumed, or a negative error: -1 data ends inside a record, -2 a
- * varint longer than 10 bytes, -3 a negative bytes length. Never reads past len. */
+ * The layout comes from a writer's schema (untrusted), so it is checked against the destination
+ * first: every slot within its matrix, every fixed size and bytes width non-negative and inside
+ * its row (nfixed and nbyts: the lengths of the fixed_* and byts_* arrays). A bytes value longer
+ * than its column's width is cut to the width; its full length is kept in blens. KIND_INT is a
+ * varint that must fit 32 bits (an Avro int). Returns the bytes consumed, or a negative error:
+ * -1 data ends inside a record, -2 a varint longer than 10 bytes, -3 a negative bytes length,
+ * -4 a layout that does not fit the destination, -5 an int out of the 32-bit range.
+ * Never reads past len, never writes past a matrix. */
 int64_t pkt_avro_decode(const uint8_t *buf, int64_t len, int64_t nrec, int64_t nfields, const int64_t *kinds,
 			const int64_t *slots, int64_t *ints, int64_t ints_cols,
 			uint8_t *fixed, int64_t fixed_cols, const int64_t *fixed_off, const int64_t *fixed_size,
-			uint8_t *byts, int64_t byts_cols, const int64_t *byts_off, const int64_t *byts_width,
-			int64_t *blens, int64_t blens_cols)
+			int64_t nfixed, uint8_t *byts, int64_t byts_cols, const int64_t *byts_off,
+			const int64_t *byts_width, int64_t nbyts, int64_t *blens, int64_t blens_cols)
 {
+	if (nrec < 0 || nfields < 0 || len < 0)
+		return -4;
+	for (int64_t f = 0; f < nfields; f++) {
+		int64_t s = slots[f];
+		if (s < 0)
+			return -4;
+		switch (kinds[f]) {
+		case KIND_VARINT:
+		case KIND_INT:
+			if (s >= ints_cols)
+				return -4;
+			break;
+		case KIND_FIXED:
+			if (s >= nfixed || fixed_size[s] < 0 || fixed_off[s] < 0 ||
+			    fixed_off[s] > fixed_cols - fixed_size[s])
+				return -4;
+			break;
+		case KIND_BYTES:
+			if (s >= nbyts || s >= blens_cols || byts_width[s] < 0 || byts_off[s] < 0 ||
+			    byts_off[s] > byts_cols - byts_width[s])
+				return -4;
+			break;
+		default:
+			return -4;
+		}
+	}
 	int64_t pos = 0;
 	for (int64_t i = 0; i < nrec; i++) {
 		for (int64_t f = 0; f < nfields; f++) {
@@ -104,9 +136,12 @@ int64_t pkt_avro_decode(const uint8_t *buf, int64_t len, int64_t nrec, int64_t n
 			int rc;
 			switch (kinds[f]) {
 			case KIND_VARINT:
+			case KIND_INT:
 				rc = get_varint(buf, len, &pos, &v);
 				if (rc)
 					return rc;
+				if (kinds[f] == KIND_INT && (v < INT32_MIN || v > INT32_MAX))
+					return -5;
 				ints[i * ints_cols + s] = v;
 				break;
 			case KIND_FIXED: {

@@ -5,8 +5,18 @@ hundred bytes), decompresses each block with the codec the header names, and
 decodes all of a block's records with one compiled loop (``pkt_avro_decode``
 in schemas/_codec.c) into numpy columns: one int64 array per int/long field,
 an (n, size) uint8 matrix per fixed field, an (n, width) matrix plus a length
-array per bytes field. Every malformed input raises DecodeError; the C loop
-never reads past the data.
+array per bytes field.
+
+This is the consumers' one door for untrusted input (any host of the fleet writes the packet
+topic): a message decodes only under a writer schema that resolves against the reader's
+(schemas/packet.avsc, by Avro's rules: same record name, every reader field present with a
+promotable type or given a default, only the types the packet contract uses, bounded sizes); the
+resolution is checked once per schema text and cached. Sizes are bounded before anything is
+allocated: the schema text, the payload width, each block's decompressed size (streamed, capped at
+the declared records times the largest record the schema allows, and at MAX_DECODED_BYTES per
+message), and the column matrices. Every malformed input raises DecodeError (nothing else); the C
+loop checks the layout against its destination and never reads past the data. Behind the door the
+columns hold every reader field (defaults filled in) and every ``int`` field fits 32 bits.
 """
 
 from __future__ import annotations
@@ -22,20 +32,24 @@ import numpy.typing as npt
 
 from pktstream.runtime.native import load_native
 from pktstream.schemas import headers as H
-from pktstream.schemas.container import (
-    KIND_BYTES,
-    KIND_FIXED,
-    KIND_VARINT,
-    MAGIC,
-    AvroEncodeError,
-    field_specs,
-    zstd_module,
-)
+from pktstream.schemas import load_schema_json
+from pktstream.schemas.container import KIND_BYTES, KIND_FIXED, KIND_VARINT, MAGIC, FieldSpec, zstd_module
 from pktstream.schemas.decode import DecodeError
 
 _native = load_native()
-_ERRORS = {-1: "data ends inside a record", -2: "varint longer than 10 bytes", -3: "negative bytes length"}
+_ERRORS = {-1: "data ends inside a record", -2: "varint longer than 10 bytes", -3: "negative bytes length",
+           -4: "field layout does not fit its columns", -5: "an int field's value is outside 32 bits"}
+KIND_INT = 3  # a varint that must fit 32 bits (schemas/_codec.c)
 DEFAULT_BYTES_WIDTH = 256
+
+# Bounds on what a message may make us parse or allocate (docs/operations.md, "Trust boundary")
+MAX_SCHEMA_CHARS = 64 << 10  # the packet schema is 3.4 KB, 0.9 KB in canonical form
+MAX_FIELDS = 256
+MAX_FIXED_SIZE = 64  # bytes of a fixed field (addresses are 16)
+MAX_WIDTH = 1024  # payload bytes per record (the producer captures at most 256)
+MAX_METADATA = 1024  # container metadata entries
+MAX_DECODED_BYTES = 64 << 20  # a message's records, decompressed (the producer's largest message)
+MAX_COLUMN_BYTES = 1 << 30  # the column matrices of one message
 
 
 @dataclass
@@ -45,7 +59,7 @@ class Batch:
     columns: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
-class _Reader:
+class ByteReader:
     """Reads a container without copying it: take() gives views of its bytes."""
 
     def __init__(self, data: bytes) -> None:
@@ -74,53 +88,231 @@ class _Reader:
         return out
 
 
-def _decompress(codec: str, data: memoryview) -> bytes | memoryview:
+def read_header(r: ByteReader) -> tuple[dict[str, str], memoryview]:
+    """A container's metadata and sync marker (any schema: the tools read other topics too)."""
+    if r.take(4) != MAGIC:
+        raise DecodeError("not an Avro object container (bad magic)")
+    meta: dict[str, str] = {}
+    entries = 0
+    while True:
+        count = r.long()
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            r.long()  # block size in bytes
+        entries += count
+        if entries > MAX_METADATA:
+            raise DecodeError(f"container header has more than {MAX_METADATA} metadata entries")
+        for _ in range(count):
+            k = bytes(r.take(r.long())).decode(errors="replace")
+            meta[k] = bytes(r.take(r.long())).decode(errors="replace")
+    return meta, r.take(16)
+
+
+def _snappy_length(data: memoryview) -> int:
+    """The uncompressed length a raw snappy block declares (its first varint)."""
+    z = shift = 0
+    for i in range(min(len(data), 5)):
+        z |= (data[i] & 0x7F) << shift
+        if not data[i] & 0x80:
+            return z
+        shift += 7
+    raise DecodeError("snappy block has no valid length")
+
+
+def decompress(codec: str, data: memoryview, cap: int) -> bytes | memoryview:
+    """A block's bytes, decompressed as a stream that stops past ``cap`` bytes: a block that would
+    inflate to more is a DecodeError, before the memory is spent."""
+    too_big = DecodeError(f"{codec} block inflates to more than {cap:,} bytes (the most its records can take)")
     try:
         if codec == "null":
+            if len(data) > cap:
+                raise too_big
             return data
         if codec == "deflate":
-            return zlib.decompress(data, -15)
+            d = zlib.decompressobj(-15)
+            out = d.decompress(data, cap + 1)
+            if len(out) > cap or d.unconsumed_tail:
+                raise too_big
+            if not d.eof:
+                raise DecodeError("deflate block is truncated")
+            return out
         if codec == "snappy":
             import cramjam
 
+            if len(data) < 5:
+                raise DecodeError("snappy block is too short")
+            if _snappy_length(data) > cap:
+                raise too_big
             out = bytes(cramjam.snappy.decompress_raw(bytes(data[:-4])))
             if zlib.crc32(out).to_bytes(4, "big") != data[-4:]:
                 raise DecodeError("snappy block checksum mismatch")
             return out
         if codec == "zstandard":
-            return bytes(zstd_module().decompress(data))
+            zstd = zstd_module()
+            parts: list[bytes] = []
+            total = 0
+            rest = bytes(data)
+            while rest:  # frame after frame, each given only what the cap has left
+                z = zstd.ZstdDecompressor()
+                chunk = z.decompress(rest, max_length=cap - total + 1)
+                total += len(chunk)
+                if total > cap or (not z.eof and not z.needs_input):
+                    raise too_big
+                if not z.eof:
+                    raise DecodeError("zstandard block is truncated")
+                parts.append(chunk)
+                rest = z.unused_data
+            return b"".join(parts)
     except DecodeError:
         raise
     except Exception as e:
-        raise DecodeError(f"{codec} block does not decompress: {e}") from None
+        raise DecodeError(f"{codec} block does not decompress: {type(e).__name__}: {e}") from None
     raise DecodeError(f"unknown codec {codec!r}")
 
 
-@lru_cache(maxsize=16)
-def _layout(schema_json: str) -> tuple[list[Any], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+@dataclass(frozen=True)
+class Layout:
+    """How a writer's records decode into the reader's columns."""
+
+    specs: list[FieldSpec]
+    kinds: npt.NDArray[np.int64]
+    slots: npt.NDArray[np.int64]
+    defaults: dict[str, int]  # reader fields the writer lacks: their defaults
+
+    def record_bounds(self, width: int) -> tuple[int, int, int]:
+        """(fewest, most) bytes a record takes in a block, and the bytes of its columns."""
+        nv = int(((self.kinds == KIND_VARINT) | (self.kinds == KIND_INT)).sum())
+        nb = int((self.kinds == KIND_BYTES).sum())
+        nfixed = sum(s.size for s in self.specs if s.kind == "fixed")
+        # (a writer may write a payload longer than its metadata's width: cut to the width on
+        # decoding, so it is allowed up to MAX_WIDTH in the most a record may take)
+        return (max(1, nv + nb + nfixed), 10 * (nv + nb) + nfixed + nb * max(width, MAX_WIDTH),
+                8 * (max(nv, 1) + max(nb, 1)) + max(nfixed, 1) + max(nb * width, 1))
+
+
+def _short(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise DecodeError(f"a schema name is not a string: {name!r}"[:200])
+    return name.rsplit(".", 1)[-1]
+
+
+def _primitive(t: Any) -> Any:
+    """``{"type": "long"}`` is ``"long"`` (a primitive written as an object)."""
+    if isinstance(t, dict) and t.get("type") in ("int", "long", "bytes") and set(t) <= {"type", "logicalType"}:
+        return t["type"]
+    return t
+
+
+def _field_types(schema: Any, what: str) -> tuple[str, dict[str, tuple[str, int, str]], dict[str, Any]]:
+    """A record schema's name and, per field, (kind, fixed size, fixed name) and default; only the
+    types the packet contract uses are accepted (int, long, bytes, fixed)."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise DecodeError(f"{what} schema is not a record")
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or not 0 < len(fields) <= MAX_FIELDS:
+        raise DecodeError(f"{what} schema must have 1..{MAX_FIELDS} fields")
+    named: dict[str, int] = {}
+    out: dict[str, tuple[str, int, str]] = {}
+    defaults: dict[str, Any] = {}
+    for f in fields:
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise DecodeError(f"{what} schema has a field without a name")
+        name = f["name"]
+        if name in out:
+            raise DecodeError(f"{what} schema names field {name[:80]!r} twice")
+        t = _primitive(f.get("type"))
+        if isinstance(t, dict) and t.get("type") == "fixed":
+            size, tname = t.get("size"), _short(t.get("name"))
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_FIXED_SIZE:
+                raise DecodeError(f"field {name[:80]!r}: fixed size {size!r} is outside 1..{MAX_FIXED_SIZE}"[:300])
+            named[tname] = size
+            out[name] = ("fixed", size, tname)
+        elif t in ("int", "long", "bytes"):
+            out[name] = (t, 0, "")
+        elif isinstance(t, str) and _short(t) in named:
+            out[name] = ("fixed", named[_short(t)], _short(t))
+        else:
+            raise DecodeError(f"field {name[:80]!r}: type {str(t)[:80]!r} is not in the packet contract")
+        if "default" in f:
+            defaults[name] = f["default"]
+    return _short(schema.get("name")), out, defaults
+
+
+_PROMOTES = {("int", "int"), ("int", "long"), ("long", "long"), ("bytes", "bytes")}  # (writer, reader)
+
+
+def _layout(schema_json: str) -> Layout:
+    """The layout of a writer schema resolved against the packet schema (Avro's rules), or
+    DecodeError saying why it does not resolve. Cached per schema text, refusals too."""
+    lay = _resolved(schema_json)
+    if isinstance(lay, str):
+        raise DecodeError(lay)
+    return lay
+
+
+@lru_cache(maxsize=64)
+def _resolved(schema_json: str) -> Layout | str:
     try:
-        specs = field_specs(json.loads(schema_json))
-    except (ValueError, KeyError, TypeError, AvroEncodeError) as e:
-        raise DecodeError(f"schema not readable as columns: {e}") from None
-    kinds = np.array([{"varint": KIND_VARINT, "fixed": KIND_FIXED, "bytes": KIND_BYTES}[s.kind] for s in specs],
-                     dtype=np.int64)
-    counters = {KIND_VARINT: 0, KIND_FIXED: 0, KIND_BYTES: 0}
+        return _resolve(schema_json)
+    except DecodeError as e:
+        return str(e)
+
+
+def _resolve(schema_json: str) -> Layout:
+    if len(schema_json) > MAX_SCHEMA_CHARS:
+        raise DecodeError(f"writer schema is {len(schema_json):,} characters (at most {MAX_SCHEMA_CHARS:,})")
+    try:
+        writer = json.loads(schema_json)
+    except (ValueError, RecursionError) as e:
+        raise DecodeError(f"writer schema is not JSON: {type(e).__name__}") from None
+    wname, wtypes, _ = _field_types(writer, "writer")
+    rname, rtypes, rdefaults = _field_types(load_schema_json("packet"), "reader")
+    if wname != rname:
+        raise DecodeError(f"writer schema is record {wname[:80]!r}, not {rname!r}")
+    defaults: dict[str, int] = {}
+    for name, (rkind, rsize, rfixed) in rtypes.items():
+        if name not in wtypes:
+            d = rdefaults.get(name)
+            if not isinstance(d, int) or isinstance(d, bool):
+                raise DecodeError(f"writer schema lacks field {name!r}, which has no default")
+            defaults[name] = d
+            continue
+        wkind, wsize, wfixed = wtypes[name]
+        if rkind == "fixed":
+            ok = wkind == "fixed" and wsize == rsize and wfixed == rfixed
+        else:
+            ok = (wkind, rkind) in _PROMOTES
+        if not ok:
+            raise DecodeError(f"field {name!r}: writer type {wkind}{f'({wsize})' if wsize else ''} does not "
+                              f"resolve to {rkind}{f'({rsize})' if rsize else ''}")
+    specs = [FieldSpec(name, {"int": "varint", "long": "varint"}.get(k, k), size) for name, (k, size, _) in
+             wtypes.items()]
+    kinds = np.array([KIND_INT if k == "int" else {"long": KIND_VARINT, "fixed": KIND_FIXED, "bytes": KIND_BYTES}[k]
+                      for k, _, _ in wtypes.values()], dtype=np.int64)
     slots = np.empty(len(specs), dtype=np.int64)
+    counters = {KIND_VARINT: 0, KIND_FIXED: 0, KIND_BYTES: 0}
     for i, k in enumerate(kinds):
-        slots[i] = counters[int(k)]
-        counters[int(k)] += 1
-    return specs, kinds, slots
+        c = KIND_VARINT if k == KIND_INT else int(k)
+        slots[i] = counters[c]
+        counters[c] += 1
+    return Layout(specs, kinds, slots, defaults)
 
 
-def _decode_block(specs: list[Any], kinds: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
-                  data: bytes | memoryview, n: int, width: int) -> dict[str, npt.NDArray[Any]]:
-    nv = int((kinds == KIND_VARINT).sum())
-    fixed_size = np.array([s.size for s in specs if s.kind == "fixed"] or [0], dtype=np.int64)
+def _decode_block(lay: Layout, data: bytes | memoryview, n: int, width: int) -> dict[str, npt.NDArray[Any]]:
+    specs, kinds, slots = lay.specs, lay.kinds, lay.slots
+    min_record, _, column_bytes = lay.record_bounds(width)
     # a record takes at least a byte per varint and bytes field plus its fixed fields: a corrupt
     # count must not make us allocate more than the data could hold
-    min_record = max(1, nv + int((kinds == KIND_BYTES).sum()) + int(fixed_size.sum()))
     if n < 0 or n * min_record > len(data):
         raise DecodeError(f"block claims {n} records in {len(data)} bytes")
+    if n * column_bytes > MAX_COLUMN_BYTES:
+        raise DecodeError(f"block of {n:,} records of payload width {width} needs {n * column_bytes >> 20:,} MiB "
+                          f"of columns (at most {MAX_COLUMN_BYTES >> 20:,})")
+    ints_kind = (kinds == KIND_VARINT) | (kinds == KIND_INT)
+    nv = int(ints_kind.sum())
+    fixed_size = np.array([s.size for s in specs if s.kind == "fixed"] or [0], dtype=np.int64)
     fixed_off = np.concatenate(([0], np.cumsum(fixed_size)[:-1])).astype(np.int64)
     nb = int((kinds == KIND_BYTES).sum())
     byts_width = np.full(max(nb, 1), width, dtype=np.int64)
@@ -131,15 +323,15 @@ def _decode_block(specs: list[Any], kinds: npt.NDArray[np.int64], slots: npt.NDA
     blens = np.zeros((n, max(nb, 1)), dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
     used = _native.pkt_avro_decode(buf, len(data), n, len(specs), kinds, slots, ints, ints.shape[1], fixed,
-                                   fixed.shape[1], fixed_off, fixed_size, byts, byts.shape[1], byts_off, byts_width,
-                                   blens, blens.shape[1])
+                                   fixed.shape[1], fixed_off, fixed_size, len(fixed_size), byts, byts.shape[1],
+                                   byts_off, byts_width, len(byts_width), blens, blens.shape[1])
     if used < 0:
         raise DecodeError(_ERRORS.get(int(used), f"decode error {used}"))
     if used != len(data):
         raise DecodeError(f"block has {len(data) - used} bytes after its {n} records")
     cols: dict[str, npt.NDArray[Any]] = {}
     for spec, kind, slot in zip(specs, kinds, slots, strict=True):
-        if kind == KIND_VARINT:
+        if kind in (KIND_VARINT, KIND_INT):
             cols[spec.name] = ints[:, slot]
         elif kind == KIND_FIXED:
             o = int(fixed_off[slot])
@@ -150,42 +342,45 @@ def _decode_block(specs: list[Any], kinds: npt.NDArray[np.int64], slots: npt.NDA
     return cols
 
 
+def payload_width(meta: dict[str, str]) -> int:
+    """The payload column's width: the prefix the writer's run captured (container metadata)."""
+    text = meta.get(H.PAYLOAD_BYTES)
+    if text is None or text == "":
+        return DEFAULT_BYTES_WIDTH
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_WIDTH:
+        raise DecodeError(f"metadata {H.PAYLOAD_BYTES} is {text[:40]!r}, not a number of bytes 0..{MAX_WIDTH}")
+    return max(1, int(text))
+
+
 def read_container(value: bytes | None) -> Batch:
     """Decode one Object Container File (a packet-topic message) into columns."""
     if not value:
         raise DecodeError("empty message")
-    r = _Reader(value)
-    if r.take(4) != MAGIC:
-        raise DecodeError("not an Avro object container (bad magic)")
-    meta: dict[str, str] = {}
-    while True:
-        count = r.long()
-        if count == 0:
-            break
-        if count < 0:
-            count = -count
-            r.long()  # block size in bytes
-        for _ in range(count):
-            k = bytes(r.take(r.long())).decode(errors="replace")
-            meta[k] = bytes(r.take(r.long())).decode(errors="replace")
-    sync = r.take(16)
+    r = ByteReader(value)
+    meta, sync = read_header(r)
     if "avro.schema" not in meta:
         raise DecodeError("container header has no schema")
-    specs, kinds, slots = _layout(meta["avro.schema"])
+    lay = _layout(meta["avro.schema"])
     codec = meta.get("avro.codec", "null")
-    width = int(meta.get(H.PAYLOAD_BYTES, DEFAULT_BYTES_WIDTH) or DEFAULT_BYTES_WIDTH)
-    width = max(1, min(width, 1 << 16))
+    width = payload_width(meta)
+    _, max_record, _ = lay.record_bounds(width)
     parts: list[dict[str, npt.NDArray[Any]]] = []
-    total = 0
+    total = decoded = 0
     while r.pos < len(value):
         n = r.long()
         size = r.long()
-        block = _decompress(codec, r.take(size))
+        if n < 0:
+            raise DecodeError(f"block claims {n} records")
+        cap = min(n * max_record, MAX_DECODED_BYTES - decoded)
+        block = decompress(codec, r.take(size), cap)
+        decoded += len(block)
         if r.take(16) != sync:
             raise DecodeError("block sync marker mismatch")
-        parts.append(_decode_block(specs, kinds, slots, block, n, width))
+        parts.append(_decode_block(lay, block, n, width))
         total += n
     if not parts:
-        return Batch(meta, 0, _decode_block(specs, kinds, slots, b"", 0, width))
+        parts.append(_decode_block(lay, b"", 0, width))
     cols = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for name, d in lay.defaults.items():  # reader fields this writer did not have
+        cols[name] = np.full(total, d, dtype=np.int64)
     return Batch(meta, total, cols)

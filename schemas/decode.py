@@ -6,6 +6,7 @@ import base64
 import io
 import ipaddress
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +23,90 @@ class Container:
     records: list[dict[str, Any]]
 
 
-def decode_container(value: bytes | None) -> Container:
-    """Read one Avro Object Container File; raise DecodeError on anything malformed."""
+MAX_SCHEMA_DEPTH = 32  # nesting of a writer schema fastavro is given (the packet schema's is 3)
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of JSON brackets in a schema's text (no recursion, no parsing)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def iter_container(value: bytes | None) -> tuple[dict[str, str], Iterator[dict[str, Any]]]:
+    """One Avro Object Container File of any schema (``pktstream tail`` reads other topics too):
+    its metadata and its records, decoded lazily by fastavro. The header and the blocks go through
+    the packet decoder's bounded reader first (schema size and nesting, metadata entries, each
+    block decompressed with a cap), and fastavro reads the result with the null codec, so a
+    hostile container can neither recurse nor inflate without bound. Malformed input: DecodeError
+    (here, or from the iterator)."""
+    from pktstream.schemas.columns import MAX_DECODED_BYTES, MAX_SCHEMA_CHARS, ByteReader, decompress, read_header
+    from pktstream.schemas.container import MAGIC, encode_long
+
     if not value:
         raise DecodeError("empty message")
+    r = ByteReader(value)
+    meta, sync = read_header(r)
+    schema = meta.get("avro.schema", "")
+    if not schema or len(schema) > MAX_SCHEMA_CHARS:
+        raise DecodeError(f"container schema missing or longer than {MAX_SCHEMA_CHARS:,} characters")
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        raise DecodeError(f"container schema nests deeper than {MAX_SCHEMA_DEPTH}")
+    codec = meta.get("avro.codec", "null")
+    head = bytes(value[: r.pos - 16])
+    if codec != "null":  # the same header with the null codec: the blocks are given decompressed
+        rebuilt = {**meta, "avro.codec": "null"}
+        head = MAGIC + encode_long(len(rebuilt)) + b"".join(
+            encode_long(len(k.encode())) + k.encode() + encode_long(len(v.encode())) + v.encode()
+            for k, v in rebuilt.items()) + encode_long(0)
+    out = [head, bytes(sync)]
+    left = MAX_DECODED_BYTES
+    while r.pos < len(value):
+        n = r.long()
+        if n < 0:
+            raise DecodeError(f"block claims {n} records")
+        block = decompress(codec, r.take(r.long()), left)
+        left -= len(block)
+        if n > len(block) and len(block) > 0:
+            raise DecodeError(f"block claims {n} records in {len(block)} bytes")
+        if r.take(16) != sync:
+            raise DecodeError("block sync marker mismatch")
+        out += [encode_long(n), encode_long(len(block)), bytes(block), bytes(sync)]
     try:
-        reader = fastavro.reader(io.BytesIO(value))
-        records = list(reader)
-        meta = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in reader.metadata.items()}
+        reader = fastavro.reader(io.BytesIO(b"".join(out)))
     except Exception as e:  # fastavro raises many types on corrupt input
-        raise DecodeError(f"{type(e).__name__}: {e}") from None
-    return Container(metadata=meta, records=[r for r in records if isinstance(r, dict)])
+        raise DecodeError(f"{type(e).__name__}: {e}"[:500]) from None
+
+    def records() -> Iterator[dict[str, Any]]:
+        try:
+            for rec in reader:
+                if isinstance(rec, dict):
+                    yield rec
+        except Exception as e:
+            raise DecodeError(f"{type(e).__name__}: {e}"[:500]) from None
+
+    return meta, records()
+
+
+def decode_container(value: bytes | None) -> Container:
+    """Read one Avro Object Container File whole; raise DecodeError on anything malformed."""
+    meta, records = iter_container(value)
+    return Container(metadata=meta, records=list(records))
 
 
 _MAPPED = bytes(10) + b"\xff\xff"

@@ -22,6 +22,7 @@ DLQ_TOPIC = "pktstream.dlq.topic"
 DLQ_PARTITION = "pktstream.dlq.partition"
 DLQ_OFFSET = "pktstream.dlq.offset"
 DLQ_CONSUMER = "pktstream.dlq.consumer"
+DLQ_TRUNCATED = "pktstream.dlq.truncated"  # the value was cut to fit the topic: its original size
 
 # output topics
 RULE = "pktstream.rule"  # alerts: the detector

@@ -27,6 +27,9 @@ COUNTERS = {
     "aborted": "Transactions aborted (state and offsets rewound).",
     "records_out_of_order": "Records older than their packet partition's event time minus the grace, "
                             "set aside when read.",
+    "records_clock_skewed": "Records stamped further ahead of (or behind) the broker's time than the "
+                            "tolerance, set aside when read.",
+    "undecodable": "Packet messages that did not decode or featurize (dead-lettered).",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
 }
 GAUGES = {
@@ -34,7 +37,32 @@ GAUGES = {
     "flows": "Connections in the flow table.",
     "waiting_requests": "Requests waiting for their answers (usage).",
     "open_alerts": "Alerts open (firing) in this process's partitions.",
+    "capture_points_skewed": "Capture points whose records were set aside for their clock.",
 }
+
+
+class ClockCollector:
+    """Each capture point's clock as Prometheus series: its offset against the broker's time and
+    the records set aside for it (at most ClockReporter.MAX_POINTS capture points)."""
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self.runner = runner
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rep = self.runner.clock_reporter
+        off = GaugeMetricFamily("pktstream_consumer_capture_clock_offset_seconds",
+                                "A capture point's newest record against the broker's append time.",
+                                labels=["capture_point"])
+        for origin, v in list(rep.offsets.items()):
+            off.add_metric([origin], v)
+        yield off
+        skew = CounterMetricFamily("pktstream_consumer_capture_records_clock_skewed",
+                                   "Records of a capture point set aside for its clock.", labels=["capture_point"])
+        for origin, n in list(rep.totals.items()):
+            skew.add_metric([origin], n)
+        yield skew
 
 
 def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) -> None:
@@ -57,6 +85,13 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                    help="partitions of the internal topics (default: as many as the packet topic)")
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="how long after its end a window waits for late records (event time)")
+    p.add_argument("--clock-tolerance-s", type=float, default=300.0,
+                   help="a record stamped further ahead of the broker's time is set aside (a host's clock)")
+    p.add_argument("--max-behind-s", type=float, default=7 * 86400.0,
+                   help="a record stamped further behind the broker's time is set aside")
+    p.add_argument("--idle-s", type=float, default=60.0,
+                   help="a capture point this far behind (event time, or wall-clock time once its partition "
+                        "is read) no longer holds windows open")
     p.add_argument("--commit-interval-s", type=float, default=1.0, help="how often a transaction commits")
     p.add_argument("--dead-letter-topic", default=f"{app}.dead-letters",
                    help="where undecodable messages go ('' to only count and log them)")
@@ -82,6 +117,9 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
             problems.append(f"--since: {args.since!r} is not an ISO 8601 time")
     if args.grace_s < 0:
         problems.append(f"--grace-s must be >= 0, got {args.grace_s}")
+    for name in ("clock_tolerance_s", "max_behind_s", "idle_s"):
+        if getattr(args, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.commit_interval_s <= 0:
         problems.append(f"--commit-interval-s must be > 0, got {args.commit_interval_s}")
     if args.partitions < 0:
@@ -95,7 +133,8 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
         app_id = app if start == "end" else f"{app}-replay-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     return StreamConfig(app_id=app_id, packet_topic=args.topic, partitions=args.partitions, start=start,
                         since_ms=since_ms, commit_interval_s=args.commit_interval_s, until_end=args.until_end,
-                        dead_letter_topic=args.dead_letter_topic or None, instance_id=args.instance_id)
+                        dead_letter_topic=args.dead_letter_topic or None, instance_id=args.instance_id,
+                        clock_tolerance_s=args.clock_tolerance_s, max_behind_s=args.max_behind_s, idle_s=args.idle_s)
 
 
 def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,
@@ -117,7 +156,7 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
 
         server = MetricsServer(args.metrics_address, args.metrics_port, runner.figures, health,
                                {"app_id": cfg.app_id}, prefix="pktstream_consumer", counters=COUNTERS, gauges=GAUGES,
-                               collectors=collectors)
+                               collectors=[*(collectors or []), ClockCollector(runner)])
         log.info("metrics_listening", address=args.metrics_address, port=server.port)
     try:
         runner.run(duration_s=args.duration)

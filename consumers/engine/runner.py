@@ -46,6 +46,7 @@ import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -58,15 +59,18 @@ from pktstream.consumers.engine import snapshot
 from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.consumers.engine.eventtime import (
     NO_PROGRESS,
+    ClockReporter,
+    ClockRules,
     LateReporter,
-    parse_progress,
-    progress_metadata,
+    SourceClock,
     watermark,
 )
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.topics import (
+    AppTopics,
     SnapshotUnreadable,
     group_consumer,
+    internal_max_bytes,
     last_snapshot,
     prepare_topics,
     snapshot_loader,
@@ -134,6 +138,9 @@ class StreamConfig:
     dead_letter_topic: str | None = None
     instance_id: str = ""
     replication_factor: int = -1
+    clock_tolerance_s: float = 300.0  # event time: see eventtime.ClockRules
+    max_behind_s: float = 7 * 86400.0
+    idle_s: float = 60.0
 
     @property
     def repartition_topic(self) -> str:
@@ -162,10 +169,25 @@ class RunCounters:
     aborted: int = 0
     restored_partitions: int = 0
     records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
+    records_clock_skewed: int = 0  # stamped out of the clock tolerance: not routed
+    undecodable: int = 0  # packet messages that did not decode or featurize (dead-lettered)
 
 
 TXN_CALL_S = 30.0  # the timeout given to each transactional call
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
+
+
+def encode_within(f: Features, limit: int) -> list[bytes]:
+    """A feature batch as repartition messages of at most ``limit`` bytes each (halved until each
+    fits; each half keeps only the strings its rows use), so that no message is refused by the
+    topic, which would abort the transaction again at every retry. A batch with no rows is one
+    (empty) message: stage two learns the source's progress from it."""
+    value = encode(compact(f, inplace=True))
+    if len(value) <= limit or len(f.rows) <= 1:
+        return [value]
+    half = len(f.rows) // 2
+    return (encode_within(Features(f.rows[:half].copy(), f.strings), limit)
+            + encode_within(Features(f.rows[half:].copy(), f.strings), limit))
 
 
 class ConsumerFailed(Exception):
@@ -220,8 +242,13 @@ class StreamRunner:
         # the watermark those give is used once the partition is read to that end (see _advance)
         self.barriers: dict[int, tuple[set[int], int, int]] = {}
         self.assigned: set[tuple[str, int]] = set()
-        self.src_progress: dict[int, int] = {}  # packet partition -> latest event time of its messages
+        self.clocks: dict[int, SourceClock] = {}  # packet partition -> its event time (eventtime.py)
+        self.rules = ClockRules(processor.grace_ns, int(cfg.clock_tolerance_s * 1e9), int(cfg.max_behind_s * 1e9),
+                                int(cfg.idle_s * 1e9))
         self.late = LateReporter(processor.grace_ns)
+        self.clock_reporter = ClockReporter(self.rules)
+        self.topics: AppTopics | None = None
+        self._failure_logged: set[str] = set()
         self.produced = 0  # messages produced in the open transaction
         self.last_pending_check = 0.0
         self.nparts = 0
@@ -243,15 +270,17 @@ class StreamRunner:
 
     def prepare(self) -> None:
         cfg = self.cfg
-        self.npackets, self.nparts = prepare_topics(self.conf, cfg.packet_topic, cfg.repartition_topic,
-                                                    cfg.state_topic, cfg.partitions, cfg.replication_factor)
+        self.topics = prepare_topics(self.conf, cfg.packet_topic, cfg.repartition_topic, cfg.state_topic,
+                                     cfg.partitions, cfg.replication_factor)
+        self.npackets, self.nparts = self.topics.packet_partitions, self.topics.partitions
         instance = cfg.instance_id or default_instance_id()
         self.txn_id = f"{cfg.app_id}-{instance}"
         self.producer = transactional_producer(self.conf, self.txn_id)
         self.producer.init_transactions(60)
         self.producer.begin_transaction()
         if cfg.dead_letter_topic:
-            self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer)
+            self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer,
+                                    max_bytes=internal_max_bytes(self.topics.packet_max_bytes))
         self.instance = instance
         self.loader = snapshot_loader(self.conf, cfg.app_id)
         self._subscribe()
@@ -360,7 +389,7 @@ class StreamRunner:
         progress from it; True when nothing had been committed."""
         fresh = tp.offset < 0
         if tp.topic == self.cfg.packet_topic:
-            self.src_progress[tp.partition] = NO_PROGRESS if fresh else parse_progress(tp.metadata)
+            self.clocks[tp.partition] = SourceClock() if fresh else SourceClock.parse(tp.metadata)
         if fresh:
             tp.offset = self._start_offset(tp) if tp.topic == self.cfg.packet_topic else OFFSET_BEGINNING
         return fresh
@@ -382,7 +411,7 @@ class StreamRunner:
         self.changed.discard(key)
         self.eof.discard(key)
         if topic == self.cfg.packet_topic:
-            self.src_progress.pop(p, None)
+            self.clocks.pop(p, None)
         if topic == self.cfg.repartition_topic:
             self.states.pop(p, None)
             self.dirty.discard(p)
@@ -570,38 +599,74 @@ class StreamRunner:
             log.warning("message_skipped", topic=m.topic(), partition=m.partition(), offset=m.offset(),
                         reason=reason)
 
+    def _undecodable(self, m: Message, e: Exception) -> None:
+        """Any failure to read a packet message (DecodeError, or whatever a hostile message makes
+        feature extraction raise) sets it aside: counted, dead-lettered, never a crash."""
+        self.counters.undecodable += 1
+        if isinstance(e, DecodeError):
+            reason = str(e)
+        else:
+            reason = f"features: {type(e).__name__}: {e}"[:1000]
+            kind = type(e).__name__
+            if kind not in self._failure_logged:  # the first of each kind with its stack, once
+                self._failure_logged.add(kind)
+                log.warning("featurize_failed", topic=m.topic(), partition=m.partition(), offset=m.offset(),
+                            error=reason, exc_info=e)
+        self._dead_letter(m, reason)
+
+    def _reference_ns(self, m: Message) -> int:
+        """What a message's records are judged against: the broker's append time where the topic
+        keeps it (the same in a replay), else the earlier of the message's time and our clock."""
+        kind, ms = m.timestamp()
+        now = time.time_ns()
+        if kind == TIMESTAMP_LOG_APPEND_TIME and ms > 0:
+            return int(ms) * 1_000_000
+        return min(int(ms) * 1_000_000, now) if ms > 0 else now
+
     def _rekey(self, m: Message) -> None:
         try:
             batch = read_container(m.value())
             h = message_headers(m)
             origin = f"{h.get(H.HOST) or batch.metadata.get(H.HOST, '?')}/" \
-                     f"{h.get(H.INTERFACE) or batch.metadata.get(H.INTERFACE, '?')}"
+                     f"{h.get(H.INTERFACE) or batch.metadata.get(H.INTERFACE, '?')}"[:300]
             f = self.proc.featurize(batch, origin)
-        except DecodeError as e:
-            self._dead_letter(m, str(e))
+        except Exception as e:  # the topic is untrusted input: see _undecodable
+            self._undecodable(m, e)
             return
         p = m.partition() or 0
         self.counters.records_in += batch.n
-        before = self.src_progress.get(p, NO_PROGRESS)
+        clock = self.clocks.setdefault(p, SourceClock())
         if len(f.rows):
-            ts = f.rows["ts_ns"]
-            if before != NO_PROGRESS:
-                late = ts < before - self.proc.grace_ns
-                if late.any():  # decided by this partition's order alone (see the module's docstring)
-                    n = int(f.rows["packets"][late].sum())
-                    self.counters.records_out_of_order += n
-                    self.late.report(origin, p, n, before - int(ts[late].min()))
-                    f = Features(take(f.rows, ~late), f.strings)
-            self.src_progress[p] = max(before, int(ts.max()))
-        progress = str(self.src_progress.get(p, NO_PROGRESS)).encode()
+            before = clock.progress
+            j = clock.judge(origin, f.rows["ts_ns"], self._reference_ns(m), self.rules)
+            self.clock_reporter.measured(origin, j.offset_ns)
+            packets = f.rows["packets"]
+            if j.future.any() or j.behind.any():
+                ahead, behind = int(packets[j.future].sum()), int(packets[j.behind].sum())
+                self.counters.records_clock_skewed += ahead + behind
+                self.clock_reporter.report(origin, p, ahead, behind, j.offset_ns)
+            if j.late.any():  # decided by this partition's order alone (see the module's docstring)
+                n = int(packets[j.late].sum())
+                self.counters.records_out_of_order += n
+                self.late.report(origin, p, n, before - int(f.rows["ts_ns"][j.late].min()))
+            if not j.keep.all():
+                f = Features(take(f.rows, j.keep), f.strings)
+        progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
+        headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]
         empty = Features(f.rows[:0], [])
+        limit = self._repartition_limit()
         for q in range(self.nparts):
-            part = routed.get(q, empty)
-            self._produce(self.cfg.repartition_topic, encode(compact(part, inplace=True)), partition=q,
-                          headers=[(H.SRC, str(p).encode()), (H.PROGRESS, progress)],
-                          on_delivery=self._delivered)
+            for value in encode_within(routed.get(q, empty), limit):
+                self._produce(self.cfg.repartition_topic, value, partition=q, headers=headers,
+                              on_delivery=self._delivered)
         self.counters.batches_rekeyed += 1
+
+    def _repartition_limit(self) -> int:
+        """The largest repartition message to write: what the topic accepts, less room for the
+        headers and the record batch's framing (lz4 only makes it smaller)."""
+        limit = self.topics.repartition_max_bytes if self.topics is not None else 1 << 20
+        return max(64 << 10, limit - (16 << 10))
 
     def _apply(self, m: Message) -> None:
         q = m.partition() or 0
@@ -612,7 +677,7 @@ class StreamRunner:
             f = decode(m.value())
             h = message_headers(m)
             src, progress = int(h[H.SRC]), int(h[H.PROGRESS])
-        except (DecodeError, KeyError, ValueError) as e:
+        except Exception as e:  # DecodeError, a header missing or not a number, ...
             self._dead_letter(m, f"repartition message: {e}")
             self.dirty.add(q)  # its offset commits, so a snapshot does too (see _committed_with_states)
             return
@@ -685,7 +750,7 @@ class StreamRunner:
                 continue
             del self.barriers[q]
             st = self.states[q]
-            wm = watermark(st.sources, pending, now_ns)
+            wm = watermark(st.sources, pending, now_ns, self.rules.idle_ns, self.rules.future_ns)
             if wm > st.watermark:
                 st.watermark = wm
                 self._emit(self.proc.close(st.data, wm))
@@ -767,8 +832,7 @@ class StreamRunner:
         """The position to commit; a packet partition's carries its progress."""
         if topic != self.cfg.packet_topic:
             return TopicPartition(topic, p, self.positions[(topic, p)])
-        return TopicPartition(topic, p, self.positions[(topic, p)],
-                              progress_metadata(self.src_progress.get(p, NO_PROGRESS)))
+        return TopicPartition(topic, p, self.positions[(topic, p)], self.clocks.get(p, SourceClock()).metadata())
 
     def _rewind(self) -> None:
         """After an aborted transaction: back to the last commit (offsets and state)."""

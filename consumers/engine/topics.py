@@ -7,28 +7,57 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pktstream.runtime.errors import PktstreamError
-from pktstream.runtime.kafka import check_reachable, ensure_topic, require_topic, retrying, transient
+from pktstream.runtime.kafka import (
+    check_reachable,
+    ensure_topic,
+    max_message_bytes,
+    require_topic,
+    retrying,
+    transient,
+)
+
+log = structlog.get_logger("pktstream.stream")
 
 MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
 
 
+@dataclass(frozen=True)
+class AppTopics:
+    packet_partitions: int
+    partitions: int  # of the repartition and state topics
+    packet_max_bytes: int  # the packet topic's max.message.bytes
+    repartition_max_bytes: int  # what the internal topics accept, as they are (read back)
+    state_max_bytes: int
+
+
+def internal_max_bytes(packet_max_bytes: int) -> int:
+    """The max.message.bytes internal topics (repartition, state, dead letters) are created with: at
+    least the packet topic's, whatever the broker's default (Kafka's is 1 MB)."""
+    return max(packet_max_bytes, MAX_SNAPSHOT)
+
+
 def prepare_topics(conf: Mapping[str, Any], packet_topic: str, repartition_topic: str, state_topic: str,
-                   partitions: int, replication_factor: int) -> tuple[int, int]:
-    """(packet partitions, internal partitions); the internal topics are created as needed, with as
-    many partitions as the packet topic unless ``partitions`` says otherwise."""
+                   partitions: int, replication_factor: int) -> AppTopics:
+    """The internal topics, created as needed with as many partitions as the packet topic unless
+    ``partitions`` says otherwise, and with a max.message.bytes of at least the packet topic's; the
+    limits of existing ones are read back (the runner splits repartition messages to fit them) and
+    one below the packet topic's is named in a warning."""
     check_reachable(conf)
     npackets = require_topic(conf, packet_topic)
     want = partitions or npackets
+    packet_max = max_message_bytes(conf, packet_topic)
+    size = str(internal_max_bytes(packet_max))
     ensure_topic(conf, repartition_topic, want, replication_factor,
-                 {"retention.ms": str(86400_000), "cleanup.policy": "delete"})
+                 {"retention.ms": str(86400_000), "cleanup.policy": "delete", "max.message.bytes": size})
     ensure_topic(conf, state_topic, want, replication_factor,
-                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-                  "max.message.bytes": str(MAX_SNAPSHOT)})
+                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "max.message.bytes": size})
     probe = Consumer({**conf, "group.id": "pktstream-md"})
     deadline = time.monotonic() + 30
     while True:  # a topic just created takes a moment to show in the metadata
@@ -43,7 +72,14 @@ def prepare_topics(conf: Mapping[str, Any], packet_topic: str, repartition_topic
     nparts = len(md.topics[repartition_topic].partitions)
     if len(md.topics[state_topic].partitions) != nparts:
         raise PktstreamError(f"{state_topic} and {repartition_topic} have different partition counts")
-    return npackets, nparts
+    limits = {t: max_message_bytes(conf, t) for t in (repartition_topic, state_topic)}
+    for t, limit in limits.items():
+        if limit < packet_max:
+            log.warning("internal_topic_limit_low", topic=t, max_message_bytes=limit,
+                        packet_topic_max_message_bytes=packet_max,
+                        fix=f"kafka-configs --alter --entity-type topics --entity-name {t} "
+                            f"--add-config max.message.bytes={size}")
+    return AppTopics(npackets, nparts, packet_max, limits[repartition_topic], limits[state_topic])
 
 
 def transactional_producer(conf: Mapping[str, Any], transactional_id: str) -> Producer:

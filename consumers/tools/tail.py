@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.schemas import headers as H
-from pktstream.schemas.decode import DecodeError, decode_container, message_headers, present
+from pktstream.schemas.decode import DecodeError, iter_container, message_headers, present
 
 log = structlog.get_logger("pktstream.tail")
 
@@ -92,20 +92,24 @@ def tail(
             stats.messages += 1
             hdr = message_headers(msg)
             try:
-                container = decode_container(msg.value())
-            except DecodeError as e:
+                metadata, records = iter_container(msg.value())
+                host = hdr.get(H.HOST) or metadata.get(H.HOST, "")
+                iface = hdr.get(H.INTERFACE) or metadata.get(H.INTERFACE, "")
+                # the message's lines are written once it decoded whole: a message that fails half
+                # way is set aside, not half shown
+                lines = [json.dumps({"host": host, "interface": iface, **present(rec, payload)},
+                                    separators=(",", ":"), default=str) for rec in records]
+            except Exception as e:  # DecodeError, or anything a hostile record makes present() raise
                 stats.corrupt += 1
+                reason = str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"[:500]
                 if dead is not None:
-                    dead.put(msg, str(e))
+                    dead.put(msg, reason)
                 else:
                     log.warning("message_corrupt", topic=topic, partition=msg.partition(), offset=msg.offset(),
-                                reason=str(e))
+                                reason=reason)
                 continue
-            host = hdr.get(H.HOST) or container.metadata.get(H.HOST, "")
-            iface = hdr.get(H.INTERFACE) or container.metadata.get(H.INTERFACE, "")
-            for rec in container.records:
-                line = {"host": host, "interface": iface, **present(rec, payload)}
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            for line in lines:
+                out.write(line + "\n")
                 stats.records += 1
                 if max_records is not None and stats.records >= max_records:
                     out.flush()

@@ -1,16 +1,88 @@
-"""Event time of the consumer apps: progress as offset metadata, the watermark rule, late lines."""
+"""Event time of the consumer apps: each capture point's clock, progress as offset metadata, the
+watermark rule, the warnings."""
 
 from __future__ import annotations
 
+import numpy as np
 import structlog
 
-from pktstream.consumers.engine.eventtime import NO_PROGRESS, LateReporter, parse_progress, progress_metadata, watermark
+from pktstream.consumers.engine.eventtime import (
+    MAX_METADATA_CHARS,
+    NO_PROGRESS,
+    ClockReporter,
+    ClockRules,
+    LateReporter,
+    SourceClock,
+    parse_progress,
+    point_key,
+    progress_metadata,
+    watermark,
+)
+
+S = 10**9
+RULES = ClockRules(grace_ns=5 * S, future_ns=300 * S, behind_ns=86400 * S, idle_ns=60 * S)
+NOW = 1_800_000_000 * S
+
+
+def ts(*seconds: float) -> np.ndarray:
+    return np.array([NOW + int(x * S) for x in seconds], dtype=np.int64)
 
 
 def test_progress_travels_as_offset_metadata() -> None:
     assert parse_progress(progress_metadata(1_800_000_000_123)) == 1_800_000_000_123
     assert parse_progress(None) == parse_progress("") == parse_progress("progress=x") == NO_PROGRESS
     assert parse_progress("something else") == NO_PROGRESS
+
+
+def test_a_capture_points_clock_travels_with_the_progress_and_stays_under_kafkas_limit() -> None:
+    c = SourceClock()
+    c.judge("h1/eth0", ts(0, 10), NOW, RULES)
+    c.judge("h2/eth0", ts(4), NOW, RULES)
+    back = SourceClock.parse(c.metadata())
+    assert back == c and back.points == {point_key("h1/eth0"): NOW + 10 * S, point_key("h2/eth0"): NOW + 4 * S}
+    assert SourceClock.parse(progress_metadata(NOW)) == SourceClock(NOW)  # an older consumer's metadata
+    many = SourceClock(NOW, {point_key(f"h{i}/eth0"): NOW + i for i in range(1000)})
+    meta = many.metadata()
+    assert len(meta) <= MAX_METADATA_CHARS
+    kept = SourceClock.parse(meta).points
+    assert 100 < len(kept) < 1000 and set(kept.values()) == set(range(NOW, NOW + len(kept)))  # slowest first
+
+
+def test_one_far_future_or_far_behind_host_moves_nothing() -> None:
+    c = SourceClock()
+    j = c.judge("honest/eth0", ts(-2, -1), NOW, RULES)
+    assert j.keep.all() and c.progress == NOW - 1 * S
+    year = c.judge("ahead/eth0", ts(365 * 86400, 365 * 86400 + 1), NOW, RULES)
+    assert year.future.all() and not year.keep.any() and year.offset_ns > 364 * 86400 * S
+    eight_h = c.judge("tz/eth0", ts(8 * 3600), NOW, RULES)
+    assert eight_h.future.all()
+    old = c.judge("rtc/eth0", ts(-2 * 86400), NOW, RULES)
+    assert old.behind.all() and not old.keep.any()
+    assert c.progress == NOW - 1 * S and set(c.points) == {point_key("honest/eth0")}
+    assert c.judge("honest/eth0", ts(0), NOW, RULES).keep.all()  # the honest host is never late
+
+
+def test_progress_is_the_slowest_active_capture_point_so_long_batches_are_not_late() -> None:
+    c = SourceClock()
+    c.judge("a/eth0", ts(0, 24), NOW, RULES)
+    c.judge("b/eth0", ts(0, 24), NOW, RULES)
+    assert c.progress == NOW + 24 * S
+    c.judge("a/eth0", ts(24, 48), NOW + 50 * S, RULES)  # a's next 24-second batch first
+    assert c.progress == NOW + 24 * S  # held by b
+    j = c.judge("b/eth0", ts(24, 30, 48), NOW + 50 * S, RULES)
+    assert j.keep.all() and c.progress == NOW + 48 * S
+
+
+def test_an_idle_capture_point_holds_the_partition_for_idle_s_only_and_its_backlog_is_late() -> None:
+    c = SourceClock()
+    c.judge("a/eth0", ts(0), NOW, RULES)
+    c.judge("b/eth0", ts(0), NOW, RULES)
+    c.judge("a/eth0", ts(50), NOW + 50 * S, RULES)
+    assert c.progress == NOW  # b within 60 s of a: still holds
+    c.judge("a/eth0", ts(61), NOW + 61 * S, RULES)
+    assert c.progress == NOW + 61 * S  # b idle: no longer holds
+    j = c.judge("b/eth0", ts(10, 58), NOW + 70 * S, RULES)
+    assert j.late.tolist() == [True, False]  # what the closed minutes missed is late, the rest counted
 
 
 def test_watermark_is_the_slowest_pending_source_or_the_clock() -> None:
@@ -22,6 +94,12 @@ def test_watermark_is_the_slowest_pending_source_or_the_clock() -> None:
     assert watermark({0: 20_000}, [], now_ns=10_000) == 20_000  # never behind what was seen
 
 
+def test_a_caught_up_source_holds_the_watermark_for_idle_s_of_wall_clock_and_none_passes_the_tolerance() -> None:
+    assert watermark({0: 9_500, 1: 9_990}, [], now_ns=10_000, idle_ns=1_000) == 9_500  # a host's outage
+    assert watermark({0: 8_500, 1: 9_990}, [], now_ns=10_000, idle_ns=1_000) == 9_990  # idle past idle_ns
+    assert watermark({0: 50_000}, [0], now_ns=10_000, idle_ns=1_000, future_ns=300) == 10_300
+
+
 def test_late_records_are_said_once_a_minute_per_capture_point() -> None:
     rep = LateReporter(grace_ns=5 * 10**9)
     with structlog.testing.capture_logs() as logs:
@@ -30,3 +108,13 @@ def test_late_records_are_said_once_a_minute_per_capture_point() -> None:
         rep.report("h2/eth0", 3, 10, 6 * 10**9)
     assert [(e["origin"], e["records"], e["behind_s"]) for e in logs] == [("h1/eth0", 100, 7.0), ("h2/eth0", 10, 6.0)]
     assert rep.unreported == {"h1/eth0": 50, "h2/eth0": 0}
+
+
+def test_a_skewed_clock_is_named_with_its_offset() -> None:
+    rep = ClockReporter(RULES)
+    with structlog.testing.capture_logs() as logs:
+        rep.report("ahead/eth0", 2, 40, 0, 365 * 86400 * S)
+        rep.report("ahead/eth0", 2, 10, 0, 365 * 86400 * S)
+    assert [(e["event"], e["origin"], e["records_set_aside"], e["clock_offset_s"]) for e in logs] == \
+        [("capture_point_clock_skewed", "ahead/eth0", 40, 365 * 86400.0)]
+    assert rep.totals == {"ahead/eth0": 50} and rep.figures() == {"capture_points_skewed": 1}
