@@ -100,6 +100,9 @@ class LocalKafka:
     sasl_port: int = 0
     sasl_user: str = "pktstream"
     sasl_password: str = ""
+    # the broker's default max.message.bytes for topics; None: Kafka's own default (1 MB), which
+    # tests use to show that no internal topic depends on a generous broker
+    message_max_bytes: int | None = 64 << 20
 
     def __post_init__(self) -> None:
         if self.data_dir is None:
@@ -234,7 +237,7 @@ class LocalKafka:
             f"share.coordinator.state.topic.replication.factor={rf}",
             f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
-            "message.max.bytes=67108864",
+            *([f"message.max.bytes={self.message_max_bytes}"] if self.message_max_bytes else []),
             "",
         ])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import ipaddress
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,14 +49,37 @@ def _depth(text: str) -> int:
     return deepest
 
 
+OTHER_SCHEMAS = frozenset({"io.pktstream.ProducerStats", "io.pktstream.ApiUsage"})  # what else tail may be shown
+
+
+def _full_name(schema: str) -> str:
+    """A container schema's full name (namespace.name), "" when it is not a named record."""
+    try:
+        doc = json.loads(schema)
+    except (ValueError, RecursionError):
+        raise DecodeError("container schema is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        return ""
+    name, ns = doc["name"], doc.get("namespace")
+    return name if "." in name or not isinstance(ns, str) else f"{ns}.{name}"
+
+
 def iter_container(value: bytes | None) -> tuple[dict[str, str], Iterator[dict[str, Any]]]:
-    """One Avro Object Container File of any schema (``pktstream tail`` reads other topics too):
-    its metadata and its records, decoded lazily by fastavro. The header and the blocks go through
-    the packet decoder's bounded reader first (schema size and nesting, metadata entries, each
-    block decompressed with a cap), and fastavro reads the result with the null codec, so a
-    hostile container can neither recurse nor inflate without bound. Malformed input: DecodeError
-    (here, or from the iterator)."""
-    from pktstream.schemas.columns import MAX_DECODED_BYTES, MAX_SCHEMA_CHARS, ByteReader, decompress, read_header
+    """One Avro Object Container File (``pktstream tail`` reads the stats topic too): its metadata
+    and its records, decoded lazily by fastavro. Only pktstream's own schemas are read, and a
+    packet container must pass the consumers' door (columns.read_container). The header and the
+    blocks go through the packet decoder's bounded reader first (schema size and nesting, metadata
+    entries, each block decompressed with a cap), and fastavro reads the result with the null
+    codec, so a hostile container can neither recurse nor inflate without bound. Malformed input:
+    DecodeError (here, or from the iterator)."""
+    from pktstream.schemas.columns import (
+        MAX_DECODED_BYTES,
+        MAX_SCHEMA_CHARS,
+        ByteReader,
+        decompress,
+        read_container,
+        read_header,
+    )
     from pktstream.schemas.container import MAGIC, encode_long
 
     if not value:
@@ -67,6 +91,11 @@ def iter_container(value: bytes | None) -> tuple[dict[str, str], Iterator[dict[s
         raise DecodeError(f"container schema missing or longer than {MAX_SCHEMA_CHARS:,} characters")
     if _depth(schema) > MAX_SCHEMA_DEPTH:
         raise DecodeError(f"container schema nests deeper than {MAX_SCHEMA_DEPTH}")
+    name = _full_name(schema)
+    if name == "io.pktstream.Packet":
+        read_container(value)  # the consumers' door: the packet contract and every bound (DecodeError)
+    elif name not in OTHER_SCHEMAS:
+        raise DecodeError(f"container schema {name[:100]!r} is none that pktstream writes")
     codec = meta.get("avro.codec", "null")
     head = bytes(value[: r.pos - 16])
     if codec != "null":  # the same header with the null codec: the blocks are given decompressed

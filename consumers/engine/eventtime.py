@@ -14,7 +14,8 @@ the others:
   progress is the *slowest active* capture point's (active: within ``idle_ns`` of the partition's
   fastest), never going back; one host's long batches or backlog therefore make none of another
   host's records late, and a capture point that stops sending holds the others back for at most
-  ``idle_ns`` of event time;
+  ``idle_ns`` of event time. A partition warms up first: its progress stays none until it holds
+  ``idle_ns`` of event time, so the hosts that share it have shown up before anything is late;
 - a repartition partition's watermark is the slowest progress of the packet partitions with
   unread input; a caught-up partition holds it while its progress is within ``idle_ns`` of
   wall-clock time (then time moves on without new traffic), and it never passes wall-clock time
@@ -41,7 +42,8 @@ LATE_LOG_EVERY_S = 60.0
 
 
 PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
-POINTS_META = ";points="  # then its capture points' clocks, as progress deltas
+POINTS_META = ";points="
+FIRST_META = ";first="  # while warming up: the earliest event time seen  # then its capture points' clocks, as progress deltas
 MAX_METADATA_CHARS = 3800  # Kafka keeps at most 4096 bytes of offset metadata (offset.metadata.max.bytes)
 FORGET_NS = 3600 * 10**9  # a capture point this far behind its partition's fastest is forgotten
 S = 10**9
@@ -77,6 +79,7 @@ class SourceClock:
 
     progress: int = NO_PROGRESS
     points: dict[str, int] = field(default_factory=dict)  # point_key(origin) -> latest honest event time
+    first: int = NO_PROGRESS  # the earliest honest event time seen while the progress is still none
 
     def judge(self, origin: str, ts: npt.NDArray[np.int64], ref_ns: int, rules: ClockRules) -> Judged:
         """Judge a message's rows (their event times), then move the clocks on with the honest ones.
@@ -90,11 +93,16 @@ class SourceClock:
         if honest.any():
             key = point_key(origin)
             self.points[key] = max(self.points.get(key, NO_PROGRESS), int(ts[honest].max()))
+            if self.progress == NO_PROGRESS:
+                low = int(ts[honest].min())
+                self.first = low if self.first == NO_PROGRESS else min(self.first, low)
             self._advance(rules.idle_ns)
         return Judged(honest & ~late, future, behind, late, offset)
 
     def _advance(self, idle_ns: int) -> None:
         top = max(self.points.values())
+        if self.progress == NO_PROGRESS and top - self.first < idle_ns:
+            return  # warming up: the capture points that share the partition have yet to show up
         active = [v for v in self.points.values() if v >= top - idle_ns]
         self.progress = max(self.progress, min(active))
         if len(self.points) > 1:  # bounded: capture points long gone are forgotten
@@ -104,7 +112,9 @@ class SourceClock:
         """The clock as committed offset metadata: the progress, then as many capture points as fit
         (the slowest first: they are the ones that hold the progress)."""
         out = progress_metadata(self.progress)
-        if self.progress == NO_PROGRESS or not self.points:
+        if self.progress == NO_PROGRESS:
+            return out if self.first == NO_PROGRESS else f"{out}{FIRST_META}{self.first}"
+        if not self.points:
             return out
         parts = []
         room = MAX_METADATA_CHARS - len(out) - len(POINTS_META)
@@ -124,6 +134,9 @@ class SourceClock:
             return cls()
         head, _, rest = meta.partition(POINTS_META)
         clock = cls(parse_progress(head))
+        if clock.progress == NO_PROGRESS and FIRST_META in head:
+            with contextlib.suppress(ValueError):
+                clock.first = int(head.partition(FIRST_META)[2])
         for item in rest.split(",") if rest and clock.progress != NO_PROGRESS else []:
             k, _, d = item.partition(":")
             with contextlib.suppress(ValueError):

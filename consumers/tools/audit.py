@@ -172,7 +172,11 @@ def _merge(ranges: list[tuple[int, int, int]]) -> tuple[int, list[tuple[int, int
     return unique, [(a, b) for a, b in merged], merged[-1][1] if merged else -1
 
 
-def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudit]:
+def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
+          skipped: dict[str, int] | None = None) -> list[RunAudit]:
+    """Every run's audit; ``skipped`` (when given) gets, per topic, the messages that could not be
+    read as pktstream's (no or malformed headers, a corrupt report)."""
+    skipped = {} if skipped is None else skipped
     runs: dict[tuple[str, str], RunAudit] = {}
     ranges: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
     foreign = 0
@@ -192,8 +196,9 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
         _ts_type, ts_ms = msg.timestamp()
         minute = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
         ra.per_minute[minute] = ra.per_minute.get(minute, 0) + n
-    if foreign:
+    if foreign:  # said on standard error by the command (skipped: not counted in any run)
         log.warning("audit_foreign_messages", topic=topic, count=foreign)
+    skipped[topic] = foreign
     try:
         stats_msgs = _read_all(conf, stats_topic)
     except KafkaException:
@@ -203,6 +208,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str) -> list[RunAudi
             reports = decode_reports(msg.value())
         except Exception as e:  # a corrupt report must not stop the audit
             log.warning("audit_corrupt_report", offset=msg.offset(), reason=str(e))
+            skipped[stats_topic] = skipped.get(stats_topic, 0) + 1
             continue
         for r in reports:
             key = (r["host_id"], r["run_id"])

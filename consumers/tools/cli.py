@@ -85,14 +85,19 @@ def audit_run(args: argparse.Namespace) -> int:
     from pktstream.consumers.tools.audit import audit, render
 
     configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
+    skipped: dict[str, int] = {}
     try:
-        runs = audit(_reader_conf(args), args.topic, args.stats_topic)
+        runs = audit(_reader_conf(args), args.topic, args.stats_topic, skipped)
     except KafkaException as e:
         raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
     if args.json:
         print(json.dumps([r.as_dict() for r in runs], indent=1))
     else:
         print(render(runs))
+    for topic, n in skipped.items():
+        if n:
+            print(f"pktstream audit: {n} message(s) of topic {topic!r} skipped (not readable as pktstream's)",
+                  file=sys.stderr)
     return 0
 
 

@@ -173,6 +173,9 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
     if "packets" in named and progress.records == 0:
         print(f"pktstream query: no packet records in {describe(rng)} of topic {sources.packets!r}"
               + (f" ({progress.corrupt} corrupt message(s) skipped)" if progress.corrupt else ""), file=sys.stderr)
+    elif progress.corrupt:
+        print(f"pktstream query: {progress.corrupt} corrupt message(s) of topic {sources.packets!r} skipped",
+              file=sys.stderr)
     return rows
 
 

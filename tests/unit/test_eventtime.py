@@ -28,6 +28,27 @@ def ts(*seconds: float) -> np.ndarray:
     return np.array([NOW + int(x * S) for x in seconds], dtype=np.int64)
 
 
+def warmed(*origins: str) -> SourceClock:
+    """A partition past its warm-up: each capture point has sent a minute and a second, up to NOW."""
+    c = SourceClock()
+    for o in origins:
+        c.judge(o, ts(-61, 0), NOW, RULES)
+    assert c.progress == NOW
+    return c
+
+
+def test_a_partition_warms_up_before_anything_is_late() -> None:
+    c = SourceClock()
+    c.judge("a/eth0", ts(0, 24), NOW, RULES)  # a's first 24-second batch
+    assert c.progress == NO_PROGRESS and SourceClock.parse(c.metadata()) == SourceClock(first=NOW)
+    assert c.judge("b/eth0", ts(-5, 10), NOW, RULES).keep.all()  # b shows up with an earlier batch
+    c.judge("a/eth0", ts(24, 48), NOW, RULES)
+    c.judge("b/eth0", ts(10, 45), NOW, RULES)
+    assert c.progress == NO_PROGRESS  # 53 s of event time since the first record
+    c.judge("a/eth0", ts(48, 60), NOW, RULES)
+    assert c.progress == NOW + 45 * S  # 65 s: warmed up, at the slower host
+
+
 def test_progress_travels_as_offset_metadata() -> None:
     assert parse_progress(progress_metadata(1_800_000_000_123)) == 1_800_000_000_123
     assert parse_progress(None) == parse_progress("") == parse_progress("progress=x") == NO_PROGRESS
@@ -35,11 +56,12 @@ def test_progress_travels_as_offset_metadata() -> None:
 
 
 def test_a_capture_points_clock_travels_with_the_progress_and_stays_under_kafkas_limit() -> None:
-    c = SourceClock()
+    c = warmed("h1/eth0", "h2/eth0")
     c.judge("h1/eth0", ts(0, 10), NOW, RULES)
     c.judge("h2/eth0", ts(4), NOW, RULES)
     back = SourceClock.parse(c.metadata())
-    assert back == c and back.points == {point_key("h1/eth0"): NOW + 10 * S, point_key("h2/eth0"): NOW + 4 * S}
+    assert back.progress == c.progress == NOW + 4 * S
+    assert back.points == c.points == {point_key("h1/eth0"): NOW + 10 * S, point_key("h2/eth0"): NOW + 4 * S}
     assert SourceClock.parse(progress_metadata(NOW)) == SourceClock(NOW)  # an older consumer's metadata
     many = SourceClock(NOW, {point_key(f"h{i}/eth0"): NOW + i for i in range(1000)})
     meta = many.metadata()
@@ -50,7 +72,7 @@ def test_a_capture_points_clock_travels_with_the_progress_and_stays_under_kafkas
 
 def test_one_far_future_or_far_behind_host_moves_nothing() -> None:
     c = SourceClock()
-    j = c.judge("honest/eth0", ts(-2, -1), NOW, RULES)
+    j = c.judge("honest/eth0", ts(-62, -1), NOW, RULES)
     assert j.keep.all() and c.progress == NOW - 1 * S
     year = c.judge("ahead/eth0", ts(365 * 86400, 365 * 86400 + 1), NOW, RULES)
     assert year.future.all() and not year.keep.any() and year.offset_ns > 364 * 86400 * S
@@ -63,7 +85,7 @@ def test_one_far_future_or_far_behind_host_moves_nothing() -> None:
 
 
 def test_progress_is_the_slowest_active_capture_point_so_long_batches_are_not_late() -> None:
-    c = SourceClock()
+    c = warmed("a/eth0", "b/eth0")
     c.judge("a/eth0", ts(0, 24), NOW, RULES)
     c.judge("b/eth0", ts(0, 24), NOW, RULES)
     assert c.progress == NOW + 24 * S
@@ -74,9 +96,7 @@ def test_progress_is_the_slowest_active_capture_point_so_long_batches_are_not_la
 
 
 def test_an_idle_capture_point_holds_the_partition_for_idle_s_only_and_its_backlog_is_late() -> None:
-    c = SourceClock()
-    c.judge("a/eth0", ts(0), NOW, RULES)
-    c.judge("b/eth0", ts(0), NOW, RULES)
+    c = warmed("a/eth0", "b/eth0")
     c.judge("a/eth0", ts(50), NOW + 50 * S, RULES)
     assert c.progress == NOW  # b within 60 s of a: still holds
     c.judge("a/eth0", ts(61), NOW + 61 * S, RULES)
