@@ -42,8 +42,8 @@ LATE_LOG_EVERY_S = 60.0
 
 
 PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
-POINTS_META = ";points="
-FIRST_META = ";first="  # while warming up: the earliest event time seen  # then its capture points' clocks, as progress deltas
+POINTS_META = ";points="  # then its capture points' clocks, as progress deltas
+FIRST_META = ";first="  # or, while warming up, the earliest event time seen
 MAX_METADATA_CHARS = 3800  # Kafka keeps at most 4096 bytes of offset metadata (offset.metadata.max.bytes)
 FORGET_NS = 3600 * 10**9  # a capture point this far behind its partition's fastest is forgotten
 S = 10**9

@@ -79,7 +79,8 @@ def load_topic(bootstrap: str, topic: str) -> tuple[int, list[tuple[str, bytes]]
     p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 64 << 20, "enable.idempotence": True})
     for i, (host, m) in enumerate(good):
         hdr = [("pktstream.host", host.encode(errors="surrogateescape")), ("pktstream.interface", b"eth0")]
-        p.produce(topic, m, key=host.encode(errors="surrogateescape"), partition={"host1": 1, "host2": 2}.get(host, 0), headers=hdr)
+        part = {"host1": 1, "host2": 2}.get(host, 0)
+        p.produce(topic, m, key=host.encode(errors="surrogateescape"), partition=part, headers=hdr)
         if i < len(bad):
             name, value = bad[i]
             p.produce(topic, value, key=b"evil", partition=i % 3,
