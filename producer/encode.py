@@ -57,6 +57,7 @@ class BatchEncoder:
             (H.RECORDS, str(n).encode()),
             (H.SEQ_FIRST, str(seq_first).encode()),
             (H.SEQ_LAST, str(seq_first + n - 1).encode()),
+            (H.TS_LAST, str(int(cols["ts_ns"].max())).encode()),
         ]
         egress = int(np.count_nonzero(recs["direction"]))
         if egress:

@@ -11,6 +11,7 @@ RECORDS = "pktstream.records"  # records in the message
 RECORDS_EGRESS = "pktstream.records_egress"  # of which egress records (the header is absent when there are none)
 SEQ_FIRST = "pktstream.seq_first"  # the run's sequence numbers of the first and last record
 SEQ_LAST = "pktstream.seq_last"
+TS_LAST = "pktstream.ts_last"  # the newest record's event time (ns): audit measures the host's clock with it
 
 # a consumer app's repartition topic
 SRC = "pktstream.src"  # the packet partition a feature batch came from

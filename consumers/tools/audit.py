@@ -10,6 +10,8 @@ or counted as lost with its cause.
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
@@ -18,13 +20,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from pktstream.schemas import headers as H
 from pktstream.schemas.decode import message_headers
 from pktstream.schemas.stats import decode_reports
 
 log = structlog.get_logger("pktstream.audit")
+
+CLOCK_WARN_S = 300  # the consumers' default --clock-tolerance-s
 
 
 @dataclass
@@ -40,6 +51,9 @@ class RunAudit:
     gaps: list[tuple[int, int]] = field(default_factory=list)  # missing [first, last] seq ranges
     report: dict[str, Any] | None = None
     per_minute: dict[str, int] = field(default_factory=dict)
+    # the host's clock against the broker's: the median of each message's newest record time less
+    # its append time (None: no message with both, e.g. a topic that keeps the producers' times)
+    clock_offset_s: float | None = None
 
     @property
     def missing(self) -> int:
@@ -179,6 +193,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
     skipped = {} if skipped is None else skipped
     runs: dict[tuple[str, str], RunAudit] = {}
     ranges: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+    offsets: dict[tuple[str, str], list[float]] = defaultdict(list)
     foreign = 0
     for msg in _read_all(conf, topic):
         h = message_headers(msg)
@@ -193,7 +208,10 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
         ra.records_in_topic += n
         ra.egress_in_topic += int(h.get(H.RECORDS_EGRESS, 0))
         ranges[key].append((first, last, n))
-        _ts_type, ts_ms = msg.timestamp()
+        ts_type, ts_ms = msg.timestamp()
+        if ts_type == TIMESTAMP_LOG_APPEND_TIME and H.TS_LAST in h:
+            with contextlib.suppress(ValueError):
+                offsets[key].append(int(h[H.TS_LAST]) / 1e9 - ts_ms / 1e3)
         minute = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
         ra.per_minute[minute] = ra.per_minute.get(minute, 0) + n
     if foreign:  # said on standard error by the command (skipped: not counted in any run)
@@ -216,6 +234,8 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
             if ra.report is None or (r["final"], r["ts_ns"]) >= (ra.report["final"], ra.report["ts_ns"]):
                 ra.report = r
     for key, ra in runs.items():
+        if offsets.get(key):
+            ra.clock_offset_s = round(float(statistics.median(offsets[key])), 3)
         unique, merged, top = _merge(ranges.get(key, []))
         ra.unique = unique
         ra.duplicates = ra.records_in_topic - unique
@@ -234,7 +254,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
 
 def render(runs: list[RunAudit]) -> str:
     cols = ["host", "run", "iface", "dirs", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
-            "failed", "pending", "crash lost", "unexplained", "final", "exact"]
+            "failed", "pending", "crash lost", "unexplained", "final", "exact", "clock"]
     rows = [cols]
     for r in runs:
         rep = r.report or {}
@@ -243,7 +263,8 @@ def render(runs: list[RunAudit]) -> str:
                      str(rep.get("ringbuf_full", "?")), str(rep.get("sampled_out", "?")),
                      str(rep.get("records_failed", "?")), str(rep.get("records_pending", "?")),
                      str(r.crash_lost) if r.crashed else "-", str(r.unexplained),
-                     str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO"])
+                     str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO",
+                     "-" if r.clock_offset_s is None else f"{r.clock_offset_s:+.1f}s"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = ["  ".join(v.rjust(w) if i >= 4 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
@@ -259,6 +280,11 @@ def render(runs: list[RunAudit]) -> str:
     for r in runs:
         for minute, n in sorted(r.per_minute.items()):
             lines.append(f"  {r.host}  {r.run_id}  {minute}  {n}")
+    for r in runs:
+        if r.clock_offset_s is not None and abs(r.clock_offset_s) > CLOCK_WARN_S:
+            lines.append(f"clock of {r.host}/{r.run_id}: its records are {r.clock_offset_s:+.0f} s off the broker's "
+                         f"time (the consumers set aside records more than --clock-tolerance-s, default "
+                         f"{CLOCK_WARN_S} s, ahead)")
     for r in runs:
         if r.gaps:
             shown = ", ".join(f"{a}-{b}" for a, b in r.gaps[:10])

@@ -169,6 +169,9 @@ def test_every_captured_packet_arrives_exactly_once(
                     "ringbuf_full": 0, "sampled_out": 0},
         "egress": {"seen": egress, "captured": egress, "in_topic": egress, "ringbuf_full": 0, "sampled_out": 0}}
     assert "per direction" in render([run])
+    # the host's clock against the broker's (the producer's topic keeps the append time): its newest
+    # record of a message is a little older than the message's arrival
+    assert run.clock_offset_s is not None and -10 < run.clock_offset_s <= 0.05, run.clock_offset_s
     assert {r["host"] for r in records} == {prod.event("producer_started")["host_id"]}
     http = [r for r in records if bytes.fromhex(r["payload"]).startswith(b"GET /api/items/")]
     assert len(http) == 3 and all(r["dst_port"] > 0 and r["tcp_flags"] & 0x08 for r in http)
