@@ -25,7 +25,7 @@ def test_bad_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str) -> None:
     topic, dlq = f"dl-{uuid.uuid4().hex[:8]}", f"dl-{uuid.uuid4().hex[:8]}.dlq"
     ensure_topic(conf, topic, 1)
     good = ContainerWriter(load_schema_json("packet")).container(to_columns(empty_records(0, 3), 0, 0), 3)
-    bad = [(b"not avro at all", "avro file"), (good[:-40], ""), (b"", "empty message")]
+    bad = [(b"not avro at all", "not an Avro object container"), (good[:-40], "ends early"), (b"", "empty message")]
     p = Producer(conf)
     p.produce(topic, good, key=b"h")
     for value, _ in bad:
