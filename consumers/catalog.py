@@ -36,6 +36,7 @@ from pktstream.runtime.errors import ConfigError
 from pktstream.schemas.decode import addr_text
 
 _SEGMENT = re.compile(r"\{[^/{}]+\}")
+OTHER = "_OTHER"  # rows of folded names (usage/caps.py) end with it: no catalog entry may
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Catalog:
     def __init__(self, entries: list[Entry] | None = None) -> None:
         self.entries = sorted(entries or [], key=lambda e: e.specificity(), reverse=True)
         self._cache: dict[tuple[Any, ...], ApiRef] = {}
+        self._addrs: dict[bytes, ipaddress.IPv6Address] = {}  # a server's requests differ, its address not
 
     @classmethod
     def from_data(cls, data: Any, source: str = "catalog") -> Catalog:
@@ -125,6 +127,8 @@ class Catalog:
                 continue
             if name in names:
                 problems.append(f"{where}: name {name!r} appears twice")
+            if name == OTHER or name.endswith(f"/{OTHER}"):
+                problems.append(f"{where}: name {name!r} is reserved (usage rows of folded names, docs/usage.md)")
             names.add(name)
             e = Entry(name=name)
             if raw.get("host") is not None:
@@ -179,7 +183,11 @@ class Catalog:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        addr = ipaddress.IPv6Address(addr16)
+        addr = self._addrs.get(addr16)
+        if addr is None:
+            if len(self._addrs) > 65536:
+                self._addrs.clear()
+            addr = self._addrs[addr16] = ipaddress.IPv6Address(addr16)
         for e in self.entries:
             if (e.method is not None or e.path is not None) and not method:
                 continue
@@ -203,6 +211,26 @@ class Catalog:
             self._cache.clear()
         self._cache[key] = ref
         return ref
+
+
+def unmatched_ref(name: str, server: str) -> ApiRef:
+    """What ``Catalog.match`` said of traffic no entry names, from the name it gave and the server
+    (``address:port``) the traffic went to: the naming in ``match`` read backwards (a Host header equal
+    to the server's address reads as no Host)."""
+    address, _, port_text = server.rpartition(":")
+    port = int(port_text) if port_text.isdigit() else 0
+    where, protocol = "", "tcp"
+    for proto in ("tcp", "udp"):
+        if name.endswith(f":{port}/{proto}"):
+            where, protocol = name[: -len(f":{port}/{proto}")], proto
+            break
+    else:
+        m = re.fullmatch(rf"(.*):{port} \(([a-z0-9]+)\)", name, re.DOTALL)
+        if m is not None:
+            where, protocol = m[1], m[2]
+        elif f":{port} " in name:  # host:port METHOD /path, host:port METHOD (partial)
+            where, protocol = name.split(f":{port} ", 1)[0], "http"
+    return ApiRef(name, "" if where == address else where, port, protocol, False)
 
 
 def read_yaml(path: str | Path, what: str, kind: str = "valid YAML") -> Any:

@@ -6,9 +6,11 @@ import argparse
 import json
 import socket
 
+from pktstream.consumers.alerts.tables import MAX_PATHS
 from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
 from pktstream.consumers.engine.runner import Output
 from pktstream.runtime.cli import Verb
+from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.log import configure_logging
 
 
@@ -20,6 +22,9 @@ def add_arguments(al: argparse.ArgumentParser) -> None:
                     help="OCSF 1.3.0 Detection Finding JSON, or its Avro variant (schemas/alert.avsc)")
     al.add_argument("--output", choices=["lines", "json", "none"], default="lines",
                     help="what to print as alerts fire: one line each, the OCSF documents, nothing")
+    al.add_argument("--max-paths", type=int, default=MAX_PATHS,
+                    help="request paths (attack strings' evidence) kept per partition at once; the samples of "
+                         "further ones read _OTHER")
     al.set_defaults(grace_s=5.0, commit_interval_s=5.0)
 
 
@@ -31,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, "info")
     cfg = stream_config(args, "pktstream-alerts")
+    if args.max_paths < 1:
+        raise ConfigError([f"--max-paths must be >= 1, got {args.max_paths}"])
     rules = load_rules(args.rules)
     proc = AlertsProcessor(rules, Catalog.load(args.catalog), args.alerts_topic, args.grace_s, args.format,
-                           socket.gethostname())
+                           socket.gethostname(), max_paths=args.max_paths)
 
     def show(outputs: list[Output]) -> None:
         for o in outputs:

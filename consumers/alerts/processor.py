@@ -32,25 +32,36 @@ from pktstream.consumers.alerts.detector import SEC, Detector, Evidence, Setup, 
 from pktstream.consumers.alerts.detectors import registry
 from pktstream.consumers.alerts.ocsf import avro_record, networks, ocsf
 from pktstream.consumers.alerts.rules import Rules
-from pktstream.consumers.alerts.tables import AlertsState, Baselines, OpenAlert, Table, expand
+from pktstream.consumers.alerts.tables import (
+    MAX_PATHS,
+    OTHER,
+    AlertsState,
+    Baselines,
+    OpenAlert,
+    StateStrings,
+    Table,
+    expand,
+)
 from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.agg import group_index
-from pktstream.consumers.engine.features import VIEW_DST, VIEW_SRC, Features, StringTable, addr_hash, featurize, take
+from pktstream.consumers.engine.features import VIEW_DST, VIEW_SRC, Features, addr_hash, featurize, take
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 
 _PARSED = fastavro.parse_schema(load_schema_json("alert"))
 TOP_EVIDENCE = 10
+MIN_BASELINE_KEYS = 1000  # a degraded snapshot halves the baselines down to this
 
 __all__ = ["AlertsProcessor"]
 
 
 class AlertsProcessor:
     def __init__(self, rules: Rules, catalog: Catalog | None = None, topic: str = "pktstream.alerts",
-                 grace_s: float = 5.0, fmt: str = "json", host: str = "") -> None:
+                 grace_s: float = 5.0, fmt: str = "json", host: str = "", max_paths: int = MAX_PATHS) -> None:
         self.rules = rules
+        self.max_paths = max_paths
         self.catalog = catalog or Catalog()
         self.topic = topic
         self.grace_ns = int(grace_s * SEC)
@@ -103,7 +114,7 @@ class AlertsProcessor:
     # -- stage two ------------------------------------------------------------------------------
 
     def new_state(self) -> AlertsState:
-        return AlertsState()
+        return AlertsState(strings=StateStrings(limit=self.max_paths))
 
     def _add(self, st: AlertsState, det: Detector, v: View, sel: npt.NDArray[np.intp], k: npt.NDArray[np.uint64],
              item: Any = 0, n: Any = None, sub: Any = 0, s: Any = -1) -> None:
@@ -163,6 +174,7 @@ class AlertsProcessor:
         out: list[Output] = []
         final = watermark_ns >= FOREVER
         limit = FOREVER if final else watermark_ns - self.grace_ns
+        tables = sum(len(w) for w in st.windows.values())
         for name, det in self.detectors.items():
             w, step = self.rules.window_ns(name), self.rules.step_ns(name)
             wins = st.windows.get(name, {})
@@ -182,7 +194,14 @@ class AlertsProcessor:
             for key in sorted(st.open):
                 a = st.open.pop(key)
                 out.append(self._emit(st, a, 3, None))
+        if st.strings.payload and sum(len(w) for w in st.windows.values()) < tables:
+            st.strings.drop_payload(self._strings_used(st))  # those only the closed windows referred to
         return out
+
+    @staticmethod
+    def _strings_used(st: AlertsState) -> npt.NDArray[np.int64]:
+        used = [t.strings_used() for wins in st.windows.values() for t in wins.values()]
+        return np.concatenate(used) if used else np.zeros(0, np.int64)
 
     def _slide(self, st: AlertsState, det: Detector, hops: dict[int, Table], w: int, step: int,
                limit: int) -> list[Output]:
@@ -317,6 +336,8 @@ class AlertsProcessor:
             "extra_baselines": {k: b.dump() for k, b in st.extra_baselines.items()},
             "strings": st.strings.items, "late_records": st.late_records,
             "alerts_raised": st.alerts_raised,
+            "strings_free": st.strings.free, "payload_strings": sorted(st.strings.payload),
+            "paths_folded": st.strings.folded,
         }
 
     def load(self, d: Any) -> AlertsState:
@@ -327,11 +348,42 @@ class AlertsProcessor:
                   for k, v in d["open"].items()},
             baselines=Baselines.load(d["baselines"]),
             extra_baselines={k: Baselines.load(b) for k, b in d.get("extra_baselines", {}).items()},
-            strings=StringTable(d["strings"]), late_records=int(d["late_records"]),
+            strings=StateStrings([str(x) for x in d["strings"]], [int(i) for i in d.get("strings_free", [])],
+                                 self.max_paths, [int(i) for i in d.get("payload_strings", [])],
+                                 int(d.get("paths_folded", 0))),
+            late_records=int(d["late_records"]),
             alerts_raised=int(d["alerts_raised"]),
         )
 
     def figures(self, states: list[AlertsState]) -> dict[str, float]:
         return {"late_records": sum(s.late_records for s in states),
                 "open_alerts": sum(len(s.open) for s in states),
-                "open_windows": sum(len(w) for s in states for w in s.windows.values())}
+                "open_windows": sum(len(w) for s in states for w in s.windows.values()),
+                "paths_folded": sum(s.strings.folded for s in states),
+                "paths": sum(len(s.strings.payload) for s in states)}
+
+    # -- a snapshot over its size limit ---------------------------------------------------------
+
+    def degrade(self, st: AlertsState) -> dict[str, Any]:
+        """One step less detail in the state, for a snapshot that would exceed its size limit (the
+        runner dumps again after each step): what was dropped, {} when nothing is left to drop. In
+        order: the request paths of the open windows' samples (their alerts' evidence reads
+        ``_OTHER``); then half the baselines' keys, down to MIN_BASELINE_KEYS (the least busy; a
+        key that comes back starts its history again); then the open windows' sample rows per
+        group, one per key kept (evidence and messages that count distinct sources read one)."""
+        if st.strings.payload:
+            gone = np.array(sorted(st.strings.payload), dtype=np.int64)
+            other = st.strings.add(OTHER)
+            n = sum(t.replace_strings(gone, other) for wins in st.windows.values() for t in wins.values())
+            dropped = st.strings.drop_payload(np.zeros(0, np.int64))
+            return {"dropped": "request paths", "paths": dropped, "samples": n}
+        big = [b for b in (st.baselines, *st.extra_baselines.values()) if len(b) > MIN_BASELINE_KEYS]
+        if big:
+            before = sum(len(b) for b in big)
+            for b in big:
+                b.cap(max(MIN_BASELINE_KEYS, len(b) // 2))
+            return {"dropped": "baseline keys", "keys": before - sum(len(b) for b in big)}
+        rows = sum(t.lighten() for wins in st.windows.values() for t in wins.values())
+        if rows:
+            return {"dropped": "sample rows", "rows": rows}
+        return {}

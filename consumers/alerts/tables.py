@@ -14,6 +14,10 @@ from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.features import FEATURE_DTYPE, StringTable, take
 from pktstream.consumers.engine.snapshot import array as snapshot_array
 
+OTHER = "_OTHER"  # what a string from a payload past the cap reads (StateStrings)
+MAX_PATHS = 10_000  # strings taken from payloads (attack paths) kept per partition at once
+_S = list(AGG_COLS).index("s")
+
 
 class Table:
     """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), with
@@ -72,19 +76,47 @@ class Table:
     @classmethod
     def merged(cls, tables: list[Table]) -> Table:
         """One table holding the groups of several (a sliding window's hops): counts summed, the
-        earliest and latest times kept, each group's sample from its earliest row."""
+        earliest and latest times kept, each group's sample from its earliest row (each key's, when one
+        of them is light: a degraded snapshot made it so)."""
         if len(tables) == 1:
             return tables[0]
-        out = cls(tables[0].light)
+        out = cls(any(t.light for t in tables))
         for t in tables:
             c = t.g.view()
             rec = None if t.light else c["rec"]
             out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec)
             out.g.add(c["k"], c["item"], c["o"], 0, 0, c["t1"], c["sub"], c["s"])  # the latest time
-            if t.side is not None and out.side is not None:
-                sv = t.side.view()
+            if out.side is not None:
+                sv = t.side.view() if t.side is not None else {"k": c["k"], "t0": c["t0"], "rec": c["rec"]}
                 out.side.add_batch(agg_batch(len(sv["k"]), k=sv["k"], t=sv["t0"]), sv["rec"], key_only=True)
         return out
+
+    def strings_used(self) -> npt.NDArray[np.int64]:
+        """The numbers of the state's strings its groups' samples refer to (``s``)."""
+        s: npt.NDArray[np.int64] = self.g.data[_S, : len(self.g)]
+        return s[s >= 0]
+
+    def replace_strings(self, old: npt.NDArray[np.int64], new: int) -> int:
+        """The samples referring to one of the strings ``old`` refer to ``new`` instead; returns how many."""
+        s = self.g.data[_S, : len(self.g)]
+        hit = np.isin(s, old)
+        s[hit] = new
+        return int(hit.sum())
+
+    def lighten(self) -> int:
+        """One sample feature row per key instead of per group (a snapshot over its limit); returns the
+        sample rows dropped."""
+        if self.light:
+            return 0
+        c = self.g.view()
+        light = Table(light=True)
+        n = len(c["k"])
+        light.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"])
+        light.g.data[list(AGG_COLS).index("t1"), :n] = c["t1"]
+        assert light.side is not None
+        light.side.add_batch(agg_batch(n, k=c["k"], t=c["t0"]), c["rec"], key_only=True)
+        self.light, self.g, self.side = True, light.g, light.side
+        return n - len(self.side)
 
     def with_samples(self) -> dict[str, Any]:
         """The groups' columns, each with a sample feature row (a light table's is its key's)."""
@@ -196,6 +228,54 @@ class Baselines:
         return cls(keys, *rest)
 
 
+class StateStrings(StringTable):
+    """The state's strings: capture points and catalogued API names, few and always kept, and strings
+    taken from payloads (attack paths: traffic chooses them), of which at most ``limit`` are kept at
+    once; past that, a new one reads ``_OTHER`` (counted in ``folded``). The processor drops the payload
+    strings no open window refers to when windows close (``drop_payload``); their numbers are given out
+    again."""
+
+    def __init__(self, items: list[str] | None = None, free: list[int] | None = None, limit: int = 1 << 62,
+                 payload: list[int] | None = None, folded: int = 0) -> None:
+        super().__init__(items, free)
+        self.limit = limit
+        gone = set(self.free)
+        self.payload: set[int] = {i for i in payload or [] if 0 <= i < len(self.items) and i not in gone}
+        self.folded = folded
+
+    def add(self, s: str) -> int:
+        """A string always kept (a capture point, an API name), even if a payload brought it first."""
+        i = super().add(s)
+        self.payload.discard(i)
+        return i
+
+    def add_payload(self, s: str) -> int:
+        i = self.index.get(s)
+        if i is not None:
+            return i
+        if s == OTHER or len(self.payload) >= self.limit:
+            self.folded += int(s != OTHER)
+            return self.add(OTHER)
+        i = super().add(s)
+        self.payload.add(i)
+        return i
+
+    def drop_payload(self, used: npt.NDArray[np.int64]) -> int:
+        """The payload strings whose numbers are not in ``used`` dropped; returns how many."""
+        if not self.payload:
+            return 0
+        live = np.zeros(len(self.items), dtype=bool)
+        u = used[(used >= 0) & (used < len(live))]
+        live[u] = True
+        gone = [i for i in self.payload if not live[i]]
+        if not gone:
+            return 0
+        keep = np.ones(len(self.items), dtype=bool)
+        keep[gone] = False
+        self.payload.difference_update(gone)
+        return self.drop(keep)
+
+
 @dataclass
 class AlertsState:
     windows: dict[str, dict[int, Table]] = field(default_factory=dict)  # detector -> window start -> table
@@ -203,6 +283,6 @@ class AlertsState:
     open: dict[str, OpenAlert] = field(default_factory=dict)  # rule|key -> alert
     baselines: Baselines = field(default_factory=Baselines)  # the volume detector's history per key
     extra_baselines: dict[str, Baselines] = field(default_factory=dict)  # other detectors' (error_spike), by name
-    strings: StringTable = field(default_factory=StringTable)  # capture points, paths, API names
+    strings: StateStrings = field(default_factory=StateStrings)  # capture points, API names, paths
     late_records: int = 0
     alerts_raised: int = 0

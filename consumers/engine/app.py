@@ -31,6 +31,13 @@ COUNTERS = {
                             "tolerance, set aside when read.",
     "undecodable": "Packet messages that did not decode or featurize (dead-lettered).",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
+    "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
+                   "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",
+    "requests_folded": "Requests counted in a minute's _OTHER row instead of their API's own (usage).",
+    "waiting_names_folded": "Connections and waiting requests whose API name was taken as its server's _OTHER "
+                            "row, the table of names they refer to being full (usage).",
+    "red_folded": "Answers counted under an _OTHER label in the RED histograms (usage: --metrics-max-*).",
+    "paths_folded": "Request paths of attack-string samples read as _OTHER, --max-paths being reached (alerts).",
 }
 GAUGES = {
     "open_windows": "Windows open in this process's partitions.",
@@ -38,6 +45,9 @@ GAUGES = {
     "waiting_requests": "Requests waiting for their answers (usage).",
     "open_alerts": "Alerts open (firing) in this process's partitions.",
     "capture_points_skewed": "Capture points whose records were set aside for their clock.",
+    "api_rows": "Rows (API and server) of the open minute and hour windows (usage).",
+    "red_label_sets": "Label sets of the RED histograms (usage).",
+    "paths": "Request paths kept for the open windows' attack-string samples (alerts).",
 }
 
 

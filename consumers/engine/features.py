@@ -171,18 +171,41 @@ class Features:
 
 
 class StringTable:
-    """Strings kept once, numbered in the order they come."""
+    """Strings kept once, numbered in the order they come. A state's table may drop strings nothing
+    refers to any more (``drop``): their numbers are given out again, the others keep theirs."""
 
-    def __init__(self, items: list[str] | None = None) -> None:
+    def __init__(self, items: list[str] | None = None, free: list[int] | None = None) -> None:
         self.items: list[str] = list(items or [])
-        self.index: dict[str, int] = {s: i for i, s in enumerate(self.items)}
+        self.free: list[int] = sorted({i for i in free or [] if 0 <= i < len(self.items)}, reverse=True)
+        gone = set(self.free)
+        self.index: dict[str, int] = {s: i for i, s in enumerate(self.items) if i not in gone}
+
+    def __len__(self) -> int:
+        return len(self.items) - len(self.free)
 
     def add(self, s: str) -> int:
         i = self.index.get(s)
         if i is None:
-            i = self.index[s] = len(self.items)
-            self.items.append(s)
+            if self.free:  # a dropped string's number (the lowest first)
+                i = self.free.pop()
+                self.items[i] = s
+            else:
+                i = len(self.items)
+                self.items.append(s)
+            self.index[s] = i
         return i
+
+    def drop(self, keep: npt.NDArray[np.bool_]) -> int:
+        """The strings whose numbers ``keep`` (a mask as long as ``items``) does not mark are dropped;
+        returns how many."""
+        gone = [i for i in np.flatnonzero(~keep[: len(self.items)]).tolist() if self.items[i] in self.index
+                and self.index[self.items[i]] == i]
+        for i in gone:
+            del self.index[self.items[i]]
+            self.items[i] = ""
+        if gone:
+            self.free = sorted({*self.free, *gone}, reverse=True)
+        return len(gone)
 
 
 def addr_words(col: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:

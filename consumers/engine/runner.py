@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -67,6 +68,7 @@ from pktstream.consumers.engine.eventtime import (
 )
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.topics import (
+    MAX_SNAPSHOT,
     AppTopics,
     SnapshotUnreadable,
     group_consumer,
@@ -120,6 +122,12 @@ class Processor(Protocol):
         ...
 
     def load(self, data: Any) -> Any: ...
+
+    def degrade(self, state: Any) -> dict[str, Any]:
+        """One step less detail in the state, for a snapshot over its size limit (snapshot.pack_within
+        dumps it again after each step): what was dropped, logged as ``state_degraded``; {} when
+        nothing is left to drop."""
+        ...
 
     def figures(self, states: list[Any]) -> dict[str, float]:
         """Counters and gauges for metrics and progress logs."""
@@ -774,10 +782,13 @@ class StreamRunner:
             st = self.states.get(q)
             if st is None:
                 continue
-            doc = {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
-            # cost more than the rest of a commit)
-            self._produce(self.cfg.state_topic, snapshot.pack(doc), key=str(q).encode(), partition=q)
+            # cost more than the rest of a commit); over the topic's limit, the processor degrades the
+            # state a step at a time until it fits (each step logged as state_degraded)
+            limit = min(self.topics.state_max_bytes, MAX_SNAPSHOT) if self.topics is not None else MAX_SNAPSHOT
+            value = snapshot.pack_within(partial(self._snapshot_doc, st), partial(self.proc.degrade, st.data),
+                                         limit, partition=q, app_id=self.cfg.app_id)
+            self._produce(self.cfg.state_topic, value, key=str(q).encode(), partition=q)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
         producer, group = self.producer, self.consumer.consumer_group_metadata()
         try:
@@ -812,6 +823,9 @@ class StreamRunner:
             cb(outs)
         self.producer.begin_transaction()
         return True
+
+    def _snapshot_doc(self, st: PartState) -> dict[str, Any]:
+        return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
 
     def _replace_producer(self, why: str) -> None:
         """A transactional call that outlived its own timeout (librdkafka can wait forever for a group

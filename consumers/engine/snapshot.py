@@ -8,6 +8,11 @@ as raw bytes after a small JSON header instead of as base64 text inside JSON:
 The header is the data with each array replaced by {"$nd": [byte length, dtype descr, shape]}.
 ``unpack`` also reads the earlier form, plain JSON, so a state written by an older version is
 still restored.
+
+A snapshot is one Kafka message, so it has a size limit. ``pack_within`` packs a state and, while
+it is over the limit, asks the processor to ``degrade`` it (less detail: see the processors) and
+packs again, logging ``state_degraded`` with what was dropped; a state over the limit with nothing
+left to drop is logged as ``state_over_limit`` and returned as it is (the producer then refuses it).
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 from numpy.lib import format as npformat
 
 from pktstream.schemas.decode import DecodeError
 
 MAGIC = b"PSS1"
 _KEY = "$nd"
+MAX_DEGRADE_STEPS = 64  # each step drops something; a processor's steps end long before this
+
+log = structlog.get_logger("pktstream.stream")
 
 
 def pack(doc: Any) -> bytes:
@@ -43,6 +53,26 @@ def pack(doc: Any) -> bytes:
 
     head = json.dumps(walk(doc), separators=(",", ":")).encode()
     return b"".join([MAGIC, struct.pack("<I", len(head)), head, *arrays])
+
+
+def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], limit: int,
+                **context: Any) -> bytes:
+    """``pack(doc())``, with ``degrade()`` (a processor's, on the state doc() dumps) called and the
+    state dumped again for as long as the bytes exceed ``limit`` and degrade finds something to drop
+    (it returns what it dropped; {} when nothing is left). ``context`` goes into the log lines."""
+    value = pack(doc())
+    for _ in range(MAX_DEGRADE_STEPS):
+        if len(value) <= limit:
+            return value
+        dropped = degrade()
+        if not dropped:
+            break
+        before = len(value)
+        value = pack(doc())
+        log.warning("state_degraded", bytes_before=before, bytes=len(value), limit=limit, **context, **dropped)
+    if len(value) > limit:
+        log.error("state_over_limit", bytes=len(value), limit=limit, **context)
+    return value
 
 
 def unpack(value: bytes) -> Any:

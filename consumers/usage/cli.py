@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.usage.caps import MAX_APIS, MAX_APIS_PER_SERVER
+from pktstream.consumers.usage.red import MAX_APIS as RED_MAX_APIS
+from pktstream.consumers.usage.red import MAX_LABEL_SETS as RED_MAX_LABEL_SETS
+from pktstream.consumers.usage.red import MAX_SERVERS as RED_MAX_SERVERS
 from pktstream.runtime.cli import Verb
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.log import configure_logging
@@ -20,8 +24,18 @@ def usage_arguments(us: argparse.ArgumentParser) -> None:
     us.add_argument("--no-hours", action="store_true", help="do not publish the hourly roll-up")
     us.add_argument("--response-timeout-s", type=float, default=30.0,
                     help="a request no answer follows within this is counted as unanswered")
-    us.add_argument("--metrics-max-apis", type=int, default=100,
+    us.add_argument("--metrics-max-apis", type=int, default=RED_MAX_APIS,
                     help="API label values per server in the /metrics RED histograms; the rest are _OTHER")
+    us.add_argument("--metrics-max-servers", type=int, default=RED_MAX_SERVERS,
+                    help="server_address label values in the RED histograms; the rest are _OTHER")
+    us.add_argument("--metrics-max-label-sets", type=int, default=RED_MAX_LABEL_SETS,
+                    help="label sets per RED histogram; the answers of the rest share one set of _OTHER labels")
+    us.add_argument("--max-apis-per-server", type=int, default=MAX_APIS_PER_SERVER,
+                    help="uncatalogued API names with a row of their own per server (address:port), window and "
+                         "partition; the rest share the server's '<address>:<port>/_OTHER' row")
+    us.add_argument("--max-apis", type=int, default=MAX_APIS,
+                    help="uncatalogued API names with a row of their own (and servers with an _OTHER row) per "
+                         "window and partition; the rest share one '_OTHER' row")
 
 
 def usage_run(args: argparse.Namespace) -> int:
@@ -34,8 +48,10 @@ def usage_run(args: argparse.Namespace) -> int:
     problems = []
     if not args.response_timeout_s > 0:
         problems.append(f"--response-timeout-s must be > 0, got {args.response_timeout_s}")
-    if args.metrics_max_apis < 1:
-        problems.append(f"--metrics-max-apis must be >= 1, got {args.metrics_max_apis}")
+    for flag in ("metrics_max_apis", "metrics_max_servers", "metrics_max_label_sets", "max_apis_per_server",
+                 "max_apis"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     try:
         cfg = stream_config(args, "pktstream-usage")
     except ConfigError as e:
@@ -43,9 +59,11 @@ def usage_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     catalog = Catalog.load(args.catalog)
-    red = RedMetrics(args.metrics_max_apis) if args.metrics_port else None
+    red = RedMetrics(args.metrics_max_apis, args.metrics_max_servers, args.metrics_max_label_sets) \
+        if args.metrics_port else None
     proc = UsageProcessor(catalog, args.usage_topic, args.grace_s, args.top_clients, hours=not args.no_hours,
-                          response_timeout_s=args.response_timeout_s, red=red)
+                          response_timeout_s=args.response_timeout_s, red=red,
+                          max_apis_per_server=args.max_apis_per_server, max_apis=args.max_apis)
     view = UsageView(args.output, args.top)
     return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view, collectors=[red] if red else None)
 

@@ -11,7 +11,12 @@ captured it. Per partition:
   has not yet sent a request (its SYN, the handshake) wait in the flow table until it does, and
   go to the server's catch-all (``address:port/tcp``) if the window closes first;
 * aggregates per (window, API) are computed with numpy over the whole batch; Python touches
-  only the distinct (API, client) and (API, capture point) pairs.
+  only the distinct (API, client) and (API, capture point) pairs;
+* traffic chooses the names the catalog does not know, so each window keeps a row of their own for
+  a bounded number of them per server and in all, the rest in ``_OTHER`` rows (caps.py), decided
+  by a hash of each name so that the rows do not depend on arrival; what connections and waiting
+  requests refer to is dropped once nothing does, and a state too large for its snapshot gives up
+  detail (``degrade``).
 
 Windows are one minute of event time; a window is published when its end plus ``grace_s`` is
 behind the watermark. The minute aggregates are merged into hour aggregates when they close,
@@ -21,6 +26,7 @@ so hours are exact roll-ups (distinct clients included).
 from __future__ import annotations
 
 import io
+import itertools
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +35,10 @@ import fastavro
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.consumers.catalog import ApiRef, Catalog
+from pktstream.consumers.catalog import ApiRef, Catalog, unmatched_ref
 from pktstream.consumers.engine.features import (
     REQUEST_KINDS,
     Features,
-    StringTable,
     addr_hash,
     featurize,
     flow_order,
@@ -53,6 +58,17 @@ from pktstream.consumers.engine.parse import (
 )
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.engine.snapshot import array as snapshot_array
+from pktstream.consumers.usage.caps import (
+    MAX_APIS,
+    MAX_APIS_PER_SERVER,
+    Admission,
+    Key,
+    WaitingNames,
+    fold_ref,
+    is_fold,
+    key_of,
+    key_text,
+)
 from pktstream.consumers.usage.responses import NBUCKETS, QUEUE_DTYPE, Paired, Pairing, bucket, quantile_ms
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
@@ -79,13 +95,15 @@ class Clients:
     sorted on both address words), which happens when the appended rows outgrow what is
     already folded, and before anything is read."""
 
-    __slots__ = ("addr", "cnt", "parts", "waiting")
+    __slots__ = ("addr", "cnt", "dropped", "parts", "waiting")
 
-    def __init__(self, addr: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.int64] | None = None) -> None:
+    def __init__(self, addr: npt.NDArray[np.uint64] | None = None, cnt: npt.NDArray[np.int64] | None = None,
+                 dropped: int = 0) -> None:
         self.addr = addr if addr is not None else np.zeros((0, 2), dtype=np.uint64)
         self.cnt = cnt if cnt is not None else np.zeros((0, 3), dtype=np.int64)
         self.parts: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
         self.waiting = 0
+        self.dropped = dropped  # distinct clients whose counters a degraded snapshot gave up (see trim)
 
     def add(self, addr: npt.NDArray[np.uint64], cnt: npt.NDArray[np.int64]) -> None:
         self.parts.append((addr, cnt))
@@ -96,6 +114,7 @@ class Clients:
     def extend(self, o: Clients) -> None:
         o.reduce()
         self.add(o.addr, o.cnt)
+        self.dropped += o.dropped
 
     def reduce(self) -> None:
         if not self.parts:
@@ -116,7 +135,21 @@ class Clients:
 
     def __len__(self) -> int:
         self.reduce()
-        return len(self.addr)
+        return len(self.addr) + self.dropped
+
+    def trim(self, k: int) -> int:
+        """Only the k busiest clients kept (a snapshot over its limit); the others still count as
+        distinct clients (an upper bound from then on: one that comes back counts twice). Returns how
+        many were dropped."""
+        self.reduce()
+        n = len(self.addr) - k
+        if n <= 0:
+            return 0
+        c = self.cnt
+        keep = np.sort(np.lexsort((self.addr[:, 1], self.addr[:, 0], -c[:, 1], -c[:, 0]))[:k])
+        self.addr, self.cnt = self.addr[keep], self.cnt[keep]
+        self.dropped += n
+        return n
 
     def top(self, k: int) -> list[tuple[bytes, list[int]]]:
         """The k clients with the most requests, then packets; ties by address."""
@@ -126,9 +159,10 @@ class Clients:
         ab = words_bytes(self.addr[order])
         return [(ab[16 * i : 16 * i + 16], v) for i, v in enumerate(c[order].tolist())]
 
-    def dump(self) -> list[npt.NDArray[Any]]:
+    def dump(self) -> list[Any]:
         self.reduce()
-        return [np.ascontiguousarray(self.addr, dtype="<u8"), np.ascontiguousarray(self.cnt, dtype="<i8")]
+        out: list[Any] = [np.ascontiguousarray(self.addr, dtype="<u8"), np.ascontiguousarray(self.cnt, dtype="<i8")]
+        return [*out, self.dropped] if self.dropped else out
 
     @classmethod
     def load(cls, d: list[Any]) -> Clients:
@@ -136,7 +170,7 @@ class Clients:
         cnt = snapshot_array(d[1], "<i8", (-1, 3))
         if len(addr) != len(cnt):
             raise ValueError("snapshot: client addresses and counters differ in number")
-        return cls(addr, cnt)
+        return cls(addr, cnt, int(d[2]) if len(d) > 2 else 0)
 
 
 def _add_pending(a: Agg, pend: Pending, acc: list[int]) -> None:
@@ -234,24 +268,53 @@ class Pending:
     origins: set[str] = field(default_factory=set)
     # window start -> [packets, bytes, syns, the server's packets, their bytes]
     windows: dict[int, list[int]] = field(default_factory=dict)
+    server: str = ""  # "address:port" of the connection's server
 
 
 @dataclass
 class UsageState:
-    windows: dict[int, dict[str, Agg]] = field(default_factory=dict)  # minute start (ns) -> API -> Agg
-    hours: dict[int, dict[str, Agg]] = field(default_factory=dict)
+    # minute start (ns) -> row (caps.Key: API name, server) -> Agg; which names have rows: caps
+    windows: dict[int, dict[Key, Agg]] = field(default_factory=dict)
+    hours: dict[int, dict[Key, Agg]] = field(default_factory=dict)
+    caps: dict[int, Admission] = field(default_factory=dict)  # minute start -> its uncatalogued names
+    hour_caps: dict[int, Admission] = field(default_factory=dict)
     closed_until: int = 0  # minute windows starting before this are closed
-    flows: dict[int, Any] = field(default_factory=dict)  # flow hash -> (api, last request ts, closing)
+    # flow hash -> (its latest request's (API, server) in names, that request's ts, closing)
+    flows: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)
-    apis: dict[str, ApiRef] = field(default_factory=dict)
+    apis: dict[str, ApiRef] = field(default_factory=dict)  # the catalogued APIs seen
     late_records: int = 0
     records: int = 0
     pairing: Pairing = field(default_factory=lambda: Pairing(int(RESPONSE_TIMEOUT_S * 1e9)))
-    names: StringTable = field(default_factory=StringTable)  # API names the request queue refers to
+    # the (API, server) pairs the flow table and the request queue refer to
+    names: WaitingNames = field(default_factory=WaitingNames)
+    apis_folded: int = 0  # (window, name) pairs that went to an _OTHER row (each batch's decisions)
+    requests_folded: int = 0  # requests counted in an _OTHER row of a minute instead of their own
+
+    def ref_of(self, name: str, server: str) -> ApiRef:
+        """What the usage record says of an API: the catalog's, else read from the name (caps, catalog)."""
+        ref = self.apis.get(name)
+        if ref is not None:
+            return ref
+        if is_fold((name, server)):
+            return fold_ref((name, server))
+        return unmatched_ref(name, server)
 
 
 def _flow_hash(rows: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
     return np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
+
+
+def _servers(rows: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Each row's server (destination address and port) as a number, and the servers as text
+    ("address:port"), once per distinct one."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), []
+    _u, first, inv = np.unique(mix(rows["dst_addr"], rows["dst_port"]), return_index=True, return_inverse=True)
+    dst = words_bytes(rows["dst_addr"][first])
+    ports = rows["dst_port"][first].tolist()
+    texts = [f"{addr_text(dst[16 * j : 16 * j + 16])}:{port}" for j, port in enumerate(ports)]
+    return inv.ravel().astype(np.int64), texts
 
 
 def _protocol(kind: int, proto: int) -> str:
@@ -267,7 +330,7 @@ def _protocol(kind: int, proto: int) -> str:
 class UsageProcessor:
     def __init__(self, catalog: Catalog, topic: str = "pktstream.usage", grace_s: float = 10.0,
                  top_clients: int = 10, hours: bool = True, response_timeout_s: float = RESPONSE_TIMEOUT_S,
-                 red: Any = None) -> None:
+                 red: Any = None, max_apis_per_server: int = MAX_APIS_PER_SERVER, max_apis: int = MAX_APIS) -> None:
         self.catalog = catalog
         self.topic = topic
         self.grace_ns = int(grace_s * 1e9)
@@ -275,6 +338,12 @@ class UsageProcessor:
         self.hours = hours
         self.timeout_ns = int(response_timeout_s * 1e9)
         self.red = red  # red.RedMetrics: the answers as Prometheus histograms (process-local)
+        # uncatalogued names with a row of their own per window (caps.py)
+        self.max_apis_per_server = max_apis_per_server
+        self.max_apis = max_apis
+        # (name, server) pairs the flow table and the request queue may refer to at once: a window's names
+        # twice over (the current minute's and the last one's); past that, a server's _OTHER row
+        self.max_waiting_names = 2 * max_apis
 
     # -- stage one --------------------------------------------------------------------------
 
@@ -295,12 +364,18 @@ class UsageProcessor:
     # -- stage two --------------------------------------------------------------------------
 
     def new_state(self) -> UsageState:
-        return UsageState(pairing=Pairing(self.timeout_ns))
+        return UsageState(pairing=Pairing(self.timeout_ns), names=WaitingNames(limit=self.max_waiting_names))
 
     def _service(self, st: UsageState, dst: bytes, port: int, proto: int) -> str:
         ref = self.catalog.match("", dst, port, "", "", "udp" if proto == PROTO_UDP else "tcp")
-        st.apis.setdefault(ref.name, ref)
+        if ref.matched:  # the others are read back from their names (UsageState.ref_of)
+            st.apis.setdefault(ref.name, ref)
         return ref.name
+
+    @staticmethod
+    def _key(st: UsageState, name: str, server: str) -> Key:
+        """The row key of an API at a server: catalogued APIs have one row whatever the server."""
+        return (name, "") if name in st.apis else (name, server)
 
     def process(self, st: UsageState, f: Features) -> None:
         rows = f.rows
@@ -317,6 +392,7 @@ class UsageProcessor:
         kind = rows["kind"]
         answer = rows["answer"] != 0
         is_req = np.isin(kind, REQUEST_KINDS) & ~answer
+        srv, servers = _servers(rows)
         # 1. requests -> API, once per distinct (dst, port, method, host, path, kind)
         api_names: list[str] = []
         api_index: dict[str, int] = {}
@@ -344,7 +420,8 @@ class UsageProcessor:
                 ref = self.catalog.match(f.text(nm), dsts[16 * j : 16 * j + 16], port,
                                          METHODS[meth] if meth < len(METHODS) else "", f.text(pth),
                                          _protocol(knd, PROTO_TCP), partial=bool(pfl & F_LINE_CUT))
-                st.apis.setdefault(ref.name, ref)
+                if ref.matched:
+                    st.apis.setdefault(ref.name, ref)
                 ids[j] = api_id(ref.name)
             row_api[req_idx] = ids[inv.ravel()]
         # 2. other packets -> their connection's API
@@ -374,7 +451,7 @@ class UsageProcessor:
             for g in groups.tolist():
                 ent = st.flows.get(int(fs[starts[g]]))
                 if ent is not None:
-                    table_api[g] = api_id(ent[0])
+                    table_api[g] = api_id(st.names.key(ent[0])[0])  # the name; its server is the rows'
             fill = table_api[gid[need]]
             nofill = fill < 0
             hr = has_req[gid[need]]
@@ -388,14 +465,14 @@ class UsageProcessor:
             gs = np.flatnonzero(lastreq >= 0)
             ps = lastreq[gs]
             keys = fs[ps].tolist()
-            names = [api_names[a] for a in a_sorted[ps].tolist()]
-            st.flows.update(zip(keys, zip(names, rows["ts_ns"][order][ps].tolist(), closing[gs].tolist(),
+            pair = self._pair_ids(st, a_sorted[ps], srv[order][ps], api_names, servers)
+            st.flows.update(zip(keys, zip(pair.tolist(), rows["ts_ns"][order][ps].tolist(), closing[gs].tolist(),
                                           strict=True), strict=True))
             if st.pending:
-                for key, name in zip(keys, names, strict=True):
+                for key, a in zip(keys, a_sorted[ps].tolist(), strict=True):
                     pend = st.pending.pop(key, None)
                     if pend is not None:
-                        self._resolve(st, pend, name)
+                        self._resolve(st, pend, api_names[a])
         # 4. packets of connections still without a request: wait (TCP that opened here) or catch-all
         unk = np.flatnonzero(row_api_sorted < 0)
         if unk.size:
@@ -420,7 +497,8 @@ class UsageProcessor:
                     r0 = rows_s[us]
                     pend = st.pending[key] = Pending(
                         words_bytes(r0["src_addr"]), self._service(st, words_bytes(r0["dst_addr"]), int(r0["dst_port"]),
-                                                              int(r0["protocol"])))
+                                                              int(r0["protocol"])),
+                        server=servers[int(srv[order[unk[us]]])])
                 if pend is not None:
                     sel = unk[us : us + uc]
                     win_s = win[order][sel]
@@ -451,40 +529,57 @@ class UsageProcessor:
         # 5. aggregate per (window, API)
         ok = np.flatnonzero(row_api >= 0)
         if ok.size:
-            self._aggregate(st, f, take(rows, ok), win[ok], row_api[ok], is_req[ok], api_names)
+            self._aggregate(st, f, take(rows, ok), win[ok], row_api[ok], is_req[ok], api_names, srv[ok], servers)
         # 6. answers paired with requests
         if answer.any() or st.pairing.queue.size or is_req.any():
-            self._pair(st, f, rows, row_api, is_req, answer, api_names)
+            self._pair(st, f, rows, row_api, is_req, answer, api_names, srv, servers)
+
+    @staticmethod
+    def _pair_ids(st: UsageState, api: npt.NDArray[np.int64], srv: npt.NDArray[np.int64], api_names: list[str],
+                  servers: list[str]) -> npt.NDArray[np.int64]:
+        """Each row's (API, server) as a number in the state's names (once per distinct pair)."""
+        if len(api) == 0:
+            return np.zeros(0, np.int64)
+        ns = len(servers)
+        u, inv = np.unique(api.astype(np.int64) * ns + srv, return_inverse=True)
+        ids = np.array([st.names.add_pair(api_names[k // ns], servers[k % ns], api_names[k // ns] in st.apis)
+                        for k in u.tolist()], dtype=np.int64)
+        out: npt.NDArray[np.int64] = ids[inv.ravel()]
+        return out
 
     def _pair(self, st: UsageState, f: Features, rows: npt.NDArray[Any], row_api: npt.NDArray[np.int64],
-              is_req: npt.NDArray[np.bool_], answer: npt.NDArray[np.bool_], api_names: list[str]) -> None:
+              is_req: npt.NDArray[np.bool_], answer: npt.NDArray[np.bool_], api_names: list[str],
+              srv: npt.NDArray[np.int64], servers: list[str]) -> None:
         # the connection per capture point: its flow hash mixed with a stable hash of the capture point
         uo, oinv = np.unique(rows["origin"].astype(np.int64), return_inverse=True)
         crc = np.array([zlib.crc32(f.text(o).encode()) for o in uo.tolist()], dtype=np.int64)
         conn = mix(rows["fh"], crc[oinv.ravel()])
-        ids = np.array([st.names.add(nm) for nm in api_names] or [0], dtype=np.int64)  # batch API -> state name
         ans_conn = np.unique(conn[answer])
         ri = np.flatnonzero(is_req)
+        status = rows["status"].astype(np.int64)
+        final = (status < 100) | (status >= 200) | (status == 101)  # 1xx interim answers are not answers
+        rs = np.flatnonzero(answer & (rows["kind"] == KIND_HTTP1_RESPONSE) & final)
+        ra = row_api[rs]
+        known = ra >= 0
+        # (API, server) numbers of the requests and of the answers whose connection has one, at once
+        both = np.concatenate([ri, rs[known]])
+        ids = self._pair_ids(st, row_api[both], srv[both], api_names, servers)
         reqs = np.zeros(len(ri), QUEUE_DTYPE)
         if len(ri):
             reqs["conn"] = conn[ri]
             reqs["ts"] = rows["ts_ns"][ri]
-            reqs["api"] = ids[row_api[ri]]
+            reqs["api"] = ids[: len(ri)]
             reqs["method"] = rows["method"][ri]
             reqs["http"] = rows["kind"][ri] == KIND_HTTP1
             reqs["seen"] = np.isin(reqs["conn"], ans_conn)
             reqs["content_length"] = rows["content_length"][ri]
-        status = rows["status"].astype(np.int64)
-        final = (status < 100) | (status >= 200) | (status == 101)  # 1xx interim answers are not answers
-        rs = np.flatnonzero(answer & (rows["kind"] == KIND_HTTP1_RESPONSE) & final)
         r_api = np.full(len(rs), -1, np.int64)
         if len(rs):
-            ra = row_api[rs]
-            r_api[ra >= 0] = ids[ra[ra >= 0]]
-            for j in np.flatnonzero(ra < 0).tolist():  # the connection waits for its request: the server's API
+            r_api[known] = ids[len(ri) :]
+            for j in np.flatnonzero(~known).tolist():  # the connection waits for its request: the server's API
                 r = rows[rs[j]]
-                r_api[j] = st.names.add(self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]),
-                                                    int(r["protocol"])))
+                service = self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]), int(r["protocol"]))
+                r_api[j] = st.names.add_pair(service, servers[int(srv[rs[j]])], service in st.apis)
         responses = {"conn": conn[rs], "ts": rows["ts_ns"][rs], "status": status[rs],
                      "content_length": rows["content_length"][rs], "api": r_api}
         ds = np.flatnonzero(answer & (rows["ts_data"] > 0))
@@ -498,39 +593,54 @@ class UsageProcessor:
             return
         win = (p.ts // MINUTE_NS) * MINUTE_NS
         lb = np.where(p.latency >= 0, bucket(p.latency), -1)  # each answer's latency bucket, once
-        order = np.lexsort((p.api, win))
-        w_s, a_s = win[order], p.api[order]
-        starts = np.flatnonzero(np.r_[True, (w_s[1:] != w_s[:-1]) | (a_s[1:] != a_s[:-1])])
-        bounds = np.r_[starts, m]
-        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            sel = order[lo:hi]
-            name = st.names.items[int(a_s[lo])]
-            a = st.windows.setdefault(int(w_s[lo]), {}).setdefault(name, Agg())
+        # a group per (window, API and server); the groups placed in their windows' rows, then all per row
+        wins, winv = np.unique(win, return_inverse=True)
+        na = int(p.api.max()) + 1
+        groups, gi = np.unique(winv.ravel().astype(np.int64) * na + p.api, return_inverse=True)
+        keys = [st.names.key(i) for i in (groups % na).tolist()]
+        aggs, tid, _folded = self._place(st, wins, groups // na, keys)
+        ti, nt = tid[gi.ravel()], len(aggs)
+        un = p.unanswered
+        unanswered = np.bincount(ti[un], minlength=nt)
+        responses = np.bincount(ti[~un], minlength=nt)
+        timed = ~un & (lb >= 0)
+        hist = np.bincount(ti[timed] * NBUCKETS + lb[timed], minlength=nt * NBUCKETS).reshape(nt, NBUCKETS)
+        lsum = np.zeros(nt, np.int64)
+        np.add.at(lsum, ti[timed], p.latency[timed] // 1000)
+        for a, u, r, h, ls in zip(aggs, unanswered.tolist(), responses.tolist(), hist, lsum.tolist(), strict=True):
             a.answered = True
-            un = p.unanswered[sel]
-            a.unanswered += int(un.sum())
-            answered = sel[~un]
-            a.responses += len(answered)
-            if len(answered):
-                codes, cnt = np.unique(p.status[answered], return_counts=True)
-                for c, v in zip(codes.tolist(), cnt.tolist(), strict=True):
-                    a.codes[c] = a.codes.get(c, 0) + v
-                timed = answered[lb[answered] >= 0]
-                if len(timed):
-                    a.hist += np.bincount(lb[timed], minlength=NBUCKETS)
-                    a.latency_sum_us += int((p.latency[timed] // 1000).sum())
+            a.unanswered += u
+            a.responses += r
+            if ls or h.any():
+                a.hist += h
+                a.latency_sum_us += ls
+        ck, cn = np.unique(ti[~un] * 1024 + np.clip(p.status[~un], 0, 1023), return_counts=True)
+        for k, v in zip(ck.tolist(), cn.tolist(), strict=True):
+            d = aggs[k // 1024].codes
+            d[k % 1024] = d.get(k % 1024, 0) + v
         if self.red is not None:
             self.red.observe(st, p, lb)
 
     def _aggregate(self, st: UsageState, f: Features, rows: npt.NDArray[Any], win: npt.NDArray[np.int64],
-                   api: npt.NDArray[np.int64], is_req: npt.NDArray[np.bool_], api_names: list[str]) -> None:
+                   api: npt.NDArray[np.int64], is_req: npt.NDArray[np.bool_], api_names: list[str],
+                   srv: npt.NDArray[np.int64], servers: list[str]) -> None:
         wins, winv = np.unique(win, return_inverse=True)
-        na = len(api_names)
-        key = winv.ravel().astype(np.int64) * na + api
+        na, ns = len(api_names), len(servers) + 1
+        # a group per (window, API, server); a catalogued API's servers share its row (server 0)
+        catalogued = np.array([nm in st.apis for nm in api_names], dtype=bool)
+        key = (winv.ravel().astype(np.int64) * na + api) * ns + np.where(catalogued[api], 0, srv + 1)
         groups, gi = np.unique(key, return_inverse=True)
         gi = gi.ravel()
-        ng = len(groups)
         rate = rows["sample_rate"].astype(np.int64)
+        reqw = np.where(is_req, rate, 0)
+        # each group's row (caps.Admission); the groups that go to one row (an _OTHER row) are added up
+        # first, so that Python sees each row once
+        keys = [(api_names[g // ns % na], servers[g % ns - 1] if g % ns else "") for g in groups.tolist()]
+        aggs, tid, folded = self._place(st, wins, groups // (na * ns), keys)
+        if folded.any():
+            st.requests_folded += int(reqw[folded[gi]].sum())
+        gi = tid[gi]  # from here on: each row's row
+        ng = len(aggs)
         ans = rows["answer"] != 0
         npk_all = rows["packets"].astype(np.int64)
         nbytes_all = rows["nbytes"].astype(np.int64)
@@ -539,7 +649,6 @@ class UsageProcessor:
         rpk = np.bincount(gi, np.where(ans, npk_all, 0), ng)
         rby = np.bincount(gi, np.where(ans, nbytes_all, 0), ng)
         nans = np.bincount(gi, ans, ng)
-        reqw = np.where(is_req, rate, 0)
         cut = (rows["pflags"] & (F_LINE_CUT | F_HEADERS_CUT | F_TLS_CUT)) != 0
         packets = np.bincount(gi, npk, ng)
         byts = np.bincount(gi, nbytes, ng)
@@ -547,13 +656,7 @@ class UsageProcessor:
         partial = np.bincount(gi, np.where(is_req & cut, rate, 0), ng)
         syns = np.bincount(gi, rows["syns"].astype(np.int64), ng)
         sampled = np.bincount(gi, (rate > 1).astype(np.int64), ng)
-        aggs: list[Agg] = []
-        for j, g in enumerate(groups.tolist()):
-            w = int(wins[g // na])
-            name = api_names[g % na]
-            a = st.windows.setdefault(w, {}).get(name)
-            if a is None:
-                a = st.windows[w][name] = Agg()
+        for j, a in enumerate(aggs):
             a.requests += int(reqs[j])
             a.partial += int(partial[j])
             a.packets += int(packets[j])
@@ -564,7 +667,6 @@ class UsageProcessor:
                 a.answered = True
                 a.rpackets += int(rpk[j])
                 a.rbytes += int(rby[j])
-            aggs.append(a)
         # methods
         mrows = np.flatnonzero(is_req & (rows["method"] > 0))
         if mrows.size:
@@ -575,7 +677,7 @@ class UsageProcessor:
                 m = METHODS[k % 16] if k % 16 < len(METHODS) else "?"
                 d = aggs[k // 16].methods
                 d[m] = d.get(m, 0) + int(c)
-        # clients: each group's rows go to its API's client table as they are (folded later)
+        # clients: each row's rows go to its client table as they are (folded later)
         gi_c = np.where(ans, ng, gi)  # the server's packets are not a client's
         corder = np.argsort(gi_c, kind="stable")
         cstarts = np.searchsorted(gi_c[corder], np.arange(ng + 1))
@@ -587,9 +689,67 @@ class UsageProcessor:
         for u in np.unique(gi.astype(np.int64) * 65536 + rows["origin"].astype(np.int64)).tolist():
             aggs[u >> 16].seen_by.add(f.text(u & 0xFFFF))
 
+    def _place(self, st: UsageState, wins: npt.NDArray[np.int64], gw: npt.NDArray[np.int64],
+               keys: list[Key]) -> tuple[list[Agg], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Groups (sorted by window: wins[gw] each, and a row key each) placed in their windows' rows:
+        the distinct rows, each group's row in them, and whether the group went to an _OTHER row."""
+        n = len(keys)
+        wb = np.r_[np.flatnonzero(np.r_[True, gw[1:] != gw[:-1]]), n].tolist() if n else [0]
+        aggs: list[Agg] = []
+        tid = np.empty(n, dtype=np.int64)
+        folded = np.zeros(n, dtype=bool)
+        at: dict[int, int] = {}
+        for lo, hi in itertools.pairwise(wb):
+            targets, rows_of = self._rows(st, int(wins[gw[lo]]), keys[lo:hi])
+            for j, (t, a) in enumerate(zip(targets, rows_of, strict=True), lo):
+                folded[j] = t != keys[j]
+                i = at.get(id(a))
+                if i is None:
+                    i = at[id(a)] = len(aggs)
+                    aggs.append(a)
+                tid[j] = i
+        return aggs, tid, folded
+
     def _resolve(self, st: UsageState, pend: Pending, api: str) -> None:
+        key = self._key(st, api, pend.server)
         for w, acc in pend.windows.items():
-            _add_pending(st.windows.setdefault(w, {}).setdefault(api, Agg()), pend, acc)
+            _add_pending(self._rows(st, w, [key])[1][0], pend, acc)
+
+    def _rows(self, st: UsageState, w: int, keys: list[Key], hour: bool = False) -> tuple[list[Key], list[Agg]]:
+        """The rows of window w (an hour's with ``hour``) that keys (distinct) go to, as its caps admit
+        them, and the keys of those rows; rows that lost their place meanwhile are merged where they go."""
+        windows, caps = (st.hours, st.hour_caps) if hour else (st.windows, st.caps)
+        rows = windows.setdefault(w, {})
+        adm = caps.get(w)
+        if adm is None:
+            adm = caps[w] = Admission(self.max_apis_per_server, self.max_apis)
+        targets = adm.place(keys)
+        self._move(st, rows, adm, hour)
+        out: list[Agg] = []
+        for k, t in zip(keys, targets, strict=True):
+            if not hour and t != k and not is_fold(k):
+                st.apis_folded += 1
+            a = rows.get(t)
+            if a is None:
+                a = rows[t] = Agg()
+            out.append(a)
+        return targets, out
+
+    @staticmethod
+    def _move(st: UsageState, rows: dict[Key, Agg], adm: Admission, hour: bool) -> None:
+        """Rows that lost their place in a window merged into the rows they go to."""
+        for src, dst in adm.take_moves():
+            a = rows.pop(src, None)
+            if a is None:
+                continue
+            b = rows.get(dst)
+            if b is None:
+                rows[dst] = a
+            else:
+                b.merge(a)
+            if not hour and not is_fold(src):
+                st.apis_folded += 1
+                st.requests_folded += a.requests
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -603,32 +763,60 @@ class UsageProcessor:
             # waiting connections' packets of those windows go to the server's catch-all
             for key, pend in list(st.pending.items()):
                 for w in [w for w in pend.windows if w + MINUTE_NS <= limit]:
-                    _add_pending(st.windows.setdefault(w, {}).setdefault(pend.service, Agg()), pend,
+                    _add_pending(self._rows(st, w, [self._key(st, pend.service, pend.server)])[1][0], pend,
                                  pend.windows.pop(w))
                 if not pend.windows:
                     del st.pending[key]
         for w in closing:
-            apis = st.windows.pop(w)
-            for name in sorted(apis):
-                out.append(self._output(st, name, w, 60, apis[name]))
-                if self.hours:
-                    h = w - w % HOUR_NS
-                    st.hours.setdefault(h, {}).setdefault(name, Agg()).merge(apis[name])
+            rows = st.windows.pop(w)
+            st.caps.pop(w, None)
+            out += self._outputs(st, rows, w, 60)
+            if self.hours:  # the hour's caps place the minute's rows (caps.py: the roll-up stays exact)
+                keys = sorted(rows)
+                for k, a in zip(keys, self._rows(st, w - w % HOUR_NS, keys, hour=True)[1], strict=True):
+                    a.merge(rows[k])
             st.closed_until = max(st.closed_until, w + MINUTE_NS)
         if not final:  # what starts before the last closed minute boundary is late from now on
             st.closed_until = max(st.closed_until, limit - limit % MINUTE_NS)
         for h in sorted(h for h in st.hours if h + HOUR_NS <= limit):
-            apis = st.hours.pop(h)
-            for name in sorted(apis):
-                out.append(self._output(st, name, h, 3600, apis[name]))
+            st.hour_caps.pop(h, None)
+            out += self._outputs(st, st.hours.pop(h), h, 3600)
         if closing:
             idle, linger = limit - FLOW_IDLE_NS, limit - CLOSED_LINGER_NS
             for key in [k for k, v in st.flows.items() if v[1] < (linger if v[2] else idle)]:
                 del st.flows[key]
+            self._drop_names(st)
         return out
 
-    def _output(self, st: UsageState, name: str, w: int, window_s: int, a: Agg) -> Output:
-        ref = st.apis.get(name) or ApiRef(name, "", 0, "tcp", False)
+    @staticmethod
+    def _drop_names(st: UsageState) -> None:
+        """The (API, server) pairs neither the flow table nor the request queue refers to are dropped."""
+        keep = np.zeros(len(st.names.items), dtype=bool)
+        q = st.pairing.queue["api"].astype(np.int64)
+        keep[q[(q >= 0) & (q < len(keep))]] = True
+        if st.flows:
+            keep[np.fromiter((v[0] for v in st.flows.values()), dtype=np.int64, count=len(st.flows))] = True
+        st.names.drop(keep)
+
+    def _outputs(self, st: UsageState, rows: dict[Key, Agg], w: int, window_s: int) -> list[Output]:
+        """A closed window's records, one per API name (its servers' rows added up), by name."""
+        by_name: dict[str, list[Key]] = {}
+        for k in sorted(rows):
+            by_name.setdefault(k[0], []).append(k)
+        out = []
+        for name in sorted(by_name):
+            ks = by_name[name]
+            a = rows[ks[0]]
+            if len(ks) > 1:
+                a = Agg()
+                for k in ks:
+                    a.merge(rows[k])
+            out.append(self._output(st, ks[0], w, window_s, a))
+        return out
+
+    def _output(self, st: UsageState, key: Key, w: int, window_s: int, a: Agg) -> Output:
+        name = key[0]
+        ref = st.ref_of(*key)
         top = a.clients.top(self.top_clients)
         rec = {
             "api": name, "matched": ref.matched, "window_start_ms": w // 1_000_000, "window_s": window_s,
@@ -673,38 +861,121 @@ class UsageProcessor:
     # -- state ------------------------------------------------------------------------------
 
     def dump(self, st: UsageState) -> Any:
+        flows = st.flows
+        vals = np.array(list(flows.values()), dtype=np.int64).reshape(-1, 3)
         return {
-            "windows": {str(w): {k: a.dump() for k, a in apis.items()} for w, apis in st.windows.items()},
-            "hours": {str(w): {k: a.dump() for k, a in apis.items()} for w, apis in st.hours.items()},
+            "windows": {str(w): {key_text(k): a.dump() for k, a in rows.items()} for w, rows in st.windows.items()},
+            "hours": {str(w): {key_text(k): a.dump() for k, a in rows.items()} for w, rows in st.hours.items()},
+            "caps": {str(w): a.dump() for w, a in st.caps.items()},
+            "hour_caps": {str(w): a.dump() for w, a in st.hour_caps.items()},
             "closed_until": st.closed_until,
-            "flows": {str(k): v for k, v in st.flows.items()},
-            "pending": {str(k): [p.src.hex(), p.service, sorted(p.origins), {str(w): v for w, v in p.windows.items()}]
-                        for k, p in st.pending.items()},
+            # flow hash, (API, server) number in names, its last request's ts, closing: as columns
+            "flow_table": [np.fromiter(flows.keys(), dtype="<u8", count=len(flows)), vals[:, 0].astype("<i4"),
+                           vals[:, 1].astype("<i8"), vals[:, 2].astype("u1")],
+            "pending": {str(k): [p.src.hex(), p.service, sorted(p.origins), {str(w): v for w, v in p.windows.items()},
+                                 p.server] for k, p in st.pending.items()},
             "apis": {k: [r.host, r.port, r.protocol, r.matched, r.rate_limit_per_min] for k, r in st.apis.items()},
             "late_records": st.late_records, "records": st.records,
-            "queue": st.pairing.dump(), "names": st.names.items,
+            "queue": st.pairing.dump(), "names": st.names.items, "names_free": st.names.free,
+            "folded": [st.apis_folded, st.requests_folded, st.names.folded],
         }
 
     def load(self, d: Any) -> UsageState:
+        apis = {k: ApiRef(k, v[0], int(v[1]), v[2], bool(v[3]), int(v[4])) for k, v in d["apis"].items()
+                if v[3]}  # (a snapshot older than the caps kept the uncatalogued ones too)
+        folded = [int(x) for x in d.get("folded", [0, 0, 0])]
+        names = WaitingNames([str(x) for x in d.get("names", [])], [int(i) for i in d.get("names_free", [])],
+                             self.max_waiting_names, folded[2])
+        if "flow_table" in d:
+            k, nm, ts, closing = d["flow_table"]
+            ents = zip(snapshot_array(nm, "<i4").tolist(), snapshot_array(ts, "<i8").tolist(),
+                       snapshot_array(closing, "u1").astype(bool).tolist(), strict=True)
+            flows = dict(zip(snapshot_array(k, "<u8").tolist(), ents, strict=True))
+        else:  # flow hash -> [API name, ts, closing] (older snapshots): the names without their server
+            flows = {int(k): (names.add_pair(v[0], "", v[0] in apis), int(v[1]), bool(v[2]))
+                     for k, v in d["flows"].items()}
+        if any(i < 0 or i >= len(names.items) for i, _t, _c in flows.values()):
+            raise ValueError("snapshot: a flow refers to no API name")
+        windows = {int(w): {key_of(k): Agg.load(a) for k, a in rows.items()} for w, rows in d["windows"].items()}
+        hours = {int(w): {key_of(k): Agg.load(a) for k, a in rows.items()} for w, rows in d["hours"].items()}
         return UsageState(
             pairing=Pairing.load(self.timeout_ns, d["queue"]) if "queue" in d else Pairing(self.timeout_ns),
-            names=StringTable([str(x) for x in d.get("names", [])]),
-            windows={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["windows"].items()},
-            hours={int(w): {k: Agg.load(a) for k, a in apis.items()} for w, apis in d["hours"].items()},
+            names=names, windows=windows, hours=hours,
+            caps={int(w): Admission.load(a, list(windows.get(int(w), {}))) for w, a in d.get("caps", {}).items()},
+            hour_caps={int(w): Admission.load(a, list(hours.get(int(w), {})))
+                       for w, a in d.get("hour_caps", {}).items()},
             closed_until=int(d["closed_until"]),
-            flows={int(k): tuple(v) for k, v in d["flows"].items()},
+            flows=flows,
             pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]),
-                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()})
+                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()}, v[4] if len(v) > 4 else "")
                      for k, v in d["pending"].items()},
-            apis={k: ApiRef(k, v[0], int(v[1]), v[2], bool(v[3]), int(v[4])) for k, v in d["apis"].items()},
-            late_records=int(d["late_records"]), records=int(d["records"]),
+            apis=apis, late_records=int(d["late_records"]), records=int(d["records"]),
+            apis_folded=folded[0], requests_folded=folded[1],
         )
 
     def figures(self, states: list[UsageState]) -> dict[str, float]:
-        return {
+        out: dict[str, float] = {
             "late_records": sum(s.late_records for s in states),
             "open_windows": sum(len(s.windows) for s in states),
             "flows": sum(len(s.flows) for s in states),
             "pending_flows": sum(len(s.pending) for s in states),
             "waiting_requests": sum(len(s.pairing.queue) for s in states),
+            "apis_folded": sum(s.apis_folded for s in states),
+            "requests_folded": sum(s.requests_folded for s in states),
+            "waiting_names_folded": sum(s.names.folded for s in states),
+            "api_rows": sum(len(r) for s in states for r in (*s.windows.values(), *s.hours.values())),
         }
+        if self.red is not None:
+            out.update(self.red.figures())
+        return out
+
+    # -- a snapshot over its size limit -----------------------------------------------------
+
+    def degrade(self, st: UsageState) -> dict[str, Any]:
+        """One step less detail in the state, for a snapshot that would exceed its size limit (the
+        runner dumps again after each step, see snapshot.pack_within): what was dropped, {} when
+        nothing is left to drop. In order:
+
+        1. the clients past --top-clients of every open row (their number still counts in
+           distinct_clients, an upper bound from then on);
+        2. three quarters of the names with a row of their own in each open window, as often as it
+           takes (their rows go to the _OTHER rows, whose clients are trimmed too);
+        3. the flow table and the connections waiting for their first request (their later packets
+           go to the server's catch-all row);
+        4. the requests waiting for answers (neither answered nor unanswered).
+
+        Each step depends on the state alone; which commit needs one depends on when commits happen,
+        so a degraded window's rows may differ from a replay's."""
+        open_rows = [*st.windows.values(), *st.hours.values()]
+        dropped = sum(a.clients.trim(self.top_clients) for rows in open_rows for a in rows.values())
+        if dropped:
+            return {"dropped": "client detail", "clients": dropped, "kept_per_row": self.top_clients}
+        before = sum(len(r) for r in open_rows)
+        shrunk = False
+        for hour, caps in ((False, st.caps), (True, st.hour_caps)):
+            for w, adm in caps.items():
+                if adm.per_server > 1 or adm.total > 1:  # a quarter of the names each step
+                    adm.shrink(max(1, adm.per_server // 4), max(1, adm.total // 4))
+                    self._move(st, (st.hours if hour else st.windows)[w], adm, hour)
+                    shrunk = True
+        if shrunk:
+            rows = [*st.windows.values(), *st.hours.values()]
+            trimmed = sum(a.clients.trim(self.top_clients) for r in rows for a in r.values())  # the _OTHER rows'
+            return {"dropped": "api names", "rows_folded": before - sum(len(r) for r in rows), "clients": trimmed,
+                    "max_apis_per_server": max((a.per_server for a in st.caps.values()), default=0)}
+        if st.flows or st.pending:
+            nflows, npending = len(st.flows), len(st.pending)
+            for pend in st.pending.values():
+                key = self._key(st, pend.service, pend.server)
+                for w, acc in pend.windows.items():
+                    _add_pending(self._rows(st, w, [key])[1][0], pend, acc)
+            st.flows.clear()
+            st.pending.clear()
+            self._drop_names(st)
+            return {"dropped": "connections", "flows": nflows, "pending_flows": npending}
+        if len(st.pairing.queue):
+            n = len(st.pairing.queue)
+            st.pairing.queue = st.pairing.queue[:0]
+            self._drop_names(st)
+            return {"dropped": "waiting requests", "requests": n}
+        return {}

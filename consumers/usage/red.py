@@ -9,9 +9,14 @@ the Prometheus form of OpenTelemetry's HTTP server semantic conventions.
 
 Labels: ``http_route`` (the API: the catalog's name or the route template pktstream made),
 ``http_request_method``, ``http_response_status_code`` (absent for TLS and HTTP/2: their answers
-have no status pktstream can read), ``server_address`` and ``server_port``. A cardinality guard
-keeps at most ``max_apis`` route values per server address; further APIs of that server are
-counted under ``http_route="_OTHER"``.
+have no status pktstream can read), ``server_address`` and ``server_port``. Cardinality guards (traffic
+chooses Host headers and paths): at most ``max_apis`` route values per server address (further APIs of
+that server are counted under ``http_route="_OTHER"``, as are answers whose (name, server) the state
+took as the server's row of folded names, caps.WaitingNames),
+at most ``max_servers`` server addresses (the answers of further servers under ``server_address="_OTHER"``
+and ``http_route="_OTHER"``) and at most ``max_label_sets`` label sets in all (the answers of further
+label sets under one set whose every label is ``_OTHER`` or empty). Each answer counted under an
+``_OTHER`` label is counted in ``folded`` (``red_folded`` on /metrics).
 
 These are the process's own counters, from its start (Prometheus' rate() handles restarts): an
 answer processed again after an aborted transaction is counted again here, never in the usage topic.
@@ -28,13 +33,15 @@ import numpy.typing as npt
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pktstream.consumers.catalog import OTHER
 from pktstream.consumers.engine.parse import METHODS
+from pktstream.consumers.usage.caps import is_fold
 from pktstream.consumers.usage.responses import LATENCY_BOUNDS_S, NBUCKETS, Paired
 
 SIZE_BOUNDS = (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)  # the default bounds
 _SIZE_BOUNDS = np.array(SIZE_BOUNDS, dtype=np.int64)
 LABELS = ("http_route", "http_request_method", "http_response_status_code", "server_address", "server_port")
-OTHER = "_OTHER"
+OVERFLOW = (OTHER, "", "", OTHER, "")  # the label set of the answers past max_label_sets
 
 
 class _Hist:
@@ -45,28 +52,55 @@ class _Hist:
         self.total = 0.0
 
 
+MAX_APIS = 100  # route values per server address
+MAX_SERVERS = 100  # server addresses
+MAX_LABEL_SETS = 2000  # label sets of each histogram (each one is 17 or 18 series)
+
+
 class RedMetrics(Collector):
-    def __init__(self, max_apis: int = 100) -> None:
+    def __init__(self, max_apis: int = MAX_APIS, max_servers: int = MAX_SERVERS,
+                 max_label_sets: int = MAX_LABEL_SETS) -> None:
         self.max_apis = max_apis
+        self.max_servers = max_servers
+        self.max_label_sets = max_label_sets
         self.lock = threading.Lock()
         self.duration: dict[tuple[str, ...], _Hist] = {}
         self.req_size: dict[tuple[str, ...], _Hist] = {}
         self.resp_size: dict[tuple[str, ...], _Hist] = {}
         self.routes: dict[str, set[str]] = {}  # server address -> the route values given out
+        self.label_sets: set[tuple[str, ...]] = set()  # the label sets given out
+        self.folded = 0  # answers counted under an _OTHER label
 
-    def _labels(self, st: Any, api: int, method: int, status: int) -> tuple[str, ...]:
-        name = st.names.items[api]
-        ref = st.apis.get(name)
-        server = (ref.host if ref is not None and ref.host else name.split(" ", 1)[0].rsplit(":", 1)[0])
-        port = str(ref.port) if ref is not None and ref.port else ""
-        routes = self.routes.setdefault(server, set())
+    def _labels(self, st: Any, api: int, method: int, status: int) -> tuple[tuple[str, ...], bool]:
+        """An answer's labels, and whether a guard folded them."""
+        name, server_key = st.names.key(api)
+        ref = st.ref_of(name, server_key)
+        server = ref.host or server_key.rpartition(":")[0] or name.split(" ", 1)[0].rsplit(":", 1)[0]
+        port = str(ref.port) if ref.port else ""
+        folded = is_fold((name, server_key))
+        if folded:
+            name = OTHER
+        routes = self.routes.get(server)
+        if routes is None:
+            if len(self.routes) >= self.max_servers:
+                server, port, name, folded = OTHER, "", OTHER, True
+            routes = self.routes.setdefault(server, set())
         if name not in routes:
             if len(routes) >= self.max_apis:
-                name = OTHER
+                name, folded = OTHER, True
             else:
                 routes.add(name)
         meth = METHODS[method] if 0 < method < len(METHODS) else ""
-        return (name, meth, str(status) if status else "", server, port)
+        labels = (name, meth, str(status) if status else "", server, port)
+        if labels not in self.label_sets:
+            if len(self.label_sets) >= self.max_label_sets:
+                return OVERFLOW, True
+            self.label_sets.add(labels)
+        return labels, folded
+
+    def figures(self) -> dict[str, float]:
+        with self.lock:
+            return {"red_folded": self.folded, "red_label_sets": len(self.label_sets)}
 
     def observe(self, st: Any, p: Paired, lb: npt.NDArray[np.int64]) -> None:
         """The answers of a batch (unanswered requests are not observations), with each one's latency
@@ -77,6 +111,7 @@ class RedMetrics(Collector):
         key = (p.api[sel] * 1024 + p.status[sel]) * 16 + p.method[sel]
         uniq, inv = np.unique(key, return_inverse=True)
         g, k = inv.ravel().astype(np.int64), len(uniq)
+        answers = np.bincount(g, minlength=k)
         timed = lb[sel] >= 0
         dur = _grouped(g[timed], lb[sel][timed], NBUCKETS, k)
         dur_sum = np.bincount(g[timed], weights=p.latency[sel][timed], minlength=k) / 1e9
@@ -88,7 +123,9 @@ class RedMetrics(Collector):
                           np.bincount(g[known], weights=v, minlength=k)))
         with self.lock:
             for i, kk in enumerate(uniq.tolist()):
-                labels = self._labels(st, kk // (1024 * 16), kk % 16, (kk // 16) % 1024)
+                labels, folded = self._labels(st, kk // (1024 * 16), kk % 16, (kk // 16) % 1024)
+                if folded:
+                    self.folded += int(answers[i])
                 if dur[i].any():
                     self._add(self.duration, labels, dur[i], float(dur_sum[i]), NBUCKETS)
                 for store, (hist, total) in zip((self.req_size, self.resp_size), sizes, strict=True):

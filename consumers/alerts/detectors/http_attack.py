@@ -36,8 +36,9 @@ class HttpAttack(Detector, name="http_attack", order=90, severity_id=4,
         for bit in attacks.NAMES:
             sel = hit[(bits & bit) != 0]
             if len(sel):
-                # the request target, as an index into the state's own strings
-                path = np.array([state.strings.add(v.f.text(int(p)) or "/") for p in r["path"][sel].tolist()],
+                # the request target, as an index into the state's own strings (traffic chooses it: at
+                # most --max-paths of them at once, the others read _OTHER)
+                path = np.array([state.strings.add_payload(v.f.text(int(p)) or "/") for p in r["path"][sel].tolist()],
                                 dtype=np.int64)
                 yield Add(sel, mix(np.full(len(sel), bit), v.hs[sel], v.hd[sel], v.dst_port[sel]), item=bit, n=1,
                           sub=bit, s=path)
