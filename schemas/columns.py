@@ -48,8 +48,10 @@ MAX_FIELDS = 256
 MAX_FIXED_SIZE = 64  # bytes of a fixed field (addresses are 16)
 MAX_WIDTH = 1024  # payload bytes per record (the producer captures at most 256)
 MAX_METADATA = 1024  # container metadata entries
-MAX_DECODED_BYTES = 64 << 20  # a message's records, decompressed (the producer's largest message)
-MAX_COLUMN_BYTES = 1 << 30  # the column matrices of one message
+MAX_DECODED_BYTES = 128 << 20  # a message's records, decompressed (twice the producer's largest batch)
+MAX_COLUMN_BYTES = 512 << 20  # the column matrices of one message (the producer's 1 M records: 480 MB)
+MAX_FRAMES = 16  # zstandard frames in a block (writers write one)
+INFLATE_CHUNK = 8 << 20  # what a deflate or zstandard block is inflated by at a time
 
 
 @dataclass
@@ -132,12 +134,18 @@ def decompress(codec: str, data: memoryview, cap: int) -> bytes | memoryview:
             return data
         if codec == "deflate":
             d = zlib.decompressobj(-15)
-            out = d.decompress(data, cap + 1)
-            if len(out) > cap or d.unconsumed_tail:
-                raise too_big
-            if not d.eof:
-                raise DecodeError("deflate block is truncated")
-            return out
+            parts: list[bytes] = []
+            total, tail = 0, bytes(data)
+            while not d.eof:  # a chunk at a time: a bomb stops at the cap, never past it
+                chunk = d.decompress(tail, INFLATE_CHUNK)
+                total += len(chunk)
+                if total > cap:
+                    raise too_big
+                parts.append(chunk)
+                tail = d.unconsumed_tail
+                if not chunk and not tail:
+                    raise DecodeError("deflate block is truncated")
+            return b"".join(parts)
         if codec == "snappy":
             import cramjam
 
@@ -151,20 +159,27 @@ def decompress(codec: str, data: memoryview, cap: int) -> bytes | memoryview:
             return out
         if codec == "zstandard":
             zstd = zstd_module()
-            parts: list[bytes] = []
-            total = 0
+            zparts: list[bytes] = []
+            ztotal = 0
             rest = bytes(data)
-            while rest:  # frame after frame, each given only what the cap has left
+            frames = 0
+            while rest:  # frame after frame (few: writers write one), a chunk at a time within the cap
+                frames += 1
+                if frames > MAX_FRAMES:
+                    raise DecodeError(f"zstandard block has more than {MAX_FRAMES} frames")
                 z = zstd.ZstdDecompressor()
-                chunk = z.decompress(rest, max_length=cap - total + 1)
-                total += len(chunk)
-                if total > cap or (not z.eof and not z.needs_input):
-                    raise too_big
-                if not z.eof:
-                    raise DecodeError("zstandard block is truncated")
-                parts.append(chunk)
+                feed = rest
+                while not z.eof:
+                    chunk = z.decompress(feed, max_length=INFLATE_CHUNK)
+                    feed = b""
+                    ztotal += len(chunk)
+                    if ztotal > cap:
+                        raise too_big
+                    zparts.append(chunk)
+                    if not chunk and z.needs_input:
+                        raise DecodeError("zstandard block is truncated")
                 rest = z.unused_data
-            return b"".join(parts)
+            return b"".join(zparts)
     except DecodeError:
         raise
     except Exception as e:
@@ -180,6 +195,13 @@ class Layout:
     kinds: npt.NDArray[np.int64]
     slots: npt.NDArray[np.int64]
     defaults: dict[str, int]  # reader fields the writer lacks: their defaults
+    kept_bytes: frozenset[str]  # the bytes fields the reader has (the writer's others are skipped)
+
+    def widths(self, width: int) -> npt.NDArray[np.int64]:
+        """Each bytes field's column width: the payload width for the reader's, 0 for the writer's
+        own (read past, never stored)."""
+        return np.array([width if s.name in self.kept_bytes else 0 for s in self.specs if s.kind == "bytes"] or [0],
+                        dtype=np.int64)
 
     def record_bounds(self, width: int) -> tuple[int, int, int]:
         """(fewest, most) bytes a record takes in a block, and the bytes of its columns."""
@@ -189,7 +211,7 @@ class Layout:
         # (a writer may write a payload longer than its metadata's width: cut to the width on
         # decoding, so it is allowed up to MAX_WIDTH in the most a record may take)
         return (max(1, nv + nb + nfixed), 10 * (nv + nb) + nfixed + nb * max(width, MAX_WIDTH),
-                8 * (max(nv, 1) + max(nb, 1)) + max(nfixed, 1) + max(nb * width, 1))
+                8 * (max(nv, 1) + max(nb, 1)) + max(nfixed, 1) + max(int(self.widths(width).sum()), 1))
 
 
 def _short(name: Any) -> str:
@@ -200,7 +222,7 @@ def _short(name: Any) -> str:
 
 def _primitive(t: Any) -> Any:
     """``{"type": "long"}`` is ``"long"`` (a primitive written as an object)."""
-    if isinstance(t, dict) and t.get("type") in ("int", "long", "bytes") and set(t) <= {"type", "logicalType"}:
+    if isinstance(t, dict) and t.get("type") in ("int", "long", "bytes"):  # other properties are allowed
         return t["type"]
     return t
 
@@ -220,6 +242,8 @@ def _field_types(schema: Any, what: str) -> tuple[str, dict[str, tuple[str, int,
         if not isinstance(f, dict) or not isinstance(f.get("name"), str):
             raise DecodeError(f"{what} schema has a field without a name")
         name = f["name"]
+        if name.endswith("__len"):  # the decoder's own length columns are named so
+            raise DecodeError(f"{what} schema has a field named {name[:80]!r}")
         if name in out:
             raise DecodeError(f"{what} schema names field {name[:80]!r} twice")
         t = _primitive(f.get("type"))
@@ -297,7 +321,8 @@ def _resolve(schema_json: str) -> Layout:
         c = KIND_VARINT if k == KIND_INT else int(k)
         slots[i] = counters[c]
         counters[c] += 1
-    return Layout(specs, kinds, slots, defaults)
+    return Layout(specs, kinds, slots, defaults,
+                  frozenset(n for n, (k, _, _) in rtypes.items() if k == "bytes" and n in wtypes))
 
 
 def _decode_block(lay: Layout, data: bytes | memoryview, n: int, width: int) -> dict[str, npt.NDArray[Any]]:
@@ -308,18 +333,18 @@ def _decode_block(lay: Layout, data: bytes | memoryview, n: int, width: int) -> 
     if n < 0 or n * min_record > len(data):
         raise DecodeError(f"block claims {n} records in {len(data)} bytes")
     if n * column_bytes > MAX_COLUMN_BYTES:
-        raise DecodeError(f"block of {n:,} records of payload width {width} needs {n * column_bytes >> 20:,} MiB "
-                          f"of columns (at most {MAX_COLUMN_BYTES >> 20:,})")
+        raise DecodeError(f"{n:,} records of payload width {width} need {n * column_bytes >> 20:,} MiB of columns "
+                          f"(at most {MAX_COLUMN_BYTES >> 20:,})")
     ints_kind = (kinds == KIND_VARINT) | (kinds == KIND_INT)
     nv = int(ints_kind.sum())
     fixed_size = np.array([s.size for s in specs if s.kind == "fixed"] or [0], dtype=np.int64)
     fixed_off = np.concatenate(([0], np.cumsum(fixed_size)[:-1])).astype(np.int64)
     nb = int((kinds == KIND_BYTES).sum())
-    byts_width = np.full(max(nb, 1), width, dtype=np.int64)
-    byts_off = np.arange(max(nb, 1), dtype=np.int64) * width
+    byts_width = lay.widths(width)
+    byts_off = np.concatenate(([0], np.cumsum(byts_width)[:-1])).astype(np.int64)
     ints = np.zeros((n, max(nv, 1)), dtype=np.int64)
     fixed = np.zeros((n, max(int(fixed_size.sum()), 1)), dtype=np.uint8)
-    byts = np.zeros((n, max(nb * width, 1)), dtype=np.uint8)
+    byts = np.zeros((n, max(int(byts_width.sum()), 1)), dtype=np.uint8)
     blens = np.zeros((n, max(nb, 1)), dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
     used = _native.pkt_avro_decode(buf, len(data), n, len(specs), kinds, slots, ints, ints.shape[1], fixed,
@@ -331,13 +356,16 @@ def _decode_block(lay: Layout, data: bytes | memoryview, n: int, width: int) -> 
         raise DecodeError(f"block has {len(data) - used} bytes after its {n} records")
     cols: dict[str, npt.NDArray[Any]] = {}
     for spec, kind, slot in zip(specs, kinds, slots, strict=True):
+        if kind == KIND_BYTES and spec.name not in lay.kept_bytes:
+            continue  # a field of the writer's own, read past
         if kind in (KIND_VARINT, KIND_INT):
             cols[spec.name] = ints[:, slot]
         elif kind == KIND_FIXED:
             o = int(fixed_off[slot])
             cols[spec.name] = fixed[:, o : o + spec.size]
         else:
-            cols[spec.name] = byts[:, slot * width : (slot + 1) * width]
+            o = int(byts_off[slot])
+            cols[spec.name] = byts[:, o : o + width]
             cols[spec.name + "__len"] = blens[:, slot]
     return cols
 
@@ -347,7 +375,7 @@ def payload_width(meta: dict[str, str]) -> int:
     text = meta.get(H.PAYLOAD_BYTES)
     if text is None or text == "":
         return DEFAULT_BYTES_WIDTH
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_WIDTH:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > MAX_WIDTH:
         raise DecodeError(f"metadata {H.PAYLOAD_BYTES} is {text[:40]!r}, not a number of bytes 0..{MAX_WIDTH}")
     return max(1, int(text))
 
@@ -363,7 +391,7 @@ def read_container(value: bytes | None) -> Batch:
     lay = _layout(meta["avro.schema"])
     codec = meta.get("avro.codec", "null")
     width = payload_width(meta)
-    _, max_record, _ = lay.record_bounds(width)
+    _, max_record, column_bytes = lay.record_bounds(width)
     parts: list[dict[str, npt.NDArray[Any]]] = []
     total = decoded = 0
     while r.pos < len(value):
@@ -371,6 +399,10 @@ def read_container(value: bytes | None) -> Batch:
         size = r.long()
         if n < 0:
             raise DecodeError(f"block claims {n} records")
+        if (total + n) * column_bytes > MAX_COLUMN_BYTES:  # all blocks together (then joined: twice)
+            need = (total + n) * column_bytes >> 20
+            raise DecodeError(f"{total + n:,} records of payload width {width} need {need:,} MiB of columns "
+                              f"(at most {MAX_COLUMN_BYTES >> 20:,})")
         cap = min(n * max_record, MAX_DECODED_BYTES - decoded)
         block = decompress(codec, r.take(size), cap)
         decoded += len(block)

@@ -9,9 +9,13 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import fastavro
+from fastavro.schema import parse_schema, to_parsing_canonical_form
+
+from pktstream.schemas import SCHEMA_DIR
 
 
 class DecodeError(ValueError):
@@ -49,7 +53,21 @@ def _depth(text: str) -> int:
     return deepest
 
 
-OTHER_SCHEMAS = frozenset({"io.pktstream.ProducerStats", "io.pktstream.ApiUsage"})  # what else tail may be shown
+OTHER_SCHEMAS = {"io.pktstream.ProducerStats": "stats", "io.pktstream.ApiUsage": "usage"}  # what else tail shows
+
+
+@cache
+def _known_forms(kind: str) -> frozenset[str]:
+    """The Parsing Canonical Forms of a schema of ours, now and in every version before."""
+    paths = [SCHEMA_DIR / f"{kind}.avsc", *sorted((SCHEMA_DIR / "history" / kind).glob("*.avsc"))]
+    return frozenset(str(to_parsing_canonical_form(parse_schema(json.loads(p.read_text())))) for p in paths)
+
+
+def _is_ours(schema: str, kind: str) -> bool:
+    try:
+        return str(to_parsing_canonical_form(parse_schema(json.loads(schema)))) in _known_forms(kind)
+    except Exception:  # fastavro refuses it in its own ways
+        return False
 
 
 def _full_name(schema: str) -> str:
@@ -94,7 +112,7 @@ def iter_container(value: bytes | None) -> tuple[dict[str, str], Iterator[dict[s
     name = _full_name(schema)
     if name == "io.pktstream.Packet":
         read_container(value)  # the consumers' door: the packet contract and every bound (DecodeError)
-    elif name not in OTHER_SCHEMAS:
+    elif name not in OTHER_SCHEMAS or not _is_ours(schema, OTHER_SCHEMAS[name]):
         raise DecodeError(f"container schema {name[:100]!r} is none that pktstream writes")
     codec = meta.get("avro.codec", "null")
     head = bytes(value[: r.pos - 16])
@@ -111,7 +129,7 @@ def iter_container(value: bytes | None) -> tuple[dict[str, str], Iterator[dict[s
             raise DecodeError(f"block claims {n} records")
         block = decompress(codec, r.take(r.long()), left)
         left -= len(block)
-        if n > len(block) and len(block) > 0:
+        if n > len(block):  # a record of ours takes a byte at least
             raise DecodeError(f"block claims {n} records in {len(block)} bytes")
         if r.take(16) != sync:
             raise DecodeError("block sync marker mismatch")

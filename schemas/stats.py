@@ -21,7 +21,15 @@ def encode_report(report: dict[str, Any]) -> bytes:
 
 
 def decode_reports(value: bytes) -> list[dict[str, Any]]:
-    return [r for r in fastavro.reader(io.BytesIO(value)) if isinstance(r, dict)]
+    """The reports of a stats-topic message, through tail's bounded reader (the stats topic is
+    written by every host: a container of another schema, or one that would inflate or recurse
+    without bound, is a DecodeError)."""
+    from pktstream.schemas.decode import DecodeError, iter_container
+
+    meta, records = iter_container(value)
+    if "ProducerStats" not in meta.get("avro.schema", ""):
+        raise DecodeError("not a stats report")
+    return list(records)
 
 
 def stats_key(host_id: str, run_id: str) -> bytes:

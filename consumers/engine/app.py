@@ -97,7 +97,7 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                    help="how long after its end a window waits for late records (event time)")
     p.add_argument("--clock-tolerance-s", type=float, default=300.0,
                    help="a record stamped further ahead of the broker's time is set aside (a host's clock)")
-    p.add_argument("--max-behind-s", type=float, default=7 * 86400.0,
+    p.add_argument("--max-behind-s", type=float, default=3600.0,
                    help="a record stamped further behind the broker's time is set aside")
     p.add_argument("--idle-s", type=float, default=60.0,
                    help="a capture point this far behind (event time, or wall-clock time once its partition "

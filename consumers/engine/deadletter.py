@@ -57,6 +57,9 @@ class DeadLetters:
             (H.DLQ_CONSUMER, self.consumer.encode()),
         ]
         room = self.limit - DLQ_HEADROOM - len(key or b"") - sum(len(k) + len(v or b"") for k, v in headers)
+        if room < 0:  # the original headers alone are over the limit: they go, ours stay
+            headers = [*headers[-6:], (H.DLQ_TRUNCATED, b"headers")]
+            room = self.limit - DLQ_HEADROOM - len(key or b"") - sum(len(k) + len(v or b"") for k, v in headers)
         if len(value) > room:  # the value cut to fit; key, headers and reason kept
             headers.append((H.DLQ_TRUNCATED, str(len(value)).encode()))
             value = value[: max(0, room)]

@@ -10,12 +10,15 @@ the others:
   when the topic keeps it, else the earlier of the message's time and this process's clock) or
   more than ``behind_ns`` behind it is *set aside* (counted per capture point, never processed): it
   never advances progress, and so never the watermark;
-- a capture point's progress is the latest honest event time of its records; a partition's
-  progress is the *slowest active* capture point's (active: within ``idle_ns`` of the partition's
-  fastest), never going back; one host's long batches or backlog therefore make none of another
-  host's records late, and a capture point that stops sending holds the others back for at most
-  ``idle_ns`` of event time. A partition warms up first: its progress stays none until it holds
-  ``idle_ns`` of event time, so the hosts that share it have shown up before anything is late;
+- a capture point's progress is the latest honest event time of its records, each taken at most
+  at its message's reference time (a host a little ahead is counted but moves nothing past the
+  broker's clock); a partition's progress is the *slowest active* capture point's (active: within
+  ``idle_ns`` of the partition's fastest), never going back and never more than ``behind_ns``
+  behind the broker's time (a frozen clock holds the others that long at most); one host's long
+  batches or backlog therefore make none of another host's records late, and a capture point that
+  stops sending holds the others back for at most ``idle_ns`` of event time. A partition warms up
+  first: its progress stays none until it holds ``idle_ns`` of event time (or of broker time), so
+  the hosts that share it have shown up before anything is late;
 - a repartition partition's watermark is the slowest progress of the packet partitions with
   unread input; a caught-up partition holds it while its progress is within ``idle_ns`` of
   wall-clock time (then time moves on without new traffic), and it never passes wall-clock time
@@ -44,6 +47,8 @@ LATE_LOG_EVERY_S = 60.0
 PROGRESS_META = "progress="  # the offset metadata of a packet partition: its progress (ns)
 POINTS_META = ";points="  # then its capture points' clocks, as progress deltas
 FIRST_META = ";first="  # or, while warming up, the earliest event time seen
+FIRST_REF_META = ";firstref="  # ... and the first message's reference time
+MAX_POINTS = 1000  # capture points a partition keeps the clocks of
 MAX_METADATA_CHARS = 3800  # Kafka keeps at most 4096 bytes of offset metadata (offset.metadata.max.bytes)
 FORGET_NS = 3600 * 10**9  # a capture point this far behind its partition's fastest is forgotten
 S = 10**9
@@ -55,7 +60,7 @@ class ClockRules:
 
     grace_ns: int  # how far behind its partition's progress a record may be (the app's window grace)
     future_ns: int = 300 * S  # a record stamped further ahead of its reference time is set aside
-    behind_ns: int = 7 * 86400 * S  # ... and one stamped further behind it
+    behind_ns: int = 3600 * S  # ... and one stamped further behind it (a frozen clock holds no longer)
     idle_ns: int = 60 * S  # a capture point further behind its partition's fastest no longer holds it
 
 
@@ -75,11 +80,28 @@ class Judged:
 
 @dataclass
 class SourceClock:
-    """One packet partition's event time: its progress, and each capture point's clock."""
+    """One packet partition's event time: its progress, and each capture point's clock.
+
+    A capture point's clock takes its honest records' event times, each at most its message's
+    reference time (a host ahead of the broker by less than the tolerance is counted, but cannot
+    move anyone's progress past the broker's time). The progress is the slowest active capture
+    point's; it never goes back, and never stays more than ``behind_ns`` behind the broker's time
+    (a frozen clock holds the others for at most that long). Until the partition has warmed up
+    (``idle_ns`` of event time, or of broker time) there is none; a partition whose messages carry
+    no honest record then follows the broker's time less ``idle_ns``."""
 
     progress: int = NO_PROGRESS
-    points: dict[str, int] = field(default_factory=dict)  # point_key(origin) -> latest honest event time
+    points: dict[str, int] = field(default_factory=dict)  # point_key(origin) -> its clock (event time)
     first: int = NO_PROGRESS  # the earliest honest event time seen while the progress is still none
+    first_ref: int = NO_PROGRESS  # the first message's reference time, while the progress is still none
+    now_ref: int = NO_PROGRESS  # the latest reference (broker) time seen (not committed: derived again)
+
+    def seen(self, ref_ns: int, rules: ClockRules) -> None:
+        """A message of the partition was read, whatever it held (one that did not decode too)."""
+        self.now_ref = max(self.now_ref, ref_ns)
+        if self.progress == NO_PROGRESS and self.first_ref == NO_PROGRESS:
+            self.first_ref = ref_ns
+        self._advance(rules)
 
     def judge(self, origin: str, ts: npt.NDArray[np.int64], ref_ns: int, rules: ClockRules) -> Judged:
         """Judge a message's rows (their event times), then move the clocks on with the honest ones.
@@ -92,34 +114,51 @@ class SourceClock:
         offset = int(ts.max()) - ref_ns if len(ts) else 0
         if honest.any():
             key = point_key(origin)
-            self.points[key] = max(self.points.get(key, NO_PROGRESS), int(ts[honest].max()))
+            self.points[key] = max(self.points.get(key, NO_PROGRESS), min(int(ts[honest].max()), ref_ns))
             if self.progress == NO_PROGRESS:
                 low = int(ts[honest].min())
                 self.first = low if self.first == NO_PROGRESS else min(self.first, low)
-            self._advance(rules.idle_ns)
+            if len(self.points) > MAX_POINTS:  # bounded: the furthest behind go first
+                self.points = dict(sorted(self.points.items(), key=lambda kv: kv[1])[-MAX_POINTS:])
+        self.seen(ref_ns, rules)
         return Judged(honest & ~late, future, behind, late, offset)
 
-    def _advance(self, idle_ns: int) -> None:
-        top = max(self.points.values())
-        if self.progress == NO_PROGRESS and top - self.first < idle_ns:
-            return  # warming up: the capture points that share the partition have yet to show up
-        active = [v for v in self.points.values() if v >= top - idle_ns]
-        self.progress = max(self.progress, min(active))
+    def _advance(self, rules: ClockRules) -> None:
+        top = max(self.points.values()) if self.points else NO_PROGRESS
+        if self.progress == NO_PROGRESS:
+            by_event = self.points and top - self.first >= rules.idle_ns
+            by_broker = self.first_ref != NO_PROGRESS and self.now_ref - self.first_ref >= rules.idle_ns
+            if not (by_event or by_broker):
+                return  # warming up: the capture points that share the partition have yet to show up
+        if self.points:
+            cand = min(v for v in self.points.values() if v >= top - rules.idle_ns)
+        else:
+            cand = self.now_ref - rules.idle_ns
+        if self.now_ref != NO_PROGRESS:
+            cand = max(cand, self.now_ref - rules.behind_ns)
+        self.progress = max(self.progress, cand)
+        self.first = self.first_ref = NO_PROGRESS
         if len(self.points) > 1:  # bounded: capture points long gone are forgotten
             self.points = {k: v for k, v in self.points.items() if v >= top - FORGET_NS}
 
     def metadata(self) -> str:
-        """The clock as committed offset metadata: the progress, then as many capture points as fit
-        (the slowest first: they are the ones that hold the progress)."""
+        """The clock as committed offset metadata: the progress (or, warming up, the first event
+        and broker times), then as many capture points as fit: the fastest, then the slowest (the
+        ones that hold the progress)."""
         out = progress_metadata(self.progress)
+        base = self.progress
         if self.progress == NO_PROGRESS:
-            return out if self.first == NO_PROGRESS else f"{out}{FIRST_META}{self.first}"
+            if self.first_ref == NO_PROGRESS:
+                return out
+            out += f"{FIRST_META}{self.first}{FIRST_REF_META}{self.first_ref}"
+            base = self.first if self.first != NO_PROGRESS else self.first_ref
         if not self.points:
             return out
+        ranked = sorted(self.points.items(), key=lambda kv: kv[1])
         parts = []
         room = MAX_METADATA_CHARS - len(out) - len(POINTS_META)
-        for k, v in sorted(self.points.items(), key=lambda kv: kv[1]):
-            item = f"{k}:{v - self.progress}"
+        for k, v in [ranked[-1], *ranked[:-1]]:
+            item = f"{k}:{v - base}"
             room -= len(item) + 1
             if room < 0:
                 break
@@ -134,13 +173,16 @@ class SourceClock:
             return cls()
         head, _, rest = meta.partition(POINTS_META)
         clock = cls(parse_progress(head))
+        base = clock.progress
         if clock.progress == NO_PROGRESS and FIRST_META in head:
             with contextlib.suppress(ValueError):
-                clock.first = int(head.partition(FIRST_META)[2])
-        for item in rest.split(",") if rest and clock.progress != NO_PROGRESS else []:
+                first, _, first_ref = head.partition(FIRST_META)[2].partition(FIRST_REF_META)
+                clock.first, clock.first_ref = int(first), int(first_ref)
+                base = clock.first if clock.first != NO_PROGRESS else clock.first_ref
+        for item in rest.split(",") if rest and base != NO_PROGRESS else []:
             k, _, d = item.partition(":")
             with contextlib.suppress(ValueError):
-                clock.points[k] = clock.progress + int(d)
+                clock.points[k] = base + int(d)
         return clock
 
 
@@ -175,6 +217,16 @@ def watermark(sources: dict[int, int], pending: Iterable[int], now_ns: int, idle
     return wm if future_ns is None else min(wm, now_ns + future_ns)
 
 
+MAX_REPORTED = 10_000  # capture points a reporter keeps apart; the rest are reported as OTHER_POINTS
+OTHER_POINTS = "_OTHER"
+
+
+def _bounded(d: dict[str, Any], origin: str) -> str:
+    """The key a reporter keeps ``origin`` under: itself, or OTHER_POINTS once it holds too many
+    (forged capture points cannot grow it without bound)."""
+    return origin if origin in d or len(d) < MAX_REPORTED else OTHER_POINTS
+
+
 class LateReporter:
     """Say which capture point sends late records (a clock off, a spool replayed after an outage):
     at most one line per capture point a minute, with the records since the last."""
@@ -185,6 +237,7 @@ class LateReporter:
         self.unreported: dict[str, int] = {}  # capture point -> late records since that line
 
     def report(self, origin: str, p: int, n: int, behind_ns: int) -> None:
+        origin = _bounded(self.logged, origin)
         since = self.unreported.get(origin, 0) + n
         now = time.monotonic()
         if now - self.logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
@@ -198,9 +251,10 @@ class LateReporter:
 
 class ClockReporter:
     """Say which capture point's clock is out of tolerance: its records set aside, with its offset,
-    at most one line per capture point a minute; totals per capture point kept (bounded)."""
+    at most one line per capture point a minute; totals and offsets per capture point kept (for
+    /metrics), each for at most MAX_REPORTED capture points."""
 
-    MAX_POINTS = 10_000
+    MAX_POINTS = MAX_REPORTED
 
     def __init__(self, rules: ClockRules) -> None:
         self.rules = rules
@@ -215,8 +269,9 @@ class ClockReporter:
 
     def report(self, origin: str, p: int, future: int, behind: int, offset_ns: int) -> None:
         n = future + behind
-        if origin in self.totals or len(self.totals) < self.MAX_POINTS:
-            self.totals[origin] = self.totals.get(origin, 0) + n
+        key = _bounded(self.totals, origin)
+        self.totals[key] = self.totals.get(key, 0) + n
+        origin = _bounded(self.logged, origin)
         since = self.unreported.get(origin, 0) + n
         now = time.monotonic()
         if now - self.logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:

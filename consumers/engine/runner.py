@@ -147,7 +147,7 @@ class StreamConfig:
     instance_id: str = ""
     replication_factor: int = -1
     clock_tolerance_s: float = 300.0  # event time: see eventtime.ClockRules
-    max_behind_s: float = 7 * 86400.0
+    max_behind_s: float = 3600.0
     idle_s: float = 60.0
 
     @property
@@ -611,6 +611,8 @@ class StreamRunner:
         """Any failure to read a packet message (DecodeError, or whatever a hostile message makes
         feature extraction raise) sets it aside: counted, dead-lettered, never a crash."""
         self.counters.undecodable += 1
+        # it moves the partition's broker time on: a partition of nothing but such messages warms up
+        self.clocks.setdefault(m.partition() or 0, SourceClock()).seen(self._reference_ns(m), self.rules)
         if isinstance(e, DecodeError):
             reason = str(e)
         else:
@@ -659,6 +661,8 @@ class StreamRunner:
                 self.late.report(origin, p, n, before - int(f.rows["ts_ns"][j.late].min()))
             if not j.keep.all():
                 f = Features(take(f.rows, j.keep), f.strings)
+        else:
+            clock.seen(self._reference_ns(m), self.rules)
         progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
         headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]

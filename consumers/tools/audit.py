@@ -10,7 +10,6 @@ or counted as lost with its cause.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import uuid
 from collections import defaultdict
@@ -186,6 +185,13 @@ def _merge(ranges: list[tuple[int, int, int]]) -> tuple[int, list[tuple[int, int
     return unique, [(a, b) for a, b in merged], merged[-1][1] if merged else -1
 
 
+def _number(text: str) -> int:
+    """A header's integer (ValueError unless it is one of at most 19 digits)."""
+    if len(text) > 20:
+        raise ValueError(f"not a number: {text[:20]!r}...")
+    return int(text)
+
+
 def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
           skipped: dict[str, int] | None = None) -> list[RunAudit]:
     """Every run's audit; ``skipped`` (when given) gets, per topic, the messages that could not be
@@ -197,21 +203,22 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
     foreign = 0
     for msg in _read_all(conf, topic):
         h = message_headers(msg)
-        try:
+        try:  # headers any host writes: numbers of at most 19 digits, else the message is skipped
             key = (h[H.HOST], h[H.RUN_ID])
-            first, last, n = int(h[H.SEQ_FIRST]), int(h[H.SEQ_LAST]), int(h[H.RECORDS])
+            first, last, n = (_number(h[k]) for k in (H.SEQ_FIRST, H.SEQ_LAST, H.RECORDS))
+            egress = _number(h.get(H.RECORDS_EGRESS, "0"))
+            ts_last = _number(h[H.TS_LAST]) if H.TS_LAST in h else None
         except (KeyError, ValueError):
             foreign += 1
             continue
         ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=h.get(H.INTERFACE, "")))
         ra.messages += 1
         ra.records_in_topic += n
-        ra.egress_in_topic += int(h.get(H.RECORDS_EGRESS, 0))
+        ra.egress_in_topic += egress
         ranges[key].append((first, last, n))
         ts_type, ts_ms = msg.timestamp()
-        if ts_type == TIMESTAMP_LOG_APPEND_TIME and H.TS_LAST in h:
-            with contextlib.suppress(ValueError):
-                offsets[key].append(int(h[H.TS_LAST]) / 1e9 - ts_ms / 1e3)
+        if ts_type == TIMESTAMP_LOG_APPEND_TIME and ts_last is not None:
+            offsets[key].append(ts_last / 1e9 - ts_ms / 1e3)
         minute = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
         ra.per_minute[minute] = ra.per_minute.get(minute, 0) + n
     if foreign:  # said on standard error by the command (skipped: not counted in any run)

@@ -132,6 +132,8 @@ def hostile(t0_ns: int) -> list[tuple[str, bytes]]:
             f["type"] = "long"
     big_protocol = _encoded([record(0, t0_ns, protocol=1 << 40)], protocol_long)  # a 6-byte varint in an int
     stats = load_schema_json("stats")
+    forged_len = copy.deepcopy(schema)
+    forged_len["fields"].append({"name": "payload__len", "type": "long", "default": 0})
     snappy_huge = _long(1 << 31) + b"\x00" * 16 + b"\x00\x00\x00\x00"  # declares 2 GiB uncompressed
 
     makers: list[tuple[str, Callable[[], bytes]]] = [
@@ -157,5 +159,13 @@ def hostile(t0_ns: int) -> list[tuple[str, bytes]]:
         ("block_with_bytes_after_its_records", lambda: container(packet_schema_text(), [(5, body + b"\x00")])),
         ("not_avro", lambda: b"\x00\x01garbage" * 100),
         ("empty_value", lambda: b""),
+        # found by review: a quadratic frame loop, int() of 5000 digits, a forged length column, an
+        # empty schema of a stats report's name declaring a trillion records (tail)
+        ("zstd_of_100000_skippable_frames", lambda: container(packet_schema_text(), [(
+            1, b"\x50\x2a\x4d\x18\x00\x00\x00\x00" * 100_000)], codec="zstandard")),
+        ("payload_bytes_of_5000_digits", lambda: valid(recs, "hostile", payload_bytes="1" * 5000)),
+        ("a_field_named_payload__len", lambda: container(json.dumps(forged_len), [(1, body[:0] + _long(-5))])),
+        ("stats_name_no_fields_a_trillion_records", lambda: container(json.dumps(
+            {"type": "record", "name": "io.pktstream.ProducerStats", "fields": []}), [(10**12, b"")])),
     ]
     return [(name, make()) for name, make in makers]

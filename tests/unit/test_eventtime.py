@@ -11,6 +11,7 @@ from pktstream.consumers.engine.eventtime import (
     NO_PROGRESS,
     ClockReporter,
     ClockRules,
+    Judged,
     LateReporter,
     SourceClock,
     parse_progress,
@@ -28,6 +29,11 @@ def ts(*seconds: float) -> np.ndarray:
     return np.array([NOW + int(x * S) for x in seconds], dtype=np.int64)
 
 
+def sent(c: SourceClock, origin: str, *seconds: float) -> Judged:
+    """A message of these records, appended by the broker a second after its newest."""
+    return c.judge(origin, ts(*seconds), NOW + int((max(seconds) + 1) * S), RULES)
+
+
 def warmed(*origins: str) -> SourceClock:
     """A partition past its warm-up: each capture point has sent a minute and a second, up to NOW."""
     c = SourceClock()
@@ -39,14 +45,30 @@ def warmed(*origins: str) -> SourceClock:
 
 def test_a_partition_warms_up_before_anything_is_late() -> None:
     c = SourceClock()
-    c.judge("a/eth0", ts(0, 24), NOW, RULES)  # a's first 24-second batch
-    assert c.progress == NO_PROGRESS and SourceClock.parse(c.metadata()) == SourceClock(first=NOW)
-    assert c.judge("b/eth0", ts(-5, 10), NOW, RULES).keep.all()  # b shows up with an earlier batch
-    c.judge("a/eth0", ts(24, 48), NOW, RULES)
-    c.judge("b/eth0", ts(10, 45), NOW, RULES)
+    sent(c, "a/eth0", 0, 24)  # a's first 24-second batch
+    assert c.progress == NO_PROGRESS
+    back = SourceClock.parse(c.metadata())
+    assert (back.first, back.first_ref, back.points) == (NOW, NOW + 25 * S, c.points)  # a restart goes on
+    assert sent(c, "b/eth0", -5, 10).keep.all()  # b shows up with an earlier batch
+    sent(c, "a/eth0", 24, 48)
+    sent(c, "b/eth0", 10, 45)
     assert c.progress == NO_PROGRESS  # 53 s of event time since the first record
-    c.judge("a/eth0", ts(48, 60), NOW, RULES)
+    sent(c, "a/eth0", 48, 60)
     assert c.progress == NOW + 45 * S  # 65 s: warmed up, at the slower host
+
+
+def test_a_partition_of_frozen_clocks_or_garbage_warms_up_on_the_brokers_time() -> None:
+    frozen = SourceClock()
+    for k in range(100):  # one host whose clock stands still, read over 100 s of broker time
+        frozen.judge("frozen/eth0", ts(0, 0), NOW + k * S, RULES)
+    assert frozen.progress == NOW
+    garbage = SourceClock()
+    for k in range(100):  # nothing but messages that do not decode
+        garbage.seen(NOW + k * S, RULES)
+    assert garbage.progress == NOW + 99 * S - RULES.idle_ns
+    for k in range(2):  # a frozen clock holds the partition at most behind_ns behind the broker
+        frozen.judge("frozen/eth0", ts(0), NOW + RULES.behind_ns + (k + 100) * S, RULES)
+    assert frozen.progress == NOW + 101 * S
 
 
 def test_progress_travels_as_offset_metadata() -> None:
@@ -57,8 +79,8 @@ def test_progress_travels_as_offset_metadata() -> None:
 
 def test_a_capture_points_clock_travels_with_the_progress_and_stays_under_kafkas_limit() -> None:
     c = warmed("h1/eth0", "h2/eth0")
-    c.judge("h1/eth0", ts(0, 10), NOW, RULES)
-    c.judge("h2/eth0", ts(4), NOW, RULES)
+    sent(c, "h1/eth0", 0, 10)
+    sent(c, "h2/eth0", 4)
     back = SourceClock.parse(c.metadata())
     assert back.progress == c.progress == NOW + 4 * S
     assert back.points == c.points == {point_key("h1/eth0"): NOW + 10 * S, point_key("h2/eth0"): NOW + 4 * S}
@@ -67,7 +89,8 @@ def test_a_capture_points_clock_travels_with_the_progress_and_stays_under_kafkas
     meta = many.metadata()
     assert len(meta) <= MAX_METADATA_CHARS
     kept = SourceClock.parse(meta).points
-    assert 100 < len(kept) < 1000 and set(kept.values()) == set(range(NOW, NOW + len(kept)))  # slowest first
+    assert 100 < len(kept) < 1000  # the fastest, then the slowest first
+    assert set(kept.values()) == {NOW + 999, *range(NOW, NOW + len(kept) - 1)}
 
 
 def test_one_far_future_or_far_behind_host_moves_nothing() -> None:
@@ -86,13 +109,20 @@ def test_one_far_future_or_far_behind_host_moves_nothing() -> None:
 
 def test_progress_is_the_slowest_active_capture_point_so_long_batches_are_not_late() -> None:
     c = warmed("a/eth0", "b/eth0")
-    c.judge("a/eth0", ts(0, 24), NOW, RULES)
-    c.judge("b/eth0", ts(0, 24), NOW, RULES)
+    sent(c, "a/eth0", 0, 24)
+    sent(c, "b/eth0", 0, 24)
     assert c.progress == NOW + 24 * S
-    c.judge("a/eth0", ts(24, 48), NOW + 50 * S, RULES)  # a's next 24-second batch first
+    sent(c, "a/eth0", 24, 48)  # a's next 24-second batch first
     assert c.progress == NOW + 24 * S  # held by b
-    j = c.judge("b/eth0", ts(24, 30, 48), NOW + 50 * S, RULES)
+    j = sent(c, "b/eth0", 24, 30, 48)
     assert j.keep.all() and c.progress == NOW + 48 * S
+
+
+def test_a_host_ahead_within_the_tolerance_moves_no_one_past_the_brokers_time() -> None:
+    c = warmed("honest/eth0")
+    c.judge("evil/eth0", ts(299), NOW + 10 * S, RULES)  # 289 s ahead of the broker: counted ...
+    assert c.progress <= NOW + 10 * S  # ... but it moves nothing past the broker's time
+    assert c.judge("honest/eth0", ts(5, 9), NOW + 10 * S, RULES).keep.all()
 
 
 def test_an_idle_capture_point_holds_the_partition_for_idle_s_only_and_its_backlog_is_late() -> None:
