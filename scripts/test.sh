@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${PKTSTREAM_VENV:-$PWD/.venv}
 export PATH="$VENV/bin:$PATH"
 export PKTSTREAM_TEST_REQUIRE_ALL=1
-echo "== ruff"; ruff check bpf schemas runtime producer consumers tests bench scripts
+echo "== ruff"; ruff check bpf schemas runtime producer consumers tests bench scripts fuzz
 echo "== mypy"; mypy -p pktstream.bpf -p pktstream.schemas -p pktstream.runtime -p pktstream.producer -p pktstream.consumers
 echo "== pytest"
 set +e
