@@ -227,6 +227,19 @@ def _bounded(d: dict[str, Any], origin: str) -> str:
     return origin if origin in d or len(d) < MAX_REPORTED else OTHER_POINTS
 
 
+def _due(logged: dict[str, float], unreported: dict[str, int], origin: str, n: int) -> int | None:
+    """Count n more for origin; the count since its last line when a line is due (one a minute at
+    most per capture point), else None."""
+    since = unreported.get(origin, 0) + n
+    now = time.monotonic()
+    if now - logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
+        unreported[origin] = since
+        return None
+    logged[origin] = now
+    unreported[origin] = 0
+    return since
+
+
 class LateReporter:
     """Say which capture point sends late records (a clock off, a spool replayed after an outage):
     at most one line per capture point a minute, with the records since the last."""
@@ -238,13 +251,9 @@ class LateReporter:
 
     def report(self, origin: str, p: int, n: int, behind_ns: int) -> None:
         origin = _bounded(self.logged, origin)
-        since = self.unreported.get(origin, 0) + n
-        now = time.monotonic()
-        if now - self.logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
-            self.unreported[origin] = since
+        since = _due(self.logged, self.unreported, origin, n)
+        if since is None:
             return
-        self.logged[origin] = now
-        self.unreported[origin] = 0
         log.warning("records_out_of_order", origin=origin, partition=p, records=since,
                     behind_s=round(behind_ns / 1e9, 3), grace_s=self.grace_ns / 1e9)
 
@@ -272,13 +281,9 @@ class ClockReporter:
         key = _bounded(self.totals, origin)
         self.totals[key] = self.totals.get(key, 0) + n
         origin = _bounded(self.logged, origin)
-        since = self.unreported.get(origin, 0) + n
-        now = time.monotonic()
-        if now - self.logged.get(origin, -LATE_LOG_EVERY_S) < LATE_LOG_EVERY_S:
-            self.unreported[origin] = since
+        since = _due(self.logged, self.unreported, origin, n)
+        if since is None:
             return
-        self.logged[origin] = now
-        self.unreported[origin] = 0
         log.warning("capture_point_clock_skewed", origin=origin, partition=p, records_set_aside=since,
                     ahead=future, behind=behind, clock_offset_s=round(offset_ns / 1e9, 3),
                     tolerance_s=self.rules.future_ns / 1e9)
