@@ -123,44 +123,67 @@ def _snappy_length(data: memoryview) -> int:
     raise DecodeError("snappy block has no valid length")
 
 
+def _too_big(codec: str, cap: int) -> DecodeError:
+    return DecodeError(f"{codec} block inflates to more than {cap:,} bytes (the most its records can take)")
+
+
+class _Sink:
+    """Where a block inflates to: one buffer of the cap, written a chunk at a time (its pages are
+    touched only as far as the data goes; a chunk is freed once copied, so a bomb's memory is the
+    cap and is handed back whole, never left behind as heap fragments)."""
+
+    def __init__(self, codec: str, cap: int) -> None:
+        self.codec, self.cap = codec, cap
+        self.buf = np.empty(cap, dtype=np.uint8)
+        self.n = 0
+
+    def add(self, chunk: bytes) -> None:
+        end = self.n + len(chunk)
+        if end > self.cap:
+            raise _too_big(self.codec, self.cap)
+        self.buf[self.n : end] = np.frombuffer(chunk, dtype=np.uint8)
+        self.n = end
+
+    def data(self) -> memoryview:
+        """The inflated bytes; the buffer shrunk to them in place (realloc: no copy, and what was
+        reserved for the cap is handed back)."""
+        self.buf.resize(self.n, refcheck=False)
+        return memoryview(self.buf)  # type: ignore[arg-type]
+
+
 def decompress(codec: str, data: memoryview, cap: int) -> bytes | memoryview:
     """A block's bytes, decompressed as a stream that stops past ``cap`` bytes: a block that would
     inflate to more is a DecodeError, before the memory is spent."""
-    too_big = DecodeError(f"{codec} block inflates to more than {cap:,} bytes (the most its records can take)")
     try:
         if codec == "null":
             if len(data) > cap:
-                raise too_big
+                raise _too_big(codec, cap)
             return data
         if codec == "deflate":
             d = zlib.decompressobj(-15)
-            parts: list[bytes] = []
-            total, tail = 0, bytes(data)
+            sink = _Sink(codec, cap)
+            tail = bytes(data)
             while not d.eof:  # a chunk at a time: a bomb stops at the cap, never past it
                 chunk = d.decompress(tail, INFLATE_CHUNK)
-                total += len(chunk)
-                if total > cap:
-                    raise too_big
-                parts.append(chunk)
+                sink.add(chunk)
                 tail = d.unconsumed_tail
                 if not chunk and not tail:
                     raise DecodeError("deflate block is truncated")
-            return b"".join(parts)
+            return sink.data()
         if codec == "snappy":
             import cramjam
 
             if len(data) < 5:
                 raise DecodeError("snappy block is too short")
             if _snappy_length(data) > cap:
-                raise too_big
+                raise _too_big(codec, cap)
             out = bytes(cramjam.snappy.decompress_raw(bytes(data[:-4])))
             if zlib.crc32(out).to_bytes(4, "big") != data[-4:]:
                 raise DecodeError("snappy block checksum mismatch")
             return out
         if codec == "zstandard":
             zstd = zstd_module()
-            zparts: list[bytes] = []
-            ztotal = 0
+            sink = _Sink(codec, cap)
             rest = bytes(data)
             frames = 0
             while rest:  # frame after frame (few: writers write one), a chunk at a time within the cap
@@ -172,14 +195,11 @@ def decompress(codec: str, data: memoryview, cap: int) -> bytes | memoryview:
                 while not z.eof:
                     chunk = z.decompress(feed, max_length=INFLATE_CHUNK)
                     feed = b""
-                    ztotal += len(chunk)
-                    if ztotal > cap:
-                        raise too_big
-                    zparts.append(chunk)
+                    sink.add(chunk)
                     if not chunk and z.needs_input:
                         raise DecodeError("zstandard block is truncated")
                 rest = z.unused_data
-            return b"".join(zparts)
+            return sink.data()
     except DecodeError:
         raise
     except Exception as e:
@@ -325,49 +345,67 @@ def _resolve(schema_json: str) -> Layout:
                   frozenset(n for n, (k, _, _) in rtypes.items() if k == "bytes" and n in wtypes))
 
 
-def _decode_block(lay: Layout, data: bytes | memoryview, n: int, width: int) -> dict[str, npt.NDArray[Any]]:
-    specs, kinds, slots = lay.specs, lay.kinds, lay.slots
-    min_record, _, column_bytes = lay.record_bounds(width)
-    # a record takes at least a byte per varint and bytes field plus its fixed fields: a corrupt
-    # count must not make us allocate more than the data could hold
-    if n < 0 or n * min_record > len(data):
-        raise DecodeError(f"block claims {n} records in {len(data)} bytes")
-    if n * column_bytes > MAX_COLUMN_BYTES:
-        raise DecodeError(f"{n:,} records of payload width {width} need {n * column_bytes >> 20:,} MiB of columns "
-                          f"(at most {MAX_COLUMN_BYTES >> 20:,})")
-    ints_kind = (kinds == KIND_VARINT) | (kinds == KIND_INT)
-    nv = int(ints_kind.sum())
-    fixed_size = np.array([s.size for s in specs if s.kind == "fixed"] or [0], dtype=np.int64)
-    fixed_off = np.concatenate(([0], np.cumsum(fixed_size)[:-1])).astype(np.int64)
-    nb = int((kinds == KIND_BYTES).sum())
-    byts_width = lay.widths(width)
-    byts_off = np.concatenate(([0], np.cumsum(byts_width)[:-1])).astype(np.int64)
-    ints = np.zeros((n, max(nv, 1)), dtype=np.int64)
-    fixed = np.zeros((n, max(int(fixed_size.sum()), 1)), dtype=np.uint8)
-    byts = np.zeros((n, max(int(byts_width.sum()), 1)), dtype=np.uint8)
-    blens = np.zeros((n, max(nb, 1)), dtype=np.int64)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    used = _native.pkt_avro_decode(buf, len(data), n, len(specs), kinds, slots, ints, ints.shape[1], fixed,
-                                   fixed.shape[1], fixed_off, fixed_size, len(fixed_size), byts, byts.shape[1],
-                                   byts_off, byts_width, len(byts_width), blens, blens.shape[1])
-    if used < 0:
-        raise DecodeError(_ERRORS.get(int(used), f"decode error {used}"))
-    if used != len(data):
-        raise DecodeError(f"block has {len(data) - used} bytes after its {n} records")
-    cols: dict[str, npt.NDArray[Any]] = {}
-    for spec, kind, slot in zip(specs, kinds, slots, strict=True):
-        if kind == KIND_BYTES and spec.name not in lay.kept_bytes:
-            continue  # a field of the writer's own, read past
-        if kind in (KIND_VARINT, KIND_INT):
-            cols[spec.name] = ints[:, slot]
-        elif kind == KIND_FIXED:
-            o = int(fixed_off[slot])
-            cols[spec.name] = fixed[:, o : o + spec.size]
-        else:
-            o = int(byts_off[slot])
-            cols[spec.name] = byts[:, o : o + width]
-            cols[spec.name + "__len"] = blens[:, slot]
-    return cols
+@dataclass
+class _Columns:
+    """Every record of a message decodes into one allocation of these (a block into its rows)."""
+
+    lay: Layout
+    width: int
+    ints: npt.NDArray[np.int64]
+    fixed: npt.NDArray[np.uint8]
+    byts: npt.NDArray[np.uint8]
+    blens: npt.NDArray[np.int64]
+    fixed_off: npt.NDArray[np.int64]
+    fixed_size: npt.NDArray[np.int64]
+    byts_off: npt.NDArray[np.int64]
+    byts_width: npt.NDArray[np.int64]
+
+    @classmethod
+    def allocate(cls, lay: Layout, n: int, width: int) -> _Columns:
+        """Zeroed columns for n records (calloc: pages no record writes are never touched)."""
+        kinds = lay.kinds
+        nv = int(((kinds == KIND_VARINT) | (kinds == KIND_INT)).sum())
+        fixed_size = np.array([s.size for s in lay.specs if s.kind == "fixed"] or [0], dtype=np.int64)
+        byts_width = lay.widths(width)
+        return cls(lay, width,
+                   np.zeros((n, max(nv, 1)), dtype=np.int64),
+                   np.zeros((n, max(int(fixed_size.sum()), 1)), dtype=np.uint8),
+                   np.zeros((n, max(int(byts_width.sum()), 1)), dtype=np.uint8),
+                   np.zeros((n, max(int((kinds == KIND_BYTES).sum()), 1)), dtype=np.int64),
+                   np.concatenate(([0], np.cumsum(fixed_size)[:-1])).astype(np.int64), fixed_size,
+                   np.concatenate(([0], np.cumsum(byts_width)[:-1])).astype(np.int64), byts_width)
+
+    def decode(self, data: bytes | memoryview, start: int, n: int) -> None:
+        """Decode a block of n records (read_container checked n against its size) into rows
+        start..start+n."""
+        rows = slice(start, start + n)  # row ranges of C-contiguous matrices are C-contiguous
+        ints, fixed, byts, blens = self.ints[rows], self.fixed[rows], self.byts[rows], self.blens[rows]
+        lay = self.lay
+        used = _native.pkt_avro_decode(np.frombuffer(data, dtype=np.uint8), len(data), n, len(lay.specs), lay.kinds,
+                                       lay.slots, ints, ints.shape[1], fixed, fixed.shape[1], self.fixed_off,
+                                       self.fixed_size, len(self.fixed_size), byts, byts.shape[1], self.byts_off,
+                                       self.byts_width, len(self.byts_width), blens, blens.shape[1])
+        if used < 0:
+            raise DecodeError(_ERRORS.get(int(used), f"decode error {used}"))
+        if used != len(data):
+            raise DecodeError(f"block has {len(data) - used} bytes after its {n} records")
+
+    def views(self) -> dict[str, npt.NDArray[Any]]:
+        """The reader's columns, views of the matrices (the writer's own bytes fields left out)."""
+        cols: dict[str, npt.NDArray[Any]] = {}
+        for spec, kind, slot in zip(self.lay.specs, self.lay.kinds, self.lay.slots, strict=True):
+            if kind == KIND_BYTES and spec.name not in self.lay.kept_bytes:
+                continue  # a field of the writer's own, read past
+            if kind in (KIND_VARINT, KIND_INT):
+                cols[spec.name] = self.ints[:, slot]
+            elif kind == KIND_FIXED:
+                o = int(self.fixed_off[slot])
+                cols[spec.name] = self.fixed[:, o : o + spec.size]
+            else:
+                o = int(self.byts_off[slot])
+                cols[spec.name] = self.byts[:, o : o + self.width]
+                cols[spec.name + "__len"] = self.blens[:, slot]
+        return cols
 
 
 def payload_width(meta: dict[str, str]) -> int:
@@ -391,28 +429,33 @@ def read_container(value: bytes | None) -> Batch:
     lay = _layout(meta["avro.schema"])
     codec = meta.get("avro.codec", "null")
     width = payload_width(meta)
-    _, max_record, column_bytes = lay.record_bounds(width)
-    parts: list[dict[str, npt.NDArray[Any]]] = []
+    min_record, max_record, column_bytes = lay.record_bounds(width)
+    blocks: list[tuple[int, bytes | memoryview]] = []
     total = decoded = 0
-    while r.pos < len(value):
+    while r.pos < len(value):  # every block inflated and checked first: the columns are allocated once
         n = r.long()
         size = r.long()
         if n < 0:
             raise DecodeError(f"block claims {n} records")
-        if (total + n) * column_bytes > MAX_COLUMN_BYTES:  # all blocks together (then joined: twice)
-            need = (total + n) * column_bytes >> 20
-            raise DecodeError(f"{total + n:,} records of payload width {width} need {need:,} MiB of columns "
-                              f"(at most {MAX_COLUMN_BYTES >> 20:,})")
-        cap = min(n * max_record, MAX_DECODED_BYTES - decoded)
-        block = decompress(codec, r.take(size), cap)
+        total += n
+        if total * column_bytes > MAX_COLUMN_BYTES:
+            raise DecodeError(f"{total:,} records of payload width {width} need {total * column_bytes >> 20:,} MiB "
+                              f"of columns (at most {MAX_COLUMN_BYTES >> 20:,})")
+        block = decompress(codec, r.take(size), min(n * max_record, MAX_DECODED_BYTES - decoded))
+        # a record takes at least a byte per varint and bytes field plus its fixed fields: a corrupt
+        # count must not make us allocate more than the data could hold
+        if n * min_record > len(block):
+            raise DecodeError(f"block claims {n} records in {len(block)} bytes")
         decoded += len(block)
         if r.take(16) != sync:
             raise DecodeError("block sync marker mismatch")
-        parts.append(_decode_block(lay, block, n, width))
-        total += n
-    if not parts:
-        parts.append(_decode_block(lay, b"", 0, width))
-    cols = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        blocks.append((n, block))
+    out = _Columns.allocate(lay, total, width)
+    start = 0
+    for n, block in blocks:
+        out.decode(block, start, n)
+        start += n
+    cols = out.views()
     for name, d in lay.defaults.items():  # reader fields this writer did not have
         cols[name] = np.full(total, d, dtype=np.int64)
     return Batch(meta, total, cols)

@@ -69,6 +69,17 @@ def read_messages(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Mes
     return out
 
 
+def peak_rss_mb(pid: int) -> int:
+    """A running process's peak resident memory (VmHWM of its own address space; 0 once it has
+    exited). Not wait4's ru_maxrss: exec keeps the parent's memory at the fork in that figure, so a
+    child of a large pytest would report pytest's size."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) // 1024
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def require(cond: bool, why: str) -> None:
     """Skip on a developer machine; fail in CI (PKTSTREAM_TEST_REQUIRE_ALL=1)."""
     if cond:

@@ -103,6 +103,20 @@ def zstd_bomb(size: int = GIB) -> bytes:
     return b"".join(c.compress(chunk) for _ in range(size >> 20)) + c.flush()
 
 
+def _zstd(data: bytes) -> bytes:
+    from pktstream.schemas.container import zstd_module
+
+    return bytes(zstd_module().compress(data))
+
+
+def column_filling(t0_ns: int, corrupt: bool = True) -> bytes:
+    """Two zstandard blocks of 215,000 records without payload at the widest payload (1,024): 533 MB
+    of columns from 7 KB; the last block has a byte after its records unless not ``corrupt``."""
+    tiny = _encoded([record(0, t0_ns, payload=b"", payload_len=0)], load_schema_json("packet")) * 215_000
+    return container(packet_schema_text(), [(215_000, _zstd(tiny)), (215_000, _zstd(tiny + b"\x00"[:corrupt]))],
+                     codec="zstandard", meta={"pktstream.payload_bytes": "1024"})
+
+
 def hostile(t0_ns: int) -> list[tuple[str, bytes]]:
     """The hostile messages, (name, value): each must be set aside by a consumer, none may crash,
     stall or blind it. ``t0_ns``: the event time their records (where they have any) carry."""
@@ -167,5 +181,8 @@ def hostile(t0_ns: int) -> list[tuple[str, bytes]]:
         ("a_field_named_payload__len", lambda: container(json.dumps(forged_len), [(1, body[:0] + _long(-5))])),
         ("stats_name_no_fields_a_trillion_records", lambda: container(json.dumps(
             {"type": "record", "name": "io.pktstream.ProducerStats", "fields": []}), [(10**12, b"")])),
+        # found by fuzzing: tiny records at the widest payload fill the column bound (512 MiB) from
+        # a few kilobytes; a block joined to another must not double it (the last block is corrupt)
+        ("430k_tiny_records_at_width_1024_then_a_bad_block", lambda: column_filling(t0_ns)),
     ]
     return [(name, make()) for name, make in makers]
