@@ -16,6 +16,7 @@ TS_LAST = "pktstream.ts_last"  # the newest record's event time (ns): audit meas
 # a consumer app's repartition topic
 SRC = "pktstream.src"  # the packet partition a feature batch came from
 PROGRESS = "pktstream.progress"  # how far that partition's event time had got (ns)
+SNAPSHOT_PART = "pktstream.snapshot.part"  # state topic: "GENERATION/INDEX/PARTS" of a snapshot in parts
 
 # dead-letter topics
 DLQ_REASON = "pktstream.dlq.reason"

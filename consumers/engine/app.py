@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from pktstream.consumers.engine.runner import Processor, StreamConfig, StreamRunner
+from pktstream.consumers.engine.topics import SNAPSHOT_PART_BYTES
 from pktstream.runtime.cli import time_ms
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.kafka import client_config, ensure_topic, parse_props
@@ -103,6 +104,8 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                    help="a capture point this far behind (event time, or wall-clock time once its partition "
                         "is read) no longer holds windows open")
     p.add_argument("--commit-interval-s", type=float, default=1.0, help="how often a transaction commits")
+    p.add_argument("--state-part-bytes", type=int, default=SNAPSHOT_PART_BYTES,
+                   help="the most one message of a state snapshot takes (a snapshot is written in parts)")
     p.add_argument("--dead-letter-topic", default=f"{app}.dead-letters",
                    help="where undecodable messages go ('' to only count and log them)")
     p.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus /metrics port (0: off)")
@@ -132,6 +135,8 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.commit_interval_s <= 0:
         problems.append(f"--commit-interval-s must be > 0, got {args.commit_interval_s}")
+    if args.state_part_bytes < 4096:
+        problems.append(f"--state-part-bytes must be >= 4096, got {args.state_part_bytes}")
     if args.partitions < 0:
         problems.append(f"--partitions must be >= 0, got {args.partitions}")
     if not 0 <= args.metrics_port < 65536:
@@ -144,7 +149,8 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
     return StreamConfig(app_id=app_id, packet_topic=args.topic, partitions=args.partitions, start=start,
                         since_ms=since_ms, commit_interval_s=args.commit_interval_s, until_end=args.until_end,
                         dead_letter_topic=args.dead_letter_topic or None, instance_id=args.instance_id,
-                        clock_tolerance_s=args.clock_tolerance_s, max_behind_s=args.max_behind_s, idle_s=args.idle_s)
+                        clock_tolerance_s=args.clock_tolerance_s, max_behind_s=args.max_behind_s, idle_s=args.idle_s,
+                        state_part_bytes=args.state_part_bytes)
 
 
 def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,

@@ -69,6 +69,7 @@ from pktstream.consumers.engine.eventtime import (
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.topics import (
     MAX_SNAPSHOT,
+    SNAPSHOT_PART_BYTES,
     AppTopics,
     SnapshotUnreadable,
     group_consumer,
@@ -149,6 +150,7 @@ class StreamConfig:
     clock_tolerance_s: float = 300.0  # event time: see eventtime.ClockRules
     max_behind_s: float = 3600.0
     idle_s: float = 60.0
+    state_part_bytes: int = SNAPSHOT_PART_BYTES  # the most one message of a state snapshot takes
 
     @property
     def repartition_topic(self) -> str:
@@ -164,6 +166,7 @@ class PartState:
     data: Any
     sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
     watermark: int = NO_PROGRESS
+    parts: int = 1  # part keys its last snapshot left with a value (a smaller one tombstones the rest)
 
 
 @dataclass
@@ -429,11 +432,11 @@ class StreamRunner:
         """The last committed snapshot of repartition partition q, or a fresh state; and whether
         there was one. ``expect``: the partition's offsets are committed, so a snapshot must be
         there: not finding it is retried with a new reader, then an error (never a fresh state)."""
-        value: bytes | None = None
+        found: tuple[bytes, int] | None = None
         for attempt in range(6):
             try:
-                value = last_snapshot(self.loader, self.cfg.state_topic, q)
-                if value is not None or not expect:
+                found = last_snapshot(self.loader, self.cfg.state_topic, q)
+                if found is not None or not expect:
                     break
                 why = "no snapshot although the partition's offsets are committed"
             except KafkaException as e:
@@ -450,13 +453,14 @@ class StreamRunner:
             self.loader.close()
             self.loader = snapshot_loader(self.conf, self.cfg.app_id)
             time.sleep(min(8.0, 0.5 * 2**attempt))
-        if value is None:
+        if found is None:
             return PartState(self.proc.new_state()), False
+        value, parts = found
         doc = snapshot.unpack(value)
         self.counters.restored_partitions += 1
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
-                       int(doc["watermark"]))
-        log.info("state_restored", partition=q, bytes=len(value), watermark=st.watermark)
+                       int(doc["watermark"]), parts)
+        log.info("state_restored", partition=q, bytes=len(value), parts=parts, watermark=st.watermark)
         return st, True
 
     # -- the loop ---------------------------------------------------------------------------
@@ -582,7 +586,7 @@ class StreamRunner:
                 return False
         return True
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None,
                  headers: list[tuple[str, bytes]] | None = None, on_delivery: Any = None) -> None:
         assert self.producer is not None
         kw: dict[str, Any] = {"value": value, "key": key, "headers": headers or []}
@@ -787,12 +791,18 @@ class StreamRunner:
             if st is None:
                 continue
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
-            # cost more than the rest of a commit); over the topic's limit, the processor degrades the
-            # state a step at a time until it fits (each step logged as state_degraded)
-            limit = min(self.topics.state_max_bytes, MAX_SNAPSHOT) if self.topics is not None else MAX_SNAPSHOT
+            # cost more than the rest of a commit); over its budget, the processor degrades the state
+            # a step at a time until it fits (each step logged as state_degraded); written in parts
+            # (snapshot.py), the keys of a previous snapshot's further parts tombstoned first
             value = snapshot.pack_within(partial(self._snapshot_doc, st), partial(self.proc.degrade, st.data),
-                                         limit, partition=q, app_id=self.cfg.app_id)
-            self._produce(self.cfg.state_topic, value, key=str(q).encode(), partition=q)
+                                         MAX_SNAPSHOT, partition=q, app_id=self.cfg.app_id)
+            parts = snapshot.split(value, self._snapshot_part_bytes())
+            for i in range(len(parts), st.parts):
+                self._produce(self.cfg.state_topic, None, key=snapshot.part_key(q, i), partition=q)
+            for i, (part, header) in enumerate(parts):
+                self._produce(self.cfg.state_topic, part, key=snapshot.part_key(q, i), partition=q,
+                              headers=[(H.SNAPSHOT_PART, header)])
+            st.parts = len(parts)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
         producer, group = self.producer, self.consumer.consumer_group_metadata()
         try:
@@ -827,6 +837,12 @@ class StreamRunner:
             cb(outs)
         self.producer.begin_transaction()
         return True
+
+    def _snapshot_part_bytes(self) -> int:
+        """A snapshot's parts: at most SNAPSHOT_PART_BYTES (or the --state-part-bytes given), and
+        well within what the state topic accepts."""
+        limit = self.topics.state_max_bytes if self.topics is not None else 1 << 20
+        return min(self.cfg.state_part_bytes, limit - min(64 << 10, limit // 2))
 
     def _snapshot_doc(self, st: PartState) -> dict[str, Any]:
         return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}

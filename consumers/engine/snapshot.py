@@ -9,10 +9,18 @@ The header is the data with each array replaced by {"$nd": [byte length, dtype d
 ``unpack`` also reads the earlier form, plain JSON, so a state written by an older version is
 still restored.
 
-A snapshot is one Kafka message, so it has a size limit. ``pack_within`` packs a state and, while
-it is over the limit, asks the processor to ``degrade`` it (less detail: see the processors) and
-packs again, logging ``state_degraded`` with what was dropped; a state over the limit with nothing
-left to drop is logged as ``state_over_limit`` and returned as it is (the producer then refuses it).
+A snapshot travels as parts (``split``: at most a megabyte each by default), so no message comes
+near the broker's limit whatever the state's size; they are written in one transaction, part i
+keyed ``q`` (i = 0) or ``q.i``, each with the header ``pktstream.snapshot.part`` =
+``GENERATION/i/PARTS``, after tombstones for the keys of a previous, larger snapshot's parts (the
+compacted topic keeps the latest generation whole). ``Parts`` puts the last complete generation back
+together while the partition is read (a message without the header is a snapshot of one part, as
+earlier versions wrote them).
+
+``pack_within`` bounds the whole: while a state packs to more than its budget it asks the processor
+to ``degrade`` it (less detail: see the processors) and packs again, logging ``state_degraded`` with
+what was dropped; a state over the budget with nothing left to drop is logged as
+``state_over_limit`` and written as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +82,71 @@ def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], l
     if len(value) > limit:
         log.error("state_over_limit", bytes=len(value), limit=limit, **context)
     return value
+
+
+MAX_PARTS = 1 << 16  # parts of one snapshot (a header naming more is not ours)
+
+
+def split(value: bytes, part_bytes: int) -> list[tuple[bytes, bytes]]:
+    """A packed snapshot as (part, its header's value) in order, each part at most ``part_bytes``
+    (larger where that would take more than MAX_PARTS parts)."""
+    part_bytes = max(part_bytes, -(-len(value) // MAX_PARTS))
+    n = max(1, -(-len(value) // part_bytes))
+    gen = uuid.uuid4().hex[:16]
+    view = memoryview(value)
+    return [(bytes(view[i * part_bytes : (i + 1) * part_bytes]), f"{gen}/{i}/{n}".encode()) for i in range(n)]
+
+
+def part_key(q: int, i: int) -> bytes:
+    """The key of part i of partition q's snapshot (compaction keeps the latest of each)."""
+    return str(q).encode() if i == 0 else f"{q}.{i}".encode()
+
+
+class Parts:
+    """The state topic's partition read in order, keeping only the newest generation's parts: a
+    generation that starts drops the one before it (each is written whole in one transaction,
+    so the last one read is complete unless reading began inside it: then ``n`` says how many
+    parts to read back for)."""
+
+    def __init__(self) -> None:
+        self.gen: str | None = None
+        self.parts: dict[int, bytes] = {}
+        self.n = 0
+        self.keys = 0  # one past the highest part index read with a value, of any generation
+
+    def add(self, value: bytes | None, header: str | None) -> None:
+        if value is None:
+            return  # a tombstone of an earlier snapshot's part
+        if header is None:  # one message, as earlier versions wrote it
+            self.gen, self.parts, self.n = None, {0: value}, 1
+            return
+        try:
+            gen, i_text, n_text = header.split("/")
+            i, n = int(i_text), int(n_text)
+        except ValueError:
+            raise DecodeError(f"state snapshot part header {header[:80]!r} is not GENERATION/INDEX/PARTS") from None
+        if not 0 <= i < n <= MAX_PARTS:
+            raise DecodeError(f"state snapshot part {i} of {n}")
+        self.keys = max(self.keys, i + 1)
+        if gen != self.gen:
+            self.gen, self.parts, self.n = gen, {}, n
+        self.parts[i] = value
+
+    @property
+    def complete(self) -> bool:
+        return self.n > 0 and len(self.parts) == self.n
+
+    def live_keys(self) -> int:
+        """How many part keys may hold a value (the next snapshot tombstones those it does not use)."""
+        return max(self.n, self.keys)
+
+    def value(self) -> bytes | None:
+        """The snapshot, its parts joined; None when none was read."""
+        if not self.n:
+            return None
+        if not self.complete:
+            raise DecodeError(f"state snapshot {self.gen}: {len(self.parts)} of {self.n} parts found")
+        return self.parts[0] if self.n == 1 else b"".join(self.parts[i] for i in range(self.n))
 
 
 def unpack(value: bytes) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from pktstream.consumers.engine import snapshot
 from pktstream.runtime.errors import PktstreamError
 from pktstream.runtime.kafka import (
     check_reachable,
@@ -22,10 +23,13 @@ from pktstream.runtime.kafka import (
     retrying,
     transient,
 )
+from pktstream.schemas import headers as H
+from pktstream.schemas.decode import DecodeError, message_headers
 
 log = structlog.get_logger("pktstream.stream")
 
-MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot (one message of the state topic)
+MAX_SNAPSHOT = 64 << 20  # a partition's state snapshot, all its parts (the budget of snapshot.pack_within)
+SNAPSHOT_PART_BYTES = 1 << 20  # the most a part of a snapshot takes (one message of the state topic)
 
 
 @dataclass(frozen=True)
@@ -132,37 +136,55 @@ class SnapshotUnreadable(Exception):
     metadata went stale): whether it holds a snapshot is not known. Never the same as "none"."""
 
 
-def last_snapshot(loader: Consumer, state_topic: str, q: int) -> bytes | None:
-    """The last committed snapshot of partition q of the state topic (compacted: usually one of the
-    last few messages, else the whole partition is read), None when there is none. Raises
-    SnapshotUnreadable when the partition could not be read to its end."""
+def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, int] | None:
+    """The last committed snapshot of partition q of the state topic, its parts joined, and how
+    many part keys may hold a value (its parts, or more where an older snapshot's were seen);
+    None when there is none. Compacted, the partition holds the latest snapshot's parts near its
+    end: the last 64 offsets are read, then four times as many (at least as many as the parts
+    need) until the snapshot is whole or the partition was read from its start. Raises
+    SnapshotUnreadable when the partition could not be read to its end or its last snapshot is
+    not whole."""
     tp = TopicPartition(state_topic, q)
     lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks", timeout_s=20)
     if lo < 0 or hi < lo:
         raise SnapshotUnreadable(f"{state_topic}[{q}]: no valid offsets ({lo}, {hi})")
-    value: bytes | None = None
-    for start in (max(lo, hi - 64), lo):
-        if hi <= lo:
-            break
+    if hi <= lo:
+        return None
+    back = 64
+    while True:  # from the last `back` offsets, four times as many each time, until a snapshot is whole
+        start = max(lo, hi - back)
+        parts = snapshot.Parts()
         loader.assign([TopicPartition(state_topic, q, start)])
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # without a message: a read that goes on is not cut short
         at_end = False
-        while time.monotonic() < deadline:
-            m = loader.poll(1.0)
-            if m is None:
-                continue
-            merr = m.error()
-            if merr is not None:
-                if merr.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
-                    break
-                if not transient(merr):
-                    raise KafkaException(merr)
-                continue  # a broker gone for a while: the client fails over and reads on
-            value = m.value()
-        loader.unassign()
+        try:
+            while time.monotonic() < deadline:
+                m = loader.poll(1.0)
+                if m is None:
+                    continue
+                deadline = time.monotonic() + 60
+                merr = m.error()
+                if merr is not None:
+                    if merr.code() == KafkaError._PARTITION_EOF:
+                        at_end = True
+                        break
+                    if not transient(merr):
+                        raise KafkaException(merr)
+                    continue  # a broker gone for a while: the client fails over and reads on
+                parts.add(m.value(), message_headers(m).get(H.SNAPSHOT_PART))
+        except DecodeError as e:
+            raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
+        finally:
+            loader.unassign()
         if not at_end:
-            raise SnapshotUnreadable(f"{state_topic}[{q}]: not read to its end within 60 s")
-        if value is not None or start == lo:
+            raise SnapshotUnreadable(f"{state_topic}[{q}]: not read to its end (60 s without a message)")
+        if parts.complete or start == lo:
             break
-    return value
+        # nothing read (aborted transactions take offsets too), or the window began inside the
+        # last snapshot: further back, at least as far as its parts and their tombstones reach
+        back = max(4 * back, 2 * parts.n + 64)
+    try:
+        value = parts.value()
+    except DecodeError as e:
+        raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
+    return None if value is None else (value, parts.live_keys())

@@ -157,6 +157,12 @@ def committed(bootstrap: str, group: str, *topics: str) -> int:
     return total
 
 
+def snapshot_parts(bootstrap: str, app: str) -> int:
+    """The most parts any committed state snapshot of an app was written in."""
+    heads = [h.get("pktstream.snapshot.part") for _k, _v, h in read_messages(bootstrap, f"{app}.state")]
+    return max(int(x.split(b"/")[2]) for x in heads if x)
+
+
 def kill_twice_then_finish(cmd: list[str], bootstrap: str, app: str, topic: str,
                            after_kill: Callable[[], None] = lambda: None, delay_s: Callable[[], float] = lambda: 0.0,
                            logs: Path | None = None) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pktstream.consumers.alerts.tables import Table
 from pktstream.consumers.engine.features import FEATURE_DTYPE
-from pktstream.consumers.engine.snapshot import pack, unpack
+from pktstream.consumers.engine.snapshot import MAX_PARTS, Parts, pack, part_key, split, unpack
 from pktstream.schemas.decode import DecodeError
 
 
@@ -80,3 +80,51 @@ def test_a_snapshot_written_before_a_field_rename_is_restored() -> None:
     assert same_layout(old, FEATURE_DTYPE)
     with pytest.raises(ValueError):
         array(np.zeros(3, dtype=[("a", "<u8")]), FEATURE_DTYPE)
+
+
+def test_a_snapshot_in_parts_is_put_back_together_from_its_last_generation() -> None:
+    value = pack({"a": np.arange(100_000)})
+    old, new = split(pack({"a": np.arange(10)}), 64), split(value, 100_000)
+    assert len(new) == 9 and all(len(p) <= 100_000 for p, _ in new) and b"".join(p for p, _ in new) == value
+    r = Parts()
+    r.add(b"{}", None)  # an earlier version's one-message snapshot
+    for part, header in old:
+        r.add(part, header.decode())
+    r.add(None, None)  # tombstones of stale parts' keys
+    for part, header in new:
+        r.add(part, header.decode())
+    assert r.complete and r.n == 9 and r.value() == value and r.live_keys() == 9
+    assert unpack(r.value() or b"")["a"].tolist() == list(range(100_000))
+    assert [part_key(3, i) for i in range(3)] == [b"3", b"3.1", b"3.2"]
+
+
+def test_reading_that_begins_inside_a_snapshot_says_where_to_begin() -> None:
+    parts = split(pack({"a": np.arange(50_000)}), 10_000)
+    r = Parts()
+    for part, header in parts[30:]:
+        r.add(part, header.decode())
+    assert not r.complete and r.n == len(parts) and r.live_keys() == len(parts)
+    with pytest.raises(DecodeError, match=f"{len(parts) - 30} of {len(parts)} parts"):
+        r.value()
+    assert Parts().value() is None
+    legacy = Parts()
+    legacy.add(b"x", None)
+    assert legacy.complete and legacy.value() == b"x"
+
+
+@pytest.mark.parametrize("header", ["x", "g/1", "g/a/2", "g/2/2", "g/-1/2", "g/0/999999999"])
+def test_a_part_header_that_is_not_ours_is_an_error(header: str) -> None:
+    with pytest.raises(DecodeError):
+        Parts().add(b"x", header)
+
+
+def test_keys_of_an_older_larger_snapshot_are_counted_for_their_tombstones() -> None:
+    r = Parts()
+    for part, header in split(bytes(10_000), 1000) + split(bytes(3000), 1000):
+        r.add(part, header.decode())
+    assert r.n == 3 and r.live_keys() == 10
+
+
+def test_a_snapshot_past_the_most_parts_takes_larger_parts() -> None:
+    parts = split(bytes(MAX_PARTS * 2 + 1), 1)
+    assert len(parts) <= MAX_PARTS and sum(len(p) for p, _ in parts) == MAX_PARTS * 2 + 1
