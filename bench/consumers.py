@@ -24,6 +24,7 @@ tables, evaluating thresholds) weighs more per record; docs/benchmarks.md gives 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -77,18 +78,36 @@ def in_process(app: str, msgs: list[bytes], nparts: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int) -> dict[str, Any]:
+def topic_bytes(data_dir: Path | None, topic: str) -> int | None:
+    """The bytes a local broker's log holds for a topic (its segments), None for another broker."""
+    if data_dir is None:
+        return None
+    return sum(f.stat().st_size for d in data_dir.rglob(f"{topic}-*") if d.is_dir() for f in d.glob("*.log"))
+
+
+def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
+                  data_dir: Path | None = None) -> dict[str, Any]:
+    app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
     cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
-           f"bench-{app}-{uuid.uuid4().hex[:6]}", f"--{app}-topic", f"{topic}.{app}", "--catalog", str(catalog),
+           app_id, f"--{app}-topic", f"{topic}.{app}", "--catalog", str(catalog),
            "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json"]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(f"pktstream {app} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        hwm_kb = 0  # the command's own peak (VmHWM; wait4's ru_maxrss would count this process's at the fork)
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                hwm_kb = max(hwm_kb, int(status.split("VmHWM:")[1].split()[0]))
+            time.sleep(0.05)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode:
+        raise SystemExit(f"pktstream {app} failed ({proc.returncode}):\n{stderr[-3000:]}")
     t_assign = t_done = None
     done: dict[str, Any] = {}
-    for line in p.stderr.splitlines():
+    for line in stderr.splitlines():
         try:
             e = json.loads(line)
         except json.JSONDecodeError:
@@ -98,13 +117,15 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int)
             t_assign = ts
         if e.get("event") == "stream_caught_up":
             t_done, done = ts, e
-    assert t_assign and t_done, p.stderr[-2000:]
+    assert t_assign and t_done, stderr[-2000:]
     secs = (t_done - t_assign).total_seconds()
     # a benchmark that set rows aside as late would measure less work than it claims
     late = done.get("records_out_of_order", 0) + done.get("late_records", 0)
     assert late == 0, f"{late} records counted late: the generated traffic is out of order"
     return {"records": done["records_in"], "seconds": secs, "rate": done["records_in"] / secs,
-            "outputs": done["outputs"]}
+            "outputs": done["outputs"], "peak_rss_mb": hwm_kb / 1024,
+            "repartition_bytes": topic_bytes(data_dir, f"{app_id}.repartition"),
+            "state_bytes": topic_bytes(data_dir, f"{app_id}.state")}
 
 
 def main() -> None:
@@ -152,7 +173,8 @@ def main() -> None:
         del prod  # (a live client logs its reconnects when the broker stops)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(CATALOG, f)
-        res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu)
+        res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu, lk.dir if lk is not None else None)
+        packet_bytes = topic_bytes(lk.dir if lk is not None else None, topic)
         os.unlink(f.name)
     finally:
         if lk is not None:
@@ -165,6 +187,12 @@ def main() -> None:
     print(f"in process, no Kafka          : {rate_local:,.0f} records/s")
     print(f"pktstream {a.app} on 1 CPU (Kafka): {res['rate']:,.0f} records/s  ({res['records']:,} in "
           f"{res['seconds']:.2f} s, {res['outputs']} records out)")
+    conns = a.connections * a.hosts
+    print(f"connections: {conns:,} ({conns / res['seconds']:,.0f} per second)  peak RSS: {res['peak_rss_mb']:,.0f} MB")
+    if packet_bytes:
+        rb, sb = res["repartition_bytes"] or 0, res["state_bytes"] or 0
+        print(f"bytes per record: packet topic {packet_bytes / res['records']:.1f} (zstd), repartition "
+              f"{rb / res['records']:.1f}, state {sb / res['records']:.1f} (as written, before compaction)")
 
 
 if __name__ == "__main__":
