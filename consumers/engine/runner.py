@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -56,7 +55,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pktstream.consumers.engine import snapshot
 from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.consumers.engine.eventtime import (
     NO_PROGRESS,
@@ -67,20 +65,17 @@ from pktstream.consumers.engine.eventtime import (
     watermark,
 )
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
+from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import (
-    MAX_SNAPSHOT,
     SNAPSHOT_PART_BYTES,
     AppTopics,
-    SnapshotUnreadable,
     group_consumer,
     internal_max_bytes,
-    last_snapshot,
     prepare_topics,
-    snapshot_loader,
     transactional_producer,
 )
 from pktstream.runtime.errors import PktstreamError
-from pktstream.runtime.kafka import retriable, retrying, transient
+from pktstream.runtime.kafka import retriable, retrying
 from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
@@ -159,14 +154,6 @@ class StreamConfig:
     @property
     def state_topic(self) -> str:
         return f"{self.app_id}.state"
-
-
-@dataclass
-class PartState:
-    data: Any
-    sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
-    watermark: int = NO_PROGRESS
-    parts: int = 1  # part keys its last snapshot left with a value (a smaller one tombstones the rest)
 
 
 @dataclass
@@ -293,7 +280,7 @@ class StreamRunner:
             self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer,
                                     max_bytes=internal_max_bytes(self.topics.packet_max_bytes))
         self.instance = instance
-        self.loader = snapshot_loader(self.conf, cfg.app_id)
+        self.store = StateStore(self.conf, cfg.app_id, cfg.state_topic, self.proc)
         self._subscribe()
         log.info("stream_started", app_id=cfg.app_id, instance=instance, packet_topic=cfg.packet_topic,
                  packet_partitions=self.npackets, repartition_partitions=self.nparts)
@@ -363,8 +350,9 @@ class StreamRunner:
         unseen = []
         for tp in committed:
             if tp.topic == self.cfg.repartition_topic:
-                st, found = self._restore(tp.partition, expect=tp.offset >= 0)
+                st, found = self.store.restore(tp.partition, expect=tp.offset >= 0)
                 states[tp.partition] = st
+                self.counters.restored_partitions += found
                 if found and tp.offset < 0:
                     unseen.append(tp.partition)
         # the snapshots are read once; only the offsets are asked for again
@@ -427,41 +415,6 @@ class StreamRunner:
             self.states.pop(p, None)
             self.dirty.discard(p)
             self.barriers.pop(p, None)
-
-    def _restore(self, q: int, expect: bool = False) -> tuple[PartState, bool]:
-        """The last committed snapshot of repartition partition q, or a fresh state; and whether
-        there was one. ``expect``: the partition's offsets are committed, so a snapshot must be
-        there: not finding it is retried with a new reader, then an error (never a fresh state)."""
-        found: tuple[bytes, int] | None = None
-        for attempt in range(6):
-            try:
-                found = last_snapshot(self.loader, self.cfg.state_topic, q)
-                if found is not None or not expect:
-                    break
-                why = "no snapshot although the partition's offsets are committed"
-            except KafkaException as e:
-                # a client whose metadata kept a broker that left the cluster may never find the
-                # partition again (librdkafka#5511): a new one asks afresh
-                if attempt == 5 or not transient(e.args[0] if e.args else None):
-                    raise
-                why = str(e)
-            except SnapshotUnreadable as e:
-                why = str(e)
-            if attempt == 5:
-                raise PktstreamError(f"state of {self.cfg.repartition_topic}[{q}] cannot be restored: {why}")
-            log.warning("snapshot_loader_replaced", partition=q, error=why)
-            self.loader.close()
-            self.loader = snapshot_loader(self.conf, self.cfg.app_id)
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-        if found is None:
-            return PartState(self.proc.new_state()), False
-        value, parts = found
-        doc = snapshot.unpack(value)
-        self.counters.restored_partitions += 1
-        st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
-                       int(doc["watermark"]), parts)
-        log.info("state_restored", partition=q, bytes=len(value), parts=parts, watermark=st.watermark)
-        return st, True
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -791,18 +744,8 @@ class StreamRunner:
             if st is None:
                 continue
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
-            # cost more than the rest of a commit); over its budget, the processor degrades the state
-            # a step at a time until it fits (each step logged as state_degraded); written in parts
-            # (snapshot.py), the keys of a previous snapshot's further parts tombstoned first
-            value = snapshot.pack_within(partial(self._snapshot_doc, st), partial(self.proc.degrade, st.data),
-                                         MAX_SNAPSHOT, partition=q, app_id=self.cfg.app_id)
-            parts = snapshot.split(value, self._snapshot_part_bytes())
-            for i in range(len(parts), st.parts):
-                self._produce(self.cfg.state_topic, None, key=snapshot.part_key(q, i), partition=q)
-            for i, (part, header) in enumerate(parts):
-                self._produce(self.cfg.state_topic, part, key=snapshot.part_key(q, i), partition=q,
-                              headers=[(H.SNAPSHOT_PART, header)])
-            st.parts = len(parts)
+            # cost more than the rest of a commit); written in parts (statestore.py)
+            self.store.write(self._produce, q, st, self._snapshot_part_bytes(), app_id=self.cfg.app_id)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
         producer, group = self.producer, self.consumer.consumer_group_metadata()
         try:
@@ -843,9 +786,6 @@ class StreamRunner:
         well within what the state topic accepts."""
         limit = self.topics.state_max_bytes if self.topics is not None else 1 << 20
         return min(self.cfg.state_part_bytes, limit - min(64 << 10, limit // 2))
-
-    def _snapshot_doc(self, st: PartState) -> dict[str, Any]:
-        return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
 
     def _replace_producer(self, why: str) -> None:
         """A transactional call that outlived its own timeout (librdkafka can wait forever for a group
@@ -897,8 +837,8 @@ class StreamRunner:
             with contextlib.suppress(RuntimeError):
                 self.consumer.close()
             self.consumer = None
-        if getattr(self, "loader", None) is not None:
-            self.loader.close()
+        if getattr(self, "store", None) is not None:
+            self.store.close()
         if self.producer is not None:
             with contextlib.suppress(KafkaException):
                 self.producer.abort_transaction(10)

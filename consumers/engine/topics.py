@@ -11,20 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from pktstream.consumers.engine import snapshot
 from pktstream.runtime.errors import PktstreamError
 from pktstream.runtime.kafka import (
     check_reachable,
     ensure_topic,
     max_message_bytes,
     require_topic,
-    retrying,
-    transient,
 )
-from pktstream.schemas import headers as H
-from pktstream.schemas.decode import DecodeError, message_headers
 
 log = structlog.get_logger("pktstream.stream")
 
@@ -134,57 +129,3 @@ def snapshot_loader(conf: Mapping[str, Any], app_id: str) -> Consumer:
 class SnapshotUnreadable(Exception):
     """The state topic's partition could not be read to its end (a broker gone, a client whose
     metadata went stale): whether it holds a snapshot is not known. Never the same as "none"."""
-
-
-def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, int] | None:
-    """The last committed snapshot of partition q of the state topic, its parts joined, and how
-    many part keys may hold a value (its parts, or more where an older snapshot's were seen);
-    None when there is none. Compacted, the partition holds the latest snapshot's parts near its
-    end: the last 64 offsets are read, then four times as many (at least as many as the parts
-    need) until the snapshot is whole or the partition was read from its start. Raises
-    SnapshotUnreadable when the partition could not be read to its end or its last snapshot is
-    not whole."""
-    tp = TopicPartition(state_topic, q)
-    lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks", timeout_s=20)
-    if lo < 0 or hi < lo:
-        raise SnapshotUnreadable(f"{state_topic}[{q}]: no valid offsets ({lo}, {hi})")
-    if hi <= lo:
-        return None
-    back = 64
-    while True:  # from the last `back` offsets, four times as many each time, until a snapshot is whole
-        start = max(lo, hi - back)
-        parts = snapshot.Parts()
-        loader.assign([TopicPartition(state_topic, q, start)])
-        deadline = time.monotonic() + 60  # without a message: a read that goes on is not cut short
-        at_end = False
-        try:
-            while time.monotonic() < deadline:
-                m = loader.poll(1.0)
-                if m is None:
-                    continue
-                deadline = time.monotonic() + 60
-                merr = m.error()
-                if merr is not None:
-                    if merr.code() == KafkaError._PARTITION_EOF:
-                        at_end = True
-                        break
-                    if not transient(merr):
-                        raise KafkaException(merr)
-                    continue  # a broker gone for a while: the client fails over and reads on
-                parts.add(m.value(), message_headers(m).get(H.SNAPSHOT_PART))
-        except DecodeError as e:
-            raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
-        finally:
-            loader.unassign()
-        if not at_end:
-            raise SnapshotUnreadable(f"{state_topic}[{q}]: not read to its end (60 s without a message)")
-        if parts.complete or start == lo:
-            break
-        # nothing read (aborted transactions take offsets too), or the window began inside the
-        # last snapshot: further back, at least as far as its parts and their tombstones reach
-        back = max(4 * back, 2 * parts.n + 64)
-    try:
-        value = parts.value()
-    except DecodeError as e:
-        raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
-    return None if value is None else (value, parts.live_keys())
