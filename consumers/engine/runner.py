@@ -38,7 +38,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,10 +72,10 @@ from pktstream.consumers.engine.topics import (
     group_consumer,
     internal_max_bytes,
     prepare_topics,
-    transactional_producer,
 )
+from pktstream.consumers.engine.transactions import Transactions
 from pktstream.runtime.errors import PktstreamError
-from pktstream.runtime.kafka import retriable, retrying
+from pktstream.runtime.kafka import retrying
 from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
@@ -171,7 +171,6 @@ class RunCounters:
     undecodable: int = 0  # packet messages that did not decode or featurize (dead-lettered)
 
 
-TXN_CALL_S = 30.0  # the timeout given to each transactional call
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
 
 
@@ -190,31 +189,6 @@ def encode_within(f: Features, limit: int) -> list[bytes]:
 
 class ConsumerFailed(Exception):
     """librdkafka reported the group consumer's fatal error."""
-
-
-class TransactionStuck(Exception):
-    """A transactional call did not return within its own timeout and a grace."""
-
-
-def guarded(call: Callable[[], None], what: str, grace_s: float = 10.0) -> None:
-    """``call()`` (one given TXN_CALL_S as its timeout) in a thread of its own, waited for TXN_CALL_S
-    plus a grace: past that it is stuck (see StreamRunner._replace_producer); its outcome otherwise."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as e:  # handed to the caller's thread
-            outcome.append(e)
-
-    t = threading.Thread(target=run, name=what, daemon=True)
-    t.start()
-    t.join(TXN_CALL_S + grace_s)
-    if not outcome:
-        raise TransactionStuck(f"{what} did not return within {TXN_CALL_S + grace_s:.0f} s")
-    if outcome[0] is not None:
-        raise outcome[0]
 
 
 def default_instance_id() -> str:
@@ -255,10 +229,8 @@ class StreamRunner:
         self._uncommitted: list[Output] = []
         self._batches: dict[int, list[Features]] = {}
         self.consumer: Consumer | None = None
-        self.producer: Producer | None = None
+        self.txn: Transactions | None = None
         self.dead: DeadLetters | None = None
-        self.txn_id = ""
-        self._abandoned: list[Producer] = []  # producers replaced while stuck in a call (see _replace_producer)
         self.instance = ""
         self._rejoining = False
         self._rejoins: list[float] = []  # when the consumer was replaced (see _rejoin)
@@ -272,10 +244,7 @@ class StreamRunner:
                                      cfg.partitions, cfg.replication_factor)
         self.npackets, self.nparts = self.topics.packet_partitions, self.topics.partitions
         instance = cfg.instance_id or default_instance_id()
-        self.txn_id = f"{cfg.app_id}-{instance}"
-        self.producer = transactional_producer(self.conf, self.txn_id)
-        self.producer.init_transactions(60)
-        self.producer.begin_transaction()
+        self.txn = Transactions(self.conf, f"{cfg.app_id}-{instance}", on_replace=self._producer_replaced)
         if cfg.dead_letter_topic:
             self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer,
                                     max_bytes=internal_max_bytes(self.topics.packet_max_bytes))
@@ -303,14 +272,9 @@ class StreamRunner:
         if len(self._rejoins) > 3:
             raise PktstreamError(f"the group consumer failed {len(self._rejoins)} times in ten minutes: {why}")
         log.warning("consumer_rejoined", error=why)
-        assert self.producer is not None and self.consumer is not None
+        assert self.txn is not None and self.consumer is not None
         self._rejoining = True
-        producer = self.producer
-        try:
-            guarded(lambda: producer.abort_transaction(TXN_CALL_S), "abort_transaction")
-            producer.begin_transaction()
-        except (KafkaException, TransactionStuck) as e:
-            self._replace_producer(f"abort on rejoin: {e}")
+        self.txn.abort("abort on rejoin")
         with contextlib.suppress(KafkaException, RuntimeError):
             self.consumer.close()
         self.counters.aborted += 1
@@ -747,30 +711,11 @@ class StreamRunner:
             # cost more than the rest of a commit); written in parts (statestore.py)
             self.store.write(self._produce, q, st, self._snapshot_part_bytes(), app_id=self.cfg.app_id)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
-        producer, group = self.producer, self.consumer.consumer_group_metadata()
-        try:
-            # a coordinator's broker dying makes these fail retriably: librdkafka's contract is to call
-            # them again (it finds the new coordinator), abort only when the error says so
-            if offsets:
-                retrying(lambda: guarded(lambda: producer.send_offsets_to_transaction(offsets, group, TXN_CALL_S),
-                                         "send_offsets_to_transaction"), "send_offsets", when=retriable)
-            retrying(lambda: guarded(lambda: producer.commit_transaction(TXN_CALL_S), "commit_transaction"),
-                     "commit_transaction", when=retriable)
-        except TransactionStuck as e:
-            self._replace_producer(str(e))
+        assert self.txn is not None
+        if not self.txn.commit(offsets, self.consumer.consumer_group_metadata()):
             self.counters.aborted += 1
             self._rewind()
             return False
-        except KafkaException as e:
-            err = e.args[0]
-            if err.txn_requires_abort():
-                log.warning("transaction_aborted", error=str(err))
-                self.producer.abort_transaction(60)
-                self.producer.begin_transaction()
-                self.counters.aborted += 1
-                self._rewind()
-                return False
-            raise
         self.counters.transactions += 1
         self.changed.clear()
         self.dirty.clear()
@@ -778,7 +723,6 @@ class StreamRunner:
         outs, self._uncommitted = self._uncommitted, []
         for cb in self.on_outputs:
             cb(outs)
-        self.producer.begin_transaction()
         return True
 
     def _snapshot_part_bytes(self) -> int:
@@ -787,20 +731,14 @@ class StreamRunner:
         limit = self.topics.state_max_bytes if self.topics is not None else 1 << 20
         return min(self.cfg.state_part_bytes, limit - min(64 << 10, limit // 2))
 
-    def _replace_producer(self, why: str) -> None:
-        """A transactional call that outlived its own timeout (librdkafka can wait forever for a group
-        coordinator whose broker left the metadata: confluentinc/librdkafka#5456, #5511): a new
-        producer with the same transactional id fences the stuck one and aborts its open
-        transaction; the caller goes back to the last commit, as after any abort."""
-        log.warning("transaction_stuck_producer_replaced", error=why, transactional_id=self.txn_id)
-        assert self.producer is not None
-        self._abandoned.append(self.producer)  # a thread still waits in it: never destroyed under it
-        producer = transactional_producer(self.conf, self.txn_id)
-        retrying(lambda: producer.init_transactions(TXN_CALL_S), "init_transactions", when=retriable)
-        producer.begin_transaction()
-        self.producer = producer
+    @property
+    def producer(self) -> Producer | None:
+        """The open transaction's producer (transactions.py replaces a stuck one)."""
+        return self.txn.producer if self.txn is not None else None
+
+    def _producer_replaced(self, producer: Producer) -> None:
         if self.dead is not None:
-            self.dead.producer = self.producer
+            self.dead.producer = producer
 
     def _offset(self, topic: str, p: int) -> TopicPartition:
         """The position to commit; a packet partition's carries its progress."""
@@ -839,8 +777,7 @@ class StreamRunner:
             self.consumer = None
         if getattr(self, "store", None) is not None:
             self.store.close()
-        if self.producer is not None:
-            with contextlib.suppress(KafkaException):
-                self.producer.abort_transaction(10)
-            self.producer = None
+        if self.txn is not None:
+            self.txn.close()
+            self.txn = None
 

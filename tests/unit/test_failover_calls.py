@@ -8,7 +8,7 @@ import threading
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from pktstream.consumers.engine import runner
+from pktstream.consumers.engine import transactions
 from pktstream.runtime.kafka import retriable, retrying, transient
 
 
@@ -45,19 +45,19 @@ def test_other_errors_and_an_exhausted_deadline_are_raised() -> None:
 
 
 def test_a_call_past_its_timeout_is_stuck_and_its_outcome_passes_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "TXN_CALL_S", 0.1)
+    monkeypatch.setattr(transactions, "TXN_CALL_S", 0.1)
     release = threading.Event()
 
     def hangs() -> None:  # as librdkafka#5511: past the timeout it was given
         release.wait(5)
 
-    with pytest.raises(runner.TransactionStuck, match="commit_transaction"):
-        runner.guarded(hangs, "commit_transaction", grace_s=0.1)
+    with pytest.raises(transactions.TransactionStuck, match="commit_transaction"):
+        transactions.guarded(hangs, "commit_transaction", grace_s=0.1)
     release.set()
-    runner.guarded(lambda: None, "fine")
+    transactions.guarded(lambda: None, "fine")
 
     def boom() -> None:
         raise KafkaException(KafkaError(KafkaError._FENCED))
 
     with pytest.raises(KafkaException):
-        runner.guarded(boom, "fenced")
+        transactions.guarded(boom, "fenced")
