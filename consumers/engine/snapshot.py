@@ -29,7 +29,7 @@ import base64
 import json
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,12 +46,27 @@ MAX_DEGRADE_STEPS = 64  # each step drops something; a processor's steps end lon
 log = structlog.get_logger("pktstream.stream")
 
 
-def pack(doc: Any) -> bytes:
-    arrays: list[bytes] = []
+class Packed:
+    """A packed snapshot as the buffers it is made of (the header, then each array's own memory:
+    nothing copied until the parts are cut), and its length."""
+
+    def __init__(self, buffers: list[bytes | memoryview]) -> None:
+        self.buffers = buffers
+        self.size = sum(len(b) for b in buffers)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def joined(self) -> bytes:
+        return b"".join(self.buffers)
+
+
+def packed(doc: Any) -> Packed:
+    arrays: list[memoryview] = []
 
     def walk(x: Any) -> Any:
         if isinstance(x, np.ndarray):
-            b = np.ascontiguousarray(x).tobytes()
+            b = np.ascontiguousarray(x).reshape(-1).view(np.uint8).data  # the array's bytes, not a copy
             arrays.append(b)
             return {_KEY: [len(b), npformat.dtype_to_descr(x.dtype), list(x.shape)]}
         if isinstance(x, dict):
@@ -61,15 +76,19 @@ def pack(doc: Any) -> bytes:
         return x
 
     head = json.dumps(walk(doc), separators=(",", ":")).encode()
-    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *arrays])
+    return Packed([MAGIC + struct.pack("<I", len(head)) + head, *arrays])
+
+
+def pack(doc: Any) -> bytes:
+    return packed(doc).joined()
 
 
 def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], limit: int,
-                **context: Any) -> bytes:
-    """``pack(doc())``, with ``degrade()`` (a processor's, on the state doc() dumps) called and the
+                **context: Any) -> Packed:
+    """``packed(doc())``, with ``degrade()`` (a processor's, on the state doc() dumps) called and the
     state dumped again for as long as the bytes exceed ``limit`` and degrade finds something to drop
     (it returns what it dropped; {} when nothing is left). ``context`` goes into the log lines."""
-    value = pack(doc())
+    value = packed(doc())
     for _ in range(MAX_DEGRADE_STEPS):
         if len(value) <= limit:
             return value
@@ -77,7 +96,7 @@ def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], l
         if not dropped:
             break
         before = len(value)
-        value = pack(doc())
+        value = packed(doc())
         log.warning("state_degraded", bytes_before=before, bytes=len(value), limit=limit, **context, **dropped)
     if len(value) > limit:
         log.error("state_over_limit", bytes=len(value), limit=limit, **context)
@@ -87,14 +106,32 @@ def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], l
 MAX_PARTS = 1 << 16  # parts of one snapshot (a header naming more is not ours)
 
 
-def split(value: bytes, part_bytes: int) -> list[tuple[bytes, bytes]]:
+def split(value: bytes | Packed, part_bytes: int) -> Iterator[tuple[bytes, bytes]]:
     """A packed snapshot as (part, its header's value) in order, each part at most ``part_bytes``
-    (larger where that would take more than MAX_PARTS parts)."""
-    part_bytes = max(part_bytes, -(-len(value) // MAX_PARTS))
-    n = max(1, -(-len(value) // part_bytes))
+    (larger where that would take more than MAX_PARTS parts), cut as they are taken: what is held
+    besides the state's own arrays is one part."""
+    pk = value if isinstance(value, Packed) else Packed([value])
+    part_bytes = max(part_bytes, -(-pk.size // MAX_PARTS))
+    n = max(1, -(-pk.size // part_bytes))
     gen = uuid.uuid4().hex[:16]
-    view = memoryview(value)
-    return [(bytes(view[i * part_bytes : (i + 1) * part_bytes]), f"{gen}/{i}/{n}".encode()) for i in range(n)]
+    pieces: list[memoryview] = []
+    have = i = 0
+    for buf in pk.buffers:
+        view = memoryview(buf).cast("B")
+        while len(view):
+            take = min(len(view), part_bytes - have)
+            pieces.append(view[:take])
+            view, have = view[take:], have + take
+            if have == part_bytes:
+                yield b"".join(pieces), f"{gen}/{i}/{n}".encode()
+                pieces, have, i = [], 0, i + 1
+    if pieces or i == 0:
+        yield b"".join(pieces), f"{gen}/{i}/{n}".encode()
+
+
+def parts_of(size: int, part_bytes: int) -> int:
+    """How many parts ``split`` cuts a snapshot of ``size`` bytes into."""
+    return max(1, -(-size // max(part_bytes, -(-size // MAX_PARTS))))
 
 
 def part_key(q: int, i: int) -> bytes:
@@ -149,7 +186,9 @@ class Parts:
         return self.parts[0] if self.n == 1 else b"".join(self.parts[i] for i in range(self.n))
 
 
-def unpack(value: bytes) -> Any:
+def unpack(value: bytes | Packed) -> Any:
+    if isinstance(value, Packed):
+        value = value.joined()
     if value[:4] != MAGIC:
         return json.loads(value)  # the earlier form
     if len(value) < 8:

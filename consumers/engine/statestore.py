@@ -118,12 +118,12 @@ class StateStore:
         tombstoned first."""
         value = snapshot.pack_within(partial(self._doc, st), partial(self.proc.degrade, st.data), MAX_SNAPSHOT,
                                      partition=q, **context)
-        parts = snapshot.split(value, part_bytes)
-        for i in range(len(parts), st.parts):
+        n = snapshot.parts_of(len(value), part_bytes)
+        for i in range(n, st.parts):
             produce(self.topic, None, key=snapshot.part_key(q, i), partition=q)
-        for i, (part, header) in enumerate(parts):
+        for i, (part, header) in enumerate(snapshot.split(value, part_bytes)):
             produce(self.topic, part, key=snapshot.part_key(q, i), partition=q, headers=[(H.SNAPSHOT_PART, header)])
-        st.parts = len(parts)
+        st.parts = n
 
     def _doc(self, st: PartState) -> dict[str, Any]:
         return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}

@@ -10,7 +10,7 @@ import pytest
 
 from pktstream.consumers.alerts.tables import Table
 from pktstream.consumers.engine.features import FEATURE_DTYPE
-from pktstream.consumers.engine.snapshot import MAX_PARTS, Parts, pack, part_key, split, unpack
+from pktstream.consumers.engine.snapshot import MAX_PARTS, Parts, pack, packed, part_key, parts_of, split, unpack
 from pktstream.schemas.decode import DecodeError
 
 
@@ -84,7 +84,7 @@ def test_a_snapshot_written_before_a_field_rename_is_restored() -> None:
 
 def test_a_snapshot_in_parts_is_put_back_together_from_its_last_generation() -> None:
     value = pack({"a": np.arange(100_000)})
-    old, new = split(pack({"a": np.arange(10)}), 64), split(value, 100_000)
+    old, new = list(split(pack({"a": np.arange(10)}), 64)), list(split(value, 100_000))
     assert len(new) == 9 and all(len(p) <= 100_000 for p, _ in new) and b"".join(p for p, _ in new) == value
     r = Parts()
     r.add(b"{}", None)  # an earlier version's one-message snapshot
@@ -99,7 +99,7 @@ def test_a_snapshot_in_parts_is_put_back_together_from_its_last_generation() -> 
 
 
 def test_reading_that_begins_inside_a_snapshot_says_where_to_begin() -> None:
-    parts = split(pack({"a": np.arange(50_000)}), 10_000)
+    parts = list(split(pack({"a": np.arange(50_000)}), 10_000))
     r = Parts()
     for part, header in parts[30:]:
         r.add(part, header.decode())
@@ -120,11 +120,25 @@ def test_a_part_header_that_is_not_ours_is_an_error(header: str) -> None:
 
 def test_keys_of_an_older_larger_snapshot_are_counted_for_their_tombstones() -> None:
     r = Parts()
-    for part, header in split(bytes(10_000), 1000) + split(bytes(3000), 1000):
+    for part, header in [*split(bytes(10_000), 1000), *split(bytes(3000), 1000)]:
         r.add(part, header.decode())
     assert r.n == 3 and r.live_keys() == 10
 
 
 def test_a_snapshot_past_the_most_parts_takes_larger_parts() -> None:
-    parts = split(bytes(MAX_PARTS * 2 + 1), 1)
+    parts = list(split(bytes(MAX_PARTS * 2 + 1), 1))
     assert len(parts) <= MAX_PARTS and sum(len(p) for p, _ in parts) == MAX_PARTS * 2 + 1
+
+
+@pytest.mark.parametrize("part_bytes", [1, 7, 4096, 1 << 20])
+def test_parts_cut_across_the_arrays_join_to_the_packed_bytes(part_bytes: int) -> None:
+    rec = np.zeros(300, FEATURE_DTYPE)
+    rec["ts_ns"] = np.arange(300)
+    doc = {"w": [np.arange(1000, dtype=np.int64), rec[::2], np.zeros(0, np.uint64), np.full((3, 5), 2.5)], "s": "x"}
+    pk = packed(doc)
+    value = pack(doc)
+    parts = list(split(pk, part_bytes))
+    assert len(parts) == parts_of(len(value), part_bytes) == parts_of(pk.size, part_bytes)
+    assert all(len(p) <= max(part_bytes, 1) for p, _ in parts[:-1]) and b"".join(p for p, _ in parts) == value
+    back = unpack(b"".join(p for p, _ in parts))
+    assert back["w"][1]["ts_ns"].tolist() == list(range(0, 300, 2)) and unpack(pk)["s"] == "x"
