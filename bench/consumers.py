@@ -86,11 +86,12 @@ def topic_bytes(data_dir: Path | None, topic: str) -> int | None:
 
 
 def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
-                  data_dir: Path | None = None) -> dict[str, Any]:
+                  data_dir: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
     app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
     cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
            app_id, f"--{app}-topic", f"{topic}.{app}", "--catalog", str(catalog),
-           "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json"]
+           "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json",
+           *(extra or [])]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
     with tempfile.TemporaryFile() as err:
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--span-s", type=float, default=20.0,
                     help="event time the generated traffic spans (20: about 100,000 records per second of traffic; "
                          "a longer span is a quieter network replayed faster, with more windows per record)")
+    ap.add_argument("--app-arg", action="append", default=[], metavar="ARG",
+                    help="an argument for the consumer's command line (repeat: --app-arg=-X --app-arg=PROP=VALUE)")
     a = ap.parse_args()
     span_ns = int(a.span_s * 1e9)
     t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000,
@@ -173,7 +176,8 @@ def main() -> None:
         del prod  # (a live client logs its reconnects when the broker stops)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(CATALOG, f)
-        res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu, lk.dir if lk is not None else None)
+        res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu, lk.dir if lk is not None else None,
+                            a.app_arg)
         packet_bytes = topic_bytes(lk.dir if lk is not None else None, topic)
         os.unlink(f.name)
     finally:
