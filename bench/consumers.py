@@ -24,7 +24,6 @@ tables, evaluating thresholds) weighs more per record; docs/benchmarks.md gives 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ from pktstream.consumers.engine import features
 from pktstream.consumers.engine.runner import FOREVER
 from pktstream.runtime.kafka import ensure_topic
 from pktstream.schemas.columns import read_container
+from tests.support.helpers import wait_peak_rss_mb
 from tests.support.traffic import CATALOG, fleet, generate
 
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
@@ -96,12 +96,7 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
         cmd = ["taskset", "-c", str(cpu), *cmd]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        hwm_kb = 0  # the command's own peak (VmHWM; wait4's ru_maxrss would count this process's at the fork)
-        while proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                hwm_kb = max(hwm_kb, int(status.split("VmHWM:")[1].split()[0]))
-            time.sleep(0.05)
+        peak_mb = wait_peak_rss_mb(proc, every_s=0.05)  # the command's own peak (VmHWM)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     if proc.returncode:
@@ -124,7 +119,7 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
     late = done.get("records_out_of_order", 0) + done.get("late_records", 0)
     assert late == 0, f"{late} records counted late: the generated traffic is out of order"
     return {"records": done["records_in"], "seconds": secs, "rate": done["records_in"] / secs,
-            "outputs": done["outputs"], "peak_rss_mb": hwm_kb / 1024,
+            "outputs": done["outputs"], "peak_rss_mb": peak_mb,
             "repartition_bytes": topic_bytes(data_dir, f"{app_id}.repartition"),
             "state_bytes": topic_bytes(data_dir, f"{app_id}.state")}
 

@@ -12,7 +12,6 @@ Fills a topic of its own on a local broker (started here, or --bootstrap) with g
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from pktstream.runtime.kafka import ensure_topic
+from tests.support.helpers import wait_peak_rss_mb
 from tests.support.traffic import fleet, generate
 
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
@@ -76,20 +76,12 @@ def main() -> None:
                 cmd = [PKTSTREAM, "export", "--bootstrap-servers", bootstrap, "--topic", topic, "--format", a.export,
                        "-o", str(Path(tmp) / f"out.{a.export}")]
             proc = subprocess.Popen(cmd, stdout=out)
-            # the command's own peak RSS: VmHWM of its address space (wait4's ru_maxrss would count
-            # this process's memory at the fork, which exec keeps in the figure)
-            hwm_kb = 0
-            while proc.poll() is None:
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    status = Path(f"/proc/{proc.pid}/status").read_text()
-                    hwm_kb = max(hwm_kb, int(status.split("VmHWM:")[1].split()[0]))
-                time.sleep(0.05)
+            rss_mb = wait_peak_rss_mb(proc, every_s=0.05)  # the command's own peak (VmHWM)
             secs = time.monotonic() - t0
             assert proc.returncode == 0
             out.seek(0)
             rows = [] if a.export else [json.loads(line) for line in out.read().decode().splitlines()]
             file_mb = (Path(tmp) / f"out.{a.export}").stat().st_size / 1e6 if a.export else 0
-        rss_mb = hwm_kb / 1024
         total = sum(x.get("packets", 0) for x in rows)
         print(json.dumps({"records": sent, "seconds": round(secs, 2), "records_per_s": round(sent / secs),
                           "peak_rss_mb": round(rss_mb), "top_rows_records": total, "cpus": os.cpu_count(),

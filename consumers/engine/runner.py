@@ -249,7 +249,10 @@ class StreamRunner:
             self.dead = DeadLetters(self.conf, cfg.dead_letter_topic, cfg.app_id, producer=self.producer,
                                     max_bytes=internal_max_bytes(self.topics.packet_max_bytes))
         self.instance = instance
-        self.store = StateStore(self.conf, cfg.app_id, cfg.state_topic, self.proc)
+        # parts at most --state-part-bytes, and well within what the state topic accepts
+        limit = self.topics.state_max_bytes
+        self.store = StateStore(self.conf, cfg.app_id, cfg.state_topic, self.proc,
+                                min(cfg.state_part_bytes, limit - min(64 << 10, limit // 2)))
         self._subscribe()
         log.info("stream_started", app_id=cfg.app_id, instance=instance, packet_topic=cfg.packet_topic,
                  packet_partitions=self.npackets, repartition_partitions=self.nparts)
@@ -709,7 +712,7 @@ class StreamRunner:
                 continue
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
             # cost more than the rest of a commit); written in parts (statestore.py)
-            self.store.write(self._produce, q, st, self._snapshot_part_bytes(), app_id=self.cfg.app_id)
+            self.store.write(self._produce, q, st, app_id=self.cfg.app_id)
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
         assert self.txn is not None
         if not self.txn.commit(offsets, self.consumer.consumer_group_metadata()):
@@ -724,12 +727,6 @@ class StreamRunner:
         for cb in self.on_outputs:
             cb(outs)
         return True
-
-    def _snapshot_part_bytes(self) -> int:
-        """A snapshot's parts: at most SNAPSHOT_PART_BYTES (or the --state-part-bytes given), and
-        well within what the state topic accepts."""
-        limit = self.topics.state_max_bytes if self.topics is not None else 1 << 20
-        return min(self.cfg.state_part_bytes, limit - min(64 << 10, limit // 2))
 
     @property
     def producer(self) -> Producer | None:

@@ -108,20 +108,22 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, in
 class StateStore:
     """Writes and restores the snapshots of one app's partitions (state topic ``topic``)."""
 
-    def __init__(self, conf: Mapping[str, Any], app_id: str, topic: str, proc: StateProcessor) -> None:
+    def __init__(self, conf: Mapping[str, Any], app_id: str, topic: str, proc: StateProcessor,
+                 part_bytes: int) -> None:
         self.conf, self.app_id, self.topic, self.proc = dict(conf), app_id, topic, proc
+        self.part_bytes = part_bytes  # the most one message of a snapshot takes
         self.loader = snapshot_loader(self.conf, app_id)
 
-    def write(self, produce: Produce, q: int, st: PartState, part_bytes: int, **context: Any) -> None:
+    def write(self, produce: Produce, q: int, st: PartState, **context: Any) -> None:
         """Partition q's state into the open transaction: packed (degraded while over its budget,
         logged as state_degraded), cut into parts, the keys of a previous snapshot's further parts
         tombstoned first."""
         value = snapshot.pack_within(partial(self._doc, st), partial(self.proc.degrade, st.data), MAX_SNAPSHOT,
                                      partition=q, **context)
-        n = snapshot.parts_of(len(value), part_bytes)
+        n = snapshot.parts_of(len(value), self.part_bytes)
         for i in range(n, st.parts):
             produce(self.topic, None, key=snapshot.part_key(q, i), partition=q)
-        for i, (part, header) in enumerate(snapshot.split(value, part_bytes)):
+        for i, (part, header) in enumerate(snapshot.split(value, self.part_bytes)):
             produce(self.topic, part, key=snapshot.part_key(q, i), partition=q, headers=[(H.SNAPSHOT_PART, header)])
         st.parts = n
 

@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 
 from pktstream.runtime.kafka import ensure_topic
 from tests.support.apps import PKTSTREAM, log_events
-from tests.support.helpers import read_messages
+from tests.support.helpers import peak_rss_mb, read_messages
 from tests.support.traffic import PAYLOAD, Traffic, containers, v4
 
 pytestmark = pytest.mark.kafka
@@ -140,9 +140,8 @@ def test_600000_distinct_host_headers_keep_state_memory_and_metrics_bounded(
             text = scrape(port)
             assert metric(text, "pktstream_consumer_transactions_total") > t_before
             assert metric(text, "pktstream_consumer_late_records_total") == 0
-            hwm = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{proc.pid}/status").read_text(), re.M)
-            assert hwm is not None
-            peak_mb = int(hwm.group(1)) // 1024
+            peak_mb = peak_rss_mb(proc.pid)
+            assert peak_mb > 0
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         finally:

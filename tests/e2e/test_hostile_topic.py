@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 
 from pktstream.runtime.kafka import ensure_topic, max_message_bytes
 from tests.support.apps import PKTSTREAM, alerts_cmd, final_figures, log_events, usage_cmd
-from tests.support.helpers import peak_rss_mb, read_messages, running_broker
+from tests.support.helpers import read_messages, running_broker, wait_peak_rss_mb
 from tests.support.hostile import hostile, record, valid
 from tests.support.ocsf import assert_valid
 from tests.support.traffic import CATALOG as GEN_CATALOG
@@ -47,14 +47,7 @@ def run_measured(cmd: list[str], timeout_s: float = 300) -> tuple[int, str, str,
     """(exit code, stdout, stderr, peak RSS in MB) of a command (its VmHWM, read every 20 ms)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout_s
-        peak = 0
-        while p.poll() is None:
-            peak = max(peak, peak_rss_mb(p.pid))
-            if time.monotonic() > deadline:
-                p.kill()
-                raise AssertionError(f"{cmd[:2]} did not finish within {timeout_s} s")
-            time.sleep(0.02)
+        peak = wait_peak_rss_mb(p, timeout_s)
         out.seek(0)
         err.seek(0)
         return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak

@@ -44,7 +44,7 @@ def write(p: Producer, store: StateStore, st: PartState, commit: bool = True) ->
         p.produce(topic, value, **kw)
 
     p.begin_transaction()
-    store.write(produce, 0, st, PART)
+    store.write(produce, 0, st)
     if commit:
         p.commit_transaction(30)
     else:
@@ -57,7 +57,7 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
     app = f"t-store-{uuid.uuid4().hex[:6]}"
     topic = f"{app}.state"
     ensure_topic(conf, topic, 1, config={"cleanup.policy": "compact"})
-    store = StateStore(conf, app, topic, Counts())
+    store = StateStore(conf, app, topic, Counts(), PART)
     try:
         st, found = store.restore(0)
         assert not found and len(st.data["n"]) == 0 and st.parts == 1

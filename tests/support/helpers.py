@@ -80,6 +80,21 @@ def peak_rss_mb(pid: int) -> int:
         return 0
 
 
+def wait_peak_rss_mb(proc: subprocess.Popen[Any], timeout_s: float | None = None, every_s: float = 0.02) -> int:
+    """Wait for a process to exit (killed past ``timeout_s``: AssertionError) and give its peak
+    resident memory in MB, read every ``every_s`` while it runs (peak_rss_mb)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, peak_rss_mb(proc.pid))
+        if deadline is not None and time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{proc.args!r:.200} did not finish within {timeout_s} s")
+        time.sleep(every_s)
+    return peak
+
+
 def require(cond: bool, why: str) -> None:
     """Skip on a developer machine; fail in CI (PKTSTREAM_TEST_REQUIRE_ALL=1)."""
     if cond:
