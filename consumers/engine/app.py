@@ -31,6 +31,10 @@ COUNTERS = {
     "records_clock_skewed": "Records stamped further ahead of (or behind) the broker's time than the "
                             "tolerance, set aside when read.",
     "undecodable": "Packet messages that did not decode or featurize (dead-lettered).",
+    "intake_waits": "Times stage one stopped reading the packet topic: its transaction had read --commit-records, "
+                    "or stage two had not read what it wrote two commits before.",
+    "partitions_held": "Times a packet partition waited, more than --align-s of event time ahead of the slowest "
+                       "one with unread input.",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",
@@ -104,6 +108,12 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                    help="a capture point this far behind (event time, or wall-clock time once its partition "
                         "is read) no longer holds windows open")
     p.add_argument("--commit-interval-s", type=float, default=1.0, help="how often a transaction commits")
+    p.add_argument("--commit-records", type=int, default=500_000,
+                   help="a transaction commits once it has read this many packet records, before "
+                        "--commit-interval-s when the input is a backlog (bounds the rows in flight)")
+    p.add_argument("--align-s", type=float, default=10.0,
+                   help="how far (event time) a packet partition may be read ahead of the slowest one with "
+                        "unread input (a backlog's partitions are read side by side; 0: no limit)")
     p.add_argument("--state-part-bytes", type=int, default=SNAPSHOT_PART_BYTES,
                    help="the most one message of a state snapshot takes (a snapshot is written in parts)")
     p.add_argument("--dead-letter-topic", default=f"{app}.dead-letters",
@@ -130,11 +140,13 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
             problems.append(f"--since: {args.since!r} is not an ISO 8601 time")
     if args.grace_s < 0:
         problems.append(f"--grace-s must be >= 0, got {args.grace_s}")
-    for name in ("clock_tolerance_s", "max_behind_s", "idle_s"):
+    for name in ("clock_tolerance_s", "max_behind_s", "idle_s", "align_s"):
         if getattr(args, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.commit_interval_s <= 0:
         problems.append(f"--commit-interval-s must be > 0, got {args.commit_interval_s}")
+    if args.commit_records < 1:
+        problems.append(f"--commit-records must be >= 1, got {args.commit_records}")
     if args.state_part_bytes < 4096:
         problems.append(f"--state-part-bytes must be >= 4096, got {args.state_part_bytes}")
     if args.partitions < 0:
@@ -150,7 +162,8 @@ def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
                         since_ms=since_ms, commit_interval_s=args.commit_interval_s, until_end=args.until_end,
                         dead_letter_topic=args.dead_letter_topic or None, instance_id=args.instance_id,
                         clock_tolerance_s=args.clock_tolerance_s, max_behind_s=args.max_behind_s, idle_s=args.idle_s,
-                        state_part_bytes=args.state_part_bytes)
+                        state_part_bytes=args.state_part_bytes, commit_records=args.commit_records,
+                        align_s=args.align_s)
 
 
 def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,

@@ -65,6 +65,7 @@ from pktstream.consumers.engine.eventtime import (
     watermark,
 )
 from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
+from pktstream.consumers.engine.intake import Intake
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import (
     SNAPSHOT_PART_BYTES,
@@ -83,6 +84,7 @@ from pktstream.schemas.decode import DecodeError, message_headers
 log = structlog.get_logger("pktstream.stream")
 
 FOREVER = 1 << 62
+BATCH_ROWS = 65_536  # rows a partition's batch waits for (StreamRunner._process_batches)
 
 
 @dataclass
@@ -146,6 +148,8 @@ class StreamConfig:
     max_behind_s: float = 3600.0
     idle_s: float = 60.0
     state_part_bytes: int = SNAPSHOT_PART_BYTES  # the most one message of a state snapshot takes
+    commit_records: int = 500_000  # packet records one transaction reads at most (intake.py)
+    align_s: float = 10.0  # how far (event time) a packet partition reads ahead of the slowest; 0: no limit
 
     @property
     def repartition_topic(self) -> str:
@@ -169,6 +173,8 @@ class RunCounters:
     records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
     records_clock_skewed: int = 0  # stamped out of the clock tolerance: not routed
     undecodable: int = 0  # packet messages that did not decode or featurize (dead-lettered)
+    intake_waits: int = 0  # times stage one waited: its transaction full, or stage two behind (intake.py)
+    partitions_held: int = 0  # times a packet partition waited for the slowest one (intake.py)
 
 
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
@@ -227,13 +233,15 @@ class StreamRunner:
         self.npackets = 0
         self.on_outputs: list[Any] = []  # callbacks(list[Output]) after a commit made them visible
         self._uncommitted: list[Output] = []
-        self._batches: dict[int, list[Features]] = {}
+        self._batches: dict[int, list[Features]] = {}  # rows read, not yet processed (_process_batches)
+        self._batch_rows: dict[int, int] = {}
         self.consumer: Consumer | None = None
         self.txn: Transactions | None = None
         self.dead: DeadLetters | None = None
         self.instance = ""
         self._rejoining = False
         self._rejoins: list[float] = []  # when the consumer was replaced (see _rejoin)
+        self.intake = Intake(cfg.commit_records, int(cfg.align_s * 1e9))  # what stage one reads (intake.py)
         self.heartbeat = time.monotonic()
 
     # -- setup ------------------------------------------------------------------------------
@@ -286,10 +294,12 @@ class StreamRunner:
         self.eof_at.clear()
         self.barriers.clear()
         self._batches.clear()
+        self._batch_rows.clear()
         self.produced = 0
         self._uncommitted = []
+        self._reset_intake()
         self._rejoining = False
-        self._subscribe()
+        self._subscribe()  # a new consumer: nothing paused
 
     # -- assignment -------------------------------------------------------------------------
 
@@ -348,6 +358,12 @@ class StreamRunner:
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = states[tp.partition]
         consumer.assign(committed)
+        # a partition keeps librdkafka's pause across a revoke and a new assignment: resumed here,
+        # paused again by _intake if it must wait
+        packets = [TopicPartition(tp.topic, tp.partition) for tp in committed if tp.topic == self.cfg.packet_topic]
+        if packets:
+            consumer.resume(packets)
+            self.intake.paused.difference_update(tp.partition for tp in packets)
         log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed])
 
     def _resume_from(self, tp: TopicPartition) -> bool:
@@ -378,8 +394,11 @@ class StreamRunner:
         self.eof.discard(key)
         if topic == self.cfg.packet_topic:
             self.clocks.pop(p, None)
+            self.intake.forget(p)  # (librdkafka keeps a pause: _on_assign resumes it if it comes back)
         if topic == self.cfg.repartition_topic:
             self.states.pop(p, None)
+            self._batches.pop(p, None)
+            self._batch_rows.pop(p, None)
             self.dirty.discard(p)
             self.barriers.pop(p, None)
 
@@ -393,16 +412,18 @@ class StreamRunner:
         try:
             while not self.stop.is_set() and (t_end is None or time.monotonic() < t_end):
                 self.heartbeat = time.monotonic()
+                self._intake()
                 # consume() waits for all 64 or the timeout: a short one, so that a queue holding
                 # fewer (the end of a burst, the rows a commit just made readable) is not waited on
-                msgs = self.consumer.consume(num_messages=64, timeout=0.02)
+                mine = sum(1 for t, _p in self.assigned if t == self.cfg.packet_topic)
+                msgs = self.consumer.consume(num_messages=self.intake.consume_size(mine), timeout=0.02)
                 try:
                     for m in msgs:
                         self._handle(m)
                 except ConsumerFailed as e:
                     self._rejoin(str(e))
                     continue
-                self._process_batches()
+                self._process_batches(force=False)
                 now = time.monotonic()
                 at_end = self._at_end()
                 if self.cfg.until_end and at_end and not self._has_work() and self._group_done(now):
@@ -414,14 +435,15 @@ class StreamRunner:
                         continue
                     log.info("stream_caught_up", **self.figures())
                     break
-                if now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work()):
+                if (now - last_commit >= self.cfg.commit_interval_s or (at_end and self._has_work())
+                        or self.intake.full):
                     self._advance(final=False)
                     self._commit()
                     last_commit = time.monotonic()
                     continue
                 if now - last_log >= 30:
                     log.info("stream_progress", reading=sorted(f"{t}[{p}]" for t, p in self.assigned - self.eof),
-                             **self.figures())
+                             paused=sorted(self.intake.paused), **self.figures())
                     last_log = now
         finally:
             self.close()
@@ -478,6 +500,7 @@ class StreamRunner:
         self.eof.discard(key)
         self.counters.messages_in += 1
         if key[0] == self.cfg.packet_topic:
+            self.intake.read(key[1])
             self._rekey(m)
         else:
             self._apply(m)
@@ -487,7 +510,44 @@ class StreamRunner:
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             q = msg.partition() or 0
-            self.need[q] = max(self.need.get(q, 0), (msg.offset() or 0) + 1)
+            end = (msg.offset() or 0) + 1
+            self.need[q] = max(self.need.get(q, 0), end)
+            self.intake.wrote(q, end)
+
+    # -- stage one's intake (intake.py) -----------------------------------------------------
+
+    def _intake(self) -> None:
+        """Pause and resume packet partitions as the intake decides (see intake.py)."""
+        assert self.consumer is not None
+        rt, pt = self.cfg.repartition_topic, self.cfg.packet_topic
+        mine = {p for t, p in self.assigned if t == pt}
+        heads = {p: max(c.points.values()) for p in mine if (c := self.clocks.get(p)) is not None and c.points}
+        progress: dict[int, int] = {}
+        for st in self.states.values():
+            for p, prog in st.sources.items():
+                progress[p] = max(progress.get(p, NO_PROGRESS), prog)
+        # how far stage two has read: a partition assigned anew has no position until a message
+        # comes, but its end-of-partition says it (a gate's rows read before a rebalance would
+        # otherwise be waited for forever)
+        read = {q: max(self.positions.get((rt, q), -1), self.eof_at.get(q, -1)) for t, q in self.assigned if t == rt}
+        d = self.intake.decide(mine, read, heads, progress, {p for p in mine if (pt, p) in self.eof})
+        pause, resume = d.paused - self.intake.paused, (self.intake.paused & mine) - d.paused
+        if pause:
+            self.consumer.pause([TopicPartition(pt, p) for p in sorted(pause)])
+            if d.wait:
+                self.counters.intake_waits += 1
+            else:
+                self.counters.partitions_held += len(pause)
+        if resume:
+            self.consumer.resume([TopicPartition(pt, p) for p in sorted(resume)])
+        self.intake.paused = d.paused
+
+    def _reset_intake(self) -> None:
+        """Forget the intake's figures (a rejoin, a rewind): nothing is waited for, nothing paused."""
+        if self.intake.paused and self.consumer is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self.consumer.resume([TopicPartition(self.cfg.packet_topic, p) for p in sorted(self.intake.paused)])
+        self.intake.reset()
 
     def _caught_up(self, q: int) -> bool:
         """Has stage two read everything this process wrote to repartition partition q?
@@ -569,6 +629,7 @@ class StreamRunner:
             return
         p = m.partition() or 0
         self.counters.records_in += batch.n
+        self.intake.records(batch.n)
         clock = self.clocks.setdefault(p, SourceClock())
         if len(f.rows):
             before = clock.progress
@@ -620,16 +681,19 @@ class StreamRunner:
         st.sources[src] = max(st.sources.get(src, NO_PROGRESS), progress)
         if len(f.rows):
             self._batches.setdefault(q, []).append(f)
+            self._batch_rows[q] = self._batch_rows.get(q, 0) + len(f.rows)
         self.dirty.add(q)
 
-    def _process_batches(self) -> None:
-        """What one consume() brought to each partition, processed as one batch (the fixed cost of
-        a numpy pass is paid once per partition and turn, not once per message)."""
-        for q, fs in self._batches.items():
+    def _process_batches(self, force: bool = True) -> None:
+        """The rows read for each partition, processed as one batch once there are BATCH_ROWS of
+        them (the fixed cost of a numpy pass is paid once per batch, not once per message), and all
+        of them before the watermark moves or a transaction commits (``force``)."""
+        for q in [q for q, n in self._batch_rows.items() if force or n >= BATCH_ROWS]:
+            fs = self._batches.pop(q)
+            del self._batch_rows[q]
             st = self.states.get(q)
             if st is not None:
                 self.proc.process(st.data, concat(fs))
-        self._batches.clear()
 
     # -- event time ---------------------------------------------------------------------------
 
@@ -649,18 +713,20 @@ class StreamRunner:
                 off = tp.offset if tp.offset >= 0 else -1
                 if tp.offset == OFFSET_INVALID or off < hi:
                     pending.add(tp.partition)
+            self.intake.pending = pending
             return pending
         except KafkaException as e:
             log.warning("watermark_check_failed", error=str(e))
             return None
 
     def _advance(self, final: bool) -> None:
+        self._process_batches()
         if final:
             for st in self.states.values():
                 self._emit(self.proc.close(st.data, FOREVER))
             self.dirty.update(self.states)
             return
-        ready = [q for q in self.states if self._caught_up(q)]
+        ready = list(self.states)
         if not ready:
             return
         # Which packet partitions are pending says how far event time may go, but only for rows
@@ -669,6 +735,12 @@ class StreamRunner:
         # move), and judged against a watermark that ignores them they would be late. So the
         # pending set is taken with each partition's committed end, and used once we have read
         # that far (a later end would do too, but under load it would never be reached).
+        # Rows this process wrote in its open transaction need no wait: they come from packet
+        # partitions read since the last commit, pending therefore, which hold the watermark at
+        # the progress their earlier messages carried, and stage one let through only rows within
+        # the grace of that. (Waiting for stage two to read them, as this did before, never
+        # happened under steady input: every turn writes more, so windows stayed open and the
+        # state grew with the whole input.)
         if any(q not in self.barriers for q in ready):
             pending = self._pending()
             if pending is None:
@@ -706,6 +778,7 @@ class StreamRunner:
         assert self.producer is not None and self.consumer is not None
         if not self._has_work():
             return True
+        self._process_batches()
         for q in sorted(self.dirty):
             st = self.states.get(q)
             if st is None:
@@ -723,6 +796,7 @@ class StreamRunner:
         self.changed.clear()
         self.dirty.clear()
         self.produced = 0
+        self.intake.committed()
         outs, self._uncommitted = self._uncommitted, []
         for cb in self.on_outputs:
             cb(outs)
@@ -746,6 +820,7 @@ class StreamRunner:
     def _rewind(self) -> None:
         """After an aborted transaction: back to the last commit (offsets and state)."""
         assert self.consumer is not None
+        self._reset_intake()  # resumed before the seeks below
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
         committed, states = self._committed_with_states(self.consumer, parts)
         for tp in committed:
@@ -758,6 +833,8 @@ class StreamRunner:
         self.eof.clear()
         self.eof_at.clear()
         self.barriers.clear()
+        self._batches.clear()
+        self._batch_rows.clear()
         self.produced = 0
         self._uncommitted = []
 

@@ -162,3 +162,29 @@ def test_a_backlog_after_a_hosts_own_outage_counts_in_its_minutes_while_they_are
     assert fig["records_out_of_order"] > 0 and {e["origin"] for e in late} == {"o2/eth0"}
     counted = sum(per_minute(rows).values())
     assert counted + fig["records_out_of_order"] == sum(t.n for t in hosts)  # counted, or late and said
+
+
+def test_a_backlog_is_read_in_bounded_transactions_with_its_partitions_side_by_side(
+        kafka_bootstrap: str, catalog: Path) -> None:
+    """Six minutes of four hosts' traffic read as a backlog: one host alone on partition 0, three
+    sharing partition 1, so that partition 0 covers three times the event time per message. Read
+    with transactions of at most 20,000 records and partitions kept within 10 s of event time of
+    each other, stage one waits (for its transaction, for stage two) and partition 0 waits for
+    partition 1; every record is counted in its minute, none late, as when read all at once."""
+    topic = f"et-backlog-{uuid.uuid4().hex[:8]}"
+    ensure_topic({"bootstrap.servers": kafka_bootstrap}, topic, 2, config=TOPIC_CONFIG)
+    t0 = (time.time_ns() - 8 * MIN) // MIN * MIN
+    hosts = [generate(6000, t0, 6 * MIN, clients=300, seed=80 + h) for h in range(4)]
+    msgs = [m for h, t in enumerate(hosts) for m in by_time(t, f"bl{h}", t0, 5 * S, phase_ns=h * S)]
+    send(kafka_bootstrap, topic, msgs, {"bl0": 0, "bl1": 1, "bl2": 1, "bl3": 1})
+    total = sum(t.n for t in hosts)
+    biggest = max(int(np.bincount((t.columns["ts_ns"] - t0) // (5 * S)).max()) for t in hosts)  # one message's
+
+    rows, fig, _ = run(kafka_bootstrap, topic, catalog, "--commit-records", "20000", "--align-s", "10")
+    assert fig["records_in"] == total
+    assert fig["records_out_of_order"] == fig["late_records"] == 0
+    assert per_minute(rows) == expected_per_minute(*hosts)
+    # each transaction read at most its 20,000 records and the message that crossed them
+    assert fig["transactions"] >= total / (20000 + 2 * biggest)
+    assert fig["intake_waits"] > 0
+    assert fig["partitions_held"] > 0, fig

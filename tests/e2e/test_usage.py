@@ -386,7 +386,14 @@ def test_two_consumers_share_the_work_and_give_the_same_windows(kafka_bootstrap:
     app = f"t-two-{uuid.uuid4().hex[:6]}"
     procs = [subprocess.Popen(usage_cmd(kafka_bootstrap, topic, app, f"{topic}.two", catalog, "--instance-id", name),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
+    errs = []
+    for p in procs:
+        try:
+            errs.append(p.communicate(timeout=300)[1])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError("stalled: " + "\n----\n".join(q.communicate()[1][-6000:] for q in procs)) from None
     assert [p.returncode for p in procs] == [0, 0], errs
     # both took part: each was assigned packet partitions
     for e in errs:
