@@ -31,10 +31,10 @@ COUNTERS = {
     "records_clock_skewed": "Records stamped further ahead of (or behind) the broker's time than the "
                             "tolerance, set aside when read.",
     "undecodable": "Packet messages that did not decode or featurize (dead-lettered).",
-    "intake_waits": "Times stage one stopped reading the packet topic: its transaction had read --commit-records, "
-                    "or stage two had not read what it wrote two commits before.",
+    "intake_waits": "Times stage one stopped reading the packet topic until stage two had read what it wrote two "
+                    "commits before.",
     "partitions_held": "Times a packet partition waited, more than --align-s of event time ahead of the slowest "
-                       "one with unread input.",
+                       "one this process reads with unread input.",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",

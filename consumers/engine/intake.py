@@ -11,9 +11,11 @@ only adds rows to windows that cannot close yet. So:
   the interval), and consume() takes few enough messages not to overshoot that by more than one;
 - stage one waits while stage two has not read what this process wrote two commits ago: one
   transaction's rows are read while the next one's are made;
-- a packet partition more than ``align_ns`` of event time ahead of the slowest partition with
-  unread input waits until it is within half of that (Flink's watermark alignment does the same
-  for its sources).
+- of the packet partitions one process reads, one more than ``align_ns`` of event time ahead of
+  the slowest with unread input waits until it is within half of that (Flink's watermark alignment
+  does the same for its sources). Only one process's own partitions are aligned: measured the same
+  way (the newest honest event time read), the slowest is always one that is read, so no two
+  processes can wait for each other.
 
 The runner applies what ``decide`` says with librdkafka's pause and resume (a pause drops what was
 fetched for the partition; the resume fetches again from its next unread offset), and handles
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pktstream.consumers.engine.eventtime import NO_PROGRESS
 
 MAX_CONSUME = 64  # messages one consume() takes at most
+UNREAD_HOLD_S = 10.0  # how long a partition not read from yet holds the others (a leader away, say)
 
 
 @dataclass
@@ -41,24 +44,34 @@ class Decision:
 class Intake:
     commit_records: int
     align_ns: int
+    idle_ns: int = 60 * 10**9  # a head that has not moved for this long (broker time) holds nothing
     txn_records: int = 0  # packet records read in the open transaction
     txn_need: dict[int, int] = field(default_factory=dict)  # repartition partition -> one past our last write
     gates: list[dict[int, int]] = field(default_factory=list)  # txn_need of the last two commits
     paused: set[int] = field(default_factory=set)
     pending: set[int] | None = None  # packet partitions with uncommitted input, as last asked
     read_from: set[int] = field(default_factory=set)  # packet partitions read from since they were assigned
-    records_per_message: float = 1000.0  # a running mean over the packet messages read
+    heads: dict[int, int] = field(default_factory=dict)  # the newest honest event time read from each
+    head_ref: dict[int, int] = field(default_factory=dict)  # the reference (broker) time it last moved at
+    last_ref: dict[int, int] = field(default_factory=dict)  # the latest reference time read from each
+    records_per_message: float = 1000.0  # the largest message lately (decays by 1/16 a message)
+    since: dict[int, float] = field(default_factory=dict)  # when decide first saw each partition (monotonic)
 
     # -- what happened ----------------------------------------------------------------------
 
-    def read(self, p: int) -> None:
-        """A message of packet partition p was handled (whatever it held)."""
+    def read(self, p: int, head: int | None, ref_ns: int) -> None:
+        """A message of packet partition p was handled (whatever it held): ``head`` the newest
+        honest event time among its records (None: none), ``ref_ns`` its reference (broker) time."""
         self.read_from.add(p)
+        self.last_ref[p] = max(self.last_ref.get(p, ref_ns), ref_ns)
+        if head is not None and head > self.heads.get(p, NO_PROGRESS):
+            self.heads[p] = head
+            self.head_ref[p] = self.last_ref[p]
 
     def records(self, n: int) -> None:
         """A packet message of n records was read into the open transaction."""
         self.txn_records += n
-        self.records_per_message += (n - self.records_per_message) / 16
+        self.records_per_message = max(float(n), self.records_per_message * 15 / 16)
 
     def wrote(self, q: int, end: int) -> None:
         """A repartition message was delivered to partition q, ending at offset ``end`` (exclusive)."""
@@ -74,6 +87,10 @@ class Intake:
         """Packet partition p is no longer ours."""
         self.paused.discard(p)
         self.read_from.discard(p)
+        self.heads.pop(p, None)
+        self.head_ref.pop(p, None)
+        self.last_ref.pop(p, None)
+        self.since.pop(p, None)
 
     def reset(self) -> None:
         """A rewind or a rejoin: nothing waited for, nothing paused (the caller resumes first)."""
@@ -83,6 +100,7 @@ class Intake:
         self.paused = set()
         self.pending = None
         self.read_from = set()
+        self.heads, self.head_ref, self.last_ref, self.since = {}, {}, {}, {}
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -93,43 +111,49 @@ class Intake:
     def consume_size(self, mine: int) -> int:
         """How many messages one consume() takes: MAX_CONSUME, but while stage one reads, few
         enough that the packet messages among them stay within the transaction's remaining
-        records (a packet message may hold tens of thousands of records)."""
+        records if none is larger than the largest lately (a packet message may hold tens of
+        thousands of records; a sudden jump in size can still overshoot)."""
         if not mine or len(self.paused) >= mine:
             return MAX_CONSUME
         left = max(0, self.commit_records - self.txn_records)
         return max(1, min(MAX_CONSUME, int(left / max(1.0, self.records_per_message)) + 1))
 
-    def decide(self, mine: Set[int], stage_two_at: Mapping[int, int], heads: Mapping[int, int],
-               progress: Mapping[int, int], at_end: Set[int]) -> Decision:
+    def decide(self, mine: Set[int], stage_two_at: Mapping[int, int], at_end: Set[int], now: float) -> Decision:
         """Which of our packet partitions ``mine`` must wait.
 
-        ``stage_two_at``: the position stage two has read each of our repartition partitions to;
-        ``heads``: the newest honest event time read from each of ``mine`` (NO_PROGRESS: none);
-        ``progress``: every packet partition's progress as stage two knows it; ``at_end``: those of
-        ``mine`` read to their end."""
+        ``stage_two_at``: how far stage two has read each of our repartition partitions;
+        ``at_end``: those of ``mine`` read to their end; ``now``: monotonic time."""
+        for p in mine:
+            self.since.setdefault(p, now)
         wait = self.full
         if not wait and len(self.gates) >= 2:
             wait = any(q in stage_two_at and stage_two_at[q] < end for q, end in self.gates[-2].items())
-        return Decision(set(mine) if wait else self._ahead(mine, heads, progress, at_end), wait)
+        return Decision(set(mine) if wait else self._ahead(mine, at_end, now), wait)
 
-    def _ahead(self, mine: Set[int], heads: Mapping[int, int], progress: Mapping[int, int],
-               at_end: Set[int]) -> set[int]:
-        """Of ``mine``, those too far ahead of the slowest partition with unread input (a paused one
-        waits until it is within half the bound). One of ours is as far as its head (its progress
-        lags that while it warms up); one read to its end holds nothing back, nor does one whose
-        messages gave no honest time; one not read from yet holds the others until its first
-        message (librdkafka's queue may hold a whole partition's backlog before another's first
-        message). Another process's is as far as its progress (none yet: it holds nothing)."""
+    def _head(self, p: int) -> int:
+        """How far partition p is read in event time: its head, unless that stood still for idle_ns of
+        broker time while its messages went on (a host whose clock went off, undecodable messages:
+        it would hold the others for nothing); NO_PROGRESS then, or when none was read."""
+        head = self.heads.get(p, NO_PROGRESS)
+        if head == NO_PROGRESS or self.last_ref.get(p, 0) - self.head_ref.get(p, 0) > self.idle_ns:
+            return NO_PROGRESS
+        return head
+
+    def _ahead(self, mine: Set[int], at_end: Set[int], now: float) -> set[int]:
+        """Of ``mine``, those too far ahead of the slowest with unread input (a paused one waits until
+        it is within half the bound). One read to its end holds nothing back, nor does one without a
+        head (see _head); one not read from yet holds the others until its first message
+        (librdkafka's queue may hold a whole partition's backlog before another's first message), for
+        UNREAD_HOLD_S at most."""
         pending = self.pending
         if self.align_ns <= 0 or not pending or not mine:
             return set()
-        at = dict(progress)
-        for p in mine:
-            at[p] = heads.get(p, NO_PROGRESS)
-        unread = {p for p in mine if p in pending and p not in self.read_from and p not in at_end}
+        at = {p: self._head(p) for p in mine}
+        live = (set(mine) & pending) - set(at_end)
+        unread = {p for p in live if p not in self.read_from and now - self.since[p] < UNREAD_HOLD_S}
         if unread:
             return {p for p in mine - unread if at[p] != NO_PROGRESS}
-        slow = [at[p] for p in pending if at.get(p, NO_PROGRESS) != NO_PROGRESS and not (p in mine and p in at_end)]
+        slow = [at[p] for p in live if at[p] != NO_PROGRESS]
         if not slow:
             return set()
         slowest = min(slow)

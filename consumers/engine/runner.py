@@ -173,7 +173,7 @@ class RunCounters:
     records_out_of_order: int = 0  # older than their packet partition's progress minus the grace: not routed
     records_clock_skewed: int = 0  # stamped out of the clock tolerance: not routed
     undecodable: int = 0  # packet messages that did not decode or featurize (dead-lettered)
-    intake_waits: int = 0  # times stage one waited: its transaction full, or stage two behind (intake.py)
+    intake_waits: int = 0  # times stage one waited for stage two (intake.py)
     partitions_held: int = 0  # times a packet partition waited for the slowest one (intake.py)
 
 
@@ -241,7 +241,7 @@ class StreamRunner:
         self.instance = ""
         self._rejoining = False
         self._rejoins: list[float] = []  # when the consumer was replaced (see _rejoin)
-        self.intake = Intake(cfg.commit_records, int(cfg.align_s * 1e9))  # what stage one reads (intake.py)
+        self.intake = Intake(cfg.commit_records, int(cfg.align_s * 1e9), int(cfg.idle_s * 1e9))  # intake.py
         self.heartbeat = time.monotonic()
 
     # -- setup ------------------------------------------------------------------------------
@@ -397,6 +397,7 @@ class StreamRunner:
             self.intake.forget(p)  # (librdkafka keeps a pause: _on_assign resumes it if it comes back)
         if topic == self.cfg.repartition_topic:
             self.states.pop(p, None)
+            self.eof_at.pop(p, None)  # a stale end would let a barrier pass once it is assigned again
             self._batches.pop(p, None)
             self._batch_rows.pop(p, None)
             self.dirty.discard(p)
@@ -500,7 +501,6 @@ class StreamRunner:
         self.eof.discard(key)
         self.counters.messages_in += 1
         if key[0] == self.cfg.packet_topic:
-            self.intake.read(key[1])
             self._rekey(m)
         else:
             self._apply(m)
@@ -521,16 +521,11 @@ class StreamRunner:
         assert self.consumer is not None
         rt, pt = self.cfg.repartition_topic, self.cfg.packet_topic
         mine = {p for t, p in self.assigned if t == pt}
-        heads = {p: max(c.points.values()) for p in mine if (c := self.clocks.get(p)) is not None and c.points}
-        progress: dict[int, int] = {}
-        for st in self.states.values():
-            for p, prog in st.sources.items():
-                progress[p] = max(progress.get(p, NO_PROGRESS), prog)
         # how far stage two has read: a partition assigned anew has no position until a message
         # comes, but its end-of-partition says it (a gate's rows read before a rebalance would
         # otherwise be waited for forever)
         read = {q: max(self.positions.get((rt, q), -1), self.eof_at.get(q, -1)) for t, q in self.assigned if t == rt}
-        d = self.intake.decide(mine, read, heads, progress, {p for p in mine if (pt, p) in self.eof})
+        d = self.intake.decide(mine, read, {p for p in mine if (pt, p) in self.eof}, time.monotonic())
         pause, resume = d.paused - self.intake.paused, (self.intake.paused & mine) - d.paused
         if pause:
             self.consumer.pause([TopicPartition(pt, p) for p in sorted(pause)])
@@ -596,7 +591,9 @@ class StreamRunner:
         feature extraction raise) sets it aside: counted, dead-lettered, never a crash."""
         self.counters.undecodable += 1
         # it moves the partition's broker time on: a partition of nothing but such messages warms up
-        self.clocks.setdefault(m.partition() or 0, SourceClock()).seen(self._reference_ns(m), self.rules)
+        ref = self._reference_ns(m)
+        self.clocks.setdefault(m.partition() or 0, SourceClock()).seen(ref, self.rules)
+        self.intake.read(m.partition() or 0, None, ref)
         if isinstance(e, DecodeError):
             reason = str(e)
         else:
@@ -631,9 +628,14 @@ class StreamRunner:
         self.counters.records_in += batch.n
         self.intake.records(batch.n)
         clock = self.clocks.setdefault(p, SourceClock())
+        ref = self._reference_ns(m)
+        head = None
         if len(f.rows):
             before = clock.progress
-            j = clock.judge(origin, f.rows["ts_ns"], self._reference_ns(m), self.rules)
+            j = clock.judge(origin, f.rows["ts_ns"], ref, self.rules)
+            honest = ~(j.future | j.behind)
+            if honest.any():
+                head = min(int(f.rows["ts_ns"][honest].max()), ref)
             self.clock_reporter.measured(origin, j.offset_ns)
             packets = f.rows["packets"]
             if j.future.any() or j.behind.any():
@@ -647,7 +649,8 @@ class StreamRunner:
             if not j.keep.all():
                 f = Features(take(f.rows, j.keep), f.strings)
         else:
-            clock.seen(self._reference_ns(m), self.rules)
+            clock.seen(ref, self.rules)
+        self.intake.read(p, head, ref)
         progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
         headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]
@@ -736,11 +739,14 @@ class StreamRunner:
         # pending set is taken with each partition's committed end, and used once we have read
         # that far (a later end would do too, but under load it would never be reached).
         # Rows this process wrote in its open transaction need no wait: they come from packet
-        # partitions read since the last commit, pending therefore, which hold the watermark at
-        # the progress their earlier messages carried, and stage one let through only rows within
-        # the grace of that. (Waiting for stage two to read them, as this did before, never
-        # happened under steady input: every turn writes more, so windows stayed open and the
-        # state grew with the whole input.)
+        # partitions read since the last commit, pending when the barrier was taken if they had
+        # input then, and so holding the watermark at the progress their earlier messages carried;
+        # stage one let through only rows within the grace of that. One that was caught up then
+        # holds it at its progress while that is within --idle-s of wall-clock time; only a source
+        # idle longer, whose new rows arrive between the barrier and its use, can find windows closed
+        # (late_records), as the idle rule says for its older rows anyway. (Waiting for stage two to
+        # read them, as this did before, never happened under steady input: every turn writes more,
+        # so windows stayed open and the state grew with the whole input.)
         if any(q not in self.barriers for q in ready):
             pending = self._pending()
             if pending is None:
@@ -823,12 +829,18 @@ class StreamRunner:
         self._reset_intake()  # resumed before the seeks below
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
         committed, states = self._committed_with_states(self.consumer, parts)
+        fresh = []
         for tp in committed:
-            self._resume_from(tp)
+            key = (tp.topic, tp.partition)
+            self.positions.pop(key, None)  # read again from the commit: a stale one would let a barrier pass
+            if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
+                self.positions[key] = tp.offset  # committed with the next transaction (as in _on_assign)
+                fresh.append(key)
             self.consumer.seek(tp)
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = states[tp.partition]
         self.changed.clear()
+        self.changed.update(fresh)
         self.dirty.clear()
         self.eof.clear()
         self.eof_at.clear()
