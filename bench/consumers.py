@@ -11,7 +11,10 @@ real command, ``pktstream <app> --from-beginning --until-end``, pinned to one CP
 and reports records / second between its first assignment and its "caught up" log line. A
 local broker is pinned to the other CPUs (all its threads), so that it does not share the
 consumer's.
-It also reports the in-process rate of the same work without Kafka (decode, features, re-key,
+It also reports the command's peak RSS, its transactions (with how often stage one waited for stage
+two and partitions were held back in event time: consumers/engine/intake.py) and how many
+``state_degraded`` lines it logged (a partition's state over its budget, made less detailed), and
+the in-process rate of the same work without Kafka (decode, features, re-key,
 per-partition state), which is the ceiling the Kafka round trip eats into.
 
 ``--span-s`` is the event time the records cover. The default, 20 s for the default 1,980,000
@@ -103,6 +106,7 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
         raise SystemExit(f"pktstream {app} failed ({proc.returncode}):\n{stderr[-3000:]}")
     t_assign = t_done = None
     done: dict[str, Any] = {}
+    degraded = 0
     for line in stderr.splitlines():
         try:
             e = json.loads(line)
@@ -113,13 +117,16 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
             t_assign = ts
         if e.get("event") == "stream_caught_up":
             t_done, done = ts, e
+        degraded += e.get("event") == "state_degraded"
     assert t_assign and t_done, stderr[-2000:]
     secs = (t_done - t_assign).total_seconds()
     # a benchmark that set rows aside as late would measure less work than it claims
     late = done.get("records_out_of_order", 0) + done.get("late_records", 0)
     assert late == 0, f"{late} records counted late: the generated traffic is out of order"
     return {"records": done["records_in"], "seconds": secs, "rate": done["records_in"] / secs,
-            "outputs": done["outputs"], "peak_rss_mb": peak_mb,
+            "outputs": done["outputs"], "peak_rss_mb": peak_mb, "transactions": done["transactions"],
+            "intake_waits": done.get("intake_waits", 0), "partitions_held": done.get("partitions_held", 0),
+            "degraded": degraded,
             "repartition_bytes": topic_bytes(data_dir, f"{app_id}.repartition"),
             "state_bytes": topic_bytes(data_dir, f"{app_id}.state")}
 
@@ -188,6 +195,8 @@ def main() -> None:
           f"{res['seconds']:.2f} s, {res['outputs']} records out)")
     conns = a.connections * a.hosts
     print(f"connections: {conns:,} ({conns / res['seconds']:,.0f} per second)  peak RSS: {res['peak_rss_mb']:,.0f} MB")
+    print(f"transactions: {res['transactions']:,} (stage one waited {res['intake_waits']}, partitions held "
+          f"{res['partitions_held']})  state_degraded lines: {res['degraded']}")
     if packet_bytes:
         rb, sb = res["repartition_bytes"] or 0, res["state_bytes"] or 0
         print(f"bytes per record: packet topic {packet_bytes / res['records']:.1f} (zstd), repartition "

@@ -5,9 +5,12 @@ one consumer group named by its app id:
 
 1. **re-key**: a packet-topic message (one host's batch) is decoded into columns, turned into
    feature rows (``engine/features.py``) and split by the app's ``route`` (a hash of the destination
-   address, or of the source) over the partitions of ``<app>.repartition``. Every input message
-   sends one message to *every* repartition partition, empty or not, with headers naming its
-   source partition and how far that source's event time has got.
+   address, or of the source) over the partitions of ``<app>.repartition``: one message to each
+   partition that gets rows, with headers naming its source partition and how far that source's
+   event time has got. Before a transaction commits, every repartition partition not yet told a
+   source's latest progress gets an empty message saying it (``_tell_progress``), so that at each
+   commit, the only point stage two can see, every partition knows every source's progress as if
+   each input message had gone to all of them.
 2. **state**: each repartition partition has its own state (windows, flow tables, open alerts),
    fed by the rows routed to it, so everything towards one destination meets in one place
    whatever host captured it.
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -64,7 +68,7 @@ from pktstream.consumers.engine.eventtime import (
     SourceClock,
     watermark,
 )
-from pktstream.consumers.engine.features import Features, compact, concat, decode, encode, take
+from pktstream.consumers.engine.features import FEATURE_DTYPE, Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.intake import Intake
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import (
@@ -241,6 +245,7 @@ class StreamRunner:
         self.instance = ""
         self._rejoining = False
         self._rejoins: list[float] = []  # when the consumer was replaced (see _rejoin)
+        self.told: dict[tuple[int, int], int] = {}  # (packet p, repartition q) -> the progress sent to q
         self.intake = Intake(cfg.commit_records, int(cfg.align_s * 1e9), int(cfg.idle_s * 1e9))  # intake.py
         self.heartbeat = time.monotonic()
 
@@ -298,6 +303,7 @@ class StreamRunner:
         self.produced = 0
         self._uncommitted = []
         self._reset_intake()
+        self.told.clear()
         self._rejoining = False
         self._subscribe()  # a new consumer: nothing paused
 
@@ -395,6 +401,7 @@ class StreamRunner:
         if topic == self.cfg.packet_topic:
             self.clocks.pop(p, None)
             self.intake.forget(p)  # (librdkafka keeps a pause: _on_assign resumes it if it comes back)
+            self.told = {k: v for k, v in self.told.items() if k[0] != p}
         if topic == self.cfg.repartition_topic:
             self.states.pop(p, None)
             self.eof_at.pop(p, None)  # a stale end would let a barrier pass once it is assigned again
@@ -654,13 +661,34 @@ class StreamRunner:
         progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
         headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]
-        empty = Features(f.rows[:0], [])
         limit = self._repartition_limit()
-        for q in range(self.nparts):
-            for value in encode_within(routed.get(q, empty), limit):
+        for q in sorted(routed):
+            if not len(routed[q].rows):
+                continue
+            for value in encode_within(routed[q], limit):
                 self._produce(self.cfg.repartition_topic, value, partition=q, headers=headers,
                               on_delivery=self._delivered)
+            self.told[(p, q)] = clock.progress
         self.counters.batches_rekeyed += 1
+
+    def _tell_progress(self) -> None:
+        """Before a commit: an empty repartition message to every partition that has not been told
+        a packet partition's latest progress (see the module's docstring). One per source and
+        partition and commit at most, where every input message used to send one to each."""
+        for p in sorted(p for t, p in self.assigned if t == self.cfg.packet_topic):
+            clock = self.clocks.get(p)
+            if clock is None:
+                continue
+            headers = [(H.SRC, str(p).encode()), (H.PROGRESS, str(clock.progress).encode())]
+            empty = None
+            for q in range(self.nparts):
+                if self.told.get((p, q)) == clock.progress:
+                    continue
+                if empty is None:
+                    empty = encode(Features(np.zeros(0, FEATURE_DTYPE), []))
+                self._produce(self.cfg.repartition_topic, empty, partition=q, headers=headers,
+                              on_delivery=self._delivered)
+                self.told[(p, q)] = clock.progress
 
     def _repartition_limit(self) -> int:
         """The largest repartition message to write: what the topic accepts, less room for the
@@ -785,6 +813,7 @@ class StreamRunner:
         if not self._has_work():
             return True
         self._process_batches()
+        self._tell_progress()
         for q in sorted(self.dirty):
             st = self.states.get(q)
             if st is None:
@@ -827,6 +856,7 @@ class StreamRunner:
         """After an aborted transaction: back to the last commit (offsets and state)."""
         assert self.consumer is not None
         self._reset_intake()  # resumed before the seeks below
+        self.told.clear()  # what the aborted transaction told is gone
         parts = [TopicPartition(t, p) for (t, p) in sorted(self.assigned)]
         committed, states = self._committed_with_states(self.consumer, parts)
         fresh = []

@@ -188,3 +188,33 @@ def test_a_backlog_is_read_in_bounded_transactions_with_its_partitions_side_by_s
     assert fig["transactions"] >= total / (20000 + 2 * biggest)
     assert fig["intake_waits"] > 0
     assert fig["partitions_held"] > 0, fig
+
+
+def test_quiet_hosts_tiny_messages_go_only_where_they_have_rows(kafka_bootstrap: str, catalog: Path) -> None:
+    """Three quiet hosts sending a message per 100 ms of their traffic (a record or two each) on one
+    partition, re-keyed over six: a repartition partition gets a message only where a message has
+    rows, and each source's progress once per commit, not an empty message per input message and
+    partition as before; every record still counts in its minute, none late."""
+    import subprocess
+
+    from tests.support.helpers import read_messages
+
+    topic = f"et-quiet-{uuid.uuid4().hex[:8]}"
+    ensure_topic({"bootstrap.servers": kafka_bootstrap}, topic, 1, config=TOPIC_CONFIG)
+    t0 = (time.time_ns() - 5 * MIN) // MIN * MIN
+    hosts = [generate(200, t0, 3 * MIN, clients=50, seed=90 + h) for h in range(3)]
+    msgs = [m for h, t in enumerate(hosts) for m in by_time(t, f"q{h}", t0, S // 10, phase_ns=h * S // 30)]
+    send(kafka_bootstrap, topic, msgs, {f"q{h}": 0 for h in range(3)})
+    app = f"t-et-{uuid.uuid4().hex[:6]}"
+    p = subprocess.run(usage_cmd(kafka_bootstrap, topic, app, f"{topic}.usage", catalog, "--partitions", "6"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    fig = final_figures(log_events(p.stderr))
+    rows = [r for r in (json.loads(line) for line in p.stdout.splitlines()) if r["window_s"] == 60]
+    assert fig["records_out_of_order"] == fig["late_records"] == 0
+    assert per_minute(rows) == expected_per_minute(*hosts)
+    repartition = read_messages(kafka_bootstrap, f"{app}.repartition")
+    with_rows = sum(1 for _k, v, _h in repartition if v and len(v) > 64)  # an empty batch is a few bytes
+    assert fig["batches_rekeyed"] == len(msgs)
+    assert len(repartition) - with_rows <= 6 * fig["transactions"]  # progress: a source per partition and commit
+    assert len(repartition) < 6 * len(msgs) / 2, (len(repartition), len(msgs))
