@@ -8,9 +8,10 @@ one consumer group named by its app id:
    address, or of the source) over the partitions of ``<app>.repartition``: one message to each
    partition that gets rows, with headers naming its source partition and how far that source's
    event time has got. Before a transaction commits, every repartition partition not yet told a
-   source's latest progress gets an empty message saying it (``_tell_progress``), so that at each
-   commit, the only point stage two can see, every partition knows every source's progress as if
-   each input message had gone to all of them.
+   source's latest progress gets an empty message saying it (``_tell_progress``), so that once it
+   has read a commit's messages, every partition knows every source's progress as if each input
+   message had gone to all of them (the watermark's barriers are taken after this process's own
+   commit, so that another instance's committed transaction is read whole first: see _advance).
 2. **state**: each repartition partition has its own state (windows, flow tables, open alerts),
    fed by the rows routed to it, so everything towards one destination meets in one place
    whatever host captured it.
@@ -766,27 +767,22 @@ class StreamRunner:
         # move), and judged against a watermark that ignores them they would be late. So the
         # pending set is taken with each partition's committed end, and used once we have read
         # that far (a later end would do too, but under load it would never be reached).
-        # Rows this process wrote in its open transaction need no wait: they come from packet
-        # partitions read since the last commit, pending when the barrier was taken if they had
-        # input then, and so holding the watermark at the progress their earlier messages carried;
-        # stage one let through only rows within the grace of that. One that was caught up then
-        # holds it at its progress while that is within --idle-s of wall-clock time; only a source
-        # idle longer, whose new rows arrive between the barrier and its use, can find windows closed
-        # (late_records), as the idle rule says for its older rows anyway. (Waiting for stage two to
-        # read them, as this did before, never happened under steady input: every turn writes more,
-        # so windows stayed open and the state grew with the whole input.)
-        if any(q not in self.barriers for q in ready):
-            pending = self._pending()
-            if pending is None:
-                return
-            now_ns = time.time_ns()
-            for q in ready:
-                if q not in self.barriers:
-                    end = self._committed_end(q)
-                    if end is None:
-                        return
-                    self.barriers[q] = (pending, end, now_ns)
+        # The barriers are taken right after this process's commit (_take_barriers): its own open
+        # transaction, had it written to q already, would hold q's last stable offset before the
+        # tail of another instance's transaction committed just before the check, and the tail's
+        # rows (and the progress told at its end) would come after a watermark that ignores them.
+        # Rows this process writes after that need no wait: they come from packet partitions read
+        # since the commit, pending at the check if they had input then, and so holding the
+        # watermark at the progress told by the last commit; stage one lets through only rows
+        # within the grace of that. One caught up then holds it at its progress while that is
+        # within --idle-s of wall-clock time; only a source idle longer, whose new rows arrive
+        # between the barrier and its use, can find windows closed (late_records), as the idle rule
+        # says for its older rows anyway. (Waiting for stage two to read them, as this did before
+        # 2026-12-06, never happened under steady input: every turn writes more, so windows stayed
+        # open and the state grew with the whole input.)
         for q in ready:
+            if q not in self.barriers:
+                continue
             pending, end, now_ns = self.barriers[q]
             if max(self.positions.get((self.cfg.repartition_topic, q), -1), self.eof_at.get(q, -1)) < end:
                 continue
@@ -797,6 +793,22 @@ class StreamRunner:
                 st.watermark = wm
                 self._emit(self.proc.close(st.data, wm))
                 self.dirty.add(q)
+
+    def _take_barriers(self) -> None:
+        """After a commit: the pending packet partitions, then each repartition partition's last
+        stable offset, for the partitions without a barrier (see _advance)."""
+        missing = [q for q in self.states if q not in self.barriers]
+        if not missing:
+            return
+        pending = self._pending()
+        if pending is None:
+            return
+        now_ns = time.time_ns()
+        for q in missing:
+            end = self._committed_end(q)
+            if end is None:
+                return
+            self.barriers[q] = (pending, end, now_ns)
 
     def _emit(self, outs: list[Output]) -> None:
         for o in outs:
@@ -811,6 +823,7 @@ class StreamRunner:
         the state rewound to the last commit (the caller must not take its outputs as published)."""
         assert self.producer is not None and self.consumer is not None
         if not self._has_work():
+            self._take_barriers()  # nothing open: the check sees everything committed (windows close when quiet)
             return True
         self._process_batches()
         self._tell_progress()
@@ -828,6 +841,7 @@ class StreamRunner:
             self._rewind()
             return False
         self.counters.transactions += 1
+        self._take_barriers()
         self.changed.clear()
         self.dirty.clear()
         self.produced = 0
