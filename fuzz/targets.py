@@ -354,7 +354,7 @@ def redact_checks(inp: Input) -> None:
         chunk = inp.take(inp.left() // (n - i))[:width]
         recs["payload"][i, : len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
     before = recs.view(np.uint8).reshape(n, -1).copy()
-    count = redact(recs, extra)
+    count = redact(recs, extra, keep_http2_headers=bool(shape & 0x20))
     after = recs.view(np.uint8).reshape(n, -1)
     changed = 0
     for i in range(n):

@@ -1,10 +1,93 @@
-/* Credential redaction in payload prefixes, in place, called through ctypes (no Python API used). */
+/* Credential redaction in payload prefixes, in place, called through ctypes (no Python API used).
+ *
+ * Secret bytes are replaced by '*' (lengths never change, nothing past a row's valid bytes is read
+ * or written). Rules, each over the whole prefix (a body may start a TCP segment of its own):
+ *  - HTTP/2 (and gRPC): the header blocks of HEADERS, CONTINUATION and PUSH_PROMISE frames;
+ *  - header lines whose name is a credential header (by name or by its ending: ...-Token, ...-Key
+ *    of an API, ...-Secret, Cookie, Authorization, ...), to the end of the line and its folds;
+ *    a prefix that begins inside a header value (the rest of a long Cookie) to the end of its
+ *    first line;
+ *  - credential names wherever they sit: query and form fields (name=value, also after '#' and
+ *    '"'), JSON members at any depth (string, scalar or array values), multipart fields; names
+ *    are compared after percent-decoding, taking the last [...] of a bracketed name, without
+ *    regard to case or to '_', '-', '.' (accessToken = access_token = ACCESS-TOKEN);
+ *  - URL userinfo (scheme://user:PASSWORD@host);
+ *  - values by their shape, under any name: JWTs, AWS access key ids, GitHub, GitLab, Slack and
+ *    Stripe tokens, Google API keys, PEM private-key blocks, long random tokens in a request
+ *    line's path.
+ * No rule keeps state across the prefix that one stray byte could flip: each match is judged
+ * from the bytes around it. */
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define KEEP_HTTP2_HEADERS 1 /* flags: leave HTTP/2 header blocks as they are */
+#define MAX_NAME 64	     /* the longest name judged, after decoding */
+#define MAX_RAW_NAME 192     /* the longest name as written (percent-encoded) */
+
+/* Character classes, one bit each (generated: see the names below). */
+enum { C_TCHAR = 1, C_NAME = 2, C_B64URL = 4, C_ALNUM = 8, C_SEP = 16, C_WS = 32, C_PRINT = 64, C_PATHEND = 128 };
+static const uint8_t CLS[256] = {
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,  96, 160,   0,   0, 160,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	240,  65,  64, 193,  65,  67,  65,  65,  64,  64,  65,  65,  64,  87,  83, 192,
+	 79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  64, 192,  64,  64,  64, 192,
+	 64,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,
+	 79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  66,  64,  66,  65,  87,
+	 65,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,
+	 79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  79,  64,  65,  64,  65,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+	  0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+};
 
 static inline uint8_t lower(uint8_t c)
 {
 	return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c;
+}
+
+static inline int is_alnum(uint8_t c)
+{
+	return CLS[c] & C_ALNUM;
+}
+
+static inline int is_sep(uint8_t c)
+{
+	return CLS[c] & C_SEP;
+}
+
+static inline int is_ws(uint8_t c)
+{
+	return CLS[c] & C_WS;
+}
+
+/* RFC 9110 token characters: what a header name is made of. */
+static inline int tchar(uint8_t c)
+{
+	return CLS[c] & C_TCHAR;
+}
+
+/* Characters of a form or query name as written: name[sub], percent escapes. */
+static inline int name_char(uint8_t c)
+{
+	return CLS[c] & C_NAME;
+}
+
+static inline int hexval(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = lower(c);
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
 }
 
 /* Does p[0..len) start with the lower-case word w (case-insensitively)? */
@@ -17,41 +100,206 @@ static int starts_with(const uint8_t *p, int64_t len, const char *w)
 	return 1;
 }
 
-static const char *const SECRET_HEADERS[] = {
-	"authorization:", "proxy-authorization:", "cookie:", "set-cookie:", "x-api-key:", "api-key:",
-	"apikey:", "x-auth-token:", "x-access-token:", "x-amz-security-token:", "x-csrf-token:", 0,
+/* A name as it is compared: percent-decoded, the last non-empty [...] of a bracketed name
+ * (user[password] -> password, token[] -> token), lower case, separators dropped. Writes at most
+ * MAX_NAME bytes to out; returns the length, or -1 when it is no name (empty, too long). */
+static int canon(const uint8_t *p, int64_t len, uint8_t *out)
+{
+	uint8_t dec[MAX_RAW_NAME];
+	int64_t n = 0;
+	if (len < 1 || len > MAX_RAW_NAME)
+		return -1;
+	int k = 0;
+	for (int64_t i = 0; i < len; i++) { /* most names: no escapes, no brackets */
+		uint8_t c = p[i];
+		if (c == '%' || c == '[' || c == ']') {
+			k = -1;
+			break;
+		}
+		if (is_sep(c))
+			continue;
+		if (k == MAX_NAME)
+			return -1;
+		out[k++] = lower(c);
+	}
+	if (k >= 0)
+		return k ? k : -1;
+	for (int64_t i = 0; i < len; i++) {
+		uint8_t c = p[i];
+		if (c == '%' && i + 2 < len && hexval(p[i + 1]) >= 0 && hexval(p[i + 2]) >= 0) {
+			c = (uint8_t)(hexval(p[i + 1]) * 16 + hexval(p[i + 2]));
+			i += 2;
+		}
+		dec[n++] = c;
+	}
+	int64_t s = 0, e = n;
+	/* bracketed: the last [...] that is not empty; trailing [] dropped */
+	while (e > s && dec[e - 1] == ']') {
+		int64_t o = e - 1;
+		while (o > s && dec[o - 1] != '[')
+			o--;
+		if (o == s)
+			break; /* no '[': a name ending in ']' */
+		if (o == e - 1) {  /* "[]" */
+			e = o - 1;
+			continue;
+		}
+		s = o, e = e - 1;
+		break;
+	}
+	k = 0;
+	for (int64_t i = s; i < e; i++) {
+		uint8_t c = dec[i];
+		if (is_sep(c))
+			continue;
+		if (k == MAX_NAME)
+			return -1;
+		out[k++] = lower(c);
+	}
+	return k ? k : -1;
+}
+
+#define NAME(w) { w, sizeof(w) - 1 }
+struct word {
+	const char *w;
+	int len;
+};
+/* Credential names, canonical (see canon; docs/operations.md lists them), by first letter: each
+ * after its length byte. */
+static const char *const NAMES_BY_FIRST[26] = {
+	['a' - 'a'] = "\x04" "auth\x06" "apikey\x08" "apitoken\x09" "authtoken\x09" "accesskey\x09" "assertion\x0b" "accesstoken\x0d" "authorization\x12" "awssecretaccesskey",
+	['b' - 'a'] = "\x06" "bearer",
+	['c' - 'a'] = "\x06" "cookie\x09" "csrftoken\x0a" "credential\x0b" "credentials\x0c" "clientsecret\x0f" "clientassertion\x13" "csrfmiddlewaretoken",
+	['i' - 'a'] = "\x07" "idtoken",
+	['j' - 'a'] = "\x03" "jwt",
+	['k' - 'a'] = "\x03" "key",
+	['o' - 'a'] = "\x0a" "oauthtoken",
+	['p' - 'a'] = "\x03" "pwd\x04" "pass\x06" "passwd\x08" "password\x0a" "privatekey\x0a" "passphrase",
+	['r' - 'a'] = "\x0c" "refreshtoken",
+	['s' - 'a'] = "\x03" "sig\x06" "secret\x07" "session\x09" "secretkey\x09" "signature\x09" "sessionid\x0c" "sessiontoken\x0c" "samlresponse\x0d" "securitytoken\x0f" "secretaccesskey\x0f" "subscriptionkey",
+	['t' - 'a'] = "\x05" "token",
+	['x' - 'a'] = "\x09" "xsrftoken\x0d" "xamzsignature\x0e" "xamzcredential\x0e" "xgoogsignature\x0f" "xgoogcredential\x11" "xamzsecuritytoken",
 };
 
-/* Credential names: query parameters, form fields, JSON members and multipart fields with one of
- * these names (any case) have their values redacted (docs/operations.md lists them). */
-#define NAME(w) { w, sizeof(w) - 1 }
-static const struct {
-	const char *w;
-	int64_t len;
-} SECRET_PARAMS[] = {
-	NAME("token"), NAME("access_token"), NAME("refresh_token"), NAME("id_token"), NAME("api_key"), NAME("apikey"),
-	NAME("key"), NAME("password"), NAME("passwd"), NAME("pwd"), NAME("secret"), NAME("client_secret"),
-	NAME("private_key"), NAME("sig"), NAME("signature"), NAME("auth"), NAME("session"), NAME("sessionid"),
-	{ 0, 0 },
-};
+/* Names that are credentials only as query or form fields (an OAuth callback's code), not as
+ * JSON members (where "code" is mostly an error code). */
+static const struct word QUERY_ONLY_NAMES[] = { NAME("code"), { 0, 0 } };
 #undef NAME
 
-/* Is p[0..len) one of the names (case-insensitively)? extra: more names, lower case, each ended by
- * a NUL, the list ended by an empty name (or a null pointer: none). Lengths and first letters
- * are compared before whole names: most candidates (every '=' and quoted string) fail there. */
-static int secret_param(const uint8_t *p, int64_t len, const char *extra)
+static int in_names(const uint8_t *c, int len)
 {
-	if (len < 1 || len > 64)
+	if (c[0] < 'a' || c[0] > 'z')
 		return 0;
-	uint8_t c0 = lower(p[0]);
-	for (int k = 0; SECRET_PARAMS[k].w; k++) {
-		if (SECRET_PARAMS[k].len == len && (uint8_t)SECRET_PARAMS[k].w[0] == c0 && starts_with(p, len, SECRET_PARAMS[k].w))
-			return 1;
-	}
-	for (const char *w = extra; w && *w; w += strlen(w) + 1)
-		if ((int64_t)strlen(w) == len && starts_with(p, len, w))
+	for (const char *w = NAMES_BY_FIRST[c[0] - 'a']; w && *w; w += 1 + *w)
+		if (*w == len && memcmp(w + 1, c, (size_t)len) == 0)
 			return 1;
 	return 0;
+}
+
+static int in_words(const uint8_t *c, int len, const struct word *ws)
+{
+	for (int k = 0; ws[k].w; k++)
+		if (ws[k].len == len && (uint8_t)ws[k].w[0] == c[0] && memcmp(c, ws[k].w, (size_t)len) == 0)
+			return 1;
+	return 0;
+}
+
+/* extra: more names, each ended by a NUL, the list ended by an empty name (or a null pointer);
+ * compared in canonical form as well. */
+static int in_extra(const uint8_t *c, int len, const char *extra)
+{
+	for (const char *w = extra; w && *w; w += strlen(w) + 1) {
+		int k = 0;
+		for (const char *x = w; *x; x++) {
+			uint8_t b = lower((uint8_t)*x);
+			if (is_sep(b))
+				continue;
+			if (k >= len || c[k] != b)
+				goto next;
+			k++;
+		}
+		if (k == len)
+			return 1;
+next:;
+	}
+	return 0;
+}
+
+/* Is p[0..len) a credential name? query: as a query or form field. */
+static int secret_name(const uint8_t *p, int64_t len, const char *extra, int query)
+{
+	uint8_t c[MAX_NAME];
+	int n = canon(p, len, c);
+	if (n < 0)
+		return 0;
+	return in_names(c, n) || (query && in_words(c, n, QUERY_ONLY_NAMES)) || in_extra(c, n, extra);
+}
+
+static inline int ends(const uint8_t *c, int n, const char *w, int l)
+{
+	if (l > n)
+		return 0;
+	for (int i = 1; i <= l; i++)
+		if (c[n - i] != (uint8_t)w[l - i])
+			return 0;
+	return 1;
+}
+
+#define ENDS(w) ends(c, n, w, (int)sizeof(w) - 1)
+#define IS(w) (n == (int)sizeof(w) - 1 && ENDS(w))
+
+/* Header names (canonical) that carry credentials: those ending in token, api key, secret,
+ * password, signature, credential(s), session id, authorization, cookie, subscription key,
+ * access key, private key, jwt or assertion (X-Vault-Token, Private-Token, X-Goog-Api-Key,
+ * Ocp-Apim-Subscription-Key, Set-Cookie, Proxy-Authorization...), and a few whole names. */
+static int secret_header_name(const uint8_t *c, int n)
+{
+	switch (c[n - 1]) {
+	case 'n':
+		return ENDS("token") || ENDS("authorization") || ENDS("assertion");
+	case 'y':
+		return ENDS("apikey") || ENDS("subscriptionkey") || ENDS("accesskey") || ENDS("privatekey") ||
+		       IS("xamznoidcidentity");
+	case 't':
+		return ENDS("secret") || ENDS("jwt");
+	case 'd':
+		return ENDS("password") || ENDS("passwd") || ENDS("sessionid");
+	case 'e':
+		return ENDS("signature") || ENDS("cookie");
+	case 'l':
+		return ENDS("credential");
+	case 's':
+		return ENDS("credentials");
+	case 'a':
+		return IS("xamznoidcdata");
+	case 'h':
+		return IS("auth") || IS("xauth");
+	}
+	return 0;
+}
+#undef ENDS
+#undef IS
+
+/* The length of a header name at p (token characters up to a ':'), or 0 when the line is not a
+ * header; *secret: whether it names a credential header. One pass: the name is put in canonical
+ * form as it is read. */
+static int64_t header_line(const uint8_t *p, int64_t len, const char *extra, int *secret)
+{
+	uint8_t c[MAX_NAME];
+	int n = 0, escaped = 0;
+	int64_t i = 0;
+	for (; i < len && i <= MAX_NAME && tchar(p[i]); i++) {
+		uint8_t b = p[i];
+		escaped |= b == '%';
+		if (!is_sep(b) && n < MAX_NAME)
+			c[n++] = lower(b);
+	}
+	if (i == 0 || i >= len || p[i] != ':')
+		return 0;
+	if (escaped)
+		n = canon(p, i, c);
+	*secret = n > 0 && (secret_header_name(c, n) || in_extra(c, n, extra));
+	return i;
 }
 
 /* Replace p[from..to) by '*' (within len); returns 1 if a byte changed. */
@@ -88,32 +336,116 @@ static int64_t closing_quote(const uint8_t *p, int64_t from, int64_t len)
 	return len;
 }
 
-static inline int name_char(uint8_t c)
+/* The length of a header name at p (tchars up to a ':'), or 0 when the line is not a header. */
+static int64_t header_name(const uint8_t *p, int64_t len)
 {
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
-	       c == '.';
+	int64_t i = 0;
+	while (i < len && i <= MAX_NAME && tchar(p[i]))
+		i++;
+	return (i > 0 && i < len && p[i] == ':') ? i : 0;
 }
 
-/* Bodies, wherever they sit in the prefix (a body may start a TCP segment of its own, with no
- * headers before it):
- * - form fields and query parameters, name=value: at each '=' the name before it (starting the
- *   prefix or after one of "&?;, \t\r\n"); the value runs to '&', a space, a line end or the end
- *   (query strings in request lines included: one rule serves both);
+/* The end of the line at from: its '\r' or '\n', or len. */
+static int64_t line_end(const uint8_t *p, int64_t from, int64_t len)
+{
+	const uint8_t *nl = memchr(p + from, '\n', (size_t)(len - from));
+	int64_t e = nl ? (int64_t)(nl - p) : len;
+	if (e > from && e < len && p[e - 1] == '\r')
+		e--;
+	return e;
+}
+
+static const char *const METHODS[] = { "get ", "post ", "put ", "delete ", "patch ", "head ", "options ",
+				       "connect ", "trace ", 0 };
+
+static int64_t request_line_method(const uint8_t *p, int64_t len)
+{
+	if (p[0] < 'C' || p[0] > 'T')
+		return 0;
+	for (int k = 0; METHODS[k]; k++)
+		if (p[0] == (uint8_t)METHODS[k][0] - 32 && starts_with(p, len, METHODS[k]))
+			return (int64_t)strlen(METHODS[k]);
+	return 0;
+}
+
+/* Header lines: the value of a credential header, from after the ':' and white space to the end
+ * of the line and of the lines that fold into it (obs-fold: starting with a space or a tab). A
+ * prefix that starts inside a header value (no name before it: the rest of a long Cookie or
+ * Authorization that the previous segment began) is redacted to the end of its first line when
+ * the line after it is a header or the blank line ending the headers. */
+static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t method)
+{
+	int changed = 0;
+	int64_t first = line_end(p, 0, len);
+	if (first < len && !method && !header_name(p, len)) {
+		int printable = first > 0;
+		for (int64_t i = 0; i < first && printable; i++) {
+			printable = CLS[p[i]] & C_PRINT;
+			if (p[i] == 'H' && starts_with(p + i, first - i, "http/"))
+				printable = 0; /* a request or status line (HTTP/2's preface too) */
+		}
+		int64_t next = first + (p[first] == '\r' ? 2 : 1);
+		if (printable && next < len && (p[next] == '\r' || p[next] == '\n' || header_name(p + next, len - next)))
+			changed |= stars(p, 0, first, len);
+	}
+	int secret = 0;
+	for (int64_t s = 0; s < len;) {
+		int64_t e = line_end(p, s, len);
+		int64_t nl = e < len && p[e] == '\r' ? e + 2 : e + 1;
+		if (secret && s < len && (p[s] == ' ' || p[s] == '\t')) {
+			changed |= stars(p, s, e, len); /* a folded line of the secret header's value */
+		} else {
+			int64_t n = header_line(p + s, len - s, extra, &secret);
+			if (secret) {
+				int64_t v = s + n + 1;
+				while (v < e && (p[v] == ' ' || p[v] == '\t'))
+					v++;
+				changed |= stars(p, v, e, len);
+			}
+		}
+		if (e >= len)
+			break;
+		s = nl;
+	}
+	return changed;
+}
+
+/* A JSON array value at v ('['), its strings and scalars redacted, to its closing bracket. */
+static int64_t star_array(uint8_t *p, int64_t v, int64_t len, int *changed)
+{
+	int depth = 0;
+	for (int64_t i = v; i < len; i++) {
+		uint8_t c = p[i];
+		if (c == '"') {
+			int64_t e = closing_quote(p, i + 1, len);
+			*changed |= stars(p, i + 1, e, len);
+			i = e;
+		} else if (c == '[' || c == '{') {
+			depth++;
+		} else if (c == ']' || c == '}') {
+			if (--depth == 0)
+				return i + 1;
+		} else if (c != ',' && c != ':' && !is_ws(c)) {
+			*changed |= stars(p, i, i + 1, len);
+		}
+	}
+	return len;
+}
+
+/* Bodies and query strings:
+ * - name=value (query parameters, form fields, a fragment's parameters): at each '=' the name
+ *   before it (starting the prefix or after one of "&?;,#\"' \t\r\n"); the value runs to '&', '#',
+ *   '"', white space or the end;
  * - multipart fields: name="..." in a Content-Disposition; the value runs from the blank line
- *   after it to the end of its line (the boundary follows) or the end;
- * - JSON members at any depth, "name": value; a string value runs to its closing quote (escapes
- *   skipped), any other scalar to ',', '}', ']' or white space; objects and arrays are entered, not
- *   redacted whole (their own members are judged by name).
- * A value the prefix cuts is redacted to the end of the prefix. */
-static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
+ *   after it to the end of its line (the boundary follows) or the end. */
+static int redact_forms(uint8_t *p, int64_t len, const char *extra)
 {
 	int changed = 0;
 	const uint8_t *q;
-	/* name=value and name="field" */
 	for (int64_t at = 0; at < len && (q = memchr(p + at, '=', (size_t)(len - at))) != 0;) {
 		int64_t eq = (int64_t)(q - p);
 		int64_t st = eq;
-		while (st > 0 && eq - st <= 64 && name_char(p[st - 1]))  /* no name is longer than 64 */
+		while (st > 0 && eq - st < MAX_RAW_NAME && name_char(p[st - 1]))
 			st--;
 		at = eq + 1;
 		if (st == eq)
@@ -124,13 +456,13 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 			int64_t f = eq + 2, fe = f;
 			while (fe < len && p[fe] != '"' && p[fe] != '\r' && p[fe] != '\n')
 				fe++;
-			if (!secret_param(p + f, fe - f, extra))
+			if (!secret_name(p + f, fe - f, extra, 1))
 				continue;
 			int64_t v = fe;
 			while (v + 3 < len && !(p[v] == '\r' && p[v + 1] == '\n' && p[v + 2] == '\r' && p[v + 3] == '\n'))
 				v++;
 			if (v + 3 >= len)
-				continue;  /* the value is not in the prefix */
+				continue; /* the value is not in the prefix */
 			v += 4;
 			int64_t e = v;
 			while (e < len && p[e] != '\r' && p[e] != '\n')
@@ -139,49 +471,79 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 			at = e;
 			continue;
 		}
-		if (!(before == '&' || before == '?' || before == ';' || before == ',' || before == ' ' ||
-		      before == '\t' || before == '\r' || before == '\n'))
+		if (!(before == '&' || before == '?' || before == ';' || before == ',' || before == '#' || before == '"' ||
+		      before == '\'' || is_ws(before)))
 			continue;
-		if (!secret_param(p + st, eq - st, extra))
+		if (!secret_name(p + st, eq - st, extra, 1))
 			continue;
 		int64_t e = eq + 1;
-		while (e < len && p[e] != '&' && p[e] != ' ' && p[e] != '\r' && p[e] != '\n')
+		while (e < len && p[e] != '&' && p[e] != '#' && p[e] != '"' && !is_ws(p[e]))
 			e++;
 		changed |= stars(p, eq + 1, e, len);
 		at = e;
 	}
-	/* "name": value */
-	for (int64_t at = 0; at < len && (q = memchr(p + at, '"', (size_t)(len - at))) != 0;) {
-		int64_t open = (int64_t)(q - p);
-		int64_t close = closing_quote(p, open + 1, len);
-		if (close >= len)
-			break;  /* the prefix ends inside it: no value follows */
-		if (close - open - 1 > 64) {
-			at = close + 1;  /* too long for a name: a string value; the next quote opens the next string */
+	return changed;
+}
+
+/* At each ':':
+ * - "name": value, a JSON member at any depth: the quote before the colon (white space between)
+ *   closes a name whose opening quote is the nearest one before it (so a stray quote earlier in
+ *   the prefix changes nothing); a string value runs to its closing quote (escapes skipped), any
+ *   other scalar to ',', '}', ']' or white space; an array's strings and scalars are redacted; an
+ *   object is entered (its own members are judged by name);
+ * - scheme://user:password@host: the password. */
+static int redact_colons(uint8_t *p, int64_t len, const char *extra)
+{
+	int changed = 0;
+	const uint8_t *q;
+	for (int64_t at = 0; at < len && (q = memchr(p + at, ':', (size_t)(len - at))) != 0;) {
+		int64_t c = (int64_t)(q - p);
+		at = c + 1;
+		if (c + 2 < len && p[c + 1] == '/' && p[c + 2] == '/') {
+			int64_t a = c + 3, pw = -1;
+			for (; a < len && a - c < 256; a++) {
+				uint8_t b = p[a];
+				if (b == '@' || b == '/' || b == '?' || b == '#' || b == '"' || b == '\'' || b == '<' ||
+				    b == '>' || is_ws(b))
+					break;
+				if (b == ':' && pw < 0)
+					pw = a + 1;
+			}
+			if (a < len && p[a] == '@' && pw > 0) {
+				changed |= stars(p, pw, a, len);
+				at = a + 1;
+			}
 			continue;
 		}
-		int64_t c = close + 1;
-		while (c < len && (p[c] == ' ' || p[c] == '\t' || p[c] == '\r' || p[c] == '\n'))
-			c++;
-		if (c >= len || p[c] != ':') {
-			at = close + 1;  /* a string, not a member name: go on after it */
+		int64_t b = c;
+		while (b > 0 && (p[b - 1] == ' ' || p[b - 1] == '\t'))
+			b--;
+		if (b == 0 || p[b - 1] != '"')
 			continue;
-		}
-		int secret = secret_param(p + open + 1, close - open - 1, extra);
+		int64_t close = b - 1;
+		if (close > 0 && p[close - 1] == '\\')
+			continue; /* an escaped quote: inside a string */
+		int64_t open = close - 1;
+		while (open >= 0 && close - open <= MAX_RAW_NAME + 1 && p[open] != '"')
+			open--;
+		if (open < 0 || p[open] != '"' || open + 1 == close)
+			continue;
+		if (!secret_name(p + open + 1, close - open - 1, extra, 0))
+			continue;
 		int64_t v = c + 1;
-		while (v < len && (p[v] == ' ' || p[v] == '\t' || p[v] == '\r' || p[v] == '\n'))
+		while (v < len && is_ws(p[v]))
 			v++;
-		at = v;
-		if (!secret || v >= len || p[v] == '{' || p[v] == '[')
+		if (v >= len || p[v] == '{')
 			continue;
 		if (p[v] == '"') {
 			int64_t e = closing_quote(p, v + 1, len);
 			changed |= stars(p, v + 1, e, len);
 			at = e + 1;
+		} else if (p[v] == '[') {
+			at = star_array(p, v, len, &changed);
 		} else {
 			int64_t e = v;
-			while (e < len && p[e] != ',' && p[e] != '}' && p[e] != ']' && p[e] != ' ' && p[e] != '\r' &&
-			       p[e] != '\n' && p[e] != '\t')
+			while (e < len && p[e] != ',' && p[e] != '}' && p[e] != ']' && !is_ws(p[e]))
 				e++;
 			changed |= stars(p, v, e, len);
 			at = e;
@@ -190,49 +552,338 @@ static int redact_bodies(uint8_t *p, int64_t len, const char *extra)
 	return changed;
 }
 
-/* Redact one payload prefix in place; returns 1 if anything was replaced.
- * Header values of SECRET_HEADERS (requests' and responses': Set-Cookie) are replaced by '*' up
- * to the end of their line; credential names' values in query strings and bodies: see
- * redact_bodies. Lengths never change and nothing past len is read or written. */
-static int redact_one(uint8_t *p, int64_t len, const char *extra)
+/* -- values by their shape ------------------------------------------------------------------ */
+
+static inline int b64url(uint8_t c)
+{
+	return CLS[c] & C_B64URL;
+}
+
+static inline int upper_digit(uint8_t c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+static inline int alnum_us(uint8_t c)
+{
+	return is_alnum(c) || c == '_';
+}
+
+static inline int alnum_dash(uint8_t c)
+{
+	return is_alnum(c) || c == '-';
+}
+
+/* After a marker ending at m: the run of chars of class ok. A token when the run is at least min
+ * long, or when the prefix cuts it (the run reaches len). Redacts the run; returns its end, or -1. */
+static int64_t token_after(uint8_t *p, int64_t m, int64_t len, int (*ok)(uint8_t), int64_t min, int64_t max,
+			   int *changed)
+{
+	int64_t e = m;
+	while (e < len && e - m < max && ok(p[e]))
+		e++;
+	int cut = e == len && e > m;
+	if (e - m < min && !cut)
+		return -1;
+	if (e < len && is_alnum(p[e]) && e - m >= max)
+		return -1; /* longer than any such token: something else */
+	*changed |= stars(p, m, e, len);
+	return e;
+}
+
+static inline int boundary_before(const uint8_t *p, int64_t s)
+{
+	return s == 0 || !is_alnum(p[s - 1]);
+}
+
+/* A shape starting around anchor i ('-', '_', 'J' or 'A'): redacts it and returns where it ends,
+ * or -1. */
+static int64_t shape_at(uint8_t *p, int64_t i, int64_t len, int *changed)
+{
+	uint8_t c = p[i];
+	if (c == 'J') { /* JWT: eyJ... (base64url JSON), its dots and further parts too */
+		int64_t s = i - 2;
+		if (s < 0 || p[s] != 'e' || p[s + 1] != 'y' || !boundary_before(p, s))
+			return -1;
+		int64_t e = i + 1;
+		while (e < len && b64url(p[e]))
+			e++;
+		if (e - s < 12 && e < len)
+			return -1;
+		while (e < len && (b64url(p[e]) || p[e] == '.'))
+			e++;
+		*changed |= stars(p, i + 1, e, len);
+		return e;
+	}
+	if (c == 'A') {
+		if (!boundary_before(p, i) || i + 4 > len)
+			return -1;
+		if (p[i + 1] == 'I' && p[i + 2] == 'z' && p[i + 3] == 'a') /* Google API key */
+			return token_after(p, i + 4, len, b64url, 35, 35, changed);
+		if ((p[i + 1] == 'K' && p[i + 2] == 'I' && p[i + 3] == 'A') ||
+		    (p[i + 1] == 'S' && p[i + 2] == 'I' && p[i + 3] == 'A') ||
+		    (p[i + 1] == 'B' && p[i + 2] == 'I' && p[i + 3] == 'A') ||
+		    (p[i + 1] == 'C' && p[i + 2] == 'C' && p[i + 3] == 'A')) /* AWS access key id */
+			return token_after(p, i + 4, len, upper_digit, 16, 16, changed);
+		return -1;
+	}
+	if (c == '_') {
+		/* GitHub: ghp_ gho_ ghu_ ghs_ ghr_, github_pat_ */
+		if (i >= 3 && p[i - 3] == 'g' && p[i - 2] == 'h' && memchr("pousr", p[i - 1], 5) && boundary_before(p, i - 3))
+			return token_after(p, i + 1, len, is_alnum, 30, 255, changed);
+		if (i >= 10 && memcmp(p + i - 10, "github_pat", 10) == 0 && boundary_before(p, i - 10))
+			return token_after(p, i + 1, len, alnum_us, 22, 255, changed);
+		/* Stripe: sk_live_ rk_live_ sk_test_ rk_test_ */
+		if (i >= 2 && (p[i - 2] == 's' || p[i - 2] == 'r') && p[i - 1] == 'k' && boundary_before(p, i - 2) &&
+		    i + 6 <= len && (memcmp(p + i + 1, "live_", 5) == 0 || memcmp(p + i + 1, "test_", 5) == 0))
+			return token_after(p, i + 6, len, is_alnum, 16, 255, changed);
+		return -1;
+	}
+	/* '-' */
+	if (i >= 5 && memcmp(p + i - 5, "glpat", 5) == 0 && boundary_before(p, i - 5)) /* GitLab */
+		return token_after(p, i + 1, len, b64url, 20, 255, changed);
+	if (i >= 4 && p[i - 4] == 'x' && p[i - 3] == 'o' && p[i - 2] == 'x' && memchr("abposr", p[i - 1], 6) &&
+	    boundary_before(p, i - 4)) /* Slack */
+		return token_after(p, i + 1, len, alnum_dash, 10, 255, changed);
+	if (i + 10 <= len && memcmp(p + i, "-----BEGIN", 10) == 0) { /* PEM private key */
+		int64_t e = i + 10, priv = 0; /* the label ends at the next "-----" (a JSON string's \n is no line end) */
+		while (e < len && e - i < 80 && !(p[e] == '-' && e + 5 <= len && memcmp(p + e, "-----", 5) == 0)) {
+			priv |= e + 11 <= len && memcmp(p + e, "PRIVATE KEY", 11) == 0;
+			e++;
+		}
+		if (!priv || e >= len || e - i >= 80)
+			return i + 10;
+		e += 5;
+		int64_t end = len;
+		for (int64_t k = e; k + 8 <= len; k++) {
+			if (p[k] == '-' && memcmp(p + k, "-----END", 8) == 0) {
+				end = k;
+				break;
+			}
+		}
+		for (int64_t k = e; k < end; k++)
+			if (p[k] != '\r' && p[k] != '\n')
+				*changed |= stars(p, k, k + 1, len);
+		return end + 8 <= len ? end + 8 : len;
+	}
+	return -1;
+}
+
+static inline int anchor(uint8_t c)
+{
+	return c == '-' || c == '_' || c == 'J' || c == 'A';
+}
+
+static int redact_shapes(uint8_t *p, int64_t len)
 {
 	int changed = 0;
-	/* header lines: at the start of every line (memchr jumps from one line to the next) */
-	for (int64_t s = 0; s < len;) {
-		for (int k = 0; SECRET_HEADERS[k]; k++) {
-			if (!starts_with(p + s, len - s, SECRET_HEADERS[k]))
+	int64_t skip = 0; /* bytes before this were judged already */
+	int64_t i = 0;
+#if defined(__SSE2__)
+	const __m128i d = _mm_set1_epi8('-'), u = _mm_set1_epi8('_'), j = _mm_set1_epi8('J'), a = _mm_set1_epi8('A');
+	for (; i + 16 <= len; i += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(p + i));
+		__m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, d), _mm_cmpeq_epi8(x, u)),
+					 _mm_or_si128(_mm_cmpeq_epi8(x, j), _mm_cmpeq_epi8(x, a)));
+		unsigned bits = (unsigned)_mm_movemask_epi8(m);
+		while (bits) {
+			int64_t k = i + __builtin_ctz(bits);
+			bits &= bits - 1;
+			if (k < skip)
 				continue;
-			int64_t v = s + (int64_t)strlen(SECRET_HEADERS[k]);
-			while (v < len && p[v] == ' ')
-				v++;
-			for (; v < len && p[v] != '\r' && p[v] != '\n'; v++) {
-				if (p[v] != '*') {
-					p[v] = '*';
-					changed = 1;
-				}
-			}
-			break;
+			int64_t e = shape_at(p, k, len, &changed);
+			if (e > skip)
+				skip = e;
 		}
-		const uint8_t *nl = memchr(p + s, '\n', (size_t)(len - s));
-		if (!nl)
-			break;
-		s = (int64_t)(nl - p) + 1;
+		/* a shape redacted may have starred bytes of this block's anchors: judged by p as it is now */
 	}
-	return changed | redact_bodies(p, len, extra);
+#endif
+	for (; i < len; i++) {
+		if (i < skip || !anchor(p[i]))
+			continue;
+		int64_t e = shape_at(p, i, len, &changed);
+		if (e > skip)
+			skip = e;
+	}
+	return changed;
+}
+
+/* A request line's path: a segment of 24 or more token characters that reads as random is
+ * redacted: letters of both cases; at least 70% as many distinct characters
+ * as n characters drawn at random from 62 would have (a 24-character token has about 20, hex
+ * strings such as hashes and UUIDs at most 17); and a change between upper case, lower case,
+ * digit and other at least every third character (a random token changes at six in ten, a
+ * camel-case name or a slug once a word). Words and hashes are left for the consumers' templates. */
+static int random_looking(const uint8_t *s, int64_t n)
+{
+	uint64_t seen[4] = { 0, 0, 0, 0 };
+	int up = 0, lo = 0, distinct = 0, changes = 0, cls = -1;
+	for (int64_t k = 0; k < n; k++) {
+		uint8_t b = s[k];
+		int now = 3;
+		if (b >= 'A' && b <= 'Z')
+			up = 1, now = 0;
+		else if (b >= 'a' && b <= 'z')
+			lo = 1, now = 1;
+		else if (b >= '0' && b <= '9')
+			now = 2;
+		else if (!(b == '-' || b == '_' || b == '.' || b == '~' || b == '+' || b == '=' || b == '%'))
+			return 0;
+		changes += cls >= 0 && now != cls;
+		cls = now;
+		if (!(seen[b >> 6] & (1ull << (b & 63)))) {
+			seen[b >> 6] |= 1ull << (b & 63);
+			distinct++;
+		}
+	}
+	if (!up || !lo || changes * 3 < n)
+		return 0;
+	double miss = 1.0; /* (61/62)^n: the chance that one of 62 characters is not drawn */
+	for (int64_t k = 0; k < n && miss > 1e-9; k++)
+		miss *= 61.0 / 62.0;
+	return distinct >= 0.7 * 62.0 * (1.0 - miss);
+}
+
+static int redact_path_tokens(uint8_t *p, int64_t len, int64_t m)
+{
+	int changed = 0;
+	int64_t s = m;
+	for (int64_t i = m; i <= len; i++) {
+		uint8_t c = i < len ? p[i] : ' ';
+		if (!(CLS[c] & C_PATHEND))
+			continue;
+		if (i - s >= 24 && random_looking(p + s, i - s))
+			changed |= stars(p, s, i, len);
+		if (c != '/')
+			break;
+		s = i + 1;
+	}
+	return changed;
+}
+
+/* -- HTTP/2 ----------------------------------------------------------------------------------- */
+
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/* Is the 9-byte frame header at f one that an HTTP/2 peer sends? */
+static int h2_frame_ok(const uint8_t *f, int64_t *flen, int *type)
+{
+	int64_t l = ((int64_t)f[0] << 16) | ((int64_t)f[1] << 8) | f[2];
+	int t = f[3], fl = f[4];
+	uint32_t sid = ((uint32_t)f[5] << 24) | ((uint32_t)f[6] << 16) | ((uint32_t)f[7] << 8) | f[8];
+	if (sid & 0x80000000u || l > (1 << 20))
+		return 0;
+	switch (t) {
+	case 0: /* DATA */
+		if (!sid || fl & ~0x09)
+			return 0;
+		break;
+	case 1: /* HEADERS */
+		if (!sid || fl & ~0x2d)
+			return 0;
+		break;
+	case 2: /* PRIORITY */
+		if (!sid || l != 5)
+			return 0;
+		break;
+	case 3: /* RST_STREAM */
+		if (!sid || l != 4)
+			return 0;
+		break;
+	case 4: /* SETTINGS */
+		if (sid || l % 6 || fl & ~0x01)
+			return 0;
+		break;
+	case 5: /* PUSH_PROMISE */
+		if (!sid || fl & ~0x0c)
+			return 0;
+		break;
+	case 6: /* PING */
+		if (sid || l != 8 || fl & ~0x01)
+			return 0;
+		break;
+	case 7: /* GOAWAY */
+		if (sid || l < 8)
+			return 0;
+		break;
+	case 8: /* WINDOW_UPDATE */
+		if (l != 4)
+			return 0;
+		break;
+	case 9: /* CONTINUATION */
+		if (!sid || fl & ~0x04)
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	*flen = l;
+	*type = t;
+	return 1;
+}
+
+/* A prefix that is HTTP/2 (the client preface, or frames from its start: a segment of a
+ * connection under way): the payloads of HEADERS, PUSH_PROMISE and CONTINUATION frames are
+ * redacted, the frame headers and every other frame kept. Without the preface, the frames must
+ * reach the prefix's end in a chain of valid frame headers and one of them must carry headers. */
+static int redact_h2(uint8_t *p, int64_t len)
+{
+	int64_t at = 0;
+	int preface = len >= 24 && memcmp(p, H2_PREFACE, 24) == 0;
+	if (preface)
+		at = 24;
+	int64_t start = at, headers = 0;
+	for (int64_t f = at; f + 9 <= len;) {
+		int64_t l;
+		int t;
+		if (!h2_frame_ok(p + f, &l, &t))
+			return 0;
+		headers += t == 1 || t == 5 || t == 9;
+		f += 9 + l;
+	}
+	if (!headers)
+		return 0;
+	int changed = 0;
+	for (int64_t f = start; f + 9 <= len;) {
+		int64_t l = ((int64_t)p[f] << 16) | ((int64_t)p[f + 1] << 8) | p[f + 2];
+		int t = p[f + 3];
+		if (t == 1 || t == 5 || t == 9)
+			changed |= stars(p, f + 9, f + 9 + l, len);
+		f += 9 + l;
+	}
+	return changed;
+}
+
+/* Redact one payload prefix in place; returns 1 if anything was replaced. */
+static int redact_one(uint8_t *p, int64_t len, const char *extra, int64_t flags)
+{
+	if (len <= 0)
+		return 0;
+	int changed = 0;
+	if (!(flags & KEEP_HTTP2_HEADERS))
+		changed |= redact_h2(p, len);
+	int64_t method = request_line_method(p, len); /* the length of "GET " etc.: a request line */
+	changed |= redact_headers(p, len, extra, method);
+	changed |= redact_forms(p, len, extra);
+	changed |= redact_colons(p, len, extra);
+	changed |= redact_shapes(p, len);
+	if (method)
+		changed |= redact_path_tokens(p, len, method);
+	return changed;
 }
 
 /* Redact n payload prefixes in place, where they sit in the kernel records: row i starts at
  * payload + i * stride (bytes) and holds min(cap_len[i * cap_stride], width) valid bytes.
- * Returns the number of rows changed. */
+ * flags: KEEP_HTTP2_HEADERS. Returns the number of rows changed. */
 int64_t pkt_redact(uint8_t *payload, int64_t n, int64_t stride, int64_t width, const uint16_t *cap_len,
-		   int64_t cap_stride, const char *extra)
+		   int64_t cap_stride, const char *extra, int64_t flags)
 {
 	int64_t count = 0;
 	for (int64_t i = 0; i < n; i++) {
 		int64_t len = cap_len[i * cap_stride];
 		if (len > width)
 			len = width;
-		count += redact_one(payload + i * stride, len, extra);
+		count += redact_one(payload + i * stride, len, extra, flags);
 	}
 	return count;
 }

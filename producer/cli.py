@@ -57,6 +57,8 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
         pr.add_argument(flag, dest=field, type=typ, default=None, help=help_)
     pr.add_argument("--no-redact", dest="redact", action="store_false", default=None,
                     help="publish payload prefixes as captured, credentials included")
+    pr.add_argument("--keep-http2-headers", dest="redact_http2_headers", action="store_false", default=None,
+                    help="publish HTTP/2 and gRPC header blocks as captured (other credentials still redacted)")
     pr.add_argument("--no-adaptive-sampling", dest="adaptive_sampling", action="store_false", default=None,
                     help="never raise the sampling rate under overload (losses then show as kernel drops)")
     pr.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {field: getattr(args, field) for _, field, _, _ in _PRODUCE_FLAGS}
     flags["adaptive_sampling"] = args.adaptive_sampling
     flags["redact"] = args.redact
+    flags["redact_http2_headers"] = args.redact_http2_headers
     cfg: ProducerConfig = load_config(flags=flags, config_file=args.config,
                                       kafka_overrides=parse_props(args.kafka_props))
     configure_logging(cfg.log_format, cfg.log_level)

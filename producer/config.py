@@ -61,6 +61,9 @@ class ProducerConfig:
         default="", metadata={"doc": "comma-separated names to redact besides the built-in ones (docs/operations.md): "
                                      "query parameters, form and multipart fields, JSON members"}
     )
+    redact_http2_headers: bool = field(default=True, metadata={
+        "doc": "clear HTTP/2 and gRPC header blocks (HPACK: names and values that per-packet rules cannot judge); "
+               "false keeps them (only with redact)"})
     payload_ports: str = field(
         default="", metadata={"doc": "comma-separated ports whose packets keep payload; empty = all"}
     )

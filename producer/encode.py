@@ -31,13 +31,15 @@ class Message:
 
 class BatchEncoder:
     def __init__(self, writer: ContainerWriter, static_headers: list[tuple[str, bytes]], payload_bytes: int,
-                 scope: PayloadScope, redact_credentials: bool, redact_names: Sequence[str] = ()) -> None:
+                 scope: PayloadScope, redact_credentials: bool, redact_names: Sequence[str] = (),
+                 keep_http2_headers: bool = False) -> None:
         self.writer = writer
         self.static_headers = static_headers
         self.payload_bytes = payload_bytes
         self.scope = scope
         self.redact_credentials = redact_credentials
         self.extra_names = names_buffer(redact_names)
+        self.keep_http2_headers = keep_http2_headers
         self.next_seq = 0
         self.redacted = 0  # records whose payload had credentials replaced
         self.payload_cleared = 0  # records whose payload was out of scope
@@ -47,7 +49,7 @@ class BatchEncoder:
         if self.payload_bytes:
             self.payload_cleared += self.scope.apply(recs)
             if self.redact_credentials:
-                self.redacted += redact(recs, self.extra_names)
+                self.redacted += redact(recs, self.extra_names, self.keep_http2_headers)
         seq_first = self.next_seq
         offset = time.time_ns() - time.monotonic_ns()
         cols = packets.to_columns(recs, seq_first, offset)

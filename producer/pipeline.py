@@ -157,7 +157,7 @@ class ProducerRun:
             (H.RUN_ID, self.run_id.encode()),
         ]
         self.encoder = BatchEncoder(self.writer, static_headers, cfg.payload_bytes, self.scope, cfg.redact,
-                                    cfg.redact_names.split(","))
+                                    cfg.redact_names.split(","), keep_http2_headers=not cfg.redact_http2_headers)
 
     def _account_previous_run(self) -> str | None:
         """Pin the counters where bpffs allows; report a previous run that did not end cleanly.

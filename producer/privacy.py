@@ -1,10 +1,11 @@
 """Keeping secrets out of Kafka: payload redaction and where payload is captured at all.
 
 Both work on a whole batch of kernel records, in place, before encoding:
-``redact`` runs one C loop over the payload prefixes (producer/_redact.c: Authorization,
-Cookie, Set-Cookie, API-key and token headers; the values of credential names wherever they
-sit: query parameters, form fields, JSON members at any depth, multipart fields; values
-replaced by ``*``, lengths unchanged); ``PayloadScope`` clears the
+``redact`` runs one C loop over the payload prefixes (producer/_redact.c: credential headers by
+name and by ending, the values of credential names wherever they sit — query and fragment
+parameters, form fields, JSON members at any depth, multipart fields — URL userinfo, tokens and
+keys by their shape, HTTP/2 header blocks; values replaced by ``*``, lengths unchanged;
+docs/operations.md "Payload privacy" lists every rule); ``PayloadScope`` clears the
 payload of records outside the configured ports and networks with numpy
 masks (their ``payload_len`` stays, only the bytes go).
 """
@@ -29,9 +30,13 @@ def names_buffer(names: Sequence[str]) -> bytes:
     return b"".join(n.strip().lower().encode() + b"\0" for n in names if n.strip()) + b"\0"
 
 
-def redact(records: npt.NDArray[np.void], extra: bytes = b"\0") -> int:
+KEEP_HTTP2_HEADERS = 1  # _redact.c's flag
+
+
+def redact(records: npt.NDArray[np.void], extra: bytes = b"\0", keep_http2_headers: bool = False) -> int:
     """Redact the payload prefixes of a batch in place; returns how many records changed.
-    ``extra``: more credential names (``names_buffer``)."""
+    ``extra``: more credential names (``names_buffer``); ``keep_http2_headers``: leave HTTP/2 header
+    blocks (HPACK) as captured."""
     if len(records) == 0 or records.dtype.names is None or "payload" not in records.dtype.names:
         return 0
     if not records.flags.c_contiguous:
@@ -43,7 +48,7 @@ def redact(records: npt.NDArray[np.void], extra: bytes = b"\0") -> int:
     base = records.ctypes.data
     cap_off = fields["cap_len"][1]
     return int(_native.pkt_redact(base + PAYLOAD_OFFSET, len(records), stride, width, base + cap_off, stride // 2,
-                                  extra))
+                                  extra, KEEP_HTTP2_HEADERS if keep_http2_headers else 0))
 
 
 class PayloadScope:

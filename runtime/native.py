@@ -45,6 +45,6 @@ def load_native() -> ctypes.CDLL:
             lib.pkt_attack_suspects.restype = None
             lib.pkt_attack_suspects.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p]
             lib.pkt_redact.restype = i64
-            lib.pkt_redact.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64, ctypes.c_char_p]
+            lib.pkt_redact.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, i64, ctypes.c_char_p, i64]
             return lib
     raise ImportError(f"pktstream's compiled loops (_native*.so) are missing in {here}; reinstall pktstream")

@@ -14,7 +14,8 @@ HEAD = "| setting | flag | variable | default | meaning |"
 
 def main() -> None:
     flag_of = {f: fl for fl, f, _, _ in _PRODUCE_FLAGS}
-    flag_of.update(adaptive_sampling="--no-adaptive-sampling", redact="--no-redact")
+    flag_of.update(adaptive_sampling="--no-adaptive-sampling", redact="--no-redact",
+                   redact_http2_headers="--keep-http2-headers")
     rows = [HEAD, "| --- | --- | --- | --- | --- |"]
     for f in fields(ProducerConfig):
         if f.name == "kafka":

@@ -12,6 +12,7 @@
  *                  with a cap_len from the input (any uint16: the loop cuts it to the width) and
  *                  the next part of the payload bytes.
  *   shape & 0x40   extra names as `pktstream produce --redact-names` passes them.
+ *   shape & 0x20   (one record only) flags = KEEP_HTTP2_HEADERS, as --keep-http2-headers passes it.
  * Checked besides memory safety: only bytes within a row's valid prefix change, each to '*', and
  * the count returned is the number of rows that changed.
  */
@@ -30,10 +31,11 @@ static const int64_t PAYLOAD_BYTES[8] = { 1, 8, 13, 64, 100, 128, 200, 256 };
 static const char EXTRA[] = "otp\0pin\0x-secret\0\0"; /* privacy.names_buffer(["otp", "PIN", "x-secret"]) */
 
 /* The one call under test (its signature changes here only). */
-static int64_t redact_call(uint8_t *records, int64_t n, int64_t stride, int64_t width, const char *extra)
+static int64_t redact_call(uint8_t *records, int64_t n, int64_t stride, int64_t width, const char *extra,
+			   int64_t flags)
 {
 	return pkt_redact(records + PAYLOAD_OFFSET, n, stride, width, (const uint16_t *)(records + CAP_LEN_OFFSET),
-			  stride / 2, extra);
+			  stride / 2, extra, flags);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -41,6 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct input in = { data, size };
 	uint8_t shape = in_u8(&in);
 	const char *extra = (shape & 0x40) ? EXTRA : "";
+	int64_t flags = (shape < 0x80 && (shape & 0x20)) ? 1 : 0; /* KEEP_HTTP2_HEADERS */
 	int64_t n, pb;
 	if (shape < 0x80) {
 		pb = (int64_t)(in.left < MAX_PAYLOAD_BYTES ? in.left : MAX_PAYLOAD_BYTES) & ~7;
@@ -68,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		in.left -= (size_t)take;
 	}
 	memcpy(before, recs, (size_t)(n * stride));
-	int64_t count = redact_call(recs, n, stride, width, extra);
+	int64_t count = redact_call(recs, n, stride, width, extra, flags);
 	int64_t changed_rows = 0;
 	for (int64_t r = 0; r < n; r++) {
 		uint8_t *rec = recs + r * stride, *old = before + r * stride;

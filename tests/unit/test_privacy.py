@@ -171,3 +171,264 @@ def test_names_users_add_are_redacted_too() -> None:
     recs = batch(raw)
     assert redact(recs, names_buffer(["otp", " PIN "])) == 2
     assert payloads_of(recs) == [b"pin=****&otp=******&user=bob", b'{"OTP": "***", "pin": **}']
+
+
+# -- every placement class: names as people write them, values by their shape, HTTP/2 ----------
+
+STYLES = ["snake", "camel", "kebab", "upper", "title"]
+
+
+def styled(name: str, style: str) -> str:
+    """A credential name as some framework writes it: access_token, accessToken, access-token..."""
+    words = name.split("_")
+    if style == "camel":
+        return words[0] + "".join(w.title() for w in words[1:])
+    if style == "kebab":
+        return "-".join(words)
+    if style == "upper":
+        return name.upper()
+    if style == "title":
+        return "-".join(w.title() for w in words)
+    return name
+
+
+SHAPES = ["jwt", "aws", "github", "github-pat", "gitlab", "slack", "stripe", "google", "pem"]
+B62 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def shaped(shape: str, seed: int) -> tuple[bytes, int]:
+    """A credential recognised by its shape, and where its secret part starts (after the marker
+    that says what it is: eyJ, AKIA, ghp_, ...)."""
+    import base64
+    import random
+
+    rng = random.Random(seed)
+
+    def pick(alphabet: str, n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(n))
+
+    if shape == "jwt":
+        def b64(x: bytes) -> str:
+            return base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+        tok = ".".join([b64(b'{"alg":"HS256","typ":"JWT"}'), b64(b'{"sub":"' + pick(B62, 12).encode() + b'"}'),
+                        pick(B62 + "-_", 43)])
+        return tok.encode(), 3
+    marker, body = {
+        "aws": ("AKIA", pick("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)),
+        "github": ("ghp_", pick(B62, 36)),
+        "github-pat": ("github_pat_", pick(B62 + "_", 82)),
+        "gitlab": ("glpat-", pick(B62 + "-_", 20)),
+        "slack": ("xoxb-", f"{rng.randrange(10**11, 10**12)}-{rng.randrange(10**11, 10**12)}-{pick(B62, 24)}"),
+        "stripe": ("sk_live_", pick(B62, 24)),
+        "google": ("AIza", pick(B62 + "-_", 35)),
+        "pem": ("-----BEGIN PRIVATE KEY-----\n", pick(B62 + "+/", 64) + "\n" + pick(B62 + "+/", 40)),
+    }[shape]
+    return (marker + body).encode(), len(marker)
+
+
+def placed(place: str, name: str, secret: bytes) -> tuple[bytes, int]:
+    """An HTTP message (request or answer) with the secret in one place; returns it and the
+    secret's offset."""
+    def at(head: bytes, tail: bytes = b"") -> tuple[bytes, int]:
+        return head + secret + tail, len(head)
+
+    n = name.encode()
+    if place == "query":
+        return at(b"GET /cb?state=xyz&" + n + b"=", b"&lang=en HTTP/1.1\r\nHost: a\r\n\r\n")
+    if place == "fragment":  # an OAuth implicit-flow redirect
+        return at(b"HTTP/1.1 302 Found\r\nLocation: https://app.test/cb#" + n + b"=", b"&token_type=bearer\r\n\r\n")
+    if place == "form-bracket":
+        return at(b"POST /users/sign_in HTTP/1.1\r\n\r\nuser[email]=a%40b.c&user[" + n + b"]=", b"&commit=1")
+    if place == "form-encoded-bracket":
+        return at(b"user%5Bemail%5D=a%40b.c&user%5B" + n + b"%5D=", b"&commit=1")
+    if place == "form-array":
+        return at(n + b"[]=", b"&" + n + b"[]=x")
+    if place == "json-quoted-before":  # a stray quote in a header before the body
+        return at(b'POST / HTTP/1.1\r\nUser-Agent: the "best" client"\r\n\r\n{"a":1,"' + n + b'":"', b'"}')
+    if place == "json-array":
+        return at(b'{"' + n + b'": ["', b'", "second"], "x": 1}')
+    if place == "json-in-header":
+        return at(b'GET / HTTP/1.1\r\nX-Context: {"' + n + b'":"', b'"}\r\n\r\n')
+    # a header named by the name, with a tab after the colon
+    return at(b"GET / HTTP/1.1\r\nHost: a\r\n" + n + b":\t", b"\r\nAccept: */*\r\n\r\n")
+
+
+NAME_PLACES = ["query", "fragment", "form-bracket", "form-encoded-bracket", "form-array", "json-quoted-before",
+               "json-array", "json-in-header"]
+CAMEL_NAMES = ["access_token", "refresh_token", "client_secret", "id_token", "private_key", "api_key", "password",
+               "client_assertion", "secret_access_key", "session_id", "csrf_token", "passphrase", "credentials",
+               "x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature"]
+VENDOR_HEADERS = ["X-Goog-Api-Key", "Private-Token", "X-Vault-Token", "X-Auth-Token", "Ocp-Apim-Subscription-Key",
+                  "X-Amzn-Oidc-Accesstoken", "X-Amzn-Oidc-Data", "X-Forwarded-Access-Token", "X-Shopify-Access-Token",
+                  "X-Api-Secret", "Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie", "X-CSRF-Token"]
+
+
+def assert_starred(raw: bytes, off: int, size: int, cut: int) -> None:
+    prefix = raw[:cut]
+    recs = batch([prefix])
+    redact(recs)
+    (out,) = payloads_of(recs)
+    assert len(out) == len(prefix)
+    inside = out[off : min(off + size, len(prefix))]
+    assert set(inside) <= {ord("*")}, (raw, out)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(NAME_PLACES), st.sampled_from(CAMEL_NAMES), st.sampled_from(STYLES),
+       st.text(B62 + "-._~+", min_size=6, max_size=40), st.text("abcdefgh ijk:\r\n=", max_size=60),
+       st.integers(0, WIDTH))
+def test_names_as_people_write_them_in_every_place(place: str, name: str, style: str, secret: str, lead: str,
+                                                   cut: int) -> None:
+    """accessToken, ACCESS-TOKEN, user[access_token], user%5Baccess_token%5D, token[], arrays, a
+    fragment of a redirect, JSON after a stray quote or inside a header: after any leading bytes,
+    cut at any length, no byte of the secret is published."""
+    raw, off = placed(place, styled(name, style), secret.encode())
+    if place in ("query", "json-quoted-before", "json-in-header", "fragment", "form-bracket"):
+        lead = ""  # these start the message
+    elif lead:
+        lead += "\r\n\r\n"  # whatever came before: headers, or the end of the previous body
+    raw, off = lead.encode() + raw, off + len(lead)
+    assert_starred(raw, off, len(secret), cut)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VENDOR_HEADERS), st.sampled_from(["lower", "as-is"]),
+       st.text(B62 + "-._~+/=;", min_size=6, max_size=60), st.sampled_from(["request", "answer"]),
+       st.integers(0, WIDTH))
+def test_credential_headers_by_name_and_ending(header: str, case: str, secret: str, direction: str, cut: int) -> None:
+    h = header.lower() if case == "lower" else header
+    start = b"GET /v1 HTTP/1.1\r\n" if direction == "request" else b"HTTP/1.1 200 OK\r\n"
+    raw, off = placed("header", h, secret.encode())
+    raw = start + raw[len(b"GET / HTTP/1.1\r\n"):]
+    off += len(start) - len(b"GET / HTTP/1.1\r\n")
+    assert_starred(raw, off, len(secret), cut)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(SHAPES), st.integers(0, 2**32), st.sampled_from(["header", "form", "json", "answer-json"]),
+       st.integers(0, WIDTH))
+def test_values_by_their_shape_under_any_name(shape: str, seed: int, where: str, cut: int) -> None:
+    """JWTs, AWS key ids, GitHub, GitLab, Slack, Stripe and Google tokens, PEM private keys: under
+    names that say nothing (note, data, X-Trace), in requests and answers, cut anywhere; what
+    follows the marker is redacted."""
+    tok, marker = shaped(shape, seed)
+    if where == "header":
+        head = b"GET / HTTP/1.1\r\nX-Trace: "
+        raw = head + tok + b"\r\n\r\n"
+    elif where == "form":
+        head = b"user=bob&note="
+        raw = head + tok + b"&x=1"
+    elif where == "json":
+        head = b'{"data": "'
+        raw = head + tok.replace(b"\n", b"\\n") + b'"}'
+        tok = tok.replace(b"\n", b"\\n")
+    else:
+        head = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"result": "'
+        raw = head + tok.replace(b"\n", b"\\n") + b'"}'
+        tok = tok.replace(b"\n", b"\\n")
+    prefix = raw[:cut]
+    recs = batch([prefix])
+    redact(recs)
+    (out,) = payloads_of(recs)
+    start = len(head) + marker
+    secret_part = out[start : min(len(head) + len(tok), len(prefix))]
+    assert set(secret_part) <= set(b"*\n\\n"), (shape, where, prefix, out)
+
+
+def test_random_tokens_in_paths_and_what_stays() -> None:
+    import random
+
+    rng = random.Random(3)
+    toks = ["".join(rng.choice(B62) for _ in range(32)) for _ in range(2000)]
+    recs = batch([f"GET /files/{t}/raw HTTP/1.1\r\nHost: a\r\n\r\n".encode() for t in toks])
+    redact(recs)
+    out = payloads_of(recs)
+    caught = sum(1 for t, o in zip(toks, out, strict=True) if t.encode() not in o)
+    assert caught >= 0.99 * len(toks)  # docs/operations.md: 99.9% of 32-character tokens
+    assert out[0] == b"GET /files/" + b"*" * 32 + b"/raw HTTP/1.1\r\nHost: a\r\n\r\n"
+    plain = [b"GET /api/v1/users/550e8400-e29b-41d4-a716-446655440000/downloadMonthlyInvoiceReport HTTP/1.1\r\n",
+             b"GET /static/app.3f9a8b7c.js HTTP/1.1\r\nIf-None-Match: \"d41d8cd98f00b204e9800998ecf8427e\"\r\n",
+             b"GET /blog/how-to-run-kafka-in-kraft-mode-2024 HTTP/1.1\r\n"]
+    recs = batch(plain)
+    assert redact(recs) == 0
+
+
+def test_ordinary_traffic_is_not_masked() -> None:
+    """A corpus of ordinary requests, answers, body segments and HTTP/2 DATA frames (UUIDs, digests
+    in paths and ETags, base64 images, slugs, camel-case names): none changes (docs/operations.md
+    gives the rate, 0 of 20,000)."""
+    from tests.support.http_corpus import corpus
+
+    payloads = corpus(20000)
+    recs = batch(payloads)
+    changed = redact(recs)
+    assert changed <= len(payloads) // 1000, [p for p, o in zip(payloads, payloads_of(recs), strict=True)
+                                               if p[:WIDTH] != o][:3]
+
+
+def h2_frame(ftype: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def test_http2_header_blocks_are_cleared_frames_kept() -> None:
+    block = b"\x82\x86\x41\x8a\xa0\xe4\x1d\x13\x9d\x09\xb8\xf0\x1e\x07\x40\x0dauthorization\x0eBearer s3cr3tX"
+    cont = b"\x40\x06cookie\x08sid=1234"
+    data = h2_frame(0, 1, 1, b"\x00\x00\x00\x00\x05hello")
+    settings_ = h2_frame(4, 0, 0, b"\x00\x03\x00\x00\x00\x64")
+    client = H2_PREFACE + settings_ + h2_frame(1, 0, 1, block) + h2_frame(9, 4, 1, cont) + data
+    midway = h2_frame(1, 4, 3, block) + data  # a later segment: frames from its start, no preface
+    push = h2_frame(5, 4, 2, b"\x00\x00\x00\x04" + cont)
+    recs = batch([client, midway, push])
+    assert redact(recs) == 3
+    out = payloads_of(recs)
+    hdr = len(H2_PREFACE) + len(settings_)
+    assert out[0][:hdr] == client[:hdr]  # the preface and SETTINGS as they were: still recognised as HTTP/2
+    assert out[0][hdr : hdr + 9] == client[hdr : hdr + 9]  # the HEADERS frame's header
+    assert out[0][hdr + 9 : hdr + 9 + len(block)] == b"*" * len(block)
+    assert out[0].endswith(data) and b"s3cr3t" not in out[0] and b"sid=" not in out[0]
+    assert out[1] == midway[:9] + b"*" * len(block) + data
+    assert out[2] == push[:9] + b"*" * (len(push) - 9)
+    kept = batch([client])
+    redact(kept, keep_http2_headers=True)
+    assert payloads_of(kept) == [client]  # the opt-in keeps HPACK as captured
+
+
+def test_http2_detection_leaves_other_binary_alone() -> None:
+    import random
+
+    rng = random.Random(5)
+    blobs = [bytes(rng.getrandbits(8) for _ in range(200)) for _ in range(500)]
+    blobs += [b"\x16\x03\x01\x02\x00" + b[5:] for b in blobs[:100]]  # TLS records
+    recs = batch(blobs)
+    redact(recs)
+    changed = sum(1 for a, b in zip(blobs, payloads_of(recs), strict=True) if a != b)
+    assert changed <= 1
+
+
+def test_prefix_starting_inside_a_header_value() -> None:
+    """The rest of a long Cookie, continued in the next segment with no name before it: its first
+    line is redacted when a header (or the end of the headers) follows it; a body is not."""
+    cont = b"a9f8e7d6c5b4; session=Zx81kq; theme=dark\r\nAccept: */*\r\nHost: shop.test\r\n\r\n"
+    body = b"username=bob&remember=1"
+    line = b"PING\r\n"
+    recs = batch([cont, body, line])
+    redact(recs)
+    out = payloads_of(recs)
+    first = cont.index(b"\r\n")
+    assert out[0] == b"*" * first + cont[first:]
+    assert out[1:] == [body, line]
+
+
+def test_url_userinfo_and_callback_codes() -> None:
+    raw = [b"HTTP/1.1 302 Found\r\nLocation: https://alice:pa55w0rd@proxy.test:8080/x?code=AbC123&state=s1\r\n\r\n",
+           b'{"upstream": "http://svc:hunter2@db.internal/", "ipv6": "http://[::1]:80/"}']
+    recs = batch(raw)
+    redact(recs)
+    out = payloads_of(recs)
+    assert out[0] == raw[0].replace(b"pa55w0rd", b"*" * 8).replace(b"AbC123", b"*" * 6)
+    assert out[1] == raw[1].replace(b"hunter2", b"*" * 7)
+    errors = batch([b'{"error": {"code": 404, "message": "not found"}}'])
+    assert redact(errors) == 0  # "code" is a credential in query strings and forms, not in JSON
