@@ -16,7 +16,8 @@ A YAML file::
 Every key but ``name`` is optional; an entry matches a request when all the keys it has match.
 The most specific entry wins (a path beats a method beats a host beats an address beats a port),
 then the longest literal path. Traffic no entry matches is grouped by host (or address) and port,
-with IDs in paths normalised (``parse.normalize_path``), never dropped.
+with IDs, credentials and e-mail addresses in paths made placeholders (``parse.normalize_path``:
+``{id}``, ``{token}``, ``{email}``), never dropped.
 
 ``import_openapi`` turns an OpenAPI 3 document's operations into entries.
 """

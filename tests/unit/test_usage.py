@@ -411,6 +411,42 @@ def test_generated_paths_normalise_ids_only(segs: list[tuple[str, str | None]], 
     assert normalize_path(path + ("?a=1&token=x" if query else "")) == template
 
 
+def test_credentials_in_paths_reach_no_usage_record_route_label_or_snapshot() -> None:
+    """Requests whose paths carry a JWT, a GitHub token, an e-mail address (percent-encoded), starred
+    bytes and a session id: the usage records, the RED metrics' http_route labels and the state's
+    snapshot hold the placeholders, never the secrets."""
+    jwt = "eyJ" + "hbGciOiJIUzI1NiJ9." + "eyJ" + "zdWIiOiJhbm4ifQ.c2lnbmF0dXJlMTIzNDU2Nzg5MA"
+    gh = "ghp" + "_" + "A1b2C3d4" * 4 + "E5f6"
+    secrets = [jwt, gh, "ann.lee@example.com", "ann.lee%40example.com", "SESSION0123456789ABCDEF"]
+    paths = {f"/auth/{jwt}/refresh": "/auth/{token}/refresh", f"/repos/{gh}/hooks": "/repos/{token}/hooks",
+             "/users/ann.lee%40example.com/prefs": "/users/{email}/prefs", "/r/************": "/r/{token}",
+             "/cart;jsessionid=SESSION0123456789ABCDEF": "/cart"}
+    cli, srv, t0 = "10.9.0.2", "10.1.0.10", T0 + 10**9
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    pk: list[dict[str, Any]] = []
+    for i, path in enumerate(paths):
+        get = f"GET {path}?token=x HTTP/1.1\r\nHost: other.shop.test\r\n\r\n".encode()
+        pk += [{"ts": t0 + i * 10**7, "src": cli, "dst": srv, "sport": 40000 + i, "dport": 80, "flags": 0x18,
+                "payload": get, "len": 60 + len(get)},
+               {"ts": t0 + i * 10**7 + 10**6, "src": srv, "dst": cli, "sport": 80, "dport": 40000 + i, "flags": 0x18,
+                "payload": ok, "direction": 1, "len": 60 + len(ok)}]
+    red = RedMetrics()
+    p = UsageProcessor(Catalog.from_data(CATALOG), red=red, response_timeout_s=5)
+    st_ = p.new_state()
+    for part in p.route(p.featurize(read_container(containers(packets_traffic(pk, payload_width=256))[0]), "h/i"),
+                        1).values():
+        p.process(st_, features.decode(features.encode(part)))  # as the repartition topic carries them
+    state = snapshot.pack(p.dump(st_)).decode("latin-1")
+    outs = p.close(st_, FOREVER)
+    apis = {o.record["api"] for o in outs if o.record["window_s"] == 60}
+    assert apis == {f"other.shop.test:80 GET {t}" for t in paths.values()}
+    routes = {smp.labels["http_route"] for fam in red.collect() for smp in fam.samples}
+    assert routes == apis
+    records = json.dumps([o.record for o in outs])
+    for secret in secrets:
+        assert secret not in state and secret not in records and not any(secret in r for r in routes), secret
+
+
 def test_table_shows_the_busiest_apis() -> None:
     recs = [{"api": f"api{i}", "window_start_ms": 1_800_000_000_000, "window_s": 60, "requests": i * 10,
              "partial_requests": 0, "packets": i * 30, "bytes": i * 3000, "new_connections": i,

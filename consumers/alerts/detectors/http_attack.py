@@ -12,7 +12,7 @@ from pktstream.consumers.alerts import attacks
 from pktstream.consumers.alerts.detector import Add, Detector, Evidence, View, Window
 from pktstream.consumers.alerts.tables import AlertsState
 from pktstream.consumers.engine.features import mix
-from pktstream.consumers.engine.parse import KIND_HTTP1
+from pktstream.consumers.engine.parse import KIND_HTTP1, redact_path
 
 
 class HttpAttack(Detector, name="http_attack", order=90, severity_id=4,
@@ -36,10 +36,11 @@ class HttpAttack(Detector, name="http_attack", order=90, severity_id=4,
         for bit in attacks.NAMES:
             sel = hit[(bits & bit) != 0]
             if len(sel):
-                # the request target, as an index into the state's own strings (traffic chooses it: at
-                # most --max-paths of them at once, the others read _OTHER)
-                path = np.array([state.strings.add_payload(v.f.text(int(p)) or "/") for p in r["path"][sel].tolist()],
-                                dtype=np.int64)
+                # the request path, as an index into the state's own strings (traffic chooses it: at
+                # most --max-paths of them at once, the others read _OTHER), credentials, tokens and
+                # e-mail addresses in it replaced (parse.redact_path: state and alerts never hold them)
+                path = np.array([state.strings.add_payload(redact_path(v.f.text(int(p)) or "/"))
+                                 for p in r["path"][sel].tolist()], dtype=np.int64)
                 yield Add(sel, mix(np.full(len(sel), bit), v.hs[sel], v.hd[sel], v.dst_port[sel]), item=bit, n=1,
                           sub=bit, s=path)
 
