@@ -4,7 +4,8 @@ argv[1]: a JSON list of connections, each {"src", "server", "port", "kind", "req
 path] or [method, path, extra header lines, body]], "host"}; kind is http (one connection per entry,
 its requests one after another with keep-alive), split (the request line sent in two TCP segments),
 tls (a TLS handshake with "host" as server name, then one request inside). Prints one JSON line per
-connection: src, sport, and the entry's index.
+connection: src, sport, and the entry's index; with "keep_answers": true in the entry, also "answers":
+each request's answer as read (head and body, bytes as latin-1 text).
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import sys
 import time
 
 
-def read_response(s: socket.socket | ssl.SSLSocket) -> None:
+def request_bytes(method: str, path: str, extra: str, body: str, host: str) -> bytes:
+    """A request as the clients send it: request line, Host, the extra header lines (each ended by
+    CRLF), Content-Length, the body."""
+    return (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+            f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
+
+
+def read_response(s: socket.socket | ssl.SSLSocket) -> bytes:
+    """One answer: its head, and its body up to Content-Length; what was read when the peer closes first."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(4096)
         if not chunk:
-            return
+            return buf
         buf += chunk
     head, _, body = buf.partition(b"\r\n\r\n")
     length = 0
@@ -31,8 +40,9 @@ def read_response(s: socket.socket | ssl.SSLSocket) -> None:
     while len(body) < length:
         chunk = s.recv(4096)
         if not chunk:
-            return
+            break
         body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def main() -> None:
@@ -50,10 +60,10 @@ def main() -> None:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             s = ctx.wrap_socket(raw, server_hostname=c["host"])
+        answers: list[str] = []
         for method, path, *more in c["requests"]:
             extra, body = [*more, "", ""][:2]
-            req = (f"{method} {path} HTTP/1.1\r\nHost: {c['host']}\r\n{extra}"
-                   f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
+            req = request_bytes(method, path, extra, body, c["host"])
             if c["kind"] == "split":
                 cut = len(method) + 4
                 s.sendall(req[:cut])
@@ -61,9 +71,12 @@ def main() -> None:
                 s.sendall(req[cut:])
             else:
                 s.sendall(req)
-            read_response(s)
+            answers.append(read_response(s).decode("latin-1"))
         s.close()
-        print(json.dumps({"src": c["src"], "sport": sport, "index": i}), flush=True)
+        done: dict[str, object] = {"src": c["src"], "sport": sport, "index": i}
+        if c.get("keep_answers"):
+            done["answers"] = answers
+        print(json.dumps(done), flush=True)
         time.sleep(0.01)
 
 

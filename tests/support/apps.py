@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fastavro
 import yaml
@@ -114,6 +114,42 @@ def servers(tmp: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             lsock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that holds the listening socket
         lsock.close()
+        http.shutdown()
+        http.server_close()
+
+
+SCRIPTED_PORT = 18081
+PLAIN_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    """Answers each request with the exact bytes scripted for "METHOD path" (the path with its query,
+    as sent), else PLAIN_ANSWER; written in one send, with no Date or Server header of its own."""
+    protocol_version = "HTTP/1.1"
+    answers: ClassVar[dict[str, bytes]] = {}
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # the body, so that the next request on the connection parses
+        self.wfile.write(self.answers.get(f"{self.command} {self.path}", PLAIN_ANSWER))
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def scripted_server(answers: dict[str, bytes], port: int = SCRIPTED_PORT) -> Iterator[None]:
+    """An HTTP server on this host that gives the scripted answers (``_ScriptedHandler``): a test
+    decides every byte of what the server sends back."""
+    handler = type("_Scripted", (_ScriptedHandler,), {"answers": dict(answers)})
+    http = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
         http.shutdown()
         http.server_close()
 
