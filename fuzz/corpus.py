@@ -221,6 +221,24 @@ def seeds() -> dict[str, dict[str, bytes]]:
         half = len(p) // 2
         by_target["redact"][f"batch_{k}"] = bytes([shape]) + _u16(len(p)) + p[:half] + _u16(len(p)) + p[half:]
         by_target["payloads"][f"redact_{k}"] = b"\x01" + bytes([shape & ~1]) + _u16(len(p)) + p
+    # redaction's other rules: names as written, shapes, userinfo, a header value continued, HTTP/2
+    # header blocks (0x20: the same with --keep-http2-headers)
+    h2 = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64"
+          + b"\x00\x00\x0c\x01\x04\x00\x00\x00\x01\x82\x86\x40\x06cookie\x02ab"
+          + b"\x00\x00\x04\x09\x04\x00\x00\x00\x01\x82\x84\x87\x41")
+    more = {
+        "names_as_written": b'POST / HTTP/1.1\r\nUser-Agent: a"b\r\n\r\n{"accessToken":["x","y"],'
+                            b'"user":{"Pass-Word":1}}&user%5Bpassword%5D=x&token[]=y#access_token=z',
+        "shapes": b"X-Note: eyJhbGciOi.eyJzdWIi.sig AKIAIOSFODNN7EXAMPLE ghp_" + b"a1" * 18 + b" glpat-" + b"x" * 20
+                  + b"\r\n-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+        "userinfo": b"HTTP/1.1 302 Found\r\nLocation: https://u:pw@h/cb?code=c1&state=s#id_token=t\r\n\r\n",
+        "continued": b"rest-of-a-cookie; sid=1\r\nX-Vault-Token: v\r\n folded\r\n\r\n",
+        "path_token": b"GET /f/aZ3kQ9mP2xR7vL1nB8cT5wY4/raw HTTP/1.1\r\n",
+        "h2": h2,
+    }
+    for k, p in more.items():
+        by_target["redact"][f"rules_{k}"] = b"\x00" + p
+        by_target["redact"][f"rules_keep_h2_{k}"] = b"\x20" + p
     return by_target
 
 

@@ -288,6 +288,8 @@ static int64_t header_line(const uint8_t *p, int64_t len, const char *extra, int
 	uint8_t c[MAX_NAME];
 	int n = 0, escaped = 0;
 	int64_t i = 0;
+	if (!(CLS[p[0]] & C_ALNUM))
+		return 0; /* a header name starts with a letter (or a digit) */
 	for (; i < len && i <= MAX_NAME && tchar(p[i]); i++) {
 		uint8_t b = p[i];
 		escaped |= b == '%';
@@ -859,6 +861,8 @@ static int redact_one(uint8_t *p, int64_t len, const char *extra, int64_t flags)
 {
 	if (len <= 0)
 		return 0;
+	if (len >= 5 && p[0] >= 0x14 && p[0] <= 0x17 && p[1] == 3 && p[2] <= 4)
+		return 0; /* a TLS record: encrypted (or a handshake, which carries no credential) */
 	int changed = 0;
 	if (!(flags & KEEP_HTTP2_HEADERS))
 		changed |= redact_h2(p, len);
