@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 
 import structlog
 
-from pktstream.producer.config import ProducerConfig, load_config
+from pktstream.producer.config import ProducerConfig, load_config, service_link_variables
 from pktstream.runtime.cli import Verb
 from pktstream.runtime.kafka import parse_props
 from pktstream.runtime.log import configure_logging
@@ -42,6 +43,7 @@ _PRODUCE_FLAGS: list[tuple[str, str, type, str]] = [
     ("--batch-age-ms", "batch_age_ms", int, "oldest record waits at most this long"),
     ("--batch-quiet-ms", "batch_quiet_ms", int, "a small batch waits for more up to this age (0 = off; default 2000)"),
     ("--host-id", "host_id", str, "host id (message key)"),
+    ("--kafka-config", "kafka_config", str, "Kafka properties file (name=value lines): where secrets belong"),
     ("--queue-max-kbytes", "queue_max_kbytes", int, "producer memory queue in KiB (default 65536)"),
     ("--spool-dir", "spool_dir", str, "on-disk spool directory"),
     ("--pin-dir", "pin_dir", str, "bpffs directory for pinned counters, empty = off"),
@@ -85,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     cfg: ProducerConfig = load_config(flags=flags, config_file=args.config,
                                       kafka_overrides=parse_props(args.kafka_props))
     configure_logging(cfg.log_format, cfg.log_level)
+    os.umask(0o077)  # spool, run state and pinned paths readable by this user only (payload prefixes)
+    links = service_link_variables(os.environ)
+    if links:
+        log.warning("service_link_variables_ignored", variables=links,
+                    hint="Kubernetes service links; set enableServiceLinks: false in the pod spec")
     if not cfg.interface:
         from pktstream.producer.capture import default_route_interface
 

@@ -2,15 +2,19 @@
 
 Sources, later ones winning: defaults, a TOML file (``--config``), environment
 variables ``PKTSTREAM_<FIELD>`` (upper case), command-line flags. librdkafka
-properties (SASL, TLS, ...) pass through from the file's ``[kafka]`` table,
-from ``PKTSTREAM_KAFKA__<PROP>`` variables (``__`` stands for ``.``, e.g.
-``PKTSTREAM_KAFKA__SASL__MECHANISM``) and from ``-X prop=value`` flags.
-Every invalid value is reported at once, and secrets never reach the logs.
+properties (SASL, TLS, ...) pass through from the file's ``[kafka]`` table, a
+properties file (``kafka_config``), ``PKTSTREAM_KAFKA__<PROP>`` variables (``__``
+stands for ``.``, e.g. ``PKTSTREAM_KAFKA__SASL__PASSWORD``) and ``-X prop=value``
+flags, in that order. Every invalid value is reported at once, secrets never
+reach the logs, and Kubernetes service-link variables (``PKTSTREAM_..._SERVICE_HOST``)
+are not taken for settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pktstream.runtime.errors import ConfigError
+from pktstream.runtime.kafka import KAFKA_ENV_PREFIX, env_properties, masked, read_properties
 from pktstream.schemas.container import CODECS
 
 KAFKA_COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -29,21 +34,48 @@ XDP_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("both", "ingress", "egress")
 EGRESS_HOOKS = ("auto", "tcx", "tc")
 LOG_FORMATS = ("auto", "json", "console")
-_SECRET_WORDS = ("password", "secret", "token", "key")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # what the redaction loop takes for a name
 
 
+HOST_ID_APP = b"pktstream host id"  # the application id of machine-id(5)'s app-specific ids
+
+
 def default_host_id() -> str:
-    """A stable host id: the machine id where there is one, else the host name."""
+    """A stable host id: the host name and 12 hex digits of an id derived from the machine id the
+    way machine-id(5) asks applications to (HMAC-SHA256 keyed by the machine id, as systemd's
+    sd_id128_get_machine_app_specific), which reveals nothing of the machine id itself; the host
+    name alone where there is no machine id."""
     for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
             mid = Path(p).read_text().strip()
         except OSError:
             continue
         if mid:
-            return f"{socket.gethostname()}-{mid[:12]}"
+            digest = hmac.new(mid.encode(), HOST_ID_APP, hashlib.sha256).hexdigest()
+            return f"{socket.gethostname()}-{digest[:12]}"
     return socket.gethostname()
+
+
+# the variables Kubernetes injects for every Service of the namespace (enableServiceLinks): a
+# Service named pktstream-metrics gives PKTSTREAM_METRICS_SERVICE_HOST, PKTSTREAM_METRICS_PORT=tcp://...
+_SERVICE_LINK = re.compile(r"PKTSTREAM_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+                           r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)")
+_SERVICE_LINK_VALUE = re.compile(r"(?:tcp|udp|sctp)(?://\S*)?|\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:]+|\d+")
+
+
+def service_link_variables(env: Mapping[str, str]) -> list[str]:
+    """PKTSTREAM_* variables that are Kubernetes service links, not settings: their name has the
+    service-link form and their value is an address, a port or a tcp:// URL where the name is not a
+    setting's, a tcp:// URL where it is (PKTSTREAM_METRICS_PORT=tcp://10.0.0.1:9464)."""
+    out = []
+    for k, v in env.items():
+        if not _SERVICE_LINK.fullmatch(k):
+            continue
+        setting = k[len("PKTSTREAM_"):].lower() in _FIELDS
+        if re.fullmatch(r"(?:tcp|udp|sctp)://\S*", v) or (not setting and _SERVICE_LINK_VALUE.fullmatch(v)):
+            out.append(k)
+    return sorted(out)
 
 
 @dataclass
@@ -84,7 +116,11 @@ class ProducerConfig:
     stats_topic: str = field(default="pktstream.stats", metadata={"doc": "loss-accounting topic"})
     stats_publish_s: float = field(default=10.0, metadata={"doc": "seconds between loss-accounting reports"})
     metrics_port: int = field(default=9464, metadata={"doc": "Prometheus /metrics and /healthz port; 0 = off"})
-    metrics_address: str = field(default="0.0.0.0", metadata={"doc": "address the metrics endpoint binds"})
+    metrics_address: str = field(default="0.0.0.0", metadata={
+        "doc": "address the metrics endpoint binds (127.0.0.1 keeps it to the host; docs/operations.md)"})
+    kafka_config: str = field(default="", metadata={
+        "doc": "Kafka properties file (name=value lines), read before PKTSTREAM_KAFKA__* variables and -X; "
+               "where secrets belong"})
     create_topic: bool = field(default=True, metadata={"doc": "create the topics if they are missing"})
     partitions: int = field(default=6, metadata={"doc": "partitions of a topic pktstream creates"})
     replication_factor: int = field(default=-1, metadata={"doc": "-1 = the broker's default"})
@@ -115,9 +151,7 @@ class ProducerConfig:
     def redacted(self) -> dict[str, Any]:
         """The configuration as logged: librdkafka secrets replaced by ***."""
         out = dataclasses.asdict(self)
-        out["kafka"] = {
-            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in self.kafka.items()
-        }
+        out["kafka"] = masked(self.kafka)
         return out
 
 
@@ -162,6 +196,7 @@ def load_config(
     problems: list[str] = []
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
+    links = set(service_link_variables(env))  # said by the caller once logging is set up
 
     config_file = config_file or env.get("PKTSTREAM_CONFIG") or None
     if config_file:
@@ -182,8 +217,7 @@ def load_config(
     for k, v in env.items():
         if not k.startswith("PKTSTREAM_") or k in ("PKTSTREAM_CONFIG",) or k.startswith("PKTSTREAM_TEST"):
             continue
-        if k.startswith("PKTSTREAM_KAFKA__"):
-            kafka[k[len("PKTSTREAM_KAFKA__") :].lower().replace("__", ".")] = v
+        if k.startswith(KAFKA_ENV_PREFIX) or k in links:
             continue
         name = k[len("PKTSTREAM_") :].lower()
         if name in _FIELDS and name != "kafka":
@@ -194,6 +228,9 @@ def load_config(
     for k, v in (flags or {}).items():
         if v is not None:
             values[k] = v
+    if values.get("kafka_config"):  # under the variables and flags that name single properties
+        kafka.update(read_properties(str(values["kafka_config"]), problems))
+    kafka.update(env_properties(env))
     kafka.update(kafka_overrides or {})
 
     coerced = {k: _coerce(k, v, problems) for k, v in values.items()}

@@ -32,7 +32,7 @@ class RunStateFile:
             return None
 
     def write(self, state: RunState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(state)))
         os.replace(tmp, self.path)

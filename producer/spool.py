@@ -39,7 +39,8 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # batches hold payload prefixes: this user's only, a spool from before too
         # one producer per spool: a second one would replay the same files (duplicates)
         self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115 - held for the spool's life
         try:

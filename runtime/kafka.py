@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -137,6 +138,72 @@ def max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: float = 30
         log.warning("topic_config_unreadable", topic=topic, error=str(e),
                     assumed=BROKER_DEFAULT_MAX_MESSAGE_BYTES)
         return BROKER_DEFAULT_MAX_MESSAGE_BYTES
+
+
+KAFKA_ENV_PREFIX = "PKTSTREAM_KAFKA__"  # PKTSTREAM_KAFKA__SASL__PASSWORD is sasl.password
+KAFKA_CONFIG_ENV = "PKTSTREAM_KAFKA_CONFIG"  # a properties file
+_SECRET_PROPERTY = re.compile(r"password|secret|jaas|token|credential|private|oauthbearer\.config|\.pem$|\.key$",
+                              re.IGNORECASE)
+
+
+def secret_property(name: str) -> bool:
+    """Does this librdkafka property hold a secret (its value never logged)?"""
+    return bool(_SECRET_PROPERTY.search(name))
+
+
+def masked(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Kafka properties as they may be logged: secrets replaced by ***, callables left out."""
+    return {k: ("***" if secret_property(k) else v) for k, v in conf.items() if not callable(v)}
+
+
+def read_properties(path: str, problems: list[str]) -> dict[str, str]:
+    """A Kafka properties file (``name=value`` or ``name: value`` per line, ``#`` and ``!``
+    comments), as Kafka's own tools and librdkafka's examples write them; malformed lines are
+    added to problems with their numbers."""
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115 (read whole, closed at once)
+    except OSError as e:
+        problems.append(f"Kafka properties file {path}: {e.strerror}")
+        return {}
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        m = re.match(r"([^=:\s]+)\s*[=:]\s*(.*)$", line)
+        if m is None:
+            problems.append(f"Kafka properties file {path}, line {n}: expected name=value")
+            continue
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def env_properties(environ: Mapping[str, str]) -> dict[str, str]:
+    """``PKTSTREAM_KAFKA__<NAME>`` variables as librdkafka properties (``__`` stands for ``.``)."""
+    return {k[len(KAFKA_ENV_PREFIX):].lower().replace("__", "."): v for k, v in environ.items()
+            if k.startswith(KAFKA_ENV_PREFIX) and len(k) > len(KAFKA_ENV_PREFIX)}
+
+
+def kafka_properties(flags: Sequence[str] | None, file: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The librdkafka properties a command runs with, every way they can be given, later ones
+    winning: a properties file (``file``, else the one ``PKTSTREAM_KAFKA_CONFIG`` names), then
+    ``PKTSTREAM_KAFKA__*`` variables, then ``-X`` flags. Secrets belong in the first two: a
+    command line is readable by every user of the host. Every problem is listed at once."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    out: dict[str, str] = {}
+    path = file or env.get(KAFKA_CONFIG_ENV)
+    if path:
+        out.update(read_properties(path, problems))
+    out.update(env_properties(env))
+    try:
+        out.update(parse_props(flags))
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def parse_props(items: Sequence[str] | None) -> dict[str, str]:

@@ -8,10 +8,12 @@ the program is attached, 503 with the reason otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -70,36 +72,154 @@ class MetricsServer:
         for c in collectors or []:  # metrics a consumer app keeps itself (the usage RED histograms)
             registry.register(c)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    body, code, ctype = generate_latest(registry), 200, "text/plain; version=0.0.4"
-                elif self.path.startswith("/healthz"):
-                    ok, why = health()
-                    body, code, ctype = (why + "\n").encode(), 200 if ok else 503, "text/plain"
-                else:
-                    body, code, ctype = b"see /metrics and /healthz\n", 404, "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:  # no access log lines
-                pass
+        def respond(method: str, path: str) -> tuple[int, str, bytes]:
+            if method not in ("GET", "HEAD"):
+                return 405, "text/plain", b"GET /metrics or /healthz\n"
+            if path.startswith("/metrics"):
+                return 200, "text/plain; version=0.0.4", generate_latest(registry)
+            if path.startswith("/healthz"):
+                ok, why = health()
+                return (200 if ok else 503), "text/plain", (why + "\n").encode()
+            return 404, "text/plain", b"see /metrics and /healthz\n"
 
         try:
-            self.server = ThreadingHTTPServer((address, port), Handler)
+            self.server = _Server(address, port, respond)
         except OSError as e:
             raise PktstreamError(f"metrics endpoint {address}:{port}: {e.strerror}; "
                                  "choose another --metrics-port or 0 to turn it off") from None
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self.port = self.server.port
+        self.thread = threading.Thread(target=self.server.serve, name="metrics", daemon=True)
         self.thread.start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+class _Conn:
+    __slots__ = ("opened", "out", "request")
+
+    def __init__(self) -> None:
+        self.opened = time.monotonic()
+        self.request = bytearray()
+        self.out: memoryview | None = None
+
+
+class _Server:
+    """An HTTP/1.1 server in one thread: a selector over the listening socket and at most
+    MAX_CONNECTIONS connections, each answering one request and closed. No thread per
+    connection, so idle or slow clients cost a socket, not a thread: a connection that has not
+    sent its request head (at most MAX_HEAD bytes) and read its answer within TIMEOUT_S is
+    closed, and while MAX_CONNECTIONS are open the oldest is closed to let a new one in, so no
+    number of idle connections keeps Prometheus or a health check out."""
+
+    MAX_CONNECTIONS = 256
+    MAX_HEAD = 8192
+    TIMEOUT_S = 10.0
+
+    def __init__(self, address: str, port: int, respond: Callable[[str, str], tuple[int, str, bytes]]) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.create_server((address, port), family=family, backlog=1024)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.respond = respond
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ, None)
+        self.conns: dict[socket.socket, _Conn] = {}  # oldest first
+        self.stop = threading.Event()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            for key, events in self.sel.select(timeout=0.25):
+                if key.data is None:
+                    self._accept()
+                    continue
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                if s not in self.conns:
+                    continue
+                try:
+                    if events & selectors.EVENT_READ:
+                        self._read(s, self.conns[s])
+                    elif events & selectors.EVENT_WRITE:
+                        self._write(s, self.conns[s])
+                except OSError:
+                    self._drop(s)
+            now = time.monotonic()
+            for s, c in list(self.conns.items()):
+                if now - c.opened < self.TIMEOUT_S:
+                    break
+                self._drop(s)
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                s, _addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # out of descriptors: make room and try again at the next turn
+                if self.conns:
+                    self._drop(next(iter(self.conns)))
+                return
+            if len(self.conns) >= self.MAX_CONNECTIONS:
+                self._drop(next(iter(self.conns)))
+            s.setblocking(False)
+            self.conns[s] = _Conn()
+            self.sel.register(s, selectors.EVENT_READ, True)
+
+    def _read(self, s: socket.socket, c: _Conn) -> None:
+        data = s.recv(4096)
+        if not data:
+            self._drop(s)
+            return
+        c.request += data
+        end = c.request.find(b"\r\n\r\n")
+        if end < 0:
+            end = c.request.find(b"\n\n")
+        if end < 0:
+            if len(c.request) > self.MAX_HEAD:
+                self._answer(s, c, 431, "text/plain", b"request head too long\n", False)
+            return
+        parts = bytes(c.request[: c.request.find(b"\n")]).decode("latin-1").split()
+        if len(parts) < 2:
+            self._answer(s, c, 400, "text/plain", b"bad request\n", False)
+            return
+        code, ctype, body = self.respond(parts[0], parts[1])
+        self._answer(s, c, code, ctype, body, parts[0] != "HEAD")
+
+    def _answer(self, s: socket.socket, c: _Conn, code: int, ctype: str, body: bytes, with_body: bool) -> None:
+        head = (f"HTTP/1.1 {code} {_REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        c.out = memoryview(head + body if with_body else head)
+        self.sel.modify(s, selectors.EVENT_WRITE, True)
+        self._write(s, c)
+
+    def _write(self, s: socket.socket, c: _Conn) -> None:
+        assert c.out is not None
+        try:
+            n = s.send(c.out)
+        except BlockingIOError:
+            return
+        c.out = c.out[n:]
+        if not len(c.out):
+            self._drop(s)
+
+    def _drop(self, s: socket.socket) -> None:
+        self.conns.pop(s, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(s)
+        s.close()
+
+    def close(self) -> None:
+        for s in list(self.conns):
+            self._drop(s)
+        self.sel.close()
+        self.sock.close()
 
 
 class Heartbeat:

@@ -15,7 +15,7 @@ from pktstream.consumers.engine.runner import Processor, StreamConfig, StreamRun
 from pktstream.consumers.engine.topics import SNAPSHOT_PART_BYTES
 from pktstream.runtime.cli import time_ms
 from pktstream.runtime.errors import ConfigError
-from pktstream.runtime.kafka import client_config, ensure_topic, parse_props
+from pktstream.runtime.kafka import client_config, ensure_topic, kafka_properties
 
 log = structlog.get_logger("pktstream.app")
 
@@ -123,7 +123,10 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
     p.add_argument("--catalog", default=None, help="API catalog (YAML); see docs/usage.md")
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
-                   help="librdkafka property (security.protocol=SASL_SSL, ...)")
+                   help="librdkafka property (security.protocol=SASL_SSL, ...); secrets belong in "
+                        "--kafka-config or PKTSTREAM_KAFKA__* variables, not on a command line")
+    p.add_argument("--kafka-config", default=None, metavar="FILE",
+                   help="Kafka properties file (name=value lines; default: $PKTSTREAM_KAFKA_CONFIG)")
 
 
 def stream_config(args: argparse.Namespace, app: str) -> StreamConfig:
@@ -198,4 +201,4 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
 
 def conf_from(args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"
-    return client_config(bootstrap, parse_props(args.kafka_props))
+    return client_config(bootstrap, kafka_properties(args.kafka_props, args.kafka_config))

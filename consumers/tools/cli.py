@@ -12,7 +12,7 @@ from confluent_kafka import KafkaException
 
 from pktstream.runtime.cli import Verb, time_ms
 from pktstream.runtime.errors import ConfigError, KafkaUnavailableError, PktstreamError
-from pktstream.runtime.kafka import check_reachable, client_config, parse_props, require_topic
+from pktstream.runtime.kafka import check_reachable, client_config, kafka_properties, require_topic
 from pktstream.runtime.log import configure_logging
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", default=None, help="Kafka (default: the local broker's port)")
     p.add_argument("--local-kafka-port", type=int, default=9092)
     p.add_argument("--topic", default="pktstream.packets")
-    p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE")
+    p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE",
+                   help="librdkafka property; secrets belong in --kafka-config or PKTSTREAM_KAFKA__* variables")
+    p.add_argument("--kafka-config", default=None, metavar="FILE",
+                   help="Kafka properties file (name=value lines; default: $PKTSTREAM_KAFKA_CONFIG)")
 
 
 def _reader_conf(args: argparse.Namespace) -> dict[str, object]:
@@ -31,7 +34,7 @@ def _reader_conf(args: argparse.Namespace) -> dict[str, object]:
     (an empty new one would have nothing to show). An unreachable broker or a missing topic is said
     in the same words as every other command's, before any reading starts."""
     conf = client_config(str(args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"),
-                         parse_props(args.kafka_props))
+                         kafka_properties(args.kafka_props, args.kafka_config))
     check_reachable(conf)
     require_topic(conf, args.topic)
     return conf

@@ -68,3 +68,83 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
         if f.name != "kafka":
             assert f"| `{f.name}` |" in doc, f"docs/configuration.md lacks {f.name}"
 
+
+
+# -- secrets off the command line, service links, the host id ------------------------------------
+
+
+def test_kafka_properties_file_then_variables_then_flags(tmp_path: Path) -> None:
+    props = tmp_path / "kafka.properties"
+    props.write_text("# written by the deployment\nsecurity.protocol=SASL_SSL\nsasl.mechanism : SCRAM-SHA-512\n"
+                     "! another comment\n\nsasl.username=producer-a\nsasl.password=from-file\n")
+    cfg = load_config(env={"PKTSTREAM_KAFKA_CONFIG": str(props), "PKTSTREAM_KAFKA__SASL__PASSWORD": "from-env"},
+                      kafka_overrides={"sasl.username": "from-flag"})
+    assert cfg.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                         "sasl.username": "from-flag", "sasl.password": "from-env"}
+    assert cfg.redacted()["kafka"]["sasl.password"] == "***"
+    assert load_config(env={}, flags={"kafka_config": str(props)}).kafka["sasl.password"] == "from-file"
+
+
+def test_kafka_properties_problems_are_listed_with_the_others(tmp_path: Path) -> None:
+    from pktstream.runtime.kafka import kafka_properties
+
+    bad = tmp_path / "bad.properties"
+    bad.write_text("security.protocol=SSL\nthis line has no separator\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(env={"PKTSTREAM_KAFKA_CONFIG": str(bad)}, flags={"payload_bytes": 999})
+    assert any("bad.properties, line 2" in p for p in ei.value.problems)
+    assert any("payload_bytes" in p for p in ei.value.problems)
+    with pytest.raises(ConfigError) as ei:  # the consumers' and tools' way, every problem at once
+        kafka_properties(["no-equals-sign"], str(tmp_path / "missing.properties"), environ={})
+    assert len(ei.value.problems) == 2
+    good = tmp_path / "ok.properties"
+    good.write_text("a.b=file\nc=file\nsasl.oauthbearer.config=principal=x secret=y\n")
+    assert kafka_properties(["a.b=flag"], None, environ={"PKTSTREAM_KAFKA_CONFIG": str(good),
+                                                         "PKTSTREAM_KAFKA__C": "env"}) == \
+        {"a.b": "flag", "c": "env", "sasl.oauthbearer.config": "principal=x secret=y"}
+
+
+def test_every_secret_property_is_masked() -> None:
+    from pktstream.runtime.kafka import masked
+
+    conf = {"sasl.password": "p", "ssl.key.password": "p", "sasl.oauthbearer.config": "p",
+            "sasl.oauthbearer.client.secret": "p", "sasl.jaas.config": "p", "ssl.key.pem": "p",
+            "ssl.keystore.password": "p", "sasl.oauthbearer.token.endpoint.url": "https://idp/token",
+            "sasl.username": "u", "security.protocol": "SASL_SSL", "ssl.ca.location": "/ca.pem"}
+    out = masked(conf)
+    assert {k for k, v in out.items() if v == "***"} == {
+        "sasl.password", "ssl.key.password", "sasl.oauthbearer.config", "sasl.oauthbearer.client.secret",
+        "sasl.jaas.config", "ssl.key.pem", "ssl.keystore.password", "sasl.oauthbearer.token.endpoint.url"}
+    assert (out["sasl.username"], out["ssl.ca.location"]) == ("u", "/ca.pem")
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    from pktstream.producer.config import service_link_variables
+
+    links = {"PKTSTREAM_METRICS_SERVICE_HOST": "10.96.0.12", "PKTSTREAM_METRICS_SERVICE_PORT": "9464",
+             "PKTSTREAM_METRICS_SERVICE_PORT_METRICS": "9464", "PKTSTREAM_METRICS_PORT": "tcp://10.96.0.12:9464",
+             "PKTSTREAM_METRICS_PORT_9464_TCP": "tcp://10.96.0.12:9464",
+             "PKTSTREAM_METRICS_PORT_9464_TCP_PROTO": "tcp", "PKTSTREAM_METRICS_PORT_9464_TCP_PORT": "9464",
+             "PKTSTREAM_METRICS_PORT_9464_TCP_ADDR": "10.96.0.12", "PKTSTREAM_SERVICE_HOST": "fd00::12"}
+    cfg = load_config(env={**links, "PKTSTREAM_TOPIC": "t1"})
+    assert cfg.topic == "t1" and cfg.metrics_port == 9464  # the default, not the link's URL
+    assert service_link_variables(links) == sorted(links)
+    assert load_config(env={"PKTSTREAM_METRICS_PORT": "9500"}).metrics_port == 9500  # a setting stays one
+    with pytest.raises(ConfigError, match="PKTSTREAM_METRIX_PORTT"):
+        load_config(env={"PKTSTREAM_METRIX_PORTT": "1"})  # a typo is still an error
+
+
+def test_host_id_reveals_nothing_of_the_machine_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from pktstream.producer import config
+
+    mid = "0123456789abcdef0123456789abcdef"
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: mid + "\n" if str(self) == "/etc/machine-id"
+                        else real(self, *a, **k))
+    hid = config.default_host_id()
+    host, digest = hid.rsplit("-", 1)
+    assert host == socket.gethostname() and len(digest) == 12
+    assert not any(mid[i : i + 6] in digest for i in range(len(mid) - 5))  # no run of the machine id in it
+    assert hid == config.default_host_id()  # stable

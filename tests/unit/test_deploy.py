@@ -150,3 +150,31 @@ def test_the_chart_renders_the_same_pods_as_the_manifests() -> None:
     assert chart.keys() == plain.keys()
     for k in plain:
         assert chart[k]["spec"]["template"]["spec"] == plain[k]["spec"]["template"]["spec"], k
+
+
+def _pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("DaemonSet", "Deployment")]
+
+
+def test_no_secret_on_any_command_line_and_no_service_links() -> None:
+    """Every deployment form passes Kafka credentials through the environment (from a Secret or an
+    EnvironmentFile) that every command reads, never as arguments (readable in /proc by any user of
+    the node); pods get no service-link variables (PKTSTREAM_METRICS_SERVICE_HOST from a Service
+    named pktstream-metrics would otherwise reach the producer)."""
+    forms = {"manifests": manifests(), "chart": render(), "chart-existing-secret": render(
+        "kafka.sasl.existingSecret=my-kafka")}
+    for form, docs in forms.items():
+        pods = _pods(docs)
+        assert pods, form
+        for pod in pods:
+            assert pod.get("enableServiceLinks") is False, form
+            for c in pod["containers"]:
+                words = " ".join(str(a) for a in [*c.get("command", []), *c.get("args", [])]).lower()
+                for secret in ("password", "sasl.", "jaas", "pktstream_kafka__", "secret"):
+                    assert secret not in words, (form, c["name"], words)
+                refs = [r.get("secretRef", {}).get("name") for r in c.get("envFrom", [])]
+                assert any(refs), (form, c["name"])  # the credentials reach it as variables
+    for unit in sorted(UNITS.glob("*.service")):
+        text = unit.read_text()
+        exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+        assert "password" not in exec_start.lower() and "EnvironmentFile=" in text, unit.name
