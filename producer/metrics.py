@@ -14,6 +14,9 @@ COUNTERS = {
     "batches": "Packet-topic messages produced.",
     "bytes_delivered": "Bytes of packet-topic messages acknowledged.",
     "records_replayed": "Records delivered from the on-disk spool.",
+    "spool_records_dropped": "Records the spool could not keep (full, disk errors) or Kafka refused for good on "
+                             "replay (producer_stopped's spool_dropped_by_cause says why).",
+    "spool_files_quarantined": "Spool files that could not be read back, renamed *.corrupt.",
     "records_redacted": "Records whose payload prefix had credentials redacted.",
     "records_payload_cleared": "Records whose payload was dropped as out of payload_ports/payload_networks.",
 }

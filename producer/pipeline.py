@@ -269,6 +269,9 @@ class ProducerRun:
             "records_spooled": s.records_spooled,
             "records_replayed": s.records_replayed,
             "spool_bytes": self.publisher.spool.bytes if self.publisher.spool else 0,
+            "spool_records_dropped": self.publisher.spool.records_dropped if self.publisher.spool else 0,
+            "spool_dropped_by_cause": dict(self.publisher.spool.dropped_by_cause) if self.publisher.spool else {},
+            "spool_files_quarantined": self.publisher.spool.files_quarantined if self.publisher.spool else 0,
             "ringbuf_full": c.ringbuf_full,
             "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
             "sampled_out": c.sampled_out,
@@ -295,11 +298,12 @@ class ProducerRun:
             return False, "main loop stalled"
         return True, "ok"
 
-    def _publish_stats(self, final: bool) -> None:
+    def _publish_stats(self, final: bool) -> tuple[bytes, bytes, dict[str, bool]]:
+        """Queue a stats report; its key, value and outcome (filled in at delivery)."""
         assert self.publisher is not None
-        self.publisher.publish_aux(self.cfg.stats_topic, stats_key(self.cfg.host_id, self.run_id),
-                                   stats_report(self.snapshot(), self.cfg.host_id, self.cfg.interface, self.run_id,
-                                                final))
+        key = stats_key(self.cfg.host_id, self.run_id)
+        value = stats_report(self.snapshot(), self.cfg.host_id, self.cfg.interface, self.run_id, final)
+        return key, value, self.publisher.publish_aux(self.cfg.stats_topic, key, value)
 
     def _adapt_sampling(self, now: float) -> None:
         assert self.capture is not None
@@ -322,10 +326,15 @@ class ProducerRun:
             pass
         self._flush_batch()
         undelivered = self.publisher.drain_to_spool(60.0)
-        self._publish_stats(final=True)
+        key, value, report = self._publish_stats(final=True)
         self.publisher.flush(30.0)
+        # the run is clean only when its final report is in the stats topic or in the spool (the
+        # next run delivers it); else the next run accounts for it from the pinned counters
+        reported = report["delivered"] or self.publisher.spool_aux(self.cfg.stats_topic, key, value)
+        if not report["delivered"]:
+            log.warning("final_report_spooled" if reported else "final_report_undelivered", run_id=self.run_id)
         self.runfile.write(RunState(self.cfg.host_id, self.cfg.interface, self.run_id, self.cfg.stats_topic,
-                                    0, clean=True, directions=self.directions))
+                                    0, clean=reported, directions=self.directions))
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats
@@ -348,6 +357,8 @@ class ProducerRun:
             undelivered_messages=undelivered,
             records_spooled=s.records_spooled,
             records_replayed=s.records_replayed,
+            spool_dropped_by_cause=dict(self.publisher.spool.dropped_by_cause) if self.publisher.spool else {},
+            spool_files_quarantined=self.publisher.spool.files_quarantined if self.publisher.spool else 0,
             latency_p50_ms=ms_or_none(lat["p50"]),
             latency_p99_ms=ms_or_none(lat["p99"]),
             sample_rate=self.sampler.rate,

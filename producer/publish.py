@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pktstream.producer.latency import LatencyRecorder
 from pktstream.producer.spool import Spool
@@ -49,6 +49,7 @@ class Publisher:
         self.spool = spool
         self.run_id = run_id
         self.stats = DeliveryStats()
+        self._too_large: set[Any] = set()  # spooled batches refused as too large in company
         full = {
             "enable.idempotence": True,
             "acks": "all",
@@ -110,19 +111,44 @@ class Publisher:
                     self._to_spool(key, value, headers, records)
                     break
                 self.producer.poll(0.05)
+            except KafkaException as e:  # the topic deleted, a fatal idempotence error: never a crash
+                self._refused(e, records)
+                if self.spool is not None:
+                    self._to_spool(key, value, headers, records)
+                else:
+                    self.stats.records_failed += records
+                break
         self.producer.poll(0)
+
+    def _refused(self, e: KafkaException, records: int) -> None:
+        err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+        log.error("produce_refused", error=str(err or e), fatal=bool(err and err.fatal()), records=records)
 
     def replay(self, max_inflight: int = 4) -> None:
         """Send spooled batches again, oldest first, a few at a time; each file goes when Kafka acks it."""
         spool = self.spool
         if spool is None or not len(spool) or spool.inflight >= max_inflight or len(self.producer) > 100:
             return
-        batches = spool.oldest(max_inflight - spool.inflight)
+        # a batch refused as too large may only have shared a request with one that is: such
+        # batches go again one at a time, and only one refused alone is given up
+        alone = bool(self._too_large)
+        if alone and (spool.inflight or len(self.producer)):
+            return
+        batches = spool.oldest(1 if alone else max_inflight - spool.inflight)
         for i, b in enumerate(batches):
             own = dict(b.headers).get(H.RUN_ID) == self.run_id.encode()
 
-            def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own) -> None:
+            def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own,
+                            alone: bool = alone) -> None:
                 log.debug("spool_replay_result", file=b.path.name, error=str(err) if err else None)
+                if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE and not alone:
+                    self._too_large.add(b.path)
+                    spool.done(b, delivered=False)
+                    return
+                self._too_large.discard(b.path)
+                if err is not None and err.code() not in self.RETRIABLE:
+                    self._give_up(b, own, err.name(), str(err))
+                    return
                 spool.done(b, delivered=err is None)
                 if err is None:
                     self.stats.records_replayed += b.records
@@ -140,19 +166,49 @@ class Publisher:
                 for rest in batches[i + 1 :]:  # not sent this time: free them for the next round
                     spool.done(rest, delivered=False)
                 return
+            except KafkaException as e:  # refused before sending (no such topic, ...): for good
+                err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+                self._give_up(b, own, err.name() if err else "produce_refused", str(err or e))
 
-    def publish_aux(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue a message of another topic (stats); failures are logged, not counted as records."""
+    def _give_up(self, b: Any, own: bool, code: str, error: str) -> None:
+        """A spooled batch Kafka refuses for good: out of the spool, counted as failed with its
+        cause (this run's records in records_failed; a previous run's in the spool's drops)."""
+        assert self.spool is not None
+        self.spool.failed(b, f"rejected_{code.lower().lstrip('_')}")
+        if own:
+            self.stats.records_failed += b.records
+            self.stats.records_spooled -= b.records
+        log.error("spool_batch_rejected", file=b.path.name, topic=b.topic, records=b.records, error=error,
+                  this_run=own)
+
+    def publish_aux(self, topic: str, key: bytes, value: bytes) -> dict[str, bool]:
+        """Queue a message of another topic (stats); failures are logged, not counted as records.
+        Returns its outcome, filled in by the delivery report: {"delivered": ...}."""
+        outcome = {"delivered": False}
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 log.error("aux_delivery_failed", topic=topic, error=str(err))
+            else:
+                outcome["delivered"] = True
 
         try:
             self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
         except BufferError:
             log.error("aux_queue_full", topic=topic)
+        except KafkaException as e:
+            log.error("aux_delivery_failed", topic=topic, error=str(e))
         self.producer.poll(0)
+        return outcome
+
+    def spool_aux(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Keep a message Kafka did not take (the final stats report at shutdown) in the spool, to
+        go with the batches; False without a spool or when it cannot take it."""
+        if self.spool is None:
+            return False
+        self.producer.purge(in_queue=True, in_flight=False)
+        self.producer.poll(0.1)
+        return self.spool.put(topic, key, [], value, 0)
 
     def drain_to_spool(self, timeout_s: float) -> int:
         """At shutdown: deliver the queue and the spool for up to ``timeout_s``, then move what

@@ -6,23 +6,35 @@ holds) or when it is still undelivered at shutdown. Each batch is one file
 (written to a temporary name, then renamed, so a crash never leaves half a
 batch); the files survive a producer restart and are replayed oldest first
 once Kafka accepts messages again, each deleted only when Kafka has
-acknowledged it. When the spool would exceed its size bound, the batch is
-dropped and counted (``records_dropped``): the only way a record captured by
-the producer is lost, and it is never silent.
+acknowledged it. When the spool would exceed its size bound, or the disk
+refuses the write (full, read-only, an I/O error), the batch is dropped and
+counted (``records_dropped``, with the cause in ``dropped_by_cause``): the only
+ways a record captured by the producer is lost, and never silent.
+
+Files are named by a sequence number that continues from the highest in the
+directory, not by the clock, so a clock stepped back during an outage cannot
+reorder the replay. A file that cannot be read back (truncated, corrupt, not a
+batch) is renamed ``*.corrupt``, counted and logged, and the replay goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from pktstream.runtime.errors import PktstreamError
 
+log = structlog.get_logger("pktstream.spool")
+
 _SUFFIX = ".batch"
+_CORRUPT = ".corrupt"
 
 
 @dataclass
@@ -58,28 +70,44 @@ class Spool:
         self._files = len(files)
         self.records_spooled = 0
         self.records_dropped = 0
-        self._seq = 0
+        self.dropped_by_cause: dict[str, int] = {}
+        self.files_quarantined = 0
+        # the next file's number: after every one there (earlier builds named files by the clock's
+        # nanoseconds, which stay below the numbers that continue from them)
+        self._seq = max((_number(p) for p in files), default=0)
         self._inflight: set[Path] = set()
 
     def __len__(self) -> int:
         return self._files
 
+    def _drop(self, records: int, cause: str) -> bool:
+        self.records_dropped += records
+        self.dropped_by_cause[cause] = self.dropped_by_cause.get(cause, 0) + records
+        return False
+
     def put(self, topic: str, key: bytes, headers: list[tuple[str, bytes]], value: bytes, records: int) -> bool:
-        """Store a batch; False (and counted as dropped) when the spool is full."""
-        meta = json.dumps({"topic": topic, "key": key.decode(), "records": records,
-                           "headers": [[k, v.decode()] for k, v in headers]}).encode()
+        """Store a batch; False (and counted as dropped, with its cause) when the spool is full or
+        the disk refuses the write."""
+        meta = json.dumps({"topic": topic, "key": key.decode("latin-1"), "records": records,
+                           "headers": [[k, v.decode("latin-1")] for k, v in headers]}).encode()
         size = len(meta) + 1 + len(value)
         if self.bytes + size > self.max_bytes:
-            self.records_dropped += records
-            return False
+            return self._drop(records, "spool_full")
         self._seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}"
+        name = f"{self._seq:020d}-{os.getpid()}"
         tmp = self.dir / f"{name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(meta + b"\n" + value)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.rename(self.dir / f"{name}{_SUFFIX}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(meta + b"\n" + value)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.rename(self.dir / f"{name}{_SUFFIX}")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            cause = errno.errorcode.get(e.errno or 0, "EIO").lower()  # enospc, erofs, eio, edquot...
+            if not self.dropped_by_cause.get(f"disk_{cause}"):
+                log.error("spool_write_failed", directory=str(self.dir), error=e.strerror or str(e), records=records)
+            return self._drop(records, f"disk_{cause}")
         self.bytes += size
         self._files += 1
         self.records_spooled += records
@@ -88,18 +116,43 @@ class Spool:
     def oldest(self, limit: int) -> list[SpooledBatch]:
         """Up to ``limit`` spooled batches not already being replayed, oldest first."""
         out: list[SpooledBatch] = []
-        for p in sorted(self.dir.glob(f"*{_SUFFIX}")):
+        for p in sorted(self.dir.glob(f"*{_SUFFIX}"), key=_number):
             if p in self._inflight:
                 continue
-            data = p.read_bytes()
-            head, _, value = data.partition(b"\n")
-            meta = json.loads(head)
-            out.append(SpooledBatch(p, meta["topic"], meta["key"].encode(),
-                                    [(k, v.encode()) for k, v in meta["headers"]], value, int(meta["records"])))
+            try:
+                data = p.read_bytes()
+                head, _, value = data.partition(b"\n")
+                meta = json.loads(head)
+                b = SpooledBatch(p, str(meta["topic"]), str(meta["key"]).encode("latin-1"),
+                                 [(str(k), str(v).encode("latin-1")) for k, v in meta["headers"]], value,
+                                 int(meta["records"]))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                self._quarantine(p, str(e))
+                continue
+            out.append(b)
             self._inflight.add(p)
             if len(out) >= limit:
                 break
         return out
+
+    def _quarantine(self, p: Path, why: str) -> None:
+        """A file that is no batch (truncated, edited, written by something else): set aside as
+        *.corrupt, out of the replay and the spool's size, and said."""
+        with contextlib.suppress(OSError):
+            p.rename(p.with_suffix(_CORRUPT))
+        # counted afresh (rare): the file may have changed size since it was written
+        files = [f for f in self.dir.glob(f"*{_SUFFIX}") if f.exists()]
+        self.bytes = sum(f.stat().st_size for f in files)
+        self._files = len(files)
+        self.files_quarantined += 1
+        log.error("spool_file_quarantined", file=p.name, error=why[:200], moved_to=p.with_suffix(_CORRUPT).name)
+
+    def failed(self, batch: SpooledBatch, cause: str) -> None:
+        """A replayed batch Kafka refused for good (too large, not authorised, topic gone): it
+        leaves the spool, counted as dropped with its cause, so that it never blocks the batches
+        behind it."""
+        self.done(batch, delivered=True)
+        self._drop(batch.records, cause)
 
     def done(self, batch: SpooledBatch, delivered: bool) -> None:
         """After Kafka's answer on a replayed batch: delete it, or leave it for the next attempt."""
@@ -117,3 +170,9 @@ class Spool:
     def close(self) -> None:
         """Release the spool for the next producer (the files stay)."""
         self._lock.close()
+
+
+def _number(p: Path) -> int:
+    """The sequence number a spool file's name starts with (0 for a name without one)."""
+    head = p.name.split("-", 1)[0].split(".", 1)[0]
+    return int(head) if head.isdigit() else 0

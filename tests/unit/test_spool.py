@@ -37,3 +37,76 @@ def test_one_producer_per_spool(tmp_path: Path) -> None:
     with pytest.raises(PktstreamError, match="in use by another producer"):
         Spool(tmp_path, max_bytes=10_000)
     assert s.dir == tmp_path
+
+
+def test_a_full_disk_drops_and_counts_never_raises(tmp_path: Path) -> None:
+    """A spool on a 64 KiB tmpfs: writes past its room fail with ENOSPC, each batch is counted as
+    dropped for that cause, the error is said once, and the spool goes on (and takes batches
+    again once room is made)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs to mount a tmpfs (root)")
+    try:
+        s = Spool(mnt / "spool", max_bytes=10 << 20)  # the bound is not what stops it: the disk is
+        results = [s.put("t", b"k", [], b"x" * 20_000, records=10) for _ in range(6)]
+        assert results[0] and not results[-1]
+        kept = sum(results)
+        assert s.records_spooled == 10 * kept and s.records_dropped == 10 * (6 - kept)
+        assert s.dropped_by_cause == {"disk_enospc": 10 * (6 - kept)}
+        assert not list((mnt / "spool").glob("*.tmp"))  # no half-written file left behind
+        for b in s.oldest(10):
+            s.done(b, delivered=True)
+        assert s.put("t", b"k", [], b"y" * 20_000, records=1)  # room again: spooled again
+        s.close()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_corrupt_file_is_quarantined_and_the_replay_goes_on(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.put("t", b"k", [], b"first", records=1)
+    s.put("t", b"k", [], b"second", records=2)
+    s.put("t", b"k", [], b"third", records=3)
+    first, second, third = sorted(tmp_path.glob("*.batch"))
+    second.write_bytes(b"\x00\xffnot a batch")  # a disk error, a hand edit
+    got = s.oldest(10)
+    assert [b.value for b in got] == [b"first", b"third"]
+    assert s.files_quarantined == 1 and second.with_suffix(".corrupt").exists() and len(s) == 2
+    for b in got:
+        s.done(b, delivered=True)
+    assert len(s) == 0 and s.bytes == 0
+    s.close()
+    assert len(Spool(tmp_path, max_bytes=1 << 20)) == 0  # and it stays out of the next run's spool
+    assert first.name < third.name
+
+
+def test_replay_order_follows_the_sequence_not_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock stepped back during an outage: files keep the order the batches were spooled in,
+    across a restart too (numbers continue from the highest, also after files an earlier build
+    named by nanoseconds)."""
+    import time
+
+    legacy = tmp_path / f"{time.time_ns():020d}-99-000001.batch"  # an earlier build's name
+    legacy.write_bytes(b'{"topic": "t", "key": "k", "records": 1, "headers": []}\nlegacy')
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    monkeypatch.setattr(time, "time_ns", lambda: 1)  # the clock back to 1970
+    s.put("t", b"k", [], b"a", records=1)
+    s.put("t", b"k", [], b"b", records=1)
+    s.close()
+    s2 = Spool(tmp_path, max_bytes=1 << 20)
+    s2.put("t", b"k", [], b"c", records=1)
+    assert [b.value for b in s2.oldest(10)] == [b"legacy", b"a", b"b", b"c"]
+
+
+def test_a_batch_refused_for_good_leaves_the_spool(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.put("t", b"k", [], b"too big for the topic", records=7)
+    s.put("t", b"k", [], b"fine", records=1)
+    big, fine = s.oldest(2)
+    s.failed(big, "rejected_msg_size_too_large")
+    s.done(fine, delivered=True)
+    assert len(s) == 0 and s.bytes == 0
+    assert s.dropped_by_cause == {"rejected_msg_size_too_large": 7}
