@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,10 @@ def _kafka_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brokers", type=int, default=None, metavar="N",
                    help="nodes in the cluster (default: 1 for up, the running cluster's size for down and status)")
     p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--acls", action="store_true",
+                   help="up: one node with a SASL_SSL listener on PORT+2, Kafka's StandardAuthorizer and a SCRAM "
+                        "user per role (producer, usage, alerts, reader) with its ACLs; prints each role's "
+                        "properties file (docs/deployment.md, Least privilege)")
 
 
 def _kafka(args: argparse.Namespace) -> int:
@@ -56,6 +61,22 @@ def _kafka(args: argparse.Namespace) -> int:
     configure_logging("auto", "info")
     if args.brokers is not None and args.brokers < 1:
         raise ConfigError([f"--brokers {args.brokers}: must be at least 1"])
+    if args.acls:
+        if args.action != "up" or (args.brokers or 1) != 1:
+            raise ConfigError(["--acls: with up, on one node"])
+        from pktstream.runtime.kafka_local import LocalKafka, default_dir, setup_roles
+
+        secret = default_dir(args.port) / "admin.password"
+        if not secret.exists():
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text(uuid.uuid4().hex)
+            secret.chmod(0o600)
+        lk = LocalKafka(port=args.port, sasl_port=args.port + 2, sasl_password=secret.read_text().strip(),
+                        authorizer=True)
+        print(lk.up())
+        for role, path in setup_roles(lk).items():
+            print(f"{role}: --bootstrap-servers {lk.sasl_bootstrap} --kafka-config {path}")
+        return 0
     cluster = LocalCluster(port=args.port, brokers=args.brokers) if args.brokers else \
         LocalCluster.existing(args.port)
     if args.action == "up":

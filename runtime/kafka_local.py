@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -100,6 +101,9 @@ class LocalKafka:
     sasl_port: int = 0
     sasl_user: str = "pktstream"
     sasl_password: str = ""
+    # Kafka's StandardAuthorizer: only super users (sasl_user, and the local PLAINTEXT listener the
+    # operator and the inter-broker traffic use) and what ACLs allow (runtime/roles.py)
+    authorizer: bool = False
     # the broker's default max.message.bytes for topics; None: Kafka's own default (1 MB), which
     # tests use to show that no internal topic depends on a generous broker
     message_max_bytes: int | None = 64 << 20
@@ -211,6 +215,10 @@ class LocalKafka:
                 f"ssl.keystore.password={pw}",
                 f"ssl.key.password={pw}",
             ]
+        if self.authorizer:
+            extra += ["authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                      f"super.users=User:ANONYMOUS;User:{self.sasl_user}",
+                      "allow.everyone.if.no.acl.found=false"]
         rf, min_isr = replication(len(self.quorum) or 1)
         if self.quorum:
             extra.append("controller.quorum.voters=" + ",".join(
@@ -387,6 +395,65 @@ class LocalKafka:
             "version": self.version,
             "jars": str(self.libs),
         }
+
+
+def add_scram_user(lk: LocalKafka, user: str, password: str, timeout_s: float = 30.0) -> None:
+    """A SCRAM-SHA-512 user on a running broker (through its local PLAINTEXT listener)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": lk.bootstrap})
+    up = UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                                      password.encode())
+    for f in admin.alter_user_scram_credentials([up], request_timeout=timeout_s).values():
+        f.result(timeout=timeout_s)
+
+
+def client_properties(lk: LocalKafka, user: str, password: str) -> dict[str, str]:
+    """What a client of the broker's SASL_SSL listener needs, as user."""
+    return {"bootstrap.servers": lk.sasl_bootstrap, "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": user, "sasl.password": password,
+            "ssl.ca.location": str(lk.ca_file)}
+
+
+def setup_roles(lk: LocalKafka, apps: tuple[str, ...] = ("usage", "alerts"), packets: str = "pktstream.packets",
+                stats: str = "pktstream.stats") -> dict[str, Path]:
+    """A user per role (runtime/roles.py) with the role's ACLs, on a broker with the authorizer:
+    ``pktstream-producer``, ``pktstream-<app>`` for each app (its default app id, output topic
+    ``pktstream.<app>``),
+    ``pktstream-reader`` (the packet, stats and apps' output topics). Each user's client settings
+    are written to ``<data dir>/credentials/<role>.properties`` (mode 0600: a file for
+    ``--kafka-config``); returns those paths by role."""
+    from pktstream.runtime import roles
+
+    creds = lk.dir / "credentials"
+    creds.mkdir(mode=0o700, parents=True, exist_ok=True)
+    outputs = tuple(f"pktstream.{a}" for a in apps)
+    plan: dict[str, list[Any]] = {
+        "producer": roles.acls("producer", "User:pktstream-producer", packets=packets, stats=stats),
+        "reader": roles.acls("reader", "User:pktstream-reader", topics=(packets, stats, *outputs)),
+        **{a: roles.acls("app", f"User:pktstream-{a}", packets=packets, app=f"pktstream-{a}",
+                         output=f"pktstream.{a}") for a in apps},
+    }
+    out: dict[str, Path] = {}
+    for role, bindings in plan.items():
+        user = f"pktstream-{role}"
+        path = creds / f"{role}.properties"
+        old = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) \
+            if path.exists() else {}
+        password = old.get("sasl.password") or uuid.uuid4().hex
+        add_scram_user(lk, user, password)
+        roles.grant({"bootstrap.servers": lk.bootstrap}, bindings)
+        props = {k: v for k, v in client_properties(lk, user, password).items() if k != "bootstrap.servers"}
+        path.write_text(f"# pktstream role {role}: --kafka-config {path} --bootstrap-servers {lk.sasl_bootstrap}\n"
+                        + "".join(f"{k}={v}\n" for k, v in props.items()))
+        path.chmod(0o600)
+        out[role] = path
+    return out
 
 
 @dataclass

@@ -30,7 +30,7 @@ def test_manifests_validate_against_the_kubernetes_api_schemas() -> None:
     docs = manifests()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["ConfigMap", "ConfigMap", "DaemonSet", "Deployment", "Deployment", "Namespace", "PodMonitor",
-                     "Secret", "Secret"]
+                     "Secret", "Secret", "Secret", "Secret"]
     for d in docs:
         if d["kind"] == "PodMonitor":  # a CRD: no API schema offline (checked below for what it selects)
             continue
@@ -55,7 +55,7 @@ def test_the_producer_runs_with_its_three_capabilities_on_the_host_network() -> 
     env = {e["name"] for e in c.get("env", [])}
     assert {"PKTSTREAM_HOST_ID", "PKTSTREAM_HOME"} <= env
     assert [r["configMapRef"]["name"] if "configMapRef" in r else r["secretRef"]["name"] for r in c["envFrom"]] == [
-        "pktstream", "pktstream-kafka"]
+        "pktstream", "pktstream-kafka-producer"]
 
 
 def test_the_pod_monitor_selects_every_pktstream_pod_and_their_metrics_port() -> None:
@@ -119,7 +119,7 @@ def render(*sets: str) -> list[dict[str, Any]]:
 def test_the_chart_renders_valid_manifests_for_each_choice_of_values() -> None:
     for sets in [(), ("kafka.sasl.enabled=false", "kafka.tls.enabled=false"), ("usage.enabled=false",
                  "podMonitor.enabled=false", "producer.payloadBytes=256", "producer.interface=eth1",
-                 "kafka.sasl.existingSecret=my-kafka")]:
+                 "kafka.sasl.existingSecretPrefix=my-kafka")]:
         docs = render(*sets)
         for d in docs:
             if d["kind"] != "PodMonitor":
@@ -127,19 +127,22 @@ def test_the_chart_renders_valid_manifests_for_each_choice_of_values() -> None:
         kinds = sorted(d["kind"] for d in docs)
         if not sets:
             assert kinds == ["ConfigMap", "ConfigMap", "DaemonSet", "Deployment", "Deployment", "PodMonitor",
-                             "Secret", "Secret"]
+                             "Secret", "Secret", "Secret", "Secret"]
     plain = next(d for d in render("kafka.sasl.enabled=false", "kafka.tls.enabled=false") if d["kind"] == "DaemonSet")
     env_from = plain["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert env_from == [{"configMapRef": {"name": "pktstream"}}]  # no Kafka secret without SASL
     third = render("usage.enabled=false", "producer.payloadBytes=256", "producer.interface=eth1",
-                   "kafka.sasl.existingSecret=my-kafka", "producer.direction=ingress")
+                   "kafka.sasl.existingSecretPrefix=my-kafka", "producer.direction=ingress")
     cm = next(d for d in third if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pktstream")
     assert cm["data"]["PKTSTREAM_PAYLOAD_BYTES"] == "256" and cm["data"]["PKTSTREAM_INTERFACE"] == "eth1"
     assert cm["data"]["PKTSTREAM_DIRECTION"] == "ingress"
     default_cm = next(d for d in render() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pktstream")
     assert default_cm["data"]["PKTSTREAM_DIRECTION"] == "both"
     assert not any(d["kind"] == "Deployment" and d["metadata"]["name"] == "pktstream-usage" for d in third)
-    assert not any(d["kind"] == "Secret" and d["metadata"]["name"] == "pktstream-kafka" for d in third)
+    assert not any(d["kind"] == "Secret" and d["metadata"]["name"].startswith("pktstream-kafka-") and
+                   d["metadata"]["name"] != "pktstream-kafka-ca" for d in third)
+    ds = next(d for d in third if d["kind"] == "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["containers"][0]["envFrom"][1] == {"secretRef": {"name": "my-kafka-producer"}}
 
 
 def test_the_chart_renders_the_same_pods_as_the_manifests() -> None:
@@ -162,7 +165,7 @@ def test_no_secret_on_any_command_line_and_no_service_links() -> None:
     the node); pods get no service-link variables (PKTSTREAM_METRICS_SERVICE_HOST from a Service
     named pktstream-metrics would otherwise reach the producer)."""
     forms = {"manifests": manifests(), "chart": render(), "chart-existing-secret": render(
-        "kafka.sasl.existingSecret=my-kafka")}
+        "kafka.sasl.existingSecretPrefix=my-kafka")}
     for form, docs in forms.items():
         pods = _pods(docs)
         assert pods, form
@@ -178,3 +181,36 @@ def test_no_secret_on_any_command_line_and_no_service_links() -> None:
         text = unit.read_text()
         exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
         assert "password" not in exec_start.lower() and "EnvironmentFile=" in text, unit.name
+
+
+def test_each_workload_has_its_own_kafka_principal() -> None:
+    """Separate credentials per role, as runtime/roles.py grants them: the producer's Secret is not
+    the consumers', and each consumer app has its own."""
+    for form, docs in {"manifests": manifests(), "chart": render()}.items():
+        refs = {}
+        for d in docs:
+            if d["kind"] in ("DaemonSet", "Deployment"):
+                (c,) = d["spec"]["template"]["spec"]["containers"]
+                refs[c["name"]] = [r["secretRef"]["name"] for r in c["envFrom"] if "secretRef" in r]
+        assert refs == {"producer": ["pktstream-kafka-producer"], "usage": ["pktstream-kafka-usage"],
+                        "alerts": ["pktstream-kafka-alerts"]}, form
+        users = {d["metadata"]["name"]: d["stringData"]["PKTSTREAM_KAFKA__SASL__USERNAME"] for d in docs
+                 if d["kind"] == "Secret" and "PKTSTREAM_KAFKA__SASL__USERNAME" in d.get("stringData", {})}
+        assert users == {f"pktstream-kafka-{r}": f"pktstream-{r}" for r in ("producer", "usage", "alerts")}, form
+
+
+def test_the_documented_acl_commands_are_the_roles_acls() -> None:
+    """docs/deployment.md shows kafka-acls.sh commands: exactly what runtime/roles.py grants."""
+    from pktstream.runtime import roles
+
+    plan = [("producer", "User:pktstream-producer", {}),
+            ("app", "User:pktstream-usage", {"app": "pktstream-usage", "output": "pktstream.usage"}),
+            ("app", "User:pktstream-alerts", {"app": "pktstream-alerts", "output": "pktstream.alerts"}),
+            ("reader", "User:pktstream-reader", {"topics": ("pktstream.packets", "pktstream.stats",
+                                                            "pktstream.usage", "pktstream.alerts")})]
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    for role, principal, kw in plan:
+        for cmd in roles.kafka_acls_commands(roles.acls(role, principal, **kw)):
+            assert cmd in doc, cmd
+    producer = roles.kafka_acls_commands(roles.acls("producer", "User:p"))
+    assert not any("--operation Read" in c for c in producer)  # a node reads nothing

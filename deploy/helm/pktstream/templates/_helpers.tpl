@@ -7,6 +7,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end -}}
 
+{{/* the Secret of a role's Kafka credentials: (dict "root" $ "role" "producer") */}}
 {{- define "pktstream.kafkaSecret" -}}
-{{ .Values.kafka.sasl.existingSecret | default (printf "%s-kafka" .Release.Name) }}
+{{- if .root.Values.kafka.sasl.existingSecretPrefix -}}
+{{ printf "%s-%s" .root.Values.kafka.sasl.existingSecretPrefix .role }}
+{{- else -}}
+{{ printf "%s-kafka-%s" .root.Release.Name .role }}
+{{- end -}}
 {{- end -}}
