@@ -226,14 +226,6 @@ next:;
 }
 
 /* Is p[0..len) a credential name? query: as a query or form field. */
-static int secret_name(const uint8_t *p, int64_t len, const char *extra, int query)
-{
-	uint8_t c[MAX_NAME];
-	int n = canon(p, len, c);
-	if (n < 0)
-		return 0;
-	return in_names(c, n) || (query && in_words(c, n, QUERY_ONLY_NAMES)) || in_extra(c, n, extra);
-}
 
 static inline int ends(const uint8_t *c, int n, const char *w, int l)
 {
@@ -259,7 +251,7 @@ static int secret_header_name(const uint8_t *c, int n)
 		return ENDS("token") || ENDS("authorization") || ENDS("assertion");
 	case 'y':
 		return ENDS("apikey") || ENDS("subscriptionkey") || ENDS("accesskey") || ENDS("privatekey") ||
-		       IS("xamznoidcidentity");
+		       ENDS("authkey") || ENDS("functionskey") || IS("xamznoidcidentity");
 	case 't':
 		return ENDS("secret") || ENDS("jwt");
 	case 'd':
@@ -280,6 +272,47 @@ static int secret_header_name(const uint8_t *c, int n)
 #undef ENDS
 #undef IS
 
+/* Does the name hold the word w, followed by nothing, digits or a word that keeps it a credential
+ * (old_password, password_confirmation, new_password1, app_secret, secret_value) rather than
+ * describing one (passwordless, password_expires_at, client_secret_expires_at)? */
+static int holds(const uint8_t *c, int n, const char *w)
+{
+	static const char *const KEEP[] = { "confirmation", "confirm", "again", "repeat", "check", "value", "hash",
+					     "plain", "text", "b64", "base64", 0 };
+	int l = (int)strlen(w);
+	for (int i = 0; i + l <= n; i++) {
+		if (c[i] != (uint8_t)w[0] || memcmp(c + i, w, (size_t)l) != 0)
+			continue;
+		int r = i + l;
+		while (r < n && c[r] >= '0' && c[r] <= '9')
+			r++;
+		if (r == n)
+			return 1;
+		for (int k = 0; KEEP[k]; k++)
+			if ((int)strlen(KEEP[k]) == n - r && memcmp(c + r, KEEP[k], (size_t)(n - r)) == 0)
+				return 1;
+	}
+	return 0;
+}
+
+/* Is p[0..len) a credential name? One of the list, or the names you add; or one that ends as a
+ * credential header's does (access_token, aws_session_token, oauth_token_secret, x-api-key,
+ * Input.Password, new_password1: digits at the end aside); or one that holds password, passwd or
+ * secret (see holds). query: as a query or form field (the OAuth code). */
+static int secret_name(const uint8_t *p, int64_t len, const char *extra, int query)
+{
+	uint8_t c[MAX_NAME];
+	int n = canon(p, len, c);
+	if (n < 0)
+		return 0;
+	if (in_names(c, n) || (query && in_words(c, n, QUERY_ONLY_NAMES)) || in_extra(c, n, extra))
+		return 1;
+	int m = n;
+	while (m > 1 && c[m - 1] >= '0' && c[m - 1] <= '9')
+		m--;
+	return secret_header_name(c, m) || holds(c, n, "password") || holds(c, n, "passwd") || holds(c, n, "secret");
+}
+
 /* The length of a header name at p (token characters up to a ':'), or 0 when the line is not a
  * header; *secret: whether it names a credential header. One pass: the name is put in canonical
  * form as it is read. */
@@ -288,6 +321,7 @@ static int64_t header_line(const uint8_t *p, int64_t len, const char *extra, int
 	uint8_t c[MAX_NAME];
 	int n = 0, escaped = 0;
 	int64_t i = 0;
+	*secret = 0;
 	if (!(CLS[p[0]] & C_ALNUM))
 		return 0; /* a header name starts with a letter (or a digit) */
 	for (; i < len && i <= MAX_NAME && tchar(p[i]); i++) {
@@ -352,8 +386,8 @@ static int64_t line_end(const uint8_t *p, int64_t from, int64_t len)
 {
 	const uint8_t *nl = memchr(p + from, '\n', (size_t)(len - from));
 	int64_t e = nl ? (int64_t)(nl - p) : len;
-	if (e > from && e < len && p[e - 1] == '\r')
-		e--;
+	if (e > from && p[e - 1] == '\r')
+		e--; /* a CR before the LF, or the last byte of a prefix cut between them */
 	return e;
 }
 
@@ -370,6 +404,15 @@ static int64_t request_line_method(const uint8_t *p, int64_t len)
 	return 0;
 }
 
+/* Is p[0..n) a chunk-size line (hex digits only)? */
+static int hex_line(const uint8_t *p, int64_t n)
+{
+	int64_t i = 0;
+	while (i < n && hexval(p[i]) >= 0)
+		i++;
+	return i > 0 && i == n && n <= 16;
+}
+
 /* Header lines: the value of a credential header, from after the ':' and white space to the end
  * of the line and of the lines that fold into it (obs-fold: starting with a space or a tab). A
  * prefix that starts inside a header value (no name before it: the rest of a long Cookie or
@@ -379,7 +422,8 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 {
 	int changed = 0;
 	int64_t first = line_end(p, 0, len);
-	if (first < len && !method && !header_name(p, len)) {
+	if (first < len && !method && !header_name(p, len) && p[0] != '-' && p[0] != ':' && !hex_line(p, first)) {
+		/* (not a multipart boundary, an event stream's comment, a chunk size) */
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {
 			printable = CLS[p[i]] & C_PRINT;
@@ -390,16 +434,25 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 		if (printable && next < len && (p[next] == '\r' || p[next] == '\n' || header_name(p + next, len - next)))
 			changed |= stars(p, 0, first, len);
 	}
-	int secret = 0;
+	int folds = 0; /* the line before was a credential header's: lines that start with white space continue it */
 	for (int64_t s = 0; s < len;) {
 		int64_t e = line_end(p, s, len);
 		int64_t nl = e < len && p[e] == '\r' ? e + 2 : e + 1;
-		if (secret && s < len && (p[s] == ' ' || p[s] == '\t')) {
+		if (folds && (p[s] == ' ' || p[s] == '\t')) {
 			changed |= stars(p, s, e, len); /* a folded line of the secret header's value */
 		} else {
-			int64_t n = header_line(p + s, len - s, extra, &secret);
+			/* a name after indentation or a list item's "- " is judged too (YAML, properties,
+			 * .env files: "  password: ..."), but nothing folds into it */
+			int64_t at = s;
+			while (at < e && (p[at] == ' ' || p[at] == '\t'))
+				at++;
+			if (at + 1 < e && p[at] == '-' && p[at + 1] == ' ')
+				at += 2;
+			int secret = 0;
+			int64_t n = at < len ? header_line(p + at, len - at, extra, &secret) : 0;
+			folds = secret && at == s;
 			if (secret) {
-				int64_t v = s + n + 1;
+				int64_t v = at + n + 1;
 				while (v < e && (p[v] == ' ' || p[v] == '\t'))
 					v++;
 				changed |= stars(p, v, e, len);
@@ -502,42 +555,57 @@ static int redact_colons(uint8_t *p, int64_t len, const char *extra)
 		int64_t c = (int64_t)(q - p);
 		at = c + 1;
 		if (c + 2 < len && p[c + 1] == '/' && p[c + 2] == '/') {
-			int64_t a = c + 3, pw = -1;
+			/* scheme://user:password@host: the authority ends at / ? # a quote or white space; its
+			 * last '@' ends the userinfo (a password may hold one); cut by the prefix, what is there */
+			int64_t a = c + 3, pw = -1, last_at = -1;
 			for (; a < len && a - c < 256; a++) {
 				uint8_t b = p[a];
-				if (b == '@' || b == '/' || b == '?' || b == '#' || b == '"' || b == '\'' || b == '<' ||
-				    b == '>' || is_ws(b))
+				if (b == '/' || b == '?' || b == '#' || b == '"' || b == '\'' || b == '<' || b == '>' || is_ws(b))
 					break;
-				if (b == ':' && pw < 0)
+				if (b == ':' && pw < 0 && last_at < 0)
 					pw = a + 1;
+				if (b == '@')
+					last_at = a;
 			}
-			if (a < len && p[a] == '@' && pw > 0) {
-				changed |= stars(p, pw, a, len);
-				at = a + 1;
+			int64_t end = last_at >= 0 ? last_at : (a == len ? len : -1);
+			if (pw > 0 && end >= pw) {
+				changed |= stars(p, pw, end, len);
+				at = end;
 			}
 			continue;
 		}
 		int64_t b = c;
-		while (b > 0 && (p[b - 1] == ' ' || p[b - 1] == '\t'))
+		while (b > 0 && is_ws(p[b - 1]))
 			b--;
 		if (b == 0 || p[b - 1] != '"')
 			continue;
 		int64_t close = b - 1;
-		if (close > 0 && p[close - 1] == '\\')
-			continue; /* an escaped quote: inside a string */
-		int64_t open = close - 1;
-		while (open >= 0 && close - open <= MAX_RAW_NAME + 1 && p[open] != '"')
+		/* JSON inside a JSON string ({"body":"{\"password\":\"...\"}"}): names and values
+		 * between \" and \" */
+		int esc = close > 0 && p[close - 1] == '\\';
+		if (esc && close > 1 && p[close - 2] == '\\')
+			continue; /* \\" : deeper than one level */
+		int64_t name_end = close - esc;
+		int64_t open = name_end - 1;
+		while (open >= 0 && name_end - open <= MAX_RAW_NAME + 1 &&
+		       !(p[open] == '"' && (!esc || (open > 0 && p[open - 1] == '\\'))))
 			open--;
-		if (open < 0 || p[open] != '"' || open + 1 == close)
+		if (open < 0 || p[open] != '"' || open + 1 == name_end)
 			continue;
-		if (!secret_name(p + open + 1, close - open - 1, extra, 0))
+		if (!secret_name(p + open + 1, name_end - open - 1, extra, 0))
 			continue;
 		int64_t v = c + 1;
 		while (v < len && is_ws(p[v]))
 			v++;
 		if (v >= len || p[v] == '{')
 			continue;
-		if (p[v] == '"') {
+		if (esc && p[v] == '\\' && v + 1 < len && p[v + 1] == '"') {
+			int64_t e = v + 2;
+			while (e < len && !(p[e] == '"' && p[e - 1] == '\\'))
+				e++;
+			changed |= stars(p, v + 2, e - (e < len), len);
+			at = e + 1;
+		} else if (p[v] == '"') {
 			int64_t e = closing_quote(p, v + 1, len);
 			changed |= stars(p, v + 1, e, len);
 			at = e + 1;
@@ -593,9 +661,15 @@ static int64_t token_after(uint8_t *p, int64_t m, int64_t len, int (*ok)(uint8_t
 	return e;
 }
 
+/* Does a token start at s: nothing of a longer word before it (a percent-escape such as %3D or
+ * %22, or a JSON escape such as \n, ends one). */
 static inline int boundary_before(const uint8_t *p, int64_t s)
 {
-	return s == 0 || !is_alnum(p[s - 1]);
+	if (s == 0 || !is_alnum(p[s - 1]))
+		return 1;
+	if (s >= 3 && p[s - 3] == '%' && hexval(p[s - 2]) >= 0 && hexval(p[s - 1]) >= 0)
+		return 1;
+	return s >= 2 && p[s - 2] == '\\';
 }
 
 /* A shape starting around anchor i ('-', '_', 'J' or 'A'): redacts it and returns where it ends,
@@ -612,8 +686,11 @@ static int64_t shape_at(uint8_t *p, int64_t i, int64_t len, int *changed)
 			e++;
 		if (e - s < 12 && e < len)
 			return -1;
+		int dots = 0;
 		while (e < len && (b64url(p[e]) || p[e] == '.'))
-			e++;
+			dots += p[e++] == '.';
+		if (!dots && e < len)
+			return -1; /* base64 of JSON with no dot (a pagination cursor): not a JWT */
 		*changed |= stars(p, i + 1, e, len);
 		return e;
 	}
@@ -824,29 +901,12 @@ static int h2_frame_ok(const uint8_t *f, int64_t *flen, int *type)
 	return 1;
 }
 
-/* A prefix that is HTTP/2 (the client preface, or frames from its start: a segment of a
- * connection under way): the payloads of HEADERS, PUSH_PROMISE and CONTINUATION frames are
- * redacted, the frame headers and every other frame kept. Without the preface, the frames must
- * reach the prefix's end in a chain of valid frame headers and one of them must carry headers. */
-static int redact_h2(uint8_t *p, int64_t len)
+/* The header blocks of the frames from at on: HEADERS, PUSH_PROMISE and CONTINUATION payloads
+ * redacted, frame headers and every other frame kept. */
+static int star_h2_blocks(uint8_t *p, int64_t at, int64_t len)
 {
-	int64_t at = 0;
-	int preface = len >= 24 && memcmp(p, H2_PREFACE, 24) == 0;
-	if (preface)
-		at = 24;
-	int64_t start = at, headers = 0;
-	for (int64_t f = at; f + 9 <= len;) {
-		int64_t l;
-		int t;
-		if (!h2_frame_ok(p + f, &l, &t))
-			return 0;
-		headers += t == 1 || t == 5 || t == 9;
-		f += 9 + l;
-	}
-	if (!headers)
-		return 0;
 	int changed = 0;
-	for (int64_t f = start; f + 9 <= len;) {
+	for (int64_t f = at; f + 9 <= len;) {
 		int64_t l = ((int64_t)p[f] << 16) | ((int64_t)p[f + 1] << 8) | p[f + 2];
 		int t = p[f + 3];
 		if (t == 1 || t == 5 || t == 9)
@@ -854,6 +914,34 @@ static int redact_h2(uint8_t *p, int64_t len)
 		f += 9 + l;
 	}
 	return changed;
+}
+
+/* HTTP/2 (and gRPC). Where the prefix says so — the client preface, or a 101 answer switching to
+ * h2c — every frame after it is walked by its length whatever its type or flags (RFC 9113: unknown
+ * ones are ignored, not an end), so no extension frame can hide the header blocks behind it.
+ * Without that, the prefix must be frames from its start (a segment of a connection under way):
+ * a chain of frame headers an HTTP/2 peer sends (known types and flags, at most the default
+ * 16 KiB each) reaching the prefix's end, one of them carrying headers. */
+static int redact_h2(uint8_t *p, int64_t len)
+{
+	if (len >= 24 && memcmp(p, H2_PREFACE, 24) == 0)
+		return star_h2_blocks(p, 24, len);
+	if (len >= 12 && starts_with(p, len, "http/1.1 101")) {
+		for (int64_t i = 12; i + 3 < len; i++)
+			if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n')
+				return star_h2_blocks(p, i + 4, len);
+		return 0;
+	}
+	int64_t headers = 0;
+	for (int64_t f = 0; f + 9 <= len;) {
+		int64_t l;
+		int t;
+		if (!h2_frame_ok(p + f, &l, &t) || l > 16384)
+			return 0;
+		headers += t == 1 || t == 5 || t == 9;
+		f += 9 + l;
+	}
+	return headers ? star_h2_blocks(p, 0, len) : 0;
 }
 
 /* Redact one payload prefix in place; returns 1 if anything was replaced. */

@@ -1,9 +1,10 @@
-"""Ordinary HTTP traffic with no credential in it, for measuring what the redaction masks that it
-should not (docs/operations.md "Payload privacy" gives the rate): REST requests and answers with the
-ids real APIs carry (numbers, UUIDs, hex digests, slugs, camel-case names, dates, hashed asset
-names), the headers browsers and services send (User-Agent, ETag and If-None-Match digests,
-request ids, traceparent, Cache-Control), JSON bodies with ids, timestamps and base64 images, form
-posts and HTTP/2 DATA frames. Deterministic for a seed."""
+"""Ordinary HTTP traffic, for measuring what the redaction masks that it should not
+(docs/operations.md "Payload privacy" gives the rate): REST requests and answers with the ids real
+APIs carry (numbers, UUIDs, hex digests, slugs, camel-case names, dates, hashed asset names), the
+headers browsers and services send (User-Agent, ETag and If-None-Match digests, request ids,
+traceparent, Cache-Control, and Cookie, Authorization and Set-Cookie, whose values alone must be
+masked: ``expected``), JSON bodies with ids, timestamps and base64 images, form posts, multipart
+uploads, chunked bodies and HTTP/2 DATA frames. Deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ def _headers(rng: random.Random) -> str:
     if rng.random() < 0.2:
         h.append("Accept-Encoding: gzip, deflate, br")
     rng.shuffle(h)
+    # credential headers, often last (as browsers send Cookie): their values are redacted, what
+    # follows them must not be (CREDENTIAL_HEADERS)
+    if rng.random() < 0.3:
+        h.append(f"Cookie: _ga=GA1.2.{rng.randrange(10**9)}.{rng.randrange(10**9)}; theme=dark")
+    if rng.random() < 0.2:
+        h.append(f"Authorization: Bearer {random_token(rng, 32)}")
     return "\r\n".join(h) + "\r\n"
 
 
@@ -105,6 +112,7 @@ def request(rng: random.Random) -> bytes:
 def answer(rng: random.Random) -> bytes:
     status = rng.choice(["200 OK", "201 Created", "304 Not Modified", "404 Not Found", "500 Internal Server Error"])
     h = [f"Content-Type: {rng.choice(['application/json', 'text/html; charset=utf-8'])}",
+         *([f"Set-Cookie: sid={random_token(rng, 24)}; Path=/; HttpOnly"] if rng.random() < 0.3 else []),
          f'ETag: "{_hex(rng, rng.choice((16, 32, 40)))}"', "Cache-Control: max-age=3600, public",
          f"Date: Sun, 06 Dec 2026 13:{rng.randrange(60):02d}:00 GMT",
          f"X-Request-Id: {uuid.UUID(int=rng.getrandbits(128))}",
@@ -112,6 +120,39 @@ def answer(rng: random.Random) -> bytes:
     rng.shuffle(h)
     body = _json_body(rng) if rng.random() < 0.7 else "<!doctype html><html><head><title>" + rng.choice(WORDS)
     return (f"HTTP/1.1 {status}\r\n" + "\r\n".join(h) + f"\r\nContent-Length: {len(body)}\r\n\r\n" + body).encode()
+
+
+def multipart(rng: random.Random) -> bytes:
+    """An upload's body segment: a part with a file name, a field, the boundary first."""
+    b = f"----WebKitFormBoundary{random_token(rng, 16)}"
+    return (f"--{b}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n{rng.choice(WORDS)}\r\n--{b}\r\n"
+            f"Content-Disposition: form-data; name=\"file\"; filename=\"{rng.choice(WORDS)}.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + bytes(rng.getrandbits(8) for _ in range(60))
+
+
+def chunked(rng: random.Random) -> bytes:
+    """A chunked body's segment: chunk sizes, JSON lines, the last chunk."""
+    line = _json_body(rng)[:60]
+    return f"{len(line):x}\r\n{line}\r\n0\r\n\r\n".encode()
+
+
+CREDENTIAL_HEADERS = (b"cookie:", b"authorization:", b"set-cookie:")
+
+
+def expected(payload: bytes) -> bytes:
+    """What redaction must make of a corpus payload: the values of its credential headers starred
+    (after the colon and white space, to the line end), nothing else changed."""
+    out = []
+    for line in payload.split(b"\n"):
+        low = line.lower()
+        name = next((h for h in CREDENTIAL_HEADERS if low.startswith(h)), None)
+        if name is not None:
+            head = len(name) + (len(line[len(name):]) - len(line[len(name):].lstrip(b" \t")))
+            cr = line.endswith(b"\r")
+            value = line[head : len(line) - cr]
+            line = line[:head] + b"*" * len(value) + (b"\r" if cr else b"")
+        out.append(line)
+    return b"\n".join(out)
 
 
 def body_segment(rng: random.Random) -> bytes:
@@ -129,7 +170,7 @@ def h2_data(rng: random.Random) -> bytes:
 
 def corpus(n: int = 20000, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
-    kinds = [request, request, request, answer, answer, body_segment, h2_data]
+    kinds = [request, request, request, answer, answer, body_segment, h2_data, multipart, chunked]
     return [rng.choice(kinds)(rng) for _ in range(n)]
 
 
