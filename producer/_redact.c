@@ -324,14 +324,18 @@ static int64_t header_line(const uint8_t *p, int64_t len, const char *extra, int
 	*secret = 0;
 	if (!(CLS[p[0]] & C_ALNUM))
 		return 0; /* a header name starts with a letter (or a digit) */
-	for (; i < len && i <= MAX_NAME && tchar(p[i]); i++) {
+	const uint8_t *colon = memchr(p, ':', (size_t)(len < MAX_NAME + 1 ? len : MAX_NAME + 1));
+	if (!colon)
+		return 0; /* most lines that are no header: found without a byte-by-byte walk */
+	int64_t k = (int64_t)(colon - p);
+	for (; i < k; i++) {
 		uint8_t b = p[i];
+		if (!tchar(b))
+			return 0;
 		escaped |= b == '%';
 		if (!is_sep(b) && n < MAX_NAME)
 			c[n++] = lower(b);
 	}
-	if (i == 0 || i >= len || p[i] != ':')
-		return 0;
 	if (escaped)
 		n = canon(p, i, c);
 	*secret = n > 0 && (secret_header_name(c, n) || in_extra(c, n, extra));

@@ -63,7 +63,8 @@ def test_five_thousand_idle_connections_leave_healthz_fast_and_threads_bounded(s
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_slow_and_oversized_requests_are_cut_off(server: MetricsServer) -> None:
+def test_slow_and_oversized_requests_are_cut_off(server: MetricsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Server, "TIMEOUT_S", 2.0)  # (10 s in service) read by the serving loop at each turn
     big = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     big.sendall(b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 9000)
     assert big.recv(100).startswith(b"HTTP/1.1 431 ")
