@@ -426,7 +426,11 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 {
 	int changed = 0;
 	int64_t first = line_end(p, 0, len);
-	if (first < len && !method && !header_name(p, len) && p[0] != '-' && p[0] != ':' && !hex_line(p, first)) {
+	int64_t ind = 0; /* an indented "name: value" line is judged as one below, not as a continuation */
+	while (ind < first && (p[ind] == ' ' || p[ind] == '\t'))
+		ind++;
+	if (first < len && !method && !header_name(p + ind, len - ind) && p[0] != '-' && p[0] != ':' &&
+	    !hex_line(p, first)) {
 		/* (not a multipart boundary, an event stream's comment, a chunk size) */
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {

@@ -57,6 +57,19 @@ def default_host_id() -> str:
     return socket.gethostname()
 
 
+def legacy_host_id() -> str | None:
+    """The default host id of builds before 2026-12-06 (the machine id's first 12 digits), whose
+    spool and run-state files an upgraded producer takes over; None without a machine id."""
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            mid = Path(p).read_text().strip()
+        except OSError:
+            continue
+        if mid:
+            return f"{socket.gethostname()}-{mid[:12]}"
+    return None
+
+
 # the variables Kubernetes injects for every Service of the namespace (enableServiceLinks): a
 # Service named pktstream-metrics gives PKTSTREAM_METRICS_SERVICE_HOST, PKTSTREAM_METRICS_PORT=tcp://...
 _SERVICE_LINK = re.compile(r"PKTSTREAM_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"

@@ -33,7 +33,7 @@ from pktstream.producer.capture import (
     empty_records,
     ifindex_of,
 )
-from pktstream.producer.config import ProducerConfig
+from pktstream.producer.config import ProducerConfig, default_host_id, legacy_host_id
 from pktstream.producer.encode import BatchEncoder
 from pktstream.producer.figures import Figures
 from pktstream.producer.metrics import COUNTERS, GAUGES
@@ -42,7 +42,7 @@ from pktstream.producer.publish import Publisher
 from pktstream.producer.runstate import RunState, RunStateFile
 from pktstream.producer.sampling import SamplingController
 from pktstream.producer.spool import Spool
-from pktstream.runtime.errors import InterfaceError
+from pktstream.runtime.errors import InterfaceError, PktstreamError
 from pktstream.runtime.kafka import check_reachable, client_config, ensure_topic
 from pktstream.runtime.metrics import Heartbeat, MetricsServer
 from pktstream.runtime.paths import state_home
@@ -129,6 +129,7 @@ class ProducerRun:
                 H.PAYLOAD_BYTES: str(cfg.payload_bytes),
             },
         )
+        self._take_over_legacy_files()
         spool = None
         if cfg.spool_max_bytes:
             # one spool per producer (host, interface, topic): two never replay the same files
@@ -158,6 +159,27 @@ class ProducerRun:
         ]
         self.encoder = BatchEncoder(self.writer, static_headers, cfg.payload_bytes, self.scope, cfg.redact,
                                     cfg.redact_names.split(","), keep_http2_headers=not cfg.redact_http2_headers)
+
+    def _take_over_legacy_files(self) -> None:
+        """A producer upgraded from a build whose default host id was the machine id's first digits
+        keeps its spool (replayed, not lost) and run state (a crashed run still accounted for): the
+        files named by the old default are renamed to the new one's names."""
+        cfg = self.cfg
+        old = legacy_host_id()
+        if old is None or old == cfg.host_id or cfg.host_id != default_host_id():
+            return
+        pairs = [(state_home() / "runs" / f"{old}-{cfg.interface}.json",
+                  state_home() / "runs" / f"{cfg.host_id}-{cfg.interface}.json")]
+        if not cfg.spool_dir:
+            pairs.append((state_home() / "spool" / f"{old}-{cfg.interface}-{cfg.topic}",
+                          state_home() / "spool" / f"{cfg.host_id}-{cfg.interface}-{cfg.topic}"))
+        for src, dst in pairs:
+            if src.exists() and not dst.exists():
+                try:
+                    src.rename(dst)
+                    log.info("legacy_host_id_files_taken_over", source=str(src), destination=str(dst))
+                except OSError as e:
+                    log.warning("legacy_host_id_files_left", source=str(src), error=e.strerror)
 
     def _account_previous_run(self) -> str | None:
         """Pin the counters where bpffs allows; report a previous run that did not end cleanly.
@@ -222,6 +244,9 @@ class ProducerRun:
             log.info("metrics_listening", address=cfg.metrics_address, port=self.metrics.port)
         try:
             while not self.stop.is_set():
+                if self.publisher.fatal is not None:  # librdkafka gave this producer up: a new process
+                    raise PktstreamError(f"the Kafka producer failed for good ({self.publisher.fatal.str()}); "
+                                         "what it did not deliver is in the spool, which a restart replays")
                 now = time.monotonic()
                 if duration_s is not None and now - started >= duration_s:
                     break
@@ -325,9 +350,11 @@ class ProducerRun:
         while self._drain() > 0:  # everything the kernel captured before the detach
             pass
         self._flush_batch()
-        undelivered = self.publisher.drain_to_spool(60.0)
+        # within the 90 s that systemd (TimeoutStopSec) and Kubernetes (terminationGracePeriodSeconds)
+        # give: 45 s to deliver, 10 s for the final report, then the spool for what is left
+        undelivered = self.publisher.drain_to_spool(45.0)
         key, value, report = self._publish_stats(final=True)
-        self.publisher.flush(30.0)
+        self.publisher.flush(10.0)
         # the run is clean only when its final report is in the stats topic or in the spool (the
         # next run delivers it); else the next run accounts for it from the pinned counters
         reported = report["delivered"] or self.publisher.spool_aux(self.cfg.stats_topic, key, value)

@@ -42,6 +42,13 @@ class Publisher:
         KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT,
         KafkaError._ALL_BROKERS_DOWN,
     })
+    # errors no retry of the same bytes cures: a spooled batch refused so leaves the spool (counted);
+    # any other refusal (an ACL not there yet, a topic being re-created) keeps it for a later round
+    FINAL: frozenset[int] = frozenset({
+        KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+    })
+    BACKOFF_S = 5.0  # after a refusal that may be cured (authorisation, no such topic): replay pauses
 
     def __init__(self, conf: Mapping[str, Any], topic: str, spool: Spool | None = None,
                  run_id: str = "") -> None:
@@ -50,6 +57,9 @@ class Publisher:
         self.run_id = run_id
         self.stats = DeliveryStats()
         self._too_large: set[Any] = set()  # spooled batches refused as too large in company
+        self.fatal: KafkaError | None = None  # librdkafka's fatal error: this producer instance is done
+        self._dropped_said = False
+        self._replay_after = 0.0
         full = {
             "enable.idempotence": True,
             "acks": "all",
@@ -63,6 +73,8 @@ class Publisher:
 
     def _on_error(self, err: KafkaError) -> None:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
+        if err.fatal() and self.fatal is None:
+            self.fatal = err  # the spool keeps everything from here on; the pipeline stops and says so
 
     def _to_spool(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], records: int) -> bool:
         assert self.spool is not None
@@ -70,7 +82,10 @@ class Publisher:
             self.stats.records_spooled += records
             return True
         self.stats.records_failed += records
-        log.error("spool_full_batch_dropped", records=records, spool_bytes=self.spool.bytes)
+        if not self._dropped_said:  # counted every time (records_failed, spool_records_dropped), said once
+            log.error("spool_full_batch_dropped", records=records, spool_bytes=self.spool.bytes,
+                      causes=dict(self.spool.dropped_by_cause))
+            self._dropped_said = True
         return False
 
     def publish(
@@ -129,8 +144,12 @@ class Publisher:
         spool = self.spool
         if spool is None or not len(spool) or spool.inflight >= max_inflight or len(self.producer) > 100:
             return
+        if self.fatal is not None or time.monotonic() < self._replay_after:
+            return  # nothing given up for a producer that cannot send any more; a refusal backs off
         # a batch refused as too large may only have shared a request with one that is: such
         # batches go again one at a time, and only one refused alone is given up
+        if self._too_large:  # (a file quarantined or given up meanwhile no longer holds this mode)
+            self._too_large = {p for p in self._too_large if p.exists()}
         alone = bool(self._too_large)
         if alone and (spool.inflight or len(self.producer)):
             return
@@ -146,9 +165,12 @@ class Publisher:
                     spool.done(b, delivered=False)
                     return
                 self._too_large.discard(b.path)
-                if err is not None and err.code() not in self.RETRIABLE:
+                if err is not None and err.code() in self.FINAL and not err.fatal():
                     self._give_up(b, own, err.name(), str(err))
                     return
+                if err is not None and err.code() not in self.RETRIABLE:
+                    self._replay_after = time.monotonic() + self.BACKOFF_S
+                    log.warning("spool_replay_refused", file=b.path.name, error=str(err), retry_in_s=self.BACKOFF_S)
                 spool.done(b, delivered=err is None)
                 if err is None:
                     self.stats.records_replayed += b.records
@@ -166,14 +188,18 @@ class Publisher:
                 for rest in batches[i + 1 :]:  # not sent this time: free them for the next round
                     spool.done(rest, delivered=False)
                 return
-            except KafkaException as e:  # refused before sending (no such topic, ...): for good
-                err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
-                self._give_up(b, own, err.name() if err else "produce_refused", str(err or e))
+            except KafkaException as e:  # refused before sending: kept, tried again later
+                for rest in batches[i:]:
+                    spool.done(rest, delivered=False)
+                self._replay_after = time.monotonic() + self.BACKOFF_S
+                log.warning("spool_replay_refused", file=b.path.name, error=str(e), retry_in_s=self.BACKOFF_S)
+                return
 
     def _give_up(self, b: Any, own: bool, code: str, error: str) -> None:
         """A spooled batch Kafka refuses for good: out of the spool, counted as failed with its
         cause (this run's records in records_failed; a previous run's in the spool's drops)."""
         assert self.spool is not None
+        self._too_large.discard(b.path)
         self.spool.failed(b, f"rejected_{code.lower().lstrip('_')}")
         if own:
             self.stats.records_failed += b.records
@@ -224,7 +250,7 @@ class Publisher:
         if left and self.spool is not None:
             self.producer.purge(in_queue=True, in_flight=False)
             self.producer.poll(0.5)
-            left = int(self.producer.flush(30.0))
+            left = int(self.producer.flush(15.0))  # requests in flight: their reports spool them
         return left
 
     def poll(self, timeout_s: float = 0) -> None:

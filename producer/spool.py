@@ -76,6 +76,7 @@ class Spool:
         # nanoseconds, which stay below the numbers that continue from them)
         self._seq = max((_number(p) for p in files), default=0)
         self._inflight: set[Path] = set()
+        self._gone: set[Path] = set()  # delivered or given up, but the disk would not let them be removed
 
     def __len__(self) -> int:
         return self._files
@@ -103,7 +104,8 @@ class Spool:
                 os.fsync(f.fileno())
             tmp.rename(self.dir / f"{name}{_SUFFIX}")
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             cause = errno.errorcode.get(e.errno or 0, "EIO").lower()  # enospc, erofs, eio, edquot...
             if not self.dropped_by_cause.get(f"disk_{cause}"):
                 log.error("spool_write_failed", directory=str(self.dir), error=e.strerror or str(e), records=records)
@@ -117,7 +119,7 @@ class Spool:
         """Up to ``limit`` spooled batches not already being replayed, oldest first."""
         out: list[SpooledBatch] = []
         for p in sorted(self.dir.glob(f"*{_SUFFIX}"), key=_number):
-            if p in self._inflight:
+            if p in self._inflight or p in self._gone:
                 continue
             try:
                 data = p.read_bytes()
@@ -158,8 +160,14 @@ class Spool:
         """After Kafka's answer on a replayed batch: delete it, or leave it for the next attempt."""
         self._inflight.discard(batch.path)
         if delivered:
-            size = batch.path.stat().st_size
-            batch.path.unlink(missing_ok=True)
+            try:
+                size = batch.path.stat().st_size
+                batch.path.unlink(missing_ok=True)
+            except OSError as e:  # a disk gone read-only: never sent twice, never a crash in a callback
+                if not self._gone:
+                    log.error("spool_file_not_removed", file=batch.path.name, error=e.strerror or str(e))
+                self._gone.add(batch.path)
+                size = 0
             self.bytes -= size
             self._files -= 1
 

@@ -212,7 +212,8 @@ def parse_props(items: Sequence[str] | None) -> dict[str, str]:
     problems = []
     for it in items or []:
         if "=" not in it:
-            problems.append(f"-X {it!r}: expected property=value")
+            name = it.split(":", 1)[0].split(" ", 1)[0][:60]  # never the rest: it may be a secret
+            problems.append(f"-X {name!r}...: expected property=value")
             continue
         k, v = it.split("=", 1)
         out[k.strip()] = v

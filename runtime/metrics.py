@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pktstream.runtime.errors import PktstreamError
+
+log = structlog.get_logger("pktstream.metrics")
 
 
 class _Collector(Collector):
@@ -97,7 +100,7 @@ class MetricsServer:
         self.server.close()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
@@ -135,26 +138,33 @@ class _Server:
 
     def serve(self) -> None:
         while not self.stop.is_set():
-            for key, events in self.sel.select(timeout=0.25):
-                if key.data is None:
-                    self._accept()
-                    continue
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                if s not in self.conns:
-                    continue
-                try:
-                    if events & selectors.EVENT_READ:
-                        self._read(s, self.conns[s])
-                    elif events & selectors.EVENT_WRITE:
-                        self._write(s, self.conns[s])
-                except OSError:
-                    self._drop(s)
-            now = time.monotonic()
-            for s, c in list(self.conns.items()):
-                if now - c.opened < self.TIMEOUT_S:
-                    break
+            try:
+                self._turn()
+            except Exception as e:  # never the end of /healthz: one turn lost, said
+                log.error("metrics_server_error", error=f"{type(e).__name__}: {e}"[:300])
+                time.sleep(0.1)
+
+    def _turn(self) -> None:
+        for key, events in self.sel.select(timeout=0.25):
+            if key.data is None:
+                self._accept()
+                continue
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            if s not in self.conns:
+                continue
+            try:
+                if events & selectors.EVENT_READ:
+                    self._read(s, self.conns[s])
+                elif events & selectors.EVENT_WRITE:
+                    self._write(s, self.conns[s])
+            except OSError:
                 self._drop(s)
+        now = time.monotonic()
+        for s, c in list(self.conns.items()):
+            if now - c.opened < self.TIMEOUT_S:
+                break
+            self._drop(s)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -162,12 +172,15 @@ class _Server:
                 s, _addr = self.sock.accept()
             except BlockingIOError:
                 return
-            except OSError:  # out of descriptors: make room and try again at the next turn
+            except OSError:  # out of descriptors (or a connection aborted): make room, pause accepting
                 if self.conns:
                     self._drop(next(iter(self.conns)))
+                else:
+                    time.sleep(0.1)  # nothing to free: do not spin on a listener that stays readable
                 return
-            if len(self.conns) >= self.MAX_CONNECTIONS:
-                self._drop(next(iter(self.conns)))
+            if len(self.conns) >= self.MAX_CONNECTIONS:  # the oldest still sending its request (not a scrape
+                # being answered), else the oldest
+                self._drop(next((k for k, c in self.conns.items() if c.out is None), next(iter(self.conns))))
             s.setblocking(False)
             self.conns[s] = _Conn()
             self.sel.register(s, selectors.EVENT_READ, True)
@@ -189,7 +202,11 @@ class _Server:
         if len(parts) < 2:
             self._answer(s, c, 400, "text/plain", b"bad request\n", False)
             return
-        code, ctype, body = self.respond(parts[0], parts[1])
+        try:
+            code, ctype, body = self.respond(parts[0], parts[1])
+        except Exception as e:  # a collector that fails answers 500; the server thread goes on
+            log.error("metrics_handler_failed", error=f"{type(e).__name__}: {e}"[:300])
+            code, ctype, body = 500, "text/plain", b"metrics failed; see the process's log\n"
         self._answer(s, c, code, ctype, body, parts[0] != "HEAD")
 
     def _answer(self, s: socket.socket, c: _Conn, code: int, ctype: str, body: bytes, with_body: bool) -> None:

@@ -10,7 +10,9 @@ what its role may:
   with its app id (``APP.repartition``, ``APP.state``, ``APP.dead-letters``, a replay's
   ``APP-...``, the group ``APP``, transactional ids ``APP-...``); writes its output topic.
 - **reader** (``query``, ``export``, ``tail``, ``audit``): reads the topics it is given, with
-  consumer groups named ``pktstream-...``; writes nothing.
+  the tools' consumer groups (``pktstream-tail-...``, ``pktstream-query-...``,
+  ``pktstream-audit-...``, not the apps'); writes nothing (``tail --dead-letter-topic`` needs a
+  grant of its own).
 
 ``acls`` gives the bindings (confluent-kafka ``AclBinding``) that ``grant`` creates with an admin
 client and ``kafka_acls_commands`` prints as Kafka's own ``kafka-acls.sh`` commands
@@ -61,8 +63,11 @@ def _grants(role: str, packets: str, stats: str, app: str, output: str, topics: 
             out += [(_T, output, _LIT, op) for op in (op_.WRITE, op_.DESCRIBE, op_.CREATE, op_.DESCRIBE_CONFIGS)]
         return out
     if role == "reader":
+        # the tools' own groups only (pktstream-tail-..., -query-..., -audit-...): not the apps'
+        # groups, which a reader could otherwise join or commit to
         return [*[(_T, t, _LIT, op) for t in topics for op in (op_.READ, op_.DESCRIBE)],
-                (_G, "pktstream-", _PRE, op_.READ), (_G, "pktstream-", _PRE, op_.DESCRIBE)]
+                *[(_G, g, _PRE, op) for g in ("pktstream-tail-", "pktstream-query-", "pktstream-audit-")
+                  for op in (op_.READ, op_.DESCRIBE)]]
     raise ConfigError([f"role {role!r}: one of {', '.join(ROLES)}"])
 
 

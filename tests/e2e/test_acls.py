@@ -105,9 +105,27 @@ def test_each_role_does_its_job_and_nothing_else(acl_broker: LocalKafka, make_ho
     assert write_refused(acl_broker, creds["producer"], "pktstream.alerts") == "TOPIC_AUTHORIZATION_FAILED"
     assert write_refused(acl_broker, creds["alerts"], topic) == "TOPIC_AUTHORIZATION_FAILED"
     assert write_refused(acl_broker, creds["reader"], stats) == "TOPIC_AUTHORIZATION_FAILED"
+    assert group_refused(acl_broker, creds["reader"], topic, "pktstream-alerts") == "GROUP_AUTHORIZATION_FAILED"
     state = next(t for t in acl_broker_topics(acl_broker) if t.endswith(".state"))  # the replay's own app id
     assert state.startswith("pktstream-alerts")
     assert read_refused(acl_broker, creds["reader"], state) == "TOPIC_AUTHORIZATION_FAILED"
+
+
+def group_refused(lk: LocalKafka, creds: Path, topic: str, group: str) -> str:
+    """The error a principal gets joining a consumer group it may not use (it must get one)."""
+    c = Consumer({"bootstrap.servers": lk.sasl_bootstrap, **props(creds), "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is not None:
+                return str(m.error().name())
+            assert m is None, f"{creds.stem} read {topic} in group {group}"
+    finally:
+        c.close()
+    raise AssertionError(f"{creds.stem} joining {group}: no error")
 
 
 def acl_broker_topics(lk: LocalKafka) -> list[str]:
