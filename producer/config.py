@@ -41,33 +41,34 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # what the redaction loop take
 HOST_ID_APP = b"pktstream host id"  # the application id of machine-id(5)'s app-specific ids
 
 
+def _machine_id() -> str | None:
+    """The machine id (machine-id(5); D-Bus's copy where systemd's is missing), None without one."""
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            mid = Path(p).read_text().strip()
+        except OSError:
+            continue
+        if mid:
+            return mid
+    return None
+
+
 def default_host_id() -> str:
     """A stable host id: the host name and 12 hex digits of an id derived from the machine id the
     way machine-id(5) asks applications to (HMAC-SHA256 keyed by the machine id, as systemd's
     sd_id128_get_machine_app_specific), which reveals nothing of the machine id itself; the host
     name alone where there is no machine id."""
-    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            mid = Path(p).read_text().strip()
-        except OSError:
-            continue
-        if mid:
-            digest = hmac.new(mid.encode(), HOST_ID_APP, hashlib.sha256).hexdigest()
-            return f"{socket.gethostname()}-{digest[:12]}"
-    return socket.gethostname()
+    mid = _machine_id()
+    if mid is None:
+        return socket.gethostname()
+    return f"{socket.gethostname()}-{hmac.new(mid.encode(), HOST_ID_APP, hashlib.sha256).hexdigest()[:12]}"
 
 
 def legacy_host_id() -> str | None:
     """The default host id of builds before 2026-12-06 (the machine id's first 12 digits), whose
     spool and run-state files an upgraded producer takes over; None without a machine id."""
-    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            mid = Path(p).read_text().strip()
-        except OSError:
-            continue
-        if mid:
-            return f"{socket.gethostname()}-{mid[:12]}"
-    return None
+    mid = _machine_id()
+    return None if mid is None else f"{socket.gethostname()}-{mid[:12]}"
 
 
 # the variables Kubernetes injects for every Service of the namespace (enableServiceLinks): a
