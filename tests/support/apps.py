@@ -254,10 +254,11 @@ def read_alerts(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return out
 
 
-def read_usage(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every committed record of a usage topic (the transactional outputs a reader sees)."""
+def read_usage(bootstrap: str, topic: str, settled: bool = True) -> list[dict[str, Any]]:
+    """Every committed record of a usage topic (the transactional outputs a reader sees; see
+    read_messages for ``settled``)."""
     out = []
-    for _key, value, _headers in read_messages(bootstrap, topic):
+    for _key, value, _headers in read_messages(bootstrap, topic, settled=settled):
         for r in fastavro.reader(io.BytesIO(value)):
             assert isinstance(r, dict)
             r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)  # logical type -> ms

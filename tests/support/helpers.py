@@ -42,18 +42,37 @@ def running_broker(port: int, name: str, **kw: Any) -> Iterator[LocalKafka]:
 Message = tuple[bytes | None, bytes, dict[str, bytes]]
 
 
-def read_messages(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Message]:
+def read_messages(bootstrap: str, topic: str, timeout_s: float = 60, settled: bool = True) -> list[Message]:
     """(key, value, headers) of every committed message of a topic, partition by partition, up to
-    its end now (read_committed, librdkafka's default: what transactional writers committed)."""
+    its end now (read_committed, librdkafka's default: what transactional writers committed).
+
+    Read once every transaction written so far is decided: a transaction's commit returns once its
+    coordinator has logged it, and the markers that make its messages readable reach the
+    partitions a moment later (seconds, when a broker has just died), so a read_committed reader
+    that stopped at the first end-of-partition could miss a transaction its writer saw committed.
+    ``settled=False`` reads what is readable now (a writer just killed holds its transaction open
+    until it is fenced or times out)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
                   "enable.partition.eof": True, "isolation.level": "read_committed"})
+    ends = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
+                     "isolation.level": "read_uncommitted"})
     parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    deadline = time.monotonic() + timeout_s
+    # every transaction written so far decided: the last stable offset (the high watermark a
+    # read_committed client is told) has reached the high watermark
+    hw = {p: ends.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
+    ends.close()
+    while settled:
+        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
+        if all(lso[p] >= hw[p] for p in parts):
+            break
+        assert time.monotonic() < deadline, f"{topic}: transactions still open (stable {lso}, written {hw})"
+        time.sleep(0.2)
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[Message] = []
     eof: set[int] = set()
-    deadline = time.monotonic() + timeout_s
     while len(eof) < len(parts) and time.monotonic() < deadline:
         m = c.poll(0.5)
         if m is None:
