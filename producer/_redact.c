@@ -434,7 +434,9 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 		/* (not a multipart boundary, an event stream's comment, a chunk size) */
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {
-			printable = CLS[p[i]] & C_PRINT;
+			/* a '*' is what redaction writes: a line holding one was judged by an earlier pass,
+			 * whose stars may have replaced the bytes that kept it from being a value (idempotence) */
+			printable = (CLS[p[i]] & C_PRINT) && p[i] != '*';
 			if (p[i] == 'H' && starts_with(p + i, first - i, "http/"))
 				printable = 0; /* a request or status line (HTTP/2's preface too) */
 		}
