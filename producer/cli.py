@@ -69,9 +69,11 @@ def add_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
 
 
-def _bootstrap(explicit: str | None, port: int) -> str:
-    if explicit:
-        return explicit
+def _bootstrap(explicit: str | None, props: dict[str, str], port: int) -> str:
+    """The flag's servers, else a bootstrap.servers among the Kafka properties, else the local
+    broker, started when it is not running."""
+    if explicit or props.get("bootstrap.servers"):
+        return explicit or props["bootstrap.servers"]
     from pktstream.runtime.kafka_local import LocalKafka
 
     return LocalKafka(port=port).up()
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("config_effective", **cfg.redacted())
     stop = threading.Event()
     install_signal_handlers(stop)
-    bootstrap = _bootstrap(cfg.bootstrap_servers, cfg.local_kafka_port)
+    bootstrap = _bootstrap(cfg.bootstrap_servers, cfg.kafka, cfg.local_kafka_port)
     prun = ProducerRun(cfg, bootstrap, stop)
     prun.prepare()
     prun.run(duration_s=args.duration)

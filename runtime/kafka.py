@@ -64,10 +64,16 @@ def retrying(call: Callable[[], T], what: str, timeout_s: float = 120.0,
             delay = min(2 * delay, 2.0)
 
 
-def client_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:
-    """librdkafka configuration common to admin, producer and consumers (SASL/TLS pass through)."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": librdkafka_logger()}
+def client_config(bootstrap: str | None, extra: Mapping[str, str], default: str | None = None) -> dict[str, Any]:
+    """librdkafka configuration common to admin, producer and consumers (SASL/TLS pass through).
+    The servers: ``bootstrap`` (a --bootstrap-servers flag, which wins), else a
+    ``bootstrap.servers`` among the properties, else ``default`` (the local broker)."""
+    conf: dict[str, Any] = {"logger": librdkafka_logger()}
     conf.update(extra)
+    if bootstrap:
+        conf["bootstrap.servers"] = bootstrap
+    elif not conf.get("bootstrap.servers"):
+        conf["bootstrap.servers"] = default or ""
     return conf
 
 
@@ -156,25 +162,77 @@ def masked(conf: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if secret_property(k) else v) for k, v in conf.items() if not callable(v)}
 
 
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    """java.util.Properties escapes: ``\\t \\n \\r \\f``, ``\\uXXXX``, any other ``\\c`` is c."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            n = text[i + 1]
+            if n == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, logical line): a line ending in an odd number of backslashes continues
+    on the next, whose leading white space is dropped (java.util.Properties.load)."""
+    out: list[tuple[int, str]] = []
+    cur: list[str] = []
+    start = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.lstrip(" \t\f") if cur else raw
+        if not cur:
+            start = n
+            stripped = line.lstrip(" \t\f")
+            if not stripped or stripped[0] in "#!":
+                continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:
+            cur.append(line[:-1])
+            continue
+        cur.append(line)
+        out.append((start, "".join(cur)))
+        cur = []
+    if cur:
+        out.append((start, "".join(cur)))
+    return out
+
+
 def read_properties(path: str, problems: list[str]) -> dict[str, str]:
-    """A Kafka properties file (``name=value`` or ``name: value`` per line, ``#`` and ``!``
-    comments), as Kafka's own tools and librdkafka's examples write them; malformed lines are
-    added to problems with their numbers."""
+    """A Kafka properties file as Kafka's own tools read it (java.util.Properties): ``name=value``
+    or ``name: value`` per line (a name and a value apart only by spaces, which Java also takes,
+    is refused: it is a typo more often than not), ``#`` and ``!`` comments, a trailing backslash
+    continuing a line, backslash escapes; a UTF-8 byte order mark is ignored. The value is kept to
+    its end, trailing spaces included (a password may end in one). A line without a name is added
+    to problems with its number, never its text (it may hold a secret)."""
     try:
-        text = open(path, encoding="utf-8").read()  # noqa: SIM115 (read whole, closed at once)
+        text = open(path, encoding="utf-8-sig").read()  # noqa: SIM115 (read whole, closed at once)
     except OSError as e:
         problems.append(f"Kafka properties file {path}: {e.strerror}")
         return {}
+    except UnicodeDecodeError:
+        problems.append(f"Kafka properties file {path}: not UTF-8 text")
+        return {}
     out: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        m = re.match(r"([^=:\s]+)\s*[=:]\s*(.*)$", line)
-        if m is None:
+    for n, line in _logical_lines(text):
+        line = line.lstrip(" \t\f")
+        # the name ends at the first unescaped =, : or white space; separators around it are skipped
+        m = re.match(r"((?:\\.|[^=:\s\\])+)[ \t\f]*[=:][ \t\f]*(.*)$", line, re.S)
+        if m is None or not m.group(1):
             problems.append(f"Kafka properties file {path}, line {n}: expected name=value")
             continue
-        out[m.group(1)] = m.group(2)
+        out[_unescape(m.group(1))] = _unescape(m.group(2))
     return out
 
 

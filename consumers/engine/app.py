@@ -200,5 +200,5 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
 
 
 def conf_from(args: argparse.Namespace) -> dict[str, Any]:
-    bootstrap = args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"
-    return client_config(bootstrap, kafka_properties(args.kafka_props, args.kafka_config))
+    return client_config(args.bootstrap_servers, kafka_properties(args.kafka_props, args.kafka_config),
+                         default=f"127.0.0.1:{args.local_kafka_port}")

@@ -33,8 +33,8 @@ def _reader_conf(args: argparse.Namespace) -> dict[str, object]:
     """tail and audit read the named cluster or the local broker's port; they never start a broker
     (an empty new one would have nothing to show). An unreachable broker or a missing topic is said
     in the same words as every other command's, before any reading starts."""
-    conf = client_config(str(args.bootstrap_servers or f"127.0.0.1:{args.local_kafka_port}"),
-                         kafka_properties(args.kafka_props, args.kafka_config))
+    conf = client_config(args.bootstrap_servers, kafka_properties(args.kafka_props, args.kafka_config),
+                         default=f"127.0.0.1:{args.local_kafka_port}")
     check_reachable(conf)
     require_topic(conf, args.topic)
     return conf

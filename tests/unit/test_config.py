@@ -104,6 +104,34 @@ def test_kafka_properties_problems_are_listed_with_the_others(tmp_path: Path) ->
         {"a.b": "flag", "c": "env", "sasl.oauthbearer.config": "principal=x secret=y"}
 
 
+def test_properties_files_read_as_kafkas_own_tools_read_them(tmp_path: Path) -> None:
+    """java.util.Properties: a byte order mark, continued lines, escapes, and a value kept to its
+    end (a password may end in a space); a line without = or : is named by number, never shown."""
+    from pktstream.runtime.kafka import read_properties
+
+    f = tmp_path / "client.properties"
+    f.write_bytes("\ufeffsasl.password = s3cr3t \nbootstrap.servers: a:9092,\\\n    b:9092\n"
+                  "  # indented comment\nsasl.oauthbearer.config=scope=x\\u0041\\tend\na\\=b=c\n"
+                  "sasl.username hunter2\n".encode())
+    problems: list[str] = []
+    assert read_properties(str(f), problems) == {
+        "sasl.password": "s3cr3t ", "bootstrap.servers": "a:9092,b:9092", "sasl.oauthbearer.config": "scope=xA\tend",
+        "a=b": "c"}
+    assert problems == [f"Kafka properties file {f}, line 7: expected name=value"]  # not "hunter2"
+    f.write_bytes(b"\xff\xfe")
+    problems = []
+    assert read_properties(str(f), problems) == {} and problems == [f"Kafka properties file {f}: not UTF-8 text"]
+
+
+def test_a_bootstrap_flag_wins_over_the_properties_which_win_over_the_local_broker() -> None:
+    from pktstream.runtime.kafka import client_config
+
+    props = {"bootstrap.servers": "kafka.prod:9093", "security.protocol": "SSL"}
+    assert client_config("flag:9092", props, default="127.0.0.1:9092")["bootstrap.servers"] == "flag:9092"
+    assert client_config(None, props, default="127.0.0.1:9092")["bootstrap.servers"] == "kafka.prod:9093"
+    assert client_config(None, {}, default="127.0.0.1:9092")["bootstrap.servers"] == "127.0.0.1:9092"
+
+
 def test_every_secret_property_is_masked() -> None:
     from pktstream.runtime.kafka import masked
 
@@ -148,3 +176,11 @@ def test_host_id_reveals_nothing_of_the_machine_id(tmp_path: Path, monkeypatch: 
     assert host == socket.gethostname() and len(digest) == 12
     assert not any(mid[i : i + 6] in digest for i in range(len(mid) - 5))  # no run of the machine id in it
     assert hid == config.default_host_id()  # stable
+
+
+def test_the_producer_takes_the_servers_of_its_properties_file_before_starting_a_broker() -> None:
+    from pktstream.producer.cli import _bootstrap
+
+    # a local broker would be started (and this call would need Java) if the properties were ignored
+    assert _bootstrap(None, {"bootstrap.servers": "kafka.prod:9093"}, 1) == "kafka.prod:9093"
+    assert _bootstrap("flag:9092", {"bootstrap.servers": "kafka.prod:9093"}, 1) == "flag:9092"
