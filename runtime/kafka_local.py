@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from pktstream.runtime.errors import LocalKafkaError
+from pktstream.runtime.kafka import read_properties
 from pktstream.runtime.paths import state_home
 
 log = structlog.get_logger("pktstream.kafka_local")
@@ -179,11 +180,12 @@ class LocalKafka:
         if (tls / "broker.p12").exists():
             return
         tls.mkdir(parents=True, exist_ok=True)
-        pw = self._store_password()
-        common = ["-keystore", str(tls / "broker.p12"), "-storetype", "PKCS12", "-storepass", pw]
+        self._store_password()
+        pw_file = str(tls / "store.password")  # keytool reads it: a password never in a command line
+        common = ["-keystore", str(tls / "broker.p12"), "-storetype", "PKCS12", "-storepass:file", pw_file]
         for args in (
             ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
-             "-dname", "CN=localhost", "-ext", "SAN=dns:localhost,ip:127.0.0.1", "-keypass", pw],
+             "-dname", "CN=localhost", "-ext", "SAN=dns:localhost,ip:127.0.0.1", "-keypass:file", pw_file],
             ["-exportcert", "-rfc", "-alias", "broker", "-file", str(self.ca_file)],
         ):
             proc = subprocess.run(["keytool", *args, *common], capture_output=True, text=True, timeout=120)
@@ -194,8 +196,7 @@ class LocalKafka:
         f = self.dir / "tls" / "store.password"
         if not f.exists():
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(uuid.uuid4().hex)
-            f.chmod(0o600)
+            write_private(f, uuid.uuid4().hex)
         return f.read_text().strip()
 
     def _properties(self) -> str:
@@ -290,6 +291,8 @@ class LocalKafka:
             return self.bootstrap
         proc = self.start()
         self.wait_ready(proc, timeout_s)
+        if self.sasl_port:  # the SASL admin, through the local listener (never in a tool's argv)
+            add_scram_user(self, self.sasl_user, self.sasl_password)
         return self.bootstrap
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -306,17 +309,14 @@ class LocalKafka:
                 raise LocalKafkaError("a SASL listener needs sasl_password")
             self._ensure_tls()
         props = self.dir / "server.properties"
-        props.write_text(self._properties())
-        props.chmod(0o600)
+        write_private(props, self._properties())
         (self.dir / "log4j2.xml").write_text(_LOG4J2)
         if not (self.dir / "data" / "meta.properties").exists():
-            scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.sasl_user},password={self.sasl_password}]"] \
-                if self.sasl_port else []
             # a node of a cluster: the static voters in its properties; alone: a standalone quorum
             quorum = [] if self.quorum else ["--standalone"]
             proc = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or new_cluster_id(),
-                           "-c", str(props), *quorum, *scram),
+                           "-c", str(props), *quorum),
                 capture_output=True, text=True, timeout=180,
             )
             if proc.returncode != 0:
@@ -397,6 +397,17 @@ class LocalKafka:
         }
 
 
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte (created 0600, never chmod-ed after
+    the secret is in it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def add_scram_user(lk: LocalKafka, user: str, password: str, timeout_s: float = 30.0) -> None:
     """A SCRAM-SHA-512 user on a running broker (through its local PLAINTEXT listener)."""
     from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -443,15 +454,13 @@ def setup_roles(lk: LocalKafka, apps: tuple[str, ...] = ("usage", "alerts"), pac
     for role, bindings in plan.items():
         user = f"pktstream-{role}"
         path = creds / f"{role}.properties"
-        old = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) \
-            if path.exists() else {}
+        old = read_properties(str(path), []) if path.exists() else {}
         password = old.get("sasl.password") or uuid.uuid4().hex
         add_scram_user(lk, user, password)
         roles.grant({"bootstrap.servers": lk.bootstrap}, bindings)
         props = {k: v for k, v in client_properties(lk, user, password).items() if k != "bootstrap.servers"}
-        path.write_text(f"# pktstream role {role}: --kafka-config {path} --bootstrap-servers {lk.sasl_bootstrap}\n"
-                        + "".join(f"{k}={v}\n" for k, v in props.items()))
-        path.chmod(0o600)
+        write_private(path, f"# pktstream role {role}: --kafka-config {path} --bootstrap-servers "
+                      f"{lk.sasl_bootstrap}\n" + "".join(f"{k}={v}\n" for k, v in props.items()))
         out[role] = path
     return out
 

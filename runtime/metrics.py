@@ -57,6 +57,9 @@ class _Collector(Collector):
             yield m
 
 
+RENDER_CACHE_S = 1.0
+
+
 class MetricsServer:
     def __init__(
         self,
@@ -75,11 +78,17 @@ class MetricsServer:
         for c in collectors or []:  # metrics a consumer app keeps itself (the usage RED histograms)
             registry.register(c)
 
+        rendered: list[tuple[float, bytes]] = []  # the last page and when: scrapes in one second share it
+
         def respond(method: str, path: str) -> tuple[int, str, bytes]:
             if method not in ("GET", "HEAD"):
                 return 405, "text/plain", b"GET /metrics or /healthz\n"
             if path.startswith("/metrics"):
-                return 200, "text/plain; version=0.0.4", generate_latest(registry)
+                now = time.monotonic()
+                if not rendered or now - rendered[0][0] >= RENDER_CACHE_S:
+                    # a scraper hammering the endpoint costs one render a second, not one a request
+                    rendered[:] = [(now, generate_latest(registry))]
+                return 200, "text/plain; version=0.0.4", rendered[0][1]
             if path.startswith("/healthz"):
                 ok, why = health()
                 return (200 if ok else 503), "text/plain", (why + "\n").encode()
@@ -127,7 +136,10 @@ class _Server:
 
     def __init__(self, address: str, port: int, respond: Callable[[str, str], tuple[int, str, bytes]]) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.create_server((address, port), family=family, backlog=1024)
+        # "::" is every address, IPv4 too (as Prometheus' own exporters take it), whatever the
+        # host's net.ipv6.bindv6only says
+        self.sock = socket.create_server((address, port), family=family, backlog=1024,
+                                         dualstack_ipv6=address == "::" and socket.has_dualstack_ipv6())
         self.sock.setblocking(False)
         self.port: int = self.sock.getsockname()[1]
         self.respond = respond

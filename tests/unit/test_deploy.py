@@ -199,6 +199,16 @@ def test_each_workload_has_its_own_kafka_principal() -> None:
         assert users == {f"pktstream-kafka-{r}": f"pktstream-{r}" for r in ("producer", "usage", "alerts")}, form
 
 
+def test_the_chart_refuses_the_single_user_keys_of_its_older_version() -> None:
+    """An upgrade with the old kafka.sasl.username/password/existingSecret would otherwise deploy
+    with empty credentials and no word of why."""
+    for old in ("username=u", "password=p", "existingSecret=s"):
+        r = subprocess.run([helm(), "template", "pktstream", str(ROOT / "deploy" / "helm" / "pktstream"),
+                            "--set", f"kafka.sasl.{old}"], capture_output=True, text=True, timeout=120)
+        name = old.split("=")[0]
+        assert r.returncode != 0 and f"kafka.sasl.{name} is no longer read" in r.stderr, r.stderr
+
+
 def test_the_documented_acl_commands_are_the_roles_acls() -> None:
     """docs/deployment.md shows kafka-acls.sh commands: exactly what runtime/roles.py grants."""
     from pktstream.runtime import roles

@@ -83,3 +83,31 @@ def test_slow_and_oversized_requests_are_cut_off(server: MetricsServer, monkeypa
     with pytest.raises(urllib.error.HTTPError) as e:
         get(server.port, "/nothing-here")
     assert e.value.code == 404
+
+
+def test_a_scrape_flood_renders_once_a_second() -> None:
+    renders = []
+
+    def snapshot() -> dict[str, int]:
+        renders.append(time.monotonic())
+        return {"records": len(renders)}
+
+    m = MetricsServer("127.0.0.1", 0, snapshot, lambda: (True, "ok"), {"host": "h1"}, {"records": "records seen"}, {})
+    try:
+        bodies = {get(m.port, "/metrics")[1] for _ in range(50)}
+        assert len(renders) <= 2 and len(bodies) <= 2  # fifty scrapes, one page (two if a second turned)
+        time.sleep(1.1)
+        assert b'pktstream_records_total{host="h1"} ' + str(len(renders) + 1).encode() in get(m.port, "/metrics")[1]
+    finally:
+        m.close()
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no IPv6 on this host")
+def test_the_every_address_v6_bind_takes_ipv4_too() -> None:
+    m = MetricsServer("::", 0, lambda: {"records": 7}, lambda: (True, "ok"), {"host": "h1"}, {"records": "r"}, {})
+    try:
+        assert get(m.port, "/healthz") == (200, b"ok\n")  # 127.0.0.1 into a server bound to ::
+        with urllib.request.urlopen(f"http://[::1]:{m.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        m.close()

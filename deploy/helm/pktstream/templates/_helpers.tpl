@@ -15,3 +15,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s-kafka-%s" .root.Release.Name .role }}
 {{- end -}}
 {{- end -}}
+
+{{/* values of an older chart that would otherwise be ignored without a word */}}
+{{- define "pktstream.checkValues" -}}
+{{- $sasl := .Values.kafka.sasl -}}
+{{- range $old := list "username" "password" "existingSecret" -}}
+{{- if hasKey $sasl $old -}}
+{{- fail (printf "kafka.sasl.%s is no longer read: each role has its own Kafka user (kafka.sasl.users.producer|usage|alerts.username/password, or kafka.sasl.existingSecretPrefix); see docs/deployment.md, \"Least privilege\"" $old) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
