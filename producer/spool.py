@@ -13,8 +13,10 @@ ways a record captured by the producer is lost, and never silent.
 
 Files are named by a sequence number that continues from the highest in the
 directory, not by the clock, so a clock stepped back during an outage cannot
-reorder the replay. A file that cannot be read back (truncated, corrupt, not a
-batch) is renamed ``*.corrupt``, counted and logged, and the replay goes on.
+reorder the replay. Each file carries a CRC-32 of its batch. A file that is no batch
+(truncated, corrupt, a checksum that does not match) is renamed ``*.corrupt``, counted and
+logged, and the replay goes on; one the disk cannot read now (an I/O error, permissions) is
+tried again on the next turns, in order, and set aside only after READ_ATTEMPTS failures.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ log = structlog.get_logger("pktstream.spool")
 
 _SUFFIX = ".batch"
 _CORRUPT = ".corrupt"
+READ_ATTEMPTS = 5  # turns of the replay a file the disk cannot read is tried before it is set aside
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Spool:
         self._seq = max((_number(p) for p in files), default=0)
         self._inflight: set[Path] = set()
         self._gone: set[Path] = set()  # delivered or given up, but the disk would not let them be removed
+        self._unreadable: dict[Path, int] = {}  # files the disk would not read, and how many times
 
     def __len__(self) -> int:
         return self._files
@@ -90,7 +95,8 @@ class Spool:
         """Store a batch; False (and counted as dropped, with its cause) when the spool is full or
         the disk refuses the write."""
         meta = json.dumps({"topic": topic, "key": key.decode("latin-1"), "records": records,
-                           "headers": [[k, v.decode("latin-1")] for k, v in headers]}).encode()
+                           "headers": [[k, v.decode("latin-1")] for k, v in headers],
+                           "crc32": zlib.crc32(value)}).encode()
         size = len(meta) + 1 + len(value)
         if self.bytes + size > self.max_bytes:
             return self._drop(records, "spool_full")
@@ -123,12 +129,30 @@ class Spool:
                 continue
             try:
                 data = p.read_bytes()
+            except FileNotFoundError:  # removed by hand since the listing
+                self._recount()
+                continue
+            except OSError as e:
+                # the disk, not the file, may be at fault: tried again next turn, in order
+                n = self._unreadable[p] = self._unreadable.get(p, 0) + 1
+                if n < READ_ATTEMPTS:
+                    if n == 1:
+                        log.warning("spool_file_unreadable", file=p.name, error=e.strerror or str(e),
+                                    attempts=READ_ATTEMPTS)
+                    break
+                self._unreadable.pop(p, None)
+                self._quarantine(p, f"unreadable {READ_ATTEMPTS} times: {e.strerror or e}")
+                continue
+            self._unreadable.pop(p, None)
+            try:
                 head, _, value = data.partition(b"\n")
                 meta = json.loads(head)
                 b = SpooledBatch(p, str(meta["topic"]), str(meta["key"]).encode("latin-1"),
                                  [(str(k), str(v).encode("latin-1")) for k, v in meta["headers"]], value,
                                  int(meta["records"]))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                if "crc32" in meta and int(meta["crc32"]) != zlib.crc32(value):  # files before it had none
+                    raise ValueError("the batch's CRC-32 does not match (the file changed after it was written)")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 self._quarantine(p, str(e))
                 continue
             out.append(b)
@@ -142,12 +166,17 @@ class Spool:
         *.corrupt, out of the replay and the spool's size, and said."""
         with contextlib.suppress(OSError):
             p.rename(p.with_suffix(_CORRUPT))
-        # counted afresh (rare): the file may have changed size since it was written
-        files = [f for f in self.dir.glob(f"*{_SUFFIX}") if f.exists()]
-        self.bytes = sum(f.stat().st_size for f in files)
-        self._files = len(files)
+        self._recount()
         self.files_quarantined += 1
         log.error("spool_file_quarantined", file=p.name, error=why[:200], moved_to=p.with_suffix(_CORRUPT).name)
+
+    def _recount(self) -> None:
+        """The spool's size counted afresh (rare): a file may have changed or gone since it was written."""
+        sizes = []
+        for f in self.dir.glob(f"*{_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                sizes.append(f.stat().st_size)
+        self.bytes, self._files = sum(sizes), len(sizes)
 
     def failed(self, batch: SpooledBatch, cause: str) -> None:
         """A replayed batch Kafka refused for good (too large, not authorised, topic gone): it

@@ -110,3 +110,48 @@ def test_a_batch_refused_for_good_leaves_the_spool(tmp_path: Path) -> None:
     s.done(fine, delivered=True)
     assert len(s) == 0 and s.bytes == 0
     assert s.dropped_by_cause == {"rejected_msg_size_too_large": 7}
+
+
+def test_a_flipped_byte_in_a_batch_is_caught_by_its_checksum(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.put("t", b"k", [], b"first batch", records=1)
+    s.put("t", b"k", [], b"second batch", records=2)
+    first, _second = sorted(tmp_path.glob("*.batch"))
+    data = bytearray(first.read_bytes())
+    data[-3] ^= 0x01  # a bit gone bad on disk: still a well-formed file
+    first.write_bytes(bytes(data))
+    assert [b.value for b in s.oldest(10)] == [b"second batch"]
+    assert s.files_quarantined == 1 and first.with_suffix(".corrupt").exists()
+
+
+def test_a_file_the_disk_cannot_read_now_is_retried_in_order_then_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pktstream.producer import spool as spool_mod
+
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.put("t", b"k", [], b"first", records=1)
+    s.put("t", b"k", [], b"second", records=2)
+    first, _second = sorted(tmp_path.glob("*.batch"))
+    real = Path.read_bytes
+    failing = {first: 2}  # file -> reads left that fail
+
+    def flaky(self: Path) -> bytes:
+        if failing.get(self, 0) > 0:
+            failing[self] -= 1
+            raise OSError(5, "Input/output error")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", flaky)
+    assert s.oldest(10) == [] and s.oldest(10) == []  # neither skipped (order kept) nor set aside
+    assert s.files_quarantined == 0
+    got = s.oldest(10)
+    assert [b.value for b in got] == [b"first", b"second"]  # the disk came back
+    for b in got:
+        s.done(b, delivered=True)
+    s.put("t", b"k", [], b"third", records=3)
+    (third,) = tmp_path.glob("*.batch")
+    failing[third] = 10**6  # a bad sector: never readable
+    for _ in range(spool_mod.READ_ATTEMPTS - 1):
+        assert s.oldest(10) == [] and s.files_quarantined == 0
+    assert s.oldest(10) == [] and s.files_quarantined == 1 and third.with_suffix(".corrupt").exists()
+    assert len(s) == 0 and s.bytes == 0
