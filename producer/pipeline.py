@@ -351,10 +351,11 @@ class ProducerRun:
             pass
         self._flush_batch()
         # within the 90 s that systemd (TimeoutStopSec) and Kubernetes (terminationGracePeriodSeconds)
-        # give: 45 s to deliver, 10 s for the final report, then the spool for what is left
+        # give: 45 s to deliver, 10 s for the final report, then the spool for what is left; with
+        # every broker down, a few seconds each (nothing can be delivered: the spool keeps it all)
         undelivered = self.publisher.drain_to_spool(45.0)
         key, value, report = self._publish_stats(final=True)
-        self.publisher.flush(10.0)
+        self.publisher.flush(2.0 if self.publisher.brokers_down else 10.0)
         # the run is clean only when its final report is in the stats topic or in the spool (the
         # next run delivers it); else the next run accounts for it from the pinned counters
         reported = report["delivered"] or self.publisher.spool_aux(self.cfg.stats_topic, key, value)

@@ -27,6 +27,9 @@ class DeliveryStats:
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
 
+DOWN_GRACE_S = 5.0  # at shutdown, how long every broker may be down before the queue goes to the spool
+
+
 class Publisher:
     """Idempotent, acks=all producer of whole batches; counts every delivery outcome.
 
@@ -48,6 +51,7 @@ class Publisher:
         KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
         KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
     })
+    TOO_LARGE: frozenset[int] = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
     BACKOFF_S = 5.0  # after a refusal that may be cured (authorisation, no such topic): replay pauses
 
     def __init__(self, conf: Mapping[str, Any], topic: str, spool: Spool | None = None,
@@ -60,6 +64,7 @@ class Publisher:
         self.fatal: KafkaError | None = None  # librdkafka's fatal error: this producer instance is done
         self._dropped_said = False
         self._replay_after = 0.0
+        self._down_since: float | None = None  # when librdkafka said every broker is down
         full = {
             "enable.idempotence": True,
             "acks": "all",
@@ -71,8 +76,15 @@ class Publisher:
         }
         self.producer = Producer(full)
 
+    @property
+    def brokers_down(self) -> bool:
+        """Every broker unreachable (librdkafka said so) and nothing delivered since."""
+        return self._down_since is not None
+
     def _on_error(self, err: KafkaError) -> None:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
+            self._down_since = time.monotonic()
         if err.fatal() and self.fatal is None:
             self.fatal = err  # the spool keeps everything from here on; the pipeline stops and says so
 
@@ -101,12 +113,15 @@ class Publisher:
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
+                self._down_since = None
                 self.stats.records_delivered += records
                 self.stats.bytes_delivered += len(value)
                 if ts_first_ns:
                     self.stats.latency.add(time.time_ns(), ts_first_ns, ts_last_ns, records)
                 return
-            if self.spool is not None and err.code() in self.RETRIABLE:
+            if self.spool is not None and (err.code() in self.RETRIABLE or err.code() in self.TOO_LARGE):
+                # too large: the broker may have refused a whole request for one big neighbour; the
+                # replay tries the batch alone and gives it up (counted) only if it is refused so
                 self._to_spool(key, value, headers, records)
                 return
             self.stats.records_failed += records
@@ -160,7 +175,7 @@ class Publisher:
             def on_delivery(err: KafkaError | None, msg: Message, b: Any = b, own: bool = own,
                             alone: bool = alone) -> None:
                 log.debug("spool_replay_result", file=b.path.name, error=str(err) if err else None)
-                if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE and not alone:
+                if err is not None and err.code() in self.TOO_LARGE and not alone:
                     self._too_large.add(b.path)
                     spool.done(b, delivered=False)
                     return
@@ -173,6 +188,7 @@ class Publisher:
                     log.warning("spool_replay_refused", file=b.path.name, error=str(err), retry_in_s=self.BACKOFF_S)
                 spool.done(b, delivered=err is None)
                 if err is None:
+                    self._down_since = None
                     self.stats.records_replayed += b.records
                     if own:
                         self.stats.records_delivered += b.records
@@ -216,6 +232,7 @@ class Publisher:
             if err is not None:
                 log.error("aux_delivery_failed", topic=topic, error=str(err))
             else:
+                self._down_since = None
                 outcome["delivered"] = True
 
         try:
@@ -236,21 +253,29 @@ class Publisher:
         self.producer.poll(0.1)
         return self.spool.put(topic, key, [], value, 0)
 
-    def drain_to_spool(self, timeout_s: float) -> int:
+    def drain_to_spool(self, timeout_s: float, down_grace_s: float = DOWN_GRACE_S) -> int:
         """At shutdown: deliver the queue and the spool for up to ``timeout_s``, then move what
-        is still queued to the spool (it is replayed by the next run). Returns the messages left
-        undelivered and not spooled."""
-        deadline = time.monotonic() + timeout_s
+        is still queued to the spool (it is replayed by the next run). When every broker is down
+        (and stays so for ``down_grace_s``) nothing more can be delivered: the queue goes to the
+        spool at once rather than after the whole timeout. Returns the messages left undelivered
+        and not spooled."""
+        start = time.monotonic()
+        deadline = start + timeout_s
         while time.monotonic() < deadline:
             self.replay()
             self.producer.poll(0.1)
             if not len(self.producer) and not (self.spool and (len(self.spool) or self.spool.inflight)):
                 break
+            if self.brokers_down and time.monotonic() - start >= down_grace_s:
+                log.warning("kafka_down_at_shutdown", queued=len(self.producer),
+                            down_for_s=round(time.monotonic() - (self._down_since or start), 1))
+                break
         left = len(self.producer)
         if left and self.spool is not None:
             self.producer.purge(in_queue=True, in_flight=False)
             self.producer.poll(0.5)
-            left = int(self.producer.flush(15.0))  # requests in flight: their reports spool them
+            # requests in flight: their reports spool them (none can be, with every broker down)
+            left = int(self.producer.flush(down_grace_s if self.brokers_down else 15.0))
         return left
 
     def poll(self, timeout_s: float = 0) -> None:

@@ -8,10 +8,13 @@ what exceeds it is counted exactly, and nothing is duplicated.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -20,7 +23,7 @@ from scapy.packet import Raw
 
 from pktstream.runtime.kafka_local import LocalKafka
 from tests.support.helpers import NetnsHost, running_broker
-from tests.support.producer_proc import ProducerProcess, single_run_audit
+from tests.support.producer_proc import PKTSTREAM, ProducerProcess, private_dir, single_run_audit
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -87,3 +90,54 @@ def test_outage(own_broker: LocalKafka, make_host: Callable[..., NetnsHost], out
         assert rep["records_failed"] == 0 and rep["records_pending"] == 0
     if queue_kb == 1024:
         assert stopped["records_replayed"] > 0  # the spool was used and emptied
+
+
+def test_stopped_while_the_broker_is_away_the_next_run_delivers_and_the_audit_balances(
+        own_broker: LocalKafka, make_host: Callable[..., NetnsHost]) -> None:
+    """SIGTERM during an outage: the producer does not wait out its delivery timeouts for a broker
+    that is gone; the queue and the final report go to the spool, the run is marked clean, and the
+    next run (the broker back) delivers both, so that the audit balances the first run exactly."""
+    host = make_host()
+    bootstrap = own_broker.bootstrap
+    topic, stats = f"outage-stop-{uuid.uuid4().hex[:8]}", f"outage-stop-stats-{uuid.uuid4().hex[:8]}"
+    spool = Path(private_dir("spool"))
+    env = {"PKTSTREAM_SPOOL_DIR": str(spool), "PKTSTREAM_HOME": private_dir("state")}  # both runs'
+    args = ("--interface", host.host_if, "--bootstrap-servers", bootstrap, "--topic", topic, "--stats-topic", stats,
+            "--payload-bytes", "0", "--batch-records", "500", "--no-adaptive-sampling", "--stats-publish", "1")
+    first = ProducerProcess(*args, env=env)
+    run1 = first.wait_event("producer_started")["run_id"]
+    burst(host, 1_000, 1)
+    time.sleep(1.5)
+    own_broker.down()
+    burst(host, 3_000, 2)
+    time.sleep(2)
+    t0 = time.monotonic()
+    assert first.stop(timeout=120) == 0
+    took = time.monotonic() - t0
+    assert took < 30, f"the stop took {took:.0f} s with the broker away"
+    assert first.event("kafka_down_at_shutdown")["queued"] > 0
+    first.event("final_report_spooled")
+    stopped = first.event("producer_stopped")
+    assert stopped["records_failed"] == 0 and stopped["undelivered_messages"] == 0
+    assert stopped["records_spooled"] == 3_000  # the outage's records, all on disk
+    assert list(spool.glob("*.batch"))
+
+    own_broker.up()
+    second = ProducerProcess(*args, env=env)
+    run2 = second.wait_event("producer_started")["run_id"]
+    deadline = time.monotonic() + 60
+    while list(spool.glob("*.batch")):  # each file goes once Kafka has acknowledged it
+        assert time.monotonic() < deadline, "the second run never emptied the spool"
+        time.sleep(0.5)
+    assert second.stop(timeout=120) == 0
+    assert second.event("producer_stopped")["records_replayed"] == 3_000
+    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
+                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    runs = {x["run_id"]: x for x in json.loads(r.stdout)}
+    assert set(runs) == {run1, run2}
+    a = runs[run1]
+    assert a["report"]["final"] and a["report"]["packets_seen"] == 4_000
+    assert a["unique"] == 4_000 and a["duplicates"] == 0 and a["missing"] == 0 and a["unexplained"] == 0
+    assert a["exact"], a
+    assert runs[run2]["exact"] and runs[run2]["report"]["packets_seen"] == 0

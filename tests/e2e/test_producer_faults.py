@@ -65,3 +65,22 @@ def test_a_final_report_kafka_did_not_take_is_delivered_by_the_next_run(kafka_bo
     replay_until_empty(up, spool)
     assert [(m[0], m[1]) for m in read_messages(kafka_bootstrap, stats_topic)] == [
         (b"host-a/run-1", b"final report of run-1")]
+
+
+def test_a_live_batch_refused_beside_a_too_large_one_is_delivered(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The broker refuses a whole request for one batch over the topic's limit; the small batches
+    that travelled with it are retried (alone, from the spool) and delivered, the big one counted."""
+    topic = f"faults-live-{uuid.uuid4().hex[:8]}"
+    conf = {"bootstrap.servers": kafka_bootstrap}
+    ensure_topic(conf, topic, 1, config={"max.message.bytes": "2000"})
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    pub = Publisher({**conf, "compression.type": "none", "linger.ms": 200}, topic, spool=spool, run_id="run-1")
+    pub.publish(b"host-a", b"small one", [(H.RUN_ID, b"run-1")], 2)
+    pub.publish(b"host-a", b"x" * 50_000, [(H.RUN_ID, b"run-1")], 500)  # one request with its neighbours
+    pub.publish(b"host-a", b"small two", [(H.RUN_ID, b"run-1")], 3)
+    pub.flush(10)
+    replay_until_empty(pub, spool)
+    pub.flush(10)
+    assert sorted(m[1] for m in read_messages(kafka_bootstrap, topic)) == [b"small one", b"small two"]
+    assert (pub.stats.records_delivered, pub.stats.records_failed) == (5, 500)
+    assert spool.dropped_by_cause == {"rejected_msg_size_too_large": 500}
