@@ -114,6 +114,7 @@ def test_stopped_while_the_broker_is_away_the_next_run_delivers_and_the_audit_ba
     t0 = time.monotonic()
     assert first.stop(timeout=120) == 0
     took = time.monotonic() - t0
+    print(f"stopped {took:.1f} s after SIGTERM with the broker away")
     assert took < 30, f"the stop took {took:.0f} s with the broker away"
     assert first.event("kafka_down_at_shutdown")["queued"] > 0
     first.event("final_report_spooled")
