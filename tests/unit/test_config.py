@@ -184,3 +184,38 @@ def test_the_producer_takes_the_servers_of_its_properties_file_before_starting_a
     # a local broker would be started (and this call would need Java) if the properties were ignored
     assert _bootstrap(None, {"bootstrap.servers": "kafka.prod:9093"}, 1) == "kafka.prod:9093"
     assert _bootstrap("flag:9092", {"bootstrap.servers": "kafka.prod:9093"}, 1) == "flag:9092"
+
+
+def test_an_upgraded_producer_takes_over_the_files_of_its_old_default_host_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool (replayed, not lost) and the run state (a crashed run still accounted for) named by
+    the machine id's first digits move to the new host id's names; an explicit host id, or files
+    already there under the new name, are left alone."""
+    from pktstream.producer import config as config_mod
+    from pktstream.producer.pipeline import ProducerRun
+
+    mid = "0123456789abcdef0123456789abcdef"
+    monkeypatch.setattr(config_mod, "_machine_id", lambda: mid)
+    monkeypatch.setenv("PKTSTREAM_HOME", str(tmp_path))
+    new, old = config_mod.default_host_id(), config_mod.legacy_host_id()
+    assert old is not None and old.endswith("-0123456789ab") and new != old
+    runs, spools = tmp_path / "runs", tmp_path / "spool"
+    runs.mkdir()
+    (spools / f"{old}-eth0-pktstream.packets").mkdir(parents=True)
+    (spools / f"{old}-eth0-pktstream.packets" / "00000000000000000001-7.batch").write_bytes(b"batch")
+    (runs / f"{old}-eth0.json").write_text('{"run_id": "r1"}')
+
+    def take_over(host_id: str) -> None:
+        run = ProducerRun.__new__(ProducerRun)
+        run.cfg = ProducerConfig(interface="eth0", topic="pktstream.packets", host_id=host_id)
+        run._take_over_legacy_files()
+
+    take_over("explicit-name")  # a host id the operator chose: nothing moves
+    assert (runs / f"{old}-eth0.json").exists()
+    take_over(new)
+    assert not (runs / f"{old}-eth0.json").exists()
+    assert (runs / f"{new}-eth0.json").read_text() == '{"run_id": "r1"}'
+    assert (spools / f"{new}-eth0-pktstream.packets" / "00000000000000000001-7.batch").read_bytes() == b"batch"
+    (runs / f"{old}-eth0.json").write_text('{"run_id": "stale"}')  # the new name exists: kept as it is
+    take_over(new)
+    assert (runs / f"{new}-eth0.json").read_text() == '{"run_id": "r1"}'
