@@ -284,6 +284,7 @@ class ProducerRun:
         assert self.capture is not None and self.publisher is not None
         c = self.capture.counters()
         s = self.publisher.stats
+        spool = self.publisher.spool  # (a Spool with no files is falsy: compared with None)
         lat = s.latency.percentiles_ms((50, 99))
         return {
             "packets_seen": c.packets,
@@ -293,10 +294,10 @@ class ProducerRun:
             "records_pending": self.totals.records_read - s.records_delivered - s.records_failed,
             "records_spooled": s.records_spooled,
             "records_replayed": s.records_replayed,
-            "spool_bytes": self.publisher.spool.bytes if self.publisher.spool is not None else 0,
-            "spool_records_dropped": self.publisher.spool.records_dropped if self.publisher.spool is not None else 0,
-            "spool_dropped_by_cause": dict(self.publisher.spool.dropped_by_cause) if self.publisher.spool is not None else {},
-            "spool_files_quarantined": self.publisher.spool.files_quarantined if self.publisher.spool is not None else 0,
+            "spool_bytes": spool.bytes if spool is not None else 0,
+            "spool_records_dropped": spool.records_dropped if spool is not None else 0,
+            "spool_dropped_by_cause": dict(spool.dropped_by_cause) if spool is not None else {},
+            "spool_files_quarantined": spool.files_quarantined if spool is not None else 0,
             "ringbuf_full": c.ringbuf_full,
             "ringbuf_full_per_cpu": list(c.ringbuf_full_per_cpu),
             "sampled_out": c.sampled_out,
@@ -366,6 +367,7 @@ class ProducerRun:
         lat = self.publisher.stats.latency.percentiles_ms((50, 99))
         c = self.capture.counters()
         s = self.publisher.stats
+        figures_now = self.snapshot()
         if figures is not None:
             figures.finish()
         log.info(
@@ -385,8 +387,8 @@ class ProducerRun:
             undelivered_messages=undelivered,
             records_spooled=s.records_spooled,
             records_replayed=s.records_replayed,
-            spool_dropped_by_cause=dict(self.publisher.spool.dropped_by_cause) if self.publisher.spool is not None else {},
-            spool_files_quarantined=self.publisher.spool.files_quarantined if self.publisher.spool is not None else 0,
+            spool_dropped_by_cause=figures_now["spool_dropped_by_cause"],
+            spool_files_quarantined=figures_now["spool_files_quarantined"],
             latency_p50_ms=ms_or_none(lat["p50"]),
             latency_p99_ms=ms_or_none(lat["p99"]),
             sample_rate=self.sampler.rate,
