@@ -23,7 +23,7 @@ log = structlog.get_logger("pktstream.producer")
 STATS_FIELDS = ("packets_seen", "records_captured", "records_delivered", "records_failed", "records_pending",
                 "records_spooled", "ringbuf_full", "ringbuf_full_per_cpu", "sampled_out", "sample_rate", "batches",
                 "directions", "egress_packets_seen", "egress_records_captured", "egress_ringbuf_full",
-                "egress_sampled_out")
+                "egress_sampled_out", "failed_for_runs")
 
 
 def stats_report(snapshot: dict[str, Any], host_id: str, interface: str, run_id: str, final: bool) -> bytes:

@@ -294,6 +294,7 @@ class ProducerRun:
             "records_pending": self.totals.records_read - s.records_delivered - s.records_failed,
             "records_spooled": s.records_spooled,
             "records_replayed": s.records_replayed,
+            "failed_for_runs": dict(s.failed_for_runs),
             "spool_bytes": spool.bytes if spool is not None else 0,
             "spool_records_dropped": spool.records_dropped if spool is not None else 0,
             "spool_dropped_by_cause": dict(spool.dropped_by_cause) if spool is not None else {},

@@ -24,6 +24,7 @@ class DeliveryStats:
     bytes_delivered: int = 0
     records_spooled: int = 0  # this run's records waiting in the spool
     records_replayed: int = 0  # records delivered from the spool (any run's)
+    failed_for_runs: dict[str, int] = field(default_factory=dict)  # earlier runs' records given up, by run
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
 
@@ -220,6 +221,9 @@ class Publisher:
         if own:
             self.stats.records_failed += b.records
             self.stats.records_spooled -= b.records
+        elif b.records:  # an earlier run's: said in this run's reports, for the audit of that run
+            run = dict(b.headers).get(H.RUN_ID, b"").decode("utf-8", "replace")
+            self.stats.failed_for_runs[run] = self.stats.failed_for_runs.get(run, 0) + b.records
         log.error("spool_batch_rejected", file=b.path.name, topic=b.topic, records=b.records, error=error,
                   this_run=own)
 

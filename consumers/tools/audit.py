@@ -53,6 +53,19 @@ class RunAudit:
     # the host's clock against the broker's: the median of each message's newest record time less
     # its append time (None: no message with both, e.g. a topic that keeps the producers' times)
     clock_offset_s: float | None = None
+    # records of this run that a later run of the same host gave up for good while replaying the
+    # spool (its reports' failed_for_runs): this run's own report counted them as pending
+    failed_later: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Records given up: by this run (its report), and by later runs replaying its spooled batches."""
+        return (int(self.report["records_failed"]) if self.report else 0) + self.failed_later
+
+    @property
+    def pending(self) -> int:
+        """Records pending at this run's report, less those a later run gave up since."""
+        return max(0, (int(self.report["records_pending"]) if self.report else 0) - self.failed_later)
 
     @property
     def missing(self) -> int:
@@ -82,8 +95,8 @@ class RunAudit:
         if self.crashed:
             return 0  # what is absent was lost in the crash: crash_lost counts it
         r = self.report
-        absent = int(r["records_captured"]) - self.unique - int(r["records_failed"])
-        return max(0, absent - int(r["records_pending"]))
+        absent = int(r["records_captured"]) - self.unique - self.failed
+        return max(0, absent - self.pending)
 
     @property
     def kernel_identity(self) -> bool:
@@ -118,7 +131,7 @@ class RunAudit:
         if not rows:
             return False
         plain = self.report is not None and not self.crashed and self.duplicates == 0 and \
-            int(self.report["records_failed"]) == 0 and int(self.report["records_pending"]) == 0
+            self.failed == 0 and self.pending == 0
         return all(v["seen"] == v["captured"] + v["ringbuf_full"] + v["sampled_out"]
                    and (not plain or v["in_topic"] == v["captured"]) for v in rows.values())
 
@@ -131,7 +144,8 @@ class RunAudit:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(missing=self.missing, unexplained=self.unexplained, kernel_identity=self.kernel_identity,
+        d.update(missing=self.missing, failed=self.failed, pending=self.pending,
+                 unexplained=self.unexplained, kernel_identity=self.kernel_identity,
                  crashed=self.crashed, crash_lost=self.crash_lost, exact=self.exact, directions=self.directions,
                  by_direction=self.by_direction())
         return d
@@ -240,6 +254,7 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
             ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=r["interface"]))
             if ra.report is None or (r["final"], r["ts_ns"]) >= (ra.report["final"], ra.report["ts_ns"]):
                 ra.report = r
+    credit_later_failures(runs)
     for key, ra in runs.items():
         if offsets.get(key):
             ra.clock_offset_s = round(float(statistics.median(offsets[key])), 3)
@@ -259,6 +274,16 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
     return sorted(runs.values(), key=lambda r: (r.host, r.report["ts_ns"] if r.report else 0, r.run_id))
 
 
+def credit_later_failures(runs: Mapping[tuple[str, str], RunAudit]) -> None:
+    """What later runs of a host gave up of earlier runs' spooled batches (their reports'
+    failed_for_runs) counted as those earlier runs' failed records."""
+    for (host, _run), ra in runs.items():
+        for earlier, n in ((ra.report or {}).get("failed_for_runs") or {}).items():
+            target = runs.get((host, earlier))
+            if target is not None and target is not ra:
+                target.failed_later += int(n)
+
+
 def render(runs: list[RunAudit]) -> str:
     cols = ["host", "run", "iface", "dirs", "seen", "captured", "in topic", "dups", "missing", "ring full", "sampled",
             "failed", "pending", "crash lost", "unexplained", "final", "exact", "clock"]
@@ -268,7 +293,7 @@ def render(runs: list[RunAudit]) -> str:
         rows.append([r.host, r.run_id, r.interface, "+".join(r.directions) or "?", str(rep.get("packets_seen", "?")),
                      str(rep.get("records_captured", "?")), str(r.unique), str(r.duplicates), str(r.missing),
                      str(rep.get("ringbuf_full", "?")), str(rep.get("sampled_out", "?")),
-                     str(rep.get("records_failed", "?")), str(rep.get("records_pending", "?")),
+                     str(r.failed) if r.report else "?", str(r.pending) if r.report else "?",
                      str(r.crash_lost) if r.crashed else "-", str(r.unexplained),
                      str(rep.get("final", "?")).lower(), "yes" if r.exact else "NO",
                      "-" if r.clock_offset_s is None else f"{r.clock_offset_s:+.1f}s"])

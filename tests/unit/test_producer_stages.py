@@ -79,8 +79,10 @@ def test_stats_report_and_latencies_for_json_logs() -> None:
     snap = {"packets_seen": 10, "records_captured": 9, "records_delivered": 8, "records_failed": 1,
             "records_pending": 0, "records_spooled": 0, "ringbuf_full": 1, "ringbuf_full_per_cpu": [1, 0],
             "sampled_out": 0, "sample_rate": 1, "batches": 2, "not_reported": 5, "directions": ["ingress", "egress"],
-            "egress_packets_seen": 4, "egress_records_captured": 4, "egress_ringbuf_full": 0, "egress_sampled_out": 0}
+            "egress_packets_seen": 4, "egress_records_captured": 4, "egress_ringbuf_full": 0, "egress_sampled_out": 0,
+            "failed_for_runs": {"run0": 500}}
     (r,) = decode_reports(stats_report(snap, "h1", "eth0", "run1", final=True))
+    assert r["failed_for_runs"] == {"run0": 500}
     assert r["packets_seen"] == 10 and r["records_failed"] == 1 and r["final"] and not r["crashed"]
     assert r["directions"] == ["ingress", "egress"] and r["egress_packets_seen"] == 4
     assert r["host_id"] == "h1" and "not_reported" not in r
