@@ -349,7 +349,9 @@ static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 	if (to > len)
 		to = len;
 	for (int64_t i = from; i < to; i++) {
-		if (p[i] != '*') {
+		/* line ends stay: a value judged to run across one (a JSON string cut short, a stray
+		 * quote) must not erase the structure the next pass, or a reader, finds lines by */
+		if (p[i] != '*' && p[i] != '\r' && p[i] != '\n') {
 			p[i] = '*';
 			changed = 1;
 		}
@@ -434,9 +436,17 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 		/* (not a multipart boundary, an event stream's comment, a chunk size) */
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {
-			/* a '*' is what redaction writes: a line holding one was judged by an earlier pass,
-			 * whose stars may have replaced the bytes that kept it from being a value (idempotence) */
-			printable = (CLS[p[i]] & C_PRINT) && p[i] != '*';
+			printable = CLS[p[i]] & C_PRINT;
+			/* "=*" or ":*" is a value an earlier pass starred, whose stars may have replaced the
+			 * bytes that kept this line from being taken for a value (idempotence); a '*' of the
+			 * value itself (cookies and keys may hold one) does not count */
+			if (p[i] == '*' && i > 0) {
+				int64_t b = i - 1;
+				while (b > 0 && p[b] == ' ')
+					b--;
+				if (p[b] == '=' || p[b] == ':')
+					printable = 0;
+			}
 			if (p[i] == 'H' && starts_with(p + i, first - i, "http/"))
 				printable = 0; /* a request or status line (HTTP/2's preface too) */
 		}
@@ -954,6 +964,8 @@ static int redact_h2(uint8_t *p, int64_t len)
 	return headers ? star_h2_blocks(p, 0, len) : 0;
 }
 
+#define MAX_PASSES 6 /* passes after the first that changed a row (a fixpoint comes after one or two) */
+
 /* Redact one payload prefix in place; returns 1 if anything was replaced. */
 static int redact_one(uint8_t *p, int64_t len, const char *extra, int64_t flags)
 {
@@ -985,7 +997,16 @@ int64_t pkt_redact(uint8_t *payload, int64_t n, int64_t stride, int64_t width, c
 		int64_t len = cap_len[i * cap_stride];
 		if (len > width)
 			len = width;
-		count += redact_one(payload + i * stride, len, extra, flags);
+		uint8_t *row = payload + i * stride;
+		if (!redact_one(row, len, extra, flags))
+			continue;
+		count++;
+		/* to a fixpoint: what one rule starred can change what another sees (a JSON value
+		 * starred over a multipart name leaves a form field behind), so a second pass may find
+		 * more; stars only ever replace bytes, so it ends, and the result is the same however
+		 * many times it is redacted (a row without a credential is walked once) */
+		for (int pass = 0; pass < MAX_PASSES && redact_one(row, len, extra, flags); pass++)
+			;
 	}
 	return count;
 }

@@ -357,7 +357,7 @@ class ProducerRun:
         # every broker down, a few seconds each (nothing can be delivered: the spool keeps it all)
         undelivered = self.publisher.drain_to_spool(45.0)
         key, value, report = self._publish_stats(final=True)
-        self.publisher.flush(2.0 if self.publisher.brokers_down else 10.0)
+        self.publisher.flush(2.0 if self.publisher.brokers_down and self.publisher.spool is not None else 10.0)
         # the run is clean only when its final report is in the stats topic or in the spool (the
         # next run delivers it); else the next run accounts for it from the pinned counters
         reported = report["delivered"] or self.publisher.spool_aux(self.cfg.stats_topic, key, value)

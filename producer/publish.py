@@ -60,6 +60,8 @@ class Publisher:
         self.topic = topic
         self.spool = spool
         self.run_id = run_id
+        if spool is not None:
+            spool.on_lost = self._lost
         self.stats = DeliveryStats()
         self._too_large: set[Any] = set()  # spooled batches refused as too large in company
         self.fatal: KafkaError | None = None  # librdkafka's fatal error: this producer instance is done
@@ -205,8 +207,15 @@ class Publisher:
                 for rest in batches[i + 1 :]:  # not sent this time: free them for the next round
                     spool.done(rest, delivered=False)
                 return
-            except KafkaException as e:  # refused before sending: kept, tried again later
-                for rest in batches[i:]:
+            except KafkaException as e:  # refused before sending
+                err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+                if err is not None and err.code() in self.FINAL and not err.fatal():
+                    # (larger than this producer's own message.max.bytes): no retry cures it
+                    self._give_up(b, own, err.name(), str(err))
+                    for rest in batches[i + 1 :]:
+                        spool.done(rest, delivered=False)
+                    return
+                for rest in batches[i:]:  # kept, tried again later
                     spool.done(rest, delivered=False)
                 self._replay_after = time.monotonic() + self.BACKOFF_S
                 log.warning("spool_replay_refused", file=b.path.name, error=str(e), retry_in_s=self.BACKOFF_S)
@@ -218,14 +227,20 @@ class Publisher:
         assert self.spool is not None
         self._too_large.discard(b.path)
         self.spool.failed(b, f"rejected_{code.lower().lstrip('_')}")
-        if own:
-            self.stats.records_failed += b.records
-            self.stats.records_spooled -= b.records
-        elif b.records:  # an earlier run's: said in this run's reports, for the audit of that run
-            run = dict(b.headers).get(H.RUN_ID, b"").decode("utf-8", "replace")
-            self.stats.failed_for_runs[run] = self.stats.failed_for_runs.get(run, 0) + b.records
+        self._lost(b.headers, b.records)
         log.error("spool_batch_rejected", file=b.path.name, topic=b.topic, records=b.records, error=error,
                   this_run=own)
+
+    def _lost(self, headers: list[tuple[str, bytes]], records: int) -> None:
+        """Records of a spooled batch given up (refused for good, or its file set aside): this
+        run's in records_failed, an earlier run's in failed_for_runs (for the audit of that run)."""
+        run = dict(headers).get(H.RUN_ID, b"")
+        if run == self.run_id.encode():
+            self.stats.records_failed += records
+            self.stats.records_spooled -= records
+        elif records:
+            rid = run.decode("utf-8", "replace")
+            self.stats.failed_for_runs[rid] = self.stats.failed_for_runs.get(rid, 0) + records
 
     def publish_aux(self, topic: str, key: bytes, value: bytes) -> dict[str, bool]:
         """Queue a message of another topic (stats); failures are logged, not counted as records.
@@ -268,9 +283,9 @@ class Publisher:
         while time.monotonic() < deadline:
             self.replay()
             self.producer.poll(0.1)
-            if not len(self.producer) and not (self.spool and (len(self.spool) or self.spool.inflight)):
+            if not len(self.producer) and not (self.spool is not None and (len(self.spool) or self.spool.inflight)):
                 break
-            if self.brokers_down and time.monotonic() - start >= down_grace_s:
+            if self.spool is not None and self.brokers_down and time.monotonic() - start >= down_grace_s:
                 log.warning("kafka_down_at_shutdown", queued=len(self.producer),
                             down_for_s=round(time.monotonic() - (self._down_since or start), 1))
                 break

@@ -15,8 +15,9 @@ Files are named by a sequence number that continues from the highest in the
 directory, not by the clock, so a clock stepped back during an outage cannot
 reorder the replay. Each file carries a CRC-32 of its batch. A file that is no batch
 (truncated, corrupt, a checksum that does not match) is renamed ``*.corrupt``, counted and
-logged, and the replay goes on; one the disk cannot read now (an I/O error, permissions) is
-tried again on the next turns, in order, and set aside only after READ_ATTEMPTS failures.
+logged (its records, when its header says how many, counted as dropped), and the replay goes
+on; one the disk cannot read now (an I/O error, permissions) is tried again, in order, and set
+aside only after READ_ATTEMPTS failures over READ_RETRY_S.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import errno
 import fcntl
 import json
 import os
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -38,7 +42,8 @@ log = structlog.get_logger("pktstream.spool")
 
 _SUFFIX = ".batch"
 _CORRUPT = ".corrupt"
-READ_ATTEMPTS = 5  # turns of the replay a file the disk cannot read is tried before it is set aside
+READ_ATTEMPTS = 5  # a file the disk cannot read is set aside after this many failed reads ...
+READ_RETRY_S = 60.0  # ... over at least this long (the replay tries every loop turn)
 
 
 @dataclass
@@ -81,10 +86,14 @@ class Spool:
         self._seq = max((_number(p) for p in files), default=0)
         self._inflight: set[Path] = set()
         self._gone: set[Path] = set()  # delivered or given up, but the disk would not let them be removed
-        self._unreadable: dict[Path, int] = {}  # files the disk would not read, and how many times
+        self._unreadable: dict[Path, tuple[float, int]] = {}  # files the disk would not read: since, times
+        self._set_aside: set[Path] = set()  # quarantined, but the disk would not let them be renamed
+        # told of the records of a file set aside whose header could be read (headers, records),
+        # so that the publisher counts them as given up for their run
+        self.on_lost: Callable[[list[tuple[str, bytes]], int], None] | None = None
 
     def __len__(self) -> int:
-        return self._files
+        return max(0, self._files)
 
     def _drop(self, records: int, cause: str) -> bool:
         self.records_dropped += records
@@ -125,7 +134,7 @@ class Spool:
         """Up to ``limit`` spooled batches not already being replayed, oldest first."""
         out: list[SpooledBatch] = []
         for p in sorted(self.dir.glob(f"*{_SUFFIX}"), key=_number):
-            if p in self._inflight or p in self._gone:
+            if p in self._inflight or p in self._gone or p in self._set_aside:
                 continue
             try:
                 data = p.read_bytes()
@@ -133,17 +142,19 @@ class Spool:
                 self._recount()
                 continue
             except OSError as e:
-                # the disk, not the file, may be at fault: tried again next turn, in order
-                n = self._unreadable[p] = self._unreadable.get(p, 0) + 1
-                if n < READ_ATTEMPTS:
-                    if n == 1:
+                # the disk, not the file, may be at fault: tried again, in order, for a while
+                since, n = self._unreadable.get(p, (time.monotonic(), 0))
+                self._unreadable[p] = (since, n + 1)
+                if n + 1 < READ_ATTEMPTS or time.monotonic() - since < READ_RETRY_S:
+                    if n == 0:
                         log.warning("spool_file_unreadable", file=p.name, error=e.strerror or str(e),
-                                    attempts=READ_ATTEMPTS)
+                                    retry_for_s=READ_RETRY_S)
                     break
                 self._unreadable.pop(p, None)
-                self._quarantine(p, f"unreadable {READ_ATTEMPTS} times: {e.strerror or e}")
+                self._quarantine(p, f"unreadable for {READ_RETRY_S:.0f} s: {e.strerror or e}")
                 continue
             self._unreadable.pop(p, None)
+            meta: Any = {}
             try:
                 head, _, value = data.partition(b"\n")
                 meta = json.loads(head)
@@ -153,7 +164,7 @@ class Spool:
                 if "crc32" in meta and int(meta["crc32"]) != zlib.crc32(value):  # files before it had none
                     raise ValueError("the batch's CRC-32 does not match (the file changed after it was written)")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                self._quarantine(p, str(e))
+                self._quarantine(p, str(e), meta)
                 continue
             out.append(b)
             self._inflight.add(p)
@@ -161,19 +172,35 @@ class Spool:
                 break
         return out
 
-    def _quarantine(self, p: Path, why: str) -> None:
-        """A file that is no batch (truncated, edited, written by something else): set aside as
-        *.corrupt, out of the replay and the spool's size, and said."""
-        with contextlib.suppress(OSError):
+    def _quarantine(self, p: Path, why: str, meta: Any = None) -> None:
+        """A file that is no batch (truncated, edited, written by something else) or that the disk
+        would not read: set aside as *.corrupt, out of the replay and the spool's size, and said.
+        Its records, when its header could be read, are counted as dropped (``quarantined``) and
+        told to the publisher (on_lost)."""
+        try:
             p.rename(p.with_suffix(_CORRUPT))
+        except OSError:
+            self._set_aside.add(p)  # a disk gone read-only: skipped from now on, never retried
         self._recount()
         self.files_quarantined += 1
         log.error("spool_file_quarantined", file=p.name, error=why[:200], moved_to=p.with_suffix(_CORRUPT).name)
+        try:  # the header of a file whose batch is damaged may still say whose records it held
+            records = int(meta["records"]) if isinstance(meta, dict) and "records" in meta else 0
+            headers = [(str(k), str(v).encode("latin-1")) for k, v in meta["headers"]] if records > 0 else []
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeEncodeError):
+            records, headers = 0, []
+        if records > 0:
+            self._drop(records, "quarantined")
+            if self.on_lost is not None:
+                self.on_lost(headers, records)
 
     def _recount(self) -> None:
-        """The spool's size counted afresh (rare): a file may have changed or gone since it was written."""
+        """The spool's size counted afresh (rare): a file may have changed or gone since it was
+        written (files delivered or set aside that the disk would not let go are not counted)."""
         sizes = []
         for f in self.dir.glob(f"*{_SUFFIX}"):
+            if f in self._gone or f in self._set_aside:
+                continue
             with contextlib.suppress(OSError):
                 sizes.append(f.stat().st_size)
         self.bytes, self._files = sum(sizes), len(sizes)
@@ -191,12 +218,16 @@ class Spool:
         if delivered:
             try:
                 size = batch.path.stat().st_size
-                batch.path.unlink(missing_ok=True)
+                batch.path.unlink()
+            except FileNotFoundError:  # removed by hand meanwhile: counted afresh, not twice
+                self._recount()
+                return
             except OSError as e:  # a disk gone read-only: never sent twice, never a crash in a callback
                 if not self._gone:
                     log.error("spool_file_not_removed", file=batch.path.name, error=e.strerror or str(e))
                 self._gone.add(batch.path)
-                size = 0
+                self._recount()
+                return
             self.bytes -= size
             self._files -= 1
 

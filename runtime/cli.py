@@ -64,13 +64,12 @@ def _kafka(args: argparse.Namespace) -> int:
     if args.acls:
         if args.action != "up" or (args.brokers or 1) != 1:
             raise ConfigError(["--acls: with up, on one node"])
-        from pktstream.runtime.kafka_local import LocalKafka, default_dir, setup_roles
+        from pktstream.runtime.kafka_local import LocalKafka, default_dir, setup_roles, write_private
 
         secret = default_dir(args.port) / "admin.password"
         if not secret.exists():
             secret.parent.mkdir(parents=True, exist_ok=True)
-            secret.write_text(uuid.uuid4().hex)
-            secret.chmod(0o600)
+            write_private(secret, uuid.uuid4().hex)
         lk = LocalKafka(port=args.port, sasl_port=args.port + 2, sasl_password=secret.read_text().strip(),
                         authorizer=True)
         print(lk.up())

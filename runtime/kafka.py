@@ -190,7 +190,9 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     cur: list[str] = []
     start = 0
-    for n, raw in enumerate(text.splitlines(), 1):
+    # lines end at \r, \n or \r\n only (str.splitlines would also cut at \f, \v, \x85 ..., which
+    # may sit inside a password)
+    for n, raw in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         line = raw.lstrip(" \t\f") if cur else raw
         if not cur:
             start = n
@@ -210,10 +212,11 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def read_properties(path: str, problems: list[str]) -> dict[str, str]:
-    """A Kafka properties file as Kafka's own tools read it (java.util.Properties): ``name=value``
+    """A Kafka properties file in the syntax of Kafka's own tools (java.util.Properties): ``name=value``
     or ``name: value`` per line (a name and a value apart only by spaces, which Java also takes,
     is refused: it is a typo more often than not), ``#`` and ``!`` comments, a trailing backslash
-    continuing a line, backslash escapes; a UTF-8 byte order mark is ignored. The value is kept to
+    continuing a line, backslash escapes. Read as UTF-8 (a byte order mark ignored), where Java's
+    tools read ISO-8859-1: the same for ASCII, which is what such files hold. The value is kept to
     its end, trailing spaces included (a password may end in one). A line without a name is added
     to problems with its number, never its text (it may hold a secret)."""
     try:

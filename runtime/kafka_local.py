@@ -287,11 +287,12 @@ class LocalKafka:
 
     def up(self, timeout_s: float = 120.0) -> str:
         """Start the broker unless it already runs; return its bootstrap address."""
-        if self.pid() is not None and self.accepting():
-            return self.bootstrap
-        proc = self.start()
-        self.wait_ready(proc, timeout_s)
-        if self.sasl_port:  # the SASL admin, through the local listener (never in a tool's argv)
+        if not (self.pid() is not None and self.accepting()):
+            proc = self.start()
+            self.wait_ready(proc, timeout_s)
+        if self.sasl_port:
+            # the SASL admin, through the local listener (never in a tool's argv); on every up, a
+            # broker already running too (an earlier up may have stopped short of it); idempotent
             add_scram_user(self, self.sasl_user, self.sasl_password)
         return self.bootstrap
 
@@ -422,6 +423,19 @@ def add_scram_user(lk: LocalKafka, user: str, password: str, timeout_s: float = 
                                       password.encode())
     for f in admin.alter_user_scram_credentials([up], request_timeout=timeout_s).values():
         f.result(timeout=timeout_s)
+    if lk.sasl_port:  # the broker applies the credential from its metadata log: until a login works
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                AdminClient({**client_properties(lk, user, password), "log_level": 0}).list_topics(timeout=5)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise LocalKafkaError(f"the SASL user {user} cannot log in {timeout_s:.0f} s after it was "
+                                          "created") from None
+                time.sleep(0.5)
 
 
 def client_properties(lk: LocalKafka, user: str, password: str) -> dict[str, str]:

@@ -13,8 +13,8 @@
  *                  the next part of the payload bytes.
  *   shape & 0x40   extra names as `pktstream produce --redact-names` passes them.
  *   shape & 0x20   (one record only) flags = KEEP_HTTP2_HEADERS, as --keep-http2-headers passes it.
- * Checked besides memory safety: only bytes within a row's valid prefix change, each to '*', and
- * the count returned is the number of rows that changed.
+ * Checked besides memory safety: only bytes within a row's valid prefix change, each to '*', the
+ * count returned is the number of rows that changed, and a second call changes nothing (idempotent).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -92,6 +92,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		changed_rows += changed;
 	}
 	CHECK(count == changed_rows, "returned %lld, %lld rows changed", (long long)count, (long long)changed_rows);
+	memcpy(before, recs, (size_t)(n * stride));
+	int64_t again = redact_call(recs, n, stride, width, extra, flags);
+	CHECK(again == 0 && memcmp(before, recs, (size_t)(n * stride)) == 0,
+	      "a second pass changed %lld rows (redaction must be idempotent)", (long long)again);
 	free(recs);
 	free(before);
 	return 0;

@@ -83,9 +83,10 @@ def test_max_message_bytes_lowered_under_the_producer(kafka_bootstrap: str,
     (exit code 3); the ones after the limit is raised again are delivered; the audit balances."""
     host = make_host()
     topic, stats = f"lowered-{uuid.uuid4().hex[:8]}", f"lowered-stats-{uuid.uuid4().hex[:8]}"
+    # batches cut by size (500 records), not by age, whatever the pace the frames arrive at
     prod = ProducerProcess("--interface", host.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
                            "--stats-topic", stats, "--payload-bytes", "128", "--batch-records", "500",
-                           "--batch-age-ms", "100", "--no-adaptive-sampling", "--stats-publish", "1")
+                           "--batch-age-ms", "1500", "--no-adaptive-sampling", "--stats-publish", "1")
     prod.wait_event("producer_started")
     adm = AdminClient({"bootstrap.servers": kafka_bootstrap})
     burst(host, 1_000, 1, size=128)
@@ -96,7 +97,7 @@ def test_max_message_bytes_lowered_under_the_producer(kafka_bootstrap: str,
             ConfigEntry("max.message.bytes", str(n), incremental_operation=AlterConfigOpType.SET)])
         adm.incremental_alter_configs([res])[res].result(30)
 
-    limit(20_000)  # a batch of 500 records with 128 random payload bytes each is about 75 kB
+    limit(8_000)  # a batch of 500 records with 128 random payload bytes each is about 75 kB
     time.sleep(2)
     burst(host, 2_000, 2, size=128)
     time.sleep(5)

@@ -52,24 +52,39 @@ def read_messages(bootstrap: str, topic: str, timeout_s: float = 60, settled: bo
     that stopped at the first end-of-partition could miss a transaction its writer saw committed.
     ``settled=False`` reads what is readable now (a writer just killed holds its transaction open
     until it is fenced or times out)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
                   "enable.partition.eof": True, "isolation.level": "read_committed"})
     ends = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
                      "isolation.level": "read_uncommitted"})
     parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-    deadline = time.monotonic() + timeout_s
+    settle_by = time.monotonic() + timeout_s
+
+    def marks(consumer: Any) -> dict[int, int] | None:
+        """Each partition's end as the consumer's isolation level sees it (None: a broker just
+        restarted does not answer yet; asked again)."""
+        try:
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                    for p in parts}
+        except KafkaException:
+            assert time.monotonic() < settle_by, f"{topic}: no watermarks within {timeout_s} s"
+            time.sleep(0.5)
+            return None
+
     # every transaction written so far decided: the last stable offset (the high watermark a
     # read_committed client is told) has reached the high watermark
-    hw = {p: ends.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
+    hw = None
+    while settled and hw is None:
+        hw = marks(ends)
     ends.close()
-    while settled:
-        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
-        if all(lso[p] >= hw[p] for p in parts):
+    while settled and hw is not None:
+        lso = marks(c)
+        if lso is not None and all(lso[p] >= hw[p] for p in parts):
             break
-        assert time.monotonic() < deadline, f"{topic}: transactions still open (stable {lso}, written {hw})"
+        assert time.monotonic() < settle_by, f"{topic}: transactions still open (stable {lso}, written {hw})"
         time.sleep(0.2)
+    deadline = time.monotonic() + timeout_s
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[Message] = []
     eof: set[int] = set()

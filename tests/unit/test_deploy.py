@@ -207,6 +207,7 @@ def test_the_chart_refuses_the_single_user_keys_of_its_older_version() -> None:
                             "--set", f"kafka.sasl.{old}"], capture_output=True, text=True, timeout=120)
         name = old.split("=")[0]
         assert r.returncode != 0 and f"kafka.sasl.{name} is no longer read" in r.stderr, r.stderr
+    render("kafka.sasl.password=", "kafka.sasl.existingSecret=")  # left empty, as the old values file had them
 
 
 def test_the_documented_acl_commands_are_the_roles_acls() -> None:

@@ -151,7 +151,43 @@ def test_a_file_the_disk_cannot_read_now_is_retried_in_order_then_set_aside(
     s.put("t", b"k", [], b"third", records=3)
     (third,) = tmp_path.glob("*.batch")
     failing[third] = 10**6  # a bad sector: never readable
-    for _ in range(spool_mod.READ_ATTEMPTS - 1):
+    for _ in range(3 * spool_mod.READ_ATTEMPTS):  # many turns, but within READ_RETRY_S: kept
         assert s.oldest(10) == [] and s.files_quarantined == 0
+    monkeypatch.setattr(spool_mod, "READ_RETRY_S", 0.0)  # the retry time has passed
     assert s.oldest(10) == [] and s.files_quarantined == 1 and third.with_suffix(".corrupt").exists()
     assert len(s) == 0 and s.bytes == 0
+
+
+def test_a_file_removed_by_hand_while_replayed_never_makes_the_count_negative(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.put("t", b"k", [], b"a", records=1)
+    s.put("t", b"k", [], b"b", records=1)
+    (a,) = s.oldest(1)
+    for f in tmp_path.glob("*.batch"):  # an operator empties the spool
+        f.unlink()
+    assert s.oldest(10) == []
+    s.done(a, delivered=True)  # then Kafka acknowledges the batch in flight
+    assert len(s) == 0 and s.bytes == 0
+
+
+def test_a_damaged_file_that_cannot_be_renamed_is_skipped_and_its_records_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    lost: list[tuple[list[tuple[str, bytes]], int]] = []
+    s.on_lost = lambda headers, records: lost.append((headers, records))
+    s.put("t", b"k", [("pktstream.run_id", b"run-1")], b"payload of 40 records", records=40)
+    s.put("t", b"k", [], b"fine", records=1)
+    damaged, _fine = sorted(tmp_path.glob("*.batch"))
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0x01
+    damaged.write_bytes(bytes(data))
+
+    def read_only(self: Path, target: Path) -> Path:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "rename", read_only)
+    assert [b.value for b in s.oldest(10)] == [b"fine"]
+    assert s.files_quarantined == 1 and damaged.exists()  # not renamed...
+    assert lost == [([("pktstream.run_id", b"run-1")], 40)] and s.dropped_by_cause == {"quarantined": 40}
+    assert s.oldest(10) == [] and s.files_quarantined == 1  # ...but skipped from then on, counted once
+    assert len(s) == 1  # the one in flight

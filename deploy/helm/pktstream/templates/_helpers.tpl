@@ -16,11 +16,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* values of an older chart that would otherwise be ignored without a word */}}
+{{/* values of an older chart that would otherwise be ignored without a word (set ones only: a
+     values file copied from it carries them empty) */}}
 {{- define "pktstream.checkValues" -}}
 {{- $sasl := .Values.kafka.sasl -}}
 {{- range $old := list "username" "password" "existingSecret" -}}
-{{- if hasKey $sasl $old -}}
+{{- if index $sasl $old -}}
 {{- fail (printf "kafka.sasl.%s is no longer read: each role has its own Kafka user (kafka.sasl.users.producer|usage|alerts.username/password, or kafka.sasl.existingSecretPrefix); see docs/deployment.md, \"Least privilege\"" $old) -}}
 {{- end -}}
 {{- end -}}
