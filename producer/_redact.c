@@ -349,11 +349,14 @@ static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 	if (to > len)
 		to = len;
 	for (int64_t i = from; i < to; i++) {
-		/* line ends stay: a value judged to run across one (a JSON string cut short, a stray
-		 * quote) must not erase the structure the next pass, or a reader, finds lines by */
-		if (p[i] != '*' && p[i] != '\r' && p[i] != '\n') {
+		uint8_t c = p[i];
+		if (c != '*') {
+			/* 2: a byte other than a letter or a digit was replaced: the rules read structure
+			 * from those (quotes, '=', '&', line ends, the dashes of a PEM marker, a JWT's dots,
+			 * control bytes...), so another pass may judge the row differently */
+			int plain = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
 			p[i] = '*';
-			changed = 1;
+			changed |= plain ? 1 : 3;
 		}
 	}
 	return changed;
@@ -437,14 +440,15 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {
 			printable = CLS[p[i]] & C_PRINT;
-			/* "=*" or ":*" is a value an earlier pass starred, whose stars may have replaced the
-			 * bytes that kept this line from being taken for a value (idempotence); a '*' of the
-			 * value itself (cookies and keys may hold one) does not count */
+			/* "=*", ":*", "[*" ... is a value an earlier pass starred, whose stars may have
+			 * replaced the bytes that kept this line from being taken for a value (a request
+			 * line's "HTTP/", a control byte: idempotence); a '*' inside a value (cookies and keys
+			 * may hold one) does not count */
 			if (p[i] == '*' && i > 0) {
 				int64_t b = i - 1;
 				while (b > 0 && p[b] == ' ')
 					b--;
-				if (p[b] == '=' || p[b] == ':')
+				if (memchr("=:[,\"'({", p[b], 8) != NULL)
 					printable = 0;
 			}
 			if (p[i] == 'H' && starts_with(p + i, first - i, "http/"))
@@ -966,7 +970,8 @@ static int redact_h2(uint8_t *p, int64_t len)
 
 #define MAX_PASSES 6 /* passes after the first that changed a row (a fixpoint comes after one or two) */
 
-/* Redact one payload prefix in place; returns 1 if anything was replaced. */
+/* Redact one payload prefix in place; returns 0 when nothing was replaced, else 1 | 2 when a byte
+ * other than a letter or a digit was (see stars). */
 static int redact_one(uint8_t *p, int64_t len, const char *extra, int64_t flags)
 {
 	if (len <= 0)
@@ -998,15 +1003,18 @@ int64_t pkt_redact(uint8_t *payload, int64_t n, int64_t stride, int64_t width, c
 		if (len > width)
 			len = width;
 		uint8_t *row = payload + i * stride;
-		if (!redact_one(row, len, extra, flags))
+		int changed = redact_one(row, len, extra, flags);
+		if (!changed)
 			continue;
 		count++;
-		/* to a fixpoint: what one rule starred can change what another sees (a JSON value
-		 * starred over a multipart name leaves a form field behind), so a second pass may find
-		 * more; stars only ever replace bytes, so it ends, and the result is the same however
-		 * many times it is redacted (a row without a credential is walked once) */
-		for (int pass = 0; pass < MAX_PASSES && redact_one(row, len, extra, flags); pass++)
-			;
+		/* to a fixpoint where stars replaced bytes the rules read structure from: what one rule
+		 * starred can change what another sees (a JSON value starred over a multipart name
+		 * leaves a form field behind), so another pass may find more. Stars only ever replace
+		 * bytes, so it ends, and the result is the same however many times it is redacted. A
+		 * row without a credential, or whose values held only letters and digits, is walked
+		 * once */
+		for (int pass = 0; pass < MAX_PASSES && (changed & 2); pass++)
+			changed = redact_one(row, len, extra, flags);
 	}
 	return count;
 }
