@@ -343,17 +343,25 @@ static int64_t header_line(const uint8_t *p, int64_t len, const char *extra, int
 }
 
 /* Replace p[from..to) by '*' (within len); returns 1 if a byte changed. */
+/* Where the row's first line ends (set by redact_one): what is judged of that line as a whole
+ * (a request line, a continued header value) can change when any byte of it is starred. */
+static _Thread_local int64_t first_line_end;
+
 static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 {
 	int changed = 0;
 	if (to > len)
 		to = len;
+	for (int64_t i = from; i < to && i < first_line_end; i++)
+		if (p[i] != '*')
+			changed = 3;
 	for (int64_t i = from; i < to; i++) {
 		uint8_t c = p[i];
 		if (c != '*') {
-			/* 2: a byte other than a letter or a digit was replaced: the rules read structure
-			 * from those (quotes, '=', '&', line ends, the dashes of a PEM marker, a JWT's dots,
-			 * control bytes...), so another pass may judge the row differently */
+			/* 2: a byte other than a letter or a digit was replaced, or any byte of the first
+			 * line: the rules read structure from those (quotes, '=', '&', line ends, the dashes
+			 * of a PEM marker, a JWT's dots, control bytes, a request line's "HTTP/"...), so
+			 * another pass may judge the row differently */
 			int plain = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
 			p[i] = '*';
 			changed |= plain ? 1 : 3;
@@ -440,17 +448,6 @@ static int redact_headers(uint8_t *p, int64_t len, const char *extra, int64_t me
 		int printable = first > 0;
 		for (int64_t i = 0; i < first && printable; i++) {
 			printable = CLS[p[i]] & C_PRINT;
-			/* "=*", ":*", "[*" ... is a value an earlier pass starred, whose stars may have
-			 * replaced the bytes that kept this line from being taken for a value (a request
-			 * line's "HTTP/", a control byte: idempotence); a '*' inside a value (cookies and keys
-			 * may hold one) does not count */
-			if (p[i] == '*' && i > 0) {
-				int64_t b = i - 1;
-				while (b > 0 && p[b] == ' ')
-					b--;
-				if (memchr("=:[,\"'({", p[b], 8) != NULL)
-					printable = 0;
-			}
 			if (p[i] == 'H' && starts_with(p + i, first - i, "http/"))
 				printable = 0; /* a request or status line (HTTP/2's preface too) */
 		}
@@ -979,6 +976,7 @@ static int redact_one(uint8_t *p, int64_t len, const char *extra, int64_t flags)
 	if (len >= 5 && p[0] >= 0x14 && p[0] <= 0x17 && p[1] == 3 && p[2] <= 4)
 		return 0; /* a TLS record: encrypted (or a handshake, which carries no credential) */
 	int changed = 0;
+	first_line_end = line_end(p, 0, len);
 	if (!(flags & KEEP_HTTP2_HEADERS))
 		changed |= redact_h2(p, len);
 	int64_t method = request_line_method(p, len); /* the length of "GET " etc.: a request line */

@@ -167,7 +167,7 @@ class Publisher:
         # a batch refused as too large may only have shared a request with one that is: such
         # batches go again one at a time, and only one refused alone is given up
         if self._too_large:  # (a file quarantined or given up meanwhile no longer holds this mode)
-            self._too_large = {p for p in self._too_large if p.exists()}
+            self._too_large = {p for p in self._too_large if p.exists() and not spool.skipped(p)}
         alone = bool(self._too_large)
         if alone and (spool.inflight or len(self.producer)):
             return
@@ -226,8 +226,8 @@ class Publisher:
         cause (this run's records in records_failed; a previous run's in the spool's drops)."""
         assert self.spool is not None
         self._too_large.discard(b.path)
-        self.spool.failed(b, f"rejected_{code.lower().lstrip('_')}")
-        self._lost(b.headers, b.records)
+        if self.spool.failed(b, f"rejected_{code.lower().lstrip('_')}"):
+            self._lost(b.headers, b.records)
         log.error("spool_batch_rejected", file=b.path.name, topic=b.topic, records=b.records, error=error,
                   this_run=own)
 

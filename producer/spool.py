@@ -16,8 +16,8 @@ directory, not by the clock, so a clock stepped back during an outage cannot
 reorder the replay. Each file carries a CRC-32 of its batch. A file that is no batch
 (truncated, corrupt, a checksum that does not match) is renamed ``*.corrupt``, counted and
 logged (its records, when its header says how many, counted as dropped), and the replay goes
-on; one the disk cannot read now (an I/O error, permissions) is tried again, in order, and set
-aside only after READ_ATTEMPTS failures over READ_RETRY_S.
+on; one the disk cannot read now (an I/O error, permissions) is tried again on later turns (the
+files after it go meanwhile) and set aside only after READ_ATTEMPTS failures over READ_RETRY_S.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class Spool:
                     if n == 0:
                         log.warning("spool_file_unreadable", file=p.name, error=e.strerror or str(e),
                                     retry_for_s=READ_RETRY_S)
-                    break
+                    continue  # the files after it go meanwhile: one bad sector never stalls the replay
                 self._unreadable.pop(p, None)
                 self._quarantine(p, f"unreadable for {READ_RETRY_S:.0f} s: {e.strerror or e}")
                 continue
@@ -177,13 +177,18 @@ class Spool:
         would not read: set aside as *.corrupt, out of the replay and the spool's size, and said.
         Its records, when its header could be read, are counted as dropped (``quarantined``) and
         told to the publisher (on_lost)."""
+        moved = True
         try:
             p.rename(p.with_suffix(_CORRUPT))
         except OSError:
             self._set_aside.add(p)  # a disk gone read-only: skipped from now on, never retried
+            moved = False
         self._recount()
         self.files_quarantined += 1
-        log.error("spool_file_quarantined", file=p.name, error=why[:200], moved_to=p.with_suffix(_CORRUPT).name)
+        log.error("spool_file_quarantined", file=p.name, error=why[:200],
+                  moved_to=p.with_suffix(_CORRUPT).name if moved else None)
+        if not moved:
+            return  # still a batch file: counted by the run that manages to move it, never twice
         try:  # the header of a file whose batch is damaged may still say whose records it held
             records = int(meta["records"]) if isinstance(meta, dict) and "records" in meta else 0
             headers = [(str(k), str(v).encode("latin-1")) for k, v in meta["headers"]] if records > 0 else []
@@ -205,12 +210,16 @@ class Spool:
                 sizes.append(f.stat().st_size)
         self.bytes, self._files = sum(sizes), len(sizes)
 
-    def failed(self, batch: SpooledBatch, cause: str) -> None:
+    def failed(self, batch: SpooledBatch, cause: str) -> bool:
         """A replayed batch Kafka refused for good (too large, not authorised, topic gone): it
         leaves the spool, counted as dropped with its cause, so that it never blocks the batches
-        behind it."""
+        behind it. False when the disk would not let the file go: then it is not counted (the run
+        that removes it counts it, never two)."""
         self.done(batch, delivered=True)
+        if batch.path in self._gone:
+            return False
         self._drop(batch.records, cause)
+        return True
 
     def done(self, batch: SpooledBatch, delivered: bool) -> None:
         """After Kafka's answer on a replayed batch: delete it, or leave it for the next attempt."""
@@ -230,6 +239,13 @@ class Spool:
                 return
             self.bytes -= size
             self._files -= 1
+            if self._files < 0 or self.bytes < 0:  # a file came that put() did not write: count afresh
+                self._recount()
+
+    def skipped(self, path: Path) -> bool:
+        """A file the replay no longer offers (delivered or set aside, but still on a disk that
+        would not let it go)."""
+        return path in self._gone or path in self._set_aside
 
     @property
     def inflight(self) -> int:

@@ -278,9 +278,9 @@ class LocalKafka:
             return None
         return pid if b"kafka.Kafka" in cmd else None
 
-    def accepting(self) -> bool:
+    def accepting(self, port: int | None = None) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", port or self.port), timeout=0.5):
                 return True
         except OSError:
             return False
@@ -291,6 +291,15 @@ class LocalKafka:
             proc = self.start()
             self.wait_ready(proc, timeout_s)
         if self.sasl_port:
+            if not self.sasl_password:
+                raise LocalKafkaError("a SASL listener needs sasl_password")
+            listening = time.monotonic() + 15  # the listeners open together, a moment after start
+            while not self.accepting(self.sasl_port) and time.monotonic() < listening:
+                time.sleep(0.2)
+            if not self.accepting(self.sasl_port):
+                raise LocalKafkaError(
+                    f"the broker on port {self.port} runs without a SASL listener on {self.sasl_port} (started "
+                    "without --acls?); stop it with pktstream kafka down and run the up again")
             # the SASL admin, through the local listener (never in a tool's argv); on every up, a
             # broker already running too (an earlier up may have stopped short of it); idempotent
             add_scram_user(self, self.sasl_user, self.sasl_password)

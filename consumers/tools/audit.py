@@ -56,6 +56,8 @@ class RunAudit:
     # records of this run that a later run of the same host gave up for good while replaying the
     # spool (its reports' failed_for_runs): this run's own report counted them as pending
     failed_later: int = 0
+    # what this run gave up of earlier runs' batches (the largest figure of any of its reports)
+    failed_for_runs: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -254,6 +256,9 @@ def audit(conf: Mapping[str, Any], topic: str, stats_topic: str,
             ra = runs.setdefault(key, RunAudit(host=key[0], run_id=key[1], interface=r["interface"]))
             if ra.report is None or (r["final"], r["ts_ns"]) >= (ra.report["final"], ra.report["ts_ns"]):
                 ra.report = r
+            # it only grows within a run; the report kept may lack it (one made for a crashed run)
+            for earlier, n in (r.get("failed_for_runs") or {}).items():
+                ra.failed_for_runs[earlier] = max(ra.failed_for_runs.get(earlier, 0), int(n))
     credit_later_failures(runs)
     for key, ra in runs.items():
         if offsets.get(key):
@@ -278,7 +283,7 @@ def credit_later_failures(runs: Mapping[tuple[str, str], RunAudit]) -> None:
     """What later runs of a host gave up of earlier runs' spooled batches (their reports'
     failed_for_runs) counted as those earlier runs' failed records."""
     for (host, _run), ra in runs.items():
-        for earlier, n in ((ra.report or {}).get("failed_for_runs") or {}).items():
+        for earlier, n in (ra.failed_for_runs or (ra.report or {}).get("failed_for_runs") or {}).items():
             target = runs.get((host, earlier))
             if target is not None and target is not ra:
                 target.failed_later += int(n)

@@ -54,53 +54,60 @@ def read_messages(bootstrap: str, topic: str, timeout_s: float = 60, settled: bo
     until it is fenced or times out)."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
-                  "enable.partition.eof": True, "isolation.level": "read_committed"})
-    ends = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{secrets.token_hex(3)}",
-                     "isolation.level": "read_uncommitted"})
-    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-    settle_by = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s  # one for the whole read, settling included
+    conf = {"bootstrap.servers": bootstrap, "enable.auto.commit": False}  # (close() commits nothing)
+    c = Consumer({**conf, "group.id": f"t-read-{secrets.token_hex(3)}", "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})
+    ends = Consumer({**conf, "group.id": f"t-read-{secrets.token_hex(3)}", "isolation.level": "read_uncommitted"})
+    try:
+        parts: list[int] = []
+        while not parts:  # a broker just restarted may answer without the topic's partitions for a moment
+            md = c.list_topics(topic, timeout=10).topics.get(topic)
+            parts = list(md.partitions) if md is not None and md.error is None else []
+            assert parts or time.monotonic() < deadline, f"{topic}: no partitions within {timeout_s} s"
+            if not parts:
+                time.sleep(0.5)
 
-    def marks(consumer: Any) -> dict[int, int] | None:
-        """Each partition's end as the consumer's isolation level sees it (None: a broker just
-        restarted does not answer yet; asked again)."""
-        try:
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-                    for p in parts}
-        except KafkaException:
-            assert time.monotonic() < settle_by, f"{topic}: no watermarks within {timeout_s} s"
-            time.sleep(0.5)
-            return None
+        def marks(consumer: Any) -> dict[int, int] | None:
+            """Each partition's end as the consumer's isolation level sees it (None: a broker just
+            restarted does not answer yet; asked again)."""
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                        for p in parts}
+            except KafkaException:
+                assert time.monotonic() < deadline, f"{topic}: no watermarks within {timeout_s} s"
+                time.sleep(0.5)
+                return None
 
-    # every transaction written so far decided: the last stable offset (the high watermark a
-    # read_committed client is told) has reached the high watermark
-    hw = None
-    while settled and hw is None:
-        hw = marks(ends)
-    ends.close()
-    while settled and hw is not None:
-        lso = marks(c)
-        if lso is not None and all(lso[p] >= hw[p] for p in parts):
-            break
-        assert time.monotonic() < settle_by, f"{topic}: transactions still open (stable {lso}, written {hw})"
-        time.sleep(0.2)
-    deadline = time.monotonic() + timeout_s
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out: list[Message] = []
-    eof: set[int] = set()
-    while len(eof) < len(parts) and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is None:
-            continue
-        err = m.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                eof.add(m.partition() or 0)
-            continue
-        out.append((m.key(), m.value() or b"", dict(m.headers() or [])))
-    c.close()
-    assert len(eof) == len(parts), f"{topic}: not read to its end within {timeout_s} s"
-    return out
+        # every transaction written so far decided: the last stable offset (the high watermark a
+        # read_committed client is told) has reached the high watermark
+        hw = None
+        while settled and hw is None:
+            hw = marks(ends)
+        while settled and hw is not None:
+            lso = marks(c)
+            if lso is not None and all(lso[p] >= hw[p] for p in parts):
+                break
+            assert time.monotonic() < deadline, f"{topic}: transactions still open (stable {lso}, written {hw})"
+            time.sleep(0.2)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        out: list[Message] = []
+        eof: set[int] = set()
+        while len(eof) < len(parts) and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition() or 0)
+                continue
+            out.append((m.key(), m.value() or b"", dict(m.headers() or [])))
+        assert len(eof) == len(parts), f"{topic}: not read to its end within {timeout_s} s"
+        return out
+    finally:
+        ends.close()
+        c.close()
 
 
 def peak_rss_mb(pid: int) -> int:

@@ -142,10 +142,11 @@ def test_a_file_the_disk_cannot_read_now_is_retried_in_order_then_set_aside(
         return real(self)
 
     monkeypatch.setattr(Path, "read_bytes", flaky)
-    assert s.oldest(10) == [] and s.oldest(10) == []  # neither skipped (order kept) nor set aside
-    assert s.files_quarantined == 0
     got = s.oldest(10)
-    assert [b.value for b in got] == [b"first", b"second"]  # the disk came back
+    assert [b.value for b in got] == [b"second"]  # the files after it go meanwhile
+    assert s.oldest(10) == [] and s.files_quarantined == 0  # tried again, not set aside
+    got += s.oldest(10)
+    assert [b.value for b in got] == [b"second", b"first"]  # the disk came back
     for b in got:
         s.done(b, delivered=True)
     s.put("t", b"k", [], b"third", records=3)
@@ -170,7 +171,7 @@ def test_a_file_removed_by_hand_while_replayed_never_makes_the_count_negative(tm
     assert len(s) == 0 and s.bytes == 0
 
 
-def test_a_damaged_file_that_cannot_be_renamed_is_skipped_and_its_records_told(
+def test_a_damaged_file_that_cannot_be_renamed_is_skipped_and_counted_by_whoever_moves_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = Spool(tmp_path, max_bytes=1 << 20)
     lost: list[tuple[list[tuple[str, bytes]], int]] = []
@@ -185,9 +186,18 @@ def test_a_damaged_file_that_cannot_be_renamed_is_skipped_and_its_records_told(
     def read_only(self: Path, target: Path) -> Path:
         raise OSError(30, "Read-only file system")
 
+    real_rename = Path.rename
     monkeypatch.setattr(Path, "rename", read_only)
     assert [b.value for b in s.oldest(10)] == [b"fine"]
     assert s.files_quarantined == 1 and damaged.exists()  # not renamed...
-    assert lost == [([("pktstream.run_id", b"run-1")], 40)] and s.dropped_by_cause == {"quarantined": 40}
-    assert s.oldest(10) == [] and s.files_quarantined == 1  # ...but skipped from then on, counted once
+    assert s.oldest(10) == [] and s.files_quarantined == 1  # ...but skipped from then on
+    # its records are not counted while its file stays: the run that can move it counts them, once
+    assert lost == [] and s.dropped_by_cause == {}
     assert len(s) == 1  # the one in flight
+    s.close()
+    monkeypatch.setattr(Path, "rename", real_rename)  # the next run, the disk writable again
+    s2 = Spool(tmp_path, max_bytes=1 << 20)
+    s2.on_lost = lambda headers, records: lost.append((headers, records))
+    assert [b.value for b in s2.oldest(10)] == [b"fine"]
+    assert lost == [([("pktstream.run_id", b"run-1")], 40)] and s2.dropped_by_cause == {"quarantined": 40}
+    assert damaged.with_suffix(".corrupt").exists()
