@@ -239,12 +239,25 @@ def scenario(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def same_outputs(c: LocalCluster, s: dict[str, Any], usage_topic: str, alerts_topic: str) -> None:
-    got_u = read_usage(c.bootstrap, usage_topic)
-    assert sorted(map(key, got_u)) == sorted(map(key, s["usage"])), "a usage window lost or published twice"
+    """The outputs equal the uninterrupted run's. Read once every partition is fully replicated,
+    and read again (up to three times) while something is missing: a partition's leader moved back
+    to the restarted broker can answer with a high watermark behind what was committed for a
+    moment, and a reader stops there. A re-read can only bring what was missing; a window or an
+    alert published twice stays twice."""
+    c.in_sync()
+    want_u = sorted(map(key, s["usage"]))
+    want_a = sorted(json.dumps(d, sort_keys=True) for d in s["alerts"])
+    for attempt in range(3):
+        got_u = read_usage(c.bootstrap, usage_topic)
+        got_a = read_alerts(c.bootstrap, alerts_topic)
+        short = len(got_u) < len(want_u) or len(got_a) < len(want_a)
+        if not short or attempt == 2:
+            break
+        print(f"outputs read short ({len(got_u)}/{len(want_u)} windows, {len(got_a)}/{len(want_a)} alerts): again")
+        time.sleep(5)
+    assert sorted(map(key, got_u)) == want_u, "a usage window lost or published twice"
     assert sorted(got_u, key=key) == sorted(s["usage"], key=key)
-    got_a = read_alerts(c.bootstrap, alerts_topic)
-    assert sorted(json.dumps(d, sort_keys=True) for d in got_a) == \
-        sorted(json.dumps(d, sort_keys=True) for d in s["alerts"])
+    assert sorted(json.dumps(d, sort_keys=True) for d in got_a) == want_a
 
 
 def test_two_instances_of_each_consumer_through_a_broker_kill(healthy: LocalCluster, scenario: dict[str, Any],
