@@ -8,9 +8,7 @@ what exceeds it is counted exactly, and nothing is duplicated.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from scapy.packet import Raw
 
 from pktstream.runtime.kafka_local import LocalKafka
 from tests.support.helpers import NetnsHost, running_broker
-from tests.support.producer_proc import PKTSTREAM, ProducerProcess, private_dir, single_run_audit
+from tests.support.producer_proc import ProducerProcess, audit_runs, private_dir, single_run_audit
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -132,10 +130,7 @@ def test_stopped_while_the_broker_is_away_the_next_run_delivers_and_the_audit_ba
         time.sleep(0.5)
     assert second.stop(timeout=120) == 0
     assert second.event("producer_stopped")["records_replayed"] == 3_000
-    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    runs = {x["run_id"]: x for x in json.loads(r.stdout)}
+    runs = {x["run_id"]: x for x in audit_runs(bootstrap, topic, stats)}
     assert set(runs) == {run1, run2}
     a = runs[run1]
     assert a["report"]["final"] and a["report"]["packets_seen"] == 4_000

@@ -5,13 +5,10 @@ balances the run."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
@@ -20,7 +17,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from tests.support.helpers import NetnsHost
-from tests.support.producer_proc import PKTSTREAM, ProducerProcess
+from tests.support.producer_proc import ProducerProcess, audit_runs
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 
@@ -30,16 +27,6 @@ def burst(host: NetnsHost, n: int, tag: int, size: int = 16) -> None:
     head = bytes(Ether(dst=host.host_mac, src=host.peer_mac) / IP(src=host.peer_ip, dst="198.18.0.51")
                  / UDP(sport=tag, dport=7, chksum=0) / Raw(b"\0" * size))[:-size]  # no UDP checksum: IPv4 allows it
     host.send_frames([head + os.urandom(size) for _ in range(n)])
-
-
-def audit(bootstrap: str, topic: str, stats: str) -> list[dict[str, Any]]:
-    r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                        "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    table = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
-                            "--stats-topic", stats], capture_output=True, text=True, timeout=120)
-    print(table.stdout)
-    return list(json.loads(r.stdout))
 
 
 def test_the_packet_topic_deleted_mid_run_and_created_again(kafka_bootstrap: str,
@@ -69,7 +56,7 @@ def test_the_packet_topic_deleted_mid_run_and_created_again(kafka_bootstrap: str
     # nothing given up: librdkafka held the batches while the topic was missing and sent them once
     # it was back
     assert stopped["records_delivered"] == 4_000 and stopped["records_failed"] == 0
-    (run,) = audit(kafka_bootstrap, topic, stats)
+    (run,) = audit_runs(kafka_bootstrap, topic, stats)
     # the audit names exactly what the deletion destroyed: the first 1,000 records, delivered (and
     # acknowledged) before it, by their sequence numbers; the rest are in the new topic once
     assert run["unique"] == 3_000 and run["duplicates"] == 0 and run["missing"] == 1_000
@@ -110,6 +97,6 @@ def test_max_message_bytes_lowered_under_the_producer(kafka_bootstrap: str,
     assert stopped["records_failed"] == 2_000 and stopped["records_delivered"] == 2_000
     # (the spool is empty by then: its figures are still reported)
     assert stopped["spool_dropped_by_cause"] == {"rejected_msg_size_too_large": 2_000}
-    (run,) = audit(kafka_bootstrap, topic, stats)
+    (run,) = audit_runs(kafka_bootstrap, topic, stats)
     assert run["unique"] == 2_000 and run["duplicates"] == 0 and run["unexplained"] == 0
     assert run["report"]["records_failed"] == 2_000 and run["exact"], run

@@ -67,15 +67,20 @@ class ProducerProcess:
         return next(e for e in self.events if e.get("event") == name)
 
 
-def single_run_audit(bootstrap: str, topic: str, stats: str) -> dict[str, Any]:
-    """``pktstream audit --json`` of a topic written by one producer run (asserted), with the table an
-    operator sees printed too (``pytest -s`` shows it)."""
+def audit_runs(bootstrap: str, topic: str, stats: str) -> list[dict[str, Any]]:
+    """``pktstream audit --json`` of a topic, every run, with the table an operator sees printed too
+    (``pytest -s`` shows it)."""
     r = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
                         "--stats-topic", stats, "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    runs = json.loads(r.stdout)
-    assert len(runs) == 1, runs
     table = subprocess.run([PKTSTREAM, "audit", "--bootstrap-servers", bootstrap, "--topic", topic,
                             "--stats-topic", stats], capture_output=True, text=True, timeout=120)
     print(table.stdout)
+    return list(json.loads(r.stdout))
+
+
+def single_run_audit(bootstrap: str, topic: str, stats: str) -> dict[str, Any]:
+    """audit_runs of a topic written by one producer run (asserted)."""
+    runs = audit_runs(bootstrap, topic, stats)
+    assert len(runs) == 1, runs
     return dict(runs[0])
