@@ -35,6 +35,8 @@ COUNTERS = {
                     "commits before.",
     "partitions_held": "Times a packet partition waited, more than --align-s of event time ahead of the slowest "
                        "one this process reads with unread input.",
+    "barriers_retaken": "Watermark checks taken again because a commit was not yet readable in a repartition "
+                        "partition (its markers on their way after a broker's death or a leader's move).",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",

@@ -18,7 +18,9 @@ one consumer group named by its app id:
 
 Exactly once: what one turn of the loop produces (repartition messages, outputs, dead letters)
 and a snapshot of each changed partition's state (``<app>.state``, compacted, partition p holds
-partition p's snapshots) commit in one Kafka transaction together with the consumed offsets.
+partition p's snapshots) commit in one Kafka transaction together with the consumed offsets; a
+repartition partition's offset names the snapshot it goes with (a token, as its metadata), so
+that a process taking it over waits for that snapshot (see _committed_with_states).
 A consumer killed at any point restarts from the last commit: the snapshot and the offsets it
 resumes from belong together, and the outputs of the unfinished transaction were never visible
 to read_committed readers. A restarted instance with the same instance id fences its old self.
@@ -42,6 +44,7 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,6 +70,7 @@ from pktstream.consumers.engine.eventtime import (
     ClockRules,
     LateReporter,
     SourceClock,
+    parse_progress,
     watermark,
 )
 from pktstream.consumers.engine.features import FEATURE_DTYPE, Features, compact, concat, decode, encode, take
@@ -180,9 +184,11 @@ class RunCounters:
     undecodable: int = 0  # packet messages that did not decode or featurize (dead-lettered)
     intake_waits: int = 0  # times stage one waited for stage two (intake.py)
     partitions_held: int = 0  # times a packet partition waited for the slowest one (intake.py)
+    barriers_retaken: int = 0  # watermark barriers dropped: a commit not yet readable in the partition (_advance)
 
 
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
+BARRIER_PATIENCE_S = 60.0  # how long a partition's barriers wait for a source's committed progress (_advance)
 
 
 def encode_within(f: Features, limit: int) -> list[bytes]:
@@ -221,9 +227,12 @@ class StreamRunner:
         self.eof: set[tuple[str, int]] = set()
         self.eof_at: dict[int, int] = {}  # repartition partition -> offset of its last end-of-partition event
         self.need: dict[int, int] = {}  # repartition partition -> one past the last offset we wrote to it
-        # repartition partition -> (packet partitions pending, its committed end, wall clock), taken together:
-        # the watermark those give is used once the partition is read to that end (see _advance)
-        self.barriers: dict[int, tuple[set[int], int, int]] = {}
+        # repartition partition -> (packet partitions pending, its committed end, wall clock, the packet
+        # partitions' committed progress), taken together: the watermark those give is used once the
+        # partition is read to that end and knows that progress (see _advance)
+        self.barriers: dict[int, tuple[set[int], int, int, dict[int, int]]] = {}
+        self.committed_progress: dict[int, int] = {}  # packet partition -> progress committed with its offset
+        self._short_since: dict[int, float] = {}  # repartition partition -> since when its barriers fell short
         self.assigned: set[tuple[str, int]] = set()
         self.clocks: dict[int, SourceClock] = {}  # packet partition -> its event time (eventtime.py)
         self.rules = ClockRules(processor.grace_ns, int(cfg.clock_tolerance_s * 1e9), int(cfg.max_behind_s * 1e9),
@@ -275,7 +284,7 @@ class StreamRunner:
         cfg = self.cfg
         self.consumer = group_consumer(self.conf, cfg.app_id, self.instance)
         self.consumer.subscribe([cfg.packet_topic, cfg.repartition_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _rejoin(self, why: str) -> None:
         """librdkafka declared the group consumer failed for good (seen after a broker's death: the
@@ -325,42 +334,67 @@ class StreamRunner:
     def _committed_with_states(self, consumer: Consumer,
                                parts: list[TopicPartition]) -> tuple[list[TopicPartition], dict[int, PartState]]:
         """The committed positions of parts and the states of their repartition partitions, as one
-        transaction left them. A snapshot and its partition's offsets commit together, so a
-        snapshot without offsets means the offsets are not visible yet (a coordinator that failed
-        over while the commit's markers were being written): ask again, rather than read the
-        partition from its start into a restored state; offsets without a snapshot are an error."""
+        transaction left them. A snapshot commits with its partition's offset, whose metadata names
+        it (its token). The offsets become readable when the commit's markers reach the group's
+        coordinator, the snapshot when they reach the state topic's partition, and the two can be
+        seconds apart (a broker restarted, a partition whose leader just moved): a snapshot without
+        an offset, or another snapshot than the offset names (the one before), means the commit is
+        not readable everywhere yet, so both are asked again, rather than resume from an offset with
+        the state of an earlier one (rows lost between the two) or from the start with a restored
+        state. Offsets without a snapshot are an error."""
         committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
         states: dict[int, PartState] = {}
-        unseen = []
-        for tp in committed:
-            if tp.topic == self.cfg.repartition_topic:
-                st, found = self.store.restore(tp.partition, expect=tp.offset >= 0)
+        restored: set[int] = set()
+        waiting: dict[int, str] = {}
+        deadline = 0.0
+        first = True
+        while first or waiting:
+            if not first:
+                deadline = deadline or time.monotonic() + OFFSETS_VISIBLE_S  # from the first pass's end
+                if time.monotonic() > deadline:
+                    raise PktstreamError(
+                        f"{self.cfg.repartition_topic} partitions {sorted(waiting)}: the committed offsets and the "
+                        f"state snapshots do not match after {OFFSETS_VISIBLE_S:.0f} s "
+                        f"({'; '.join(waiting.values())}); "
+                        f"offsets expired while the app was stopped? To start over, give a new --app-id or delete "
+                        f"the app's internal topics")
+                log.warning("committed_offsets_not_visible", partitions=sorted(waiting), why=sorted(waiting.values()))
+                time.sleep(1.0)
+                self.store.renew()  # (a reader whose metadata went stale would not see it either)
+                committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
+            redo = set(waiting) if not first else None
+            waiting = {}
+            for tp in committed:
+                if tp.topic != self.cfg.repartition_topic or (redo is not None and tp.partition not in redo):
+                    continue
+                # an offset naming its snapshot waits here for it (below); one of an earlier build that
+                # names none must find one at once (the store retries a while, then stops)
+                st, found = self.store.restore(tp.partition, expect=tp.offset >= 0 and not tp.metadata)
                 states[tp.partition] = st
-                self.counters.restored_partitions += found
+                if found:
+                    restored.add(tp.partition)
                 if found and tp.offset < 0:
-                    unseen.append(tp.partition)
-        # the snapshots are read once; only the offsets are asked for again
-        deadline = time.monotonic() + OFFSETS_VISIBLE_S
-        while unseen:
-            if time.monotonic() > deadline:
-                raise PktstreamError(
-                    f"{self.cfg.repartition_topic} partitions {unseen}: a state snapshot is committed but the "
-                    f"group's offsets are not visible after {OFFSETS_VISIBLE_S:.0f} s (offsets expired while the app "
-                    f"was stopped?); to start over, give a new --app-id or delete the app's internal topics")
-            log.warning("committed_offsets_not_visible", partitions=unseen)
-            time.sleep(2.0)
-            committed = retrying(lambda: consumer.committed(parts, timeout=30), "committed")
-            unseen = [tp.partition for tp in committed
-                      if tp.topic == self.cfg.repartition_topic and tp.offset < 0 and tp.partition in unseen]
+                    waiting[tp.partition] = f"[{tp.partition}] a snapshot but no committed offset"
+                elif tp.offset >= 0 and tp.metadata and not found:
+                    waiting[tp.partition] = f"[{tp.partition}] no snapshot yet, the offset's is {tp.metadata}"
+                elif tp.offset >= 0 and tp.metadata and st.token and st.token != tp.metadata:
+                    # (a snapshot without a token: an earlier build's, written after this offset, as
+                    # that build did when only windows closed; taken as it is)
+                    waiting[tp.partition] = f"[{tp.partition}] snapshot {st.token}, the offset's is {tp.metadata}"
+            first = False
+        self.counters.restored_partitions += len(restored)
         return committed, states
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         committed, states = self._committed_with_states(consumer, parts)
         for tp in committed:
             key = (tp.topic, tp.partition)
-            if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
-                self.positions[key] = tp.offset  # committed with the next transaction
-                self.changed.add(key)
+            if self._resume_from(tp):
+                if tp.topic == self.cfg.packet_topic:
+                    self.positions[key] = tp.offset  # committed with the next transaction
+                    self.changed.add(key)
+            elif tp.topic == self.cfg.repartition_topic:
+                self.positions[key] = tp.offset  # what its state holds: a snapshot commits with it (_commit)
             self.assigned.add(key)
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = states[tp.partition]
@@ -384,14 +418,49 @@ class StreamRunner:
         return fresh
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        if not self._rejoining:  # a consumer given up: its work since the last commit is aborted
+        """The partitions go to the group's next assignment: what was done since the last commit is
+        committed now, or, when that fails, aborted (never left open: a later commit would publish
+        snapshots of partitions another member has taken over)."""
+        if not self._rejoining:  # (a consumer given up: its work since the last commit is aborted)
             try:
-                self._commit()
+                if not self._commit(rewind=False):
+                    self._drop_work()
             except KafkaException as e:
                 log.warning("commit_on_revoke_failed", error=str(e))
+                self._abort_work("commit on revoke failed")
         for tp in parts:
             self._forget((tp.topic, tp.partition))
         log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in parts])
+
+    def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        """The group took the partitions away (this member's session expired): another member may
+        already have them, so the work since the last commit is not committed but aborted, and the
+        partitions come back, if they do, from their last commit."""
+        if not self._rejoining:
+            self._abort_work("partitions lost")
+        for key in {(tp.topic, tp.partition) for tp in parts} | set(self.assigned):
+            self._forget(key)
+        log.warning("partitions_lost", partitions=[f"{tp.topic}[{tp.partition}]" for tp in parts])
+
+    def _abort_work(self, why: str) -> None:
+        """Abort the open transaction and forget what it held (_drop_work)."""
+        assert self.txn is not None
+        if self._has_work():
+            self.txn.abort(why)
+            self.counters.aborted += 1
+        self._drop_work()
+
+    def _drop_work(self) -> None:
+        """Forget what the open transaction held (it is aborted): rows, outputs, barriers, changes."""
+        self.barriers.clear()
+        self._batches.clear()
+        self._batch_rows.clear()
+        self.changed.clear()
+        self.dirty.clear()
+        self.produced = 0
+        self._uncommitted = []
+        self._reset_intake()
+        self.told.clear()
 
     def _forget(self, key: tuple[str, int]) -> None:
         topic, p = key
@@ -410,6 +479,7 @@ class StreamRunner:
             self._batch_rows.pop(p, None)
             self.dirty.discard(p)
             self.barriers.pop(p, None)
+            self._short_since.pop(p, None)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -496,6 +566,8 @@ class StreamRunner:
     def _handle(self, m: Message) -> None:
         err = m.error()
         key = (m.topic() or "", m.partition() or 0)
+        if key not in self.assigned and (err is None or err.code() == KafkaError._PARTITION_EOF):
+            return  # of a partition revoked meanwhile (its offset must not commit with our transaction)
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 self.eof.add(key)
@@ -736,6 +808,7 @@ class StreamRunner:
         try:
             committed = self.consumer.committed(tps, timeout=10)
             pending = set()
+            self.committed_progress = {tp.partition: parse_progress(tp.metadata) for tp in committed if tp.offset >= 0}
             for tp in committed:
                 # the fetcher's figure when this process reads the partition (a query would wait
                 # behind the fetch long-poll), the broker's answer otherwise
@@ -780,14 +853,31 @@ class StreamRunner:
         # says for its older rows anyway. (Waiting for stage two to read them, as this did before
         # 2026-12-06, never happened under steady input: every turn writes more, so windows stayed
         # open and the state grew with the whole input.)
+        # A commit's markers reach the group's offsets and each repartition partition at different
+        # moments (seconds apart after a broker's death): the check can find a packet partition
+        # caught up by another instance's commit whose rows q does not show yet, and q's end taken
+        # then is short of them. Every commit tells every partition each source's progress
+        # (_tell_progress), the progress its offset commits with: a barrier after which q knows a
+        # caught-up source's progress as less than that is dropped, and the next one taken.
         for q in ready:
             if q not in self.barriers:
                 continue
-            pending, end, now_ns = self.barriers[q]
+            pending, end, now_ns, progress = self.barriers[q]
             if max(self.positions.get((self.cfg.repartition_topic, q), -1), self.eof_at.get(q, -1)) < end:
                 continue
             del self.barriers[q]
             st = self.states[q]
+            short = sorted(p for p, prog in progress.items()
+                           if p not in pending and st.sources.get(p, NO_PROGRESS) < prog)
+            if short:
+                since = self._short_since.setdefault(q, time.monotonic())
+                if time.monotonic() - since < BARRIER_PATIENCE_S:
+                    self.counters.barriers_retaken += 1
+                    continue
+                # (a progress message lost, dead-lettered as unreadable: windows must close all the same)
+                log.warning("barrier_progress_missing", partition=q, sources=short,
+                            waited_s=round(time.monotonic() - since))
+            self._short_since.pop(q, None)
             wm = watermark(st.sources, pending, now_ns, self.rules.idle_ns, self.rules.future_ns)
             if wm > st.watermark:
                 st.watermark = wm
@@ -803,12 +893,12 @@ class StreamRunner:
         pending = self._pending()
         if pending is None:
             return
-        now_ns = time.time_ns()
+        now_ns, progress = time.time_ns(), dict(self.committed_progress)
         for q in missing:
             end = self._committed_end(q)
             if end is None:
                 return
-            self.barriers[q] = (pending, end, now_ns)
+            self.barriers[q] = (pending, end, now_ns, progress)
 
     def _emit(self, outs: list[Output]) -> None:
         for o in outs:
@@ -818,27 +908,37 @@ class StreamRunner:
 
     # -- transactions -----------------------------------------------------------------------
 
-    def _commit(self) -> bool:
+    def _commit(self, rewind: bool = True) -> bool:
         """Commit the open transaction (snapshots, offsets, outputs). False when it was aborted and
-        the state rewound to the last commit (the caller must not take its outputs as published)."""
+        the state rewound to the last commit (the caller must not take its outputs as published);
+        ``rewind=False``: not rewound (the partitions are being revoked)."""
         assert self.producer is not None and self.consumer is not None
         if not self._has_work():
             self._take_barriers()  # nothing open: the check sees everything committed (windows close when quiet)
             return True
         self._process_batches()
         self._tell_progress()
+        rt = self.cfg.repartition_topic
+        # a repartition partition's offset commits with its state's snapshot, named by the token in
+        # the offset's metadata (see _committed_with_states)
+        self.dirty.update(q for t, q in self.changed if t == rt)
+        token = uuid.uuid4().hex[:16]
+        offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions and t != rt]
         for q in sorted(self.dirty):
             st = self.states.get(q)
-            if st is None:
+            pos = self.positions.get((rt, q))
+            if st is None or pos is None:  # (None: nothing committed or read there, so a new state: none kept)
                 continue
+            st.token = token
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
             # cost more than the rest of a commit); written in parts (statestore.py)
             self.store.write(self._produce, q, st, app_id=self.cfg.app_id)
-        offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions]
+            offsets.append(TopicPartition(rt, q, pos, token))
         assert self.txn is not None
         if not self.txn.commit(offsets, self.consumer.consumer_group_metadata()):
             self.counters.aborted += 1
-            self._rewind()
+            if rewind:
+                self._rewind()
             return False
         self.counters.transactions += 1
         self._take_barriers()
@@ -877,9 +977,12 @@ class StreamRunner:
         for tp in committed:
             key = (tp.topic, tp.partition)
             self.positions.pop(key, None)  # read again from the commit: a stale one would let a barrier pass
-            if self._resume_from(tp) and tp.topic == self.cfg.packet_topic:
-                self.positions[key] = tp.offset  # committed with the next transaction (as in _on_assign)
-                fresh.append(key)
+            if self._resume_from(tp):
+                if tp.topic == self.cfg.packet_topic:
+                    self.positions[key] = tp.offset  # committed with the next transaction (as in _on_assign)
+                    fresh.append(key)
+            elif tp.topic == self.cfg.repartition_topic:
+                self.positions[key] = tp.offset  # as in _on_assign
             self.consumer.seek(tp)
             if tp.topic == self.cfg.repartition_topic:
                 self.states[tp.partition] = states[tp.partition]

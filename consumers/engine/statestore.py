@@ -46,6 +46,10 @@ class PartState:
     sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
     watermark: int = NO_PROGRESS
     parts: int = 1  # part keys its last snapshot left with a value (a smaller one tombstones the rest)
+    # the snapshot's name, committed with it as the metadata of the partition's offset: a restore
+    # that reads another (an older one whose successor's commit markers have not reached the state
+    # topic yet) knows it is not the one that goes with the offset ("": a snapshot from before tokens)
+    token: str = ""
 
 
 Produce = Callable[..., None]  # runner._produce(topic, value, key=, partition=, headers=)
@@ -128,7 +132,8 @@ class StateStore:
         st.parts = n
 
     def _doc(self, st: PartState) -> dict[str, Any]:
-        return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark}
+        return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark,
+                "token": st.token}
 
     def restore(self, q: int, expect: bool = False) -> tuple[PartState, bool]:
         """The last committed snapshot of partition q, or a fresh state; and whether there was one.
@@ -161,9 +166,14 @@ class StateStore:
         value, parts = found
         doc = snapshot.unpack(value)
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
-                       int(doc["watermark"]), parts)
-        log.info("state_restored", partition=q, bytes=len(value), parts=parts, watermark=st.watermark)
+                       int(doc["watermark"]), parts, str(doc.get("token") or ""))
+        log.info("state_restored", partition=q, bytes=len(value), parts=parts, watermark=st.watermark, token=st.token)
         return st, True
+
+    def renew(self) -> None:
+        """A new reader (one whose metadata went stale may never see a partition's new end)."""
+        self.loader.close()
+        self.loader = snapshot_loader(self.conf, self.app_id)
 
     def close(self) -> None:
         self.loader.close()

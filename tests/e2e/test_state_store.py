@@ -1,22 +1,30 @@
 """The state store on a real broker: snapshots written in parts within transactions, read back as
 the last committed one whole, whatever came before (an earlier build's one-message snapshot, a
 larger snapshot whose extra keys were tombstoned) or after (an aborted transaction of more
-parts than the first window reads)."""
+parts than the first window reads); and a restarted app that waits for the snapshot its committed
+offset names when that snapshot is not readable yet."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+import yaml
+from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pktstream.consumers.engine import snapshot
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import transactional_producer
 from pktstream.runtime.kafka import ensure_topic
+from tests.support.apps import key, log_events, read_usage, run_usage, usage_cmd
 from tests.support.helpers import read_messages
+from tests.support.traffic import CATALOG, containers, generate
 
 pytestmark = pytest.mark.kafka
 
@@ -99,3 +107,102 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         p.flush(10)
     finally:
         store.close()
+
+
+class Verbatim:
+    """A processor whose state is a snapshot's data as read (to write a snapshot again unchanged)."""
+
+    def new_state(self) -> Any:
+        return {}
+
+    def dump(self, state: Any) -> Any:
+        return state
+
+    def load(self, data: Any) -> Any:
+        return data
+
+    def degrade(self, state: Any) -> dict[str, Any]:
+        return {}
+
+
+def wait_group_empty(bootstrap: str, group: str, timeout_s: float = 60) -> None:
+    """Until a static member that closed has timed out of the group (librdkafka's close does not
+    leave a group for a static member): only an empty group takes offsets from outside."""
+    adm = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while adm.describe_consumer_groups([group])[group].result(30).state != ConsumerGroupState.EMPTY:
+        assert time.monotonic() < deadline, "the group did not empty"
+        time.sleep(0.5)
+
+
+def test_a_restart_waits_for_the_snapshot_its_offset_names(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A repartition partition's committed offset names (in its metadata) the snapshot it was
+    committed with. The commit's markers reach the group's offsets and the state topic's partition
+    at different moments (seconds apart after a broker's death, or when a partition's leader has
+    just moved): an app that takes the partition over in between used to restore the snapshot
+    before, resume from the newer offset, and lose the rows in between. Made here with another
+    writer's open transaction on the state partition, which holds its last stable offset before a
+    newer committed snapshot: the restarted app waits (committed_offsets_not_visible), then, once
+    the transaction ends, restores the snapshot the offset names; nothing is published twice."""
+    b = kafka_bootstrap
+    conf = {"bootstrap.servers": b}
+    topic = f"t-stale-{uuid.uuid4().hex[:6]}"
+    ensure_topic(conf, topic, 1)
+    t0 = (time.time_ns() - 600 * 10**9) // 10**9 * 10**9
+    p = Producer(conf)
+    for m in containers(generate(400, t0, 90 * 10**9, clients=40, seed=3, responses=True), batch=500):
+        p.produce(topic, m, partition=0)
+    assert p.flush(30) == 0
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    app, out = f"t-stale-u-{uuid.uuid4().hex[:6]}", f"{topic}.usage"
+    cmd = usage_cmd(b, topic, app, out, catalog, "--instance-id", "s", "--commit-interval-s", "0.2")
+    first = run_usage(cmd)
+    assert len(first) > 3
+    rt, state_topic = f"{app}.repartition", f"{app}.state"
+    wait_group_empty(b, app)
+    group = Consumer({**conf, "group.id": app, "isolation.level": "read_committed"})
+    (tp,) = group.committed([TopicPartition(rt, 0)], timeout=30)
+    store = StateStore(conf, app, state_topic, Verbatim(), 1 << 20)
+    blocker = transactional_producer(conf, f"{app}-blocker")
+    try:
+        st, found = store.restore(0)
+        assert found and tp.offset > 0 and tp.metadata and st.token == tp.metadata  # what a commit leaves
+        # another writer's open transaction on the state partition holds its last stable offset...
+        blocker.init_transactions(30)
+        blocker.begin_transaction()
+        blocker.produce(state_topic, b"x", key=b"blocker", partition=0)
+        assert blocker.flush(30) == 0
+        # ...before a newer snapshot, committed, whose offset (the same position) names it and is readable
+        writer = transactional_producer(conf, f"{app}-writer")
+        writer.init_transactions(30)
+        writer.begin_transaction()
+        st.token = f"t2-{uuid.uuid4().hex[:8]}"
+        store.write(lambda t, v, **kw: writer.produce(t, v, **kw), 0, st)
+        writer.commit_transaction(30)
+        group.commit(offsets=[TopicPartition(rt, 0, tp.offset, st.token)], asynchronous=False)
+
+        log = tmp_path / "restart.log"
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "committed_offsets_not_visible" not in log.read_text():
+                assert proc.poll() is None, f"it went on with the snapshot before: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+            time.sleep(2)
+            assert proc.poll() is None  # still waiting
+            blocker.abort_transaction(30)
+            stdout, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait(30)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    finally:
+        store.close()
+        group.close()
+    restored = [e for e in log_events(log.read_text()) if e["event"] == "state_restored" and e["partition"] == 0]
+    assert restored and restored[-1]["token"] == st.token
+    assert stdout.strip() == ""  # every window was closed before: none again
+    assert sorted(read_usage(b, out), key=key) == sorted(first, key=key)
