@@ -11,6 +11,7 @@ from typing import Any
 from pktstream.consumers.alerts.detector import SEC, proto_name
 from pktstream.consumers.alerts.detectors import registry
 from pktstream.consumers.alerts.tables import OpenAlert
+from pktstream.consumers.engine.communityid import community_id
 
 OCSF_VERSION = "1.3.0"
 
@@ -50,6 +51,16 @@ def direction_id(src: str, dst: str, local: Sequence[Network]) -> int:
     if s is None or d is None:
         return 0
     return {(False, True): 1, (True, False): 2, (True, True): 3}.get((s, d), 0)
+
+
+def sample_community_id(s: dict[str, Any]) -> str:
+    """The Community ID (v1) of the sample packet's conversation ("" when its addresses are not
+    two of one family), by which a SIEM joins the finding with Zeek, Suricata or Packetbeat records
+    of that conversation."""
+    try:
+        return community_id(str(s["src"]), str(s["dst"]), int(s["protocol"]), int(s["src_port"]), int(s["dst_port"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
 
 
 def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: int, host: str,
@@ -106,7 +117,9 @@ def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: i
                                 "protocol_ver_id": 6 if ":" in s["src"] else 4,
                                 "protocol_ver": "Internet Protocol version 6" if ":" in s["src"]
                                 else "Internet Protocol version 4"},
-            "data": {k: v for k, v in s.items() if k not in ("src", "dst", "src_port", "dst_port", "protocol")},
+            # (OCSF 1.4 has connection_info.community_uid for it; 1.3.0, which these declare, has not)
+            "data": {**{k: v for k, v in s.items() if k not in ("src", "dst", "src_port", "dst_port", "protocol")},
+                     "community_id": sample_community_id(s)},
         }]
         doc["observables"] = [{"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["src"]},
                               {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["dst"]}]
@@ -137,6 +150,7 @@ def avro_record(doc: dict[str, Any]) -> dict[str, Any]:
         "seen_by": list(p.get("seen_by", [])),
         "ocsf_version": doc["metadata"]["version"],
         "direction_id": (ev.get("connection_info") or {}).get("direction_id", 0),
+        "community_id": str((ev.get("data") or {}).get("community_id") or ""),
     }
 
 

@@ -307,6 +307,14 @@ def test_ocsf_and_avro_forms() -> None:
     back = list(fastavro.reader(io.BytesIO(buf.getvalue())))
     assert [r["uid"] for r in back] == [d["finding_info"]["uid"] for d in docs]
     assert back[0]["activity"] == "create" and back[0]["distinct"] == 39 and back[0]["direction_id"] == 1
+    # the sample conversation's Community ID, as Corelight's reference implementation computes it
+    import communityid
+
+    ev = create["evidences"][0]
+    tpl = communityid.FlowTuple.make_tcp(ev["src_endpoint"]["ip"], ev["dst_endpoint"]["ip"],
+                                         ev["src_endpoint"]["port"], ev["dst_endpoint"]["port"])
+    want = str(communityid.CommunityID().calc(tpl))
+    assert ev["data"]["community_id"] == want and back[0]["community_id"] == want
 
 
 def test_snapshot_restore_gives_the_same_alerts() -> None:
