@@ -355,17 +355,23 @@ static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 	for (int64_t i = from; i < to && i < first_line_end; i++)
 		if (p[i] != '*')
 			changed = 3;
+	uint8_t prev = from > 0 ? p[from - 1] : 0;
 	for (int64_t i = from; i < to; i++) {
 		uint8_t c = p[i];
 		if (c != '*') {
-			/* 2: a byte other than a letter or a digit was replaced, or any byte of the first
-			 * line: the rules read structure from those (quotes, '=', '&', line ends, the dashes
-			 * of a PEM marker, a JWT's dots, control bytes, a request line's "HTTP/"...), so
-			 * another pass may judge the row differently */
-			int plain = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+			/* 2: a byte other than a letter, a digit or a lone token character was replaced, or
+			 * any byte of the first line: the rules read structure from those (quotes, '=', '&',
+			 * line ends, runs of dashes (a PEM marker, a multipart boundary), control bytes, a
+			 * request line's "HTTP/"...), so another pass may judge the row differently. A token's
+			 * own '.', '_', '~', '+', '/', '%' and a dash between two other bytes are taken as
+			 * letters (what credential values hold: JWTs, base64, "s3cr3t-value") */
+			int plain = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c == '.' || c == '_' ||
+				    c == '~' || c == '+' || c == '/' || c == '%' ||
+				    (c == '-' && prev != '-' && (i + 1 >= len || p[i + 1] != '-'));
 			p[i] = '*';
 			changed |= plain ? 1 : 3;
 		}
+		prev = c;
 	}
 	return changed;
 }
