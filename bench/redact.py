@@ -1,11 +1,13 @@
 """The credential-redaction loop alone: nanoseconds per record over a payload mix.
 
-    .venv/bin/python -m bench.redact [--records 20000] [--rounds 30]
+    .venv/bin/python -m bench.redact [--records 20000] [--rounds 30] [--throughput-mix]
 
 Batches of kernel records with 256-byte payload prefixes, cycling through HTTP requests with
 credentials (a header, a form body, a JSON token request), an HTTP request without any, a TLS
 record of random bytes, and two other payloads; the best of the rounds. It runs against an older
 checkout too (``python bench/redact.py`` with that checkout's venv), to compare builds.
+``--throughput-mix``: the payloads of ``bench.throughput --credentials``'s frames instead (run it
+from this tree, ``PYTHONPATH=.`` with an older checkout's venv).
 """
 
 from __future__ import annotations
@@ -38,10 +40,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--throughput-mix", action="store_true", help="the payloads of bench.throughput --credentials")
     a = ap.parse_args()
+    payloads = PAYLOADS
+    if a.throughput_mix:
+        from scapy.layers.l2 import Ether
+        from scapy.packet import Raw
+
+        from bench.throughput import frame_mix
+
+        payloads = [bytes(f[Raw].load) if Raw in f else b"" for f in map(Ether, frame_mix(True))]
     recs = np.zeros(a.records, dtype=record_dtype(256))
     for i in range(a.records):
-        p = PAYLOADS[i % len(PAYLOADS)][:256]
+        p = payloads[i % len(payloads)][:256]
         recs["payload"][i, : len(p)] = np.frombuffer(p, np.uint8)
         recs["cap_len"][i] = len(p)
     best = float("inf")
