@@ -363,10 +363,11 @@ static int stars(uint8_t *p, int64_t from, int64_t to, int64_t len)
 			 * any byte of the first line: the rules read structure from those (quotes, '=', '&',
 			 * line ends, runs of dashes (a PEM marker, a multipart boundary), control bytes, a
 			 * request line's "HTTP/"...), so another pass may judge the row differently. A token's
-			 * own '.', '_', '~', '+', '/', '%' and a dash between two other bytes are taken as
-			 * letters (what credential values hold: JWTs, base64, "s3cr3t-value") */
+			 * own '.', '_', '~', '+', '%' and a dash between two other bytes are taken as letters
+			 * (what credential values hold: JWTs, base64, "s3cr3t-value"); not '/', which ends a
+			 * header name where a starred one ('*' is a token character) would not */
 			int plain = (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c == '.' || c == '_' ||
-				    c == '~' || c == '+' || c == '/' || c == '%' ||
+				    c == '~' || c == '+' || c == '%' ||
 				    (c == '-' && prev != '-' && (i + 1 >= len || p[i + 1] != '-'));
 			p[i] = '*';
 			changed |= plain ? 1 : 3;
@@ -684,6 +685,9 @@ static int64_t token_after(uint8_t *p, int64_t m, int64_t len, int (*ok)(uint8_t
 		return -1;
 	if (e < len && is_alnum(p[e]) && e - m >= max)
 		return -1; /* longer than any such token: something else */
+	if (e < len && p[e] == '*')
+		return -1; /* runs into stars: what another shape starred after it may have been its own
+			    * tail (too long then), so it is judged as it was before those stars */
 	*changed |= stars(p, m, e, len);
 	return e;
 }

@@ -513,6 +513,14 @@ def test_a_second_pass_changes_nothing_where_the_first_starred_a_control_byte() 
     b"\xff-----BEGIN\xff@HJ KEY-----BEGIN\xff\xff--eyJh-----015.x\r}-\xff-z: PRIVATE KEY\xff~\xe4\xe4--------"
     b"\xff-\xf8b/etc/pxprohPO://pme=.\xf8b?c\xf9vJ=H\x00\x1aa/@O\xfd-",  # (fuzz) a token starred over PEM dashes
     b"x AKIAABCDEFGHIJKLHTTP/1.1\r\nHost: x\r\n\r\n",  # (review) letters starred over a line's "HTTP/"
+    # (review of the narrower trigger) a Google-key run too long until a JWT after it was starred
+    b"GET / HTTP/1.1\r\nX: AIza" + b"B" * 31 + b"-eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: AIza" + b"B" * 29 + b"-xoxb-1234-5678-abcdef\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: AIza" + b"B" * 30 + b"-ghp_" + b"C" * 36 + b"\r\n\r\n",
+    # (same review) a starred '/' makes a header name of what it ended
+    b'{"token":[\nab/cd:1]}',
+    b"sid=SECRETVALUE -----BEGIN PRIVATE KEY\n-----MII/Bx-----END: x\n",
+    b"-----BEGIN PRIVATE KEY\nx-----a/b-----END-token: hunter2\n",
 ])
 def test_redaction_reaches_its_fixpoint_in_one_call(raw: bytes) -> None:
     """What one rule stars can change what another sees; a row is redacted again until nothing
@@ -523,6 +531,7 @@ def test_redaction_reaches_its_fixpoint_in_one_call(raw: bytes) -> None:
     redact(recs)
     assert payloads_of(recs) == once
     assert b"token\r" not in once[0] and b"=token" not in once[0]
+    assert b"SECRETVALUE" not in once[0] and b"hunter2" not in once[0]
 
 
 @pytest.mark.parametrize("raw", [
