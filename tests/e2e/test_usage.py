@@ -213,10 +213,10 @@ def test_usage_counts_real_traffic_exactly(kafka_bootstrap: str, make_host: Call
             assert sum(hist[:6]) == e["requests"], (api, hist)
         elif want_bucket == -2:  # split: 50 ms after the first half
             assert sum(hist[3:6]) == e["requests"], (api, hist)
-        elif want_bucket == 0:  # at once: the first bucket (5 ms), the second on a loaded machine
-            assert sum(hist[:2]) == e["requests"], (api, hist)
-        else:
-            assert hist[want_bucket] == e["requests"], (api, hist, want_bucket)
+        elif want_bucket == 0:  # at once: within 25 ms (5 ms mostly; a loaded CI machine took 10-25 once)
+            assert sum(hist[:3]) == e["requests"], (api, hist)
+        else:  # the server's delay is a least: its bucket, or the next one on a loaded machine
+            assert sum(hist[want_bucket:want_bucket + 2]) == e["requests"], (api, hist, want_bucket)
     assert got["orders.items"]["status_classes"] == {"4xx": 2} and got["orders.items"]["latency_p50_ms"] > 100
     assert got["orders.create"]["status_codes"] == {"201": 3} and got["orders.create"]["error_rate"] == 0
     assert got["api.shop.test:18080 GET /misc/{id}/x"]["error_rate"] == 1.0  # every answer a 500
