@@ -55,11 +55,14 @@ def direction_id(src: str, dst: str, local: Sequence[Network]) -> int:
 
 def sample_community_id(s: dict[str, Any]) -> str:
     """The Community ID (v1) of the sample packet's conversation ("" when its addresses are not
-    two of one family), by which a SIEM joins the finding with Zeek, Suricata or Packetbeat records
-    of that conversation."""
+    two of one family, or the packet is not IP: protocol 0), by which a SIEM joins the finding with
+    Zeek, Suricata or Packetbeat records of that conversation. (An IPv4-mapped IPv6 address reads
+    as IPv4 in the records, so such a conversation hashes as IPv4: Zeek hashes its 16 bytes.)"""
     try:
+        if not int(s["protocol"]):
+            return ""
         return community_id(str(s["src"]), str(s["dst"]), int(s["protocol"]), int(s["src_port"]), int(s["dst_port"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return ""
 
 

@@ -78,3 +78,15 @@ def test_random_tuples_of_every_protocol_equal_the_reference_both_ways() -> None
 def test_mixed_families_are_refused() -> None:
     with pytest.raises(ValueError):
         community_id("10.0.0.1", "::1", 6, 1, 2)
+
+
+def test_an_alert_sample_without_an_ip_pair_has_none() -> None:
+    from pktstream.consumers.alerts.ocsf import sample_community_id
+
+    ok = {"src": "10.0.0.1", "dst": "10.0.0.2", "protocol": 6, "src_port": 1, "dst_port": 2}
+    assert sample_community_id(ok) == reference("10.0.0.1", "10.0.0.2", 6, 1, 2)
+    assert sample_community_id({**ok, "protocol": 0, "src": "::", "dst": "::"}) == ""  # not IP
+    assert sample_community_id({**ok, "dst": "::1"}) == ""  # two families
+    assert sample_community_id({**ok, "src": "not an address"}) == ""
+    assert sample_community_id({**ok, "src_port": float("inf")}) == ""
+    assert sample_community_id({"src": "10.0.0.1"}) == ""
