@@ -685,9 +685,6 @@ static int64_t token_after(uint8_t *p, int64_t m, int64_t len, int (*ok)(uint8_t
 		return -1;
 	if (e < len && is_alnum(p[e]) && e - m >= max)
 		return -1; /* longer than any such token: something else */
-	if (e < len && p[e] == '*')
-		return -1; /* runs into stars: what another shape starred after it may have been its own
-			    * tail (too long then), so it is judged as it was before those stars */
 	*changed |= stars(p, m, e, len);
 	return e;
 }
