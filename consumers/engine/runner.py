@@ -307,13 +307,7 @@ class StreamRunner:
         for key in list(self.assigned):
             self._forget(key)
         self.eof_at.clear()
-        self.barriers.clear()
-        self._batches.clear()
-        self._batch_rows.clear()
-        self.produced = 0
-        self._uncommitted = []
-        self._reset_intake()
-        self.told.clear()
+        self._drop_work()
         self._rejoining = False
         self._subscribe()  # a new consumer: nothing paused
 
