@@ -1,7 +1,8 @@
-"""Consumer throughput: packet records per second through ``pktstream usage`` (and ``alerts``).
+"""Consumer throughput: packet records per second through ``pktstream usage`` (and ``alerts``,
+``activity``).
 
-    sudo .venv/bin/python -m bench.consumers [--app usage|alerts] [--connections 200000] [--cpu 1] [--span-s 20]
-        [--directions both|ingress]
+    sudo .venv/bin/python -m bench.consumers [--app usage|alerts|activity] [--connections 200000] [--cpu 1]
+        [--span-s 20] [--directions both|ingress]
 
 Generates traffic with a realistic API mix (tests/support/traffic.py: connections of 6 packets with
 HTTP/1.1 requests and TLS ClientHellos, plus DNS; with --directions both, the default, the servers'
@@ -55,6 +56,10 @@ PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
 
 
 def processor(app: str, catalog: Catalog) -> Any:
+    if app == "activity":
+        from pktstream.consumers.activity.processor import ActivityProcessor
+
+        return ActivityProcessor()
     if app == "usage":
         from pktstream.consumers.usage.processor import UsageProcessor
 
@@ -92,7 +97,8 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
                   data_dir: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
     app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
     cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
-           app_id, f"--{app}-topic", f"{topic}.{app}", "--catalog", str(catalog),
+           app_id, "--connections-topic" if app == "activity" else f"--{app}-topic", f"{topic}.{app}",
+           "--catalog", str(catalog),
            "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json",
            *(extra or [])]
     if shutil.which("taskset"):
@@ -133,7 +139,7 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--app", choices=["usage", "alerts"], default="usage")
+    ap.add_argument("--app", choices=["usage", "alerts", "activity"], default="usage")
     ap.add_argument("--connections", type=int, default=200_000, help="per host (about 6.6 records each)")
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--directions", choices=["both", "ingress"], default="both",

@@ -26,6 +26,7 @@ VERB_MODULES = (
     "pktstream.consumers.tools.cli",
     "pktstream.consumers.usage.cli",
     "pktstream.consumers.alerts.cli",
+    "pktstream.consumers.activity.cli",
     "pktstream.runtime.cli",
 )
 

@@ -67,8 +67,8 @@ FEATURE_DTYPE = np.dtype([
     ("frag_flags", "u1"),
     ("rflags", "u1"),
     # a row may stand for several packets of one connection (usage.coalesce): their sums
-    ("packets", "<u4"),  # packets, scaled by sample_rate
-    ("nbytes", "<u8"),  # wire bytes, scaled by sample_rate
+    ("packets", "<u4"),  # wire packets (an egress GSO buffer's segments), scaled by sample_rate
+    ("nbytes", "<u8"),  # wire bytes (each GSO segment with its headers), scaled by sample_rate
     ("syns", "<u4"),  # SYNs without ACK, scaled by sample_rate
     ("flags_or", "u1"),  # TCP flags of all of them, or-ed
     ("fh", "<u8"),  # flow_hash of the 5-tuple (computed once, in stage one)
@@ -287,7 +287,17 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     sport, dport, proto = col("src_port"), col("dst_port"), col("protocol")
     rate = np.maximum(col("sample_rate"), 1).astype(np.uint32)
     flags = col("tcp_flags")
-    nbytes = col("wire_len").astype(np.uint64) * rate
+    wire = col("wire_len").astype(np.uint64)
+    segments = c.get("segments")
+    if segments is not None and (segments > 1).any():
+        # an egress GSO buffer: ``segs`` wire packets, each with the headers its record shows once
+        segs = np.maximum(col("segments"), 1).astype(np.uint64)
+        hdr = np.maximum(col("wire_len").astype(np.int64) - col("payload_len"), 0).astype(np.uint64)
+        wire = wire + (segs - np.uint64(1)) * hdr
+        pkts = (rate * segs).astype(np.uint32)
+    else:
+        pkts = rate
+    nbytes = wire * rate
     syns = np.where((flags & (SYN | ACK)) == SYN, rate, 0).astype(np.uint32)  # SYN without ACK
     payload = c.get("payload")
     has_payload = payload is not None and payload.shape[1] > 0 and m > 0
@@ -300,7 +310,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         parsed = np.zeros((m, 10), dtype=np.int32)
     kind = parsed[:, KIND]
     idx: npt.NDArray[np.intp] = np.arange(m)
-    packets = rate
+    packets = pkts
     flags_or = flags
     answer: npt.NDArray[np.bool_] | None = None
     fh: npt.NDArray[np.uint64] | None = None
@@ -332,7 +342,7 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
             new[1:] |= odd[1:] | odd[:-1]
         starts = np.flatnonzero(new)
         idx = order[starts]
-        packets = np.add.reduceat(rate[order], starts)
+        packets = np.add.reduceat(pkts[order], starts)
         nbytes = np.add.reduceat(nbytes[order], starts)
         syns = np.add.reduceat(syns[order], starts)
         flags_or = np.bitwise_or.reduceat(flags[order], starts)

@@ -10,7 +10,6 @@ from pktstream.consumers.usage.red import MAX_APIS as RED_MAX_APIS
 from pktstream.consumers.usage.red import MAX_LABEL_SETS as RED_MAX_LABEL_SETS
 from pktstream.consumers.usage.red import MAX_SERVERS as RED_MAX_SERVERS
 from pktstream.runtime.cli import Verb
-from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.log import configure_logging
 
 
@@ -52,12 +51,7 @@ def usage_run(args: argparse.Namespace) -> int:
                  "max_apis"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    try:
-        cfg = stream_config(args, "pktstream-usage")
-    except ConfigError as e:
-        raise ConfigError([*e.problems, *problems]) from None
-    if problems:
-        raise ConfigError(problems)
+    cfg = stream_config(args, "pktstream-usage", problems)
     catalog = Catalog.load(args.catalog)
     red = RedMetrics(args.metrics_max_apis, args.metrics_max_servers, args.metrics_max_label_sets) \
         if args.metrics_port else None

@@ -124,8 +124,8 @@ def test_every_command_says_an_unreachable_broker_and_a_missing_topic_in_the_sam
         kafka_bootstrap: str) -> None:
     """One error path: one line in words, exit 1, no KafkaError{...}, no librdkafka log lines."""
     missing = f"nosuch-{uuid.uuid4().hex[:6]}"
-    for verb in ("tail", "audit", "usage", "alerts"):
-        extra = ("--metrics-port", "0") if verb in ("usage", "alerts") else ()
+    for verb in ("tail", "audit", "usage", "alerts", "activity"):
+        extra = ("--metrics-port", "0") if verb in ("usage", "alerts", "activity") else ()
         r = run(verb, "--bootstrap-servers", "127.0.0.1:1", *extra)
         assert r.returncode == 1, (verb, r.stderr)
         assert r.stderr.startswith("pktstream: error: cannot reach Kafka at 127.0.0.1:1 within 10s: "), (verb, r.stderr)

@@ -1,6 +1,7 @@
 """OCSF validation by the official schema: the Detection Finding class (2004) of the OCSF version
-the alerts declare, as the ocsf-json-schema package generates it from OCSF's published schema,
-checked with jsonschema (Draft 2020-12). Not our own list of required attributes."""
+the alerts declare (or another class: Network Activity for the activity records), as the
+ocsf-json-schema package generates it from OCSF's published schema, checked with jsonschema
+(Draft 2020-12). Not our own list of required attributes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 
 @cache
-def validator(version: str = "1.3.0") -> Draft202012Validator:
-    schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=version)).get_class_schema("detection_finding")
+def validator(version: str = "1.3.0", cls: str = "detection_finding") -> Draft202012Validator:
+    schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=version)).get_class_schema(cls)
     return Draft202012Validator(schema)
 
 

@@ -286,10 +286,11 @@ def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic
         plen[i] = len(raw)
     cols["payload"] = payload
     cols["payload__len"] = plen
-    cols["payload_len"] = plen
+    cols["payload_len"] = np.array([p.get("payload_len", n_) for p, n_ in zip(pkts, plen.tolist(), strict=True)],
+                                   dtype=np.int64)
     for name, val in (("ifindex", 2), ("rx_queue", 0), ("ip_version", 4), ("frag_flags", 2), ("frag_offset", 0),
                       ("vlan_outer", 0), ("vlan_inner", 0), ("ethertype", 0x0800), ("flags", 0),
-                      ("sample_rate", 1), ("direction", 0)):
+                      ("sample_rate", 1), ("direction", 0), ("segments", 1)):
         key = "record_flags" if name == "flags" else name
         cols[name] = np.array([p.get(key, val) for p in pkts], dtype=np.int64)
     order = np.argsort(cols["ts_ns"], kind="stable")

@@ -1,0 +1,83 @@
+"""``pktstream activity``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pktstream.consumers.activity import MAX_CONVERSATIONS
+from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.engine.runner import Output
+from pktstream.runtime.cli import Verb
+from pktstream.runtime.log import configure_logging
+
+
+def add_arguments(ac: argparse.ArgumentParser) -> None:
+    add_stream_options(ac, "pktstream-activity", 9467)
+    ac.add_argument("--connections-topic", default="pktstream.connections",
+                    help="where the conversation records go (OCSF 1.3.0 Network Activity JSON)")
+    ac.add_argument("--update-s", type=float, default=60.0,
+                    help="a conversation longer than this gets a Traffic record at each such boundary of event "
+                         "time with packets in the interval (its totals so far)")
+    ac.add_argument("--tcp-idle-s", type=float, default=300.0,
+                    help="a TCP conversation nothing was seen of for this long ends (event time)")
+    ac.add_argument("--udp-idle-s", dest="other_idle_s", type=float, default=60.0,
+                    help="how long a UDP, ICMP or other conversation may be silent before it ends (event time)")
+    ac.add_argument("--linger-s", type=float, default=5.0,
+                    help="how long after its last packet a closed TCP conversation (FIN each way, or a RST) waits "
+                         "for stragglers before its record is written")
+    ac.add_argument("--attempt-s", type=float, default=30.0,
+                    help="a TCP connection attempt nothing answered ends after this long without packets (the "
+                         "SYN's retransmissions come within it)")
+    ac.add_argument("--max-conversations", type=int, default=MAX_CONVERSATIONS,
+                    help="open conversations per partition; past it, those seen least lately end early (their "
+                         "records say evicted)")
+    ac.add_argument("--output", choices=["lines", "json", "none"], default="lines",
+                    help="what to print as records are written: one line each, the OCSF documents, nothing")
+
+
+def render(doc: dict[str, object]) -> str:
+    d: dict[str, object] = doc
+    src, dst = d["src_endpoint"], d["dst_endpoint"]
+    t, p, c = d["traffic"], d["unmapped"], d["connection_info"]
+    assert isinstance(src, dict) and isinstance(dst, dict) and isinstance(t, dict) and isinstance(p, dict)
+    assert isinstance(c, dict)
+    pk = p["pktstream"]
+
+    def ep(e: dict[str, object]) -> str:
+        ip = str(e["ip"])
+        ip = f"[{ip}]" if ":" in ip else ip
+        return f"{ip}:{e['port']}" if "port" in e else ip
+
+    return (f"{str(d['activity_name']).upper():7} {c['protocol_name']:5} {ep(src)} -> {ep(dst)} "
+            f"{pk['conn_state']:6} out {t['packets_out']}p/{t['bytes_out']}B in {t['packets_in']}p/{t['bytes_in']}B "
+            f"{d['duration']}ms {dst.get('hostname', '')}".rstrip())
+
+
+def run(args: argparse.Namespace) -> int:
+    from pktstream.consumers.activity.processor import ActivityProcessor
+
+    configure_logging(args.log_format, "info")
+    problems = []
+    for flag, name in (("update_s", "update-s"), ("tcp_idle_s", "tcp-idle-s"), ("other_idle_s", "udp-idle-s"),
+                       ("linger_s", "linger-s"), ("attempt_s", "attempt-s"),
+                       ("max_conversations", "max-conversations")):
+        if not getattr(args, flag) > 0:
+            problems.append(f"--{name} must be > 0, got {getattr(args, flag)}")
+    cfg = stream_config(args, "pktstream-activity", problems)
+    proc = ActivityProcessor(args.connections_topic, args.grace_s, update_s=args.update_s,
+                             tcp_idle_s=args.tcp_idle_s, idle_s=args.other_idle_s, linger_s=args.linger_s,
+                             attempt_s=args.attempt_s, max_conversations=args.max_conversations)
+
+    def show(outputs: list[Output]) -> None:
+        for o in outputs:
+            if args.output == "lines":
+                print(render(json.loads(o.value)), flush=True)
+            elif args.output == "json":
+                print(o.value.decode(), flush=True)
+
+    return run_app(args, conf_from(args), cfg, proc, [args.connections_topic], show)
+
+
+VERBS = {"activity": Verb("conversation records from the packet topic (OCSF Network Activity JSON)", add_arguments,
+                          run)}
