@@ -1,3 +1,5 @@
 """``pktstream activity``: conversation records (OCSF Network Activity) from the packet stream."""
 
-MAX_CONVERSATIONS = 500_000  # open conversations per partition (about 300 bytes each): the default
+# open conversations per partition (about 200 bytes each in a snapshot: 300,000 keep it under the 64 MiB
+# a partition's snapshot may take)
+MAX_CONVERSATIONS = 300_000

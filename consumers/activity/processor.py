@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -58,10 +59,14 @@ from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.consumers.engine.snapshot import array as snapshot_array
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import addr_text
-from pktstream.schemas.protocols import ACK, FIN, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, RST, SYN
+from pktstream.schemas.protocols import ACK, FIN, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, PSH, RST, SYN
 
 SEC = 1_000_000_000
 _PROTO_PORTS = struct.Struct("!BxHH")
+# OCSF 1.3.0 network_endpoint.hostname's pattern (a server name that does not match stays in
+# unmapped.pktstream.tls_server_name only)
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9])\.)*"
+                       r"([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9\-]*[A-Za-z0-9])")
 _SEED0 = b"\x00\x00"
 _MAPPED = bytes(10) + b"\xff\xff"
 NEVER = np.iinfo(np.int64).max
@@ -119,6 +124,7 @@ CONV_DTYPE = np.dtype([
     ("rst_ns", "<i8"),  # the first RST either way
     ("active", "u1"),  # packets before next_b since the last boundary
     ("evicted", "u1"),  # ended early: the table was full
+    ("upd_ns", "<i8"),  # the boundary of its last Traffic record (0: none)
     ("sampled", "u1"),
     ("updates", "<u4"),  # Traffic records written for it
     ("origins", "<u8"),  # bit i: capture point i of the state's table (bit 63: the 64th and later)
@@ -168,11 +174,11 @@ class ActivityState:
 _ICMP_REQUEST = np.arange(256, dtype=np.uint16)
 _ICMP_REQUEST[[0, 14, 16, 18]] = [8, 13, 15, 17]
 _ICMP6_REQUEST = np.arange(256, dtype=np.uint16)
-_ICMP6_REQUEST[[129, 131, 134, 136]] = [128, 130, 133, 135]
+_ICMP6_REQUEST[[129, 131, 134, 136, 140, 145]] = [128, 130, 133, 135, 139, 144]
 _ICMP_PAIRED = np.zeros(256, dtype=bool)
 _ICMP_PAIRED[[0, 8, 13, 14, 15, 16, 17, 18]] = True
 _ICMP6_PAIRED = np.zeros(256, dtype=bool)
-_ICMP6_PAIRED[[128, 129, 130, 131, 133, 134, 135, 136]] = True
+_ICMP6_PAIRED[[128, 129, 130, 131, 133, 134, 135, 136, 139, 140, 144, 145]] = True
 
 
 def _endpoints(rows: npt.NDArray[Any]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint16], npt.NDArray[np.uint16]]:
@@ -374,6 +380,7 @@ class ActivityProcessor:
                 t[fld][ns] = 0
             t["active"][ns] = 0
             t["evicted"][ns] = 0
+            t["upd_ns"][ns] = 0
             t["sampled"][ns] = 0
             t["updates"][ns] = 0
             t["origins"][ns] = 0
@@ -482,11 +489,11 @@ class ActivityProcessor:
         if len(used) and not final:
             # interval boundaries the event time passed: a Traffic record for each long conversation
             # with packets in the interval, then the packets after the boundary count as before it
-            for _ in range(4):
+            while True:  # (each turn moves every due conversation's next boundary on by an interval or more)
                 due = used[t["next_b"][used] <= limit]
                 if len(due) == 0:
                     break
-                tt = t[due]
+                tt = take(t, due)
                 b = tt["next_b"]
                 # closed before the boundary (judged by the packets before it, whatever was read since)
                 alive = (tt["proto"] != PROTO_TCP) | ((tt["rst_ns"] >= b) & (tt["fin_ns"].max(axis=1) >= b))
@@ -500,6 +507,7 @@ class ActivityProcessor:
                     updates.append(r)
                     bounds += bw.tolist()
                 t["updates"][due[want]] += 1
+                t["upd_ns"][due[want]] = b[want]
                 t["pk"][due] += t["pkb"][due]
                 t["by"][due] += t["byb"][due]
                 t["active"][due] = (t["pkb"][due].sum(axis=1) > 0).astype(np.uint8)
@@ -524,7 +532,7 @@ class ActivityProcessor:
                             np.add.at(t[fld_b], (lt["slot"][sel], lt["d"][sel]), lt["by"][sel])
                         st.later = later[~move]
         if len(used):
-            tt = t[used]
+            tt = take(t, used)
             tcp = tt["proto"] == PROTO_TCP
             closed = tcp & _closed(tt)
             # an attempt nothing answered (no packet back) ends sooner than an established conversation
@@ -583,13 +591,14 @@ class ActivityProcessor:
         syn0, syn1 = rows["syn"][:, 0].tolist(), rows["syn"][:, 1].tolist()
         sa0, sa1 = rows["synack"][:, 0].tolist(), rows["synack"][:, 1].tolist()
         upd_l, org_l, sni_l = rows["updates"].tolist(), rows["origins"].tolist(), rows["sni"].tolist()
+        updb_l = rows["upd_ns"].tolist()
         smp_l, ev_l, ipv_l = rows["sampled"].tolist(), rows["evicted"].tolist(), rows["ipv"].tolist()
         texts = self._texts
         if len(texts) > 200_000:  # (a cache of the addresses seen lately: bounded)
             texts.clear()
         seen: dict[int, str] = {}
         ranges = self._ranges
-        out: list[tuple[int, str, Output]] = []
+        out: list[tuple[int, bool, str, Output]] = []
         for i in range(n):
             base = 32 * i
             ends = []
@@ -618,6 +627,8 @@ class ActivityProcessor:
             first_ns = first_l[i]
             first_ms = first_ns // 1_000_000
             end_ms = max((last_l[i] if final else boundaries[i]) // 1_000_000, first_ms)
+            # a final record comes after its conversation's last Traffic record, in time and on the topic
+            time_ms = max(end_ms, updb_l[i] // 1_000_000) if final else end_ms
             # the conversation's key (a hash of its endpoints) and its first packet's time
             conn_uid = f"{key_l[i]:016x}{first_ns & 0xFFFFFFFFFFFFFFFF:016x}"
             if ported and len(src_p) == len(dst_p):  # Community ID v1 (communityid.py), inline
@@ -640,13 +651,14 @@ class ActivityProcessor:
                 seen_j = seen[mask] = json.dumps(names)
             sni = sni_l[i]
             name = st.strings.items[sni] if 0 <= sni < len(st.strings.items) else ""
+            hostname = name if name and _HOSTNAME.fullmatch(name) else ""
             updates = upd_l[i] + (0 if final else 1)
             uid = f"{conn_uid}.{'f' if final else upd_l[i]}"  # each record of it: its update's number, f the last
             v6 = ipv_l[i] == 6
             detail = CONN_STATES[state][1] if final else CONN_STATES[state][1] + " (an update)"
             act = ACTIVITY[activity]
             src_ep = f'{{"ip":{src_j},"port":{sport}}}' if ported else f'{{"ip":{src_j}}}'
-            host = f',"hostname":{json.dumps(name)}' if name else ""
+            host = f',"hostname":"{hostname}"' if hostname else ""  # (OCSF's pattern: nothing to escape)
             dst_ep = f'{{"ip":{dst_j},"port":{dport}{host}}}' if ported else f'{{"ip":{dst_j}{host}}}'
             tcp_flags = f',"tcp_flags":{fl0[i] | fl1[i]}' if proto == PROTO_TCP else ""
             extra = ""
@@ -660,7 +672,7 @@ class ActivityProcessor:
                 f'{{"activity_id":{activity},"activity_name":"{act}","category_uid":4,'
                 f'"category_name":"Network Activity","class_uid":4001,"class_name":"Network Activity",'
                 f'"type_uid":{400100 + activity},"type_name":"Network Activity: {act}",'
-                f'"severity_id":1,"severity":"Informational","time":{end_ms},"start_time":{first_ms},'
+                f'"severity_id":1,"severity":"Informational","time":{time_ms},"start_time":{first_ms},'
                 f'"end_time":{end_ms},"duration":{end_ms - first_ms},"timezone_offset":0,'
                 f'"status_code":"{state}","status_detail":"{detail}","src_endpoint":{src_ep},'
                 f'"dst_endpoint":{dst_ep},"connection_info":{{"uid":"{conn_uid}","protocol_num":{proto},'
@@ -677,9 +689,9 @@ class ActivityProcessor:
                 f'"final":{"true" if final else "false"},"seen_by":{seen_j},'
                 f'"sampled":{"true" if smp_l[i] else "false"},"update":{updates}{extra}}}}}}}'
             )
-            out.append((end_ms, uid, Output(self.topic, (cid or conn_uid).encode(), doc.encode(), [])))
-        out.sort(key=lambda x: (x[0], x[1]))
-        return [o for _t, _u, o in out]
+            out.append((time_ms, final, uid, Output(self.topic, (cid or conn_uid).encode(), doc.encode(), [])))
+        out.sort(key=lambda x: (x[0], x[1], x[2]))
+        return [o for _t, _f, _u, o in out]
 
     def record(self, st: ActivityState, r: Any, boundary: int = 0, final: bool = True) -> dict[str, Any]:
         """One conversation (a slot of CONV_DTYPE) as its OCSF document (see outputs)."""
@@ -745,6 +757,8 @@ def _conn_state(proto: int, of: int, sf: int, o_syn: int, s_synack: int, resp_pa
     if proto != PROTO_TCP:
         return "BOTH" if resp_packets else "ONE"
     o_fin, s_fin, o_rst, s_rst = of & FIN, sf & FIN, of & RST, sf & RST
+    # data or a FIN from the server: it was established though no SYN-ACK was seen (sampled out)
+    s_synack = s_synack or sf & (PSH | FIN)
     if o_syn and not s_synack:
         if s_rst:
             return "REJ"

@@ -83,6 +83,7 @@ FEATURE_DTYPE = np.dtype([
 ], align=False)
 
 VIEW_DST, VIEW_SRC = 0, 1
+MAX_HEADERS = 256  # the most a wire packet's headers take (Ethernet, VLAN tags, IP with options, TCP)
 
 
 def as_records(rows: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -287,14 +288,19 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     sport, dport, proto = col("src_port"), col("dst_port"), col("protocol")
     rate = np.maximum(col("sample_rate"), 1).astype(np.uint32)
     flags = col("tcp_flags")
-    wire = col("wire_len").astype(np.uint64)
+    wire_len = np.maximum(col("wire_len").astype(np.int64), 0)
+    wire = wire_len.astype(np.uint64)
     segments = c.get("segments")
     if segments is not None and (segments > 1).any():
         # an egress GSO buffer: ``segs`` wire packets, each with the headers its record shows once
-        segs = np.maximum(col("segments"), 1).astype(np.uint64)
-        hdr = np.maximum(col("wire_len").astype(np.int64) - col("payload_len"), 0).astype(np.uint64)
+        # (their length: the frame's less its payload, where the payload length describes the buffer;
+        # BIG TCP's buffers say 0 or the 16-bit field's limit, and then only the buffer's bytes count)
+        segs = np.clip(col("segments"), 1, 0xFFFF).astype(np.uint64)
+        plen = col("payload_len").astype(np.int64)
+        hdr = wire_len - plen
+        hdr = np.where((plen > 0) & (plen < 0xFFFF) & (hdr > 0), np.minimum(hdr, MAX_HEADERS), 0).astype(np.uint64)
         wire = wire + (segs - np.uint64(1)) * hdr
-        pkts = (rate * segs).astype(np.uint32)
+        pkts = np.minimum(rate.astype(np.uint64) * segs, 0xFFFFFFFF).astype(np.uint32)
     else:
         pkts = rate
     nbytes = wire * rate

@@ -29,14 +29,15 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
                    help="Kafka properties file (name=value lines; default: $PKTSTREAM_KAFKA_CONFIG)")
 
 
-def _reader_conf(args: argparse.Namespace) -> dict[str, object]:
+def _reader_conf(args: argparse.Namespace, packets: bool = True) -> dict[str, object]:
     """tail and audit read the named cluster or the local broker's port; they never start a broker
     (an empty new one would have nothing to show). An unreachable broker or a missing topic is said
     in the same words as every other command's, before any reading starts."""
     conf = client_config(args.bootstrap_servers, kafka_properties(args.kafka_props, args.kafka_config),
                          default=f"127.0.0.1:{args.local_kafka_port}")
     check_reachable(conf)
-    require_topic(conf, args.topic)
+    if packets:  # (a query of the output topics alone needs no packet topic)
+        require_topic(conf, args.topic)
     return conf
 
 
@@ -134,24 +135,26 @@ def _range(args: argparse.Namespace) -> Range:
 
 
 def query_arguments(q: argparse.ArgumentParser) -> None:
-    q.add_argument("sql", help="the SQL (DuckDB's dialect) over the tables packets, usage and alerts")
+    q.add_argument("sql", help="the SQL (DuckDB's dialect) over the tables packets, usage, alerts and connections")
     _reader_options(q)
     q.add_argument("--usage-topic", default="pktstream.usage")
     q.add_argument("--alerts-topic", default="pktstream.alerts")
+    q.add_argument("--connections-topic", default="pktstream.connections")
     _range_options(q)
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="json: one object per line; parquet needs -o FILE (or a pipe)")
 
 
 def query_run(args: argparse.Namespace) -> int:
-    from pktstream.consumers.tools.query import Sources, open_output, run_query
+    from pktstream.consumers.tools.query import Sources, names_table, open_output, run_query
 
     configure_logging("auto", os.environ.get("PKTSTREAM_LOG_LEVEL", "warning"))
     rng = _range(args)
     out = open_output(args.output, args.format)
-    conf = _reader_conf(args)
+    conf = _reader_conf(args, packets=names_table(args.sql, "packets"))
     try:
-        run_query(conf, args.sql, rng, Sources(args.topic, args.usage_topic, args.alerts_topic), args.format, out)
+        sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic)
+        run_query(conf, args.sql, rng, sources, args.format, out)
     except KafkaException as e:
         raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
     finally:
@@ -210,6 +213,7 @@ def export_run(args: argparse.Namespace) -> int:
 VERBS = {
     "tail": Verb("print the packet topic as JSON lines", tail_arguments, tail_run),
     "audit": Verb("reconcile the packet topic with the producers' loss accounting", audit_arguments, audit_run),
-    "query": Verb("SQL over a time range of the packet, usage and alerts topics (DuckDB)", query_arguments, query_run),
+    "query": Verb("SQL over a time range of the packet, usage, alerts and connections topics (DuckDB)",
+                  query_arguments, query_run),
     "export": Verb("a time range of the packet topic as a pcap, pcapng or Parquet file", export_arguments, export_run),
 }

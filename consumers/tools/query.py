@@ -4,7 +4,8 @@
 message at a time (an Arrow record batch reader: bounded memory whatever the range; DuckDB scans
 it once, so a query that reads ``packets`` twice should go through ``pktstream export --format
 parquet`` first). ``usage`` and ``alerts`` are the consumers' output topics over the same range,
-read only when the SQL names them. Output: an aligned table, CSV, JSON lines or Parquet.
+read only when the SQL names them; ``connections`` is ``pktstream activity``'s
+conversation records. Output: an aligned table, CSV, JSON lines or Parquet.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Sources:
     packets: str = "pktstream.packets"
     usage: str = "pktstream.usage"
     alerts: str = "pktstream.alerts"
+    connections: str = "pktstream.connections"
 
 
 def names_table(sql: str, table: str) -> bool:
@@ -129,6 +131,51 @@ def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     })
 
 
+CONNECTION_COLUMNS: dict[str, pa.DataType] = {
+    "time": pa.timestamp("ms", tz="UTC"), "start_time": pa.timestamp("ms", tz="UTC"), "duration_ms": pa.int64(),
+    "activity": pa.string(), "conn_state": pa.string(), "final": pa.bool_(), "protocol": pa.string(),
+    "src": pa.string(), "src_port": pa.int32(), "dst": pa.string(), "dst_port": pa.int32(), "hostname": pa.string(),
+    "packets_out": pa.int64(), "packets_in": pa.int64(), "bytes_out": pa.int64(), "bytes_in": pa.int64(),
+    "community_id": pa.string(), "uid": pa.string(), "seen_by": pa.list_(pa.string()), "sampled": pa.bool_(),
+    "document": pa.string(),
+}
+
+
+def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+    """One row per conversation record (OCSF Network Activity) whose end is in the range: the fields a
+    hunt filters on as columns, and the document."""
+    cols: dict[str, list[Any]] = {k: [] for k in CONNECTION_COLUMNS}
+    for value in _messages(conf, topic):
+        try:
+            d = json.loads(value)
+            t, t0 = int(d["time"]), int(d["start_time"])
+            src, dst, traffic = d["src_endpoint"], d["dst_endpoint"], d["traffic"]
+            pk = d["unmapped"]["pktstream"]
+            row = {
+                "time": datetime.fromtimestamp(t / 1000, UTC), "start_time": datetime.fromtimestamp(t0 / 1000, UTC),
+                "duration_ms": int(d.get("duration", t - t0)), "activity": str(d["activity_name"]),
+                "conn_state": str(pk["conn_state"]), "final": bool(pk["final"]),
+                "protocol": str(d["connection_info"]["protocol_name"]), "src": str(src["ip"]),
+                "src_port": src.get("port"), "dst": str(dst["ip"]), "dst_port": dst.get("port"),
+                "hostname": dst.get("hostname"), "packets_out": int(traffic["packets_out"]),
+                "packets_in": int(traffic["packets_in"]), "bytes_out": int(traffic["bytes_out"]),
+                "bytes_in": int(traffic["bytes_in"]), "community_id": str(pk["community_id"]),
+                "uid": str(d["connection_info"]["uid"]), "seen_by": [str(x) for x in pk.get("seen_by", [])],
+                "sampled": bool(pk.get("sampled")), "document": value.decode(errors="replace"),
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
+            continue  # not a conversation record: set aside as the consumers do
+        if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
+            continue
+        for k, v in row.items():
+            cols[k].append(v)
+    try:
+        return pa.table({k: pa.array(v, CONNECTION_COLUMNS[k]) for k, v in cols.items()})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise PktstreamError(f"the connections topic {topic!r} holds a record that does not fit its table: {e}") \
+            from None
+
+
 def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
               progress: Progress | None = None) -> int:
     """Run the SQL; write its result; return the number of result rows."""
@@ -136,9 +183,9 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
 
     progress = progress or Progress()
     con = duckdb.connect()
-    named = {t for t in ("packets", "usage", "alerts") if names_table(sql, t)}
+    named = {t for t in ("packets", "usage", "alerts", "connections") if names_table(sql, t)}
     if not named:
-        raise ConfigError([f"the query names none of the tables packets, usage, alerts: {sql!r}"])
+        raise ConfigError([f"the query names none of the tables packets, usage, alerts, connections: {sql!r}"])
     show = terminal_progress()
     keep: list[Any] = []  # what DuckDB scans must outlive the query
     if "packets" in named:
@@ -159,6 +206,9 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
     if "alerts" in named:
         keep.append(alerts_table(conf, sources.alerts, rng))
         con.register("alerts", keep[-1])
+    if "connections" in named:
+        keep.append(connections_table(conf, sources.connections, rng))
+        con.register("connections", keep[-1])
     try:
         rel = con.sql(sql)
         if rel is None:  # a statement without a result (SET, CREATE ...)

@@ -6,7 +6,8 @@
 -- the number of nodes. Needs ClickHouse Keeper (or ZooKeeper), the macros {shard} and {replica}
 -- in each server's configuration, and the cluster defined in remote_servers.
 -- Placeholders as in single-node.sql, plus CLUSTER (the cluster's name in remote_servers):
---   KAFKA_BROKERS=... PACKETS_TOPIC=... USAGE_TOPIC=... ALERTS_TOPIC=... CONSUMER_GROUP=... CLUSTER=pktstream \
+--   KAFKA_BROKERS=... PACKETS_TOPIC=... USAGE_TOPIC=... ALERTS_TOPIC=... CONNECTIONS_TOPIC=... \
+--   CONSUMER_GROUP=... CLUSTER=pktstream \
 --   envsubst < cluster.sql | clickhouse-client --multiquery
 -- Rollups and the Replacing tables merge within a shard only: query rollups with sum() and GROUP BY,
 -- usage and alerts through the Distributed tables with FINAL (the rows of one key land on one
@@ -289,3 +290,56 @@ CREATE MATERIALIZED VIEW pktstream.alerts_mv ON CLUSTER '${CLUSTER}' TO pktstrea
 SELECT uid, rule, activity_id, severity_id, title, technique, src_ip, dst_ip, dst_port, protocol,
        count, first_seen, last_seen, time, kafka_offset, document
 FROM pktstream.alert_events_local;
+
+
+-- pktstream activity's conversation records (OCSF Network Activity JSON). connections keeps each
+-- conversation's latest record (uid): its final one once it ended, the last Traffic update while it lasts.
+CREATE TABLE pktstream.connections_queue ON CLUSTER '${CLUSTER}' (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${CONNECTIONS_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-connections', kafka_format = 'JSONAsString',
+         kafka_handle_error_mode = 'stream';
+
+
+CREATE TABLE pktstream.connections_local ON CLUSTER '${CLUSTER}'
+(
+    time DateTime64(3, 'UTC'), start_time DateTime64(3, 'UTC'), duration_ms UInt64, uid String,
+    record_uid String, activity_id UInt8, conn_state LowCardinality(String), final UInt8, protocol UInt8,
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, hostname String,
+    packets_out UInt64, packets_in UInt64, bytes_out UInt64, bytes_in UInt64, community_id String,
+    kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/connections_local', '{replica}', kafka_offset)
+PARTITION BY toYYYYMM(start_time)
+ORDER BY (src_ip, dst_ip, uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE TABLE pktstream.connections ON CLUSTER '${CLUSTER}' AS pktstream.connections_local
+ENGINE = Distributed('${CLUSTER}', pktstream, connections_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.connections_mv ON CLUSTER '${CLUSTER}' TO pktstream.connections_local AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'start_time'), 'UTC') AS start_time,
+    JSONExtractUInt(document, 'duration') AS duration_ms,
+    JSONExtractString(document, 'connection_info', 'uid') AS uid,
+    JSONExtractString(document, 'metadata', 'uid') AS record_uid,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractString(document, 'status_code') AS conn_state,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'final') AS final,
+    JSONExtractUInt(document, 'connection_info', 'protocol_num') AS protocol,
+    JSONExtractString(document, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractUInt(document, 'src_endpoint', 'port') AS src_port,
+    JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractString(document, 'dst_endpoint', 'hostname') AS hostname,
+    JSONExtractUInt(document, 'traffic', 'packets_out') AS packets_out,
+    JSONExtractUInt(document, 'traffic', 'packets_in') AS packets_in,
+    JSONExtractUInt(document, 'traffic', 'bytes_out') AS bytes_out,
+    JSONExtractUInt(document, 'traffic', 'bytes_in') AS bytes_in,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'community_id') AS community_id,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.connections_queue
+WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4001;

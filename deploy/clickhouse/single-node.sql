@@ -1,7 +1,7 @@
 -- pktstream into ClickHouse, one server (docs/clickhouse.md explains every table).
 -- Placeholders, e.g. with envsubst(1):
 --   KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 PACKETS_TOPIC=pktstream.packets USAGE_TOPIC=pktstream.usage \
---   ALERTS_TOPIC=pktstream.alerts CONSUMER_GROUP=clickhouse-pktstream \
+--   ALERTS_TOPIC=pktstream.alerts CONNECTIONS_TOPIC=pktstream.connections CONSUMER_GROUP=clickhouse-pktstream \
 --   envsubst < single-node.sql | clickhouse-client --multiquery
 -- Kafka's security settings (SASL/TLS) go in the server's <kafka> configuration, not here.
 
@@ -238,3 +238,50 @@ CREATE MATERIALIZED VIEW pktstream.alerts_mv TO pktstream.alerts AS
 SELECT uid, rule, activity_id, severity_id, title, technique, src_ip, dst_ip, dst_port, protocol,
        count, first_seen, last_seen, time, kafka_offset, document
 FROM pktstream.alert_events;
+
+-- pktstream activity's conversation records (OCSF Network Activity JSON). connections keeps each
+-- conversation's latest record (uid): its final one once it ended, the last Traffic update while it lasts.
+CREATE TABLE pktstream.connections_queue (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${CONNECTIONS_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-connections', kafka_format = 'JSONAsString',
+         kafka_handle_error_mode = 'stream';
+
+CREATE TABLE pktstream.connections
+(
+    time DateTime64(3, 'UTC'), start_time DateTime64(3, 'UTC'), duration_ms UInt64, uid String,
+    record_uid String, activity_id UInt8, conn_state LowCardinality(String), final UInt8, protocol UInt8,
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, hostname String,
+    packets_out UInt64, packets_in UInt64, bytes_out UInt64, bytes_in UInt64, community_id String,
+    kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplacingMergeTree(kafka_offset)
+PARTITION BY toYYYYMM(start_time)
+ORDER BY (src_ip, dst_ip, uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE MATERIALIZED VIEW pktstream.connections_mv TO pktstream.connections AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'start_time'), 'UTC') AS start_time,
+    JSONExtractUInt(document, 'duration') AS duration_ms,
+    JSONExtractString(document, 'connection_info', 'uid') AS uid,
+    JSONExtractString(document, 'metadata', 'uid') AS record_uid,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractString(document, 'status_code') AS conn_state,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'final') AS final,
+    JSONExtractUInt(document, 'connection_info', 'protocol_num') AS protocol,
+    JSONExtractString(document, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractUInt(document, 'src_endpoint', 'port') AS src_port,
+    JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractString(document, 'dst_endpoint', 'hostname') AS hostname,
+    JSONExtractUInt(document, 'traffic', 'packets_out') AS packets_out,
+    JSONExtractUInt(document, 'traffic', 'packets_in') AS packets_in,
+    JSONExtractUInt(document, 'traffic', 'bytes_out') AS bytes_out,
+    JSONExtractUInt(document, 'traffic', 'bytes_in') AS bytes_in,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'community_id') AS community_id,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.connections_queue
+WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4001;

@@ -27,7 +27,16 @@ from confluent_kafka import Producer
 
 from pktstream.schemas import SCHEMA_DIR
 from pktstream.schemas.container import ContainerWriter
-from tests.support.apps import alerts_cmd, read_alerts, read_usage, restart_scenario, run_alerts, run_usage, usage_cmd
+from tests.support.apps import (
+    alerts_cmd,
+    read_alerts,
+    read_usage,
+    restart_scenario,
+    run_activity,
+    run_alerts,
+    run_usage,
+    usage_cmd,
+)
 from tests.support.helpers import read_messages
 from tests.support.traffic import CATALOG as GEN_CATALOG
 from tests.support.traffic import containers, generate
@@ -87,7 +96,7 @@ class ClickHouse:
         self.s.close()
 
 
-def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
     b = kafka_bootstrap
     topic, rules, catalog = restart_scenario(b, tmp_path)
     # a capture point as the producer names it (headers), and a message that does not decode
@@ -112,6 +121,7 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
     run_usage(usage_cmd(b, topic, f"t-chu-{uuid.uuid4().hex[:6]}", f"{topic}.u", usage_catalog))
     run_alerts(alerts_cmd(b, topic, f"t-cha-{uuid.uuid4().hex[:6]}", f"{topic}.a", rules, catalog))
 
+    want_conns = run_activity(b, topic, f"{topic}.c")
     want = topic_records(b, topic)
     want_usage = read_usage(b, f"{topic}.u")
     want_alerts = read_alerts(b, f"{topic}.a")
@@ -120,18 +130,23 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
     ch = ClickHouse(tmp_path / "clickhouse")
     try:
         for st in statements(DEPLOY / "single-node.sql", KAFKA_BROKERS=b, PACKETS_TOPIC=topic,
-                             USAGE_TOPIC=f"{topic}.u", ALERTS_TOPIC=f"{topic}.a",
+                             USAGE_TOPIC=f"{topic}.u", ALERTS_TOPIC=f"{topic}.a", CONNECTIONS_TOPIC=f"{topic}.c",
                              CONSUMER_GROUP=f"t-ch-{uuid.uuid4().hex[:6]}"):
             ch.run(st)
-        target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}))
+        latest_conn: dict[str, dict[str, Any]] = {}
+        for d in sorted(want_conns, key=lambda d: (d["unmapped"]["pktstream"]["final"], d["time"])):
+            latest_conn[d["connection_info"]["uid"]] = d  # (a conversation's final record comes last)
+        assert len(latest_conn) > 1000
+        target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}), len(latest_conn))
         deadline = time.monotonic() + 180
         got: tuple[int, ...] = ()
         while time.monotonic() < deadline:
             r = ch.rows("SELECT (SELECT count() FROM pktstream.packets) AS p, "
                         "(SELECT count() FROM pktstream.packets_errors) AS e, "
                         "(SELECT count() FROM pktstream.usage FINAL) AS u, "
-                        "(SELECT count() FROM pktstream.alert_events FINAL) AS a")[0]
-            got = (r["p"], r["e"], r["u"], r["a"])
+                        "(SELECT count() FROM pktstream.alert_events FINAL) AS a, "
+                        "(SELECT count() FROM pktstream.connections FINAL) AS c")[0]
+            got = (r["p"], r["e"], r["u"], r["a"], r["c"])
             if got == target:
                 break
             time.sleep(2)
@@ -226,6 +241,16 @@ def test_clickhouse_reads_the_packet_usage_and_alerts_topics(kafka_bootstrap: st
         got_latest = ch.rows("SELECT uid, activity_id, count, document FROM pktstream.alerts FINAL")
         assert {r["uid"]: (r["activity_id"], r["count"], json.loads(r["document"])) for r in got_latest} == {
             u: (d["activity_id"], d["count"], d) for u, d in latest.items()}
+        # connections: each conversation's latest record, its columns as the document says
+        got_c = ch.rows("SELECT uid, record_uid, conn_state, final, src_ip, src_port, dst_ip, dst_port, packets_out, "
+                        "packets_in, bytes_out, bytes_in, community_id FROM pktstream.connections FINAL")
+        assert {r["uid"]: (r["record_uid"], r["conn_state"], bool(r["final"]), r["src_ip"], r["src_port"], r["dst_ip"],
+                           r["dst_port"], r["packets_out"], r["packets_in"], r["bytes_out"], r["bytes_in"],
+                           r["community_id"]) for r in got_c} == {
+            u: (d["metadata"]["uid"], d["status_code"], d["unmapped"]["pktstream"]["final"], d["src_endpoint"]["ip"],
+                d["src_endpoint"].get("port", 0), d["dst_endpoint"]["ip"], d["dst_endpoint"].get("port", 0),
+                d["traffic"]["packets_out"], d["traffic"]["packets_in"], d["traffic"]["bytes_out"],
+                d["traffic"]["bytes_in"], d["unmapped"]["pktstream"]["community_id"]) for u, d in latest_conn.items()}
     finally:
         ch.close()
 
@@ -237,7 +262,8 @@ def test_every_statement_parses(name: str, tmp_path: Path) -> None:
     from chdb import session
 
     values = dict(KAFKA_BROKERS="k1:9092,k2:9092", PACKETS_TOPIC="pktstream.packets", USAGE_TOPIC="pktstream.usage",
-                  ALERTS_TOPIC="pktstream.alerts", CONSUMER_GROUP="clickhouse-pktstream", CLUSTER="pktstream")
+                  ALERTS_TOPIC="pktstream.alerts", CONNECTIONS_TOPIC="pktstream.connections",
+                  CONSUMER_GROUP="clickhouse-pktstream", CLUSTER="pktstream")
     sts = statements(DEPLOY / name, **values)
     s = session.Session(str(tmp_path / "ch"))
     try:

@@ -235,3 +235,33 @@ def test_a_full_table_ends_the_conversations_seen_least_lately_and_an_unanswered
     assert [d["status_code"] for d in docs_of(p.close(st, T0 + 31 * SEC))] == ["S0"]
     assert p.close(st, T0 + 299 * SEC) == []
     assert [d["status_code"] for d in docs_of(p.close(st, T0 + 301 * SEC))] == ["S1"]
+
+
+def test_review_mends_order_names_states_and_buffers() -> None:
+    # every boundary a close passes gets its update, and the final comes after the last of them
+    p = ActivityProcessor(grace_s=0, update_s=10)
+    pk = [{"ts": T0 + k * 5 * SEC + 1, "src": C, "dst": S, "sport": 5000, "dport": 514, "proto": 17, "len": 90,
+           "flags": 0} for k in range(24)]  # UDP every 5 s for 2 minutes
+    out = run(pk, p, nparts=1, batch=len(pk), watermarks=[T0 + 300 * SEC])
+    docs = docs_of(out)
+    assert [d["unmapped"]["pktstream"]["final"] for d in docs] == [False] * 11 + [True]
+    assert [d["time"] for d in docs] == sorted(d["time"] for d in docs)  # the final's: its last update's
+    assert [d["traffic"]["packets"] for d in docs[:-1]] == [2 * k for k in range(2, 13)]  # before 20 s, .. 120 s
+    assert docs[-1]["end_time"] == (T0 + 115 * SEC) // 1_000_000 and docs[-1]["traffic"]["packets"] == 24
+    # a server name OCSF's hostname pattern refuses stays out of dst_endpoint, in unmapped
+    odd = "my_svc.internal\x1b[2J"
+    pk = [tcp(T0, C, S, 40060, 443, SYN), tcp(T0 + 1, S, C, 443, 40060, SYN | ACK),
+          tcp(T0 + 2, C, S, 40060, 443, PSH | ACK, payload=client_hello(odd))]
+    d = finals(run(pk))[0]
+    assert "hostname" not in d["dst_endpoint"]
+    assert d["unmapped"]["pktstream"]["tls_server_name"] == odd.lower()
+    assert_ocsf([d])
+    # no SYN-ACK seen (sampled out) but the server sent data and a FIN: established and closed
+    pk = [tcp(T0, C, S, 40070, 80, SYN), tcp(T0 + 2, C, S, 40070, 80, PSH | ACK, 10),
+          tcp(T0 + 3, S, C, 80, 40070, PSH | ACK, 10), tcp(T0 + 4, C, S, 40070, 80, FIN | ACK),
+          tcp(T0 + 5, S, C, 80, 40070, FIN | ACK)]
+    assert finals(run(pk))[0]["status_code"] == "SF"
+    # a BIG TCP buffer whose record says no payload length: its bytes as they are, no header guess
+    pk = [tcp(T0, S, C, 80, 40080, ACK, 0, direction=1, segments=131, len=190066, payload_len=0)]
+    d = finals(run(pk))[0]
+    assert (d["traffic"]["packets_in"], d["traffic"]["bytes_in"]) == (131, 190066)
