@@ -232,6 +232,7 @@ class ActivityProcessor:
         self.tcp_idle_ns = int(tcp_idle_s * SEC)
         self.idle_ns = int(idle_s * SEC)
         self.linger_ns = int(linger_s * SEC)
+        self.min_gap_ns = min(self.linger_ns, self.attempt_ns, self.idle_ns, self.tcp_idle_ns)
         self.local: list[Network] = networks(local_networks or list(LOCAL_NETWORKS))
         # address bytes -> text, packed, JSON, inside a local network
         self._texts: dict[bytes, tuple[str, bytes, str, bool]] = {}
@@ -250,13 +251,25 @@ class ActivityProcessor:
         d = (~_sender_lo(rows, src_hi)).astype(np.int64)
         ts = rows["ts_ns"]
         bucket = ts // self.update_ns
-        order = np.lexsort((ts, bucket, d, key))
-        k_s, d_s, b_s = key[order], d[order], bucket[order]
+        # the client's SYNs so far in the message, per conversation: the packets of both directions after
+        # one go into rows apart from those before it (a SYN may open the conversation again: port reuse)
+        by_time = np.lexsort((ts, key))
+        syn = (rows["syns"][by_time] > 0).astype(np.int64)
+        kt = key[by_time]
+        head = np.ones(len(kt), dtype=bool)
+        head[1:] = kt[1:] != kt[:-1]
+        run = np.cumsum(syn)
+        epoch = np.empty(len(kt), dtype=np.int64)
+        epoch[by_time] = run - (run - syn)[np.flatnonzero(head)][np.cumsum(head) - 1]
+        order = np.lexsort((ts, bucket, d, epoch, key))
+        k_s, d_s, b_s, e_s = key[order], d[order], bucket[order], epoch[order]
         s = take(rows, order)
+        t_o = s["ts_ns"]
         new = np.empty(len(order), dtype=bool)
         new[0] = True
-        # a SYN without ACK starts a row of its own (it may open the conversation again: port reuse)
-        new[1:] = (k_s[1:] != k_s[:-1]) | (d_s[1:] != d_s[:-1]) | (b_s[1:] != b_s[:-1]) | (s["syns"][1:] > 0)
+        # and a row ends at a pause longer than the shortest timeout (process() judges gaps between rows)
+        new[1:] = (k_s[1:] != k_s[:-1]) | (d_s[1:] != d_s[:-1]) | (b_s[1:] != b_s[:-1]) | (e_s[1:] != e_s[:-1]) \
+            | (t_o[1:] - t_o[:-1] > self.min_gap_ns)
         starts = np.flatnonzero(new)
         out = take(s, starts)  # each group's first packet (its time, endpoints, orientation)
         out["packets"] = np.add.reduceat(s["packets"], starts)
@@ -295,21 +308,89 @@ class ActivityProcessor:
         if rows.dtype != FEATURE_DTYPE:
             raise ValueError("activity: rows of another layout")
         st.records += len(rows)
-        sy = np.flatnonzero(rows["syns"] > 0)
-        if len(sy):
-            # a conversation's rows before its last SYN first, then the rest: a close and the SYN that
-            # opens the same ports again in one batch are two conversations, as in two batches
-            key, ts = rows["fh"], rows["ts_ns"]
-            uk = np.unique(key[sy])
-            last_syn = np.full(len(uk), np.iinfo(np.int64).min)
-            np.maximum.at(last_syn, np.searchsorted(uk, key[sy]), ts[sy])
-            at = np.minimum(np.searchsorted(uk, key), len(uk) - 1)
-            before = (uk[at] == key) & (ts < last_syn[at])
-            if before.any():
-                self._process(st, Features(take(rows, np.flatnonzero(before)), f.strings))
-                self._process(st, Features(take(rows, np.flatnonzero(~before)), f.strings))
+        # a conversation ends where its packets say so, whatever the batches: rows after a gap longer than
+        # its timeout, or a client's SYN after a close, begin another one. The rows before each key's
+        # first such row are counted, its conversation ends, and the rest are looked at again.
+        while True:
+            split = self._splits(st, rows)
+            if not split.any():
+                self._process(st, Features(rows, f.strings))
                 return
-        self._process(st, f)
+            self._process(st, Features(take(rows, np.flatnonzero(~split)), f.strings))
+            rest = take(rows, np.flatnonzero(split))
+            ended = np.fromiter((st.index.get(k, -1) for k in np.unique(rest["fh"]).tolist()), dtype=np.int64)
+            ended = ended[ended >= 0]
+            if len(ended):
+                self._fold_later(st, ended)
+                st.finished.append(take(st.t, ended))
+                self._free(st, ended)
+                st.reopened += len(ended)
+            rows = rest
+
+    def _splits(self, st: ActivityState, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """The rows at or after their conversation's first row that begins another conversation: one
+        later than the conversation's latest packet so far by more than its timeout (judged by what
+        came before it: closed, answered, protocol), or a SYN from its client after a close."""
+        n = len(rows)
+        key, ts = rows["fh"], rows["ts_ns"]
+        order = np.lexsort((ts, key))
+        k, t_s = key[order], ts[order]
+        lv = np.maximum(rows["ts_data"], ts)[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = k[1:] != k[:-1]
+        starts = np.flatnonzero(first)
+        gid = np.cumsum(first) - 1
+        slots = np.fromiter((st.index.get(x, -1) for x in k[starts].tolist()), dtype=np.int64, count=len(starts))
+        known = slots >= 0
+        sl = np.where(known, slots, 0)
+        t = st.t
+        r = take(rows, order)
+        src_hi, _sp, _dp = _endpoints(r)
+        sender_lo = _sender_lo(r, src_hi)
+        d = (~sender_lo).astype(np.int64)
+        proto = r["protocol"]
+        tcp = proto == PROTO_TCP
+        # the client's direction: the table's, or as _process will judge it from the key's first row
+        new_client_lo = np.where(~tcp[starts] | (r["syns"][starts] > 0), sender_lo[starts], ~src_hi[starts])
+        tk = take(t, sl) if len(t) else np.zeros(len(sl), dtype=CONV_DTYPE)
+        client_lo = np.where(known, tk["client_lo"] == 1, new_client_lo)
+        cdir = np.where(client_lo, 0, 1)[gid]
+        to_server = d == cdir
+        flags = r["flags_or"]
+
+        def before(x: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+            """How many earlier rows of the same key have x."""
+            c = np.cumsum(x, dtype=np.int64) - x
+            return np.asarray(c - c[starts][gid], dtype=np.int64)
+
+        resp_dir = 1 - np.where(client_lo, 0, 1)
+        g = np.arange(len(sl))
+        slot_answered = known & ((tk["pk"][g, resp_dir] + tk["pkb"][g, resp_dir]) > 0)
+        slot_fin_c = known & (tk["fin_ns"][g, 1 - resp_dir] < NEVER)
+        slot_fin_s = known & (tk["fin_ns"][g, resp_dir] < NEVER)
+        slot_rst = known & (tk["rst_ns"] < NEVER)
+        answered = slot_answered[gid] | (before(~to_server) > 0)
+        fin_c = slot_fin_c[gid] | (before(to_server & (flags & FIN != 0)) > 0)
+        fin_s = slot_fin_s[gid] | (before(~to_server & (flags & FIN != 0)) > 0)
+        closed = tcp & ((slot_rst[gid] | (before(flags & RST != 0) > 0)) | (fin_c & fin_s))
+        # the latest packet before each row: the key's earlier rows (a running maximum per key: the keys
+        # are far apart in the high bits), or the table's for a key's first row
+        base = t_s[starts][gid]
+        rel = np.minimum(lv - base, (1 << 46) - 1).astype(np.uint64)
+        run = np.maximum.accumulate((gid.astype(np.uint64) << np.uint64(46)) | rel)
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = (run[:-1] & np.uint64((1 << 46) - 1)).astype(np.int64) + base[1:]
+        has_prev = ~first | known[gid]
+        prev[first] = np.where(known, tk["last_ns"], 0)[gid[first]]
+        timeout = np.where(tcp, np.where(closed, self.linger_ns,
+                                         np.where(answered, self.tcp_idle_ns, self.attempt_ns)), self.idle_ns)
+        again = has_prev & ((t_s > prev + timeout) | (closed & to_server & (r["syns"] > 0) & (t_s > prev)))
+        if not again.any():
+            return np.zeros(n, dtype=bool)
+        after = np.cumsum(again) - (np.cumsum(again) - again)[starts][gid] > 0
+        out = np.zeros(n, dtype=bool)
+        out[order] = after
+        return out
 
     def _process(self, st: ActivityState, f: Features) -> None:
         rows = f.rows
@@ -326,24 +407,6 @@ class ActivityProcessor:
         inv = np.searchsorted(uk, key)
         t = st.t
         slots = np.fromiter((st.index.get(k, -1) for k in uk.tolist()), dtype=np.int64, count=len(uk))
-        # a closed TCP conversation that its client opens again (port reuse) ends here
-        if (slots >= 0).any():
-            old = slots >= 0
-            so = slots[old]
-            tt = t[so]
-            closed = (tt["proto"] == PROTO_TCP) & _closed(tt)
-            if closed.any():
-                # a SYN without ACK in the batch, after the last packet the slot holds
-                syn_at = np.full(len(uk), np.iinfo(np.int64).min)
-                sy = np.flatnonzero(rows["syns"] > 0)
-                np.maximum.at(syn_at, inv[sy], ts[sy])
-                again = np.flatnonzero(old)[closed & (syn_at[old] > tt["last_ns"])]
-                if len(again):
-                    self._fold_later(st, slots[again])
-                    st.finished.append(take(t, slots[again]))
-                    self._free(st, slots[again])
-                    slots[again] = -1
-                    st.reopened += len(again)
         missing = np.flatnonzero(slots < 0)
         if len(missing):
             # rows of a conversation not in the table, older than what is written: late
@@ -758,7 +821,7 @@ def _conn_state(proto: int, of: int, sf: int, o_syn: int, s_synack: int, resp_pa
         return "BOTH" if resp_packets else "ONE"
     o_fin, s_fin, o_rst, s_rst = of & FIN, sf & FIN, of & RST, sf & RST
     # data or a FIN from the server: it was established though no SYN-ACK was seen (sampled out)
-    s_synack = s_synack or sf & (PSH | FIN)
+    s_synack = s_synack or (o_syn and sf & (PSH | FIN))
     if o_syn and not s_synack:
         if s_rst:
             return "REJ"

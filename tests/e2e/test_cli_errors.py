@@ -124,9 +124,15 @@ def test_every_command_says_an_unreachable_broker_and_a_missing_topic_in_the_sam
         kafka_bootstrap: str) -> None:
     """One error path: one line in words, exit 1, no KafkaError{...}, no librdkafka log lines."""
     missing = f"nosuch-{uuid.uuid4().hex[:6]}"
-    for verb in ("tail", "audit", "usage", "alerts", "activity"):
-        extra = ("--metrics-port", "0") if verb in ("usage", "alerts", "activity") else ()
-        r = run(verb, "--bootstrap-servers", "127.0.0.1:1", *extra)
+    verbs = ("tail", "audit", "usage", "alerts", "activity")
+    extras = {v: ("--metrics-port", "0") if v in ("usage", "alerts", "activity") else () for v in verbs}
+    # each waits 10 s for the broker that is not there: side by side
+    waiting = {v: subprocess.Popen([PKTSTREAM, v, "--bootstrap-servers", "127.0.0.1:1", *extras[v]], text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for v in verbs}
+    unreachable = {v: subprocess.CompletedProcess(p.args, p.wait(60), *p.communicate()) for v, p in waiting.items()}
+    for verb in verbs:
+        extra = extras[verb]
+        r = unreachable[verb]
         assert r.returncode == 1, (verb, r.stderr)
         assert r.stderr.startswith("pktstream: error: cannot reach Kafka at 127.0.0.1:1 within 10s: "), (verb, r.stderr)
         assert "Connection refused" in r.stderr and "KafkaError{" not in r.stderr, (verb, r.stderr)

@@ -265,3 +265,38 @@ def test_review_mends_order_names_states_and_buffers() -> None:
     pk = [tcp(T0, S, C, 80, 40080, ACK, 0, direction=1, segments=131, len=190066, payload_len=0)]
     d = finals(run(pk))[0]
     assert (d["traffic"]["packets_in"], d["traffic"]["bytes_in"]) == (131, 190066)
+
+
+def _live_and_backlog(pk: list[dict[str, Any]], **kw: Any) -> tuple[list[bytes], list[bytes]]:
+    """The records of a live read (a message per packet, a close after each) and of a backlog (all in one
+    message, then the closes)."""
+    marks = sorted({x["ts"] + 1 for x in pk} | {max(x["ts"] for x in pk) + 1000 * SEC})
+    live = run(pk, ActivityProcessor(grace_s=0, **kw), nparts=1, batch=1, watermarks=marks)
+    backlog = run(pk, ActivityProcessor(grace_s=0, **kw), nparts=1, batch=len(pk), watermarks=marks)
+    return sorted(o.value for o in live), sorted(o.value for o in backlog)
+
+
+@pytest.mark.parametrize("case", ["reuse", "refused_thrice", "ntp", "syn_retry", "fin_again"])
+def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: str) -> None:
+    ms = 1_000_000
+    if case == "reuse":  # the same ports again 3 s later
+        pk, want = handshake(T0, 40090) + handshake(T0 + 3 * SEC, 40090), ["SF", "SF"]
+    elif case == "refused_thrice":  # a refused port retried from one source port
+        pk = [p for i in range(3) for p in (tcp(T0 + i * 100 * ms, C, S, 40091, 81, SYN),
+                                            tcp(T0 + i * 100 * ms + 1, S, C, 81, 40091, RST | ACK))]
+        want = ["REJ"] * 3
+    elif case == "ntp":  # fixed-port UDP quieter than --udp-idle-s (60 s)
+        pk = [p for i in range(3) for p in (
+            {"ts": T0 + i * 100 * SEC, "src": C, "dst": S, "sport": 123, "dport": 123, "proto": 17, "len": 90},
+            {"ts": T0 + i * 100 * SEC + ms, "src": S, "dst": C, "sport": 123, "dport": 123, "proto": 17, "len": 90})]
+        want = ["BOTH"] * 3
+    elif case == "syn_retry":  # a SYN again after --attempt-s (30 s)
+        pk, want = [tcp(T0, C, S, 40092, 82, SYN), tcp(T0 + 40 * SEC, C, S, 40092, 82, SYN)], ["S0", "S0"]
+    else:  # the server's FIN-ACK again 7 s after the close (--linger-s 5)
+        pk = [*handshake(T0, 40093), tcp(T0 + 7 * SEC, S, C, 80, 40093, FIN | ACK)]
+        want = ["OTH", "SF"]
+    live, backlog = _live_and_backlog(pk)
+    assert live == backlog
+    docs = [json.loads(v) for v in live]
+    assert sorted(d["status_code"] for d in docs if d["unmapped"]["pktstream"]["final"]) == want
+    assert sum(d["traffic"]["packets"] for d in docs if d["unmapped"]["pktstream"]["final"]) == len(pk)
