@@ -454,13 +454,16 @@ class ActivityProcessor:
         keep = np.flatnonzero(row_slot >= 0)
         over = len(st.index) - self.max_conversations
         if over > 0:
-            # the table is full: the conversations seen least lately (none of this batch's) end now, with
-            # what is known of them, a tenth of the table at a time
+            # the table is full: conversations end now, with what is known of them, a tenth of the table at
+            # a time (none of this batch's): unanswered ones first (a flood of spoofed SYNs evicts itself,
+            # not the quiet established ones), then those seen least lately; ties by key
             t = st.t
             used = np.flatnonzero(t["used"] == 1)
             used = used[~np.isin(used, slots)]
             k = min(len(used), over + self.max_conversations // 10)
-            gone = used[np.argsort(t["last_ns"][used], kind="stable")[:k]]
+            tu = take(t, used)
+            answered = (tu["pk"] + tu["pkb"]).min(axis=1) > 0
+            gone = used[np.lexsort((tu["key"], tu["last_ns"], answered))[:k]]
             t["evicted"][gone] = 1
             self._fold_later(st, gone)
             st.finished.append(take(t, gone))

@@ -227,6 +227,13 @@ def test_a_full_table_ends_the_conversations_seen_least_lately_and_an_unanswered
     assert 30 <= len(evicted) < 40 and all(d["status_code"] == "S0" for d in docs)
     assert max(d["dst_endpoint"]["port"] for d in evicted) < min(d["dst_endpoint"]["port"] for d in docs
                                                                  if d not in evicted)
+    # a flood of unanswered SYNs evicts its own attempts first, not an established conversation
+    p = ActivityProcessor(grace_s=1, max_conversations=10)
+    pk = handshake(T0, 42000, close="none")
+    pk += [tcp(T0 + SEC + i * 1_000_000, "10.66.0.9", S, 41000 + i, 80, SYN) for i in range(40)]
+    docs = finals(run(pk, p, nparts=1, batch=5))
+    est = [d for d in docs if d["src_endpoint"]["port"] == 42000]
+    assert len(est) == 1 and "evicted" not in est[0]["unmapped"]["pktstream"] and est[0]["status_code"] == "S1"
     # attempts end after --attempt-s (30 s), an answered conversation after --tcp-idle-s (300 s)
     p = ActivityProcessor(grace_s=0)
     st = p.new_state()
