@@ -297,8 +297,17 @@ def packets(pkts: list[dict[str, Any]], payload_width: int = PAYLOAD) -> Traffic
     return Traffic({k: v[order] for k, v in cols.items()}, n)
 
 
+# columns with a default in the packet schema: a Traffic without them has their default
+_DEFAULTS = {"segments": 1, "direction": 0}
+
+
 def merge(*ts: Traffic) -> Traffic:
-    cols = {k: np.concatenate([t.columns[k] for t in ts]) for k in ts[0].columns}
+    names = {k for t in ts for k in t.columns}
+
+    def col(t: Traffic, k: str) -> Any:
+        return t.columns[k] if k in t.columns else np.full(t.n, _DEFAULTS[k], dtype=np.int64)
+
+    cols = {k: np.concatenate([col(t, k) for t in ts]) for k in names}
     order = np.argsort(cols["ts_ns"], kind="stable")
     return Traffic({k: v[order] for k, v in cols.items()}, sum(t.n for t in ts))
 
