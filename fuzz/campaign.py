@@ -241,6 +241,10 @@ def run(t: Target, b: Build, seconds: int, out: Path, corpus: Path, rss_limit_mb
 def _run_alone(cmd: list[str], env: dict[str, str], timeout_s: float, **kw: Any) -> int:
     """Run a target in a process group of its own, and end the group when it is done: ASan's
     llvm-symbolizer outlives a target that died of a report."""
+    # through a shell that forks it: libFuzzer's -rss_limit_mb reads the process's peak RSS, which a
+    # process spawned straight from this one inherits (Linux keeps ru_maxrss across exec); a test run
+    # whose Python process had grown past 2 GB made every target report out-of-memory at once
+    cmd = ["/bin/sh", "-c", '"$0" "$@"; exit $?', *cmd]
     p = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, **kw)
     try:
         rc = p.wait(timeout=timeout_s)

@@ -71,6 +71,7 @@ _SEED0 = b"\x00\x00"
 _MAPPED = bytes(10) + b"\xff\xff"
 NEVER = np.iinfo(np.int64).max
 OCSF_VERSION = "1.3.0"
+MAX_CUTS = 16  # conversations one key may be cut into per batch (process)
 ACT_SYNACK = 1  # attack bit of an activity row: a SYN-ACK among its packets
 
 try:
@@ -142,6 +143,7 @@ class ActivityState:
     index: dict[int, int] = field(default_factory=dict)  # conversation key -> slot
     free: list[int] = field(default_factory=list)
     finished: list[npt.NDArray[Any]] = field(default_factory=list)  # ended, written at the next close
+    updates: list[npt.NDArray[Any]] = field(default_factory=list)  # Traffic records (upd_ns: the boundary) to write
     strings: StringTable = field(default_factory=StringTable)  # server names
     origins: list[str] = field(default_factory=list)  # capture points, bit i of CONV_DTYPE.origins
     closed_until: int = 0  # event time up to which everything is written
@@ -311,21 +313,19 @@ class ActivityProcessor:
         # a conversation ends where its packets say so, whatever the batches: rows after a gap longer than
         # its timeout, or a client's SYN after a close, begin another one. The rows before each key's
         # first such row are counted, its conversation ends, and the rest are looked at again.
-        while True:
+        # (at most MAX_CUTS turns: a key cut more often in one batch, a flood of SYNs from one source port
+        # to one closed port, has the rest of its rows counted together)
+        for _ in range(MAX_CUTS):
             split = self._splits(st, rows)
             if not split.any():
-                self._process(st, Features(rows, f.strings))
-                return
+                break
             self._process(st, Features(take(rows, np.flatnonzero(~split)), f.strings))
-            rest = take(rows, np.flatnonzero(split))
-            ended = np.fromiter((st.index.get(k, -1) for k in np.unique(rest["fh"]).tolist()), dtype=np.int64)
+            rows = take(rows, np.flatnonzero(split))
+            ended = np.fromiter((st.index.get(k, -1) for k in np.unique(rows["fh"]).tolist()), dtype=np.int64)
             ended = ended[ended >= 0]
-            if len(ended):
-                self._fold_later(st, ended)
-                st.finished.append(take(st.t, ended))
-                self._free(st, ended)
-                st.reopened += len(ended)
-            rows = rest
+            self._end(st, ended)
+            st.reopened += len(ended)
+        self._process(st, Features(rows, f.strings))
 
     def _splits(self, st: ActivityState, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         """The rows at or after their conversation's first row that begins another conversation: one
@@ -373,18 +373,20 @@ class ActivityProcessor:
         fin_c = slot_fin_c[gid] | (before(to_server & (flags & FIN != 0)) > 0)
         fin_s = slot_fin_s[gid] | (before(~to_server & (flags & FIN != 0)) > 0)
         closed = tcp & ((slot_rst[gid] | (before(flags & RST != 0) > 0)) | (fin_c & fin_s))
-        # the latest packet before each row: the key's earlier rows (a running maximum per key: the keys
-        # are far apart in the high bits), or the table's for a key's first row
-        base = t_s[starts][gid]
-        rel = np.minimum(lv - base, (1 << 46) - 1).astype(np.uint64)
-        run = np.maximum.accumulate((gid.astype(np.uint64) << np.uint64(46)) | rel)
-        prev = np.empty(n, dtype=np.int64)
-        prev[1:] = (run[:-1] & np.uint64((1 << 46) - 1)).astype(np.int64) + base[1:]
+        # the latest packet before each row: a running maximum per key over the earlier rows' last
+        # packets (by rank, the key in the high bits), and the table's for a known key
+        sorted_lv = np.sort(lv)
+        rank = np.searchsorted(sorted_lv, lv).astype(np.uint64)
+        run = np.maximum.accumulate((gid.astype(np.uint64) << np.uint64(32)) | rank)
+        prev = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        prev[1:] = sorted_lv[(run[:-1] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        prev[first] = np.iinfo(np.int64).min
+        prev = np.maximum(prev, np.where(known, tk["last_ns"], np.iinfo(np.int64).min)[gid])
         has_prev = ~first | known[gid]
-        prev[first] = np.where(known, tk["last_ns"], 0)[gid[first]]
         timeout = np.where(tcp, np.where(closed, self.linger_ns,
                                          np.where(answered, self.tcp_idle_ns, self.attempt_ns)), self.idle_ns)
-        again = has_prev & ((t_s > prev + timeout) | (closed & to_server & (r["syns"] > 0) & (t_s > prev)))
+        # (the same instant as close(): a conversation whose deadline the watermark reached has ended)
+        again = has_prev & ((t_s >= prev + timeout) | (closed & to_server & (r["syns"] > 0) & (t_s > prev)))
         if not again.any():
             return np.zeros(n, dtype=bool)
         after = np.cumsum(again) - (np.cumsum(again) - again)[starts][gid] > 0
@@ -462,13 +464,19 @@ class ActivityProcessor:
             used = used[~np.isin(used, slots)]
             k = min(len(used), over + self.max_conversations // 10)
             tu = take(t, used)
-            answered = (tu["pk"] + tu["pkb"]).min(axis=1) > 0
-            gone = used[np.lexsort((tu["key"], tu["last_ns"], answered))[:k]]
+            both = tu["pk"] + tu["pkb"]
+            c = np.where(tu["client_lo"] == 1, 0, 1)
+            rows_i = np.arange(len(tu))
+            # established: the client sent more than its SYN and the server answered (a spoofed SYN that a
+            # SYN-ACK answers is not)
+            established = (both[rows_i, c] >= 2) & (both[rows_i, 1 - c] >= 1)
+            gone = used[np.lexsort((tu["key"], tu["last_ns"], established))[:k]]
             t["evicted"][gone] = 1
             self._fold_later(st, gone)
             st.finished.append(take(t, gone))
             self._free(st, gone)
             st.evicted += k
+            t = st.t
         if len(keep) < len(rows):
             rows, row_slot, d, ts = take(rows, keep), row_slot[keep], d[keep], ts[keep]
         if len(rows) == 0:
@@ -543,84 +551,97 @@ class ActivityProcessor:
         st.t["used"][ss] = 0
         st.free += ss.tolist()
 
+    def _deadline(self, tt: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+        """When each conversation (rows of CONV_DTYPE) ends unless another packet comes: its last packet
+        plus linger (closed), the TCP idle timeout (answered), the attempt timeout (not answered yet) or
+        the idle timeout (UDP, ICMP)."""
+        tcp = tt["proto"] == PROTO_TCP
+        timeout = np.where(tcp, np.where(_closed(tt), self.linger_ns,
+                                         np.where(_answered(tt), self.tcp_idle_ns, self.attempt_ns)), self.idle_ns)
+        return np.asarray(tt["last_ns"] + timeout, dtype=np.int64)
+
+    def _roll(self, st: ActivityState, slots: npt.NDArray[np.int64], limits: npt.NDArray[np.int64]) -> None:
+        """Pass the update boundaries of these conversations up to each one's limit (the watermark, and
+        never past its deadline): a Traffic record (into st.updates) at each boundary at which one is at
+        least an interval old, had packets in the interval and had not closed; then the packets after
+        the boundary count as before it."""
+        t = st.t
+        while True:  # (each turn moves every due conversation's next boundary on by an interval or more)
+            m = t["next_b"][slots] <= limits
+            if not m.any():
+                return
+            due, lim = slots[m], limits[m]
+            tt = take(t, due)
+            b = tt["next_b"]
+            # closed before the boundary (judged by the packets before it, whatever was read since)
+            alive = (tt["proto"] != PROTO_TCP) | ((tt["rst_ns"] >= b) & (tt["fin_ns"].max(axis=1) >= b))
+            want = (tt["active"] == 1) & (tt["first_ns"] <= b - self.update_ns) & alive
+            if want.any():
+                r = take(t, due[want])
+                bw = b[want]
+                # the flags as of the boundary: a FIN or RST read already but sent after it is not yet
+                r["flags"] &= np.where(r["fin_ns"] >= bw[:, None], 0xFF & ~FIN, 0xFF).astype(np.uint8)
+                r["flags"] &= np.where(r["rst_ns"] >= bw, 0xFF & ~RST, 0xFF).astype(np.uint8)[:, None]
+                r["upd_ns"] = bw
+                st.updates.append(r)
+            t["updates"][due[want]] += 1
+            t["upd_ns"][due[want]] = b[want]
+            t["pk"][due] += t["pkb"][due]
+            t["by"][due] += t["byb"][due]
+            t["active"][due] = (t["pkb"][due].sum(axis=1) > 0).astype(np.uint8)
+            t["pkb"][due] = 0
+            t["byb"][due] = 0
+            # past an empty interval the next boundary is the one after the limit (unless packets past it
+            # are kept apart)
+            later = st.later
+            step = (t["active"][due] == 1) | np.isin(due, later["slot"])
+            t["next_b"][due] = np.where(step, b + self.update_ns,
+                                        np.maximum(b + self.update_ns, (lim // self.update_ns + 1) * self.update_ns))
+            if len(later):
+                # kept-apart packets now within an interval of the next boundary join its counts
+                nb = t["next_b"][later["slot"]]
+                move = np.isin(later["slot"], due) & (later["ts"] < nb + self.update_ns)
+                if move.any():
+                    lt = later[move]
+                    past = lt["ts"] >= t["next_b"][lt["slot"]]
+                    for fld_p, fld_b, sel in (("pk", "by", ~past), ("pkb", "byb", past)):
+                        np.add.at(t[fld_p], (lt["slot"][sel], lt["d"][sel]), lt["pk"][sel])
+                        np.add.at(t[fld_b], (lt["slot"][sel], lt["d"][sel]), lt["by"][sel])
+                    st.later = later[~move]
+
+    def _end(self, st: ActivityState, slots: npt.NDArray[np.int64]) -> None:
+        """These conversations end: their boundaries up to their deadlines passed (the updates a live
+        read would write before their end), their kept-apart packets counted, their slots freed."""
+        if len(slots) == 0:
+            return
+        self._roll(st, slots, self._deadline(take(st.t, slots)))
+        self._fold_later(st, slots)
+        st.finished.append(take(st.t, slots))
+        self._free(st, slots)
+
     def close(self, st: ActivityState, watermark_ns: int) -> list[Output]:
         final = watermark_ns >= FOREVER
         limit = FOREVER if final else watermark_ns - self.grace_ns
-        ended: list[npt.NDArray[Any]] = list(st.finished)
-        st.finished = []
-        updates: list[npt.NDArray[Any]] = []
-        bounds: list[int] = []
         t = st.t
         used = np.flatnonzero(t["used"] == 1)
-        if len(used) and not final:
-            # interval boundaries the event time passed: a Traffic record for each long conversation
-            # with packets in the interval, then the packets after the boundary count as before it
-            while True:  # (each turn moves every due conversation's next boundary on by an interval or more)
-                due = used[t["next_b"][used] <= limit]
-                if len(due) == 0:
-                    break
-                tt = take(t, due)
-                b = tt["next_b"]
-                # closed before the boundary (judged by the packets before it, whatever was read since)
-                alive = (tt["proto"] != PROTO_TCP) | ((tt["rst_ns"] >= b) & (tt["fin_ns"].max(axis=1) >= b))
-                want = (tt["active"] == 1) & (tt["first_ns"] <= b - self.update_ns) & alive
-                if want.any():
-                    r = take(t, due[want])
-                    bw = b[want]
-                    # the flags as of the boundary: a FIN or RST read already but sent after it is not yet
-                    r["flags"] &= np.where(r["fin_ns"] >= bw[:, None], 0xFF & ~FIN, 0xFF).astype(np.uint8)
-                    r["flags"] &= np.where(r["rst_ns"] >= bw, 0xFF & ~RST, 0xFF).astype(np.uint8)[:, None]
-                    updates.append(r)
-                    bounds += bw.tolist()
-                t["updates"][due[want]] += 1
-                t["upd_ns"][due[want]] = b[want]
-                t["pk"][due] += t["pkb"][due]
-                t["by"][due] += t["byb"][due]
-                t["active"][due] = (t["pkb"][due].sum(axis=1) > 0).astype(np.uint8)
-                t["pkb"][due] = 0
-                t["byb"][due] = 0
-                # past an empty interval the next boundary is the one after the watermark (unless packets
-                # past it are kept apart)
-                later = st.later
-                step = (t["active"][due] == 1) | np.isin(due, later["slot"])
-                t["next_b"][due] = np.where(step, b + self.update_ns,
-                                            np.maximum(b + self.update_ns,
-                                                       (limit // self.update_ns + 1) * self.update_ns))
-                if len(later):
-                    # kept-apart packets now within an interval of the next boundary join its counts
-                    nb = t["next_b"][later["slot"]]
-                    move = np.isin(later["slot"], due) & (later["ts"] < nb + self.update_ns)
-                    if move.any():
-                        lt = later[move]
-                        past = lt["ts"] >= t["next_b"][lt["slot"]]
-                        for fld_p, fld_b, sel in (("pk", "by", ~past), ("pkb", "byb", past)):
-                            np.add.at(t[fld_p], (lt["slot"][sel], lt["d"][sel]), lt["pk"][sel])
-                            np.add.at(t[fld_b], (lt["slot"][sel], lt["d"][sel]), lt["by"][sel])
-                        st.later = later[~move]
         if len(used):
-            tt = take(t, used)
-            tcp = tt["proto"] == PROTO_TCP
-            closed = tcp & _closed(tt)
-            # an attempt nothing answered (no packet back) ends sooner than an established conversation
-            answered = tt["pk"].min(axis=1) + tt["pkb"].min(axis=1) > 0
-            idle = np.where(tcp, np.where(answered, self.tcp_idle_ns, self.attempt_ns), self.idle_ns)
-            last = tt["last_ns"]
-            if final:
-                done = np.ones(len(used), dtype=bool)
-            else:
-                done = (closed & (last <= limit - self.linger_ns)) | (last <= limit - idle)
-            es = used[done]
-            if len(es):
-                self._fold_later(st, es)
-                ended.append(take(t, es))
-                self._free(st, es)
+            deadline = self._deadline(take(t, used))
+            # boundaries the watermark passed, never past a conversation's deadline (whether it is still
+            # there then does not depend on when the watermark moved)
+            if not final:
+                self._roll(st, used, np.minimum(deadline, limit))
+            self._end(st, used[deadline <= limit])
         if not final:
             st.closed_until = max(st.closed_until, limit)
-        n_up = len(bounds)
+        updates, ended = st.updates, st.finished
+        st.updates, st.finished = [], []
         if not updates and not ended:
             return []
-        rows = np.concatenate(updates + ended)
-        out = self.outputs(st, rows, bounds + [0] * (len(rows) - n_up), [False] * n_up + [True] * (len(rows) - n_up))
+        ups = np.concatenate(updates) if updates else np.zeros(0, dtype=CONV_DTYPE)
+        rows = np.concatenate([ups, *ended])
+        n_up = len(ups)
+        out = self.outputs(st, rows, ups["upd_ns"].tolist() + [0] * (len(rows) - n_up),
+                           [False] * n_up + [True] * (len(rows) - n_up))
         if ended:
             self._drop_strings(st)
         return out
@@ -769,6 +790,7 @@ class ActivityProcessor:
     def dump(self, st: ActivityState) -> Any:
         used = np.flatnonzero(st.t["used"] == 1)
         fin = np.concatenate(st.finished) if st.finished else np.zeros(0, dtype=CONV_DTYPE)
+        ups = np.concatenate(st.updates) if st.updates else np.zeros(0, dtype=CONV_DTYPE)
         later = st.later.copy()
         if len(later):  # the slots as the restored table numbers them (its open conversations in order)
             renumber = np.full(len(st.t), -1, dtype=np.int64)
@@ -776,7 +798,8 @@ class ActivityProcessor:
             later["slot"] = renumber[later["slot"]]
         return {"v": 1, "open": take(st.t, used), "finished": fin, "strings": st.strings.items,
                 "strings_free": st.strings.free, "origins": st.origins, "closed_until": st.closed_until,
-                "counts": [st.late_records, st.records, st.reopened, st.evicted], "later": later}
+                "counts": [st.late_records, st.records, st.reopened, st.evicted], "later": later,
+                "updates": ups}
 
     def load(self, d: Any) -> ActivityState:
         if not isinstance(d, dict) or d.get("v") != 1:
@@ -794,6 +817,8 @@ class ActivityProcessor:
             raise ValueError("activity snapshot: a conversation twice")
         st.free = list(range(len(st.t) - 1, n - 1, -1))
         st.finished = [fin] if len(fin) else []
+        ups = snapshot_array(d["updates"], CONV_DTYPE) if "updates" in d else np.zeros(0, dtype=CONV_DTYPE)
+        st.updates = [ups] if len(ups) else []
         st.later = snapshot_array(d["later"], LATER_DTYPE)
         if len(st.later) and not ((st.later["slot"] >= 0) & (st.later["slot"] < n)).all():
             raise ValueError("activity snapshot: packets kept apart for no open conversation")
@@ -809,6 +834,13 @@ class ActivityProcessor:
             "conversations_reopened": sum(s.reopened for s in states),
             "conversations_evicted": sum(s.evicted for s in states),
         }
+
+
+def _answered(tt: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Conversations whose server sent packets (counted so far; kept-apart ones aside)."""
+    s = np.where(tt["client_lo"] == 1, 1, 0)
+    i = np.arange(len(tt))
+    return np.asarray(tt["pk"][i, s] + tt["pkb"][i, s] > 0, dtype=bool)
 
 
 def _closed(tt: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:

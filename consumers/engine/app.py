@@ -45,8 +45,8 @@ COUNTERS = {
     "waiting_names_folded": "Connections and waiting requests whose API name was taken as its server's _OTHER "
                             "row, the table of names they refer to being full (usage).",
     "red_folded": "Answers counted under an _OTHER label in the RED histograms (usage: --metrics-max-*).",
-    "conversations_reopened": "Closed TCP conversations opened again by their client (port reuse): one record "
-                              "each (activity).",
+    "conversations_reopened": "Conversations ended by a later packet of the same endpoints that begins another: a "
+                              "client's SYN after a close (port reuse), or a packet after the timeout (activity).",
     "conversations_evicted": "Open conversations ended early because the table held --max-conversations (per "
                              "partition): their records say evicted (activity).",
     "paths_folded": "Request paths of attack-string samples read as _OTHER, --max-paths being reached (alerts).",

@@ -101,7 +101,9 @@ def test_a_tcp_conversation_is_one_record_with_both_directions(close: str, state
     pk = handshake(T0, 40001, close)
     out = run(pk)
     docs = finals(out)
-    assert len(out) == len(docs) == 1
+    # (one still open at the end of the input is written as a live read would go on: begun on a boundary,
+    # it has its update at the next, a minute on, before its end at --tcp-idle-s)
+    assert len(docs) == 1 and len(out) == (2 if close == "none" else 1)
     d = docs[0]
     assert d["activity_name"] == activity and d["status_code"] == state
     assert d["src_endpoint"] == {"ip": C, "port": 40001} and d["dst_endpoint"] == {"ip": S, "port": 80}
@@ -283,7 +285,8 @@ def _live_and_backlog(pk: list[dict[str, Any]], **kw: Any) -> tuple[list[bytes],
     return sorted(o.value for o in live), sorted(o.value for o in backlog)
 
 
-@pytest.mark.parametrize("case", ["reuse", "refused_thrice", "ntp", "syn_retry", "fin_again"])
+@pytest.mark.parametrize("case", ["reuse", "refused_thrice", "ntp", "syn_retry", "fin_again", "long_then_gap",
+                                  "server_only", "exact_timeout"])
 def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: str) -> None:
     ms = 1_000_000
     if case == "reuse":  # the same ports again 3 s later
@@ -299,11 +302,35 @@ def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: s
         want = ["BOTH"] * 3
     elif case == "syn_retry":  # a SYN again after --attempt-s (30 s)
         pk, want = [tcp(T0, C, S, 40092, 82, SYN), tcp(T0 + 40 * SEC, C, S, 40092, 82, SYN)], ["S0", "S0"]
-    else:  # the server's FIN-ACK again 7 s after the close (--linger-s 5)
+    elif case == "fin_again":  # the server's FIN-ACK again 7 s after the close (--linger-s 5)
         pk = [*handshake(T0, 40093), tcp(T0 + 7 * SEC, S, C, 80, 40093, FIN | ACK)]
         want = ["OTH", "SF"]
-    live, backlog = _live_and_backlog(pk)
+    elif case == "long_then_gap":  # UDP every 5 s for 50 s (updates each 10 s), silent 70 s, again
+        pk = [{"ts": T0 + k * 5 * SEC, "src": C, "dst": S, "sport": 5004, "dport": 5004, "proto": 17, "len": 90}
+              for k in range(11)]
+        pk.append({**pk[0], "ts": T0 + 120 * SEC})
+        want = ["ONE", "ONE"]
+    elif case == "server_only":  # only the server's side captured: data every 45 s (answered: 300 s idle)
+        pk = [tcp(T0 + k * 45 * SEC, S, C, 443, 40094, PSH | ACK, 100) for k in range(6)]
+        want = ["OTH"]
+    else:  # a packet exactly --udp-idle-s (60 s) after the last
+        pk = [{"ts": T0 + k * 60 * SEC, "src": C, "dst": S, "sport": 5005, "dport": 53, "proto": 17, "len": 90}
+              for k in range(2)]
+        want = ["ONE", "ONE"]
+    kw = {"update_s": 10} if case == "long_then_gap" else {}
+    live, backlog = _live_and_backlog(pk, **kw)
     assert live == backlog
     docs = [json.loads(v) for v in live]
     assert sorted(d["status_code"] for d in docs if d["unmapped"]["pktstream"]["final"]) == want
     assert sum(d["traffic"]["packets"] for d in docs if d["unmapped"]["pktstream"]["final"]) == len(pk)
+
+
+def test_a_flood_from_one_source_port_is_cut_a_bounded_number_of_times_per_batch() -> None:
+    from pktstream.consumers.activity.processor import MAX_CUTS
+
+    pk = [p for i in range(200) for p in (tcp(T0 + i * 1_000_000, C, S, 40095, 81, SYN),
+                                          tcp(T0 + i * 1_000_000 + 1, S, C, 81, 40095, RST | ACK))]
+    docs = finals(run(pk, ActivityProcessor(grace_s=0), nparts=1, batch=len(pk)))
+    assert len(docs) == MAX_CUTS + 1  # the rest of the batch counted together
+    assert sum(d["traffic"]["packets"] for d in docs) == len(pk)
+    assert len(finals(run(pk, ActivityProcessor(grace_s=0), nparts=1, batch=2))) == 200  # one a message: each
