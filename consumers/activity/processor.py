@@ -71,7 +71,7 @@ _SEED0 = b"\x00\x00"
 _MAPPED = bytes(10) + b"\xff\xff"
 NEVER = np.iinfo(np.int64).max
 OCSF_VERSION = "1.3.0"
-MAX_CUTS = 16  # conversations one key may be cut into per batch (process)
+MAX_CUTS = 256  # conversations one key may be cut into per batch (process: a bound on its passes)
 ACT_SYNACK = 1  # attack bit of an activity row: a SYN-ACK among its packets
 
 try:
@@ -121,6 +121,11 @@ CONV_DTYPE = np.dtype([
     ("flags", "u1", (2,)),
     ("syn", "u1", (2,)),  # a SYN without ACK was sent that way
     ("synack", "u1", (2,)),
+    ("seen", "u1", (2,)),  # packets were seen that way (kept-apart ones too)
+    # the flags each way of the packets before next_b (uf) and in the interval after it (ufb): TCP flags
+    # in bits 0-7, a SYN without ACK bit 8, a SYN-ACK bit 9 (what a Traffic record at a boundary says)
+    ("uf", "<u2", (2,)),
+    ("ufb", "<u2", (2,)),
     ("fin_ns", "<i8", (2,)),  # the first FIN each way (its row's time; NEVER: none)
     ("rst_ns", "<i8"),  # the first RST either way
     ("active", "u1"),  # packets before next_b since the last boundary
@@ -134,7 +139,8 @@ CONV_DTYPE = np.dtype([
 
 
 # packets of a conversation stamped more than an interval past its next boundary (see process)
-LATER_DTYPE = np.dtype([("slot", "<i8"), ("d", "u1"), ("ts", "<i8"), ("pk", "<u8"), ("by", "<u8")], align=False)
+LATER_DTYPE = np.dtype([("slot", "<i8"), ("d", "u1"), ("ts", "<i8"), ("pk", "<u8"), ("by", "<u8"), ("f", "<u2")],
+                       align=False)
 
 
 @dataclass
@@ -271,7 +277,7 @@ class ActivityProcessor:
         new[0] = True
         # and a row ends at a pause longer than the shortest timeout (process() judges gaps between rows)
         new[1:] = (k_s[1:] != k_s[:-1]) | (d_s[1:] != d_s[:-1]) | (b_s[1:] != b_s[:-1]) | (e_s[1:] != e_s[:-1]) \
-            | (t_o[1:] - t_o[:-1] > self.min_gap_ns)
+            | (t_o[1:] - t_o[:-1] >= self.min_gap_ns)
         starts = np.flatnonzero(new)
         out = take(s, starts)  # each group's first packet (its time, endpoints, orientation)
         out["packets"] = np.add.reduceat(s["packets"], starts)
@@ -365,7 +371,7 @@ class ActivityProcessor:
 
         resp_dir = 1 - np.where(client_lo, 0, 1)
         g = np.arange(len(sl))
-        slot_answered = known & ((tk["pk"][g, resp_dir] + tk["pkb"][g, resp_dir]) > 0)
+        slot_answered = known & (tk["seen"][g, resp_dir] == 1)
         slot_fin_c = known & (tk["fin_ns"][g, 1 - resp_dir] < NEVER)
         slot_fin_s = known & (tk["fin_ns"][g, resp_dir] < NEVER)
         slot_rst = known & (tk["rst_ns"] < NEVER)
@@ -441,7 +447,7 @@ class ActivityProcessor:
             t["rst_ns"][ns] = NEVER
             t["last_ns"][ns] = 0
             t["next_b"][ns] = (r["ts_ns"] // self.update_ns + 1) * self.update_ns
-            for fld in ("pk", "by", "pkb", "byb", "flags", "syn", "synack"):
+            for fld in ("pk", "by", "pkb", "byb", "flags", "syn", "synack", "seen", "uf", "ufb"):
                 t[fld][ns] = 0
             t["active"][ns] = 0
             t["evicted"][ns] = 0
@@ -484,6 +490,8 @@ class ActivityProcessor:
         nb = t["next_b"][row_slot]
         ahead = (ts >= nb).astype(np.int64)
         far = ts >= nb + self.update_ns
+        rbits = (rows["flags_or"].astype(np.uint16) | ((rows["syns"] > 0).astype(np.uint16) << np.uint16(8))
+                 | (((rows["attack"] & ACT_SYNACK) != 0).astype(np.uint16) << np.uint16(9)))
         near = np.flatnonzero(~far)
         if len(near) < len(rows):
             # more than an interval past the next boundary (a backlog read ahead of the watermark): kept
@@ -491,7 +499,7 @@ class ActivityProcessor:
             fi = np.flatnonzero(far)
             add = np.zeros(len(fi), dtype=LATER_DTYPE)
             add["slot"], add["d"], add["ts"] = row_slot[fi], d[fi], ts[fi]
-            add["pk"], add["by"] = rows["packets"][fi], rows["nbytes"][fi]
+            add["pk"], add["by"], add["f"] = rows["packets"][fi], rows["nbytes"][fi], rbits[fi]
             st.later = np.concatenate([st.later, add])
         # sums per (slot, direction, before/after the next boundary): one row each, added at once
         g = (row_slot[near] * 2 + d[near]) * 2 + ahead[near]
@@ -505,12 +513,15 @@ class ActivityProcessor:
         t["by"][gs[~b], gd[~b]] += by[~b]
         t["pkb"][gs[b], gd[b]] += pk[b]
         t["byb"][gs[b], gd[b]] += by[b]
+        for fld, sel in (("uf", near[ahead[near] == 0]), ("ufb", near[ahead[near] == 1])):
+            np.bitwise_or.at(t[fld], (row_slot[sel], d[sel]), rbits[sel])
         fl = t["flags"]
         np.bitwise_or.at(fl, (row_slot, d), rows["flags_or"])
         syn = t["syn"]
         np.bitwise_or.at(syn, (row_slot, d), (rows["syns"] > 0).astype(np.uint8))
         sa = t["synack"]
         np.bitwise_or.at(sa, (row_slot, d), ((rows["attack"] & ACT_SYNACK) != 0).astype(np.uint8))
+        t["seen"][row_slot, d] = 1
         np.minimum.at(t["first_ns"], row_slot, ts)
         fin = np.flatnonzero(rows["flags_or"] & FIN)
         np.minimum.at(t["fin_ns"], (row_slot[fin], d[fin]), ts[fin])
@@ -524,7 +535,9 @@ class ActivityProcessor:
         origin_bits = np.zeros(len(f.strings) + 1, dtype=np.uint64)
         for i in np.unique(rows["origin"]).tolist():
             origin_bits[i] = np.uint64(1) << np.uint64(st.origin_bit(f.text(i)))
-        np.bitwise_or.at(t["origins"], row_slot, origin_bits[rows["origin"]])
+        o = rows["origin"].astype(np.int64)
+        o = np.where((o >= 0) & (o < len(f.strings)), o, len(f.strings))  # (a number no string has: no bit)
+        np.bitwise_or.at(t["origins"], row_slot, origin_bits[o])
         named = np.flatnonzero(rows["name"] >= 0)
         if len(named):
             ids = {i: st.strings.add(f.text(i)[:255]) for i in np.unique(rows["name"][named]).tolist()}
@@ -579,9 +592,10 @@ class ActivityProcessor:
             if want.any():
                 r = take(t, due[want])
                 bw = b[want]
-                # the flags as of the boundary: a FIN or RST read already but sent after it is not yet
-                r["flags"] &= np.where(r["fin_ns"] >= bw[:, None], 0xFF & ~FIN, 0xFF).astype(np.uint8)
-                r["flags"] &= np.where(r["rst_ns"] >= bw, 0xFF & ~RST, 0xFF).astype(np.uint8)[:, None]
+                # the flags as of the boundary: those of the packets before it, whatever was read since
+                r["flags"] = r["uf"] & 0xFF
+                r["syn"] = (r["uf"] >> 8) & 1
+                r["synack"] = (r["uf"] >> 9) & 1
                 r["upd_ns"] = bw
                 st.updates.append(r)
             t["updates"][due[want]] += 1
@@ -591,6 +605,8 @@ class ActivityProcessor:
             t["active"][due] = (t["pkb"][due].sum(axis=1) > 0).astype(np.uint8)
             t["pkb"][due] = 0
             t["byb"][due] = 0
+            t["uf"][due] |= t["ufb"][due]
+            t["ufb"][due] = 0
             # past an empty interval the next boundary is the one after the limit (unless packets past it
             # are kept apart)
             later = st.later
@@ -604,9 +620,10 @@ class ActivityProcessor:
                 if move.any():
                     lt = later[move]
                     past = lt["ts"] >= t["next_b"][lt["slot"]]
-                    for fld_p, fld_b, sel in (("pk", "by", ~past), ("pkb", "byb", past)):
+                    for fld_p, fld_b, fld_f, sel in (("pk", "by", "uf", ~past), ("pkb", "byb", "ufb", past)):
                         np.add.at(t[fld_p], (lt["slot"][sel], lt["d"][sel]), lt["pk"][sel])
                         np.add.at(t[fld_b], (lt["slot"][sel], lt["d"][sel]), lt["by"][sel])
+                        np.bitwise_or.at(t[fld_f], (lt["slot"][sel], lt["d"][sel]), lt["f"][sel])
                     st.later = later[~move]
 
     def _end(self, st: ActivityState, slots: npt.NDArray[np.int64]) -> None:
@@ -837,10 +854,9 @@ class ActivityProcessor:
 
 
 def _answered(tt: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Conversations whose server sent packets (counted so far; kept-apart ones aside)."""
+    """Conversations whose server sent packets (read so far, kept-apart ones too)."""
     s = np.where(tt["client_lo"] == 1, 1, 0)
-    i = np.arange(len(tt))
-    return np.asarray(tt["pk"][i, s] + tt["pkb"][i, s] > 0, dtype=bool)
+    return np.asarray(tt["seen"][np.arange(len(tt)), s] == 1, dtype=bool)
 
 
 def _closed(tt: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:

@@ -286,7 +286,7 @@ def _live_and_backlog(pk: list[dict[str, Any]], **kw: Any) -> tuple[list[bytes],
 
 
 @pytest.mark.parametrize("case", ["reuse", "refused_thrice", "ntp", "syn_retry", "fin_again", "long_then_gap",
-                                  "server_only", "exact_timeout"])
+                                  "server_only", "exact_timeout", "fins_at_linger", "answer_kept_apart"])
 def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: str) -> None:
     ms = 1_000_000
     if case == "reuse":  # the same ports again 3 s later
@@ -313,11 +313,20 @@ def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: s
     elif case == "server_only":  # only the server's side captured: data every 45 s (answered: 300 s idle)
         pk = [tcp(T0 + k * 45 * SEC, S, C, 443, 40094, PSH | ACK, 100) for k in range(6)]
         want = ["OTH"]
-    else:  # a packet exactly --udp-idle-s (60 s) after the last
+    elif case == "exact_timeout":  # a packet exactly --udp-idle-s (60 s) after the last
         pk = [{"ts": T0 + k * 60 * SEC, "src": C, "dst": S, "sport": 5005, "dport": 53, "proto": 17, "len": 90}
               for k in range(2)]
         want = ["ONE", "ONE"]
-    kw = {"update_s": 10} if case == "long_then_gap" else {}
+    elif case == "fins_at_linger":  # FINs each way, then the server's again exactly --linger-s (5 s) later
+        pk = [tcp(T0 + 9 * SEC, C, S, 40096, 80, FIN | ACK), tcp(T0 + 14 * SEC, S, C, 80, 40096, FIN | ACK),
+              tcp(T0 + 19 * SEC, S, C, 80, 40096, FIN | ACK)]
+        want = ["OTH", "OTH"]
+    else:  # the server's answer read ahead of the watermark (kept apart) still makes the conversation answered
+        pk = [tcp(T0 + 341 * SEC + 2 * ms, C, S, 40097, 80, ACK),
+              tcp(T0 + 370 * SEC + 3 * ms, S, C, 80, 40097, PSH | ACK, 10),
+              tcp(T0 + 400 * SEC + 3 * ms, C, S, 40097, 80, PSH | ACK, 10)]
+        want = ["OTH"]
+    kw = {"update_s": 10} if case in ("long_then_gap", "answer_kept_apart") else {}
     live, backlog = _live_and_backlog(pk, **kw)
     assert live == backlog
     docs = [json.loads(v) for v in live]
@@ -328,9 +337,10 @@ def test_conversations_are_cut_by_the_packets_times_whatever_the_batches(case: s
 def test_a_flood_from_one_source_port_is_cut_a_bounded_number_of_times_per_batch() -> None:
     from pktstream.consumers.activity.processor import MAX_CUTS
 
-    pk = [p for i in range(200) for p in (tcp(T0 + i * 1_000_000, C, S, 40095, 81, SYN),
-                                          tcp(T0 + i * 1_000_000 + 1, S, C, 81, 40095, RST | ACK))]
+    n = MAX_CUTS + 44
+    pk = [p for i in range(n) for p in (tcp(T0 + i * 1_000_000, C, S, 40095, 81, SYN),
+                                        tcp(T0 + i * 1_000_000 + 1, S, C, 81, 40095, RST | ACK))]
     docs = finals(run(pk, ActivityProcessor(grace_s=0), nparts=1, batch=len(pk)))
     assert len(docs) == MAX_CUTS + 1  # the rest of the batch counted together
     assert sum(d["traffic"]["packets"] for d in docs) == len(pk)
-    assert len(finals(run(pk, ActivityProcessor(grace_s=0), nparts=1, batch=2))) == 200  # one a message: each
+    assert len(finals(run(pk, ActivityProcessor(grace_s=0), nparts=1, batch=2))) == n  # one a message: each
