@@ -31,8 +31,6 @@ totals count the packets stamped before it, whenever they were read.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 import struct
@@ -45,7 +43,7 @@ import numpy.typing as npt
 
 from pktstream.consumers.activity import MAX_CONVERSATIONS
 from pktstream.consumers.alerts.ocsf import DIRECTION, LOCAL_NETWORKS, Network, networks
-from pktstream.consumers.engine.communityid import community_id
+from pktstream.consumers.engine.communityid import community_id, ported_id
 from pktstream.consumers.engine.features import (
     FEATURE_DTYPE,
     Features,
@@ -62,12 +60,10 @@ from pktstream.schemas.decode import addr_text
 from pktstream.schemas.protocols import ACK, FIN, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, PSH, RST, SYN
 
 SEC = 1_000_000_000
-_PROTO_PORTS = struct.Struct("!BxHH")
 # OCSF 1.3.0 network_endpoint.hostname's pattern (a server name that does not match stays in
 # unmapped.pktstream.tls_server_name only)
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9])\.)*"
                        r"([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9\-]*[A-Za-z0-9])")
-_SEED0 = b"\x00\x00"
 _MAPPED = bytes(10) + b"\xff\xff"
 NEVER = np.iinfo(np.int64).max
 OCSF_VERSION = "1.3.0"
@@ -735,12 +731,8 @@ class ActivityProcessor:
             time_ms = max(end_ms, updb_l[i] // 1_000_000) if final else end_ms
             # the conversation's key (a hash of its endpoints) and its first packet's time
             conn_uid = f"{key_l[i]:016x}{first_ns & 0xFFFFFFFFFFFFFFFF:016x}"
-            if ported and len(src_p) == len(dst_p):  # Community ID v1 (communityid.py), inline
-                if dst_p < src_p or (dst_p == src_p and dport < sport):
-                    data = dst_p + src_p + _PROTO_PORTS.pack(proto, dport, sport)
-                else:
-                    data = src_p + dst_p + _PROTO_PORTS.pack(proto, sport, dport)
-                cid = "1:" + base64.b64encode(hashlib.sha1(_SEED0 + data, usedforsecurity=False).digest()).decode()
+            if ported and len(src_p) == len(dst_p):
+                cid = ported_id(src_p, dst_p, proto, sport, dport)
             elif len(src_p) == len(dst_p):
                 cid = _community_id(src_p, dst_p, proto, sport, dport)
             else:
@@ -796,11 +788,6 @@ class ActivityProcessor:
             out.append((time_ms, final, uid, Output(self.topic, (cid or conn_uid).encode(), doc.encode(), [])))
         out.sort(key=lambda x: (x[0], x[1], x[2]))
         return [o for _t, _f, _u, o in out]
-
-    def record(self, st: ActivityState, r: Any, boundary: int = 0, final: bool = True) -> dict[str, Any]:
-        """One conversation (a slot of CONV_DTYPE) as its OCSF document (see outputs)."""
-        doc: dict[str, Any] = json.loads(self.outputs(st, np.atleast_1d(r), [boundary], [final])[0].value)
-        return doc
 
     # -- state ------------------------------------------------------------------------------
 
@@ -896,7 +883,7 @@ def _conn_state(proto: int, of: int, sf: int, o_syn: int, s_synack: int, resp_pa
 
 
 def _community_id(a: bytes, b: bytes, proto: int, sport: int, dport: int) -> str:
-    """communityid.community_id of packed addresses, without its checks (the table's values are sound)."""
+    """communityid.community_id of packed addresses (ICMP and others), "" where it refuses them."""
     try:
         return community_id(a, b, proto, sport, dport)
     except (ValueError, OverflowError, struct.error):

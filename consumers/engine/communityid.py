@@ -43,9 +43,23 @@ def community_id(src: str | bytes, dst: str | bytes, proto: int, sport: int = 0,
             dport = answers[sport]
         else:
             one_way = True
+    if proto in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
+        return ported_id(a, b, proto, sport, dport, seed)
     if not one_way and (b < a or (a == b and dport < sport)):
         a, b, sport, dport = b, a, dport, sport
     data = struct.pack("!H", seed & 0xFFFF) + a + b + struct.pack("!BB", proto & 0xFF, 0)
     if proto in _PORTED:
         data += struct.pack("!HH", sport & 0xFFFF, dport & 0xFFFF)
+    return "1:" + base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode()
+
+
+_PROTO_PORTS = struct.Struct("!BxHH")
+
+
+def ported_id(a: bytes, b: bytes, proto: int, sport: int, dport: int, seed: int = 0) -> str:
+    """community_id of a TCP, UDP or SCTP conversation from its packed addresses (4 or 16 bytes each,
+    one family: not checked), without the parsing and checks: the per-record path of activity."""
+    if b < a or (a == b and dport < sport):
+        a, b, sport, dport = b, a, dport, sport
+    data = struct.pack("!H", seed & 0xFFFF) + a + b + _PROTO_PORTS.pack(proto & 0xFF, sport & 0xFFFF, dport & 0xFFFF)
     return "1:" + base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode()

@@ -6,7 +6,6 @@ equal to the first run."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import re
 import socket
@@ -20,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from communityid import CommunityID, FlowTuple
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from tests.support.apps import HTTP_PORT, TLS_PORT, run_activity, servers
+from tests.support.communityid_ref import reference as cid  # the PyPI package's
 from tests.support.helpers import NetnsHost, read_messages
 from tests.support.ocsf import validator
 from tests.support.producer_proc import PKTSTREAM, ProducerProcess
@@ -130,11 +129,6 @@ def tshark_times(pcap: Path, cport: int, sport: int) -> list[float]:
                           "fields", "-e", "frame.time_epoch"], capture_output=True, text=True, check=True,
                          timeout=120).stdout
     return [float(x) for x in out.split()]
-
-
-def cid(src: str, dst: str, proto: int, sport: int, dport: int) -> str:
-    tup = FlowTuple(proto, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, sport, dport)
-    return str(CommunityID(seed=0).calc(tup))
 
 
 def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,

@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from communityid import CommunityID, FlowTuple  # the PyPI package, not ours
 
 from pktstream.consumers.activity.processor import ActivityProcessor
 from pktstream.consumers.engine import features
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.schemas.columns import read_container
+from tests.support.communityid_ref import reference as cid  # the PyPI package's
 from tests.support.ocsf import validator
 from tests.support.traffic import client_hello, containers, packets
 
@@ -81,13 +81,6 @@ def assert_ocsf(docs: list[dict[str, Any]]) -> None:
     v = validator("1.3.0", "network_activity")
     bad = [f"{e.json_path}: {e.message[:160]}" for d in docs for e in v.iter_errors(d)]
     assert not bad, bad[:5]
-
-
-def cid(src: str, dst: str, proto: int, sport: int, dport: int) -> str:
-    import ipaddress
-
-    tup = FlowTuple(proto, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, sport, dport)
-    return str(CommunityID(seed=0).calc(tup))
 
 
 @pytest.mark.parametrize(("close", "state", "activity", "out_p", "in_p"), [
