@@ -44,11 +44,11 @@ def burst(host: NetnsHost, n: int, tag: int) -> None:
 @pytest.mark.parametrize(
     ("outage_s", "queue_kb", "spool_bytes", "during"),
     [
-        (60, 65536, 1 << 30, 6_000),  # the memory queue covers a 60 s outage
+        (40, 65536, 1 << 30, 6_000),  # the memory queue covers a 40 s outage
         (15, 1024, 1 << 30, 60_000),  # memory queue too small: the disk spool takes the rest
         (15, 1024, 400_000, 60_000),  # spool too small as well: the excess is counted, exactly
     ],
-    ids=["memory-60s", "spool-15s", "spool-full-15s"],
+    ids=["memory-40s", "spool-15s", "spool-full-15s"],
 )
 def test_outage(own_broker: LocalKafka, make_host: Callable[..., NetnsHost], outage_s: int, queue_kb: int,
                 spool_bytes: int, during: int) -> None:

@@ -47,7 +47,7 @@ def test_several_blocks_are_concatenated() -> None:
     assert batch.n == 10 and list(batch.columns["seq"]) == list(range(10))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(st.data())
 def test_corrupt_containers_raise_decode_error_only(data: st.DataObject) -> None:
     recs = data.draw(st.lists(record_st, min_size=1, max_size=5))
