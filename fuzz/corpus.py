@@ -51,6 +51,28 @@ def dns_query(name: str, qtype: int = 1) -> bytes:
     return struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", qtype, 1)
 
 
+def _u16be(v: int) -> bytes:
+    return struct.pack("!H", v)
+
+
+def dns_answer() -> bytes:
+    """An answer to www.example.com A: a CNAME, an A, an AAAA, an MX and a TXT, names compressed."""
+    q = dns_query("www.example.com")
+    head = struct.pack("!HHHHHH", 0x1234, 0x8180, 1, 5, 0, 0)
+    ptr = b"\xc0\x0c"  # the question's name
+    cname = b"\x03web\xc0\x10"  # web.example.com
+    rrs = ptr + struct.pack("!HHIH", 5, 1, 30, len(cname)) + cname
+    rrs += b"\xc0\x2d" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([10, 1, 2, 3])
+    rrs += b"\xc0\x2d" + struct.pack("!HHIH", 28, 1, 60, 16) + bytes.fromhex("20010db8000000000000000000000001")
+    mx = struct.pack("!H", 10) + b"\x02mx\xc0\x10"
+    rrs += b"\xc0\x10" + struct.pack("!HHIH", 15, 1, 300, len(mx)) + mx
+    txt = b"\x0bv=spf1 -all"
+    rrs += b"\xc0\x10" + struct.pack("!HHIH", 16, 1, 300, len(txt)) + txt
+    return head + q[12:] + rrs
+
+
+DNS_MESSAGES = {"query": dns_query("api.example.com", 28), "answer": dns_answer()}
+
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # the preface, then a SETTINGS frame and a HEADERS frame's first bytes
 H2 = H2_PREFACE + bytes.fromhex("000012040000000000000300000064000400100000000600004000") + \
@@ -214,6 +236,10 @@ def seeds() -> dict[str, dict[str, bytes]]:
     for shape in (0x80 | 3 | (5 << 3), 0x80 | 3 | (3 << 3), 0x80 | 3 | (7 << 3)):
         by_target["parse"][f"batch_{shape:02x}"] = bytes([shape]) + joined
         by_target["payloads"][f"parse_batch_{shape:02x}"] = b"\x00" + bytes([shape]) + joined
+    # DNS messages (targets.dns_checks): a query, an answer with compressed names, the same over TCP
+    for k, p in DNS_MESSAGES.items():
+        by_target["payloads"][f"dns_{k}"] = b"\x02\x00" + p
+        by_target["payloads"][f"dns_tcp_{k}"] = b"\x02\x01" + _u16be(len(p)) + p
     for k in ("http_post_json", "http_post_form", "http_multipart", "http_response", "http_get"):
         p = PAYLOADS[k]
         # records of 256 payload bytes, cap_len the payload's length (fuzz_redact.c, targets.redact_checks)

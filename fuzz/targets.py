@@ -10,7 +10,8 @@ failed check (AssertionError): each check is a property the callers rely on.
   repartition encoding) on a batch decoded from a fuzzed container (first byte even, then as
   ``container``) or on fuzzed columns shaped as ``read_container`` returns them (odd).
 - ``payloads``: the payload parsers and the attack prefilter through consumers/engine/parse.py
-  and consumers/alerts/attacks.py, and redaction through producer/privacy.py on kernel records.
+  and consumers/alerts/attacks.py, redaction through producer/privacy.py on kernel records, and
+  the DNS message parser (consumers/engine/dns.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pktstream.consumers.activity.processor import ActivityProcessor
 from pktstream.consumers.alerts import attacks
 from pktstream.consumers.alerts.processor import AlertsProcessor
 from pktstream.consumers.alerts.rules import load_rules
 from pktstream.consumers.catalog import Catalog
+from pktstream.consumers.engine import dns
 from pktstream.consumers.engine import features as F
 from pktstream.consumers.engine import parse as P
 from pktstream.consumers.usage.processor import UsageProcessor
@@ -254,6 +257,7 @@ def columns_batch(inp: Input) -> Batch:
 
 _usage: UsageProcessor | None = None
 _alerts: AlertsProcessor | None = None
+_activity = ActivityProcessor()
 
 
 def processors() -> list[tuple[str, Callable[[Batch, str], F.Features], Callable[[F.Features, int], Any]]]:
@@ -264,7 +268,7 @@ def processors() -> list[tuple[str, Callable[[Batch, str], F.Features], Callable
         _usage = UsageProcessor(Catalog())
         _alerts = AlertsProcessor(load_rules(None), Catalog())
     return [("usage", _usage.featurize, _usage.route), ("alerts", _alerts.featurize, _alerts.route),
-            ("plain", F.featurize, _usage.route)]
+            ("activity", _activity.featurize, _activity.route), ("plain", F.featurize, _usage.route)]
 
 
 def stage_one(batch: Batch) -> None:
@@ -274,7 +278,9 @@ def stage_one(batch: Batch) -> None:
             f = featurize(batch, ORIGIN)
         except DecodeError:
             continue
-        assert len(f.rows) <= batch.n, f"{name}: {len(f.rows)} rows from {batch.n} records"
+        # (activity: a DNS message's row beside its packet's)
+        assert len(f.rows) <= batch.n * (2 if name == "activity" else 1), \
+            f"{name}: {len(f.rows)} rows from {batch.n} records"
         for q, part in route(f, NPARTS).items():
             assert 0 <= q < NPARTS, f"{name}: partition {q}"
             data = F.encode(F.compact(part, inplace=True))
@@ -367,12 +373,38 @@ def redact_checks(inp: Input) -> None:
     assert count == changed, f"redact returned {count}, {changed} rows changed"
 
 
+def dns_checks(inp: Input) -> None:
+    """dns.parse on a prefix (byte 0 odd: over TCP): it returns None or a message whose answers are
+    no more than the header counts, each within its bounds, and a shorter prefix of the same bytes
+    reads a prefix of those answers."""
+    tcp = bool(inp.u8() & 1)
+    buf = inp.rest()
+    m = dns.parse(buf, tcp)
+    if m is None:
+        return
+    assert 0 <= m.id < 65536 and 0 <= m.flags < 65536 and m.qdcount == 1
+    assert len(m.answers) <= min(m.ancount, dns.MAX_ANSWERS)
+    assert len(m.qname) <= 255 * 4
+    for rtype, rclass, ttl, data in m.answers:
+        assert 0 <= rtype < 65536 and 0 <= rclass < 65536 and 0 <= ttl < (1 << 32)
+        assert isinstance(data, str) and len(data) <= dns.MAX_RDATA_TEXT
+    json.dumps(m.answers)
+    for cut in (len(buf) // 2, len(buf) - 1):
+        short = dns.parse(buf[:cut], tcp)
+        if short is not None and short.qname:
+            assert short.answers == m.answers[: len(short.answers)], (cut, short.answers, m.answers)
+
+
 def payloads(data: bytes) -> None:
+    """Byte 0 mod 3: 0 the payload parsers, 1 redaction, 2 the DNS parser."""
     inp = Input(data)
-    if inp.u8() & 1 == 0:
+    which = inp.u8() % 3
+    if which == 0:
         parse_checks(*payload_rows(inp))
-    else:
+    elif which == 1:
         redact_checks(inp)
+    else:
+        dns_checks(inp)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {"container": container, "features": features, "payloads": payloads}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pktstream.consumers.activity import MAX_CONVERSATIONS
+from pktstream.consumers.activity import MAX_CONVERSATIONS, MAX_DNS_PENDING
 from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
 from pktstream.consumers.engine.runner import Output
 from pktstream.runtime.cli import Verb
@@ -32,12 +32,36 @@ def add_arguments(ac: argparse.ArgumentParser) -> None:
     ac.add_argument("--max-conversations", type=int, default=MAX_CONVERSATIONS,
                     help="open conversations per partition; past it, those seen least lately end early (their "
                          "records say evicted)")
+    ac.add_argument("--dns-topic", default="pktstream.dns",
+                    help="where the DNS lookup records go (OCSF 1.3.0 DNS Activity JSON)")
+    ac.add_argument("--dns-timeout-s", type=float, default=10.0,
+                    help="a DNS query nothing answered within this long (event time) is written as unanswered")
+    ac.add_argument("--max-dns-pending", type=int, default=MAX_DNS_PENDING,
+                    help="DNS messages per partition waiting for their answer; past it, the oldest are written as "
+                         "they stand (their records say evicted)")
     ac.add_argument("--output", choices=["lines", "json", "none"], default="lines",
                     help="what to print as records are written: one line each, the OCSF documents, nothing")
 
 
+def render_dns(d: dict[str, object]) -> str:
+    src, dst, p, c = d["src_endpoint"], d["dst_endpoint"], d["unmapped"], d["connection_info"]
+    assert isinstance(src, dict) and isinstance(dst, dict) and isinstance(p, dict) and isinstance(c, dict)
+    pk = p["pktstream"]
+    answers = d.get("answers") or []
+    assert isinstance(answers, list)
+    lat = f"{pk['latency_us'] / 1000:.1f}ms" if "latency_us" in pk else "unanswered" if not pk["answered"] else \
+        "no-query"
+    q = d.get("query")
+    qtype = q.get("type", "") if isinstance(q, dict) else pk.get("query_type", "")
+    return (f"DNS     {c['protocol_name']!s:5} {src['ip']}:{src['port']} -> {dst['ip']}:{dst['port']} "
+            f"{pk['query_name']} {qtype} {d.get('rcode', '-')} {lat} "
+            f"{' '.join(str(a['rdata']) for a in answers[:4])}".rstrip())
+
+
 def render(doc: dict[str, object]) -> str:
     d: dict[str, object] = doc
+    if d.get("class_uid") == 4003:
+        return render_dns(d)
     src, dst = d["src_endpoint"], d["dst_endpoint"]
     t, p, c = d["traffic"], d["unmapped"], d["connection_info"]
     assert isinstance(src, dict) and isinstance(dst, dict) and isinstance(t, dict) and isinstance(p, dict)
@@ -61,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
     problems = []
     for flag, name in (("update_s", "update-s"), ("tcp_idle_s", "tcp-idle-s"), ("other_idle_s", "udp-idle-s"),
                        ("linger_s", "linger-s"), ("attempt_s", "attempt-s"),
-                       ("max_conversations", "max-conversations")):
+                       ("max_conversations", "max-conversations"), ("dns_timeout_s", "dns-timeout-s"),
+                       ("max_dns_pending", "max-dns-pending")):
         if not getattr(args, flag) > 0:
             problems.append(f"--{name} must be > 0, got {getattr(args, flag)}")
     cfg = stream_config(args, "pktstream-activity", problems)
     proc = ActivityProcessor(args.connections_topic, args.grace_s, update_s=args.update_s,
                              tcp_idle_s=args.tcp_idle_s, idle_s=args.other_idle_s, linger_s=args.linger_s,
-                             attempt_s=args.attempt_s, max_conversations=args.max_conversations)
+                             attempt_s=args.attempt_s, max_conversations=args.max_conversations,
+                             dns_topic=args.dns_topic, dns_timeout_s=args.dns_timeout_s,
+                             max_dns_pending=args.max_dns_pending)
 
     def show(outputs: list[Output]) -> None:
         for o in outputs:
@@ -76,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
             elif args.output == "json":
                 print(o.value.decode(), flush=True)
 
-    return run_app(args, conf_from(args), cfg, proc, [args.connections_topic], show)
+    return run_app(args, conf_from(args), cfg, proc, [args.connections_topic, args.dns_topic], show)
 
 
-VERBS = {"activity": Verb("conversation records from the packet topic (OCSF Network Activity JSON)", add_arguments,
-                          run)}
+VERBS = {"activity": Verb("conversation and DNS lookup records from the packet topic (OCSF Network and DNS "
+                          "Activity JSON)", add_arguments, run)}

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pktstream.consumers.activity import MAX_CONVERSATIONS
+from pktstream.consumers.activity import MAX_CONVERSATIONS, MAX_DNS_PENDING
+from pktstream.consumers.activity import dns as dns_activity
 from pktstream.consumers.alerts.ocsf import DIRECTION, LOCAL_NETWORKS, Network, networks
 from pktstream.consumers.engine.communityid import community_id, ported_id
 from pktstream.consumers.engine.features import (
@@ -154,6 +155,11 @@ class ActivityState:
     records: int = 0
     reopened: int = 0
     evicted: int = 0
+    # DNS messages not yet decided (rows of FEATURE_DTYPE, see activity/dns.py; name and path number the
+    # state's strings, origin a capture point's bit)
+    dns: npt.NDArray[Any] = field(default_factory=lambda: np.zeros(0, dtype=FEATURE_DTYPE))
+    dns_records: int = 0
+    dns_evicted: int = 0
 
     def slot(self) -> int:
         if not self.free:
@@ -226,8 +232,14 @@ def _sender_lo(rows: npt.NDArray[Any], src_hi: npt.NDArray[np.bool_]) -> npt.NDA
 class ActivityProcessor:
     def __init__(self, topic: str = "pktstream.connections", grace_s: float = 10.0, update_s: float = 60.0,
                  tcp_idle_s: float = 300.0, idle_s: float = 60.0, linger_s: float = 5.0, attempt_s: float = 30.0,
-                 max_conversations: int = MAX_CONVERSATIONS, local_networks: list[str] | None = None) -> None:
+                 max_conversations: int = MAX_CONVERSATIONS, local_networks: list[str] | None = None,
+                 dns_topic: str = "pktstream.dns", dns_timeout_s: float = 10.0,
+                 max_dns_pending: int = MAX_DNS_PENDING) -> None:
         self.topic = topic
+        self.dns_topic = dns_topic
+        self.dns_timeout_ns = int(dns_timeout_s * SEC)
+        self.max_dns_pending = max(1, max_dns_pending)
+        self.product_version = PRODUCT_VERSION
         self.grace_ns = int(grace_s * SEC)
         self.attempt_ns = int(attempt_s * SEC)
         self.max_conversations = max(1, max_conversations)
@@ -246,6 +258,8 @@ class ActivityProcessor:
 
     def featurize(self, batch: Batch, origin: str) -> Features:
         f = featurize(batch, origin, answers=True)
+        table = StringTable(f.strings)
+        lookups = dns_activity.dns_rows(batch, f.rows, table)  # (rows of their own, beside the packets')
         rows = f.rows
         rows = rows if (rows["ip_version"] > 0).all() else take(rows, np.flatnonzero(rows["ip_version"] > 0))
         if len(rows) == 0:
@@ -287,6 +301,8 @@ class ActivityProcessor:
         sni = np.where((s["kind"] == KIND_TLS_HELLO) & (s["name"] >= 0), s["name"], -1).astype(np.int32)
         out["name"] = np.maximum.reduceat(sni, starts)
         out["fh"] = k_s[starts]
+        if len(lookups):
+            return Features(np.concatenate([out, lookups]), table.items)
         return Features(out, f.strings)
 
     def route(self, f: Features, nparts: int) -> dict[int, Features]:
@@ -312,6 +328,12 @@ class ActivityProcessor:
         if rows.dtype != FEATURE_DTYPE:
             raise ValueError("activity: rows of another layout")
         st.records += len(rows)
+        lookup = rows["view"] == dns_activity.VIEW_DNS
+        if lookup.any():
+            dns_activity.keep(self, st, take(rows, np.flatnonzero(lookup)), f.strings)
+            rows = take(rows, np.flatnonzero(~lookup))
+            if len(rows) == 0:
+                return
         # a conversation ends where its packets say so, whatever the batches: rows after a gap longer than
         # its timeout, or a client's SYN after a close, begin another one. The rows before each key's
         # first such row are counted, its conversation ends, and the rest are looked at again.
@@ -644,20 +666,23 @@ class ActivityProcessor:
             if not final:
                 self._roll(st, used, np.minimum(deadline, limit))
             self._end(st, used[deadline <= limit])
+        lookups = dns_activity.pair(self, st, limit, final)
         if not final:
             st.closed_until = max(st.closed_until, limit)
         updates, ended = st.updates, st.finished
         st.updates, st.finished = [], []
         if not updates and not ended:
-            return []
+            if lookups:
+                self._drop_strings(st)
+            return lookups
         ups = np.concatenate(updates) if updates else np.zeros(0, dtype=CONV_DTYPE)
         rows = np.concatenate([ups, *ended])
         n_up = len(ups)
         out = self.outputs(st, rows, ups["upd_ns"].tolist() + [0] * (len(rows) - n_up),
                            [False] * n_up + [True] * (len(rows) - n_up))
-        if ended:
+        if ended or lookups:
             self._drop_strings(st)
-        return out
+        return out + lookups
 
     @staticmethod
     def _drop_strings(st: ActivityState) -> None:
@@ -667,9 +692,31 @@ class ActivityProcessor:
         for r in st.finished:
             f = r["sni"][(r["sni"] >= 0) & (r["sni"] < len(keep))]
             keep[f] = True
+        for fld in ("name", "path"):  # undecided DNS messages'
+            f = st.dns[fld][(st.dns[fld] >= 0) & (st.dns[fld] < len(keep))]
+            keep[f] = True
         st.strings.drop(keep)
 
     # -- records ----------------------------------------------------------------------------
+
+    def endpoint(self, words: npt.NDArray[Any]) -> tuple[str, bytes, bool]:
+        """An address (two words) as text, packed (4 bytes for IPv4) and whether it is local."""
+        raw = np.ascontiguousarray(words, dtype="<u8").tobytes()
+        e = self._texts.get(raw)
+        if e is None:
+            text = addr_text(raw)
+            packed = raw[12:] if raw[:12] == _MAPPED else raw
+            e = self._texts[raw] = (text, packed, json.dumps(text), _inside(packed, self._ranges))
+        return e[0], e[1], e[3]
+
+    @staticmethod
+    def direction(src_in: bool, dst_in: bool) -> tuple[int, str]:
+        d = _DIRECTIONS.get((src_in, dst_in), 0)
+        return d, DIRECTION[d]
+
+    @staticmethod
+    def community(src: bytes, dst: bytes, proto: int, sport: int, dport: int) -> str:
+        return ported_id(src, dst, proto, sport, dport) if len(src) == len(dst) else ""
 
     def outputs(self, st: ActivityState, rows: npt.NDArray[Any], boundaries: list[int],
                 finals: list[bool]) -> list[Output]:
@@ -803,7 +850,7 @@ class ActivityProcessor:
         return {"v": 1, "open": take(st.t, used), "finished": fin, "strings": st.strings.items,
                 "strings_free": st.strings.free, "origins": st.origins, "closed_until": st.closed_until,
                 "counts": [st.late_records, st.records, st.reopened, st.evicted], "later": later,
-                "updates": ups}
+                "updates": ups, "dns": st.dns.copy(), "dns_counts": [st.dns_records, st.dns_evicted]}
 
     def load(self, d: Any) -> ActivityState:
         if not isinstance(d, dict) or d.get("v") != 1:
@@ -824,6 +871,14 @@ class ActivityProcessor:
         ups = snapshot_array(d["updates"], CONV_DTYPE) if "updates" in d else np.zeros(0, dtype=CONV_DTYPE)
         st.updates = [ups] if len(ups) else []
         st.later = snapshot_array(d["later"], LATER_DTYPE)
+        if "dns" in d:
+            st.dns = snapshot_array(d["dns"], FEATURE_DTYPE)
+            st.dns_records, st.dns_evicted = (int(x) for x in d["dns_counts"])
+            if len(st.dns) and not ((st.dns["view"] == dns_activity.VIEW_DNS).all()
+                                    and (st.dns["name"] < len(st.strings.items)).all()
+                                    and (st.dns["path"] < len(st.strings.items)).all()
+                                    and ((st.dns["origin"] >= 0) & (st.dns["origin"] < 64)).all()):
+                raise ValueError("activity snapshot: a DNS message that does not fit the state")
         if len(st.later) and not ((st.later["slot"] >= 0) & (st.later["slot"] < n)).all():
             raise ValueError("activity snapshot: packets kept apart for no open conversation")
         return st
@@ -837,6 +892,9 @@ class ActivityProcessor:
             "late_records": sum(s.late_records for s in states),
             "conversations_reopened": sum(s.reopened for s in states),
             "conversations_evicted": sum(s.evicted for s in states),
+            "dns_pending": sum(len(s.dns) for s in states),
+            "dns_records": sum(s.dns_records for s in states),
+            "dns_evicted": sum(s.dns_evicted for s in states),
         }
 
 

@@ -1,7 +1,8 @@
 -- pktstream into ClickHouse, one server (docs/clickhouse.md explains every table).
 -- Placeholders, e.g. with envsubst(1):
 --   KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 PACKETS_TOPIC=pktstream.packets USAGE_TOPIC=pktstream.usage \
---   ALERTS_TOPIC=pktstream.alerts CONNECTIONS_TOPIC=pktstream.connections CONSUMER_GROUP=clickhouse-pktstream \
+--   ALERTS_TOPIC=pktstream.alerts CONNECTIONS_TOPIC=pktstream.connections DNS_TOPIC=pktstream.dns \
+--   CONSUMER_GROUP=clickhouse-pktstream \
 --   envsubst < single-node.sql | clickhouse-client --multiquery
 -- Kafka's security settings (SASL/TLS) go in the server's <kafka> configuration, not here.
 
@@ -285,3 +286,51 @@ SELECT
     document
 FROM pktstream.connections_queue
 WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4001;
+
+-- pktstream activity's DNS lookup records (OCSF DNS Activity JSON): one row per lookup (record_uid), as the
+-- Kafka engine may deliver a message twice and the Replacing table keeps one.
+CREATE TABLE pktstream.dns_queue (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${DNS_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-dns', kafka_format = 'JSONAsString',
+         kafka_handle_error_mode = 'stream';
+
+CREATE TABLE pktstream.dns
+(
+    time DateTime64(3, 'UTC'), record_uid String, activity_id UInt8, answered UInt8, protocol UInt8,
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, query_name String,
+    query_type LowCardinality(String), dns_id UInt16, rcode_id UInt8, rcode LowCardinality(String),
+    latency_us Nullable(UInt64), answers Array(String), answer_count UInt16, answers_cut UInt8, community_id String,
+    kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplacingMergeTree(kafka_offset)
+PARTITION BY toYYYYMM(time)
+ORDER BY (query_name, record_uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE MATERIALIZED VIEW pktstream.dns_mv TO pktstream.dns AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    JSONExtractString(document, 'metadata', 'uid') AS record_uid,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'answered') AS answered,
+    JSONExtractUInt(document, 'connection_info', 'protocol_num') AS protocol,
+    JSONExtractString(document, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractUInt(document, 'src_endpoint', 'port') AS src_port,
+    JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'query_name') AS query_name,
+    JSONExtractString(document, 'query', 'type') AS query_type,
+    JSONExtractUInt(document, 'query', 'packet_uid') AS dns_id,
+    JSONExtractUInt(document, 'rcode_id') AS rcode_id,
+    JSONExtractString(document, 'rcode') AS rcode,
+    if(JSONHas(document, 'unmapped', 'pktstream', 'latency_us'),
+       JSONExtractUInt(document, 'unmapped', 'pktstream', 'latency_us'), NULL) AS latency_us,
+    arrayMap(a -> JSONExtractString(a, 'rdata'), JSONExtractArrayRaw(document, 'answers')) AS answers,
+    JSONExtractUInt(document, 'unmapped', 'pktstream', 'answer_count') AS answer_count,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'answers_cut') AS answers_cut,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'community_id') AS community_id,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.dns_queue
+WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4003;

@@ -1,7 +1,8 @@
-"""``pktstream activity`` against real traffic and the real broker: every conversation's record
-compared with independent meters on the same capture (tshark's conversation statistics for packets
-and bytes each way, the ``communityid`` package for Community IDs, OCSF's own schema), and a replay
-equal to the first run."""
+"""``pktstream activity`` against real traffic and the real broker: every conversation's and DNS
+lookup's record compared with independent meters on the same capture (tshark's conversation
+statistics for packets and bytes each way, its DNS dissector for names, response codes, answers and
+response times, the ``communityid`` package for Community IDs, OCSF's own schema), and a replay equal
+to the first run."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from scapy.layers.dns import DNS, DNSRR
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
@@ -93,6 +96,94 @@ def side_servers(addr: str) -> Iterator[dict[str, int]]:
             t.join(5)
 
 
+@contextmanager
+def dns_server(addr: str) -> Iterator[None]:
+    """A DNS server on port 53 of the test host's address (UDP and TCP): www.shop.test answered after
+    30 ms, alias.shop.test a CNAME and an AAAA, many.shop.test thirty addresses (more than a 256-byte
+    prefix holds), refused.shop.test refused, nx.shop.test nonexistent, silent.shop.test never."""
+    stop = threading.Event()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((addr, 53))
+    udp.settimeout(0.2)
+    tcp = socket.create_server((addr, 53))
+
+    def answer(raw: bytes) -> bytes | None:
+        q = DNS(raw)
+        name = q.qd[0].qname.decode().rstrip(".")
+        rcode, an = 0, []
+        if name == "silent.shop.test":
+            return None
+        if name == "www.shop.test":
+            time.sleep(0.03)
+            an = [DNSRR(rrname=name, type="A", rdata="10.0.0.80", ttl=300)]
+        elif name == "alias.shop.test":
+            an = [DNSRR(rrname=name, type="CNAME", rdata="www.shop.test", ttl=60),
+                  DNSRR(rrname="www.shop.test", type="AAAA", rdata="2001:db8::80", ttl=60)]
+        elif name == "many.shop.test":
+            an = [DNSRR(rrname=name, type="A", rdata=f"10.0.1.{i}", ttl=30) for i in range(1, 31)]
+        elif name == "refused.shop.test":
+            rcode = 5
+        else:
+            rcode = 3
+        return bytes(DNS(id=q.id, qr=1, rd=q.rd, ra=1, rcode=rcode, qd=q.qd, an=an))
+
+    def serve_udp() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                data, peer = udp.recvfrom(4096)
+                out = answer(data)
+                if out is not None:
+                    udp.sendto(out, peer)
+
+    def serve_tcp() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = tcp.accept()
+            except OSError:
+                return
+            with c:
+                data = c.recv(4096)
+                out = answer(data[2:]) if len(data) > 2 else None
+                if out is not None:
+                    c.sendall(len(out).to_bytes(2, "big") + out)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (serve_udp, serve_tcp)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            tcp.shutdown(socket.SHUT_RDWR)
+        tcp.close()
+        udp.close()
+        for t in threads:
+            t.join(5)
+
+
+def tshark_dns(pcap: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every DNS message tshark reads, by (client port, id): the query's name, and of the response
+    its response code, response time (dns.time), answer count and A, AAAA and CNAME answers."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "dns", "-T", "fields", "-E", "aggregator=,",
+                          "-e", "udp.srcport", "-e", "udp.dstport", "-e", "tcp.srcport", "-e", "tcp.dstport",
+                          "-e", "dns.id", "-e", "dns.flags.response", "-e", "dns.qry.name", "-e", "dns.flags.rcode",
+                          "-e", "dns.time", "-e", "dns.count.answers", "-e", "dns.a", "-e", "dns.aaaa", "-e",
+                          "dns.cname"], capture_output=True, text=True, check=True, timeout=120).stdout
+    got: dict[tuple[int, int], dict[str, Any]] = {}
+    for line in out.splitlines():
+        us, ud, ts_, td, ident, resp, name, rcode, dtime, count, a4, a6, cname = line.split("\t")
+        sp, dp = int(us or ts_), int(ud or td)
+        response = resp in ("1", "True")
+        e = got.setdefault((dp if response else sp, int(ident, 0)), {})
+        e["name"] = name
+        if response:
+            e.update(rcode=int(rcode), time=float(dtime) if dtime else None, count=int(count),
+                     a=[x for x in a4.split(",") if x], aaaa=[x for x in a6.split(",") if x],
+                     cname=[x for x in cname.split(",") if x])
+    return got
+
+
 CONV = re.compile(r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+) ([\d,]+) (\w+)\s+(\d+) ([\d,]+) (\w+)")
 
 
@@ -137,13 +228,13 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
     a = make_host()
     topic = f"activity-e2e-{uuid.uuid4().hex[:8]}"
     pcap = tmp_path / "capture.pcap"
-    dump = subprocess.Popen(["tcpdump", "-i", a.host_if, "-n", "-U", "-s", "256", "-w", str(pcap)],
+    dump = subprocess.Popen(["tcpdump", "-i", a.host_if, "-n", "-U", "-s", "1500", "-w", str(pcap)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     prod = ProducerProcess("--interface", a.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
                            "--partitions", "2", "--batch-age-ms", "50", "--payload-bytes", "256",
                            env={"PKTSTREAM_HOST_ID": "host-a"})
     try:
-        with servers(tmp_path), side_servers(a.host_ip) as ports:
+        with servers(tmp_path), side_servers(a.host_ip) as ports, dns_server(a.host_ip):
             prod.wait_event("producer_started")
             time.sleep(1.0)  # tcpdump listening
             plan = {"server": a.host_ip, "http_port": HTTP_PORT, "tls_port": TLS_PORT, "long_s": 3.0,
@@ -161,9 +252,14 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
         dump.wait(10)
     assert rc == 0
     assert [d["what"] for d in done] == ["http", "http", "http", "tls", "refused", "reset", "udp", "udp-oneway",
-                                         "ping", "long"]
+                                         "ping", "long", *["dns"] * 6, "dns-tcp"]
     out_topic = f"{topic}.connections"
-    docs = run_activity(kafka_bootstrap, topic, out_topic, "--update-s", "1")
+    every = run_activity(kafka_bootstrap, topic, out_topic, "--update-s", "1")
+    docs = [d for d in every if d["class_uid"] == 4001]
+    check_lookups([d for d in every if d["class_uid"] == 4003], [d for d in done if d["what"].startswith("dns")],
+                  tshark_dns(pcap), a)
+    assert sorted(json.dumps(d, sort_keys=True) for d in every if d["class_uid"] == 4003) == sorted(
+        json.dumps(json.loads(v), sort_keys=True) for _k, v, _h in read_messages(kafka_bootstrap, f"{out_topic}.dns"))
     on_topic = [json.loads(v) for _k, v, _h in read_messages(kafka_bootstrap, out_topic)]
     assert sorted(json.dumps(d, sort_keys=True) for d in on_topic) == sorted(json.dumps(d, sort_keys=True)
                                                                             for d in docs)
@@ -194,7 +290,7 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
     # what each conversation was
     client = a.peer_ip
     state = {d["what"]: by_flow[(client, d["cport"], a.host_ip, d["port"], "udp" if "udp" in d["what"] else "tcp")]
-             for d in done if d["what"] != "ping"}
+             for d in done if d["what"] != "ping" and not d["what"].startswith("dns")}
     assert {w: (r["status_code"], r["activity_name"]) for w, r in state.items()} == {
         "http": ("SF", "Close"), "tls": ("SF", "Close"), "refused": ("REJ", "Refuse"), "reset": ("RSTR", "Reset"),
         "udp": ("BOTH", "Traffic"), "udp-oneway": ("ONE", "Traffic"), "long": ("SF", "Close")}
@@ -234,7 +330,10 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
         assert sum(t < b - 0.005 for t in times) <= u["traffic"]["packets"] <= sum(t < b + 0.005 for t in times), \
             (u, times)
     assert ups[-1]["traffic"]["packets"] < long["traffic"]["packets"]  # the close came after the last boundary
-    assert len(ups) == len(updates)  # the other conversations were shorter than an interval
+    # the other TCP and UDP conversations were shorter than an interval (the kernel's own ICMPv6 on the
+    # link, router solicitations every 4 s, may have updates)
+    assert len(ups) == len([u for u in updates if u["connection_info"]["protocol_name"] in ("tcp", "udp")]), \
+        [(u["src_endpoint"], u["dst_endpoint"], u["start_time"], u["end_time"]) for u in updates]
     # the records as the table connections of pktstream query (records not of this kind set aside)
     from confluent_kafka import Producer
 
@@ -254,7 +353,55 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
         w[1] += d["traffic"]["packets"]
     got = {r["conn_state"]: [r["n"], r["p"]] for r in map(json.loads, q.stdout.splitlines())}
     assert got == want
+    # and the lookups as the table dns (junk set aside)
+    for junk in (b"not json", json.dumps({**finals[0], "class_uid": 4003}).encode()):
+        prod_k.produce(f"{out_topic}.dns", junk)
+    assert prod_k.flush(30) == 0
+    q = subprocess.run([PKTSTREAM, "query", "--bootstrap-servers", kafka_bootstrap, "--dns-topic", f"{out_topic}.dns",
+                        "--format", "json", "SELECT query_name, rcode, answered, latency_us, len(answers) AS a "
+                        "FROM dns ORDER BY query_name"], capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    lookups = sorted((d["unmapped"]["pktstream"]["query_name"], d.get("rcode"), d["unmapped"]["pktstream"]["answered"],
+                      d["unmapped"]["pktstream"].get("latency_us"), len(d.get("answers", [])))
+                     for d in every if d["class_uid"] == 4003)
+    assert sorted(tuple(r.values()) for r in map(json.loads, q.stdout.splitlines())) == lookups
     # a replay gives the same records
     again = run_activity(kafka_bootstrap, topic, f"{out_topic}.2", "--update-s", "1", "--partitions", "2")
     assert sorted(json.dumps(d, sort_keys=True) for d in again) == sorted(json.dumps(d, sort_keys=True)
-                                                                         for d in docs)
+                                                                         for d in every)
+
+
+def check_lookups(lookups: list[dict[str, Any]], asked: list[dict[str, Any]],
+                  shark: dict[tuple[int, int], dict[str, Any]], a: NetnsHost) -> None:
+    """Each lookup the clients made has one DNS Activity record that agrees with tshark's reading of
+    the same capture: name, response code, response time (within a millisecond: the two captures'
+    clocks are read microseconds apart), answers (those the 256-byte prefix holds, in order)."""
+    v = validator("1.3.0", "dns_activity")
+    bad = [f"{e.json_path}: {e.message[:160]}" for d in lookups for e in v.iter_errors(d)]
+    assert not bad, bad[:5]
+    mine = {(d["src_endpoint"]["port"], d["unmapped"]["pktstream"]["query_name"]): d for d in lookups}
+    assert len(mine) == len(lookups) == len(asked)
+    for q in asked:
+        d = mine[(q["cport"], q["name"])]
+        t = shark[(q["cport"], q["id"])]
+        pk = d["unmapped"]["pktstream"]
+        assert (d["src_endpoint"], d["dst_endpoint"]) == ({"ip": a.peer_ip, "port": q["cport"]},
+                                                          {"ip": a.host_ip, "port": 53})
+        assert d["query"]["hostname"] == t["name"] == q["name"] and d["query"]["packet_uid"] == q["id"]
+        assert pk["community_id"] == cid(a.peer_ip, a.host_ip, 6 if q["what"] == "dns-tcp" else 17, q["cport"], 53)
+        assert d["connection_info"]["protocol_name"] == ("tcp" if q["what"] == "dns-tcp" else "udp")
+        if q["name"] == "silent.shop.test":
+            assert "rcode" not in t and (d["activity_name"], pk["answered"]) == ("Query", False)
+            continue
+        assert (d["activity_name"], pk["answered"], d["rcode_id"]) == ("Traffic", True, t["rcode"])
+        assert abs(pk["latency_us"] / 1e6 - t["time"]) < 0.001, (pk["latency_us"], t["time"])
+        assert pk["answer_count"] == t["count"]
+        got = {k: [x["rdata"] for x in d.get("answers", []) if x["type"] == k.upper()] for k in ("a", "aaaa", "cname")}
+        if q["name"] == "many.shop.test":
+            assert pk["answers_cut"] and 0 < len(got["a"]) < t["count"] == 30 and got["a"] == t["a"][: len(got["a"])]
+        else:
+            assert "answers_cut" not in pk and got == {k: t[k] for k in got}
+    www = mine[(asked[0]["cport"], "www.shop.test")]
+    assert www["unmapped"]["pktstream"]["latency_us"] >= 30_000 and www["answers"][0]["rdata"] == "10.0.0.80"
+    assert [x["type"] for x in mine[(asked[1]["cport"], "alias.shop.test")]["answers"]] == ["CNAME", "AAAA"]
+    assert {mine[(q["cport"], q["name"])]["rcode"] for q in asked[3:5]} == {"Refused", "NXDomain"}

@@ -39,7 +39,7 @@ from tests.support.apps import (
 )
 from tests.support.helpers import read_messages
 from tests.support.traffic import CATALOG as GEN_CATALOG
-from tests.support.traffic import containers, generate
+from tests.support.traffic import Traffic, containers, generate, merge, packets
 
 pytestmark = [pytest.mark.kafka]
 
@@ -96,7 +96,27 @@ class ClickHouse:
         self.s.close()
 
 
-def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
+def dns_lookups(t0: int, n: int) -> Traffic:
+    """n DNS lookups (UDP, 2 ms each): answered with an address, nonexistent, or (each fifth) unanswered."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    pkts: list[dict[str, Any]] = []
+    for i in range(n):
+        t, name, port = t0 + i * 10**8, f"q{i}.shop.test", 20000 + i
+        q = bytes(DNS(id=i, rd=1, qd=[DNSQR(qname=name)]))
+        pkts.append({"ts": t, "src": "10.0.9.9", "dst": "10.1.0.53", "sport": port, "dport": 53, "proto": 17,
+                     "flags": 0, "len": 42 + len(q), "payload": q})
+        if i % 5 == 4:
+            continue
+        an = [DNSRR(rrname=name, type="A", rdata=f"10.2.0.{i}", ttl=60)] if i % 2 == 0 else []
+        r = bytes(DNS(id=i, qr=1, rd=1, ra=1, rcode=0 if i % 2 == 0 else 3, qd=[DNSQR(qname=name)], an=an))
+        pkts.append({"ts": t + 2_000_000, "src": "10.1.0.53", "dst": "10.0.9.9", "sport": 53, "dport": port,
+                     "proto": 17, "flags": 0, "len": 42 + len(r), "payload": r, "direction": 1})
+    return packets(pkts)
+
+
+def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kafka_bootstrap: str,
+                                                                             tmp_path: Path) -> None:
     b = kafka_bootstrap
     topic, rules, catalog = restart_scenario(b, tmp_path)
     # a capture point as the producer names it (headers), and a message that does not decode
@@ -104,6 +124,7 @@ def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_b
     # both directions, and egress GSO buffers that stand for several wire packets
     edge.columns["direction"] = np.arange(edge.n, dtype=np.int64) % 2
     edge.columns["segments"] = np.where(np.arange(edge.n) % 6 == 1, 4, 1).astype(np.int64)
+    edge = merge(edge, dns_lookups(int(edge.columns["ts_ns"][0]), 60))
     p = Producer({"bootstrap.servers": b})
     run_id = uuid.uuid4().hex[:16]
     headers = [("pktstream.host", b"edge-9"), ("pktstream.interface", b"ens5"), ("pktstream.run_id", run_id.encode())]
@@ -121,7 +142,10 @@ def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_b
     run_usage(usage_cmd(b, topic, f"t-chu-{uuid.uuid4().hex[:6]}", f"{topic}.u", usage_catalog))
     run_alerts(alerts_cmd(b, topic, f"t-cha-{uuid.uuid4().hex[:6]}", f"{topic}.a", rules, catalog))
 
-    want_conns = run_activity(b, topic, f"{topic}.c")
+    every = run_activity(b, topic, f"{topic}.c")
+    want_conns = [d for d in every if d["class_uid"] == 4001]
+    want_dns = {d["metadata"]["uid"]: d for d in every if d["class_uid"] == 4003}
+    assert len(want_dns) == 60 and sum(d["unmapped"]["pktstream"]["answered"] for d in want_dns.values()) == 48
     want = topic_records(b, topic)
     want_usage = read_usage(b, f"{topic}.u")
     want_alerts = read_alerts(b, f"{topic}.a")
@@ -131,13 +155,15 @@ def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_b
     try:
         for st in statements(DEPLOY / "single-node.sql", KAFKA_BROKERS=b, PACKETS_TOPIC=topic,
                              USAGE_TOPIC=f"{topic}.u", ALERTS_TOPIC=f"{topic}.a", CONNECTIONS_TOPIC=f"{topic}.c",
+                             DNS_TOPIC=f"{topic}.c.dns",
                              CONSUMER_GROUP=f"t-ch-{uuid.uuid4().hex[:6]}"):
             ch.run(st)
         latest_conn: dict[str, dict[str, Any]] = {}
         for d in sorted(want_conns, key=lambda d: (d["unmapped"]["pktstream"]["final"], d["time"])):
             latest_conn[d["connection_info"]["uid"]] = d  # (a conversation's final record comes last)
         assert len(latest_conn) > 1000
-        target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}), len(latest_conn))
+        target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}), len(latest_conn),
+                  len(want_dns))
         deadline = time.monotonic() + 180
         got: tuple[int, ...] = ()
         while time.monotonic() < deadline:
@@ -145,8 +171,9 @@ def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_b
                         "(SELECT count() FROM pktstream.packets_errors) AS e, "
                         "(SELECT count() FROM pktstream.usage FINAL) AS u, "
                         "(SELECT count() FROM pktstream.alert_events FINAL) AS a, "
-                        "(SELECT count() FROM pktstream.connections FINAL) AS c")[0]
-            got = (r["p"], r["e"], r["u"], r["a"], r["c"])
+                        "(SELECT count() FROM pktstream.connections FINAL) AS c, "
+                        "(SELECT count() FROM pktstream.dns FINAL) AS d")[0]
+            got = (r["p"], r["e"], r["u"], r["a"], r["c"], r["d"])
             if got == target:
                 break
             time.sleep(2)
@@ -251,6 +278,14 @@ def test_clickhouse_reads_the_packet_usage_alerts_and_connections_topics(kafka_b
                 d["src_endpoint"].get("port", 0), d["dst_endpoint"]["ip"], d["dst_endpoint"].get("port", 0),
                 d["traffic"]["packets_out"], d["traffic"]["packets_in"], d["traffic"]["bytes_out"],
                 d["traffic"]["bytes_in"], d["unmapped"]["pktstream"]["community_id"]) for u, d in latest_conn.items()}
+        # dns: each lookup once, its columns as the document says
+        got_d = ch.rows("SELECT record_uid, query_name, rcode, answered, latency_us, answers, community_id, "
+                        "src_port FROM pktstream.dns FINAL")
+        assert {r["record_uid"]: (r["query_name"], r["rcode"], bool(r["answered"]), r["latency_us"], r["answers"],
+                                  r["community_id"], r["src_port"]) for r in got_d} == {
+            u: (d["unmapped"]["pktstream"]["query_name"], d.get("rcode", ""), d["unmapped"]["pktstream"]["answered"],
+                d["unmapped"]["pktstream"].get("latency_us"), [a["rdata"] for a in d.get("answers", [])],
+                d["unmapped"]["pktstream"]["community_id"], d["src_endpoint"]["port"]) for u, d in want_dns.items()}
     finally:
         ch.close()
 
@@ -262,7 +297,7 @@ def test_every_statement_parses(name: str, tmp_path: Path) -> None:
     from chdb import session
 
     values = dict(KAFKA_BROKERS="k1:9092,k2:9092", PACKETS_TOPIC="pktstream.packets", USAGE_TOPIC="pktstream.usage",
-                  ALERTS_TOPIC="pktstream.alerts", CONNECTIONS_TOPIC="pktstream.connections",
+                  ALERTS_TOPIC="pktstream.alerts", CONNECTIONS_TOPIC="pktstream.connections", DNS_TOPIC="pktstream.dns",
                   CONSUMER_GROUP="clickhouse-pktstream", CLUSTER="pktstream")
     sts = statements(DEPLOY / name, **values)
     s = session.Session(str(tmp_path / "ch"))

@@ -1,6 +1,7 @@
 """Conversations of every kind, run inside a test namespace (``python activity_clients.py PLAN``):
 HTTP requests answered at once and late, a TLS ClientHello, a refused and a reset connection, UDP
-with and without an answer, a ping, and a long-lived connection with a packet every 0.5 s.
+with and without an answer, a ping, a long-lived connection with a packet every 0.5 s, and DNS
+lookups over UDP and TCP (answered, refused, nonexistent, unanswered).
 Prints one JSON line per conversation: what it was, its client port."""
 
 from __future__ import annotations
@@ -100,6 +101,37 @@ def long_lived(server: str, port: int, seconds: float) -> dict[str, Any]:
     return {"what": "long", "cport": cport, "port": port}
 
 
+DNS_NAMES = ("www.shop.test", "alias.shop.test", "many.shop.test", "refused.shop.test", "nx.shop.test",
+             "silent.shop.test")
+
+
+def dns_query(ident: int, name: str, qtype: int) -> bytes:
+    q = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", qtype, 1)
+
+
+def lookup(server: str, ident: int, name: str, qtype: int = 1, tcp: bool = False) -> dict[str, Any]:
+    """One query from a socket of its own; waits 0.5 s at most for the answer."""
+    msg = dns_query(ident, name, qtype)
+    if tcp:
+        s = socket.create_connection((server, 53), timeout=5)
+        cport = s.getsockname()[1]
+        s.sendall(struct.pack("!H", len(msg)) + msg)
+        with contextlib.suppress(OSError):
+            s.recv(4096)
+        s.close()
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", 0))
+        cport = s.getsockname()[1]
+        s.settimeout(0.5)
+        s.sendto(msg, (server, 53))
+        with contextlib.suppress(TimeoutError):
+            s.recvfrom(4096)
+        s.close()
+    return {"what": "dns-tcp" if tcp else "dns", "cport": cport, "port": 53, "id": ident, "name": name}
+
+
 def main() -> None:
     plan = json.loads(sys.argv[1])
     srv = plan["server"]
@@ -111,6 +143,8 @@ def main() -> None:
     out.append(udp(srv, plan["closed_port"], False))
     out.append(ping(srv))
     out.append(long_lived(srv, plan["echo_port"], plan["long_s"]))
+    out += [lookup(srv, 0x100 + k, name, 28 if name == "alias.shop.test" else 1) for k, name in enumerate(DNS_NAMES)]
+    out.append(lookup(srv, 0x200, "www.shop.test", tcp=True))
     for o in out:
         print(json.dumps(o))
 

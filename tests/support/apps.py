@@ -341,7 +341,8 @@ def restart_scenario(bootstrap: str, directory: Path) -> tuple[str, Path, Path]:
 
 def run_activity(bootstrap: str, topic: str, out_topic: str, *extra: str) -> list[dict[str, Any]]:
     cmd = [PKTSTREAM, "activity", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
-           f"t-activity-{uuid.uuid4().hex[:6]}", "--connections-topic", out_topic, "--from-beginning", "--until-end",
+           f"t-activity-{uuid.uuid4().hex[:6]}", "--connections-topic", out_topic, "--dns-topic", f"{out_topic}.dns",
+           "--from-beginning", "--until-end",
            "--output", "json", "--metrics-port", "0", "--log-format", "json", "--partitions", "3", "--grace-s", "1",
            *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
