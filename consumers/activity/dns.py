@@ -106,8 +106,10 @@ def dns_rows(batch: Batch, rows: npt.NDArray[Any], strings: StringTable) -> npt.
     return out
 
 
-def keep(proc: ActivityProcessor, st: ActivityState, rows: npt.NDArray[Any], strings: list[str]) -> None:
-    """A batch's DNS rows into the state: strings and capture points renumbered as the state's."""
+def keep(proc: ActivityProcessor, st: ActivityState, rows: npt.NDArray[Any], strings: list[str],
+         attr: str = "dns") -> None:
+    """A batch's DNS (or HTTP: ``attr``) rows into the state's undecided ones: the strings their name
+    and path number and their capture points renumbered as the state's."""
     late = rows["ts_ns"] < st.closed_until
     if late.any():
         st.late_records += int(late.sum())
@@ -124,16 +126,29 @@ def keep(proc: ActivityProcessor, st: ActivityState, rows: npt.NDArray[Any], str
         rows[fld] = [ids.get(i, -1) for i in rows[fld].tolist()]
     bits = {i: st.origin_bit(text(i)) for i in np.unique(rows["origin"]).tolist()}
     rows["origin"] = [bits[i] for i in rows["origin"].tolist()]
-    st.dns = np.concatenate([st.dns, rows])
+    getattr(st, attr + "_new").append(rows)
+
+
+def candidates(p: npt.NDArray[Any], limit: int) -> npt.NDArray[np.intp]:
+    """The rows of the conversations that have a row stamped before ``limit``."""
+    early = p["ts_ns"] < limit
+    if early.all():
+        return np.arange(len(p))
+    if not early.any():
+        return np.zeros(0, dtype=np.intp)
+    return np.flatnonzero(np.isin(p["fh"], np.unique(p["fh"][early])))
 
 
 def pair(proc: ActivityProcessor, st: ActivityState, limit: int, final: bool) -> list[Output]:
     """The lookups decided by ``limit`` (event time; ``final``: everything) as records; the rest stay."""
-    p = st.dns
+    p = st.pending("dns")
     if len(p) == 0:
         return []
     timeout = proc.dns_timeout_ns
-    order = np.lexsort((p["ts_ns"], p["quoted_port"], p["fh"])).tolist()
+    # only the conversations with a row before the limit can have something decided
+    cand = np.arange(len(p)) if final else candidates(p, limit)
+    # (by conversation, id, time; a query before an answer stamped alike, whatever order they came in)
+    order = cand[np.lexsort((p["answer"][cand], p["ts_ns"][cand], p["quoted_port"][cand], p["fh"][cand]))].tolist()
     fh, ident, ts, ans = p["fh"].tolist(), p["quoted_port"].tolist(), p["ts_ns"].tolist(), p["answer"].tolist()
     done = np.zeros(len(p), dtype=bool)
     found: list[tuple[int, int, int]] = []  # (query row or -1, answer row or -1, retransmissions)
@@ -295,7 +310,7 @@ def record(proc: ActivityProcessor, st: ActivityState, c: _Columns, q: int, r: i
             extra.append(f',"latency_us":{lat // 1000}')
     else:
         parts.append(f',"end_time":{t_ms}')
-    uid = f"{c.fh[first]:016x}{t_first & 0xFFFFFFFFFFFFFFFF:016x}{ident:04x}"
+    uid = f"{c.fh[first]:016x}{t_first & 0xFFFFFFFFFFFFFFFF:016x}{ident:04x}{activity}"
     seen = [o for i, o in enumerate(st.origins) if origins >> i & 1]
     if origins >> 63 & 1:
         seen.append("(more)")
@@ -307,6 +322,7 @@ def record(proc: ActivityProcessor, st: ActivityState, c: _Columns, q: int, r: i
                  f'"version":{json.dumps(proc.product_version)},"feature":{{"name":"activity"}}}},'
                  f'"log_provider":"pktstream","log_name":"pktstream.dns","uid":"{uid}"}},'
                  f'"unmapped":{{"pktstream":{{"community_id":"{cid}","query_name":{qname_j},"query_type":{qtype},'
+                 f'"query_type_name":"{dns.type_name(qtype)}","dns_id":{ident},'
                  f'"answered":{"true" if r >= 0 else "false"},"seen_by":{json.dumps(seen)},'
                  f'"sampled":{"true" if sampled else "false"},"tcp":{"true" if proto == PROTO_TCP else "false"}'
                  f'{"".join(extra)}}}}}}}')

@@ -43,7 +43,9 @@ import numpy.typing as npt
 
 from pktstream.consumers.activity import MAX_CONVERSATIONS, MAX_DNS_PENDING
 from pktstream.consumers.activity import dns as dns_activity
+from pktstream.consumers.activity import http as http_activity
 from pktstream.consumers.alerts.ocsf import DIRECTION, LOCAL_NETWORKS, Network, networks
+from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine.communityid import community_id, ported_id
 from pktstream.consumers.engine.features import (
     FEATURE_DTYPE,
@@ -67,6 +69,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}\Z)(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a
                        r"([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9\-]*[A-Za-z0-9])")
 _MAPPED = bytes(10) + b"\xff\xff"
 NEVER = np.iinfo(np.int64).max
+RECORD_CLASSES = ("network", "dns", "http")  # --records: Network (4001), DNS (4003), HTTP (4002) Activity
 OCSF_VERSION = "1.3.0"
 MAX_CUTS = 256  # conversations one key may be cut into per batch (process: a bound on its passes)
 ACT_SYNACK = 1  # attack bit of an activity row: a SYN-ACK among its packets
@@ -160,6 +163,25 @@ class ActivityState:
     dns: npt.NDArray[Any] = field(default_factory=lambda: np.zeros(0, dtype=FEATURE_DTYPE))
     dns_records: int = 0
     dns_evicted: int = 0
+    # HTTP/1.x request and status lines not yet decided (activity/http.py; name and path number the state's
+    # strings)
+    http: npt.NDArray[Any] = field(default_factory=lambda: np.zeros(0, dtype=FEATURE_DTYPE))
+    http_records: int = 0
+    http_evicted: int = 0
+    # rows kept since the last close, joined to dns / http once then (pending())
+    dns_new: list[npt.NDArray[Any]] = field(default_factory=list)
+    http_new: list[npt.NDArray[Any]] = field(default_factory=list)
+    # (capture points' bits, how many the state knows) -> their names as JSON (records' seen_by)
+    seen_json: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def pending(self, attr: str) -> npt.NDArray[Any]:
+        """The undecided DNS (``attr`` "dns") or HTTP ("http") rows, those kept since the last call joined."""
+        new = getattr(self, attr + "_new")
+        if new:
+            setattr(self, attr, np.concatenate([getattr(self, attr), *new]))
+            new.clear()
+        arr: npt.NDArray[Any] = getattr(self, attr)
+        return arr
 
     def slot(self) -> int:
         if not self.free:
@@ -234,8 +256,16 @@ class ActivityProcessor:
                  tcp_idle_s: float = 300.0, idle_s: float = 60.0, linger_s: float = 5.0, attempt_s: float = 30.0,
                  max_conversations: int = MAX_CONVERSATIONS, local_networks: list[str] | None = None,
                  dns_topic: str = "pktstream.dns", dns_timeout_s: float = 10.0,
-                 max_dns_pending: int = MAX_DNS_PENDING) -> None:
+                 max_dns_pending: int = MAX_DNS_PENDING, http_topic: str = "pktstream.http",
+                 http_timeout_s: float = 30.0, max_http_pending: int = MAX_DNS_PENDING,
+                 catalog: Catalog | None = None, records: tuple[str, ...] = RECORD_CLASSES) -> None:
         self.topic = topic
+        # which record classes are written (stage one makes no rows for the others)
+        self.dns_on, self.http_on = "dns" in records, "http" in records
+        self.http_topic = http_topic
+        self.http_timeout_ns = int(http_timeout_s * SEC)
+        self.max_http_pending = max(1, max_http_pending)
+        self.catalog = catalog or Catalog()
         self.dns_topic = dns_topic
         self.dns_timeout_ns = int(dns_timeout_s * SEC)
         self.max_dns_pending = max(1, max_dns_pending)
@@ -259,7 +289,12 @@ class ActivityProcessor:
     def featurize(self, batch: Batch, origin: str) -> Features:
         f = featurize(batch, origin, answers=True)
         table = StringTable(f.strings)
-        lookups = dns_activity.dns_rows(batch, f.rows, table)  # (rows of their own, beside the packets')
+        # (rows of their own, beside the packets')
+        lookups = dns_activity.dns_rows(batch, f.rows, table) if self.dns_on else np.zeros(0, dtype=FEATURE_DTYPE)
+        if self.http_on:
+            exchanges = http_activity.http_rows(batch, f.rows, table)
+            if len(exchanges):
+                lookups = np.concatenate([lookups, exchanges])
         rows = f.rows
         rows = rows if (rows["ip_version"] > 0).all() else take(rows, np.flatnonzero(rows["ip_version"] > 0))
         if len(rows) == 0:
@@ -328,10 +363,14 @@ class ActivityProcessor:
         if rows.dtype != FEATURE_DTYPE:
             raise ValueError("activity: rows of another layout")
         st.records += len(rows)
-        lookup = rows["view"] == dns_activity.VIEW_DNS
-        if lookup.any():
-            dns_activity.keep(self, st, take(rows, np.flatnonzero(lookup)), f.strings)
-            rows = take(rows, np.flatnonzero(~lookup))
+        view = rows["view"]
+        lookup, exchange = view == dns_activity.VIEW_DNS, view == http_activity.VIEW_HTTP
+        if lookup.any() or exchange.any():
+            if lookup.any():
+                dns_activity.keep(self, st, take(rows, np.flatnonzero(lookup)), f.strings)
+            if exchange.any():
+                dns_activity.keep(self, st, take(rows, np.flatnonzero(exchange)), f.strings, "http")
+            rows = take(rows, np.flatnonzero(~(lookup | exchange)))
             if len(rows) == 0:
                 return
         # a conversation ends where its packets say so, whatever the batches: rows after a gap longer than
@@ -666,7 +705,7 @@ class ActivityProcessor:
             if not final:
                 self._roll(st, used, np.minimum(deadline, limit))
             self._end(st, used[deadline <= limit])
-        lookups = dns_activity.pair(self, st, limit, final)
+        lookups = dns_activity.pair(self, st, limit, final) + http_activity.pair(self, st, limit, final)
         if not final:
             st.closed_until = max(st.closed_until, limit)
         updates, ended = st.updates, st.finished
@@ -692,9 +731,10 @@ class ActivityProcessor:
         for r in st.finished:
             f = r["sni"][(r["sni"] >= 0) & (r["sni"] < len(keep))]
             keep[f] = True
-        for fld in ("name", "path"):  # undecided DNS messages'
-            f = st.dns[fld][(st.dns[fld] >= 0) & (st.dns[fld] < len(keep))]
-            keep[f] = True
+        for arr in (st.pending("dns"), st.pending("http")):  # undecided DNS messages' and HTTP lines'
+            for fld in ("name", "path"):
+                ix = arr[fld]
+                keep[ix[(ix >= 0) & (ix < len(keep))]] = True
         st.strings.drop(keep)
 
     # -- records ----------------------------------------------------------------------------
@@ -850,7 +890,8 @@ class ActivityProcessor:
         return {"v": 1, "open": take(st.t, used), "finished": fin, "strings": st.strings.items,
                 "strings_free": st.strings.free, "origins": st.origins, "closed_until": st.closed_until,
                 "counts": [st.late_records, st.records, st.reopened, st.evicted], "later": later,
-                "updates": ups, "dns": st.dns.copy(), "dns_counts": [st.dns_records, st.dns_evicted]}
+                "updates": ups, "dns": st.pending("dns").copy(), "dns_counts": [st.dns_records, st.dns_evicted],
+                "http": st.pending("http").copy(), "http_counts": [st.http_records, st.http_evicted]}
 
     def load(self, d: Any) -> ActivityState:
         if not isinstance(d, dict) or d.get("v") != 1:
@@ -879,6 +920,14 @@ class ActivityProcessor:
                                     and (st.dns["path"] < len(st.strings.items)).all()
                                     and ((st.dns["origin"] >= 0) & (st.dns["origin"] < 64)).all()):
                 raise ValueError("activity snapshot: a DNS message that does not fit the state")
+        if "http" in d:
+            st.http = snapshot_array(d["http"], FEATURE_DTYPE)
+            st.http_records, st.http_evicted = (int(x) for x in d["http_counts"])
+            n_s = len(st.strings.items)
+            if len(st.http) and not ((st.http["view"] == http_activity.VIEW_HTTP).all()
+                                     and (st.http["name"] < n_s).all() and (st.http["path"] < n_s).all()
+                                     and ((st.http["origin"] >= 0) & (st.http["origin"] < 64)).all()):
+                raise ValueError("activity snapshot: an HTTP line that does not fit the state")
         if len(st.later) and not ((st.later["slot"] >= 0) & (st.later["slot"] < n)).all():
             raise ValueError("activity snapshot: packets kept apart for no open conversation")
         return st
@@ -892,9 +941,12 @@ class ActivityProcessor:
             "late_records": sum(s.late_records for s in states),
             "conversations_reopened": sum(s.reopened for s in states),
             "conversations_evicted": sum(s.evicted for s in states),
-            "dns_pending": sum(len(s.dns) for s in states),
+            "dns_pending": sum(len(s.dns) + sum(map(len, s.dns_new)) for s in states),
             "dns_records": sum(s.dns_records for s in states),
             "dns_evicted": sum(s.dns_evicted for s in states),
+            "http_pending": sum(len(s.http) + sum(map(len, s.http_new)) for s in states),
+            "http_records": sum(s.http_records for s in states),
+            "http_evicted": sum(s.http_evicted for s in states),
         }
 
 

@@ -2,9 +2,11 @@
 holds, each answer's data in presentation form.
 
 A prefix is untrusted bytes and often cut short: ``parse`` never raises and never reads past the
-bytes it is given; it returns None for what is not a DNS message with one question, and says when
-the prefix ended before everything the header announces (``cut``). Compression pointers must point
-backwards (so a name is read in bounded steps); a name is at most 255 bytes, as the RFC says.
+bytes it is given; it returns None for what is not a DNS message with one question (or one whose
+question the prefix cuts), and says when the prefix ended before the answers the header announces
+(``cut``). Compression pointers must point backwards and past the header (so a name is read in
+bounded steps, and a message's text never depends on its id); a name is at most 255 bytes, as the
+RFC says; a name in an answer's data ends within the data.
 
 Only the packets of port 53 reach it (the caller's filter), a small part of most traffic; it is
 plain Python, and its cost per DNS packet is in docs/benchmarks.md.
@@ -50,7 +52,7 @@ class Message:
     qtype: int
     qclass: int
     answers: list[tuple[int, int, int, str]] = field(default_factory=list)  # type, class, TTL, data
-    cut: bool = False  # the prefix ended before the question or an answer the header counts
+    cut: bool = False  # the prefix ended before an answer the header counts
 
     @property
     def response(self) -> bool:
@@ -113,7 +115,7 @@ def _name(buf: bytes, off: int) -> tuple[str, int]:
             if off + 1 >= lim:
                 raise _Cut
             ptr = ((n & 0x3F) << 8) | buf[off + 1]
-            if ptr >= off:  # only backwards: a bounded number of steps, no loop
+            if ptr >= off or ptr < 12:  # only backwards (bounded steps, no loop), never into the header
                 raise _Bad
             if end < 0:
                 end = off + 2
@@ -157,22 +159,31 @@ def _txt(raw: bytes) -> str:
 
 
 def _rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> str:
-    """An answer's data in presentation form (RFC 3597's generic form for types not named here)."""
+    """An answer's data in presentation form (RFC 3597's generic form for types not named here).
+    A name in it must end within the data's declared length."""
     raw = buf[off : off + rdlen]
+    end = off + rdlen
+
+    def name_at(o: int) -> tuple[str, int]:
+        text, after = _name(buf, o)
+        if after > end:
+            raise _Bad
+        return text, after
+
     if rtype == 1 and rdlen == 4:
         return ".".join(str(b) for b in raw)
     if rtype == 28 and rdlen == 16:
         return ipaddress.IPv6Address(raw).compressed
     if rtype in _NAME_NAMES:
-        return _name(buf, off)[0]
+        return name_at(off)[0]
     if rtype == 15 and rdlen >= 3:
-        return f"{_u16(buf, off)} {_name(buf, off + 2)[0]}"
+        return f"{_u16(buf, off)} {name_at(off + 2)[0]}"
     if rtype == 33 and rdlen >= 7:
-        return f"{_u16(buf, off)} {_u16(buf, off + 2)} {_u16(buf, off + 4)} {_name(buf, off + 6)[0]}"
+        return f"{_u16(buf, off)} {_u16(buf, off + 2)} {_u16(buf, off + 4)} {name_at(off + 6)[0]}"
     if rtype == 6:
-        mname, o = _name(buf, off)
-        rname, o = _name(buf, o)
-        if o + 20 > off + rdlen:
+        mname, o = name_at(off)
+        rname, o = name_at(o)
+        if o + 20 > end:
             raise _Bad
         return f"{mname} {rname} " + " ".join(str(_u32(buf, o + 4 * k)) for k in range(5))
     if rtype in (16, 99):
@@ -221,10 +232,8 @@ def _parse(buf: bytes, tcp: bool) -> Message | None:
     try:
         qname, off = _name(buf, 12)
         qtype, qclass = _u16(buf, off), _u16(buf, off + 2)
-    except _Cut:
-        return Message(ident, flags, qd, an, "", 0, 0, cut=True)
-    except _Bad:
-        return None
+    except (_Cut, _Bad):
+        return None  # a question cut by the prefix, or malformed: no lookup to record
     msg = Message(ident, flags, qd, an, qname, qtype, qclass)
     off += 4
     for _ in range(min(an, MAX_ANSWERS)):

@@ -135,13 +135,14 @@ def _range(args: argparse.Namespace) -> Range:
 
 
 def query_arguments(q: argparse.ArgumentParser) -> None:
-    q.add_argument("sql", help="the SQL (DuckDB's dialect) over the tables packets, usage, alerts, connections "
-                               "and dns")
+    q.add_argument("sql", help="the SQL (DuckDB's dialect) over the tables packets, usage, alerts, connections, "
+                               "dns and http")
     _reader_options(q)
     q.add_argument("--usage-topic", default="pktstream.usage")
     q.add_argument("--alerts-topic", default="pktstream.alerts")
     q.add_argument("--connections-topic", default="pktstream.connections")
     q.add_argument("--dns-topic", default="pktstream.dns")
+    q.add_argument("--http-topic", default="pktstream.http")
     _range_options(q)
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="json: one object per line; parquet needs -o FILE (or a pipe)")
@@ -155,7 +156,8 @@ def query_run(args: argparse.Namespace) -> int:
     out = open_output(args.output, args.format)
     conf = _reader_conf(args, packets=names_table(args.sql, "packets"))
     try:
-        sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic, args.dns_topic)
+        sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic, args.dns_topic,
+                          args.http_topic)
         run_query(conf, args.sql, rng, sources, args.format, out)
     except KafkaException as e:
         raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
@@ -215,7 +217,7 @@ def export_run(args: argparse.Namespace) -> int:
 VERBS = {
     "tail": Verb("print the packet topic as JSON lines", tail_arguments, tail_run),
     "audit": Verb("reconcile the packet topic with the producers' loss accounting", audit_arguments, audit_run),
-    "query": Verb("SQL over a time range of the packet, usage, alerts, connections and DNS topics (DuckDB)",
+    "query": Verb("SQL over a time range of the packet, usage, alerts, connections, DNS and HTTP topics (DuckDB)",
                   query_arguments, query_run),
     "export": Verb("a time range of the packet topic as a pcap, pcapng or Parquet file", export_arguments, export_run),
 }

@@ -4,8 +4,8 @@
 message at a time (an Arrow record batch reader: bounded memory whatever the range; DuckDB scans
 it once, so a query that reads ``packets`` twice should go through ``pktstream export --format
 parquet`` first). ``usage`` and ``alerts`` are the consumers' output topics over the same range,
-read only when the SQL names them; ``connections`` and ``dns`` are ``pktstream activity``'s
-conversation and DNS lookup records. Output: an aligned table, CSV, JSON lines or Parquet.
+read only when the SQL names them; ``connections``, ``dns`` and ``http`` are ``pktstream activity``'s
+conversation, DNS lookup and HTTP exchange records. Output: an aligned table, CSV, JSON lines or Parquet.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Sources:
     alerts: str = "pktstream.alerts"
     connections: str = "pktstream.connections"
     dns: str = "pktstream.dns"
+    http: str = "pktstream.http"
 
 
 def names_table(sql: str, table: str) -> bool:
@@ -213,13 +214,12 @@ def dns_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
             if int(d["class_uid"]) != 4003:
                 continue
             src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
-            q = d.get("query") or {}
             row = {
                 "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
                 "answered": bool(pk["answered"]), "protocol": str(d["connection_info"]["protocol_name"]),
                 "src": str(src["ip"]), "src_port": int(src["port"]), "dst": str(dst["ip"]),
                 "dst_port": int(dst["port"]), "query_name": str(pk["query_name"]),
-                "query_type": q.get("type"), "dns_id": q.get("packet_uid"), "rcode": d.get("rcode"),
+                "query_type": pk.get("query_type_name"), "dns_id": pk.get("dns_id"), "rcode": d.get("rcode"),
                 "rcode_id": d.get("rcode_id"), "latency_us": pk.get("latency_us"),
                 "answers": [str(a["rdata"]) for a in d.get("answers", [])],
                 "answer_count": pk.get("answer_count"), "answers_cut": bool(pk.get("answers_cut")),
@@ -238,6 +238,64 @@ def dns_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
         raise PktstreamError(f"the DNS topic {topic!r} holds a record that does not fit its table: {e}") from None
 
 
+HTTP_COLUMNS: dict[str, pa.DataType] = {
+    "time": pa.timestamp("ms", tz="UTC"),
+    "activity": pa.string(),
+    "answered": pa.bool_(),
+    "src": pa.string(),
+    "src_port": pa.int32(),
+    "dst": pa.string(),
+    "dst_port": pa.int32(),
+    "method": pa.string(),
+    "host": pa.string(),
+    "path": pa.string(),
+    "user_agent": pa.string(),
+    "status": pa.int32(),
+    "latency_us": pa.int64(),
+    "request_length": pa.int64(),
+    "response_length": pa.int64(),
+    "api": pa.string(),
+    "community_id": pa.string(),
+    "seen_by": pa.list_(pa.string()),
+    "sampled": pa.bool_(),
+    "document": pa.string(),
+}
+
+
+def http_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+    """One row per HTTP exchange record (OCSF HTTP Activity) whose time (the request's, else the
+    answer's) is in the range."""
+    cols: dict[str, list[Any]] = {k: [] for k in HTTP_COLUMNS}
+    for value in _messages(conf, topic):
+        try:
+            d = json.loads(value)
+            t = int(d["time"])
+            if int(d["class_uid"]) != 4002:
+                continue
+            src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
+            rq, rs = d["http_request"], d["http_response"]
+            row = {
+                "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
+                "answered": bool(pk["answered"]), "src": str(src["ip"]), "src_port": int(src["port"]),
+                "dst": str(dst["ip"]), "dst_port": int(dst["port"]), "method": str(pk["method"]),
+                "host": str(pk["host"]), "path": (rq.get("url") or {}).get("path"), "user_agent": rq.get("user_agent"),
+                "status": int(rs["code"]), "latency_us": pk.get("latency_us"), "request_length": rq.get("length"),
+                "response_length": rs.get("length"), "api": str(pk["api"]), "community_id": str(pk["community_id"]),
+                "seen_by": [str(x) for x in pk.get("seen_by", [])], "sampled": bool(pk.get("sampled")),
+                "document": value.decode(errors="replace"),
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
+            continue  # not an HTTP exchange record: set aside as the consumers do
+        if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
+            continue
+        for k, v in row.items():
+            cols[k].append(v)
+    try:
+        return pa.table({k: pa.array(v, HTTP_COLUMNS[k]) for k, v in cols.items()})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise PktstreamError(f"the HTTP topic {topic!r} holds a record that does not fit its table: {e}") from None
+
+
 def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
               progress: Progress | None = None) -> int:
     """Run the SQL; write its result; return the number of result rows."""
@@ -245,9 +303,10 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
 
     progress = progress or Progress()
     con = duckdb.connect()
-    named = {t for t in ("packets", "usage", "alerts", "connections", "dns") if names_table(sql, t)}
+    named = {t for t in ("packets", "usage", "alerts", "connections", "dns", "http") if names_table(sql, t)}
     if not named:
-        raise ConfigError([f"the query names none of the tables packets, usage, alerts, connections, dns: {sql!r}"])
+        raise ConfigError([f"the query names none of the tables packets, usage, alerts, connections, dns, http: "
+                           f"{sql!r}"])
     show = terminal_progress()
     keep: list[Any] = []  # what DuckDB scans must outlive the query
     if "packets" in named:
@@ -274,6 +333,9 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
     if "dns" in named:
         keep.append(dns_table(conf, sources.dns, rng))
         con.register("dns", keep[-1])
+    if "http" in named:
+        keep.append(http_table(conf, sources.http, rng))
+        con.register("http", keep[-1])
     try:
         rel = con.sql(sql)
         if rel is None:  # a statement without a result (SET, CREATE ...)

@@ -7,6 +7,7 @@
 -- in each server's configuration, and the cluster defined in remote_servers.
 -- Placeholders as in single-node.sql, plus CLUSTER (the cluster's name in remote_servers):
 --   KAFKA_BROKERS=... PACKETS_TOPIC=... USAGE_TOPIC=... ALERTS_TOPIC=... CONNECTIONS_TOPIC=... DNS_TOPIC=... \
+--   HTTP_TOPIC=... \
 --   CONSUMER_GROUP=... CLUSTER=pktstream \
 --   envsubst < cluster.sql | clickhouse-client --multiquery
 -- Rollups and the Replacing tables merge within a shard only: query rollups with sum() and GROUP BY,
@@ -358,7 +359,7 @@ CREATE TABLE pktstream.dns_local ON CLUSTER '${CLUSTER}'
 (
     time DateTime64(3, 'UTC'), record_uid String, activity_id UInt8, answered UInt8, protocol UInt8,
     src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, query_name String,
-    query_type LowCardinality(String), dns_id UInt16, rcode_id UInt8, rcode LowCardinality(String),
+    query_type LowCardinality(String), dns_id UInt16, rcode_id Nullable(UInt8), rcode LowCardinality(String),
     latency_us Nullable(UInt64), answers Array(String), answer_count UInt16, answers_cut UInt8, community_id String,
     kafka_offset UInt64, document String CODEC(ZSTD(3))
 )
@@ -383,9 +384,9 @@ SELECT
     JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
     JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
     JSONExtractString(document, 'unmapped', 'pktstream', 'query_name') AS query_name,
-    JSONExtractString(document, 'query', 'type') AS query_type,
-    JSONExtractUInt(document, 'query', 'packet_uid') AS dns_id,
-    JSONExtractUInt(document, 'rcode_id') AS rcode_id,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'query_type_name') AS query_type,
+    JSONExtractUInt(document, 'unmapped', 'pktstream', 'dns_id') AS dns_id,
+    if(JSONHas(document, 'rcode_id'), JSONExtractUInt(document, 'rcode_id'), NULL) AS rcode_id,
     JSONExtractString(document, 'rcode') AS rcode,
     if(JSONHas(document, 'unmapped', 'pktstream', 'latency_us'),
        JSONExtractUInt(document, 'unmapped', 'pktstream', 'latency_us'), NULL) AS latency_us,
@@ -397,3 +398,58 @@ SELECT
     document
 FROM pktstream.dns_queue
 WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4003;
+
+
+-- pktstream activity's HTTP exchange records (OCSF HTTP Activity JSON): one row per request and its
+-- answer (record_uid), as the Kafka engine may deliver a message twice and the Replacing table keeps one.
+CREATE TABLE pktstream.http_queue ON CLUSTER '${CLUSTER}' (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${HTTP_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-http', kafka_format = 'JSONAsString',
+         kafka_handle_error_mode = 'stream';
+
+
+CREATE TABLE pktstream.http_local ON CLUSTER '${CLUSTER}'
+(
+    time DateTime64(3, 'UTC'), record_uid String, activity_id UInt8, answered UInt8,
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, method LowCardinality(String), host String,
+    path String, user_agent String, status UInt16, latency_us Nullable(UInt64), request_length Nullable(Int64),
+    response_length Nullable(Int64), api String, community_id String,
+    kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/http_local', '{replica}', kafka_offset)
+PARTITION BY toYYYYMM(time)
+ORDER BY (dst_ip, dst_port, api, record_uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE TABLE pktstream.http ON CLUSTER '${CLUSTER}' AS pktstream.http_local
+ENGINE = Distributed('${CLUSTER}', pktstream, http_local, rand());
+
+
+CREATE MATERIALIZED VIEW pktstream.http_mv ON CLUSTER '${CLUSTER}' TO pktstream.http_local AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    JSONExtractString(document, 'metadata', 'uid') AS record_uid,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'answered') AS answered,
+    JSONExtractString(document, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractUInt(document, 'src_endpoint', 'port') AS src_port,
+    JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'method') AS method,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'host') AS host,
+    JSONExtractString(document, 'http_request', 'url', 'path') AS path,
+    JSONExtractString(document, 'http_request', 'user_agent') AS user_agent,
+    JSONExtractUInt(document, 'http_response', 'code') AS status,
+    if(JSONHas(document, 'unmapped', 'pktstream', 'latency_us'),
+       JSONExtractUInt(document, 'unmapped', 'pktstream', 'latency_us'), NULL) AS latency_us,
+    if(JSONHas(document, 'http_request', 'length'), JSONExtractInt(document, 'http_request', 'length'), NULL)
+        AS request_length,
+    if(JSONHas(document, 'http_response', 'length'), JSONExtractInt(document, 'http_response', 'length'), NULL)
+        AS response_length,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'api') AS api,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'community_id') AS community_id,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.http_queue
+WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4002;

@@ -24,6 +24,7 @@ HEADER = """\
 -- in each server's configuration, and the cluster defined in remote_servers.
 -- Placeholders as in single-node.sql, plus CLUSTER (the cluster's name in remote_servers):
 --   KAFKA_BROKERS=... PACKETS_TOPIC=... USAGE_TOPIC=... ALERTS_TOPIC=... CONNECTIONS_TOPIC=... DNS_TOPIC=... \\
+--   HTTP_TOPIC=... \\
 --   CONSUMER_GROUP=... CLUSTER=pktstream \\
 --   envsubst < cluster.sql | clickhouse-client --multiquery
 -- Rollups and the Replacing tables merge within a shard only: query rollups with sum() and GROUP BY,

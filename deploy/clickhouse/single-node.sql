@@ -2,6 +2,7 @@
 -- Placeholders, e.g. with envsubst(1):
 --   KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 PACKETS_TOPIC=pktstream.packets USAGE_TOPIC=pktstream.usage \
 --   ALERTS_TOPIC=pktstream.alerts CONNECTIONS_TOPIC=pktstream.connections DNS_TOPIC=pktstream.dns \
+--   HTTP_TOPIC=pktstream.http \
 --   CONSUMER_GROUP=clickhouse-pktstream \
 --   envsubst < single-node.sql | clickhouse-client --multiquery
 -- Kafka's security settings (SASL/TLS) go in the server's <kafka> configuration, not here.
@@ -299,7 +300,7 @@ CREATE TABLE pktstream.dns
 (
     time DateTime64(3, 'UTC'), record_uid String, activity_id UInt8, answered UInt8, protocol UInt8,
     src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, query_name String,
-    query_type LowCardinality(String), dns_id UInt16, rcode_id UInt8, rcode LowCardinality(String),
+    query_type LowCardinality(String), dns_id UInt16, rcode_id Nullable(UInt8), rcode LowCardinality(String),
     latency_us Nullable(UInt64), answers Array(String), answer_count UInt16, answers_cut UInt8, community_id String,
     kafka_offset UInt64, document String CODEC(ZSTD(3))
 )
@@ -320,9 +321,9 @@ SELECT
     JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
     JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
     JSONExtractString(document, 'unmapped', 'pktstream', 'query_name') AS query_name,
-    JSONExtractString(document, 'query', 'type') AS query_type,
-    JSONExtractUInt(document, 'query', 'packet_uid') AS dns_id,
-    JSONExtractUInt(document, 'rcode_id') AS rcode_id,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'query_type_name') AS query_type,
+    JSONExtractUInt(document, 'unmapped', 'pktstream', 'dns_id') AS dns_id,
+    if(JSONHas(document, 'rcode_id'), JSONExtractUInt(document, 'rcode_id'), NULL) AS rcode_id,
     JSONExtractString(document, 'rcode') AS rcode,
     if(JSONHas(document, 'unmapped', 'pktstream', 'latency_us'),
        JSONExtractUInt(document, 'unmapped', 'pktstream', 'latency_us'), NULL) AS latency_us,
@@ -334,3 +335,52 @@ SELECT
     document
 FROM pktstream.dns_queue
 WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4003;
+
+-- pktstream activity's HTTP exchange records (OCSF HTTP Activity JSON): one row per request and its
+-- answer (record_uid), as the Kafka engine may deliver a message twice and the Replacing table keeps one.
+CREATE TABLE pktstream.http_queue (document String)
+ENGINE = Kafka
+SETTINGS kafka_broker_list = '${KAFKA_BROKERS}', kafka_topic_list = '${HTTP_TOPIC}',
+         kafka_group_name = '${CONSUMER_GROUP}-http', kafka_format = 'JSONAsString',
+         kafka_handle_error_mode = 'stream';
+
+CREATE TABLE pktstream.http
+(
+    time DateTime64(3, 'UTC'), record_uid String, activity_id UInt8, answered UInt8,
+    src_ip String, src_port UInt16, dst_ip String, dst_port UInt16, method LowCardinality(String), host String,
+    path String, user_agent String, status UInt16, latency_us Nullable(UInt64), request_length Nullable(Int64),
+    response_length Nullable(Int64), api String, community_id String,
+    kafka_offset UInt64, document String CODEC(ZSTD(3))
+)
+ENGINE = ReplacingMergeTree(kafka_offset)
+PARTITION BY toYYYYMM(time)
+ORDER BY (dst_ip, dst_port, api, record_uid)
+TTL toDateTime(time) + INTERVAL 400 DAY;
+
+CREATE MATERIALIZED VIEW pktstream.http_mv TO pktstream.http AS
+SELECT
+    fromUnixTimestamp64Milli(JSONExtractInt(document, 'time'), 'UTC') AS time,
+    JSONExtractString(document, 'metadata', 'uid') AS record_uid,
+    JSONExtractUInt(document, 'activity_id') AS activity_id,
+    JSONExtractBool(document, 'unmapped', 'pktstream', 'answered') AS answered,
+    JSONExtractString(document, 'src_endpoint', 'ip') AS src_ip,
+    JSONExtractUInt(document, 'src_endpoint', 'port') AS src_port,
+    JSONExtractString(document, 'dst_endpoint', 'ip') AS dst_ip,
+    JSONExtractUInt(document, 'dst_endpoint', 'port') AS dst_port,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'method') AS method,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'host') AS host,
+    JSONExtractString(document, 'http_request', 'url', 'path') AS path,
+    JSONExtractString(document, 'http_request', 'user_agent') AS user_agent,
+    JSONExtractUInt(document, 'http_response', 'code') AS status,
+    if(JSONHas(document, 'unmapped', 'pktstream', 'latency_us'),
+       JSONExtractUInt(document, 'unmapped', 'pktstream', 'latency_us'), NULL) AS latency_us,
+    if(JSONHas(document, 'http_request', 'length'), JSONExtractInt(document, 'http_request', 'length'), NULL)
+        AS request_length,
+    if(JSONHas(document, 'http_response', 'length'), JSONExtractInt(document, 'http_response', 'length'), NULL)
+        AS response_length,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'api') AS api,
+    JSONExtractString(document, 'unmapped', 'pktstream', 'community_id') AS community_id,
+    _offset AS kafka_offset,
+    document
+FROM pktstream.http_queue
+WHERE length(_error) = 0 AND JSONExtractUInt(document, 'class_uid') = 4002;

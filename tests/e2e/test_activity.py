@@ -184,6 +184,23 @@ def tshark_dns(pcap: Path) -> dict[tuple[int, int], dict[str, Any]]:
     return got
 
 
+def tshark_http(pcap: Path) -> dict[int, dict[str, Any]]:
+    """Every HTTP/1.x exchange tshark reads, by client port: the request's method, host, URI and user
+    agent, the response's code and its time since the request (http.time)."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "http", "-T", "fields", "-e", "tcp.srcport", "-e",
+                          "tcp.dstport", "-e", "http.request.method", "-e", "http.host", "-e", "http.request.uri",
+                          "-e", "http.user_agent", "-e", "http.response.code", "-e", "http.time"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    got: dict[int, dict[str, Any]] = {}
+    for line in out.splitlines():
+        sp, dp, method, host, uri, ua, code, t = line.split("\t")
+        if method:
+            got.setdefault(int(sp), {}).update(method=method, host=host, uri=uri, ua=ua)
+        elif code:
+            got.setdefault(int(dp), {}).update(code=int(code), time=float(t))
+    return got
+
+
 CONV = re.compile(r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+) ([\d,]+) (\w+)\s+(\d+) ([\d,]+) (\w+)")
 
 
@@ -258,6 +275,8 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
     docs = [d for d in every if d["class_uid"] == 4001]
     check_lookups([d for d in every if d["class_uid"] == 4003], [d for d in done if d["what"].startswith("dns")],
                   tshark_dns(pcap), a)
+    check_exchanges([d for d in every if d["class_uid"] == 4002], [d for d in done if d["what"] == "http"],
+                    tshark_http(pcap), a)
     assert sorted(json.dumps(d, sort_keys=True) for d in every if d["class_uid"] == 4003) == sorted(
         json.dumps(json.loads(v), sort_keys=True) for _k, v, _h in read_messages(kafka_bootstrap, f"{out_topic}.dns"))
     on_topic = [json.loads(v) for _k, v, _h in read_messages(kafka_bootstrap, out_topic)]
@@ -365,10 +384,44 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
                       d["unmapped"]["pktstream"].get("latency_us"), len(d.get("answers", [])))
                      for d in every if d["class_uid"] == 4003)
     assert sorted(tuple(r.values()) for r in map(json.loads, q.stdout.splitlines())) == lookups
+    # and the HTTP exchanges as the table http
+    q = subprocess.run([PKTSTREAM, "query", "--bootstrap-servers", kafka_bootstrap, "--http-topic",
+                        f"{out_topic}.http", "--format", "json",
+                        "SELECT path, status, latency_us, user_agent FROM http WHERE dst_port = 18080"],
+                       capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    want_http = sorted((d["http_request"]["url"]["path"], d["http_response"]["code"],
+                        d["unmapped"]["pktstream"]["latency_us"], d["http_request"]["user_agent"])
+                       for d in every if d["class_uid"] == 4002 and d["dst_endpoint"]["port"] == HTTP_PORT)
+    assert sorted(tuple(r.values()) for r in map(json.loads, q.stdout.splitlines())) == want_http
+    assert len(want_http) == 3
     # a replay gives the same records
     again = run_activity(kafka_bootstrap, topic, f"{out_topic}.2", "--update-s", "1", "--partitions", "2")
     assert sorted(json.dumps(d, sort_keys=True) for d in again) == sorted(json.dumps(d, sort_keys=True)
                                                                          for d in every)
+
+
+def check_exchanges(records: list[dict[str, Any]], asked: list[dict[str, Any]],
+                    shark: dict[int, dict[str, Any]], a: NetnsHost) -> None:
+    """Each HTTP request the clients made has one HTTP Activity record that agrees with tshark's reading
+    of the same capture: method, host, path, user agent, status code, and the answer's time since the
+    request (within a millisecond)."""
+    v = validator("1.3.0", "http_activity")
+    bad = [f"{e.json_path}: {e.message[:160]}" for d in records for e in v.iter_errors(d)]
+    assert not bad, bad[:5]
+    mine = {d["src_endpoint"]["port"]: d for d in records if d["dst_endpoint"]["port"] == HTTP_PORT}
+    assert len(mine) == len(asked) == 3
+    for q in asked:
+        d, t = mine[q["cport"]], shark[q["cport"]]
+        rq, pk = d["http_request"], d["unmapped"]["pktstream"]
+        assert (rq["http_method"], rq["url"]["hostname"], rq["url"]["path"], rq["user_agent"]) == (
+            t["method"], t["host"], t["uri"], t["ua"])
+        assert d["http_response"]["code"] == t["code"] == q["status"]
+        assert abs(pk["latency_us"] / 1e6 - t["time"]) < 0.001, (pk["latency_us"], t["time"])
+        assert pk["community_id"] == cid(a.peer_ip, a.host_ip, 6, q["cport"], HTTP_PORT)
+        assert (d["src_endpoint"]["ip"], d["dst_endpoint"]["ip"]) == (a.peer_ip, a.host_ip)
+    late = [d for d in mine.values() if d["http_response"]["code"] == 404]
+    assert len(late) == 1 and late[0]["unmapped"]["pktstream"]["latency_us"] >= 150_000
 
 
 def check_lookups(lookups: list[dict[str, Any]], asked: list[dict[str, Any]],

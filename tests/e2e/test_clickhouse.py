@@ -145,6 +145,8 @@ def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kaf
     every = run_activity(b, topic, f"{topic}.c")
     want_conns = [d for d in every if d["class_uid"] == 4001]
     want_dns = {d["metadata"]["uid"]: d for d in every if d["class_uid"] == 4003}
+    want_http = {d["metadata"]["uid"]: d for d in every if d["class_uid"] == 4002}
+    assert len(want_http) > 100 and len(want_http) == len([d for d in every if d["class_uid"] == 4002])
     assert len(want_dns) == 60 and sum(d["unmapped"]["pktstream"]["answered"] for d in want_dns.values()) == 48
     want = topic_records(b, topic)
     want_usage = read_usage(b, f"{topic}.u")
@@ -155,7 +157,7 @@ def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kaf
     try:
         for st in statements(DEPLOY / "single-node.sql", KAFKA_BROKERS=b, PACKETS_TOPIC=topic,
                              USAGE_TOPIC=f"{topic}.u", ALERTS_TOPIC=f"{topic}.a", CONNECTIONS_TOPIC=f"{topic}.c",
-                             DNS_TOPIC=f"{topic}.c.dns",
+                             DNS_TOPIC=f"{topic}.c.dns", HTTP_TOPIC=f"{topic}.c.http",
                              CONSUMER_GROUP=f"t-ch-{uuid.uuid4().hex[:6]}"):
             ch.run(st)
         latest_conn: dict[str, dict[str, Any]] = {}
@@ -163,7 +165,7 @@ def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kaf
             latest_conn[d["connection_info"]["uid"]] = d  # (a conversation's final record comes last)
         assert len(latest_conn) > 1000
         target = (len(want), 1, len(want_usage), len({d["metadata"]["uid"] for d in want_alerts}), len(latest_conn),
-                  len(want_dns))
+                  len(want_dns), len(want_http))
         deadline = time.monotonic() + 180
         got: tuple[int, ...] = ()
         while time.monotonic() < deadline:
@@ -172,8 +174,9 @@ def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kaf
                         "(SELECT count() FROM pktstream.usage FINAL) AS u, "
                         "(SELECT count() FROM pktstream.alert_events FINAL) AS a, "
                         "(SELECT count() FROM pktstream.connections FINAL) AS c, "
-                        "(SELECT count() FROM pktstream.dns FINAL) AS d")[0]
-            got = (r["p"], r["e"], r["u"], r["a"], r["c"], r["d"])
+                        "(SELECT count() FROM pktstream.dns FINAL) AS d, "
+                        "(SELECT count() FROM pktstream.http FINAL) AS h")[0]
+            got = (r["p"], r["e"], r["u"], r["a"], r["c"], r["d"], r["h"])
             if got == target:
                 break
             time.sleep(2)
@@ -286,6 +289,16 @@ def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kaf
             u: (d["unmapped"]["pktstream"]["query_name"], d.get("rcode", ""), d["unmapped"]["pktstream"]["answered"],
                 d["unmapped"]["pktstream"].get("latency_us"), [a["rdata"] for a in d.get("answers", [])],
                 d["unmapped"]["pktstream"]["community_id"], d["src_endpoint"]["port"]) for u, d in want_dns.items()}
+        # http: each exchange once, its columns as the document says
+        got_h = ch.rows("SELECT record_uid, method, host, path, status, answered, latency_us, api, community_id "
+                        "FROM pktstream.http FINAL")
+        assert {r["record_uid"]: (r["method"], r["host"], r["path"], r["status"], bool(r["answered"]),
+                                  r["latency_us"], r["api"], r["community_id"]) for r in got_h} == {
+            u: (d["unmapped"]["pktstream"]["method"], d["unmapped"]["pktstream"]["host"],
+                d["http_request"].get("url", {}).get("path", ""), d["http_response"]["code"],
+                d["unmapped"]["pktstream"]["answered"], d["unmapped"]["pktstream"].get("latency_us"),
+                d["unmapped"]["pktstream"]["api"], d["unmapped"]["pktstream"]["community_id"])
+            for u, d in want_http.items()}
     finally:
         ch.close()
 
@@ -297,7 +310,8 @@ def test_every_statement_parses(name: str, tmp_path: Path) -> None:
     from chdb import session
 
     values = dict(KAFKA_BROKERS="k1:9092,k2:9092", PACKETS_TOPIC="pktstream.packets", USAGE_TOPIC="pktstream.usage",
-                  ALERTS_TOPIC="pktstream.alerts", CONNECTIONS_TOPIC="pktstream.connections", DNS_TOPIC="pktstream.dns",
+                  ALERTS_TOPIC="pktstream.alerts", CONNECTIONS_TOPIC="pktstream.connections",
+                  DNS_TOPIC="pktstream.dns", HTTP_TOPIC="pktstream.http",
                   CONSUMER_GROUP="clickhouse-pktstream", CLUSTER="pktstream")
     sts = statements(DEPLOY / name, **values)
     s = session.Session(str(tmp_path / "ch"))

@@ -23,7 +23,7 @@ def run(pkts: list[dict[str, Any]], p: ActivityProcessor | None = None, nparts: 
     for m in msgs:
         b = read_container(m)
         for q, part in p.route(p.featurize(b, host), nparts).items():
-            p.process(states[q], features.decode(features.encode(part)))
+            p.process(states[q], features.decode(features.encode(features.compact(part))))
         last = int(b.columns["ts_ns"].max())
         while marks and marks[0] <= last:
             w = marks.pop(0)

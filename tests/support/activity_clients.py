@@ -19,7 +19,8 @@ from typing import Any
 def http(server: str, port: int, path: str) -> dict[str, Any]:
     s = socket.create_connection((server, port), timeout=10)
     cport = s.getsockname()[1]
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: api.shop.test\r\nConnection: close\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: api.shop.test\r\nUser-Agent: pktstream-test/1.0\r\n"
+              "Connection: close\r\n\r\n".encode())
     data = b""
     while chunk := s.recv(65536):
         data += chunk

@@ -342,6 +342,7 @@ def restart_scenario(bootstrap: str, directory: Path) -> tuple[str, Path, Path]:
 def run_activity(bootstrap: str, topic: str, out_topic: str, *extra: str) -> list[dict[str, Any]]:
     cmd = [PKTSTREAM, "activity", "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
            f"t-activity-{uuid.uuid4().hex[:6]}", "--connections-topic", out_topic, "--dns-topic", f"{out_topic}.dns",
+           "--http-topic", f"{out_topic}.http",
            "--from-beginning", "--until-end",
            "--output", "json", "--metrics-port", "0", "--log-format", "json", "--partitions", "3", "--grace-s", "1",
            *extra]
