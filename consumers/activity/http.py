@@ -95,14 +95,16 @@ def http_rows(batch: Batch, rows: npt.NDArray[Any], strings: StringTable) -> npt
 
 def _user_agent(raw: bytes) -> str:
     """The User-Agent header's value in a request prefix ("": none, or cut by the prefix)."""
-    at = raw.lower().find(b"\r\nuser-agent:")
+    ends = [e for e in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if e >= 0]
+    head = raw[: min(ends)] + b"\n" if ends else raw  # the headers (not a body that quotes one)
+    at = head.lower().find(b"\nuser-agent:")
     if at < 0:
         return ""
-    start = at + len(b"\r\nuser-agent:")
-    end = raw.find(b"\r\n", start)
+    start = at + len(b"\nuser-agent:")
+    end = head.find(b"\n", start)
     if end < 0:
         return ""  # cut by the prefix: not the whole value
-    return raw[start:end].strip().decode("latin-1")[:MAX_USER_AGENT].replace("\n", " ")
+    return head[start:end].strip().decode("latin-1")[:MAX_USER_AGENT]
 
 
 def pair(proc: ActivityProcessor, st: ActivityState, limit: int, final: bool) -> list[Output]:
@@ -115,14 +117,28 @@ def pair(proc: ActivityProcessor, st: ActivityState, limit: int, final: bool) ->
     # (a request before an answer stamped alike)
     order = cand[np.lexsort((p["answer"][cand], p["ts_ns"][cand], p["fh"][cand]))].tolist()
     fh, ts, ans, status = p["fh"].tolist(), p["ts_ns"].tolist(), p["answer"].tolist(), p["status"].tolist()
+    # what makes two requests the same (a TCP retransmission of the first): method, Host, target and
+    # user agent, Content-Length
+    same = list(zip(p["method"].tolist(), p["name"].tolist(), p["path"].tolist(), p["content_length"].tolist(),
+                    strict=True))
     done = np.zeros(len(p), dtype=bool)
-    found: list[tuple[int, int]] = []  # (request row or -1, answer row or -1)
+    found: list[tuple[int, int, int]] = []  # (request row or -1, answer row or -1, retransmissions)
     i, n = 0, len(order)
+    again: dict[int, list[int]] = {}  # a queued request -> its retransmissions
+
+    def settle(q: int, r: int) -> None:
+        extra = again.pop(q, []) if q >= 0 else []
+        found.append((q, r, len(extra)))
+        for x in (q, r, *extra):
+            if x >= 0:
+                done[x] = True
+
     while i < n:
         j = i
         while j < n and fh[order[j]] == fh[order[i]]:
             j += 1
         queue: list[int] = []
+        again.clear()
         for r in order[i:j]:
             t = ts[r]
             stop = False
@@ -130,41 +146,36 @@ def pair(proc: ActivityProcessor, st: ActivityState, limit: int, final: bool) ->
                 if not (final or ts[queue[0]] + timeout <= limit):
                     stop = True
                     break
-                q = queue.pop(0)
-                found.append((q, -1))
-                done[q] = True
+                settle(queue.pop(0), -1)
             if stop or (t >= limit and not final):
                 break  # not decided yet (nor anything after it)
             if not ans[r]:
-                queue.append(r)
+                if queue and same[r] == same[queue[-1]]:
+                    again.setdefault(queue[-1], []).append(r)  # the same request again, still unanswered
+                else:
+                    queue.append(r)
                 continue
             if 100 <= status[r] < 200 and status[r] != 101:
                 done[r] = True  # an interim answer (100 Continue, 103 Early Hints): the request still waits
                 continue
-            q = queue.pop(0) if queue else -1
-            found.append((q, r))
-            done[r] = True
-            if q >= 0:
-                done[q] = True
+            settle(queue.pop(0) if queue else -1, r)
         else:
             while queue and (final or ts[queue[0]] + timeout <= limit):
-                q = queue.pop(0)
-                found.append((q, -1))
-                done[q] = True
+                settle(queue.pop(0), -1)
         i = j
     evicted: set[int] = set()
     left = np.flatnonzero(~done)
     if len(left) > proc.max_http_pending:
         old = left[np.argsort(p["ts_ns"][left], kind="stable")[: len(left) - proc.max_http_pending]]
         for r in old.tolist():
-            found.append((-1, r) if ans[r] else (r, -1))
+            found.append((-1, r, 0) if ans[r] else (r, -1, 0))
             evicted.add(r)
         done[old] = True
         st.http_evicted += len(old)
     if not found:
         return []
     cols = _Columns(p)
-    out = [record(proc, st, cols, q, r, (q if q >= 0 else r) in evicted) for q, r in found]
+    out = [record(proc, st, cols, q, r, (q if q >= 0 else r) in evicted, k) for q, r, k in found]
     st.http = take(p, np.flatnonzero(~done))
     st.http_records += len(out)
     out.sort(key=lambda x: x[0])
@@ -204,7 +215,7 @@ _JS: dict[str, str] = {}
 
 
 def record(proc: ActivityProcessor, st: ActivityState, c: _Columns, q: int, r: int,
-           evicted: bool) -> tuple[tuple[int, str], Output]:
+           evicted: bool, retrans: int = 0) -> tuple[tuple[int, str], Output]:
     """One exchange's OCSF HTTP Activity record: the request (row q, -1 none) and its answer (row r, -1 none)."""
     first = q if q >= 0 else r
     client, server = proc.endpoint(c.src[first]), proc.endpoint(c.dst[first])
@@ -230,7 +241,7 @@ def record(proc: ActivityProcessor, st: ActivityState, c: _Columns, q: int, r: i
             addr16 = c.dst[first].tobytes()
             api = proc.catalog.match(host, addr16, dport, method, raw_path, "http", partial=cut).name
         req = f'"http_method":"{method}",' if method in ACTIVITIES else ""
-        if raw_path or host:
+        if not cut and (raw_path or host):  # (a cut target could end inside a secret redaction cannot see)
             hn = f',"hostname":"{host}"' if host and _HOSTNAME.fullmatch(host) else ""
             path_j = js(redact_path(raw_path) if raw_path else "/")
             req += f'"url":{{"path":{path_j},"port":{dport},"scheme":"http"{hn}}},'
@@ -243,6 +254,8 @@ def record(proc: ActivityProcessor, st: ActivityState, c: _Columns, q: int, r: i
         origins |= 1 << c.origin[q]
         if cut:
             extra += ',"request_line_cut":true'
+        if retrans:
+            extra += f',"retransmissions":{retrans}'
     else:
         method, host, api, req = "", "", "", ""
         activity = (0, "Unknown")

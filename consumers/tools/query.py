@@ -143,6 +143,28 @@ CONNECTION_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
+_INT_RANGE = {pa.int32(): (-(1 << 31), (1 << 31) - 1), pa.int64(): (-(1 << 63), (1 << 63) - 1)}
+
+
+def fits(row: Mapping[str, Any], columns: Mapping[str, pa.DataType]) -> bool:
+    """Whether each of a record's values fits its column (a record with a list where a string goes, or a
+    number out of range, is set aside, not the query's end)."""
+    for k, v in row.items():
+        t = columns[k]
+        if v is None or t == pa.bool_() or pa.types.is_timestamp(t):
+            continue
+        if t == pa.string():
+            if not isinstance(v, str):
+                return False
+        elif t in _INT_RANGE:
+            lo, hi = _INT_RANGE[t]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                return False
+        elif pa.types.is_list(t) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            return False
+    return True
+
+
 def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     """One row per conversation record (OCSF Network Activity) whose end is in the range: the fields a
     hunt filters on as columns, and the document."""
@@ -167,6 +189,8 @@ def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Tab
             }
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
             continue  # not a conversation record: set aside as the consumers do
+        if not fits(row, CONNECTION_COLUMNS):
+            continue
         if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
             continue
         for k, v in row.items():
@@ -228,6 +252,8 @@ def dns_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
             }
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
             continue  # not a DNS lookup record: set aside as the consumers do
+        if not fits(row, DNS_COLUMNS):
+            continue
         if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
             continue
         for k, v in row.items():
@@ -286,6 +312,8 @@ def http_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
             }
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
             continue  # not an HTTP exchange record: set aside as the consumers do
+        if not fits(row, HTTP_COLUMNS):
+            continue
         if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
             continue
         for k, v in row.items():

@@ -419,7 +419,7 @@ CREATE TABLE pktstream.http_local ON CLUSTER '${CLUSTER}'
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pktstream/http_local', '{replica}', kafka_offset)
 PARTITION BY toYYYYMM(time)
-ORDER BY (dst_ip, dst_port, api, record_uid)
+ORDER BY (dst_ip, dst_port, record_uid)
 TTL toDateTime(time) + INTERVAL 400 DAY;
 
 CREATE TABLE pktstream.http ON CLUSTER '${CLUSTER}' AS pktstream.http_local

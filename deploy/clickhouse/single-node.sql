@@ -354,7 +354,7 @@ CREATE TABLE pktstream.http
 )
 ENGINE = ReplacingMergeTree(kafka_offset)
 PARTITION BY toYYYYMM(time)
-ORDER BY (dst_ip, dst_port, api, record_uid)
+ORDER BY (dst_ip, dst_port, record_uid)
 TTL toDateTime(time) + INTERVAL 400 DAY;
 
 CREATE MATERIALIZED VIEW pktstream.http_mv TO pktstream.http AS

@@ -115,8 +115,8 @@ def dns_lookups(t0: int, n: int) -> Traffic:
     return packets(pkts)
 
 
-def test_clickhouse_reads_the_packet_usage_alerts_connections_and_dns_topics(kafka_bootstrap: str,
-                                                                             tmp_path: Path) -> None:
+def test_clickhouse_reads_the_packet_usage_alerts_and_activity_topics(kafka_bootstrap: str,
+                                                                        tmp_path: Path) -> None:
     b = kafka_bootstrap
     topic, rules, catalog = restart_scenario(b, tmp_path)
     # a capture point as the producer names it (headers), and a message that does not decode

@@ -130,3 +130,28 @@ def test_record_classes_can_be_left_out() -> None:
     assert not [o for o in out if o.topic == "pktstream.http"] and [o for o in every if o.topic == "pktstream.http"]
     conns = sorted(o.value for o in out if o.topic == "pktstream.connections")
     assert conns == sorted(o.value for o in every if o.topic == "pktstream.connections") and len(conns) >= 5
+
+
+def test_a_retransmitted_request_is_one_exchange_and_the_next_ones_stay_paired() -> None:
+    """The same request again before its answer (a TCP retransmission) counts on the first: the
+    answers that follow pair with the requests they answer."""
+    pkts = [req(T0, 43000, "GET /a"), req(T0 + 200 * MS, 43000, "GET /a"), resp(T0 + 205 * MS, 43000, 200),
+            req(T0 + 300 * MS, 43000, "GET /b"), resp(T0 + 305 * MS, 43000, 201, "Created"),
+            req(T0 + 400 * MS, 43000, "GET /c"), resp(T0 + 405 * MS, 43000, 202, "Accepted")]
+    docs = exchanges(run(pkts, ActivityProcessor()))
+    got = sorted((d["http_request"]["url"]["path"], d["http_response"]["code"],
+                  d["unmapped"]["pktstream"]["latency_us"], d["unmapped"]["pktstream"].get("retransmissions", 0))
+                 for d in docs)
+    assert got == [("/a", 200, 205_000, 1), ("/b", 201, 5000, 0), ("/c", 202, 5000, 0)]
+
+
+def test_a_cut_request_line_gives_no_path_and_a_body_gives_no_user_agent() -> None:
+    long = "/reset/" + "eyJhbGciOiJIUzI1NiJ9" * 10  # longer than the prefix: the target is cut inside the token
+    body = b"POST /form HTTP/1.1\r\nHost: api.shop.test\r\nContent-Length: 30\r\n\r\n\r\nUser-Agent: from-body\r\n"
+    pkts = [req(T0, 44000, f"GET {long}"), resp(T0 + MS, 44000, 200),
+            seg(T0 + SEC, C, S, 44001, 80, body), resp(T0 + SEC + MS, 44001, 200)]
+    docs = {d["src_endpoint"]["port"]: d for d in exchanges(run(pkts, ActivityProcessor()))}
+    cut = docs[44000]
+    assert cut["unmapped"]["pktstream"]["request_line_cut"] and "url" not in cut["http_request"]
+    assert "eyJ" not in json.dumps(cut)
+    assert "user_agent" not in docs[44001]["http_request"]
