@@ -22,6 +22,7 @@ replaced as the alerts' evidence shows them (``parse.redact_path``); the query s
 from __future__ import annotations
 
 import json
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +57,7 @@ ACTIVITIES = {"CONNECT": (1, "Connect"), "DELETE": (2, "Delete"), "GET": (3, "Ge
 #   path     the target before its query, and after a line feed the User-Agent when the prefix holds
 #            it (one string: the engine's batches renumber strings in name and path only)
 #   content_length  the Content-Length the prefix holds (-1 none)
+#   syns     a request's prefix, hashed (CRC-32): a TCP retransmission repeats it byte for byte
 #   pflags   parse.F_*: F_LINE_CUT the request line was cut by the prefix
 
 
@@ -72,6 +74,7 @@ def http_rows(batch: Batch, rows: npt.NDArray[Any], strings: StringTable) -> npt
     out = take(rows, sel)
     out["view"] = VIEW_HTTP
     out["answer"] = kind[sel] == KIND_HTTP1_RESPONSE
+    out["syns"] = 0
     out["packets"] = 0
     out["nbytes"] = 0
     out["fh"] = conversation_keys(out)
@@ -82,6 +85,7 @@ def http_rows(batch: Batch, rows: npt.NDArray[Any], strings: StringTable) -> npt
         seen: dict[tuple[bytes, int], int] = {}
         path = out["path"]
         items = strings.items
+        crc = out["syns"]
         for j, i in zip(req.tolist(), sel[req].tolist(), strict=True):
             raw = payload[i, : min(int(cap[i]), payload.shape[1])].tobytes()
             k = (raw, int(path[j]))
@@ -90,6 +94,7 @@ def http_rows(batch: Batch, rows: npt.NDArray[Any], strings: StringTable) -> npt
                 ua = _user_agent(raw)
                 got = seen[k] = strings.add(f"{items[k[1]] if k[1] >= 0 else ''}\n{ua}") if ua else k[1]
             path[j] = got
+            crc[j] = zlib.crc32(raw)
     return out
 
 
@@ -117,10 +122,10 @@ def pair(proc: ActivityProcessor, st: ActivityState, limit: int, final: bool) ->
     # (a request before an answer stamped alike)
     order = cand[np.lexsort((p["answer"][cand], p["ts_ns"][cand], p["fh"][cand]))].tolist()
     fh, ts, ans, status = p["fh"].tolist(), p["ts_ns"].tolist(), p["answer"].tolist(), p["status"].tolist()
-    # what makes two requests the same (a TCP retransmission of the first): method, Host, target and
-    # user agent, Content-Length
-    same = list(zip(p["method"].tolist(), p["name"].tolist(), p["path"].tolist(), p["content_length"].tolist(),
-                    strict=True))
+    # what makes two requests the same (a TCP retransmission of the first): the prefix's bytes (their
+    # CRC-32: query strings too), method, Host, target and user agent, Content-Length
+    same = list(zip(p["syns"].tolist(), p["method"].tolist(), p["name"].tolist(), p["path"].tolist(),
+                    p["content_length"].tolist(), strict=True))
     done = np.zeros(len(p), dtype=bool)
     found: list[tuple[int, int, int]] = []  # (request row or -1, answer row or -1, retransmissions)
     i, n = 0, len(order)

@@ -154,14 +154,23 @@ def fits(row: Mapping[str, Any], columns: Mapping[str, pa.DataType]) -> bool:
         if v is None or t == pa.bool_() or pa.types.is_timestamp(t):
             continue
         if t == pa.string():
-            if not isinstance(v, str):
+            if not isinstance(v, str) or not _utf8(v):
                 return False
         elif t in _INT_RANGE:
             lo, hi = _INT_RANGE[t]
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 return False
-        elif pa.types.is_list(t) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        elif pa.types.is_list(t) and not (isinstance(v, list) and all(isinstance(x, str) and _utf8(x) for x in v)):
             return False
+    return True
+
+
+def _utf8(s: str) -> bool:
+    """Whether a string can be written as UTF-8 (JSON can carry a lone surrogate, Arrow cannot)."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
     return True
 
 

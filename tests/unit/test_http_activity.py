@@ -155,3 +155,13 @@ def test_a_cut_request_line_gives_no_path_and_a_body_gives_no_user_agent() -> No
     assert cut["unmapped"]["pktstream"]["request_line_cut"] and "url" not in cut["http_request"]
     assert "eyJ" not in json.dumps(cut)
     assert "user_agent" not in docs[44001]["http_request"]
+
+
+def test_pipelined_requests_that_differ_only_in_their_query_are_not_retransmissions() -> None:
+    pkts = [req(T0, 45000, "GET /items?page=1"), req(T0 + MS, 45000, "GET /items?page=2"),
+            req(T0 + 2 * MS, 45000, "GET /other"), resp(T0 + 3 * MS, 45000, 200), resp(T0 + 4 * MS, 45000, 201),
+            resp(T0 + 5 * MS, 45000, 202)]
+    docs = exchanges(run(pkts, ActivityProcessor()))
+    assert sorted((d["http_request"]["url"]["path"], d["http_response"]["code"],
+                   d["unmapped"]["pktstream"].get("retransmissions", 0)) for d in docs) == [
+        ("/items", 200, 0), ("/items", 201, 0), ("/other", 202, 0)]
