@@ -15,7 +15,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -174,41 +174,53 @@ def _utf8(s: str) -> bool:
     return True
 
 
-def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
-    """One row per conversation record (OCSF Network Activity) whose end is in the range: the fields a
-    hunt filters on as columns, and the document."""
-    cols: dict[str, list[Any]] = {k: [] for k in CONNECTION_COLUMNS}
+def _record_table(conf: Mapping[str, Any], topic: str, rng: Range, columns: Mapping[str, pa.DataType],
+                  row_of: Callable[[dict[str, Any], bytes], tuple[int, dict[str, Any]] | None],
+                  what: str) -> pa.Table:
+    """One row per record of an activity topic whose time (``row_of``'s first value, ms) is in the range.
+    A record ``row_of`` cannot read (it raises, or returns None) or whose values do not fit their columns
+    is set aside, as the consumers do."""
+    cols: dict[str, list[Any]] = {k: [] for k in columns}
     for value in _messages(conf, topic):
         try:
-            d = json.loads(value)
-            t, t0 = int(d["time"]), int(d["start_time"])
-            src, dst, traffic = d["src_endpoint"], d["dst_endpoint"], d["traffic"]
-            pk = d["unmapped"]["pktstream"]
-            row = {
-                "time": datetime.fromtimestamp(t / 1000, UTC), "start_time": datetime.fromtimestamp(t0 / 1000, UTC),
-                "duration_ms": int(d.get("duration", t - t0)), "activity": str(d["activity_name"]),
-                "conn_state": str(pk["conn_state"]), "final": bool(pk["final"]),
-                "protocol": str(d["connection_info"]["protocol_name"]), "src": str(src["ip"]),
-                "src_port": src.get("port"), "dst": str(dst["ip"]), "dst_port": dst.get("port"),
-                "hostname": dst.get("hostname"), "packets_out": int(traffic["packets_out"]),
-                "packets_in": int(traffic["packets_in"]), "bytes_out": int(traffic["bytes_out"]),
-                "bytes_in": int(traffic["bytes_in"]), "community_id": str(pk["community_id"]),
-                "uid": str(d["connection_info"]["uid"]), "seen_by": [str(x) for x in pk.get("seen_by", [])],
-                "sampled": bool(pk.get("sampled")), "document": value.decode(errors="replace"),
-            }
+            got = row_of(json.loads(value), value)
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
-            continue  # not a conversation record: set aside as the consumers do
-        if not fits(row, CONNECTION_COLUMNS):
             continue
+        if got is None or not fits(got[1], columns):
+            continue
+        t, row = got
         if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
             continue
         for k, v in row.items():
             cols[k].append(v)
     try:
-        return pa.table({k: pa.array(v, CONNECTION_COLUMNS[k]) for k, v in cols.items()})
+        return pa.table({k: pa.array(v, columns[k]) for k, v in cols.items()})
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-        raise PktstreamError(f"the connections topic {topic!r} holds a record that does not fit its table: {e}") \
-            from None
+        raise PktstreamError(f"the {what} topic {topic!r} holds a record that does not fit its table: {e}") from None
+
+
+def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+    """One row per conversation record (OCSF Network Activity) whose end is in the range: the fields a
+    hunt filters on as columns, and the document."""
+    return _record_table(conf, topic, rng, CONNECTION_COLUMNS, _connection_row, "connections")
+
+
+def _connection_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]]:
+    t, t0 = int(d["time"]), int(d["start_time"])
+    src, dst, traffic = d["src_endpoint"], d["dst_endpoint"], d["traffic"]
+    pk = d["unmapped"]["pktstream"]
+    return t, {
+        "time": datetime.fromtimestamp(t / 1000, UTC), "start_time": datetime.fromtimestamp(t0 / 1000, UTC),
+        "duration_ms": int(d.get("duration", t - t0)), "activity": str(d["activity_name"]),
+        "conn_state": str(pk["conn_state"]), "final": bool(pk["final"]),
+        "protocol": str(d["connection_info"]["protocol_name"]), "src": str(src["ip"]),
+        "src_port": src.get("port"), "dst": str(dst["ip"]), "dst_port": dst.get("port"),
+        "hostname": dst.get("hostname"), "packets_out": int(traffic["packets_out"]),
+        "packets_in": int(traffic["packets_in"]), "bytes_out": int(traffic["bytes_out"]),
+        "bytes_in": int(traffic["bytes_in"]), "community_id": str(pk["community_id"]),
+        "uid": str(d["connection_info"]["uid"]), "seen_by": [str(x) for x in pk.get("seen_by", [])],
+        "sampled": bool(pk.get("sampled")), "document": value.decode(errors="replace"),
+    }
 
 
 DNS_COLUMNS: dict[str, pa.DataType] = {
@@ -239,38 +251,26 @@ DNS_COLUMNS: dict[str, pa.DataType] = {
 def dns_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     """One row per DNS lookup record (OCSF DNS Activity) whose time (the query's, else the answer's)
     is in the range."""
-    cols: dict[str, list[Any]] = {k: [] for k in DNS_COLUMNS}
-    for value in _messages(conf, topic):
-        try:
-            d = json.loads(value)
-            t = int(d["time"])
-            if int(d["class_uid"]) != 4003:
-                continue
-            src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
-            row = {
-                "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
-                "answered": bool(pk["answered"]), "protocol": str(d["connection_info"]["protocol_name"]),
-                "src": str(src["ip"]), "src_port": int(src["port"]), "dst": str(dst["ip"]),
-                "dst_port": int(dst["port"]), "query_name": str(pk["query_name"]),
-                "query_type": pk.get("query_type_name"), "dns_id": pk.get("dns_id"), "rcode": d.get("rcode"),
-                "rcode_id": d.get("rcode_id"), "latency_us": pk.get("latency_us"),
-                "answers": [str(a["rdata"]) for a in d.get("answers", [])],
-                "answer_count": pk.get("answer_count"), "answers_cut": bool(pk.get("answers_cut")),
-                "community_id": str(pk["community_id"]), "seen_by": [str(x) for x in pk.get("seen_by", [])],
-                "sampled": bool(pk.get("sampled")), "document": value.decode(errors="replace"),
-            }
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
-            continue  # not a DNS lookup record: set aside as the consumers do
-        if not fits(row, DNS_COLUMNS):
-            continue
-        if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
-            continue
-        for k, v in row.items():
-            cols[k].append(v)
-    try:
-        return pa.table({k: pa.array(v, DNS_COLUMNS[k]) for k, v in cols.items()})
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-        raise PktstreamError(f"the DNS topic {topic!r} holds a record that does not fit its table: {e}") from None
+    return _record_table(conf, topic, rng, DNS_COLUMNS, _dns_row, "DNS")
+
+
+def _dns_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | None:
+    t = int(d["time"])
+    if int(d["class_uid"]) != 4003:
+        return None
+    src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
+    return t, {
+        "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
+        "answered": bool(pk["answered"]), "protocol": str(d["connection_info"]["protocol_name"]),
+        "src": str(src["ip"]), "src_port": int(src["port"]), "dst": str(dst["ip"]),
+        "dst_port": int(dst["port"]), "query_name": str(pk["query_name"]),
+        "query_type": pk.get("query_type_name"), "dns_id": pk.get("dns_id"), "rcode": d.get("rcode"),
+        "rcode_id": d.get("rcode_id"), "latency_us": pk.get("latency_us"),
+        "answers": [str(a["rdata"]) for a in d.get("answers", [])],
+        "answer_count": pk.get("answer_count"), "answers_cut": bool(pk.get("answers_cut")),
+        "community_id": str(pk["community_id"]), "seen_by": [str(x) for x in pk.get("seen_by", [])],
+        "sampled": bool(pk.get("sampled")), "document": value.decode(errors="replace"),
+    }
 
 
 HTTP_COLUMNS: dict[str, pa.DataType] = {
@@ -300,37 +300,25 @@ HTTP_COLUMNS: dict[str, pa.DataType] = {
 def http_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     """One row per HTTP exchange record (OCSF HTTP Activity) whose time (the request's, else the
     answer's) is in the range."""
-    cols: dict[str, list[Any]] = {k: [] for k in HTTP_COLUMNS}
-    for value in _messages(conf, topic):
-        try:
-            d = json.loads(value)
-            t = int(d["time"])
-            if int(d["class_uid"]) != 4002:
-                continue
-            src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
-            rq, rs = d["http_request"], d["http_response"]
-            row = {
-                "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
-                "answered": bool(pk["answered"]), "src": str(src["ip"]), "src_port": int(src["port"]),
-                "dst": str(dst["ip"]), "dst_port": int(dst["port"]), "method": str(pk["method"]),
-                "host": str(pk["host"]), "path": (rq.get("url") or {}).get("path"), "user_agent": rq.get("user_agent"),
-                "status": int(rs["code"]), "latency_us": pk.get("latency_us"), "request_length": rq.get("length"),
-                "response_length": rs.get("length"), "api": str(pk["api"]), "community_id": str(pk["community_id"]),
-                "seen_by": [str(x) for x in pk.get("seen_by", [])], "sampled": bool(pk.get("sampled")),
-                "document": value.decode(errors="replace"),
-            }
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
-            continue  # not an HTTP exchange record: set aside as the consumers do
-        if not fits(row, HTTP_COLUMNS):
-            continue
-        if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
-            continue
-        for k, v in row.items():
-            cols[k].append(v)
-    try:
-        return pa.table({k: pa.array(v, HTTP_COLUMNS[k]) for k, v in cols.items()})
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-        raise PktstreamError(f"the HTTP topic {topic!r} holds a record that does not fit its table: {e}") from None
+    return _record_table(conf, topic, rng, HTTP_COLUMNS, _http_row, "HTTP")
+
+
+def _http_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | None:
+    t = int(d["time"])
+    if int(d["class_uid"]) != 4002:
+        return None
+    src, dst, pk = d["src_endpoint"], d["dst_endpoint"], d["unmapped"]["pktstream"]
+    rq, rs = d["http_request"], d["http_response"]
+    return t, {
+        "time": datetime.fromtimestamp(t / 1000, UTC), "activity": str(d["activity_name"]),
+        "answered": bool(pk["answered"]), "src": str(src["ip"]), "src_port": int(src["port"]),
+        "dst": str(dst["ip"]), "dst_port": int(dst["port"]), "method": str(pk["method"]),
+        "host": str(pk["host"]), "path": (rq.get("url") or {}).get("path"), "user_agent": rq.get("user_agent"),
+        "status": int(rs["code"]), "latency_us": pk.get("latency_us"), "request_length": rq.get("length"),
+        "response_length": rs.get("length"), "api": str(pk["api"]), "community_id": str(pk["community_id"]),
+        "seen_by": [str(x) for x in pk.get("seen_by", [])], "sampled": bool(pk.get("sampled")),
+        "document": value.decode(errors="replace"),
+    }
 
 
 def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
