@@ -96,7 +96,43 @@ def _kafka(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"kafka": Verb("the local Kafka broker, or a local cluster of N (--brokers)", _kafka_arguments, _kafka)}
+def _registry_arguments(p: argparse.ArgumentParser) -> None:
+    from pktstream.runtime.registry import DEFAULT_PORT
+
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="its HTTP port on 127.0.0.1")
+    p.add_argument("--data-dir", default=None, help="where its schemas are kept (default: the state directory)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pktstream.runtime.registry_local import LocalRegistry
+
+    configure_logging("auto", "info")
+    if not 0 < args.port < 65536:
+        raise ConfigError([f"--port {args.port}: must be 1..65535"])
+    reg = LocalRegistry(port=args.port, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if args.action == "up":
+        print(reg.up())
+    elif args.action == "down":
+        print("stopped" if reg.down() else "not running")
+    else:
+        st = reg.status()
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            print(f"{'running' if st['running'] else 'not running'}  {st['url']}  pid {st['pid'] or '-'}  "
+                  f"answering {'yes' if st['answering'] else 'no'}  data {st['data_dir']}")
+    return 0
+
+
+VERBS = {
+    "kafka": Verb("the local Kafka broker, or a local cluster of N (--brokers)", _kafka_arguments, _kafka),
+    "registry": Verb("the local schema registry (Apicurio, Confluent-compatible API)", _registry_arguments,
+                     _registry),
+}
 
 
 def verbs() -> dict[str, Verb]:

@@ -7,7 +7,7 @@ import json
 
 from pktstream.consumers.activity import MAX_CONVERSATIONS, MAX_DNS_PENDING
 from pktstream.consumers.catalog import Catalog
-from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.engine.app import add_stream_options, conf_from, json_schema, run_app, stream_config
 from pktstream.consumers.engine.runner import Output
 from pktstream.runtime.cli import Verb
 from pktstream.runtime.errors import ConfigError
@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
             elif args.output == "json":
                 print(o.value.decode(), flush=True)
 
-    return run_app(args, conf_from(args), cfg, proc, [args.connections_topic, args.dns_topic, args.http_topic], show)
+    return run_app(args, conf_from(args), cfg, proc, [args.connections_topic, args.dns_topic, args.http_topic], show,
+                   schemas={args.connections_topic: json_schema("network_activity"),
+                            args.dns_topic: json_schema("dns_activity"), args.http_topic: json_schema("http_activity")})
 
 
 VERBS = {"activity": Verb("conversation and DNS lookup records from the packet topic (OCSF Network and DNS "

@@ -7,7 +7,14 @@ import json
 import socket
 
 from pktstream.consumers.alerts.tables import MAX_PATHS
-from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.engine.app import (
+    WireSchema,
+    add_stream_options,
+    conf_from,
+    json_schema,
+    run_app,
+    stream_config,
+)
 from pktstream.consumers.engine.runner import Output
 from pktstream.runtime.cli import Verb
 from pktstream.runtime.errors import ConfigError
@@ -49,7 +56,21 @@ def run(args: argparse.Namespace) -> int:
             elif args.output == "json":
                 print(json.dumps(o.record, separators=(",", ":"), sort_keys=True), flush=True)
 
-    return run_app(args, conf_from(args), cfg, proc, args.alerts_topic, show)
+    return run_app(args, conf_from(args), cfg, proc, args.alerts_topic, show,
+                   schemas={args.alerts_topic: alerts_wire_schema(args.format)})
+
+
+def alerts_wire_schema(fmt: str) -> WireSchema:
+    """The alerts in the registry format: OCSF Detection Finding JSON by OCSF's JSON Schema, or (with
+    --format avro) one Avro datum of schemas/alert.avsc each."""
+    if fmt == "json":
+        return json_schema("detection_finding")
+    from pktstream.consumers.alerts.ocsf import avro_record
+    from pktstream.consumers.alerts.processor import _PARSED
+    from pktstream.schemas import load_schema_json, wire
+
+    return WireSchema("AVRO", json.dumps(load_schema_json("alert")),
+                      lambda sid, o: wire.avro_datum(sid, _PARSED, avro_record(o.record)))
 
 
 VERBS = {"alerts": Verb("detections from the packet topic, to the alerts topic (OCSF JSON)", add_arguments, run)}

@@ -7,16 +7,20 @@ import gc
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from pktstream.consumers.engine.runner import Processor, StreamConfig, StreamRunner
+from pktstream.consumers.engine.runner import Output, Processor, StreamConfig, StreamRunner
 from pktstream.consumers.engine.topics import SNAPSHOT_PART_BYTES
 from pktstream.runtime.cli import time_ms
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.kafka import client_config, ensure_topic, kafka_properties
+from pktstream.runtime.registry import COMPATIBILITY, Registry, registry_properties
+from pktstream.schemas import wire
 
 log = structlog.get_logger("pktstream.app")
 
@@ -134,6 +138,74 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                         "--kafka-config or PKTSTREAM_KAFKA__* variables, not on a command line")
     p.add_argument("--kafka-config", default=None, metavar="FILE",
                    help="Kafka properties file (name=value lines; default: $PKTSTREAM_KAFKA_CONFIG)")
+    p.add_argument("--wire-format", action="append", default=None, metavar="[TOPIC=]FORMAT",
+                   help="how the output topics' records are written: native (the default: docs/topics.md) or "
+                        "registry (the schema-registry wire format, one record per message, its schema "
+                        "registered; docs/registry.md); TOPIC=FORMAT for one topic, repeatable")
+    p.add_argument("--schema-registry", default=None, metavar="URL",
+                   help="a Confluent-compatible schema registry (default: $PKTSTREAM_SCHEMA_REGISTRY_URL, else the "
+                        "local one: pktstream registry up)")
+    p.add_argument("--schema-registry-config", default=None, metavar="FILE",
+                   help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*; name=value "
+                        "lines; default: $PKTSTREAM_SCHEMA_REGISTRY_CONFIG)")
+    p.add_argument("--schema-compatibility", default="BACKWARD", choices=COMPATIBILITY,
+                   help="the level set on a subject that has none of its own when its schema is registered")
+
+
+@dataclass(frozen=True)
+class WireSchema:
+    """What an output topic's records are in the registry format: the schema's type (AVRO or JSON),
+    its text, and how a record is written given the id the registry gave the schema."""
+
+    schema_type: str
+    text: str
+    encode: Callable[[int, Output], bytes]
+
+
+def json_schema(cls: str) -> WireSchema:
+    """A JSON topic's records (the OCSF class ``cls``) in the JSON Schema wire format: the document as
+    the native form has it, after the five bytes."""
+    return WireSchema("JSON", wire.ocsf_json_schema(cls), lambda sid, o: wire.head(sid) + o.value)
+
+
+def wire_formats(items: Sequence[str] | None, topics: Sequence[str] | None) -> set[str]:
+    """The output topics written in the registry format; ConfigError with every problem (``topics``
+    None: the formats alone are checked)."""
+    problems: list[str] = []
+    chosen: set[str] = set()
+    for it in items or []:
+        topic, _, fmt = it.rpartition("=")
+        if fmt not in ("native", "registry"):
+            problems.append(f"--wire-format {it!r}: the format is native or registry")
+            continue
+        if topics is None:
+            continue
+        if topic and topic not in topics:
+            problems.append(f"--wire-format {it!r}: {topic!r} is not one of this app's output topics "
+                            f"({', '.join(topics)})")
+            continue
+        for t in [topic] if topic else topics:
+            (chosen.add if fmt == "registry" else chosen.discard)(t)
+    if problems:
+        raise ConfigError(problems)
+    return chosen
+
+
+def registry_encoders(args: argparse.Namespace, topics: Sequence[str],
+                      schemas: dict[str, WireSchema]) -> tuple[dict[str, Callable[[Output], bytes]], Registry | None]:
+    """Each output topic that --wire-format puts in the registry format, and how its records are
+    written: its schema registered first (subject TOPIC-value), so a schema the registry refuses stops
+    the app before anything is published."""
+    chosen = wire_formats(args.wire_format, topics)
+    if not chosen:
+        return {}, None
+    reg = Registry(registry_properties(args.schema_registry, args.schema_registry_config))
+    out: dict[str, Callable[[Output], bytes]] = {}
+    for t in sorted(chosen):
+        ws = schemas[t]
+        sid = reg.register(f"{t}-value", ws.text, ws.schema_type, args.schema_compatibility)
+        out[t] = (lambda enc, i: lambda o: enc(i, o))(ws.encode, sid)
+    return out, reg
 
 
 def stream_config(args: argparse.Namespace, app: str, more: list[str] | None = None) -> StreamConfig:
@@ -165,6 +237,10 @@ def stream_config(args: argparse.Namespace, app: str, more: list[str] | None = N
         problems.append(f"--partitions must be >= 0, got {args.partitions}")
     if not 0 <= args.metrics_port < 65536:
         problems.append(f"--metrics-port must be 0..65535, got {args.metrics_port}")
+    try:
+        wire_formats(args.wire_format, None)
+    except ConfigError as e:
+        problems += e.problems
     problems += more or []
     if problems:
         raise ConfigError(problems)
@@ -181,7 +257,7 @@ def stream_config(args: argparse.Namespace, app: str, more: list[str] | None = N
 
 def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, processor: Processor,
             output_topic: str | list[str], on_outputs: Any, output_partitions: int = 6,
-            collectors: list[Any] | None = None) -> int:
+            collectors: list[Any] | None = None, schemas: dict[str, WireSchema] | None = None) -> int:
     # the hot paths allocate many short-lived objects and almost no cycles: a collection every 100,000
     # allocations instead of 700 (bench.consumers: 12-15% more records/s in process, usage and activity)
     gc.set_threshold(100_000, 50, 100)
@@ -190,9 +266,12 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
         signal.signal(sig, lambda *_: stop.set())
     runner = StreamRunner(conf, cfg, processor, stop)
     runner.on_outputs.append(on_outputs)
+    topics = [output_topic] if isinstance(output_topic, str) else output_topic
+    wire_formats(args.wire_format, topics)  # a wrong setting is told before anything starts
     runner.prepare()  # checks the broker and the packet topic first: a clear error, not a traceback
-    for topic in [output_topic] if isinstance(output_topic, str) else output_topic:
+    for topic in topics:
         ensure_topic(conf, topic, output_partitions, -1, {"retention.ms": str(30 * 86400_000)})
+    runner.encoders, registry = registry_encoders(args, topics, schemas or {})
     server = None
     if args.metrics_port:
         from pktstream.runtime.metrics import MetricsServer
@@ -210,6 +289,8 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
     finally:
         if server is not None:
             server.close()
+        if registry is not None:
+            registry.close()
     log.info("stream_stopped", app_id=cfg.app_id, **runner.figures())
     return 0
 

@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -246,6 +246,9 @@ class StreamRunner:
         self.nparts = 0
         self.npackets = 0
         self.on_outputs: list[Any] = []  # callbacks(list[Output]) after a commit made them visible
+        # per output topic, how its records are written when not as the processor made them (the
+        # schema-registry wire format: app.registry_encoders)
+        self.encoders: dict[str, Callable[[Output], bytes]] = {}
         self._uncommitted: list[Output] = []
         self._batches: dict[int, list[Features]] = {}  # rows read, not yet processed (_process_batches)
         self._batch_rows: dict[int, int] = {}
@@ -895,8 +898,10 @@ class StreamRunner:
             self.barriers[q] = (pending, end, now_ns, progress)
 
     def _emit(self, outs: list[Output]) -> None:
+        enc = self.encoders
         for o in outs:
-            self._produce(o.topic, o.value, key=o.key, headers=o.headers)
+            e = enc.get(o.topic) if enc else None
+            self._produce(o.topic, o.value if e is None else e(o), key=o.key, headers=o.headers)
         self.counters.outputs += len(outs)
         self._uncommitted.extend(outs)
 

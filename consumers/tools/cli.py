@@ -143,6 +143,11 @@ def query_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--connections-topic", default="pktstream.connections")
     q.add_argument("--dns-topic", default="pktstream.dns")
     q.add_argument("--http-topic", default="pktstream.http")
+    q.add_argument("--schema-registry", default=None, metavar="URL",
+                   help="the registry of output topics written in its wire format (default: "
+                        "$PKTSTREAM_SCHEMA_REGISTRY_URL, else the local one); asked only when such a message is read")
+    q.add_argument("--schema-registry-config", default=None, metavar="FILE",
+                   help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*)")
     _range_options(q)
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="json: one object per line; parquet needs -o FILE (or a pipe)")
@@ -158,7 +163,10 @@ def query_run(args: argparse.Namespace) -> int:
     try:
         sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic, args.dns_topic,
                           args.http_topic)
-        run_query(conf, args.sql, rng, sources, args.format, out)
+        from pktstream.runtime.registry import registry_properties
+
+        run_query(conf, args.sql, rng, sources, args.format, out,
+                  registry_conf=registry_properties(args.schema_registry, args.schema_registry_config))
     except KafkaException as e:
         raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
     finally:

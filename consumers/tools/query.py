@@ -40,8 +40,58 @@ from pktstream.consumers.tools.history import (
 )
 from pktstream.consumers.tools.pushdown import pushdown
 from pktstream.runtime.errors import ConfigError, PktstreamError
+from pktstream.schemas import wire
 
 log = structlog.get_logger("pktstream.query")
+
+MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registry did not have)
+
+
+class WireReader:
+    """An output topic's values in either form: pktstream's own (an Avro container, a JSON document)
+    or the schema-registry wire format (docs/registry.md), whose schemas are looked up by id in the
+    registry (``registry_conf``), only once a message in that format is met. A message whose id the
+    registry does not have, or whose schema is of another type or does not resolve to the table's, is
+    set aside like any other record that does not read."""
+
+    def __init__(self, registry_conf: Mapping[str, str] | None = None) -> None:
+        self.registry_conf = registry_conf
+        self._registry: Any = None
+        self._writers: dict[int, Any] = {}  # id -> parsed Avro schema, or None: the id reads as nothing
+
+    def json_bytes(self, value: bytes) -> bytes:
+        """The JSON document of a message: after the five bytes of the wire format, or the whole."""
+        return bytes(wire.unframe(value)[1]) if wire.framed(value) else value
+
+    def avro_records(self, value: bytes, reader_schema: Any) -> list[Any]:
+        """The records of a message: one datum in the wire format, or an Avro container's."""
+        if not wire.framed(value):
+            return list(fastavro.reader(io.BytesIO(value), reader_schema))
+        sid, body = wire.unframe(value)
+        writer = self._writer(sid)
+        if writer is None:
+            raise ValueError(f"schema id {sid} names no Avro schema")
+        return [fastavro.schemaless_reader(io.BytesIO(body), writer, reader_schema)]
+
+    def _writer(self, sid: int) -> Any:
+        if sid in self._writers:
+            return self._writers[sid]
+        if self._registry is None:
+            from pktstream.runtime.registry import Registry, registry_properties
+
+            self._registry = Registry(self.registry_conf or registry_properties(None))
+        try:
+            kind, text = self._registry.schema(sid)
+            parsed = fastavro.parse_schema(json.loads(text)) if kind == "AVRO" else None
+        except LookupError:
+            parsed = None
+        except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as e:
+            log.warning("registry_schema_unreadable", id=sid, error=str(e)[:200])
+            parsed = None
+        if len(self._writers) >= MAX_WRITER_SCHEMAS:
+            self._writers.pop(next(iter(self._writers)))
+        self._writers[sid] = parsed
+        return parsed
 
 
 @dataclass
@@ -90,13 +140,18 @@ def _messages(conf: Mapping[str, Any], topic: str) -> Iterator[bytes]:
         c.close()
 
 
-def usage_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+def usage_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader | None = None) -> pa.Table:
+    from pktstream.consumers.usage.processor import _PARSED
+
+    wr = wr or WireReader()
     rows: list[dict[str, Any]] = []
     for value in _messages(conf, topic):
         try:
-            rows.extend(r for r in fastavro.reader(io.BytesIO(value)) if isinstance(r, dict))
-        except (ValueError, EOFError, StopIteration):
-            continue  # not a usage container: set aside as the consumers do
+            rows.extend(r for r in wr.avro_records(value, _PARSED) if isinstance(r, dict))
+        except PktstreamError:
+            raise  # the registry cannot be reached: the table would be wrong
+        except Exception:
+            continue  # not a usage record: set aside as the consumers do
     lo = datetime.fromtimestamp(rng.since_ms / 1000, UTC) if rng.since_ms is not None else None
     hi = datetime.fromtimestamp(rng.until_ms / 1000, UTC) if rng.until_ms is not None else None
     rows = [r for r in rows
@@ -104,12 +159,14 @@ def usage_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
     return pa.Table.from_pylist(rows) if rows else pa.table({"window_start_ms": pa.array([], pa.timestamp("ms"))})
 
 
-def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader | None = None) -> pa.Table:
     """One row per OCSF event: its time, rule, severity, activity, key, message, and the document."""
+    wr = wr or WireReader()
     cols: dict[str, list[Any]] = {k: [] for k in ("time", "rule", "severity_id", "activity", "key", "message",
                                                   "uid", "document")}
     for value in _messages(conf, topic):
         try:
+            value = wr.json_bytes(value)
             d = json.loads(value)
             t = int(d["time"])
         except (ValueError, KeyError, TypeError):
@@ -176,13 +233,15 @@ def _utf8(s: str) -> bool:
 
 def _record_table(conf: Mapping[str, Any], topic: str, rng: Range, columns: Mapping[str, pa.DataType],
                   row_of: Callable[[dict[str, Any], bytes], tuple[int, dict[str, Any]] | None],
-                  what: str) -> pa.Table:
+                  what: str, wr: WireReader | None = None) -> pa.Table:
     """One row per record of an activity topic whose time (``row_of``'s first value, ms) is in the range.
     A record ``row_of`` cannot read (it raises, or returns None) or whose values do not fit their columns
     is set aside, as the consumers do."""
+    wr = wr or WireReader()
     cols: dict[str, list[Any]] = {k: [] for k in columns}
     for value in _messages(conf, topic):
         try:
+            value = wr.json_bytes(value)
             got = row_of(json.loads(value), value)
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
             continue
@@ -199,10 +258,10 @@ def _record_table(conf: Mapping[str, Any], topic: str, rng: Range, columns: Mapp
         raise PktstreamError(f"the {what} topic {topic!r} holds a record that does not fit its table: {e}") from None
 
 
-def connections_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+def connections_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader | None = None) -> pa.Table:
     """One row per conversation record (OCSF Network Activity) whose end is in the range: the fields a
     hunt filters on as columns, and the document."""
-    return _record_table(conf, topic, rng, CONNECTION_COLUMNS, _connection_row, "connections")
+    return _record_table(conf, topic, rng, CONNECTION_COLUMNS, _connection_row, "connections", wr)
 
 
 def _connection_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]]:
@@ -248,10 +307,10 @@ DNS_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def dns_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+def dns_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader | None = None) -> pa.Table:
     """One row per DNS lookup record (OCSF DNS Activity) whose time (the query's, else the answer's)
     is in the range."""
-    return _record_table(conf, topic, rng, DNS_COLUMNS, _dns_row, "DNS")
+    return _record_table(conf, topic, rng, DNS_COLUMNS, _dns_row, "DNS", wr)
 
 
 def _dns_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | None:
@@ -297,10 +356,10 @@ HTTP_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def http_table(conf: Mapping[str, Any], topic: str, rng: Range) -> pa.Table:
+def http_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader | None = None) -> pa.Table:
     """One row per HTTP exchange record (OCSF HTTP Activity) whose time (the request's, else the
     answer's) is in the range."""
-    return _record_table(conf, topic, rng, HTTP_COLUMNS, _http_row, "HTTP")
+    return _record_table(conf, topic, rng, HTTP_COLUMNS, _http_row, "HTTP", wr)
 
 
 def _http_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | None:
@@ -322,10 +381,12 @@ def _http_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | N
 
 
 def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
-              progress: Progress | None = None) -> int:
-    """Run the SQL; write its result; return the number of result rows."""
+              progress: Progress | None = None, registry_conf: Mapping[str, str] | None = None) -> int:
+    """Run the SQL; write its result; return the number of result rows. ``registry_conf``: the schema
+    registry of topics in its wire format (default: the local one)."""
     import duckdb
 
+    wr = WireReader(registry_conf)
     progress = progress or Progress()
     con = duckdb.connect()
     named = {t for t in ("packets", "usage", "alerts", "connections", "dns", "http") if names_table(sql, t)}
@@ -347,19 +408,19 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
         keep.append(reader)
         con.register("packets", reader)
     if "usage" in named:
-        keep.append(usage_table(conf, sources.usage, rng))
+        keep.append(usage_table(conf, sources.usage, rng, wr))
         con.register("usage", keep[-1])
     if "alerts" in named:
-        keep.append(alerts_table(conf, sources.alerts, rng))
+        keep.append(alerts_table(conf, sources.alerts, rng, wr))
         con.register("alerts", keep[-1])
     if "connections" in named:
-        keep.append(connections_table(conf, sources.connections, rng))
+        keep.append(connections_table(conf, sources.connections, rng, wr))
         con.register("connections", keep[-1])
     if "dns" in named:
-        keep.append(dns_table(conf, sources.dns, rng))
+        keep.append(dns_table(conf, sources.dns, rng, wr))
         con.register("dns", keep[-1])
     if "http" in named:
-        keep.append(http_table(conf, sources.http, rng))
+        keep.append(http_table(conf, sources.http, rng, wr))
         con.register("http", keep[-1])
     try:
         rel = con.sql(sql)

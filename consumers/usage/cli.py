@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pktstream.consumers.engine.app import add_stream_options, conf_from, run_app, stream_config
+from pktstream.consumers.engine.app import WireSchema, add_stream_options, conf_from, run_app, stream_config
 from pktstream.consumers.usage.caps import MAX_APIS, MAX_APIS_PER_SERVER
 from pktstream.consumers.usage.red import MAX_APIS as RED_MAX_APIS
 from pktstream.consumers.usage.red import MAX_LABEL_SETS as RED_MAX_LABEL_SETS
@@ -59,7 +59,18 @@ def usage_run(args: argparse.Namespace) -> int:
                           response_timeout_s=args.response_timeout_s, red=red,
                           max_apis_per_server=args.max_apis_per_server, max_apis=args.max_apis)
     view = UsageView(args.output, args.top)
-    return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view, collectors=[red] if red else None)
+    return run_app(args, conf_from(args), cfg, proc, args.usage_topic, view, collectors=[red] if red else None,
+                   schemas={args.usage_topic: usage_wire_schema()})
+
+
+def usage_wire_schema() -> WireSchema:
+    """The usage records in the registry format: one Avro datum of schemas/usage.avsc each."""
+    import json
+
+    from pktstream.consumers.usage.processor import _PARSED, _SCHEMA
+    from pktstream.schemas import wire
+
+    return WireSchema("AVRO", json.dumps(_SCHEMA), lambda sid, o: wire.avro_datum(sid, _PARSED, o.record))
 
 
 def openapi_arguments(oa: argparse.ArgumentParser) -> None:

@@ -1,0 +1,140 @@
+"""A schema registry (Confluent's REST API: Confluent Schema Registry, Apicurio's ccompat API,
+Redpanda, Karapace, ...) as pktstream's commands use it: through confluent-kafka's own
+``SchemaRegistryClient`` (URL, basic or bearer auth, TLS: its settings, not ours), with the errors
+every command reports in words.
+
+Settings, later ones winning: a properties file (``--schema-registry-config``, else the one
+``PKTSTREAM_SCHEMA_REGISTRY_CONFIG`` names), ``PKTSTREAM_SCHEMA_REGISTRY__*`` variables
+(``__`` for ``.``: ``PKTSTREAM_SCHEMA_REGISTRY__BASIC__AUTH__USER__INFO``), then the URL flag. The
+names are the client's: ``url``, ``basic.auth.user.info`` (USER:PASSWORD),
+``bearer.auth.credentials.source`` and the ``bearer.auth.*`` it needs, ``ssl.ca.location``,
+``ssl.certificate.location``, ``ssl.key.location``, ``timeout`` and so on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from pktstream.runtime.errors import ConfigError, PktstreamError
+from pktstream.runtime.kafka import read_properties
+
+log = structlog.get_logger("pktstream.registry")
+
+REGISTRY_ENV_PREFIX = "PKTSTREAM_SCHEMA_REGISTRY__"
+REGISTRY_CONFIG_ENV = "PKTSTREAM_SCHEMA_REGISTRY_CONFIG"
+REGISTRY_URL_ENV = "PKTSTREAM_SCHEMA_REGISTRY_URL"
+DEFAULT_PORT = 8081  # the local registry's (pktstream registry up)
+CCOMPAT = "/apis/ccompat/v7"  # where Apicurio serves Confluent's API
+COMPATIBILITY = ("BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE",
+                 "NONE")
+
+
+def registry_properties(url: str | None, file: str | None = None,
+                        environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The client's settings every way they can be given (see the module's text); the local
+    registry's URL when none is named. Every problem at once."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    out: dict[str, str] = {}
+    path = file or env.get(REGISTRY_CONFIG_ENV)
+    if path:
+        out.update(read_properties(path, problems))
+    out.update({k[len(REGISTRY_ENV_PREFIX):].lower().replace("__", "."): v for k, v in env.items()
+                if k.startswith(REGISTRY_ENV_PREFIX) and len(k) > len(REGISTRY_ENV_PREFIX)})
+    url = url or env.get(REGISTRY_URL_ENV)
+    if url:
+        out["url"] = url
+    out.setdefault("url", f"http://127.0.0.1:{DEFAULT_PORT}{CCOMPAT}")
+    for u in out["url"].split(","):
+        if not u.strip().startswith(("http://", "https://")):
+            problems.append(f"schema registry URL {u.strip()[:100]!r}: expected http:// or https://")
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _words(e: Exception) -> str:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(e, SchemaRegistryError):
+        if e.error_code is None and e.http_status_code == 404:
+            return ("HTTP 404 without a registry's answer: is the URL the registry's Confluent-compatible API? "
+                    f"(Apicurio's is {CCOMPAT})")
+        return f"HTTP {e.http_status_code}, error {e.error_code}: {e.error_message}"
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+class Registry:
+    """One registry: schemas registered under their subjects (ids cached), and schemas looked up by
+    the id a message names (cached by the client)."""
+
+    def __init__(self, conf: Mapping[str, str]) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self.url = conf["url"]
+        try:
+            self.client = SchemaRegistryClient(dict(conf))
+        except (ValueError, TypeError) as e:  # the client checks its settings here
+            raise ConfigError([f"schema registry settings: {e}"]) from None
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def register(self, subject: str, schema: str, schema_type: str, compatibility: str = "BACKWARD") -> int:
+        """The schema registered under ``subject`` (the registry checks it against the subject's
+        versions by the subject's compatibility level: ``compatibility`` is set on a subject that
+        has no level of its own, and left alone on one that has), its id. PktstreamError, in words,
+        when the registry refuses it or cannot be reached."""
+        got = self.ids.get((subject, schema))
+        if got is not None:
+            return got
+        from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            try:
+                level = self.client.get_compatibility(subject)
+            except SchemaRegistryError as e:
+                if e.http_status_code != 404:
+                    raise
+                level = None
+            if level is None:
+                self.client.set_compatibility(subject, compatibility)
+                level = compatibility
+            sid = int(self.client.register_schema(subject, Schema(schema, schema_type)))
+        except SchemaRegistryError as e:
+            if e.http_status_code == 409:
+                raise PktstreamError(
+                    f"the schema registry at {self.url} refused the {schema_type} schema of subject {subject!r}: "
+                    f"it is not compatible with the subject's earlier versions ({level or 'its level'}): "
+                    f"{e.error_message}; nothing was published") from None
+            raise PktstreamError(f"the schema registry at {self.url} did not register subject {subject!r}: "
+                                 f"{_words(e)}") from None
+        except Exception as e:  # the HTTP client's own errors: refused connections, TLS, timeouts
+            raise PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)} (start one "
+                                 "with pktstream registry up, or name yours with --schema-registry)") from None
+        self.ids[(subject, schema)] = sid
+        log.info("schema_registered", subject=subject, schema_type=schema_type, id=sid, compatibility=level)
+        return sid
+
+    def schema(self, schema_id: int) -> tuple[str, str]:
+        """(schema type, schema text) of an id; LookupError when the registry does not have it,
+        PktstreamError when it cannot be reached."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            s = self.client.get_schema(schema_id)
+        except SchemaRegistryError as e:
+            if e.http_status_code == 404:
+                raise LookupError(f"schema id {schema_id} is not in the registry") from None
+            raise PktstreamError(f"the schema registry at {self.url}: {_words(e)}") from None
+        except Exception as e:
+            raise PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)}") from None
+        return str(s.schema_type or "AVRO"), str(s.schema_str)
+
+    def close(self) -> None:
+        close: Any = getattr(self.client, "__exit__", None)
+        if close is not None:
+            close(None, None, None)

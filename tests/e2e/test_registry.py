@@ -1,0 +1,196 @@
+"""The schema-registry wire format against the real broker and a real registry (Apicurio, started by
+``pktstream registry up`` as a user starts it), judged by readers users run: confluent-kafka's
+AvroDeserializer and JSONDeserializer (which validates every document by the registered OCSF schema)
+and ClickHouse's AvroConfluent format (chDB) with the registry's URL; and by ``pktstream query``."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import chdb
+import pytest
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from pktstream.runtime.kafka import ensure_topic
+from tests.support.apps import run_usage, usage_cmd
+from tests.support.helpers import read_messages
+from tests.support.producer_proc import PKTSTREAM
+from tests.support.traffic import CATALOG, containers, generate, merge, packets, spread
+
+pytestmark = [pytest.mark.kafka]
+
+SEC = 10**9
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+    """A local registry as a user starts one: (its URL, the options that name it to the CLI)."""
+    port, data = free_port(), tmp_path_factory.mktemp("registry")
+    opts = ["--port", str(port), "--data-dir", str(data)]
+    up = subprocess.run([PKTSTREAM, "registry", "up", *opts], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+    url = up.stdout.strip().splitlines()[-1]
+    assert url == f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    try:
+        yield url, opts
+    finally:
+        subprocess.run([PKTSTREAM, "registry", "down", *opts], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def packet_topic(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """Three minutes of HTTP and TLS conversations with their answers, and a SYN flood: (topic, catalog,
+    rules)."""
+    topic = f"reg-packets-{uuid.uuid4().hex[:8]}"
+    t0 = (time.time_ns() - 1800 * SEC) // (60 * SEC) * (60 * SEC)
+    flood = packets([{"ts": ts, "src": f"52.1.{i // 250}.{1 + i % 250}", "dst": "10.1.0.10", "sport": 1024 + i,
+                      "dport": 80, "flags": 0x02} for i, ts in enumerate(spread(t0 + 20 * SEC, 3000, 20 * SEC))])
+    traffic = merge(generate(2500, t0, 180 * SEC, clients=200, seed=3, responses=True), flood)
+    ensure_topic({"bootstrap.servers": kafka_bootstrap}, topic, 3)
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    for m in containers(traffic, batch=2000):
+        p.produce(topic, m, partition=0)
+    assert p.flush(60) == 0
+    d = tmp_path_factory.mktemp("reg-config")
+    (d / "catalog.yaml").write_text(yaml.safe_dump(CATALOG))
+    (d / "rules.yaml").write_text(yaml.safe_dump({"detectors": {"syn_flood": {"min_half_open": 500}}}))
+    return topic, d / "catalog.yaml", d / "rules.yaml"
+
+
+def deserialize(bootstrap: str, url: str, topic: str) -> list[Any]:
+    """Every committed record of the topic, read by confluent-kafka's deserializer of the schema type the
+    registry holds for the topic's subject; a message it cannot read fails the test."""
+    sr = SchemaRegistryClient({"url": url})
+    kind = sr.get_latest_version(f"{topic}-value").schema.schema_type
+    de: Any = AvroDeserializer(sr) if kind == "AVRO" else JSONDeserializer(None, schema_registry_client=sr)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return [de(value, ctx) for _key, value, _headers in read_messages(bootstrap, topic)]
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_every_output_topic_in_the_registry_format_is_read_by_the_readers_users_run(
+        kafka_bootstrap: str, registry: tuple[str, list[str]], packet_topic: tuple[str, Path, Path]) -> None:
+    """Each app run once with --output json: what it prints is its records in their native form, what
+    the readers read from its topics must be the same records."""
+    url, opts = registry
+    topic, catalog, rules = packet_topic
+    b = kafka_bootstrap
+    tag = uuid.uuid4().hex[:6]
+    common = ["--bootstrap-servers", b, "--topic", topic, "--from-beginning", "--until-end", "--metrics-port", "0",
+              "--log-format", "json", "--partitions", "3", "--output", "json", "--grace-s", "1"]
+    reg = ["--wire-format", "registry", "--schema-registry", url]
+
+    # usage: one Avro datum per message (0x00, a 4-byte id, the datum)
+    usage = f"reg-usage-{tag}"
+    expected = run_usage(usage_cmd(b, topic, f"u-{tag}", usage, catalog, "--partitions", "3", *reg))
+    assert sum(r["requests"] for r in expected) > 1000
+    values = [v for _k, v, _h in read_messages(b, usage)]
+    assert values and all(v[0] == 0 and len(v) > 5 for v in values)
+    got = deserialize(b, url, usage)
+    for r in got:
+        r["window_start_ms"] = int(r["window_start_ms"].timestamp() * 1000)
+    key = lambda r: (r["window_s"], r["window_start_ms"], r["api"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(expected, key=key)
+    want: dict[str, list[int]] = {}
+    for r in expected:
+        w = want.setdefault(r["api"], [0, 0, 0])
+        w[0] += r["requests"]
+        w[1] += r["bytes"]
+        w[2] += 1
+    # ClickHouse's AvroConfluent format, with the registry's URL
+    path = Path(f"/tmp/pktstream-reg-{tag}.bin")
+    try:
+        path.write_bytes(b"".join(values))
+        ch = chdb.query(f"SELECT api, sum(requests), sum(bytes), count() FROM file('{path}', 'AvroConfluent') "
+                        f"GROUP BY api ORDER BY api SETTINGS format_avro_schema_registry_url='{url}'", "JSONCompact")
+    finally:
+        path.unlink(missing_ok=True)
+    assert {row[0]: [int(x) for x in row[1:]] for row in json.loads(str(ch))["data"]} == want
+    # pktstream query
+    q = ["--bootstrap-servers", b, "--schema-registry", url, "--format", "json"]
+    sql = "select api, sum(requests)::BIGINT r, sum(bytes)::BIGINT b, count(*) n from usage group by api"
+    rows = [json.loads(line) for line in run(PKTSTREAM, "query", sql, "--usage-topic", usage, *q).stdout.splitlines()]
+    assert {r["api"]: [r["r"], r["b"], r["n"]] for r in rows} == want
+
+    # activity: the three classes as JSON Schema documents, each valid by the registered OCSF schema
+    names = {k: f"reg-{k}-{tag}" for k in ("conn", "dns", "http")}
+    printed = [json.loads(line) for line in run(
+        PKTSTREAM, "activity", *common, "--app-id", f"a-{tag}", "--connections-topic", names["conn"],
+        "--dns-topic", names["dns"], "--http-topic", names["http"], *reg).stdout.splitlines()]
+    by_class: dict[int, list[Any]] = {}
+    for d in printed:
+        by_class.setdefault(d["class_uid"], []).append(d)
+    assert len(by_class[4001]) > 1000 and len(by_class[4002]) > 1000
+    for cls, k in ((4001, "conn"), (4002, "http"), (4003, "dns")):
+        assert sorted(deserialize(b, url, names[k]), key=json.dumps) == sorted(by_class.get(cls, []), key=json.dumps)
+    rows = [json.loads(line) for line in run(
+        PKTSTREAM, "query", "select count(*) n, sum(bytes_out)::BIGINT o from connections", "--connections-topic",
+        names["conn"], *q).stdout.splitlines()]
+    assert rows == [{"n": len(by_class[4001]),
+                     "o": sum(d["traffic"]["bytes_out"] for d in by_class[4001])}]
+
+    # alerts: Detection Finding by OCSF's JSON Schema; and Avro (schemas/alert.avsc) with --format avro
+    for form in ("json", "avro"):
+        out = f"reg-alerts-{form}-{tag}"
+        printed = [json.loads(line) for line in run(
+            PKTSTREAM, "alerts", *common, "--app-id", f"al-{form}-{tag}", "--rules", str(rules), "--catalog",
+            str(catalog), "--alerts-topic", out, "--commit-interval-s", "1", "--format", form,
+            *reg).stdout.splitlines()]
+        assert any(d["unmapped"]["pktstream"]["rule"] == "syn_flood" for d in printed)
+        docs = deserialize(b, url, out)
+        if form == "json":
+            assert sorted(docs, key=json.dumps) == sorted(printed, key=json.dumps)
+        else:
+            assert sorted((d["uid"], d["rule"], d["count"]) for d in docs) == sorted(
+                (d["finding_info"]["uid"], d["unmapped"]["pktstream"]["rule"], d["count"])
+                for d in printed)
+
+    # the registry keeps its schemas across a restart: the ids the messages name still read
+    assert run(PKTSTREAM, "registry", "down", *opts).stdout.strip() == "stopped"
+    assert run(PKTSTREAM, "registry", "up", *opts).stdout.strip().endswith("/apis/ccompat/v7")
+    assert len(deserialize(b, url, usage)) == len(expected)
+
+
+def test_a_schema_the_registry_refuses_stops_the_app_before_anything_is_published(
+        kafka_bootstrap: str, registry: tuple[str, list[str]], packet_topic: tuple[str, Path, Path]) -> None:
+    url, _opts = registry
+    topic, catalog, _rules = packet_topic
+    out = f"reg-refused-{uuid.uuid4().hex[:6]}"
+    sr = SchemaRegistryClient({"url": url})
+    sr.set_compatibility(f"{out}-value", "BACKWARD")
+    theirs = {"type": "record", "name": "ApiUsage", "namespace": "io.pktstream",
+              "fields": [{"name": "api", "type": "long"}]}
+    sr.register_schema(f"{out}-value", Schema(json.dumps(theirs), "AVRO"))
+    p = subprocess.run(usage_cmd(kafka_bootstrap, topic, f"u-x-{out}", out, catalog, "--wire-format", "registry",
+                                 "--schema-registry", url), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"pktstream: error: the schema registry at {url} refused the AVRO schema of subject "
+                          f"'{out}-value': it is not compatible"), err
+    assert "nothing was published" in err
+    assert read_messages(kafka_bootstrap, out, timeout_s=10) == []
+    # the subject still holds only its own version
+    assert sr.get_versions(f"{out}-value") == [1]

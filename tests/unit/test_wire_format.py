@@ -1,0 +1,94 @@
+"""The schema-registry wire format's framing, the --wire-format setting, the registry client's
+settings, and the OCSF JSON Schemas the JSON topics register (tests/e2e/test_registry.py has the
+real registry and the readers users run)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import fastavro
+import pytest
+from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
+
+from pktstream.consumers.engine.app import wire_formats
+from pktstream.consumers.tools.query import WireReader
+from pktstream.runtime.cli import main
+from pktstream.runtime.errors import ConfigError
+from pktstream.runtime.registry import registry_properties
+from pktstream.schemas import load_schema_json, wire
+
+
+def test_a_record_is_five_bytes_then_the_datum_as_confluents_serializers_write_it() -> None:
+    schema = fastavro.parse_schema(load_schema_json("usage"))
+    rec = {"api": "users.get", "matched": True, "window_start_ms": 1_700_000_000_000, "window_s": 60,
+           "host": "10.0.0.1", "port": 443, "protocol": "tcp", "requests": 3, "partial_requests": 0, "packets": 9,
+           "bytes": 900, "new_connections": 1, "methods": {"GET": 3}, "distinct_clients": 1, "top_clients": [],
+           "seen_by": ["h/eth0"], "sampled": False}
+    v = wire.avro_datum(258, schema, rec)
+    assert v[:5] == b"\x00\x00\x00\x01\x02"  # magic byte, id 258 big-endian
+    assert wire.framed(v)
+    sid, body = wire.unframe(v)
+    assert sid == 258
+    back = fastavro.schemaless_reader(io.BytesIO(bytes(body)), schema, schema)
+    assert isinstance(back, dict) and back["requests"] == 3 and back["methods"] == {"GET": 3}
+    assert wire.frame(7, b'{"a":1}') == b"\x00\x00\x00\x00\x07{\"a\":1}"
+
+
+@pytest.mark.parametrize("value", [b"Obj\x01rest", b'{"class_uid":4001}', b" {}", b"\x00\x00\x00\x01", b""])
+def test_pktstreams_own_forms_are_never_taken_for_the_wire_format(value: bytes) -> None:
+    assert not wire.framed(value)
+    with pytest.raises(ValueError):
+        wire.unframe(value)
+    assert WireReader().json_bytes(value) == value
+
+
+def test_a_json_document_in_the_wire_format_reads_without_the_registry() -> None:
+    assert WireReader().json_bytes(wire.frame(12, b'{"x":2}')) == b'{"x":2}'
+
+
+def test_wire_format_picks_per_topic_and_lists_every_problem() -> None:
+    topics = ["a.conn", "a.dns", "a.http"]
+    assert wire_formats(None, topics) == set()
+    assert wire_formats(["registry"], topics) == set(topics)
+    assert wire_formats(["registry", "a.dns=native"], topics) == {"a.conn", "a.http"}
+    assert wire_formats(["a.http=registry"], topics) == {"a.http"}
+    with pytest.raises(ConfigError) as ei:
+        wire_formats(["avro-confluent", "a.nope=registry", "a.dns=json"], topics)
+    assert ei.value.problems == [
+        "--wire-format 'avro-confluent': the format is native or registry",
+        "--wire-format 'a.nope=registry': 'a.nope' is not one of this app's output topics (a.conn, a.dns, a.http)",
+        "--wire-format 'a.dns=json': the format is native or registry",
+    ]
+
+
+def test_a_wrong_wire_format_is_told_with_the_other_problems_before_anything_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["usage", "--wire-format", "confluent", "--grace-s", "-1", "--bootstrap-servers", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--grace-s must be >= 0" in err and "--wire-format 'confluent': the format is native or registry" in err
+
+
+def test_registry_settings_file_then_variables_then_the_url_flag(tmp_path: Path) -> None:
+    f = tmp_path / "registry.properties"
+    f.write_text("url=http://file:8081\nbasic.auth.user.info=u:p\nssl.ca.location=/etc/ca.pem\n")
+    env = {"PKTSTREAM_SCHEMA_REGISTRY__BASIC__AUTH__USER__INFO": "env:pw", "PKTSTREAM_SCHEMA_REGISTRY_URL": "http://env"}
+    assert registry_properties(None, str(f), env) == {"url": "http://env", "basic.auth.user.info": "env:pw",
+                                                      "ssl.ca.location": "/etc/ca.pem"}
+    assert registry_properties("https://flag:8081", str(f), env)["url"] == "https://flag:8081"
+    assert registry_properties(None, None, {}) == {"url": "http://127.0.0.1:8081/apis/ccompat/v7"}
+    with pytest.raises(ConfigError) as ei:
+        registry_properties("ftp://x", str(tmp_path / "missing"), {})
+    assert len(ei.value.problems) == 2
+    assert "ftp://x" in str(ei.value) and "missing" in str(ei.value)
+
+
+@pytest.mark.parametrize("cls", ["detection_finding", "network_activity", "http_activity", "dns_activity"])
+def test_the_registered_json_schemas_are_ocsfs_own(cls: str) -> None:
+    """What a JSON topic registers is what OCSF's published schema generates now (run
+    scripts/ocsf_schemas.py when this fails after an upgrade of the generator)."""
+    ours = json.loads(wire.ocsf_json_schema(cls))
+    assert ours == OcsfJsonSchemaEmbedded(get_ocsf_schema(version="1.3.0")).get_class_schema(cls)
+    assert ours["$schema"] == "https://json-schema.org/draft/2020-12/schema"
