@@ -27,6 +27,7 @@ VERB_MODULES = (
     "pktstream.consumers.usage.cli",
     "pktstream.consumers.alerts.cli",
     "pktstream.consumers.activity.cli",
+    "pktstream.consumers.relay.cli",
     "pktstream.runtime.cli",
 )
 

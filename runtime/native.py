@@ -40,6 +40,9 @@ def load_native() -> ctypes.CDLL:
                 _U8P, i64, i64, i64, _I64P, _I64P, _I64P, i64, _U8P, i64, _I64P, _I64P, i64, _U8P, i64, _I64P,
                 _I64P, i64, _I64P, i64,
             ]
+            lib.pkt_avro_frame.restype = i64
+            lib.pkt_avro_frame.argtypes = [_U8P, i64, i64, i64, _I64P, _I64P, ctypes.c_char_p, i64, ctypes.c_char_p,
+                                           i64, _U8P, i64, _I64P]
             lib.pkt_parse_payloads.restype = i64
             lib.pkt_parse_payloads.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.c_void_p, ctypes.c_void_p]
             lib.pkt_attack_suspects.restype = None

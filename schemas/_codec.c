@@ -169,3 +169,67 @@ int64_t pkt_avro_decode(const uint8_t *buf, int64_t len, int64_t nrec, int64_t n
 	}
 	return pos;
 }
+
+/* ---- the schema-registry wire format ---------------------------------------------------- */
+
+/* Each of nrec records of a block (the field layout: kinds, and each fixed field's size in sizes)
+ * as a message of its own: head (head_len bytes: 0x00 and the schema id) | the record | tail
+ * (tail_len bytes: fields the message adds after the record's), one after another into out, the
+ * end of each in ends[i]. Returns the bytes written, or -1 when the data ends inside a record or
+ * out would overflow, -2 a varint longer than 10 bytes, -3 a negative bytes length, -4 a bad
+ * layout, -5 bytes after the last record, -6 an int field's value outside 32 bits. Never reads
+ * past len, never writes past out_cap. */
+int64_t pkt_avro_frame(const uint8_t *buf, int64_t len, int64_t nrec, int64_t nfields, const int64_t *kinds,
+		       const int64_t *sizes, const uint8_t *head, int64_t head_len, const uint8_t *tail,
+		       int64_t tail_len, uint8_t *out, int64_t out_cap, int64_t *ends)
+{
+	if (nrec < 0 || nfields < 0 || len < 0 || head_len < 0 || tail_len < 0 || out_cap < 0)
+		return -4;
+	int64_t pos = 0, at = 0;
+	for (int64_t i = 0; i < nrec; i++) {
+		int64_t start = pos;
+		for (int64_t f = 0; f < nfields; f++) {
+			int64_t v;
+			int rc;
+			switch (kinds[f]) {
+			case KIND_VARINT:
+			case KIND_INT:
+				rc = get_varint(buf, len, &pos, &v);
+				if (rc)
+					return rc;
+				if (kinds[f] == KIND_INT && (v < INT32_MIN || v > INT32_MAX))
+					return -6;
+				break;
+			case KIND_FIXED:
+				if (sizes[f] < 0)
+					return -4;
+				if (len - pos < sizes[f])
+					return -1;
+				pos += sizes[f];
+				break;
+			case KIND_BYTES:
+				rc = get_varint(buf, len, &pos, &v);
+				if (rc)
+					return rc;
+				if (v < 0)
+					return -3;
+				if (len - pos < v)
+					return -1;
+				pos += v;
+				break;
+			default:
+				return -4;
+			}
+		}
+		int64_t size = pos - start;
+		if (out_cap - at < head_len || out_cap - at - head_len < size ||
+		    out_cap - at - head_len - size < tail_len)
+			return -1;
+		memcpy(out + at, head, (size_t)head_len);
+		memcpy(out + at + head_len, buf + start, (size_t)size);
+		memcpy(out + at + head_len + size, tail, (size_t)tail_len);
+		at += head_len + size + tail_len;
+		ends[i] = at;
+	}
+	return pos == len ? at : -5;
+}

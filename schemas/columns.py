@@ -418,8 +418,20 @@ def payload_width(meta: dict[str, str]) -> int:
     return max(1, int(text))
 
 
-def read_container(value: bytes | None) -> Batch:
-    """Decode one Object Container File (a packet-topic message) into columns."""
+@dataclass
+class Blocks:
+    """A container's blocks, inflated and checked (sizes bounded), not yet decoded."""
+
+    metadata: dict[str, str]
+    lay: Layout
+    width: int
+    total: int
+    blocks: list[tuple[int, bytes | memoryview]]
+
+
+def container_blocks(value: bytes | None) -> Blocks:
+    """One Object Container File (a packet-topic message): its header read, the writer's schema
+    resolved against ours, every block inflated within the bounds and checked (DecodeError)."""
     if not value:
         raise DecodeError("empty message")
     r = ByteReader(value)
@@ -450,12 +462,19 @@ def read_container(value: bytes | None) -> Batch:
         if r.take(16) != sync:
             raise DecodeError("block sync marker mismatch")
         blocks.append((n, block))
-    out = _Columns.allocate(lay, total, width)
+    return Blocks(meta, lay, width, total, blocks)
+
+
+def read_container(value: bytes | None) -> Batch:
+    """Decode one Object Container File (a packet-topic message) into columns."""
+    b = container_blocks(value)
+    lay, total = b.lay, b.total
+    out = _Columns.allocate(lay, total, b.width)
     start = 0
-    for n, block in blocks:
+    for n, block in b.blocks:
         out.decode(block, start, n)
         start += n
     cols = out.views()
     for name, d in lay.defaults.items():  # reader fields this writer did not have
         cols[name] = np.full(total, d, dtype=np.int64)
-    return Batch(meta, total, cols)
+    return Batch(b.metadata, total, cols)

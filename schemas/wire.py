@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import numpy as np
+import numpy.typing as npt
+
+from pktstream.runtime.native import load_native
+from pktstream.schemas.container import KIND_BYTES, KIND_FIXED, KIND_VARINT, encode_long, field_specs
 
 MAGIC = 0
 _HEAD = struct.Struct(">bI")
@@ -63,3 +68,47 @@ def ocsf_json_schema(cls: str, version: str = OCSF_VERSION) -> str:
     """The JSON Schema of an OCSF class (``network_activity``, ``detection_finding``, ...) as
     scripts/ocsf_schemas.py generated it from OCSF's published schema: what a JSON topic registers."""
     return (Path(__file__).parent / "ocsf" / f"{cls}-{version}.json").read_text()
+
+
+_FRAME_ERRORS = {-1: "data ends inside a record", -2: "varint longer than 10 bytes", -3: "negative bytes length",
+                 -4: "bad field layout", -5: "bytes after the last record",
+                 -6: "an int field's value is outside 32 bits"}
+KIND_INT = 3  # a varint that must fit 32 bits (schemas/_codec.c)
+
+
+def avro_string(text: str) -> bytes:
+    """An Avro string's binary encoding (zig-zag varint length, then UTF-8)."""
+    b = text.encode()
+    return encode_long(len(b)) + b
+
+
+def layout(schema: dict[str, Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A flat record schema's field encodings as pkt_avro_frame walks them: each field's kind (int,
+    long, fixed, bytes) and size (fixed fields)."""
+    specs = field_specs(schema)
+    types = [f["type"] for f in schema["fields"]]
+    kinds = np.array([KIND_INT if t == "int" else KIND_VARINT if s.kind == "varint" else
+                      KIND_FIXED if s.kind == "fixed" else KIND_BYTES for s, t in zip(specs, types, strict=True)],
+                     dtype=np.int64)
+    return kinds, np.array([s.size for s in specs], dtype=np.int64)
+
+
+def frame_block(block: bytes | memoryview, n: int, kinds: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64],
+                head_bytes: bytes, tail: bytes = b"") -> tuple[bytes, npt.NDArray[np.int64]]:
+    """The n records of an Avro block (the record layout ``layout`` gives: int, long, fixed and bytes
+    fields) each as a message of the wire format: ``head_bytes`` | the record | ``tail`` (further
+    fields' encoding, the same for every record), one after another, and the end of each. One
+    compiled loop (schemas/_codec.c) that checks the block's structure (and that int fields fit 32
+    bits) as it goes; ValueError when the block is not n records of the layout."""
+    cap = len(block) + n * (len(head_bytes) + len(tail))
+    out = np.empty(max(cap, 1), dtype=np.uint8)
+    ends = np.empty(max(n, 1), dtype=np.int64)
+    got = _native.pkt_avro_frame(np.frombuffer(block, dtype=np.uint8) if len(block) else np.zeros(1, np.uint8),
+                                 len(block), n, len(kinds), kinds, sizes, head_bytes, len(head_bytes), tail,
+                                 len(tail), out, cap, ends)
+    if got < 0:
+        raise ValueError(_FRAME_ERRORS.get(int(got), f"frame error {got}"))
+    return out[:got].tobytes(), ends[:n]
+
+
+_native = load_native()

@@ -81,7 +81,9 @@ def prepare_topics(conf: Mapping[str, Any], packet_topic: str, repartition_topic
     return AppTopics(npackets, nparts, packet_max, limits[repartition_topic], limits[state_topic])
 
 
-def transactional_producer(conf: Mapping[str, Any], transactional_id: str) -> Producer:
+def transactional_producer(conf: Mapping[str, Any], transactional_id: str,
+                           extra: Mapping[str, Any] | None = None) -> Producer:
+    """``extra``: settings of the caller's over these (the relay's batching and compression)."""
     return Producer({
         **conf,
         "transactional.id": transactional_id,
@@ -89,6 +91,7 @@ def transactional_producer(conf: Mapping[str, Any], transactional_id: str) -> Pr
         "linger.ms": 5,
         "compression.type": "lz4",  # the repartition topic: cheap to compress, read back at once
         "message.max.bytes": MAX_SNAPSHOT + (1 << 20),
+        **(extra or {}),
     })
 
 

@@ -51,10 +51,10 @@ class Transactions:
     """The open transaction of one runner (transactional id ``txn_id``: the app and instance)."""
 
     def __init__(self, conf: Mapping[str, Any], txn_id: str,
-                 on_replace: Callable[[Producer], None] | None = None) -> None:
-        self.conf, self.txn_id, self.on_replace = dict(conf), txn_id, on_replace
+                 on_replace: Callable[[Producer], None] | None = None, extra: Mapping[str, Any] | None = None) -> None:
+        self.conf, self.txn_id, self.on_replace, self.extra = dict(conf), txn_id, on_replace, extra
         self._abandoned: list[Producer] = []  # producers replaced while stuck in a call (see replace)
-        self.producer = transactional_producer(self.conf, txn_id)
+        self.producer = transactional_producer(self.conf, txn_id, extra)
         self.producer.init_transactions(60)
         self.producer.begin_transaction()
 
@@ -100,7 +100,7 @@ class Transactions:
         transaction; the caller goes back to the last commit, as after any abort."""
         log.warning("transaction_stuck_producer_replaced", error=why, transactional_id=self.txn_id)
         self._abandoned.append(self.producer)  # a thread still waits in it: never destroyed under it
-        producer = transactional_producer(self.conf, self.txn_id)
+        producer = transactional_producer(self.conf, self.txn_id, self.extra)
         retrying(lambda: producer.init_transactions(TXN_CALL_S), "init_transactions", when=retriable)
         producer.begin_transaction()
         self.producer = producer

@@ -111,31 +111,43 @@ def names_table(sql: str, table: str) -> bool:
 
 
 def _messages(conf: Mapping[str, Any], topic: str) -> Iterator[bytes]:
-    """Every committed message of a (small) output topic; the callers cut the range by record time."""
+    """Every committed message of a (small) output topic, partition after partition (its partitions
+    read at once); the callers cut the range by record time."""
     c = Consumer({**conf, "group.id": "pktstream-query-out", "enable.auto.commit": False,
                   "enable.partition.eof": True, "isolation.level": "read_committed"})
     try:
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
             raise PktstreamError(f"the query names a table whose topic {topic!r} does not exist")
+        ends: dict[int, int] = {}
+        starts = []
         for p in sorted(md.partitions):
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
-            if hi <= lo:
+            if hi > lo:
+                ends[p] = hi
+                starts.append(TopicPartition(topic, p, lo))
+        got: dict[int, list[bytes]] = {p: [] for p in ends}
+        if starts:
+            c.assign(starts)
+        left = set(ends)
+        while left:
+            m = c.poll(1.0)
+            if m is None:
                 continue
-            c.assign([TopicPartition(topic, p, lo)])
-            while True:
-                m = c.poll(1.0)
-                if m is None:
+            p = m.partition() or 0
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    left.discard(p)
                     continue
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        break
-                    raise KafkaException(err)
-                yield m.value() or b""
-                if (m.offset() or 0) + 1 >= hi:
-                    break
-            c.unassign()
+                raise KafkaException(err)
+            if p not in left:
+                continue
+            got[p].append(m.value() or b"")
+            if (m.offset() or 0) + 1 >= ends[p]:
+                left.discard(p)
+        for p in sorted(got):
+            yield from got[p]
     finally:
         c.close()
 

@@ -151,13 +151,41 @@ static void check_result(int64_t used, int64_t len, const struct layout *l, cons
 		}
 }
 
+/* The relay's framing of the same block (pkt_avro_frame: each record as a message of its own, a
+ * head before and a tail after it), into an output exactly as large as the caller makes it: it must
+ * agree with the decoder on whether the block is n records of the layout. */
+static void check_frame(const struct layout *l, int64_t n, const uint8_t *block, int64_t len, int64_t used)
+{
+	static const uint8_t head[5] = { 0, 0, 0, 1, 2 }, tail[3] = { 4, 'h', 'x' };
+	int64_t cap = len + n * 8;
+	uint8_t *out = zalloc(cap, 1);
+	int64_t *ends = zalloc(n, sizeof(int64_t));
+	int64_t got = pkt_avro_frame(block, len, n, l->nfields, l->kinds, l->sizes, head, 5, tail, 3, out, cap, ends);
+	CHECK(got >= -6, "unknown frame error %lld", (long long)got);
+	if (used == len) {
+		CHECK(got == cap, "framed %lld bytes of %lld", (long long)got, (long long)cap);
+		for (int64_t i = 0, at = 0; i < n; i++) {
+			CHECK(ends[i] > at && ends[i] <= got, "record %lld ends at %lld", (long long)i, (long long)ends[i]);
+			CHECK(memcmp(out + at, head, 5) == 0 && memcmp(out + ends[i] - 3, tail, 3) == 0,
+			      "record %lld is not framed", (long long)i);
+			at = ends[i];
+		}
+	} else {
+		CHECK(got < 0, "framed a block the decoder refused (%lld)", (long long)used);
+	}
+	free(out);
+	free(ends);
+}
+
 static void run_honest(struct layout *l, int64_t n, int64_t width, const uint8_t *block, int64_t len)
 {
 	number_slots(l);
 	struct dest d;
 	if (!allocate(l, n, width, len, &d))
 		return;
-	check_result(decode_call(block, len, l, &d), len, l, &d);
+	int64_t used = decode_call(block, len, l, &d);
+	check_result(used, len, l, &d);
+	check_frame(l, n, block, len, used);
 	release(&d);
 }
 

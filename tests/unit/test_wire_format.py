@@ -7,17 +7,24 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
+import avro.io
+import avro.schema
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 from pktstream.consumers.engine.app import wire_formats
+from pktstream.consumers.relay.relay import relayed_schema
 from pktstream.consumers.tools.query import WireReader
 from pktstream.runtime.cli import main
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.registry import registry_properties
 from pktstream.schemas import load_schema_json, wire
+from tests.support.avro_records import record_st
 
 
 def test_a_record_is_five_bytes_then_the_datum_as_confluents_serializers_write_it() -> None:
@@ -92,3 +99,44 @@ def test_the_registered_json_schemas_are_ocsfs_own(cls: str) -> None:
     ours = json.loads(wire.ocsf_json_schema(cls))
     assert ours == OcsfJsonSchemaEmbedded(get_ocsf_schema(version="1.3.0")).get_class_schema(cls)
     assert ours["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(record_st, min_size=1, max_size=20), st.text(max_size=30), st.text(max_size=10))
+def test_a_block_cut_into_messages_reads_record_by_record_in_apaches_avro(
+        records: list[dict[str, Any]], host: str, iface: str) -> None:
+    """The relay's framing (pkt_avro_frame): each message is 0x00, the id, one datum of the relayed
+    schema (the packet record, then host and interface), as Apache's avro package reads it."""
+    packet = load_schema_json("packet")
+    buf = io.BytesIO()
+    for r in records:
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(packet), r)
+    kinds, sizes = wire.layout(packet)
+    out, ends = wire.frame_block(buf.getvalue(), len(records), kinds, sizes, wire.head(77),
+                                 wire.avro_string(host) + wire.avro_string(iface))
+    assert len(ends) == len(records)
+    reader = avro.io.DatumReader(avro.schema.parse(json.dumps(relayed_schema())))
+    start = 0
+    for r, end in zip(records, ends.tolist(), strict=True):
+        msg = out[start:end]
+        assert wire.unframe(msg)[0] == 77
+        got = reader.read(avro.io.BinaryDecoder(io.BytesIO(msg[5:])))
+        assert got == {**r, "host": host, "interface": iface}
+        start = end
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=8))
+def test_a_block_that_is_not_records_is_refused_never_misread(block: bytes, n: int) -> None:
+    kinds, sizes = wire.layout(load_schema_json("packet"))
+    try:
+        out, ends = wire.frame_block(block, n, kinds, sizes, wire.head(1))
+    except ValueError:
+        return
+    # what frames is n whole records, the whole block: each reads back with fastavro
+    schema = fastavro.parse_schema(load_schema_json("packet"))
+    assert len(out) == len(block) + 5 * n
+    start = 0
+    for end in ends.tolist():
+        fastavro.schemaless_reader(io.BytesIO(out[start + 5:end]), schema, schema)
+        start = end

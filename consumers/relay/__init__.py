@@ -1,0 +1,1 @@
+"""``pktstream relay``: the packet topic in the schema-registry wire format."""

@@ -1,0 +1,244 @@
+"""``pktstream relay``: the packet topic as one record per message in the schema-registry wire
+format, for the readers of the Kafka ecosystem (docs/registry.md).
+
+Each packet message (an Avro container of thousands of records) goes through the consumers' one
+door for untrusted input (schemas/columns.py: the writer's schema resolved against ours, sizes
+bounded), its records are written again under our schema by the producer's compiled encoder and
+cut into messages by one compiled loop (schemas/_codec.c ``pkt_avro_frame``): 0x00, the schema id,
+the record, then the host and interface it came from (fields the relayed schema adds). Python's
+work per record is the producer call alone.
+
+Exactly once: a consumer group over the packet topic (scale-out: run more instances with the same
+--app-id) and one Kafka transaction at a time holding the records written and the offsets read
+(engine/transactions.py, as the consumers' runner uses it). A record of partition p goes to
+partition p of the output topic (created with as many), keyed by its host, so each host's records
+stay in order. A message that does not decode is dead-lettered in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from pktstream.consumers.engine.deadletter import DeadLetters
+from pktstream.consumers.engine.runner import default_instance_id
+from pktstream.consumers.engine.topics import group_consumer
+from pktstream.consumers.engine.transactions import Transactions
+from pktstream.runtime.kafka import ensure_topic, require_topic
+from pktstream.runtime.registry import Registry
+from pktstream.schemas import headers as H
+from pktstream.schemas import load_schema_json, wire
+from pktstream.schemas.columns import container_blocks, read_container
+from pktstream.schemas.container import encode_records, field_specs
+from pktstream.schemas.decode import DecodeError, message_headers
+
+log = structlog.get_logger("pktstream.relay")
+
+_SPECS = field_specs(load_schema_json("packet"))
+_PAYLOADS = [s.name for s in _SPECS if s.kind == "bytes"]
+_KINDS, _SIZES = wire.layout(load_schema_json("packet"))
+_SHAPE = [(s.name, s.kind, s.size) for s in _SPECS]  # a writer's records laid out so are passed through
+
+
+def _as_ours(lay: Any) -> bool:
+    """Are a writer's records laid out as ours (the same fields, in order, encoded alike: its blocks'
+    bytes are records of our schema and are passed through as they are)?"""
+    return not lay.defaults and [(s.name, s.kind, s.size) for s in lay.specs] == _SHAPE
+
+
+def relayed_schema() -> dict[str, Any]:
+    """The packet record (schemas/packet.avsc) and, after its fields, the host and interface that
+    captured it (the container's metadata: a message of its own has no container)."""
+    s = load_schema_json("packet")
+    return {**s, "fields": [*s["fields"],
+                            {"name": "host", "type": "string", "default": "",
+                             "doc": "The capture point's host id (pktstream.host)."},
+                            {"name": "interface", "type": "string", "default": "",
+                             "doc": "The interface it captured on (pktstream.interface)."}]}
+
+
+@dataclass
+class RelayConfig:
+    app_id: str
+    packet_topic: str
+    out_topic: str
+    start: str = "end"  # "end" | "beginning": where a partition without a committed offset starts
+    until_end: bool = False
+    commit_interval_s: float = 1.0
+    commit_records: int = 1_000_000
+    dead_letter_topic: str | None = None
+    instance_id: str = ""
+    compression: str = "zstd"
+    compatibility: str = "BACKWARD"
+
+
+@dataclass
+class RelayFigures:
+    messages_in: int = 0
+    records_out: int = 0
+    dead_lettered: int = 0
+    transactions: int = 0
+    aborted: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Relay:
+    def __init__(self, conf: Mapping[str, Any], cfg: RelayConfig, registry: Registry, stop: threading.Event) -> None:
+        self.conf, self.cfg, self.registry, self.stop = dict(conf), cfg, registry, stop
+        self.figures = RelayFigures()
+        self._progress_since_commit = False  # messages read since the last commit (offsets to commit)
+
+    def prepare(self) -> None:
+        """The packet topic must exist; the output topic is created with as many partitions; the
+        schema registered (a refusal stops the relay before anything is read)."""
+        self.nparts = require_topic(self.conf, self.cfg.packet_topic)
+        ensure_topic(self.conf, self.cfg.out_topic, self.nparts, -1, {"retention.ms": str(7 * 86400_000)})
+        self.out_parts = require_topic(self.conf, self.cfg.out_topic, "output topic")
+        self.schema_id = self.registry.register(f"{self.cfg.out_topic}-value", json.dumps(relayed_schema()), "AVRO",
+                                                self.cfg.compatibility)
+        self.head = wire.head(self.schema_id)
+
+    def run(self, duration_s: float | None = None) -> RelayFigures:
+        cfg = self.cfg
+        instance = cfg.instance_id or default_instance_id()
+        consumer = group_consumer({**self.conf, "auto.offset.reset": "earliest" if cfg.start == "beginning"
+                                   else "latest"}, cfg.app_id, f"{cfg.app_id}-{instance}")
+        txn = Transactions(self.conf, f"{cfg.app_id}-{instance}",
+                           extra={"linger.ms": 50, "batch.size": 4 << 20, "batch.num.messages": 200_000,
+                                  "compression.type": cfg.compression, "queue.buffering.max.messages": 2_000_000,
+                                  "queue.buffering.max.kbytes": 2 << 20, "delivery.report.only.error": True})
+        dead = DeadLetters(self.conf, cfg.dead_letter_topic, "pktstream-relay", producer=txn.producer) \
+            if cfg.dead_letter_topic else None
+        self.assigned: set[int] = set()
+        self.at_end: set[int] = set()
+        self.first: dict[int, int] = {}  # the first offset read of each partition (an abort before any commit)
+        pending = 0  # records in the open transaction
+
+        def commit() -> None:
+            nonlocal pending
+            if not pending and not self._progress_since_commit:
+                return
+            offsets = [p for p in consumer.position([TopicPartition(cfg.packet_topic, q) for q in self.assigned])
+                       if p.offset >= 0]
+            if txn.commit(offsets, consumer.consumer_group_metadata()):
+                self.figures.transactions += 1
+            else:
+                self.figures.aborted += 1
+                self._rewind(consumer)
+            pending, self._progress_since_commit = 0, False
+            if dead is not None:
+                dead.producer = txn.producer
+
+        def on_assign(c: Any, parts: list[TopicPartition]) -> None:
+            self.assigned |= {p.partition for p in parts}
+            log.info("relay_assigned", partitions=sorted(self.assigned))
+
+        def on_revoke(c: Any, parts: list[TopicPartition]) -> None:
+            commit()  # what was read of them is written and committed before another instance takes them
+            self.assigned -= {p.partition for p in parts}
+            self.at_end -= {p.partition for p in parts}
+
+        consumer.subscribe([cfg.packet_topic], on_assign=on_assign, on_revoke=on_revoke)
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        last = time.monotonic()
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                msgs = consumer.consume(16, 0.2)
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            self.at_end.add(m.partition() or 0)
+                            continue
+                        if err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                                         KafkaError.GROUP_AUTHORIZATION_FAILED):
+                            raise KafkaException(err)
+                        log.warning("relay_consume_error", error=str(err))
+                        continue
+                    self.at_end.discard(m.partition() or 0)
+                    self.first.setdefault(m.partition() or 0, m.offset() or 0)
+                    self._progress_since_commit = True
+                    self.figures.messages_in += 1
+                    pending += self._relay(txn, m, dead)
+                now = time.monotonic()
+                if now - last >= cfg.commit_interval_s or pending >= cfg.commit_records:
+                    commit()
+                    last = now
+                if cfg.until_end and self.assigned and self.at_end >= self.assigned and not msgs:
+                    break
+            commit()
+        finally:
+            consumer.close()
+            txn.close()
+        el = time.monotonic() - self.figures.started
+        log.info("relay_stopped", app_id=cfg.app_id, seconds=round(el, 2), **{
+            k: v for k, v in vars(self.figures).items() if k != "started"})
+        return self.figures
+
+    def _relay(self, txn: Transactions, m: Message, dead: DeadLetters | None) -> int:
+        """One packet message's records into the open transaction; their count (0 when the message is
+        dead-lettered: the reason logged and counted)."""
+        try:
+            value = m.value()
+            b = container_blocks(value)
+            hdr = message_headers(m)
+            tail = wire.avro_string(hdr.get(H.HOST) or b.metadata.get(H.HOST, "")) + \
+                wire.avro_string(hdr.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, ""))
+            if _as_ours(b.lay):  # the common case: the blocks are cut into messages as they are
+                blocks = b.blocks
+            else:  # an older (or newer) writer's layout: decoded, and written again under our schema
+                batch = read_container(value)
+                cols = dict(batch.columns)
+                for name in _PAYLOADS:  # a payload longer than its column was cut to the width on decoding
+                    cols[name + "__len"] = np.minimum(cols[name + "__len"], cols[name].shape[1])
+                blocks = [(batch.n, encode_records(_SPECS, cols, batch.n))] if batch.n else []
+            framed = [wire.frame_block(block, n, _KINDS, _SIZES, self.head, tail) for n, block in blocks if n]
+        except (DecodeError, ValueError) as e:
+            self.figures.dead_lettered += 1
+            if dead is not None:
+                dead.put(m, str(e))
+            else:
+                log.warning("message_corrupt", topic=m.topic(), partition=m.partition(), offset=m.offset(),
+                            reason=str(e)[:300])
+            return 0
+        produce, poll = txn.producer.produce, txn.producer.poll
+        topic, key, part = self.cfg.out_topic, m.key(), (m.partition() or 0) % self.out_parts
+        count = 0
+        for buf, ends in framed:
+            start = 0
+            for end in ends.tolist():
+                try:
+                    produce(topic, buf[start:end], key, part)  # (positional: a quarter cheaper than keywords)
+                except BufferError:  # the local queue is full: wait for room, never drop
+                    while True:
+                        poll(0.05)
+                        try:
+                            produce(topic, buf[start:end], key, part)
+                            break
+                        except BufferError:
+                            continue
+                start = end
+            count += len(ends)
+            poll(0)
+        self.figures.records_out += count
+        return count
+
+    def _rewind(self, consumer: Any) -> None:
+        """After an abort: every assigned partition back to its committed offset."""
+        parts = [TopicPartition(self.cfg.packet_topic, q) for q in self.assigned]
+        if not parts:
+            return
+        for p in consumer.committed(parts, timeout=30):
+            if p.offset < 0:  # nothing committed yet: back to where this process began to read it
+                if p.partition not in self.first:
+                    continue
+                p.offset = self.first[p.partition]
+            consumer.seek(p)
