@@ -82,10 +82,9 @@ class Registry:
             raise ConfigError([f"schema registry settings: {e}"]) from None
         self.ids: dict[tuple[str, str], int] = {}
 
-    def register(self, subject: str, schema: str, schema_type: str, compatibility: str = "BACKWARD") -> int:
-        """The schema registered under ``subject`` (the registry checks it against the subject's
-        versions by the subject's compatibility level: ``compatibility`` is set on a subject that
-        has no level of its own, and left alone on one that has), its id. PktstreamError, in words,
+    def register(self, subject: str, schema: str, schema_type: str, compatibility: str | None = None) -> int:
+        """The schema registered under ``subject``, its id; the registry checks it against the subject's
+        earlier versions by the compatibility level in force (see ``level``). PktstreamError, in words,
         when the registry refuses it or cannot be reached."""
         got = self.ids.get((subject, schema))
         if got is not None:
@@ -93,16 +92,9 @@ class Registry:
         from confluent_kafka.schema_registry import Schema
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+        level: str | None = None
         try:
-            try:
-                level = self.client.get_compatibility(subject)
-            except SchemaRegistryError as e:
-                if e.http_status_code != 404:
-                    raise
-                level = None
-            if level is None:
-                self.client.set_compatibility(subject, compatibility)
-                level = compatibility
+            level = self.level(subject, compatibility)
             sid = int(self.client.register_schema(subject, Schema(schema, schema_type)))
         except SchemaRegistryError as e:
             if e.http_status_code == 409:
@@ -112,12 +104,52 @@ class Registry:
                     f"{e.error_message}; nothing was published") from None
             raise PktstreamError(f"the schema registry at {self.url} did not register subject {subject!r}: "
                                  f"{_words(e)}") from None
+        except PktstreamError:
+            raise
         except Exception as e:  # the HTTP client's own errors: refused connections, TLS, timeouts
             raise PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)} (start one "
                                  "with pktstream registry up, or name yours with --schema-registry)") from None
         self.ids[(subject, schema)] = sid
         log.info("schema_registered", subject=subject, schema_type=schema_type, id=sid, compatibility=level)
         return sid
+
+    def level(self, subject: str, wanted: str | None = None) -> str | None:
+        """The compatibility level a new version of ``subject`` is checked by, set first where needed.
+        ``wanted`` (--schema-compatibility): set on the subject unless it has that level. None: the
+        subject's own level, else the registry's global one (an administrator's policy) are left as
+        they are, unless neither checks anything (none set, or NONE: Apicurio's default, and how it
+        reports a subject without a rule); then BACKWARD is set on the subject. A registry that does not
+        let us set it (401, 403) is told in a warning and the level in force stays."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        def get(name: str | None) -> str | None:
+            try:
+                return str(self.client.get_compatibility(name)) if name else str(self.client.get_compatibility())
+            except SchemaRegistryError as e:
+                if e.http_status_code == 404:
+                    return None
+                raise
+
+        own = get(subject)
+        glob = None
+        if wanted is None:
+            if own not in (None, "NONE"):
+                return own
+            glob = get(None)
+            if own is None and glob not in (None, "NONE"):
+                return glob
+            wanted = "BACKWARD"
+        if own == wanted:
+            return own
+        try:
+            self.client.set_compatibility(subject, wanted)
+        except SchemaRegistryError as e:
+            if e.http_status_code in (401, 403):
+                log.warning("schema_compatibility_not_set", subject=subject, wanted=wanted, level=own or glob,
+                            error=_words(e))
+                return own or glob
+            raise
+        return wanted
 
     def schema(self, schema_id: int) -> tuple[str, str]:
         """(schema type, schema text) of an id; LookupError when the registry does not have it,
@@ -127,7 +159,7 @@ class Registry:
         try:
             s = self.client.get_schema(schema_id)
         except SchemaRegistryError as e:
-            if e.http_status_code == 404:
+            if e.http_status_code == 404 and e.error_code is not None:  # 40403: the registry has no such id
                 raise LookupError(f"schema id {schema_id} is not in the registry") from None
             raise PktstreamError(f"the schema registry at {self.url}: {_words(e)}") from None
         except Exception as e:

@@ -148,8 +148,9 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
     p.add_argument("--schema-registry-config", default=None, metavar="FILE",
                    help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*; name=value "
                         "lines; default: $PKTSTREAM_SCHEMA_REGISTRY_CONFIG)")
-    p.add_argument("--schema-compatibility", default="BACKWARD", choices=COMPATIBILITY,
-                   help="the level set on a subject that has none of its own when its schema is registered")
+    p.add_argument("--schema-compatibility", default=None, choices=COMPATIBILITY,
+                   help="the compatibility level set on the subject (default: leave the subject's or the registry's "
+                        "level in force, BACKWARD where none checks anything)")
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ def transactional_producer(conf: Mapping[str, Any], transactional_id: str,
     })
 
 
-def group_consumer(conf: Mapping[str, Any], group: str, instance: str) -> Consumer:
+def group_consumer(conf: Mapping[str, Any], group: str, instance: str, reset: str = "earliest") -> Consumer:
+    """``reset``: where a partition without a committed offset starts (earliest, latest)."""
     return Consumer({
         **conf,
         "group.id": group,
@@ -107,7 +108,7 @@ def group_consumer(conf: Mapping[str, Any], group: str, instance: str) -> Consum
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": reset,
         "fetch.max.bytes": 64 << 20,
         # a full local queue (our big messages fill it quickly) postpones the partition's next
         # fetch by this much (librdkafka's default, 1 s, left the consumer idle at times), and a

@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "local one: pktstream registry up)")
     p.add_argument("--schema-registry-config", default=None, metavar="FILE",
                    help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*)")
-    p.add_argument("--schema-compatibility", default="BACKWARD", choices=COMPATIBILITY,
-                   help="the level set on the subject when it has none of its own")
+    p.add_argument("--schema-compatibility", default=None, choices=COMPATIBILITY,
+                   help="the compatibility level set on the subject (default: leave the subject's or the registry's "
+                        "level in force, BACKWARD where none checks anything)")
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("-X", dest="kafka_props", action="append", metavar="PROP=VALUE", help="librdkafka property")
     p.add_argument("--kafka-config", default=None, metavar="FILE",
@@ -59,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--commit-records must be >= 1, got {args.commit_records}")
     if args.out_topic == args.topic:
         problems.append(f"--to {args.out_topic!r} is the packet topic itself")
+    if args.dead_letter_topic and args.dead_letter_topic in (args.topic, args.out_topic):
+        problems.append(f"--dead-letter-topic {args.dead_letter_topic!r} is the packet topic or the output topic")
+    if args.duration is not None and args.duration <= 0:
+        problems.append(f"--duration must be > 0, got {args.duration}")
     props: dict[str, str] = {}
     reg_conf: dict[str, str] = {}
     try:

@@ -32,7 +32,8 @@ from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.consumers.engine.runner import default_instance_id
 from pktstream.consumers.engine.topics import group_consumer
 from pktstream.consumers.engine.transactions import Transactions
-from pktstream.runtime.kafka import ensure_topic, require_topic
+from pktstream.consumers.relay.batchproduce import BatchProducer, BatchRefused, Interrupted
+from pktstream.runtime.kafka import ensure_topic, max_message_bytes, require_topic
 from pktstream.runtime.registry import Registry
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json, wire
@@ -42,6 +43,10 @@ from pktstream.schemas.decode import DecodeError, message_headers
 
 log = structlog.get_logger("pktstream.relay")
 
+MAX_QUEUE = 2_000_000  # messages the producer's queue holds
+OUT_MESSAGE_BYTES = 8 << 20  # the output topic's max.message.bytes when the relay creates it
+RECORD_ROOM = 64 << 10  # room a record leaves in a batch under the topic's limit (key, framing)
+MAX_NAME = 255  # characters of a host id or interface name (the producer's are far shorter)
 _SPECS = field_specs(load_schema_json("packet"))
 _PAYLOADS = [s.name for s in _SPECS if s.kind == "bytes"]
 _KINDS, _SIZES = wire.layout(load_schema_json("packet"))
@@ -77,7 +82,7 @@ class RelayConfig:
     dead_letter_topic: str | None = None
     instance_id: str = ""
     compression: str = "zstd"
-    compatibility: str = "BACKWARD"
+    compatibility: str | None = None  # None: the level in force, BACKWARD where none (Registry.level)
 
 
 @dataclass
@@ -94,14 +99,21 @@ class Relay:
     def __init__(self, conf: Mapping[str, Any], cfg: RelayConfig, registry: Registry, stop: threading.Event) -> None:
         self.conf, self.cfg, self.registry, self.stop = dict(conf), cfg, registry, stop
         self.figures = RelayFigures()
-        self._progress_since_commit = False  # messages read since the last commit (offsets to commit)
+        # per assigned partition: the offset after the last message relayed (or dead-lettered) in the open
+        # transaction, and where the open transaction began (what an abort goes back to); the relay
+        # commits these, never the consumer's position (which runs ahead of what was relayed)
+        self.done: dict[int, int] = {}
+        self.base: dict[int, int] = {}
 
     def prepare(self) -> None:
         """The packet topic must exist; the output topic is created with as many partitions; the
         schema registered (a refusal stops the relay before anything is read)."""
         self.nparts = require_topic(self.conf, self.cfg.packet_topic)
-        ensure_topic(self.conf, self.cfg.out_topic, self.nparts, -1, {"retention.ms": str(7 * 86400_000)})
+        ensure_topic(self.conf, self.cfg.out_topic, self.nparts, -1,
+                     {"retention.ms": str(7 * 86400_000), "max.message.bytes": str(OUT_MESSAGE_BYTES)})
         self.out_parts = require_topic(self.conf, self.cfg.out_topic, "output topic")
+        # what the topic really takes (an existing topic keeps its own limit): batches and records within it
+        self.limit = max_message_bytes(self.conf, self.cfg.out_topic)
         self.schema_id = self.registry.register(f"{self.cfg.out_topic}-value", json.dumps(relayed_schema()), "AVRO",
                                                 self.cfg.compatibility)
         self.head = wire.head(self.schema_id)
@@ -109,31 +121,34 @@ class Relay:
     def run(self, duration_s: float | None = None) -> RelayFigures:
         cfg = self.cfg
         instance = cfg.instance_id or default_instance_id()
-        consumer = group_consumer({**self.conf, "auto.offset.reset": "earliest" if cfg.start == "beginning"
-                                   else "latest"}, cfg.app_id, f"{cfg.app_id}-{instance}")
+        consumer = group_consumer(self.conf, cfg.app_id, f"{cfg.app_id}-{instance}",
+                                  reset="earliest" if cfg.start == "beginning" else "latest")
         txn = Transactions(self.conf, f"{cfg.app_id}-{instance}",
-                           extra={"linger.ms": 50, "batch.size": 4 << 20, "batch.num.messages": 200_000,
-                                  "compression.type": cfg.compression, "queue.buffering.max.messages": 2_000_000,
-                                  "queue.buffering.max.kbytes": 2 << 20, "delivery.report.only.error": True})
+                           extra={"linger.ms": 50, "batch.size": max(16 << 10, min(4 << 20, self.limit - (64 << 10))),
+                                  "batch.num.messages": 200_000, "compression.type": cfg.compression,
+                                  "queue.buffering.max.messages": MAX_QUEUE, "queue.buffering.max.kbytes": 2 << 20,
+                                  "delivery.report.only.error": True})
+        self._batch: tuple[Any, BatchProducer | None] = (None, None)
         dead = DeadLetters(self.conf, cfg.dead_letter_topic, "pktstream-relay", producer=txn.producer) \
             if cfg.dead_letter_topic else None
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
-        self.first: dict[int, int] = {}  # the first offset read of each partition (an abort before any commit)
         pending = 0  # records in the open transaction
+        failed = False  # an exception is on its way out: nothing more may commit
 
         def commit() -> None:
             nonlocal pending
-            if not pending and not self._progress_since_commit:
+            moved = {q: o for q, o in self.done.items() if q in self.assigned and o != self.base.get(q)}
+            if failed or (not pending and not moved):
                 return
-            offsets = [p for p in consumer.position([TopicPartition(cfg.packet_topic, q) for q in self.assigned])
-                       if p.offset >= 0]
+            offsets = [TopicPartition(cfg.packet_topic, q, o) for q, o in sorted(moved.items())]
             if txn.commit(offsets, consumer.consumer_group_metadata()):
                 self.figures.transactions += 1
+                self.base.update(moved)
             else:
                 self.figures.aborted += 1
                 self._rewind(consumer)
-            pending, self._progress_since_commit = 0, False
+            pending = 0
             if dead is not None:
                 dead.producer = txn.producer
 
@@ -142,9 +157,14 @@ class Relay:
             log.info("relay_assigned", partitions=sorted(self.assigned))
 
         def on_revoke(c: Any, parts: list[TopicPartition]) -> None:
-            commit()  # what was read of them is written and committed before another instance takes them
-            self.assigned -= {p.partition for p in parts}
-            self.at_end -= {p.partition for p in parts}
+            commit()  # what was relayed of them is committed before another instance takes them
+            if failed and pending:
+                txn.abort("stopping after an error")
+            for p in parts:
+                self.assigned.discard(p.partition)
+                self.at_end.discard(p.partition)
+                self.done.pop(p.partition, None)
+                self.base.pop(p.partition, None)
 
         consumer.subscribe([cfg.packet_topic], on_assign=on_assign, on_revoke=on_revoke)
         deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -153,21 +173,36 @@ class Relay:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 msgs = consumer.consume(16, 0.2)
                 for m in msgs:
+                    q = m.partition() or 0
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            self.at_end.add(m.partition() or 0)
+                            if q in self.assigned:
+                                self.at_end.add(q)
                             continue
                         if err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
                                                          KafkaError.GROUP_AUTHORIZATION_FAILED):
                             raise KafkaException(err)
                         log.warning("relay_consume_error", error=str(err))
                         continue
-                    self.at_end.discard(m.partition() or 0)
-                    self.first.setdefault(m.partition() or 0, m.offset() or 0)
-                    self._progress_since_commit = True
+                    if q not in self.assigned:
+                        continue  # fetched before its partition was revoked: its new owner reads it
+                    off = m.offset() or 0
+                    if off < self.done.get(q, -1):
+                        continue  # read before a rewind took the partition back
+                    self.at_end.discard(q)
+                    self.base.setdefault(q, off)  # the first read of this assignment: where an abort goes back to
                     self.figures.messages_in += 1
-                    pending += self._relay(txn, m, dead)
+                    try:
+                        pending += self._relay(txn, m, dead)
+                    except (BatchRefused, Interrupted) as e:  # this transaction's records go; its input is read again
+                        log.warning("relay_transaction_abandoned", error=str(e) or type(e).__name__)
+                        txn.abort(str(e))
+                        self.figures.aborted += 1
+                        self._rewind(consumer)
+                        pending = 0
+                        break
+                    self.done[q] = off + 1
                 now = time.monotonic()
                 if now - last >= cfg.commit_interval_s or pending >= cfg.commit_records:
                     commit()
@@ -175,7 +210,12 @@ class Relay:
                 if cfg.until_end and self.assigned and self.at_end >= self.assigned and not msgs:
                     break
             commit()
+        except BaseException:
+            failed = True
+            raise
         finally:
+            if self._batch[1] is not None:
+                self._batch[1].close()
             consumer.close()
             txn.close()
         el = time.monotonic() - self.figures.started
@@ -190,8 +230,11 @@ class Relay:
             value = m.value()
             b = container_blocks(value)
             hdr = message_headers(m)
-            tail = wire.avro_string(hdr.get(H.HOST) or b.metadata.get(H.HOST, "")) + \
-                wire.avro_string(hdr.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, ""))
+            host = hdr.get(H.HOST) or b.metadata.get(H.HOST, "")
+            iface = hdr.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
+            if len(host) > MAX_NAME or len(iface) > MAX_NAME:
+                raise DecodeError(f"host or interface name longer than {MAX_NAME} characters")
+            tail = wire.avro_string(host) + wire.avro_string(iface)
             if _as_ours(b.lay):  # the common case: the blocks are cut into messages as they are
                 blocks = b.blocks
             else:  # an older (or newer) writer's layout: decoded, and written again under our schema
@@ -201,7 +244,12 @@ class Relay:
                     cols[name + "__len"] = np.minimum(cols[name + "__len"], cols[name].shape[1])
                 blocks = [(batch.n, encode_records(_SPECS, cols, batch.n))] if batch.n else []
             framed = [wire.frame_block(block, n, _KINDS, _SIZES, self.head, tail) for n, block in blocks if n]
-        except (DecodeError, ValueError) as e:
+            for _buf, ends in framed:  # (a writer's payload may be longer than the width it declared)
+                largest = int(max(ends[0], np.diff(ends).max(initial=0)))
+                if largest > self.limit - RECORD_ROOM:
+                    raise DecodeError(f"a record of {largest:,} bytes: the output topic takes at most "
+                                      f"{self.limit - RECORD_ROOM:,} per record")
+        except (DecodeError, ValueError, MemoryError) as e:
             self.figures.dead_lettered += 1
             if dead is not None:
                 dead.put(m, str(e))
@@ -209,8 +257,16 @@ class Relay:
                 log.warning("message_corrupt", topic=m.topic(), partition=m.partition(), offset=m.offset(),
                             reason=str(e)[:300])
             return 0
-        produce, poll = txn.producer.produce, txn.producer.poll
         topic, key, part = self.cfg.out_topic, m.key(), (m.partition() or 0) % self.out_parts
+        bp = self._batch_producer(txn.producer)
+        if bp is not None:
+            for buf, ends in framed:
+                bp.produce(part, buf, ends, key, self.stop.is_set)
+            n = sum(len(ends) for _b, ends in framed)
+            txn.producer.poll(0)
+            self.figures.records_out += n
+            return n
+        produce, poll = txn.producer.produce, txn.producer.poll
         count = 0
         for buf, ends in framed:
             start = 0
@@ -219,6 +275,8 @@ class Relay:
                     produce(topic, buf[start:end], key, part)  # (positional: a quarter cheaper than keywords)
                 except BufferError:  # the local queue is full: wait for room, never drop
                     while True:
+                        if self.stop.is_set():
+                            raise Interrupted from None
                         poll(0.05)
                         try:
                             produce(topic, buf[start:end], key, part)
@@ -231,14 +289,23 @@ class Relay:
         self.figures.records_out += count
         return count
 
+    def _batch_producer(self, producer: Any) -> BatchProducer | None:
+        """The batch producer on the transaction's producer (a new one when the producer was replaced)."""
+        owner, bp = self._batch
+        if owner is not producer:
+            if bp is not None:
+                bp.close()
+            bp = BatchProducer.attach(producer, self.cfg.out_topic, MAX_QUEUE)
+            log.info("relay_produce_path", batch=bp is not None)
+            self._batch = (producer, bp)
+        return bp
+
     def _rewind(self, consumer: Any) -> None:
-        """After an abort: every assigned partition back to its committed offset."""
-        parts = [TopicPartition(self.cfg.packet_topic, q) for q in self.assigned]
-        if not parts:
-            return
-        for p in consumer.committed(parts, timeout=30):
-            if p.offset < 0:  # nothing committed yet: back to where this process began to read it
-                if p.partition not in self.first:
-                    continue
-                p.offset = self.first[p.partition]
-            consumer.seek(p)
+        """After an abort: every assigned partition back to where the aborted transaction began."""
+        for q in list(self.assigned):
+            start = self.base.get(q)
+            if start is None:
+                continue  # nothing read of it in the transaction
+            consumer.seek(TopicPartition(self.cfg.packet_topic, q, start))
+            self.done[q] = start
+            self.at_end.discard(q)

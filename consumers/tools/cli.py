@@ -163,10 +163,16 @@ def query_run(args: argparse.Namespace) -> int:
     try:
         sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic, args.dns_topic,
                           args.http_topic)
-        from pktstream.runtime.registry import registry_properties
+        from pktstream.consumers.tools.query import WireReader
+        from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
 
-        run_query(conf, args.sql, rng, sources, args.format, out,
-                  registry_conf=registry_properties(args.schema_registry, args.schema_registry_config))
+        named = bool(args.schema_registry or args.schema_registry_config or os.environ.get(REGISTRY_URL_ENV)
+                     or os.environ.get(REGISTRY_CONFIG_ENV))
+        wr = WireReader(lambda: registry_properties(args.schema_registry, args.schema_registry_config), named)
+        run_query(conf, args.sql, rng, sources, args.format, out, wr=wr)
+        if wr.set_aside:
+            print(f"pktstream query: {wr.set_aside} record(s) in the registry's wire format set aside (their "
+                  "schema id names no schema of ours, or the registry could not be reached)", file=sys.stderr)
     except KafkaException as e:
         raise KafkaUnavailableError(f"reading {args.topic!r}: {e.args[0] if e.args else e}") from None
     finally:

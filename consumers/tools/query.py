@@ -41,6 +41,8 @@ from pktstream.consumers.tools.history import (
 from pktstream.consumers.tools.pushdown import pushdown
 from pktstream.runtime.errors import ConfigError, PktstreamError
 from pktstream.schemas import wire
+from pktstream.schemas.columns import MAX_SCHEMA_CHARS
+from pktstream.schemas.decode import _is_ours
 
 log = structlog.get_logger("pktstream.query")
 
@@ -49,45 +51,60 @@ MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registr
 
 class WireReader:
     """An output topic's values in either form: pktstream's own (an Avro container, a JSON document)
-    or the schema-registry wire format (docs/registry.md), whose schemas are looked up by id in the
-    registry (``registry_conf``), only once a message in that format is met. A message whose id the
-    registry does not have, or whose schema is of another type or does not resolve to the table's, is
-    set aside like any other record that does not read."""
+    or the schema-registry wire format (docs/registry.md). A JSON document after the five bytes is read
+    as it is (its schema id is not looked up). An Avro record's writer schema is looked up by its id in
+    the registry (``registry_conf()``, asked only once such a message is met) and must be one of ours,
+    now or in an earlier version (schemas/history); a message whose id names no such schema is set
+    aside like any other record that does not read. A registry that cannot be reached stops the query
+    when it was named (``named``); else (the local default) its records are set aside, with a warning."""
 
-    def __init__(self, registry_conf: Mapping[str, str] | None = None) -> None:
-        self.registry_conf = registry_conf
+    def __init__(self, registry_conf: Callable[[], Mapping[str, str]] | None = None, named: bool = False) -> None:
+        self.registry_conf, self.named = registry_conf, named
         self._registry: Any = None
         self._writers: dict[int, Any] = {}  # id -> parsed Avro schema, or None: the id reads as nothing
+        self.unreachable = False
+        self.set_aside = 0
 
     def json_bytes(self, value: bytes) -> bytes:
         """The JSON document of a message: after the five bytes of the wire format, or the whole."""
         return bytes(wire.unframe(value)[1]) if wire.framed(value) else value
 
-    def avro_records(self, value: bytes, reader_schema: Any) -> list[Any]:
+    def avro_records(self, value: bytes, kind: str, reader_schema: Any) -> list[Any]:
         """The records of a message: one datum in the wire format, or an Avro container's."""
         if not wire.framed(value):
             return list(fastavro.reader(io.BytesIO(value), reader_schema))
         sid, body = wire.unframe(value)
-        writer = self._writer(sid)
+        writer = self._writer(sid, kind)
         if writer is None:
-            raise ValueError(f"schema id {sid} names no Avro schema")
+            self.set_aside += 1
+            raise ValueError(f"schema id {sid} names no {kind} schema of ours")
         return [fastavro.schemaless_reader(io.BytesIO(body), writer, reader_schema)]
 
-    def _writer(self, sid: int) -> Any:
+    def _writer(self, sid: int, kind: str) -> Any:
         if sid in self._writers:
             return self._writers[sid]
-        if self._registry is None:
-            from pktstream.runtime.registry import Registry, registry_properties
+        if self.unreachable:
+            return None
+        from pktstream.runtime.registry import Registry, registry_properties
 
-            self._registry = Registry(self.registry_conf or registry_properties(None))
+        parsed = None
         try:
-            kind, text = self._registry.schema(sid)
-            parsed = fastavro.parse_schema(json.loads(text)) if kind == "AVRO" else None
+            if self._registry is None:
+                self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
+            stype, text = self._registry.schema(sid)
+            if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _is_ours(text, kind):
+                parsed = fastavro.parse_schema(json.loads(text))
         except LookupError:
-            parsed = None
-        except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as e:
-            log.warning("registry_schema_unreadable", id=sid, error=str(e)[:200])
-            parsed = None
+            pass
+        except PktstreamError as e:
+            if self.named:
+                raise
+            log.warning("registry_unreachable", error=str(e)[:300],
+                        hint="records in the registry's wire format are set aside; name it with --schema-registry")
+            self.unreachable = True
+            return None
+        except Exception as e:
+            log.warning("registry_schema_unreadable", id=sid, error=f"{type(e).__name__}: {e}"[:200])
         if len(self._writers) >= MAX_WRITER_SCHEMAS:
             self._writers.pop(next(iter(self._writers)))
         self._writers[sid] = parsed
@@ -159,7 +176,7 @@ def usage_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader 
     rows: list[dict[str, Any]] = []
     for value in _messages(conf, topic):
         try:
-            rows.extend(r for r in wr.avro_records(value, _PARSED) if isinstance(r, dict))
+            rows.extend(r for r in wr.avro_records(value, "usage", _PARSED) if isinstance(r, dict))
         except PktstreamError:
             raise  # the registry cannot be reached: the table would be wrong
         except Exception:
@@ -181,7 +198,7 @@ def alerts_table(conf: Mapping[str, Any], topic: str, rng: Range, wr: WireReader
             value = wr.json_bytes(value)
             d = json.loads(value)
             t = int(d["time"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
         if (rng.since_ms is not None and t < rng.since_ms) or (rng.until_ms is not None and t > rng.until_ms):
             continue
@@ -255,7 +272,7 @@ def _record_table(conf: Mapping[str, Any], topic: str, rng: Range, columns: Mapp
         try:
             value = wr.json_bytes(value)
             got = row_of(json.loads(value), value)
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, OSError, RecursionError):
             continue
         if got is None or not fits(got[1], columns):
             continue
@@ -393,12 +410,12 @@ def _http_row(d: dict[str, Any], value: bytes) -> tuple[int, dict[str, Any]] | N
 
 
 def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, fmt: str, out: BinaryIO,
-              progress: Progress | None = None, registry_conf: Mapping[str, str] | None = None) -> int:
-    """Run the SQL; write its result; return the number of result rows. ``registry_conf``: the schema
-    registry of topics in its wire format (default: the local one)."""
+              progress: Progress | None = None, wr: WireReader | None = None) -> int:
+    """Run the SQL; write its result; return the number of result rows. ``wr``: how output topics in the
+    registry's wire format are read (default: the local registry, if it runs)."""
     import duckdb
 
-    wr = WireReader(registry_conf)
+    wr = wr or WireReader()
     progress = progress or Progress()
     con = duckdb.connect()
     named = {t for t in ("packets", "usage", "alerts", "connections", "dns", "http") if names_table(sql, t)}

@@ -231,6 +231,21 @@ static void run_hostile(struct input *in, int64_t n, int64_t width)
 	memcpy(block, in->p, (size_t)len);
 	int64_t used = decode_call(block, len, &l, &d);
 	CHECK(used >= -5 && used <= len, "returned %lld for a block of %lld", (long long)used, (long long)len);
+	/* the framing loop under the same hostile kinds, hostile fixed sizes, and an output exactly as large
+	 * as the record count and the data allow, or (the first byte of the block odd) smaller */
+	int64_t sizes[8];
+	for (int64_t f = 0; f < l.nfields; f++)
+		sizes[f] = (int8_t)(len > f ? block[f] : 0);
+	static const uint8_t head[5] = { 0, 0, 0, 0, 9 }, tail[1] = { 0 };
+	int64_t cap = len + d.n * 6;
+	if (len && (block[0] & 1))
+		cap = cap / 2;
+	uint8_t *out = zalloc(cap, 1);
+	int64_t *ends = zalloc(d.n, sizeof(int64_t));
+	int64_t got = pkt_avro_frame(block, len, d.n, l.nfields, l.kinds, sizes, head, 5, tail, 1, out, cap, ends);
+	CHECK(got >= -6 && got <= cap, "framed %lld into %lld bytes", (long long)got, (long long)cap);
+	free(out);
+	free(ends);
 	free(block);
 	release(&d);
 }

@@ -13,6 +13,7 @@ import avro.io
 import avro.schema
 import fastavro
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
@@ -72,7 +73,11 @@ def test_wire_format_picks_per_topic_and_lists_every_problem() -> None:
 
 def test_a_wrong_wire_format_is_told_with_the_other_problems_before_anything_starts(
         capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["usage", "--wire-format", "confluent", "--grace-s", "-1", "--bootstrap-servers", "127.0.0.1:9"])
+    saved = structlog.get_config()  # the command configures logging onto this test's captured stderr
+    try:
+        rc = main(["usage", "--wire-format", "confluent", "--grace-s", "-1", "--bootstrap-servers", "127.0.0.1:9"])
+    finally:
+        structlog.configure(**saved)
     err = capsys.readouterr().err
     assert rc == 2
     assert "--grace-s must be >= 0" in err and "--wire-format 'confluent': the format is native or registry" in err
