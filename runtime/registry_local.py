@@ -113,6 +113,7 @@ class LocalRegistry:
         tmp.mkdir(parents=True, exist_ok=True)
         return [
             "java", f"-Xmx{self.heap}", "-Djava.awt.headless=true", f"-Djava.io.tmpdir={tmp}",
+            f"-Dvertx.cacheDirBase={tmp / 'vertx-cache'}",  # (Vert.x's default is /tmp/vertx-cache)
             "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={self.port}",
             "-Dquarkus.management.enabled=false",  # else a second server on port 9000
             "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",

@@ -10,10 +10,25 @@ export PATH="$VENV/bin:$PATH"
 export PKTSTREAM_TEST_REQUIRE_ALL=1
 echo "== ruff"; ruff check bpf schemas runtime producer consumers tests bench scripts fuzz
 echo "== mypy"; mypy -p pktstream.bpf -p pktstream.schemas -p pktstream.runtime -p pktstream.producer -p pktstream.consumers
-echo "== pytest"
-set +e
-python -m pytest "$@"
-rc=$?
-set -e
-if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+run_pytest() {
+  set +e
+  python -m pytest "$@"
+  local rc=$?
+  set -e
+  if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; return 1; fi
+  return $rc
+}
+if [ $# -gt 0 ]; then
+  echo "== pytest $*"
+  run_pytest "$@"
+  exit $?
+fi
+# The whole suite in two runs: the kernel and end-to-end tests one at a time (they share the broker,
+# the namespaces and the CPUs they measure), then the unit tests on both CPUs (pytest-xdist: they
+# are CPU-bound and share nothing).
+echo "== pytest: kernel and end to end"
+rc=0
+run_pytest tests/e2e tests/kernel || rc=$?
+echo "== pytest: unit (2 workers)"
+run_pytest tests/unit -n 2 || rc=$((rc ? rc : $?))
 exit $rc
