@@ -61,7 +61,7 @@ def _words(e: Exception) -> str:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     if isinstance(e, SchemaRegistryError):
-        if e.error_code is None and e.http_status_code == 404:
+        if e.http_status_code == 404 and e.error_code not in (40401, 40402, 40403, 40408):
             return ("HTTP 404 without a registry's answer: is the URL the registry's Confluent-compatible API? "
                     f"(Apicurio's is {CCOMPAT})")
         return f"HTTP {e.http_status_code}, error {e.error_code}: {e.error_message}"
@@ -128,6 +128,9 @@ class Registry:
             except SchemaRegistryError as e:
                 if e.http_status_code == 404:
                     return None
+                if name is None and e.http_status_code in (401, 403):  # the global level is not ours to read
+                    log.warning("schema_compatibility_unknown", error=_words(e))
+                    return None
                 raise
 
         own = get(subject)
@@ -136,7 +139,7 @@ class Registry:
             if own not in (None, "NONE"):
                 return own
             glob = get(None)
-            if own is None and glob not in (None, "NONE"):
+            if glob not in (None, "NONE"):  # (Apicurio says NONE for a subject without a rule: its global rule holds)
                 return glob
             wanted = "BACKWARD"
         if own == wanted:
@@ -159,7 +162,7 @@ class Registry:
         try:
             s = self.client.get_schema(schema_id)
         except SchemaRegistryError as e:
-            if e.http_status_code == 404 and e.error_code is not None:  # 40403: the registry has no such id
+            if e.http_status_code == 404 and e.error_code == 40403:  # the registry has no such id
                 raise LookupError(f"schema id {schema_id} is not in the registry") from None
             raise PktstreamError(f"the schema registry at {self.url}: {_words(e)}") from None
         except Exception as e:

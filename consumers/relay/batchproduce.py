@@ -33,9 +33,13 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from pktstream.runtime.errors import PktstreamError
+
 log = structlog.get_logger("pktstream.relay")
 
 RD_KAFKA_PRODUCER = 0
+# what a later try may not meet again: the local queue full, the transaction in a state to abort
+RETRIABLE = {-184, -172}  # RD_KAFKA_RESP_ERR__QUEUE_FULL, RD_KAFKA_RESP_ERR__STATE
 RD_KAFKA_MSG_F_COPY = 0x2
 ENV = "PKTSTREAM_RELAY_PRODUCE"
 
@@ -97,6 +101,8 @@ class BatchProducer:
             lib = _librdkafka()
             if lib is None:
                 return None
+            if type(producer).__basicsize__ < object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p):
+                return None  # not an object with a pointer after its header
             rk = ctypes.c_void_p.from_address(id(producer) + object.__basicsize__).value
             if not rk or lib.rd_kafka_type(rk) != RD_KAFKA_PRODUCER:
                 return None
@@ -110,28 +116,31 @@ class BatchProducer:
     def produce(self, partition: int, buf: bytes, ends: npt.NDArray[np.int64], key: bytes | None,
                 should_stop: Callable[[], bool] = lambda: False) -> None:
         """The messages buf[ends[i-1]:ends[i]] (the first from 0) to the partition, in order, whole."""
-        n = len(ends)
-        if n == 0:
-            return
-        while len(self.producer) + n > self.max_queue:  # room first: a batch is never taken in part
-            if should_stop():
-                raise Interrupted
-            self.producer.poll(0.05)
         data = np.frombuffer(buf, dtype=np.uint8)
-        base = data.ctypes.data
-        msgs = np.zeros(n, dtype=MESSAGE)
-        msgs["payload"][0] = base
-        msgs["payload"][1:] = base + ends[:-1]
-        msgs["len"][0] = ends[0]
-        msgs["len"][1:] = np.diff(ends)
-        if key:
-            kb = ctypes.create_string_buffer(key, len(key))
-            msgs["key"] = ctypes.addressof(kb)
-            msgs["key_len"] = len(key)
-        took = self.lib.rd_kafka_produce_batch(self.rkt, partition, RD_KAFKA_MSG_F_COPY, msgs.ctypes.data, n)
-        if took != n:
-            errs = sorted({int(e) for e in msgs["err"] if e})
-            raise BatchRefused(f"librdkafka took {took} of {n} messages (errors {errs})")
+        kb = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+        chunk = max(1, self.max_queue // 2)  # (a block larger than the queue goes in parts, in order)
+        for lo in range(0, len(ends), chunk):
+            part = ends[lo : lo + chunk]
+            n = len(part)
+            while len(self.producer) + n > self.max_queue:  # room first: a batch is never taken in part
+                if should_stop():
+                    raise Interrupted
+                self.producer.poll(0.05)
+            base = data.ctypes.data
+            msgs = np.zeros(n, dtype=MESSAGE)
+            msgs["payload"][0] = base + (int(ends[lo - 1]) if lo else 0)
+            msgs["payload"][1:] = base + part[:-1]
+            msgs["len"][0] = int(part[0]) - (int(ends[lo - 1]) if lo else 0)
+            msgs["len"][1:] = np.diff(part)
+            if kb is not None:
+                msgs["key"] = ctypes.addressof(kb)
+                msgs["key_len"] = len(kb.raw)
+            took = self.lib.rd_kafka_produce_batch(self.rkt, partition, RD_KAFKA_MSG_F_COPY, msgs.ctypes.data, n)
+            if took != n:
+                errs = sorted({int(e) for e in msgs["err"] if e})
+                if not set(errs) <= RETRIABLE:
+                    raise PktstreamError(f"librdkafka refused messages to the output topic: errors {errs}")
+                raise BatchRefused(f"librdkafka took {took} of {n} messages (errors {errs})")
 
     def close(self) -> None:
         if self.rkt:

@@ -22,11 +22,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+import fastavro
 import numpy as np
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from fastavro.schema import to_parsing_canonical_form
 
 from pktstream.consumers.engine.deadletter import DeadLetters
 from pktstream.consumers.engine.runner import default_instance_id
@@ -45,6 +48,7 @@ log = structlog.get_logger("pktstream.relay")
 
 MAX_QUEUE = 2_000_000  # messages the producer's queue holds
 OUT_MESSAGE_BYTES = 8 << 20  # the output topic's max.message.bytes when the relay creates it
+PRODUCER_MESSAGE_BYTES = 64 << 20  # (the transactional producer's message.max.bytes is a little more)
 RECORD_ROOM = 64 << 10  # room a record leaves in a batch under the topic's limit (key, framing)
 MAX_NAME = 255  # characters of a host id or interface name (the producer's are far shorter)
 _SPECS = field_specs(load_schema_json("packet"))
@@ -68,6 +72,19 @@ def relayed_schema() -> dict[str, Any]:
                              "doc": "The capture point's host id (pktstream.host)."},
                             {"name": "interface", "type": "string", "default": "",
                              "doc": "The interface it captured on (pktstream.interface)."}]}
+
+
+@cache
+def _relayed_form() -> str:
+    return str(to_parsing_canonical_form(fastavro.parse_schema(relayed_schema())))
+
+
+def is_relayed(schema_text: str) -> bool:
+    """Is this schema (a registry's text) the relayed packet record's?"""
+    try:
+        return str(to_parsing_canonical_form(fastavro.parse_schema(json.loads(schema_text)))) == _relayed_form()
+    except Exception:
+        return False
 
 
 @dataclass
@@ -113,7 +130,7 @@ class Relay:
                      {"retention.ms": str(7 * 86400_000), "max.message.bytes": str(OUT_MESSAGE_BYTES)})
         self.out_parts = require_topic(self.conf, self.cfg.out_topic, "output topic")
         # what the topic really takes (an existing topic keeps its own limit): batches and records within it
-        self.limit = max_message_bytes(self.conf, self.cfg.out_topic)
+        self.limit = min(max_message_bytes(self.conf, self.cfg.out_topic), PRODUCER_MESSAGE_BYTES)
         self.schema_id = self.registry.register(f"{self.cfg.out_topic}-value", json.dumps(relayed_schema()), "AVRO",
                                                 self.cfg.compatibility)
         self.head = wire.head(self.schema_id)
@@ -123,7 +140,8 @@ class Relay:
         instance = cfg.instance_id or default_instance_id()
         consumer = group_consumer(self.conf, cfg.app_id, f"{cfg.app_id}-{instance}",
                                   reset="earliest" if cfg.start == "beginning" else "latest")
-        txn = Transactions(self.conf, f"{cfg.app_id}-{instance}",
+        self._dead: DeadLetters | None = None
+        txn = Transactions(self.conf, f"{cfg.app_id}-{instance}", on_replace=self._producer_replaced,
                            extra={"linger.ms": 50, "batch.size": max(16 << 10, min(4 << 20, self.limit - (64 << 10))),
                                   "batch.num.messages": 200_000, "compression.type": cfg.compression,
                                   "queue.buffering.max.messages": MAX_QUEUE, "queue.buffering.max.kbytes": 2 << 20,
@@ -131,6 +149,7 @@ class Relay:
         self._batch: tuple[Any, BatchProducer | None] = (None, None)
         dead = DeadLetters(self.conf, cfg.dead_letter_topic, "pktstream-relay", producer=txn.producer) \
             if cfg.dead_letter_topic else None
+        self._dead = dead
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
         pending = 0  # records in the open transaction
@@ -145,12 +164,10 @@ class Relay:
             if txn.commit(offsets, consumer.consumer_group_metadata()):
                 self.figures.transactions += 1
                 self.base.update(moved)
-            else:
+            else:  # aborted, or its outcome unknown (a stuck call: the new producer completed or aborted it)
                 self.figures.aborted += 1
-                self._rewind(consumer)
+                self._rewind(consumer, committed=True)
             pending = 0
-            if dead is not None:
-                dead.producer = txn.producer
 
         def on_assign(c: Any, parts: list[TopicPartition]) -> None:
             self.assigned |= {p.partition for p in parts}
@@ -172,6 +189,10 @@ class Relay:
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 msgs = consumer.consume(16, 0.2)
+                for m in msgs:  # where an abort goes back to, for every partition of the batch (before any is read)
+                    q = m.partition() or 0
+                    if m.error() is None and q in self.assigned and (m.offset() or 0) >= self.done.get(q, -1):
+                        self.base.setdefault(q, m.offset() or 0)
                 for m in msgs:
                     q = m.partition() or 0
                     err = m.error()
@@ -300,12 +321,28 @@ class Relay:
             self._batch = (producer, bp)
         return bp
 
-    def _rewind(self, consumer: Any) -> None:
-        """After an abort: every assigned partition back to where the aborted transaction began."""
+    def _rewind(self, consumer: Any, committed: bool = False) -> None:
+        """After an abort: every assigned partition back to where the aborted transaction began; with
+        ``committed``, to the group's committed offsets when it has them (a commit whose outcome was not
+        known: a new producer of the same id has completed or aborted it, so they are stable)."""
+        known: dict[int, int] = {}
+        if committed and self.assigned:
+            try:
+                for p in consumer.committed([TopicPartition(self.cfg.packet_topic, q) for q in self.assigned],
+                                            timeout=30):
+                    if p.offset >= 0:
+                        known[p.partition] = p.offset
+            except KafkaException as e:
+                log.warning("relay_committed_unknown", error=str(e))
         for q in list(self.assigned):
-            start = self.base.get(q)
+            start = known.get(q, self.base.get(q))
             if start is None:
                 continue  # nothing read of it in the transaction
             consumer.seek(TopicPartition(self.cfg.packet_topic, q, start))
-            self.done[q] = start
+            self.base[q] = self.done[q] = start
             self.at_end.discard(q)
+
+    def _producer_replaced(self, producer: Any) -> None:
+        """A stuck transactional call replaced the producer: dead letters go through the new one."""
+        if self._dead is not None:
+            self._dead.producer = producer

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 
@@ -41,6 +41,24 @@ def _reader_conf(args: argparse.Namespace, packets: bool = True) -> dict[str, ob
     return conf
 
 
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schema-registry", default=None, metavar="URL",
+                   help="the registry of topics written in its wire format (default: "
+                        "$PKTSTREAM_SCHEMA_REGISTRY_URL, else the local one); asked only when such a message is read")
+    p.add_argument("--schema-registry-config", default=None, metavar="FILE",
+                   help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*)")
+
+
+def _wire_reader(args: argparse.Namespace) -> Any:
+    """How messages in the registry's wire format are read: the registry named, else the local one."""
+    from pktstream.consumers.tools.query import WireReader
+    from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
+
+    named = bool(args.schema_registry or args.schema_registry_config or os.environ.get(REGISTRY_URL_ENV)
+                 or os.environ.get(REGISTRY_CONFIG_ENV))
+    return WireReader(lambda: registry_properties(args.schema_registry, args.schema_registry_config), named)
+
+
 def tail_arguments(ta: argparse.ArgumentParser) -> None:
     _reader_options(ta)
     g = ta.add_mutually_exclusive_group()
@@ -52,6 +70,7 @@ def tail_arguments(ta: argparse.ArgumentParser) -> None:
     ta.add_argument("--dead-letter-topic", default=None,
                     help="set messages that do not decode aside in this topic (with the reason) instead of only "
                          "counting them")
+    _registry_options(ta)
 
 
 def tail_run(args: argparse.Namespace) -> int:
@@ -69,7 +88,8 @@ def tail_run(args: argparse.Namespace) -> int:
     conf = _reader_conf(args)
     try:
         stats = tail(conf, args.topic, start=start, since_ms=since_ms, follow=not args.no_follow,
-                     max_records=args.max, payload=args.payload, dead_letter_topic=args.dead_letter_topic)
+                     max_records=args.max, payload=args.payload, dead_letter_topic=args.dead_letter_topic,
+                     wire_reader=_wire_reader(args))
     except KeyboardInterrupt:
         return 0
     except KafkaException as e:
@@ -143,11 +163,7 @@ def query_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--connections-topic", default="pktstream.connections")
     q.add_argument("--dns-topic", default="pktstream.dns")
     q.add_argument("--http-topic", default="pktstream.http")
-    q.add_argument("--schema-registry", default=None, metavar="URL",
-                   help="the registry of output topics written in its wire format (default: "
-                        "$PKTSTREAM_SCHEMA_REGISTRY_URL, else the local one); asked only when such a message is read")
-    q.add_argument("--schema-registry-config", default=None, metavar="FILE",
-                   help="the registry client's settings (basic.auth.user.info, bearer.auth.*, ssl.*)")
+    _registry_options(q)
     _range_options(q)
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="json: one object per line; parquet needs -o FILE (or a pipe)")
@@ -163,12 +179,7 @@ def query_run(args: argparse.Namespace) -> int:
     try:
         sources = Sources(args.topic, args.usage_topic, args.alerts_topic, args.connections_topic, args.dns_topic,
                           args.http_topic)
-        from pktstream.consumers.tools.query import WireReader
-        from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
-
-        named = bool(args.schema_registry or args.schema_registry_config or os.environ.get(REGISTRY_URL_ENV)
-                     or os.environ.get(REGISTRY_CONFIG_ENV))
-        wr = WireReader(lambda: registry_properties(args.schema_registry, args.schema_registry_config), named)
+        wr = _wire_reader(args)
         run_query(conf, args.sql, rng, sources, args.format, out, wr=wr)
         if wr.set_aside:
             print(f"pktstream query: {wr.set_aside} record(s) in the registry's wire format set aside (their "

@@ -49,6 +49,16 @@ log = structlog.get_logger("pktstream.query")
 MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registry did not have)
 
 
+def _known(text: str, kind: str) -> bool:
+    """Is a registry's schema text one of ours of this kind (usage: now or earlier; relayed: the relay's
+    packet record)?"""
+    if kind == "relayed":
+        from pktstream.consumers.relay.relay import is_relayed
+
+        return is_relayed(text)
+    return _is_ours(text, kind)
+
+
 class WireReader:
     """An output topic's values in either form: pktstream's own (an Avro container, a JSON document)
     or the schema-registry wire format (docs/registry.md). A JSON document after the five bytes is read
@@ -92,7 +102,7 @@ class WireReader:
             if self._registry is None:
                 self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
             stype, text = self._registry.schema(sid)
-            if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _is_ours(text, kind):
+            if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _known(text, kind):
                 parsed = fastavro.parse_schema(json.loads(text))
         except LookupError:
             pass

@@ -1,4 +1,5 @@
-"""``pktstream tail``: the packet topic as JSON lines.
+"""``pktstream tail``: the packet topic as JSON lines (or ``pktstream relay``'s topic: one record per
+message in the schema-registry wire format, its schema looked up in the registry).
 
 From the beginning, from a time, or from the end (following, the default).
 A message that cannot be decoded is reported on stderr, counted and skipped.
@@ -11,16 +12,28 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TextIO
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pktstream.consumers.engine.deadletter import DeadLetters
+from pktstream.consumers.tools.query import WireReader
 from pktstream.schemas import headers as H
+from pktstream.schemas import wire
 from pktstream.schemas.decode import DecodeError, iter_container, message_headers, present
 
 log = structlog.get_logger("pktstream.tail")
+
+
+@cache
+def _relayed_schema() -> Any:
+    import fastavro
+
+    from pktstream.consumers.relay.relay import relayed_schema
+
+    return fastavro.parse_schema(relayed_schema())
 
 
 @dataclass
@@ -42,6 +55,7 @@ def tail(
     idle_timeout_s: float = 5.0,
     should_stop: Callable[[], bool] = lambda: False,
     dead_letter_topic: str | None = None,
+    wire_reader: WireReader | None = None,
 ) -> TailStats:
     """Print records as JSON lines; returns what was read.
 
@@ -56,6 +70,7 @@ def tail(
         "auto.offset.reset": "earliest",
     })
     stats = TailStats()
+    wire_reader = wire_reader or WireReader()
     dead = DeadLetters(conf, dead_letter_topic, "pktstream-tail") if dead_letter_topic else None
     try:
         md = consumer.list_topics(topic, timeout=10)
@@ -92,13 +107,21 @@ def tail(
             stats.messages += 1
             hdr = message_headers(msg)
             try:
-                metadata, records = iter_container(msg.value())
-                host = hdr.get(H.HOST) or metadata.get(H.HOST, "")
-                iface = hdr.get(H.INTERFACE) or metadata.get(H.INTERFACE, "")
-                # the message's lines are written once it decoded whole: a message that fails half
-                # way is set aside, not half shown
-                lines = [json.dumps({"host": host, "interface": iface, **present(rec, payload)},
-                                    separators=(",", ":"), default=str) for rec in records]
+                value = msg.value()
+                if wire.framed(value):  # a record of pktstream relay's topic: its host and interface in it
+                    assert value is not None
+                    recs = wire_reader.avro_records(value, "relayed", _relayed_schema())
+                    lines = [json.dumps({"host": r.pop("host"), "interface": r.pop("interface"),
+                                         **present(r, payload)}, separators=(",", ":"), default=str)
+                             for r in recs]
+                else:
+                    metadata, records = iter_container(value)
+                    host = hdr.get(H.HOST) or metadata.get(H.HOST, "")
+                    iface = hdr.get(H.INTERFACE) or metadata.get(H.INTERFACE, "")
+                    # the message's lines are written once it decoded whole: a message that fails half
+                    # way is set aside, not half shown
+                    lines = [json.dumps({"host": host, "interface": iface, **present(rec, payload)},
+                                        separators=(",", ":"), default=str) for rec in records]
             except Exception as e:  # DecodeError, or anything a hostile record makes present() raise
                 stats.corrupt += 1
                 reason = str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"[:500]

@@ -273,6 +273,12 @@ def test_the_relay_writes_every_packet_record_once_through_a_sigkill_and_kafka_c
     assert sorted(got, key=key) == sorted(expected, key=key)
     for host in ("relay-a", "relay-b"):  # each host's records in the order its producer wrote them
         assert [r["seq"] for r in got if r["host"] == host] == [r["seq"] for r in expected if r["host"] == host]
+    # pktstream tail shows the relayed topic as it shows the packet topic: the same lines
+    tail = [PKTSTREAM, "tail", "--bootstrap-servers", b, "--from-beginning", "--no-follow", "--payload", "hex",
+            "--schema-registry", url]
+    relayed = run(*tail, "--topic", out).stdout.splitlines()
+    assert len(relayed) == len(expected)
+    assert sorted(relayed) == sorted(run(*tail, "--topic", topic).stdout.splitlines())
     dead = read_messages(b, f"{out}.dlq")
     assert [(k, v) for k, v, _h in dead] == [(b"relay-c", b"Obj\x01 not a container")]
 
