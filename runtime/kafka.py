@@ -239,10 +239,11 @@ def read_properties(path: str, problems: list[str]) -> dict[str, str]:
     return out
 
 
-def env_properties(environ: Mapping[str, str]) -> dict[str, str]:
-    """``PKTSTREAM_KAFKA__<NAME>`` variables as librdkafka properties (``__`` stands for ``.``)."""
-    return {k[len(KAFKA_ENV_PREFIX):].lower().replace("__", "."): v for k, v in environ.items()
-            if k.startswith(KAFKA_ENV_PREFIX) and len(k) > len(KAFKA_ENV_PREFIX)}
+def env_properties(environ: Mapping[str, str], prefix: str = KAFKA_ENV_PREFIX) -> dict[str, str]:
+    """``PKTSTREAM_KAFKA__<NAME>`` variables (or another ``prefix``'s) as properties (``__`` stands for
+    ``.``)."""
+    return {k[len(prefix):].lower().replace("__", "."): v for k, v in environ.items()
+            if k.startswith(prefix) and len(k) > len(prefix)}
 
 
 def kafka_properties(flags: Sequence[str] | None, file: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from pktstream.runtime.errors import ConfigError, PktstreamError
-from pktstream.runtime.kafka import read_properties
+from pktstream.runtime.kafka import env_properties, read_properties
 
 log = structlog.get_logger("pktstream.registry")
 
@@ -43,8 +43,7 @@ def registry_properties(url: str | None, file: str | None = None,
     path = file or env.get(REGISTRY_CONFIG_ENV)
     if path:
         out.update(read_properties(path, problems))
-    out.update({k[len(REGISTRY_ENV_PREFIX):].lower().replace("__", "."): v for k, v in env.items()
-                if k.startswith(REGISTRY_ENV_PREFIX) and len(k) > len(REGISTRY_ENV_PREFIX)})
+    out.update(env_properties(env, REGISTRY_ENV_PREFIX))
     url = url or env.get(REGISTRY_URL_ENV)
     if url:
         out["url"] = url

@@ -117,6 +117,7 @@ class BatchProducer:
                 should_stop: Callable[[], bool] = lambda: False) -> None:
         """The messages buf[ends[i-1]:ends[i]] (the first from 0) to the partition, in order, whole."""
         data = np.frombuffer(buf, dtype=np.uint8)
+        base = data.ctypes.data
         kb = ctypes.create_string_buffer(key, len(key)) if key is not None else None
         chunk = max(1, self.max_queue // 2)  # (a block larger than the queue goes in parts, in order)
         for lo in range(0, len(ends), chunk):
@@ -126,7 +127,6 @@ class BatchProducer:
                 if should_stop():
                     raise Interrupted
                 self.producer.poll(0.05)
-            base = data.ctypes.data
             msgs = np.zeros(n, dtype=MESSAGE)
             msgs["payload"][0] = base + (int(ends[lo - 1]) if lo else 0)
             msgs["payload"][1:] = base + part[:-1]

@@ -212,7 +212,6 @@ class Relay:
                     if off < self.done.get(q, -1):
                         continue  # read before a rewind took the partition back
                     self.at_end.discard(q)
-                    self.base.setdefault(q, off)  # the first read of this assignment: where an abort goes back to
                     self.figures.messages_in += 1
                     try:
                         pending += self._relay(txn, m, dead)
@@ -292,18 +291,14 @@ class Relay:
         for buf, ends in framed:
             start = 0
             for end in ends.tolist():
-                try:
-                    produce(topic, buf[start:end], key, part)  # (positional: a quarter cheaper than keywords)
-                except BufferError:  # the local queue is full: wait for room, never drop
-                    while True:
+                while True:
+                    try:
+                        produce(topic, buf[start:end], key, part)  # (positional: a quarter cheaper than keywords)
+                        break
+                    except BufferError:  # the local queue is full: wait for room, never drop
                         if self.stop.is_set():
                             raise Interrupted from None
                         poll(0.05)
-                        try:
-                            produce(topic, buf[start:end], key, part)
-                            break
-                        except BufferError:
-                            continue
                 start = end
             count += len(ends)
             poll(0)
