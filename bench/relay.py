@@ -3,6 +3,7 @@ record per message in the schema-registry wire format), and the bytes per record
 the broker.
 
     sudo .venv/bin/python -m bench.relay [--connections 200000] [--hosts 3] [--cpu 1] [--compression zstd]
+                                         [--read-back usage]
 
 Generates the both-direction mix of bench.consumers (tests/support/traffic.py: about 9.6 records per
 connection, 128-byte payload prefixes), loads it into a topic of a local broker (port 19600, pinned
@@ -10,7 +11,8 @@ to the other CPUs), starts a local registry (Apicurio, ``pktstream registry``), 
 command, ``pktstream relay --from-beginning --until-end``, pinned to one CPU with taskset (its
 librdkafka threads included), and reports records / second between its assignment and its
 ``relay_stopped`` line, its peak RSS, and the bytes the broker's log holds per record for the packet
-topic and for the relayed topic.
+topic and for the relayed topic. ``--read-back APP``: then that consumer over the relayed topic and
+over the packet topic (bench.consumers' measure), to show what reading one record per message costs.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from confluent_kafka import Producer
 
-from bench.consumers import topic_bytes
+from bench.consumers import through_kafka, topic_bytes
 from pktstream.runtime.kafka import ensure_topic
 from pktstream.runtime.kafka_local import LocalKafka
 from pktstream.runtime.registry_local import LocalRegistry
 from tests.support.helpers import wait_peak_rss_mb
-from tests.support.traffic import fleet, generate
+from tests.support.traffic import CATALOG, fleet, generate
 
 PKTSTREAM = str(Path(sys.executable).with_name("pktstream"))
 
@@ -54,6 +57,8 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=1, help="the CPU the relay is pinned to")
     ap.add_argument("--span-s", type=float, default=60.0)
     ap.add_argument("--compression", default="zstd")
+    ap.add_argument("--read-back", choices=["usage", "alerts", "activity"], default=None,
+                    help="then run this consumer over the relayed topic and over the packet topic (records/s of each)")
     a = ap.parse_args()
     span_ns = int(a.span_s * 1e9)
     t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000, responses=True)
@@ -95,6 +100,14 @@ def main() -> None:
         n = stopped["records_out"]
         packet_bytes = topic_bytes(lk.dir, topic) or 0
         out_bytes = topic_bytes(lk.dir, out) or 0
+        back = {}
+        if a.read_back:
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+                yaml.safe_dump(CATALOG, f)
+            for name, t in (("relayed", out), ("packet", topic)):
+                back[name] = through_kafka(a.read_back, bootstrap, t, Path(f.name), a.cpu, lk.dir,
+                                           ["--schema-registry", url])
+            os.unlink(f.name)
     finally:
         reg.down()
         lk.down()
@@ -106,6 +119,9 @@ def main() -> None:
           f"{stopped['transactions']} transactions)  peak RSS {peak:,} MB")
     print(f"bytes per record on the broker: packet topic {packet_bytes / n:.1f} (containers, zstd), "
           f"relayed topic {out_bytes / n:.1f} (one record per message, {a.compression})")
+    for name, r in back.items():
+        print(f"pktstream {a.read_back} over the {name} topic on 1 CPU: {r['rate']:,.0f} records/s "
+              f"({r['records']:,} in {r['seconds']:.2f} s)  peak RSS {r['peak_rss_mb']:,} MB")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ TARGETS = [
     Target("container", "py", "read_container (schemas/columns.py)", ("avro.dict",)),
     Target("features", "py", "featurize, route, repartition encoding (consumers/engine/features.py)",
            ("avro.dict", "http.dict")),
+    Target("relayed", "py", "pktstream relay's messages read (engine/wirein.py, columns.read_relayed)",
+           ("avro.dict",)),
     Target("payloads", "py", "parse.py, attacks.py prefilter and scan, privacy.redact", ("http.dict",)),
 ]
 BY_NAME = {t.name: t for t in TARGETS}

@@ -194,7 +194,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
     conts = containers()
     payloads = list(PAYLOADS.items())
     by_target: dict[str, dict[str, bytes]] = {t: {} for t in
-                                              ("decode", "parse", "redact", "container", "features", "payloads")}
+                                              ("decode", "parse", "redact", "container", "features", "payloads",
+                                               "relayed")}
     by_target["container"] = {k: b"\0" + v for k, v in conts.items()}
     # containers whose header the target writes (targets.synthesized_container): codec and schema,
     # width, one block: record count and the records' bytes, as the producer encodes them
@@ -210,6 +211,18 @@ def seeds() -> dict[str, dict[str, bytes]]:
     block = encode_records(edited, {**_columns(recs, 256), "extra": np.arange(len(recs))}, len(recs))
     by_target["container"]["synth_edited"] = bytes([1, 5 << 2, 0xFF, 5, 3]) + _u16(256) + b"\0" + \
         _u16(len(recs)) + block
+    # relayed (targets.relayed_values): runs of the relay's records, from two capture points, one of
+    # them under an id that names no relayed schema, one cut short
+    relayed = fastavro.parse_schema({**SCHEMA, "fields": [*SCHEMA["fields"], {"name": "host", "type": "string"},
+                                                          {"name": "interface", "type": "string"}]})
+    bodies = []
+    for i, r in enumerate(_records(["http_get", "http_response", "tls_client_hello", "dns_query", "binary"], 256)):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, relayed, {**r, "host": f"host-{'ab'[i % 2]}", "interface": "eth0"})
+        bodies.append(buf.getvalue())
+    run = b"".join(b"\0" + _u16(len(b)) + b for b in bodies)
+    by_target["relayed"] = {"two_hosts": run, "other_id": run + b"\1" + _u16(len(bodies[0])) + bodies[0],
+                            "cut": run + b"\0" + _u16(len(bodies[1]) - 1) + bodies[1][:-1]}
     by_target["features"] = {f"c_{k}": b"\0" + v for k, v in by_target["container"].items()}
     for i in range(6):  # fuzzed columns: any bytes make a batch (targets.columns_batch)
         by_target["features"][f"columns_{i}"] = b"\x01" + rnd.randbytes(600 + 400 * i)

@@ -9,6 +9,9 @@ failed check (AssertionError): each check is a property the callers rely on.
 - ``features``: stage one of the usage and alerts consumers (``featurize``, ``route``, the
   repartition encoding) on a batch decoded from a fuzzed container (first byte even, then as
   ``container``) or on fuzzed columns shaped as ``read_container`` returns them (odd).
+- ``relayed``: the consumers' and query's reading of ``pktstream relay``'s topic
+  (engine/wirein.WireReader.relayed, schemas/columns.read_relayed): a run of messages cut from the
+  fuzzer's bytes, each under the relayed schema's id or one that names no schema of ours.
 - ``payloads``: the payload parsers and the attack prefilter through consumers/engine/parse.py
   and consumers/alerts/attacks.py, redaction through producer/privacy.py on kernel records, and
   the DNS message parser (consumers/engine/dns.py).
@@ -33,7 +36,7 @@ from pktstream.consumers.engine import features as F
 from pktstream.consumers.engine import parse as P
 from pktstream.consumers.usage.processor import UsageProcessor
 from pktstream.producer.privacy import names_buffer, redact
-from pktstream.schemas import SCHEMA_DIR, load_schema_json
+from pktstream.schemas import SCHEMA_DIR, load_schema_json, wire
 from pktstream.schemas import headers as H
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.container import CODECS, MAGIC, compress, embedded_schema, encode_long
@@ -407,4 +410,43 @@ def payloads(data: bytes) -> None:
         dns_checks(inp)
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"container": container, "features": features, "payloads": payloads}
+# -- relayed ----------------------------------------------------------------------------------
+
+RELAYED_ID, OTHER_ID = 5, 6
+MAX_RELAYED_MESSAGES = 64
+
+
+def relayed_values(inp: Input) -> list[bytes]:
+    """Messages of the relay's topic: per message a control byte (bit 0: under an id that names no
+    relayed schema), its body's length (u16) and the body, after the wire format's five bytes."""
+    values = []
+    while inp.left() and len(values) < MAX_RELAYED_MESSAGES:
+        ctl, n = inp.u8(), inp.uint(2)
+        values.append(wire.head(OTHER_ID if ctl & 1 else RELAYED_ID) + inp.take(n))
+    return values
+
+
+def relayed(data: bytes) -> None:
+    from pktstream.consumers.engine.wirein import WireReader
+    from pktstream.consumers.relay.relay import relayed_schema
+
+    values = relayed_values(Input(data))
+    wr = WireReader()
+    wr._writers[(RELAYED_ID, "relayed")] = relayed_schema()
+    wr._writers[(OTHER_ID, "relayed")] = None
+    origins, bad, n = wr.relayed(values)
+    assert all(0 <= i < len(values) for i in bad), bad
+    assert all(i in bad for i, v in enumerate(values) if v[1:5] == wire.head(OTHER_ID)[1:5])
+    seen: list[int] = []
+    for o in origins:
+        check_batch(o.batch)
+        assert "host" not in o.batch.columns and "interface" not in o.batch.columns
+        assert len(o.messages) == o.batch.n, (len(o.messages), o.batch.n)  # one record per message
+        seen += o.messages
+    assert sum(o.batch.n for o in origins) == n
+    assert sorted(seen) == [i for i in range(len(values)) if i not in bad], (seen, bad)
+    assert len({(o.host, o.interface) for o in origins}) == len(origins)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {"container": container, "features": features, "payloads": payloads,
+                                               "relayed": relayed}

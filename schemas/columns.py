@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -216,12 +217,13 @@ class Layout:
     slots: npt.NDArray[np.int64]
     defaults: dict[str, int]  # reader fields the writer lacks: their defaults
     kept_bytes: frozenset[str]  # the bytes fields the reader has (the writer's others are skipped)
+    named_widths: Mapping[str, int] = field(default_factory=dict)  # kept bytes fields of a width of their own
 
     def widths(self, width: int) -> npt.NDArray[np.int64]:
-        """Each bytes field's column width: the payload width for the reader's, 0 for the writer's
-        own (read past, never stored)."""
-        return np.array([width if s.name in self.kept_bytes else 0 for s in self.specs if s.kind == "bytes"] or [0],
-                        dtype=np.int64)
+        """Each bytes field's column width: the payload width for the reader's (or its own), 0 for
+        the writer's own (read past, never stored)."""
+        return np.array([self.named_widths.get(s.name, width) if s.name in self.kept_bytes else 0
+                         for s in self.specs if s.kind == "bytes"] or [0], dtype=np.int64)
 
     def record_bounds(self, width: int) -> tuple[int, int, int]:
         """(fewest, most) bytes a record takes in a block, and the bytes of its columns."""
@@ -403,7 +405,7 @@ class _Columns:
                 cols[spec.name] = self.fixed[:, o : o + spec.size]
             else:
                 o = int(self.byts_off[slot])
-                cols[spec.name] = self.byts[:, o : o + self.width]
+                cols[spec.name] = self.byts[:, o : o + int(self.byts_width[slot])]
                 cols[spec.name + "__len"] = self.blens[:, slot]
         return cols
 
@@ -478,3 +480,110 @@ def read_container(value: bytes | None) -> Batch:
     for name, d in lay.defaults.items():  # reader fields this writer did not have
         cols[name] = np.full(total, d, dtype=np.int64)
     return Batch(b.metadata, total, cols)
+
+
+# -- pktstream relay's topic: one record per message (the schema-registry wire format) ----------
+
+NAME_WIDTH = 255  # bytes of a relayed record's host id and interface name (the relay writes no longer ones)
+RELAYED_NAMES = ("host", "interface")
+
+
+@lru_cache(maxsize=1)
+def _relayed_layout() -> Layout:
+    """The relay's record (consumers/relay: schemas/packet.avsc's fields, then the host and interface
+    as Avro strings, which are encoded as bytes are) as columns."""
+    base = _layout(json.dumps(load_schema_json("packet")))
+    nb = int((base.kinds == KIND_BYTES).sum())
+    return Layout([*base.specs, *(FieldSpec(n, "bytes") for n in RELAYED_NAMES)],
+                  np.append(base.kinds, [KIND_BYTES] * len(RELAYED_NAMES)).astype(np.int64),
+                  np.append(base.slots, np.arange(nb, nb + len(RELAYED_NAMES))).astype(np.int64), {},
+                  base.kept_bytes | frozenset(RELAYED_NAMES), {n: NAME_WIDTH for n in RELAYED_NAMES})
+
+
+def _frame_ends(data: bytes | memoryview, n: int, lay: Layout) -> npt.NDArray[np.int64] | str:
+    """Where each of n records of the layout ends in ``data`` (schemas/_codec.c's walk), or why the
+    data is not n such records."""
+    sizes = np.array([s.size for s in lay.specs], dtype=np.int64)
+    ends = np.empty(max(n, 1), dtype=np.int64)
+    out = np.empty(max(len(data), 1), dtype=np.uint8)
+    got = _native.pkt_avro_frame(np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, np.uint8),
+                                 len(data), n, len(lay.kinds), lay.kinds, sizes, b"", 0, b"", 0, out, len(out), ends)
+    if got < 0:
+        return {-5: "bytes after the record", -6: "an int field's value is outside 32 bits"}.get(
+            int(got), _ERRORS.get(int(got), f"decode error {got}"))
+    return ends[:n]
+
+
+@dataclass
+class Relayed:
+    """Messages of pktstream relay's topic, decoded: the records of those that are one record each
+    (in order, with their host and interface as columns), and why each other one is not."""
+
+    batch: Batch
+    bad: dict[int, str]  # index of a message's body -> why it does not read
+    index: npt.NDArray[np.int64]  # the body each row of the batch came from
+
+
+def read_relayed(bodies: Sequence[bytes | memoryview]) -> Relayed:
+    """Records of the relayed schema, one per body (a message's bytes after the wire format's five),
+    into columns, as read_container does a container's. A body that is not exactly one such record
+    is named in ``bad`` and leaves the others alone: one pass of the compiled walk checks that every
+    record ends where its message does; only when one does not is each message walked alone."""
+    lay = _relayed_layout()
+    width = DEFAULT_BYTES_WIDTH
+    min_record, max_record, column_bytes = lay.record_bounds(width)
+    bad: dict[int, str] = {}
+    good: list[int] = []
+    for i, b in enumerate(bodies):
+        if len(b) < min_record or len(b) > max_record:
+            bad[i] = f"a relayed record of {len(b):,} bytes (the schema's take {min_record}..{max_record:,})"
+        else:
+            good.append(i)
+    if len(good) * column_bytes > MAX_COLUMN_BYTES:
+        raise DecodeError(f"{len(good):,} relayed records at once need more than {MAX_COLUMN_BYTES >> 20} MiB")
+    data = b"".join(bodies[i] for i in good)
+    lens = np.array([len(bodies[i]) for i in good], dtype=np.int64)
+    ends = _frame_ends(data, len(good), lay)
+    if isinstance(ends, str) or not np.array_equal(ends, np.cumsum(lens)):
+        for i in good:  # some message is not one record: find which, alone
+            why = _frame_ends(bodies[i], 1, lay)
+            if isinstance(why, str):
+                bad[i] = why
+        good = [i for i in good if i not in bad]
+        data = b"".join(bodies[i] for i in good)
+    out = _Columns.allocate(lay, len(good), width)
+    out.decode(data, 0, len(good))
+    cols = out.views()
+    index = np.array(good, dtype=np.int64)
+    long_names = np.zeros(len(good), bool)
+    for name in RELAYED_NAMES:
+        long_names |= cols[name + "__len"] > NAME_WIDTH
+    if long_names.any():  # the relay writes none: cut, they could pass for another host's
+        for i in index[long_names]:
+            bad[int(i)] = f"a host or interface name longer than {NAME_WIDTH} bytes"
+        keep = ~long_names
+        cols, index = {k: v[keep] for k, v in cols.items()}, index[keep]
+    return Relayed(Batch({}, len(index), cols), bad, index)
+
+
+def relayed_origins(batch: Batch) -> list[tuple[str, str, npt.NDArray[np.int64] | None]]:
+    """The (host, interface) of a relayed batch's rows and which rows are each's (None: all of them),
+    the columns of the names left out of the batch."""
+    if batch.n == 0:
+        return []
+    cols = batch.columns
+    key = np.concatenate([cols["host"], cols["interface"],
+                          np.stack([cols["host__len"], cols["interface__len"]], axis=1).astype(np.uint8)], axis=1)
+    for name in RELAYED_NAMES:
+        del cols[name], cols[name + "__len"]
+
+    def text(row: npt.NDArray[np.uint8]) -> tuple[str, str]:
+        hl, il = int(row[-2]), int(row[-1])
+        return (bytes(row[:hl]).decode("utf-8", "replace"),
+                bytes(row[NAME_WIDTH : NAME_WIDTH + il]).decode("utf-8", "replace"))
+
+    if (key == key[0]).all():
+        return [(*text(key[0]), None)]
+    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return [(*text(u), np.flatnonzero(inverse == k)) for k, u in enumerate(uniq)]

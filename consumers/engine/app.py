@@ -16,6 +16,7 @@ import structlog
 
 from pktstream.consumers.engine.runner import Output, Processor, StreamConfig, StreamRunner
 from pktstream.consumers.engine.topics import SNAPSHOT_PART_BYTES
+from pktstream.consumers.engine.wirein import wire_reader
 from pktstream.runtime.cli import time_ms
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.kafka import client_config, ensure_topic, kafka_properties
@@ -273,6 +274,8 @@ def run_app(args: argparse.Namespace, conf: dict[str, Any], cfg: StreamConfig, p
     for topic in topics:
         ensure_topic(conf, topic, output_partitions, -1, {"retention.ms": str(30 * 86400_000)})
     runner.encoders, registry = registry_encoders(args, topics, schemas or {})
+    # pktstream relay's topic as the packet topic: its schema ids looked up in the same registry
+    runner.wire_in = wire_reader(args.schema_registry, args.schema_registry_config)
     server = None
     if args.metrics_port:
         from pktstream.runtime.metrics import MetricsServer

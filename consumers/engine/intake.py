@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pktstream.consumers.engine.eventtime import NO_PROGRESS
 
 MAX_CONSUME = 64  # messages one consume() takes at most
+MAX_CONSUME_SMALL = 4096  # ... when the packet messages hold few records (pktstream relay's: one each)
+SMALL_MESSAGE = 64  # records a packet message holds at most lately for that
 UNREAD_HOLD_S = 10.0  # how long a partition not read from yet holds the others (a leader away, say)
 
 
@@ -68,10 +70,11 @@ class Intake:
             self.heads[p] = head
             self.head_ref[p] = self.last_ref[p]
 
-    def records(self, n: int) -> None:
-        """A packet message of n records was read into the open transaction."""
+    def records(self, n: int, messages: int = 1) -> None:
+        """Packet messages (one, or ``messages`` of pktstream relay's) of n records in all were read
+        into the open transaction."""
         self.txn_records += n
-        self.records_per_message = max(float(n), self.records_per_message * 15 / 16)
+        self.records_per_message = max(n / max(messages, 1), self.records_per_message * (15 / 16) ** messages)
 
     def wrote(self, q: int, end: int) -> None:
         """A repartition message was delivered to partition q, ending at offset ``end`` (exclusive)."""
@@ -116,7 +119,8 @@ class Intake:
         if not mine or len(self.paused) >= mine:
             return MAX_CONSUME
         left = max(0, self.commit_records - self.txn_records)
-        return max(1, min(MAX_CONSUME, int(left / max(1.0, self.records_per_message)) + 1))
+        cap = MAX_CONSUME_SMALL if self.records_per_message <= SMALL_MESSAGE else MAX_CONSUME
+        return max(1, min(cap, int(left / max(1.0, self.records_per_message)) + 1))
 
     def decide(self, mine: Set[int], stage_two_at: Mapping[int, int], at_end: Set[int], now: float) -> Decision:
         """Which of our packet partitions ``mine`` must wait.

@@ -84,9 +84,11 @@ from pktstream.consumers.engine.topics import (
     prepare_topics,
 )
 from pktstream.consumers.engine.transactions import Transactions
+from pktstream.consumers.engine.wirein import WireReader
 from pktstream.runtime.errors import PktstreamError
 from pktstream.runtime.kafka import retrying
 from pktstream.schemas import headers as H
+from pktstream.schemas import wire
 from pktstream.schemas.columns import Batch, read_container
 from pktstream.schemas.decode import DecodeError, message_headers
 
@@ -94,6 +96,7 @@ log = structlog.get_logger("pktstream.stream")
 
 FOREVER = 1 << 62
 BATCH_ROWS = 65_536  # rows a partition's batch waits for (StreamRunner._process_batches)
+MAX_RELAYED_RUN = 4096  # pktstream relay's messages (one record each) read at once
 
 
 @dataclass
@@ -249,6 +252,7 @@ class StreamRunner:
         # per output topic, how its records are written when not as the processor made them (the
         # schema-registry wire format: app.registry_encoders)
         self.encoders: dict[str, Callable[[Output], bytes]] = {}
+        self.wire_in: WireReader | None = None  # how pktstream relay's messages are read (engine/wirein.py)
         self._uncommitted: list[Output] = []
         self._batches: dict[int, list[Features]] = {}  # rows read, not yet processed (_process_batches)
         self._batch_rows: dict[int, int] = {}
@@ -494,8 +498,7 @@ class StreamRunner:
                 mine = sum(1 for t, _p in self.assigned if t == self.cfg.packet_topic)
                 msgs = self.consumer.consume(num_messages=self.intake.consume_size(mine), timeout=0.02)
                 try:
-                    for m in msgs:
-                        self._handle(m)
+                    self._handle_all(msgs)
                 except ConsumerFailed as e:
                     self._rejoin(str(e))
                     continue
@@ -560,6 +563,33 @@ class StreamRunner:
     def _has_work(self) -> bool:
         return bool(self.changed or self.dirty or self.produced or self._uncommitted)
 
+    def _handle_all(self, msgs: list[Message]) -> None:
+        """Every message consume() returned, in order; a run of pktstream relay's messages (one record
+        each, in the registry's wire format) of one packet partition is read at once."""
+        i = 0
+        while i < len(msgs):
+            if not self._relayed(msgs[i]):
+                self._handle(msgs[i])
+                i += 1
+                continue
+            p, j = msgs[i].partition(), i + 1
+            while j < len(msgs) and j - i < MAX_RELAYED_RUN and msgs[j].partition() == p and self._relayed(msgs[j]):
+                j += 1
+            self._handle_relayed(msgs[i:j])
+            i = j
+
+    def _relayed(self, m: Message) -> bool:
+        return (m.error() is None and m.topic() == self.cfg.packet_topic and wire.framed(m.value())
+                and (self.cfg.packet_topic, m.partition() or 0) in self.assigned)
+
+    def _handle_relayed(self, run: list[Message]) -> None:
+        key = (self.cfg.packet_topic, run[0].partition() or 0)
+        self.eof.discard(key)
+        self.counters.messages_in += len(run)
+        self._rekey_relayed(run)
+        self.positions[key] = (run[-1].offset() or 0) + 1
+        self.changed.add(key)
+
     def _handle(self, m: Message) -> None:
         err = m.error()
         key = (m.topic() or "", m.partition() or 0)
@@ -570,6 +600,12 @@ class StreamRunner:
                 self.eof.add(key)
                 if key[0] == self.cfg.repartition_topic:
                     self.eof_at[key[1]] = m.offset() or 0
+                elif (m.offset() or 0) > self.positions.get(key, -1):
+                    # a topic written in transactions (pktstream relay's) ends with a commit marker after
+                    # its last message: the offset to commit is past it, else the input never looks done
+                    # (read_committed: nothing unread lies below the end it reports)
+                    self.positions[key] = m.offset() or 0
+                    self.changed.add(key)
                 return
             if err.fatal() or err.code() == KafkaError._FATAL:
                 raise ConsumerFailed(str(err))
@@ -701,11 +737,48 @@ class StreamRunner:
         except Exception as e:  # the topic is untrusted input: see _undecodable
             self._undecodable(m, e)
             return
-        p = m.partition() or 0
         self.counters.records_in += batch.n
         self.intake.records(batch.n)
+        self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f)
+
+    def _rekey_relayed(self, run: list[Message]) -> None:
+        """A run of pktstream relay's messages of one packet partition (engine/wirein.py): decoded at
+        once, then each capture point's records as a packet message's are. A message that does not
+        read (its schema id names no relayed schema of ours, or it is not one such record) is set aside
+        alone (_undecodable); so is every one while the local registry cannot be reached, when none was
+        named; a registry named (--schema-registry) that cannot be reached stops the app."""
+        if self.wire_in is None:
+            from pktstream.consumers.engine.wirein import wire_reader
+
+            self.wire_in = wire_reader(None, None)
+        try:
+            origins, bad, n = self.wire_in.relayed([m.value() or b"" for m in run])
+        except DecodeError as e:  # a bound on the whole run (MAX_RELAYED_RUN keeps well within it)
+            for m in run:
+                self._undecodable(m, e)
+            return
+        for i in sorted(bad):
+            self._undecodable(run[i], DecodeError(bad[i]))
+        if not n:
+            return
+        p = run[0].partition() or 0
+        ref = max(self._reference_ns(run[i]) for o in origins for i in o.messages)
+        for o in origins:
+            origin = f"{o.host or '?'}/{o.interface or '?'}"[:300]
+            try:
+                f = self.proc.featurize(o.batch, origin)
+            except Exception as e:  # the topic is untrusted input: see _undecodable
+                for i in o.messages:
+                    self._undecodable(run[i], e)
+                continue
+            self.counters.records_in += o.batch.n
+            self.intake.records(o.batch.n, messages=len(o.messages))
+            self._stage_one(p, ref, origin, f)
+
+    def _stage_one(self, p: int, ref: int, origin: str, f: Features) -> None:
+        """A packet message's features (one capture point's records): judged against its source's
+        clock, then written to the repartition topic by key."""
         clock = self.clocks.setdefault(p, SourceClock())
-        ref = self._reference_ns(m)
         head = None
         if len(f.rows):
             before = clock.progress

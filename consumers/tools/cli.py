@@ -51,12 +51,9 @@ def _registry_options(p: argparse.ArgumentParser) -> None:
 
 def _wire_reader(args: argparse.Namespace) -> Any:
     """How messages in the registry's wire format are read: the registry named, else the local one."""
-    from pktstream.consumers.tools.query import WireReader
-    from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
+    from pktstream.consumers.engine.wirein import wire_reader
 
-    named = bool(args.schema_registry or args.schema_registry_config or os.environ.get(REGISTRY_URL_ENV)
-                 or os.environ.get(REGISTRY_CONFIG_ENV))
-    return WireReader(lambda: registry_properties(args.schema_registry, args.schema_registry_config), named)
+    return wire_reader(args.schema_registry, args.schema_registry_config)
 
 
 def tail_arguments(ta: argparse.ArgumentParser) -> None:
@@ -193,6 +190,7 @@ def query_run(args: argparse.Namespace) -> int:
 
 def export_arguments(ex: argparse.ArgumentParser) -> None:
     _reader_options(ex)
+    _registry_options(ex)
     _range_options(ex)
     ex.add_argument("--format", choices=["pcap", "pcapng", "parquet"], required=True)
 
@@ -218,7 +216,7 @@ def export_run(args: argparse.Namespace) -> int:
     out = open_output(args.output, "parquet")
     progress = Progress()
     schema = packet_schema(address_text=args.format == "parquet")  # frames take the addresses' bytes
-    batches = packet_batches(conf, args.topic, rng, progress, schema, terminal_progress())
+    batches = packet_batches(conf, args.topic, rng, progress, schema, terminal_progress(), _wire_reader(args))
     try:
         if args.format == "parquet":
             n = export.write_parquet(batches, schema, out)

@@ -11,6 +11,10 @@ addresses as text (each distinct address formatted once), the payload as binary,
 ``ts_ns``, and ``host``, ``interface`` and ``run_id`` from the message's headers (else the
 container's metadata). Nothing holds more than a message at a time, so memory stays bounded
 whatever the range. A message that does not decode is counted and skipped.
+
+The topic may also be ``pktstream relay``'s (one record per message in the schema-registry wire
+format, each record naming its host and interface): its messages are read RELAYED_RUN at a time
+(engine/wirein.py, the registry asked for the schema ids), a record batch per capture point.
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ import pyarrow.compute as pc
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.consumers.engine.wirein import WireReader
 from pktstream.consumers.tools.pushdown import Filter, message_passes, record_mask
 from pktstream.schemas import headers as H
-from pktstream.schemas import load_schema_json
+from pktstream.schemas import load_schema_json, wire
 from pktstream.schemas.columns import read_container
 from pktstream.schemas.decode import DecodeError, addr_text, message_headers
 
 log = structlog.get_logger("pktstream.history")
 
 UNTIL_SLACK_MS = 60_000  # messages sent up to this long after --until are read for its records
+RELAYED_RUN = 4096  # pktstream relay's messages (one record each) decoded at once
 
 
 ADDRESS_BYTES = pa.binary(16)
@@ -183,22 +189,88 @@ def range_has_messages(conf: Mapping[str, Any], topic: str, rng: Range) -> bool:
 
 def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Progress | None = None,
                    schema: pa.Schema | None = None, on_progress: Callable[[Progress], None] | None = None,
-                   ) -> Iterator[pa.RecordBatch]:
-    """The range's records, a record batch per message (partition after partition)."""
+                   wire_reader: WireReader | None = None) -> Iterator[pa.RecordBatch]:
+    """The range's records, a record batch per message (partition after partition). The topic may be
+    pktstream relay's (one record per message in the registry's wire format, engine/wirein.py):
+    such messages are read RELAYED_RUN at a time, a record batch per capture point among them."""
     schema = schema or packet_schema()
     progress = progress or Progress()
+    wr = wire_reader or WireReader()
     consumer = Consumer({**conf, "group.id": f"pktstream-query-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                          "enable.partition.eof": True, "isolation.level": "read_committed",
                          "fetch.max.bytes": 64 << 20})
     lo_ns = rng.since_ms * 1_000_000 if rng.since_ms is not None else None
     hi_ns = rng.until_ms * 1_000_000 if rng.until_ms is not None else None
+
+    def select(cols: dict[str, npt.NDArray[Any]], n: int, host: str, iface: str, run_id: str
+               ) -> pa.RecordBatch | None:
+        """A capture point's records, cut to the range and the filters (None: none is left)."""
+        if rng.hosts is not None and host not in rng.hosts:
+            return None
+        if rng.filters and not message_passes(rng.filters, {"host": host, "interface": iface, "run_id": run_id}):
+            return None
+        if n == 0:
+            return None
+        ts = cols["ts_ns"]
+        keep = None
+        if lo_ns is not None or hi_ns is not None:
+            keep = np.ones(n, bool)
+            if lo_ns is not None:
+                keep &= ts >= lo_ns
+            if hi_ns is not None:
+                keep &= ts <= hi_ns
+            if not keep.any():
+                return None
+        if rng.filters:
+            passing = record_mask(rng.filters, cols)
+            if passing is not None:
+                in_range = int(keep.sum()) if keep is not None else n
+                keep = passing if keep is None else keep & passing
+                progress.filtered += in_range - int(keep.sum())
+                if not keep.any():
+                    return None
+        if keep is not None and not keep.all():
+            cols = {k: v[keep] for k, v in cols.items()}
+        n = len(cols["ts_ns"])
+        progress.records += n
+        t_lo, t_hi = int(cols["ts_ns"].min()), int(cols["ts_ns"].max())
+        progress.first_ns = min(progress.first_ns, t_lo) if progress.first_ns else t_lo
+        progress.last_ns = max(progress.last_ns, t_hi)
+        if on_progress is not None:
+            on_progress(progress)
+        return to_batch(cols, n, host, iface, run_id, schema)
+
+    def past(ts_min_ns: int, m: Any) -> bool:
+        """Has the partition gone past the range (a host's records come in time order)?"""
+        return (hi_ns is not None and rng.until_ms is not None and ts_min_ns > hi_ns
+                and m.timestamp()[1] > rng.until_ms + UNTIL_SLACK_MS)
+
+    def relayed(run: list[Any], p: int) -> tuple[list[pa.RecordBatch], bool]:
+        origins, bad, _n = wr.relayed([m.value() for m in run])
+        for i, why in sorted(bad.items()):
+            progress.corrupt += 1
+            log.warning("message_corrupt", topic=topic, partition=p, offset=run[i].offset(), reason=why)
+        out = []
+        for o in origins:
+            b = select(o.batch.columns, o.batch.n, o.host, o.interface, "")
+            if b is not None:
+                out.append(b)
+        ts_min = min((int(o.batch.columns["ts_ns"].min()) for o in origins if o.batch.n), default=None)
+        return out, ts_min is not None and past(ts_min, run[-1])
+
     try:
         for p, start, end in _bounds(consumer, topic, rng):
             consumer.assign([TopicPartition(topic, p, start)])
             pos = start
-            while pos < end:
-                m = consumer.poll(1.0)
+            run: list[Any] = []  # relayed messages not read yet
+            done = False
+            while pos < end and not done:
+                m = consumer.poll(1.0 if not run else 0.0)
                 if m is None:
+                    if run:
+                        batches, done = relayed(run, p)
+                        run = []
+                        yield from batches
                     continue
                 err = m.error()
                 if err is not None:
@@ -209,56 +281,39 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
                 if (m.offset() or 0) >= end:
                     break
                 progress.messages += 1
+                value = m.value() or b""
+                if wire.framed(value):
+                    run.append(m)
+                    if len(run) >= RELAYED_RUN or pos >= end:
+                        batches, done = relayed(run, p)
+                        run = []
+                        yield from batches
+                    continue
+                if run:
+                    batches, done = relayed(run, p)
+                    run = []
+                    yield from batches
+                    if done:
+                        break
                 h = message_headers(m)
                 if rng.hosts is not None and H.HOST in h and h[H.HOST] not in rng.hosts:
                     continue  # another capture point's, known without decoding
                 try:
-                    b = read_container(m.value() or b"")
+                    b = read_container(value)
                 except DecodeError as e:
                     progress.corrupt += 1
                     log.warning("message_corrupt", topic=topic, partition=p, offset=m.offset(), reason=str(e))
                     continue
-                host = h.get(H.HOST) or b.metadata.get(H.HOST, "")
-                if rng.hosts is not None and host not in rng.hosts:
-                    continue
-                iface = h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
-                run_id = h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, "")
-                if rng.filters and not message_passes(rng.filters, {"host": host, "interface": iface,
-                                                                    "run_id": run_id}):
-                    continue
-                if b.n == 0:
-                    continue
-                ts = b.columns["ts_ns"]
-                if hi_ns is not None and rng.until_ms is not None and int(ts.min()) > hi_ns \
-                        and m.timestamp()[1] > rng.until_ms + UNTIL_SLACK_MS:
-                    break  # the partition has gone past the range (a host's records come in time order)
-                keep = None
-                if lo_ns is not None or hi_ns is not None:
-                    keep = np.ones(b.n, bool)
-                    if lo_ns is not None:
-                        keep &= ts >= lo_ns
-                    if hi_ns is not None:
-                        keep &= ts <= hi_ns
-                    if not keep.any():
-                        continue
-                if rng.filters:
-                    passing = record_mask(rng.filters, b.columns)
-                    if passing is not None:
-                        in_range = int(keep.sum()) if keep is not None else b.n
-                        keep = passing if keep is None else keep & passing
-                        progress.filtered += in_range - int(keep.sum())
-                        if not keep.any():
-                            continue
-                cols = b.columns if keep is None or keep.all() else {k: v[keep] for k, v in b.columns.items()}
-                n = len(cols["ts_ns"])
-                batch = to_batch(cols, n, host, iface, run_id, schema)
-                progress.records += n
-                t_lo, t_hi = int(cols["ts_ns"].min()), int(cols["ts_ns"].max())
-                progress.first_ns = min(progress.first_ns, t_lo) if progress.first_ns else t_lo
-                progress.last_ns = max(progress.last_ns, t_hi)
-                if on_progress is not None:
-                    on_progress(progress)
-                yield batch
+                if b.n and past(int(b.columns["ts_ns"].min()), m):
+                    break
+                batch = select(b.columns, b.n, h.get(H.HOST) or b.metadata.get(H.HOST, ""),
+                               h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, ""),
+                               h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, ""))
+                if batch is not None:
+                    yield batch
+            if run:
+                batches, _ = relayed(run, p)
+                yield from batches
             consumer.unassign()
     finally:
         consumer.close()

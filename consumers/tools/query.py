@@ -11,7 +11,6 @@ conversation, DNS lookup and HTTP exchange records. Output: an aligned table, CS
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import sys
@@ -22,7 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import fastavro
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -30,6 +28,7 @@ import pyarrow.parquet as pq
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pktstream.consumers.engine.wirein import WireReader
 from pktstream.consumers.tools.history import (
     Progress,
     Range,
@@ -40,86 +39,8 @@ from pktstream.consumers.tools.history import (
 )
 from pktstream.consumers.tools.pushdown import pushdown
 from pktstream.runtime.errors import ConfigError, PktstreamError
-from pktstream.schemas import wire
-from pktstream.schemas.columns import MAX_SCHEMA_CHARS
-from pktstream.schemas.decode import _is_ours
 
 log = structlog.get_logger("pktstream.query")
-
-MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registry did not have)
-
-
-def _known(text: str, kind: str) -> bool:
-    """Is a registry's schema text one of ours of this kind (usage: now or earlier; relayed: the relay's
-    packet record)?"""
-    if kind == "relayed":
-        from pktstream.consumers.relay.relay import is_relayed
-
-        return is_relayed(text)
-    return _is_ours(text, kind)
-
-
-class WireReader:
-    """An output topic's values in either form: pktstream's own (an Avro container, a JSON document)
-    or the schema-registry wire format (docs/registry.md). A JSON document after the five bytes is read
-    as it is (its schema id is not looked up). An Avro record's writer schema is looked up by its id in
-    the registry (``registry_conf()``, asked only once such a message is met) and must be one of ours,
-    now or in an earlier version (schemas/history); a message whose id names no such schema is set
-    aside like any other record that does not read. A registry that cannot be reached stops the query
-    when it was named (``named``); else (the local default) its records are set aside, with a warning."""
-
-    def __init__(self, registry_conf: Callable[[], Mapping[str, str]] | None = None, named: bool = False) -> None:
-        self.registry_conf, self.named = registry_conf, named
-        self._registry: Any = None
-        self._writers: dict[int, Any] = {}  # id -> parsed Avro schema, or None: the id reads as nothing
-        self.unreachable = False
-        self.set_aside = 0
-
-    def json_bytes(self, value: bytes) -> bytes:
-        """The JSON document of a message: after the five bytes of the wire format, or the whole."""
-        return bytes(wire.unframe(value)[1]) if wire.framed(value) else value
-
-    def avro_records(self, value: bytes, kind: str, reader_schema: Any) -> list[Any]:
-        """The records of a message: one datum in the wire format, or an Avro container's."""
-        if not wire.framed(value):
-            return list(fastavro.reader(io.BytesIO(value), reader_schema))
-        sid, body = wire.unframe(value)
-        writer = self._writer(sid, kind)
-        if writer is None:
-            self.set_aside += 1
-            raise ValueError(f"schema id {sid} names no {kind} schema of ours")
-        return [fastavro.schemaless_reader(io.BytesIO(body), writer, reader_schema)]
-
-    def _writer(self, sid: int, kind: str) -> Any:
-        if sid in self._writers:
-            return self._writers[sid]
-        if self.unreachable:
-            return None
-        from pktstream.runtime.registry import Registry, registry_properties
-
-        parsed = None
-        try:
-            if self._registry is None:
-                self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
-            stype, text = self._registry.schema(sid)
-            if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _known(text, kind):
-                parsed = fastavro.parse_schema(json.loads(text))
-        except LookupError:
-            pass
-        except PktstreamError as e:
-            if self.named:
-                raise
-            log.warning("registry_unreachable", error=str(e)[:300],
-                        hint="records in the registry's wire format are set aside; name it with --schema-registry")
-            self.unreachable = True
-            return None
-        except Exception as e:
-            log.warning("registry_schema_unreadable", id=sid, error=f"{type(e).__name__}: {e}"[:200])
-        if len(self._writers) >= MAX_WRITER_SCHEMAS:
-            self._writers.pop(next(iter(self._writers)))
-        self._writers[sid] = parsed
-        return parsed
-
 
 @dataclass
 class Sources:
@@ -443,7 +364,7 @@ def run_query(conf: Mapping[str, Any], sql: str, rng: Range, sources: Sources, f
             log.debug("query_filters_pushed_down", filters=[str(f) for f in filters])
         reader = pa.RecordBatchReader.from_batches(
             schema, packet_batches(conf, sources.packets, dataclasses.replace(rng, filters=filters), progress,
-                                   schema, show))
+                                   schema, show, wr))
         keep.append(reader)
         con.register("packets", reader)
     if "usage" in named:

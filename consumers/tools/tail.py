@@ -19,7 +19,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pktstream.consumers.engine.deadletter import DeadLetters
-from pktstream.consumers.tools.query import WireReader
+from pktstream.consumers.engine.wirein import WireReader
 from pktstream.schemas import headers as H
 from pktstream.schemas import wire
 from pktstream.schemas.decode import DecodeError, iter_container, message_headers, present

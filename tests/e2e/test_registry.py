@@ -5,6 +5,7 @@ and ClickHouse's AvroConfluent format (chDB) with the registry's URL; and by ``p
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import chdb
 import fastavro
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from confluent_kafka import Producer
@@ -215,6 +217,39 @@ def test_a_schema_the_registry_refuses_stops_the_app_before_anything_is_publishe
     assert sr.get_versions(f"{out}-value") == [1]
 
 
+def pcap_records(data: bytes) -> list[bytes]:
+    """A pcap file's records (each with its 16-byte record header), by the format's own layout."""
+    assert int.from_bytes(data[:4], "little") in (0xA1B2C3D4, 0xA1B23C4D)
+    out, at = [], 24
+    while at < len(data):
+        n = int.from_bytes(data[at + 8 : at + 12], "little")
+        out.append(data[at : at + 16 + n])
+        at += 16 + n
+    assert at == len(data)
+    return out
+
+
+def test_the_consumers_read_the_relayed_topic_as_they_read_the_packet_topic(
+        kafka_bootstrap: str, registry: tuple[str, list[str]], packet_topic: tuple[str, Path, Path],
+        usage_topic: tuple[str, list[dict[str, Any]]]) -> None:
+    """pktstream usage over pktstream relay's copy of the packet topic (one record per message) counts
+    what it counted over the packet topic, record for record."""
+    url, _opts = registry
+    topic, catalog, _rules = packet_topic
+    _usage, printed = usage_topic
+    b, tag = kafka_bootstrap, uuid.uuid4().hex[:6]
+    out = f"reg-relayed-{tag}"
+    run(PKTSTREAM, "relay", "--bootstrap-servers", b, "--topic", topic, "--to", out, "--app-id", f"relay-{tag}",
+        "--from-beginning", "--until-end", "--schema-registry", url, "--log-format", "json")
+    figures: dict[str, Any] = {}
+    got = run_usage(usage_cmd(b, out, f"u-{tag}", f"reg-usage-relayed-{tag}", catalog, "--partitions", "3",
+                              "--grace-s", "1", "--schema-registry", url), figures=figures)
+    key = lambda r: (r["window_s"], r["window_start_ms"], r["api"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(printed, key=key)
+    assert figures["records_in"] == sum(1 for _ in read_messages(b, out))
+    assert figures["undecodable"] == 0
+
+
 def test_the_relay_writes_every_packet_record_once_through_a_sigkill_and_kafka_connect_sinks_it(
         kafka_bootstrap: str, registry: tuple[str, list[str]], usage_topic: tuple[str, list[dict[str, Any]]],
         tmp_path: Path) -> None:
@@ -271,6 +306,15 @@ def test_the_relay_writes_every_packet_record_once_through_a_sigkill_and_kafka_c
     key = lambda r: (r["host"], r["seq"])  # noqa: E731
     assert len(got) == len(expected) == len({key(r) for r in got})
     assert sorted(got, key=key) == sorted(expected, key=key)
+    # ClickHouse's AvroConfluent format reads them with the registry's URL
+    (tmp_path / "relayed.bin").write_bytes(b"".join(v for _k, v, _h in read_messages(b, out)))
+    ch = chdb.query(f"SELECT host, interface, count(), sum(wire_len), sum(seq), sum(length(payload)), "
+                    f"countDistinct(src_addr) FROM file('{tmp_path / 'relayed.bin'}', 'AvroConfluent') GROUP BY "
+                    f"host, interface ORDER BY host SETTINGS format_avro_schema_registry_url='{url}'", "JSONCompact")
+    assert [[str(x) for x in row] for row in json.loads(str(ch))["data"]] == [
+        [h, f"eth{i}", *(str(v) for v in (len(rs), sum(r["wire_len"] for r in rs), sum(r["seq"] for r in rs),
+                                          sum(len(r["payload"]) for r in rs), len({r["src_addr"] for r in rs})))]
+        for i, h in enumerate(("relay-a", "relay-b")) for rs in [[r for r in expected if r["host"] == h]]]
     for host in ("relay-a", "relay-b"):  # each host's records in the order its producer wrote them
         assert [r["seq"] for r in got if r["host"] == host] == [r["seq"] for r in expected if r["host"] == host]
     # pktstream tail shows the relayed topic as it shows the packet topic: the same lines
@@ -281,6 +325,28 @@ def test_the_relay_writes_every_packet_record_once_through_a_sigkill_and_kafka_c
     assert sorted(relayed) == sorted(run(*tail, "--topic", topic).stdout.splitlines())
     dead = read_messages(b, f"{out}.dlq")
     assert [(k, v) for k, v, _h in dead] == [(b"relay-c", b"Obj\x01 not a container")]
+    # pktstream query and export read the relayed topic as they read the packet topic (run_id aside: a
+    # relayed record does not carry its producer run's id)
+    sql = ("SELECT host, interface, count(*) AS n, count(DISTINCT seq) AS seqs, sum(wire_len) AS b, "
+           "sum(octet_length(payload)) AS p, min(ts) AS t0, max(ts) AS t1, count(DISTINCT src_addr) AS srcs "
+           "FROM packets GROUP BY ALL ORDER BY ALL")
+    query = [PKTSTREAM, "query", sql, "--bootstrap-servers", b, "--format", "csv", "--schema-registry", url]
+    table = run(*query, "--topic", out).stdout
+    assert table == run(*query, "--topic", topic).stdout
+    assert [row[:3] for row in list(csv.reader(table.splitlines()))[1:]] == [
+        [h, f"eth{i}", str(sum(1 for r in expected if r["host"] == h))] for i, h in enumerate(("relay-a", "relay-b"))]
+    one = run(*query, "--topic", out, "--host", "relay-b").stdout.splitlines()
+    assert one == [table.splitlines()[0], table.splitlines()[2]]
+    export = [PKTSTREAM, "export", "--bootstrap-servers", b, "--schema-registry", url]
+    for name, t in (("relayed", out), ("native", topic)):
+        run(*export, "--topic", t, "--format", "parquet", "-o", str(tmp_path / f"{name}.parquet"))
+        run(*export, "--topic", t, "--format", "pcap", "-o", str(tmp_path / f"{name}.pcap"))
+    tables = [pq.read_table(tmp_path / f"{name}.parquet").drop_columns(["run_id"]).sort_by([("host", "ascending"),
+                                                                                           ("seq", "ascending")])
+              for name in ("relayed", "native")]
+    assert tables[0].num_rows == len(expected) and tables[0].equals(tables[1])
+    frames = [sorted(pcap_records((tmp_path / f"{name}.pcap").read_bytes())) for name in ("relayed", "native")]
+    assert len(frames[0]) == len(expected) and frames[0] == frames[1]
 
     usage, printed = usage_topic
     rows = sink_to_files(b, url, {out: (tmp_path / "packets.txt", len(expected)),

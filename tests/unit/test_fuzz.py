@@ -60,3 +60,16 @@ def test_container_seeds_are_readable() -> None:
         assert batch is not None, f"{p.name} does not decode"
         assert batch.n > 0 or p.name.endswith("_empty"), p.name
         targets.check_batch(batch)
+
+
+def test_relayed_seeds_read() -> None:
+    """The relayed seeds hold records of two capture points that read, beside the ones set aside."""
+    from pktstream.consumers.engine.wirein import WireReader
+    from pktstream.consumers.relay.relay import relayed_schema
+
+    wr = WireReader()
+    wr._writers[(targets.RELAYED_ID, "relayed")] = relayed_schema()
+    wr._writers[(targets.OTHER_ID, "relayed")] = None
+    seed = (campaign.SEEDS / "relayed" / "cut").read_bytes()
+    origins, bad, n = wr.relayed(targets.relayed_values(targets.Input(seed)))
+    assert n == 5 and sorted(o.host for o in origins) == ["host-a", "host-b"] and list(bad) == [5]

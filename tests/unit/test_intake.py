@@ -3,7 +3,7 @@ one process's packet partitions read side by side in event time."""
 
 from __future__ import annotations
 
-from pktstream.consumers.engine.intake import MAX_CONSUME, UNREAD_HOLD_S, Intake
+from pktstream.consumers.engine.intake import MAX_CONSUME, MAX_CONSUME_SMALL, SMALL_MESSAGE, UNREAD_HOLD_S, Intake
 
 S = 10**9
 NOW = 1000.0  # monotonic seconds
@@ -120,6 +120,15 @@ def test_consume_takes_few_enough_messages_to_stay_within_the_transaction() -> N
         it2.records(n)
     assert it2.records_per_message > 90_000
     assert it2.consume_size(1) <= 5
+    # pktstream relay's topic: one record per message, read thousands at a time, still within the transaction
+    it3 = intake(commit_records=500_000)
+    it3.records(64, messages=64)
+    assert it3.records_per_message < SMALL_MESSAGE
+    assert it3.consume_size(1) == MAX_CONSUME_SMALL
+    it3.records(499_000, messages=499_000)
+    assert it3.consume_size(1) == 937  # what is left of the transaction, and one
+    it3.records(100_000)  # a container again: a few messages at a time
+    assert it3.consume_size(1) == 1
 
 
 def test_a_reset_forgets_everything_and_a_partition_that_leaves_is_forgotten() -> None:

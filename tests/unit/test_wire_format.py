@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 from pktstream.consumers.engine.app import wire_formats
+from pktstream.consumers.engine.wirein import WireReader
 from pktstream.consumers.relay.relay import relayed_schema
-from pktstream.consumers.tools.query import WireReader
 from pktstream.runtime.cli import main
 from pktstream.runtime.errors import ConfigError
 from pktstream.runtime.registry import registry_properties
@@ -145,3 +145,92 @@ def test_a_block_that_is_not_records_is_refused_never_misread(block: bytes, n: i
     for end in ends.tolist():
         fastavro.schemaless_reader(io.BytesIO(out[start + 5:end]), schema, schema)
         start = end
+
+
+def _relayed_value(sid: int, record: dict[str, Any], host: str, iface: str) -> bytes:
+    return wire.avro_datum(sid, fastavro.parse_schema(relayed_schema()), {**record, "host": host, "interface": iface})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(record_st, st.sampled_from(["h-a", "h-b", "é-c", ""]), st.sampled_from(["eth0", "wg1"])),
+                min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.binary(max_size=3), st.booleans()), max_size=3))
+def test_relayed_messages_read_as_their_records_and_one_bad_message_spoils_no_other(
+        rows: list[tuple[dict[str, Any], str, str]], spoil: list[tuple[int, bytes, bool]]) -> None:
+    """A run of the relay's messages (engine/wirein.py, schemas/columns.read_relayed): a batch per capture
+    point whose columns are its records (as fastavro writes them); a message with bytes added or cut, or
+    under a schema id that names no relayed schema, is named and the others read all the same."""
+    values = [_relayed_value(5, r, h, i) for r, h, i in rows]
+    spoiled: set[int] = set()
+    for at, extra, cut in spoil:
+        if at < len(values):
+            values[at] = values[at][:-1] if cut else values[at] + extra
+            spoiled |= {at} if cut or extra else set()
+    values.append(_relayed_value(6, rows[0][0], rows[0][1], rows[0][2]))  # id 6: not the relayed schema
+    wr = WireReader()
+    wr._writers[(5, "relayed")] = fastavro.parse_schema(relayed_schema())
+    wr._writers[(6, "relayed")] = None
+    origins, bad, n = wr.relayed(values)
+    assert len(values) - 1 in bad and "schema id 6" in bad[len(values) - 1]
+    # a cut or extended message may still read as one record only if it is one; ours never is
+    assert spoiled <= set(bad)
+    good = [i for i in range(len(rows)) if i not in bad]
+    assert n == len(good) == sum(o.batch.n for o in origins)
+    seen: list[int] = []
+    for o in origins:
+        assert {(rows[i][1], rows[i][2]) for i in o.messages} == {(o.host, o.interface)}
+        want = [rows[i][0] for i in o.messages]
+        cols = o.batch.columns
+        assert "host" not in cols and "interface" not in cols
+        assert cols["seq"].tolist() == [r["seq"] for r in want]
+        assert cols["ts_ns"].tolist() == [r["ts_ns"] for r in want]
+        assert [bytes(cols["src_addr"][k]) for k in range(o.batch.n)] == [r["src_addr"] for r in want]
+        assert [bytes(cols["payload"][k, : cols["payload__len"][k]]) for k in range(o.batch.n)] == \
+            [r["payload"][:256] for r in want]
+        seen += o.messages
+    assert sorted(seen) == good
+
+
+def test_a_relayed_name_longer_than_the_relay_writes_is_set_aside() -> None:
+    rec = {f["name"]: (bytes(16) if f["name"].endswith("_addr") else b"" if f["type"] == "bytes" else 0)
+           for f in load_schema_json("packet")["fields"]}
+    wr = WireReader()
+    wr._writers[(5, "relayed")] = fastavro.parse_schema(relayed_schema())
+    origins, bad, n = wr.relayed([_relayed_value(5, rec, "x" * 300, "eth0"), _relayed_value(5, rec, "ok", "eth0")])
+    assert list(bad) == [0] and "longer than 255 bytes" in bad[0]
+    assert n == 1 and [(o.host, o.interface, o.messages) for o in origins] == [("ok", "eth0", [1])]
+
+
+def test_relayed_messages_are_set_aside_not_fatal_when_the_unnamed_registry_is_down() -> None:
+    """A packet topic in pktstream's own form may hold a message that merely begins with 0x00 (any host
+    writes it): without a registry named, one that cannot be reached sets it aside; a named one stops
+    the reader with a clear error."""
+    from pktstream.runtime.errors import PktstreamError
+
+    value = wire.frame(9, b"\x02\x04")
+    down = {"url": "http://127.0.0.1:9/apis/ccompat/v7"}
+    origins, bad, n = WireReader(lambda: down).relayed([value])
+    assert (origins, n) == ([], 0) and "could not be reached" in bad[0]
+    with pytest.raises(PktstreamError, match="cannot be reached"):
+        WireReader(lambda: down, named=True).relayed([value])
+
+
+def test_new_schema_ids_are_looked_up_at_a_bounded_rate() -> None:
+    """Ids no one registered, one after another (a hostile writer), cost at most MAX_LOOKUPS_PER_S
+    registry calls a second; beyond that they are set aside without one."""
+    from pktstream.consumers.engine.wirein import MAX_LOOKUPS_PER_S
+
+    calls: list[int] = []
+
+    class Absent:
+        def schema(self, sid: int) -> tuple[str, str]:
+            calls.append(sid)
+            raise LookupError(sid)
+
+    wr = WireReader()
+    wr._registry = Absent()
+    _origins, bad, _n = wr.relayed([wire.frame(100 + i, b"\x00") for i in range(3 * MAX_LOOKUPS_PER_S)])
+    assert len(calls) == MAX_LOOKUPS_PER_S and len(bad) == 3 * MAX_LOOKUPS_PER_S
+    assert sum("too many new schema ids" in why for why in bad.values()) == 2 * MAX_LOOKUPS_PER_S
+    wr.relayed([wire.frame(100, b"\x00")])  # an id already answered is not asked again
+    assert len(calls) == MAX_LOOKUPS_PER_S

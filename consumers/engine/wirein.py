@@ -1,0 +1,176 @@
+"""Reading what is written in the schema-registry wire format (docs/registry.md): an output topic's
+records, and pktstream relay's copy of the packet topic (one record per message), beside
+pktstream's own forms.
+
+A message in the wire format names its writer schema by an id; the id is looked up in the
+registry (once, cached) and must name one of our schemas of the kind expected: usage records now
+or in an earlier version (schemas/history), the relay's packet record exactly. A message whose id
+names no such schema is set aside like any other message that does not read. The registry is
+asked only once such a message is met, and for at most MAX_LOOKUPS_PER_S new ids a second (ids no
+one registered, one after another, are a hostile writer's: they must not stall the reader).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+import numpy as np
+import structlog
+
+from pktstream.runtime.errors import PktstreamError
+from pktstream.schemas import wire
+from pktstream.schemas.columns import MAX_SCHEMA_CHARS, Batch, read_relayed, relayed_origins
+from pktstream.schemas.decode import _is_ours
+
+log = structlog.get_logger("pktstream.wirein")
+
+MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registry did not have)
+MAX_LOOKUPS_PER_S = 20  # new schema ids looked up in the registry per second at most
+UNREACHABLE_RETRY_S = 60.0  # how long an unnamed registry that could not be reached is left alone
+
+
+def _known(text: str, kind: str) -> bool:
+    """Is a registry's schema text one of ours of this kind (usage: now or earlier; relayed: the relay's
+    packet record)?"""
+    if kind == "relayed":
+        from pktstream.consumers.relay.relay import is_relayed
+
+        return is_relayed(text)
+    return _is_ours(text, kind)
+
+
+@dataclass
+class Origin:
+    """The records of relayed messages from one capture point."""
+
+    host: str
+    interface: str
+    batch: Batch
+    messages: list[int]  # the indices of the messages they came from
+
+
+class WireReader:
+    """Values in either form: pktstream's own (an Avro container, a JSON document) or the
+    schema-registry wire format. A JSON document after the five bytes is read as it is (its schema
+    id is not looked up). An Avro record's writer schema is looked up by its id in the registry
+    (``registry_conf()``). A registry that cannot be reached stops the reader (PktstreamError) when
+    it was named (``named``); else (the local default) its records are set aside, with a warning."""
+
+    def __init__(self, registry_conf: Callable[[], Mapping[str, str]] | None = None, named: bool = False) -> None:
+        self.registry_conf, self.named = registry_conf, named
+        self._registry: Any = None
+        self._writers: dict[tuple[int, str], Any] = {}  # (id, kind) -> parsed Avro schema, or None: reads as nothing
+        self.unreachable_until = 0.0  # (monotonic) an unnamed registry that could not be reached is not asked again
+        self._lookups: deque[float] = deque()  # when the latest lookups were made (monotonic)
+        self.miss = ""  # why the last id looked up reads as nothing
+        self.set_aside = 0
+
+    @property
+    def unreachable(self) -> bool:
+        return time.monotonic() < self.unreachable_until
+
+    def json_bytes(self, value: bytes) -> bytes:
+        """The JSON document of a message: after the five bytes of the wire format, or the whole."""
+        return bytes(wire.unframe(value)[1]) if wire.framed(value) else value
+
+    def avro_records(self, value: bytes, kind: str, reader_schema: Any) -> list[Any]:
+        """The records of a message: one datum in the wire format, or an Avro container's."""
+        if not wire.framed(value):
+            return list(fastavro.reader(io.BytesIO(value), reader_schema))
+        sid, body = wire.unframe(value)
+        writer = self._writer(sid, kind)
+        if writer is None:
+            self.set_aside += 1
+            raise ValueError(f"schema id {sid} names no {kind} schema of ours")
+        return [fastavro.schemaless_reader(io.BytesIO(body), writer, reader_schema)]
+
+    def relayed(self, values: Sequence[bytes]) -> tuple[list[Origin], dict[int, str], int]:
+        """Messages of pktstream relay's topic (each in the wire format: wire.framed), decoded at once
+        (schemas/columns.read_relayed): a batch per capture point (host, interface) with the messages
+        its records came from, the messages that do not read (their index -> why) and how many records
+        the batches hold."""
+        bad: dict[int, str] = {}
+        ok: list[int] = []
+        for i, v in enumerate(values):
+            sid = int.from_bytes(v[1:wire.HEAD_BYTES], "big")
+            if self._writer(sid, "relayed") is None:
+                bad[i] = f"schema id {sid}: {self.miss}"
+            else:
+                ok.append(i)
+        self.set_aside += len(bad)
+        if not ok:
+            return [], bad, 0
+        r = read_relayed([memoryview(values[i])[wire.HEAD_BYTES:] for i in ok])
+        for j, why in r.bad.items():
+            bad[ok[j]] = why
+        self.set_aside += len(r.bad)
+        out = []
+        at = np.array(ok, dtype=np.int64)[r.index]  # each row's message
+        for host, iface, rows in relayed_origins(r.batch):
+            if rows is None:
+                out.append(Origin(host, iface, r.batch, sorted(set(at.tolist()))))
+            else:
+                cols = {k: v[rows] for k, v in r.batch.columns.items()}
+                out.append(Origin(host, iface, Batch({}, len(rows), cols), sorted(set(at[rows].tolist()))))
+        return out, bad, r.batch.n
+
+    def _writer(self, sid: int, kind: str) -> Any:
+        if (sid, kind) in self._writers:
+            self.miss = f"names no {kind} schema of ours"
+            return self._writers[(sid, kind)]
+        if self.unreachable:
+            self.miss = "the schema registry could not be reached (name one with --schema-registry)"
+            return None
+        now = time.monotonic()
+        while self._lookups and now - self._lookups[0] > 1.0:
+            self._lookups.popleft()
+        if len(self._lookups) >= MAX_LOOKUPS_PER_S:  # ids no one registered, one after another: a hostile
+            self.miss = "too many new schema ids at once, not looked up"  # writer must not stall the reader
+            return None
+        self._lookups.append(now)
+        self.miss = f"names no {kind} schema of ours"
+        from pktstream.runtime.registry import Registry, registry_properties
+
+        parsed = None
+        try:
+            if self._registry is None:
+                self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
+            stype, text = self._registry.schema(sid)
+            if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _known(text, kind):
+                parsed = fastavro.parse_schema(json.loads(text))
+        except LookupError:
+            pass
+        except PktstreamError as e:
+            if self.named:
+                raise
+            log.warning("registry_unreachable", error=str(e)[:300], retry_s=UNREACHABLE_RETRY_S,
+                        hint="records in the registry's wire format are set aside; name it with --schema-registry")
+            self.unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
+            self.miss = "the schema registry could not be reached (name one with --schema-registry)"
+            return None
+        except Exception as e:
+            log.warning("registry_schema_unreadable", id=sid, error=f"{type(e).__name__}: {e}"[:200])
+        if len(self._writers) >= MAX_WRITER_SCHEMAS:
+            self._writers.pop(next(iter(self._writers)))
+        self._writers[(sid, kind)] = parsed
+        return parsed
+
+
+def wire_reader(url: str | None, config_file: str | None) -> WireReader:
+    """How messages in the registry's wire format are read: the registry named (a URL, a settings
+    file or their variables; one that cannot be reached stops the reader: PktstreamError), else the
+    local one (pktstream registry up; when it cannot be reached, such messages are set aside)."""
+    from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
+
+    named = bool(url or config_file or os.environ.get(REGISTRY_URL_ENV) or os.environ.get(REGISTRY_CONFIG_ENV))
+    return WireReader(lambda: registry_properties(url, config_file), named)
+
+
