@@ -433,7 +433,7 @@ def relayed(data: bytes) -> None:
     values = relayed_values(Input(data))
     wr = WireReader()
     wr._writers[(RELAYED_ID, "relayed")] = relayed_schema()
-    wr._writers[(OTHER_ID, "relayed")] = None
+    wr._unknown[(OTHER_ID, "relayed")] = None
     origins, bad, n = wr.relayed(values)
     assert all(0 <= i < len(values) for i in bad), bad
     assert all(i in bad for i, v in enumerate(values) if v[1:5] == wire.head(OTHER_ID)[1:5])
@@ -442,6 +442,7 @@ def relayed(data: bytes) -> None:
         check_batch(o.batch)
         assert "host" not in o.batch.columns and "interface" not in o.batch.columns
         assert len(o.messages) == o.batch.n, (len(o.messages), o.batch.n)  # one record per message
+        assert sorted(o.row_message.tolist()) == o.messages
         seen += o.messages
     assert sum(o.batch.n for o in origins) == n
     assert sorted(seen) == [i for i in range(len(values)) if i not in bad], (seen, bad)

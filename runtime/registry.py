@@ -154,19 +154,42 @@ class Registry:
         return wanted
 
     def schema(self, schema_id: int) -> tuple[str, str]:
-        """(schema type, schema text) of an id; LookupError when the registry does not have it,
-        PktstreamError when it cannot be reached."""
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
+        """(schema type, schema text) of an id; LookupError when the registry does not have it (or
+        refuses the question: an id a message names is untrusted input), PktstreamError when it
+        cannot be reached, fails (5xx) or refuses us (401, 403)."""
+        if not 0 <= schema_id < 1 << 31:  # registries number schemas with Java ints
+            raise LookupError(f"schema id {schema_id} is out of a registry's range")
         try:
             s = self.client.get_schema(schema_id)
-        except SchemaRegistryError as e:
-            if e.http_status_code == 404 and e.error_code == 40403:  # the registry has no such id
-                raise LookupError(f"schema id {schema_id} is not in the registry") from None
-            raise PktstreamError(f"the schema registry at {self.url}: {_words(e)}") from None
         except Exception as e:
-            raise PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)}") from None
+            raise self._failure(e, f"schema id {schema_id}") from None
         return str(s.schema_type or "AVRO"), str(s.schema_str)
+
+    def lookup(self, subject: str, schema: str, schema_type: str = "AVRO") -> int | None:
+        """The id under which ``subject`` holds this schema, None when it does not (errors as ``schema``)."""
+        from confluent_kafka.schema_registry import Schema
+
+        try:
+            sid = self.client.lookup_schema(subject, Schema(schema, schema_type)).schema_id
+        except Exception as e:
+            err = self._failure(e, f"subject {subject!r}")
+            if isinstance(err, LookupError):
+                return None
+            raise err from None
+        return int(sid) if sid is not None else None
+
+    def _failure(self, e: Exception, what: str) -> Exception:
+        """A failed question as LookupError (the registry answered that it has no such thing, or would not
+        take the question: 4xx) or PktstreamError (it could not be reached, failed, or refused us)."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        if isinstance(e, SchemaRegistryError):
+            status = e.http_status_code or 0
+            if (status == 404 and e.error_code in (40401, 40402, 40403)) or \
+                    status in (400, 405, 409, 413, 414, 415, 422):  # (a 404 of no registry: a wrong URL, below)
+                return LookupError(f"{what}: {_words(e)}")
+            return PktstreamError(f"the schema registry at {self.url}: {_words(e)}")
+        return PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)}")
 
     def close(self) -> None:
         close: Any = getattr(self.client, "__exit__", None)

@@ -57,6 +57,7 @@ class Intake:
     head_ref: dict[int, int] = field(default_factory=dict)  # the reference (broker) time it last moved at
     last_ref: dict[int, int] = field(default_factory=dict)  # the latest reference time read from each
     records_per_message: float = 1000.0  # the largest message lately (decays by 1/16 a message)
+    relayed: bool = False  # the last packet messages read were pktstream relay's (one record each)
     since: dict[int, float] = field(default_factory=dict)  # when decide first saw each partition (monotonic)
 
     # -- what happened ----------------------------------------------------------------------
@@ -70,11 +71,12 @@ class Intake:
             self.heads[p] = head
             self.head_ref[p] = self.last_ref[p]
 
-    def records(self, n: int, messages: int = 1) -> None:
-        """Packet messages (one, or ``messages`` of pktstream relay's) of n records in all were read
-        into the open transaction."""
+    def records(self, n: int, messages: int = 1, relayed: bool = False) -> None:
+        """Packet messages (one container, or ``messages`` of pktstream relay's: ``relayed``) of n
+        records in all were read into the open transaction."""
         self.txn_records += n
         self.records_per_message = max(n / max(messages, 1), self.records_per_message * (15 / 16) ** messages)
+        self.relayed = relayed
 
     def wrote(self, q: int, end: int) -> None:
         """A repartition message was delivered to partition q, ending at offset ``end`` (exclusive)."""
@@ -119,7 +121,9 @@ class Intake:
         if not mine or len(self.paused) >= mine:
             return MAX_CONSUME
         left = max(0, self.commit_records - self.txn_records)
-        cap = MAX_CONSUME_SMALL if self.records_per_message <= SMALL_MESSAGE else MAX_CONSUME
+        # thousands at a time only while the messages are the relay's: small containers (a quiet host, or a
+        # hostile one) must not open the door to thousands of containers at once
+        cap = MAX_CONSUME_SMALL if self.relayed and self.records_per_message <= SMALL_MESSAGE else MAX_CONSUME
         return max(1, min(cap, int(left / max(1.0, self.records_per_message)) + 1))
 
     def decide(self, mine: Set[int], stage_two_at: Mapping[int, int], at_end: Set[int], now: float) -> Decision:

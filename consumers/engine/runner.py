@@ -85,7 +85,7 @@ from pktstream.consumers.engine.topics import (
 )
 from pktstream.consumers.engine.transactions import Transactions
 from pktstream.consumers.engine.wirein import WireReader
-from pktstream.runtime.errors import PktstreamError
+from pktstream.runtime.errors import ConfigError, PktstreamError
 from pktstream.runtime.kafka import retrying
 from pktstream.schemas import headers as H
 from pktstream.schemas import wire
@@ -97,6 +97,7 @@ log = structlog.get_logger("pktstream.stream")
 FOREVER = 1 << 62
 BATCH_ROWS = 65_536  # rows a partition's batch waits for (StreamRunner._process_batches)
 MAX_RELAYED_RUN = 4096  # pktstream relay's messages (one record each) read at once
+REGISTRY_RETRY_S = 5.0  # how long relayed messages wait when the registry named cannot be reached
 
 
 @dataclass
@@ -253,6 +254,7 @@ class StreamRunner:
         # schema-registry wire format: app.registry_encoders)
         self.encoders: dict[str, Callable[[Output], bytes]] = {}
         self.wire_in: WireReader | None = None  # how pktstream relay's messages are read (engine/wirein.py)
+        self._registry_retry_at = 0.0  # (monotonic) until then relayed messages wait (_rekey_relayed)
         self._uncommitted: list[Output] = []
         self._batches: dict[int, list[Features]] = {}  # rows read, not yet processed (_process_batches)
         self._batch_rows: dict[int, int] = {}
@@ -565,30 +567,62 @@ class StreamRunner:
 
     def _handle_all(self, msgs: list[Message]) -> None:
         """Every message consume() returned, in order; a run of pktstream relay's messages (one record
-        each, in the registry's wire format) of one packet partition is read at once."""
+        each, in the registry's wire format) of one packet partition is read at once. Packet messages
+        past the transaction's records (intake.full), and a run that must wait for the registry, are
+        read again later: the rest of their partition's messages with them."""
         i = 0
+        later: set[int] = set()  # packet partitions sought back: read again by the next consume()
         while i < len(msgs):
-            if not self._relayed(msgs[i]):
-                self._handle(msgs[i])
+            m = msgs[i]
+            if m.topic() == self.cfg.packet_topic and (m.partition() or 0) in later:
                 i += 1
                 continue
-            p, j = msgs[i].partition(), i + 1
+            # the transaction holds its records: the rest waits for the next one (consume() may have returned
+            # more than consume_size guessed: messages larger than lately)
+            if (self.intake.full and m.error() is None and m.topic() == self.cfg.packet_topic
+                    and (m.topic(), m.partition() or 0) in self.assigned
+                    and self._seek_back(m.partition() or 0, m.offset() or 0)):
+                later.add(m.partition() or 0)
+                i += 1
+                continue
+            if not self._relayed(m):
+                self._handle(m)
+                i += 1
+                continue
+            p, j = m.partition(), i + 1
             while j < len(msgs) and j - i < MAX_RELAYED_RUN and msgs[j].partition() == p and self._relayed(msgs[j]):
                 j += 1
-            self._handle_relayed(msgs[i:j])
+            if not self._handle_relayed(msgs[i:j]):
+                later.add(p or 0)
             i = j
+
+    def _seek_back(self, p: int, offset: int) -> bool:
+        """Packet partition p to be read again from ``offset`` (False: librdkafka would not)."""
+        assert self.consumer is not None
+        try:
+            self.consumer.seek(TopicPartition(self.cfg.packet_topic, p, offset))
+            return True
+        except KafkaException as e:
+            log.warning("seek_failed", partition=p, offset=offset, error=str(e))
+            return False
 
     def _relayed(self, m: Message) -> bool:
         return (m.error() is None and m.topic() == self.cfg.packet_topic and wire.framed(m.value())
                 and (self.cfg.packet_topic, m.partition() or 0) in self.assigned)
 
-    def _handle_relayed(self, run: list[Message]) -> None:
+    def _handle_relayed(self, run: list[Message]) -> bool:
+        """A run of relayed messages of one partition; False: not read, the partition sought back to its
+        first message (the registry named cannot be reached: read again after REGISTRY_RETRY_S)."""
         key = (self.cfg.packet_topic, run[0].partition() or 0)
+        if not self._rekey_relayed(run):
+            if not self._seek_back(key[1], run[0].offset() or 0):
+                raise ConsumerFailed(f"could not seek {key[0]}[{key[1]}] back to {run[0].offset()}")
+            return False
         self.eof.discard(key)
         self.counters.messages_in += len(run)
-        self._rekey_relayed(run)
         self.positions[key] = (run[-1].offset() or 0) + 1
         self.changed.add(key)
+        return True
 
     def _handle(self, m: Message) -> None:
         err = m.error()
@@ -738,42 +772,59 @@ class StreamRunner:
             self._undecodable(m, e)
             return
         self.counters.records_in += batch.n
-        self.intake.records(batch.n)
+        self.intake.records(batch.n, relayed=False)
         self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f)
 
-    def _rekey_relayed(self, run: list[Message]) -> None:
+    def _rekey_relayed(self, run: list[Message]) -> bool:
         """A run of pktstream relay's messages of one packet partition (engine/wirein.py): decoded at
         once, then each capture point's records as a packet message's are. A message that does not
         read (its schema id names no relayed schema of ours, or it is not one such record) is set aside
         alone (_undecodable); so is every one while the local registry cannot be reached, when none was
-        named; a registry named (--schema-registry) that cannot be reached stops the app."""
+        named. False: a registry named (--schema-registry) cannot be reached; nothing was read."""
         if self.wire_in is None:
             from pktstream.consumers.engine.wirein import wire_reader
 
             self.wire_in = wire_reader(None, None)
+        now = time.monotonic()
+        if now < self._registry_retry_at:
+            time.sleep(0.05)  # (the partition comes back at once: not a busy loop meanwhile)
+            return False
         try:
-            origins, bad, n = self.wire_in.relayed([m.value() or b"" for m in run])
+            origins, bad, n = self.wire_in.relayed([m.value() or b"" for m in run], self.cfg.packet_topic)
+        except ConfigError:
+            raise
+        except PktstreamError as e:
+            self._registry_retry_at = now + REGISTRY_RETRY_S
+            log.warning("registry_unavailable", error=str(e)[:300], retry_s=REGISTRY_RETRY_S,
+                        partition=run[0].partition(), offset=run[0].offset())
+            return False
         except DecodeError as e:  # a bound on the whole run (MAX_RELAYED_RUN keeps well within it)
             for m in run:
                 self._undecodable(m, e)
-            return
+            return True
         for i in sorted(bad):
             self._undecodable(run[i], DecodeError(bad[i]))
         if not n:
-            return
+            return True
         p = run[0].partition() or 0
-        ref = max(self._reference_ns(run[i]) for o in origins for i in o.messages)
         for o in origins:
             origin = f"{o.host or '?'}/{o.interface or '?'}"[:300]
             try:
-                f = self.proc.featurize(o.batch, origin)
-            except Exception as e:  # the topic is untrusted input: see _undecodable
+                parts = [(o.messages, o.batch, self.proc.featurize(o.batch, origin))]
+            except Exception:  # the topic is untrusted input: each message alone, only the failing set aside
+                parts = []
                 for i in o.messages:
-                    self._undecodable(run[i], e)
-                continue
-            self.counters.records_in += o.batch.n
-            self.intake.records(o.batch.n, messages=len(o.messages))
-            self._stage_one(p, ref, origin, f)
+                    rows = o.row_message == i
+                    one = Batch({}, int(rows.sum()), {k: v[rows] for k, v in o.batch.columns.items()})
+                    try:
+                        parts.append(([i], one, self.proc.featurize(one, origin)))
+                    except Exception as e:  # see _undecodable
+                        self._undecodable(run[i], e)
+            for msgs, batch, f in parts:
+                self.counters.records_in += batch.n
+                self.intake.records(batch.n, messages=len(msgs), relayed=True)
+                self._stage_one(p, max(self._reference_ns(run[i]) for i in msgs), origin, f)
+        return True
 
     def _stage_one(self, p: int, ref: int, origin: str, f: Features) -> None:
         """A packet message's features (one capture point's records): judged against its source's

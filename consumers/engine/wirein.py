@@ -23,6 +23,7 @@ from typing import Any
 
 import fastavro
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from pktstream.runtime.errors import PktstreamError
@@ -32,7 +33,7 @@ from pktstream.schemas.decode import _is_ours
 
 log = structlog.get_logger("pktstream.wirein")
 
-MAX_WRITER_SCHEMAS = 1024  # schema ids a read keeps parsed (and ids the registry did not have)
+MAX_WRITER_SCHEMAS = 1024  # ids that read as nothing, remembered (ours are all kept)
 MAX_LOOKUPS_PER_S = 20  # new schema ids looked up in the registry per second at most
 UNREACHABLE_RETRY_S = 60.0  # how long an unnamed registry that could not be reached is left alone
 
@@ -55,6 +56,7 @@ class Origin:
     interface: str
     batch: Batch
     messages: list[int]  # the indices of the messages they came from
+    row_message: npt.NDArray[np.int64]  # each row's message
 
 
 class WireReader:
@@ -67,7 +69,9 @@ class WireReader:
     def __init__(self, registry_conf: Callable[[], Mapping[str, str]] | None = None, named: bool = False) -> None:
         self.registry_conf, self.named = registry_conf, named
         self._registry: Any = None
-        self._writers: dict[tuple[int, str], Any] = {}  # (id, kind) -> parsed Avro schema, or None: reads as nothing
+        self._writers: dict[tuple[int, str], Any] = {}  # (id, kind) -> parsed Avro schema: ours, never forgotten
+        self._unknown: dict[tuple[int, str], None] = {}  # ids that read as nothing (the oldest forgotten first)
+        self._subjects: set[str] = set()  # subjects asked for the relayed schema's id
         self.unreachable_until = 0.0  # (monotonic) an unnamed registry that could not be reached is not asked again
         self._lookups: deque[float] = deque()  # when the latest lookups were made (monotonic)
         self.miss = ""  # why the last id looked up reads as nothing
@@ -92,11 +96,16 @@ class WireReader:
             raise ValueError(f"schema id {sid} names no {kind} schema of ours")
         return [fastavro.schemaless_reader(io.BytesIO(body), writer, reader_schema)]
 
-    def relayed(self, values: Sequence[bytes]) -> tuple[list[Origin], dict[int, str], int]:
+    def relayed(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[Origin], dict[int, str], int]:
         """Messages of pktstream relay's topic (each in the wire format: wire.framed), decoded at once
         (schemas/columns.read_relayed): a batch per capture point (host, interface) with the messages
-        its records came from, the messages that do not read (their index -> why) and how many records
-        the batches hold."""
+        its records came from (and each row's message), the messages that do not read (their index ->
+        why) and how many records the batches hold. ``topic``: the topic they were read from, whose
+        subject (TOPIC-value, where the relay registers) is asked once for the relayed schema's id, so
+        that ids a hostile writer makes up never stand between the reader and the real one."""
+        if topic is not None and topic not in self._subjects and not self.unreachable:
+            self._subjects.add(topic)
+            self._subject_id(f"{topic}-value")
         bad: dict[int, str] = {}
         ok: list[int] = []
         for i, v in enumerate(values):
@@ -116,16 +125,50 @@ class WireReader:
         at = np.array(ok, dtype=np.int64)[r.index]  # each row's message
         for host, iface, rows in relayed_origins(r.batch):
             if rows is None:
-                out.append(Origin(host, iface, r.batch, sorted(set(at.tolist()))))
+                out.append(Origin(host, iface, r.batch, sorted(set(at.tolist())), at))
             else:
                 cols = {k: v[rows] for k, v in r.batch.columns.items()}
-                out.append(Origin(host, iface, Batch({}, len(rows), cols), sorted(set(at[rows].tolist()))))
+                out.append(Origin(host, iface, Batch({}, len(rows), cols), sorted(set(at[rows].tolist())), at[rows]))
         return out, bad, r.batch.n
 
+    def _connect(self) -> Any:
+        if self._registry is None:
+            from pktstream.runtime.registry import Registry, registry_properties
+
+            self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
+        return self._registry
+
+    def _unreachable(self, e: PktstreamError) -> None:
+        """A registry that could not be reached (or failed, or refused us): a named one stops the
+        reader (PktstreamError); the unnamed default is left alone for UNREACHABLE_RETRY_S."""
+        if self.named:
+            raise e
+        log.warning("registry_unreachable", error=str(e)[:300], retry_s=UNREACHABLE_RETRY_S,
+                    hint="records in the registry's wire format are set aside; name it with --schema-registry")
+        self.unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
+        self.miss = "the schema registry could not be reached (name one with --schema-registry)"
+
+    def _subject_id(self, subject: str) -> None:
+        from pktstream.consumers.relay.relay import relayed_schema
+
+        schema = relayed_schema()
+        try:
+            sid = self._connect().lookup(subject, json.dumps(schema))
+        except PktstreamError as e:
+            self._subjects.discard(subject.removesuffix("-value"))  # asked again once it can be reached
+            self._unreachable(e)
+            return
+        if sid is not None:
+            self._writers[(sid, "relayed")] = fastavro.parse_schema(schema)
+            self._unknown.pop((sid, "relayed"), None)
+
     def _writer(self, sid: int, kind: str) -> Any:
-        if (sid, kind) in self._writers:
-            self.miss = f"names no {kind} schema of ours"
-            return self._writers[(sid, kind)]
+        known = self._writers.get((sid, kind))
+        if known is not None:
+            return known
+        self.miss = f"names no {kind} schema of ours"
+        if (sid, kind) in self._unknown:
+            return None
         if self.unreachable:
             self.miss = "the schema registry could not be reached (name one with --schema-registry)"
             return None
@@ -136,32 +179,25 @@ class WireReader:
             self.miss = "too many new schema ids at once, not looked up"  # writer must not stall the reader
             return None
         self._lookups.append(now)
-        self.miss = f"names no {kind} schema of ours"
-        from pktstream.runtime.registry import Registry, registry_properties
-
         parsed = None
         try:
-            if self._registry is None:
-                self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
-            stype, text = self._registry.schema(sid)
+            stype, text = self._connect().schema(sid)
             if stype == "AVRO" and len(text) <= MAX_SCHEMA_CHARS and _known(text, kind):
                 parsed = fastavro.parse_schema(json.loads(text))
         except LookupError:
             pass
         except PktstreamError as e:
-            if self.named:
-                raise
-            log.warning("registry_unreachable", error=str(e)[:300], retry_s=UNREACHABLE_RETRY_S,
-                        hint="records in the registry's wire format are set aside; name it with --schema-registry")
-            self.unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
-            self.miss = "the schema registry could not be reached (name one with --schema-registry)"
+            self._unreachable(e)
             return None
         except Exception as e:
             log.warning("registry_schema_unreadable", id=sid, error=f"{type(e).__name__}: {e}"[:200])
-        if len(self._writers) >= MAX_WRITER_SCHEMAS:
-            self._writers.pop(next(iter(self._writers)))
-        self._writers[(sid, kind)] = parsed
-        return parsed
+        if parsed is not None:
+            self._writers[(sid, kind)] = parsed  # ours: a handful of ids, kept
+            return parsed
+        if len(self._unknown) >= MAX_WRITER_SCHEMAS:
+            self._unknown.pop(next(iter(self._unknown)))
+        self._unknown[(sid, kind)] = None
+        return None
 
 
 def wire_reader(url: str | None, config_file: str | None) -> WireReader:
@@ -171,6 +207,8 @@ def wire_reader(url: str | None, config_file: str | None) -> WireReader:
     from pktstream.runtime.registry import REGISTRY_CONFIG_ENV, REGISTRY_URL_ENV, registry_properties
 
     named = bool(url or config_file or os.environ.get(REGISTRY_URL_ENV) or os.environ.get(REGISTRY_CONFIG_ENV))
-    return WireReader(lambda: registry_properties(url, config_file), named)
+    wr = WireReader(lambda: registry_properties(url, config_file), named)
+    wr._connect()  # settings the client refuses are told now (ConfigError), not at the first such message
+    return wr
 
 

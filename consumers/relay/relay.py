@@ -50,7 +50,7 @@ MAX_QUEUE = 2_000_000  # messages the producer's queue holds
 OUT_MESSAGE_BYTES = 8 << 20  # the output topic's max.message.bytes when the relay creates it
 PRODUCER_MESSAGE_BYTES = 64 << 20  # (the transactional producer's message.max.bytes is a little more)
 RECORD_ROOM = 64 << 10  # room a record leaves in a batch under the topic's limit (key, framing)
-MAX_NAME = 255  # characters of a host id or interface name (the producer's are far shorter)
+MAX_NAME = 255  # bytes (UTF-8) of a host id or interface name (the producer's are far shorter)
 _SPECS = field_specs(load_schema_json("packet"))
 _PAYLOADS = [s.name for s in _SPECS if s.kind == "bytes"]
 _KINDS, _SIZES = wire.layout(load_schema_json("packet"))
@@ -252,8 +252,8 @@ class Relay:
             hdr = message_headers(m)
             host = hdr.get(H.HOST) or b.metadata.get(H.HOST, "")
             iface = hdr.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
-            if len(host) > MAX_NAME or len(iface) > MAX_NAME:
-                raise DecodeError(f"host or interface name longer than {MAX_NAME} characters")
+            if len(host.encode()) > MAX_NAME or len(iface.encode()) > MAX_NAME:  # (the readers' bound: columns.py)
+                raise DecodeError(f"host or interface name longer than {MAX_NAME} bytes")
             tail = wire.avro_string(host) + wire.avro_string(iface)
             if _as_ours(b.lay):  # the common case: the blocks are cut into messages as they are
                 blocks = b.blocks

@@ -202,13 +202,15 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
     lo_ns = rng.since_ms * 1_000_000 if rng.since_ms is not None else None
     hi_ns = rng.until_ms * 1_000_000 if rng.until_ms is not None else None
 
+    def wanted(host: str, iface: str, run_id: str) -> bool:
+        """Are a capture point's records asked for (--host, the query's filters on these columns)?"""
+        if rng.hosts is not None and host not in rng.hosts:
+            return False
+        return not rng.filters or message_passes(rng.filters, {"host": host, "interface": iface, "run_id": run_id})
+
     def select(cols: dict[str, npt.NDArray[Any]], n: int, host: str, iface: str, run_id: str
                ) -> pa.RecordBatch | None:
-        """A capture point's records, cut to the range and the filters (None: none is left)."""
-        if rng.hosts is not None and host not in rng.hosts:
-            return None
-        if rng.filters and not message_passes(rng.filters, {"host": host, "interface": iface, "run_id": run_id}):
-            return None
+        """A wanted capture point's records, cut to the range and the record filters (None: none is left)."""
         if n == 0:
             return None
         ts = cols["ts_ns"]
@@ -246,17 +248,19 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
                 and m.timestamp()[1] > rng.until_ms + UNTIL_SLACK_MS)
 
     def relayed(run: list[Any], p: int) -> tuple[list[pa.RecordBatch], bool]:
-        origins, bad, _n = wr.relayed([m.value() for m in run])
+        origins, bad, _n = wr.relayed([m.value() for m in run], topic)
         for i, why in sorted(bad.items()):
             progress.corrupt += 1
             log.warning("message_corrupt", topic=topic, partition=p, offset=run[i].offset(), reason=why)
+        mine = [o for o in origins if o.batch.n and wanted(o.host, o.interface, "")]
+        if mine and past(min(int(o.batch.columns["ts_ns"].min()) for o in mine), run[-1]):
+            return [], True
         out = []
-        for o in origins:
+        for o in mine:
             b = select(o.batch.columns, o.batch.n, o.host, o.interface, "")
             if b is not None:
                 out.append(b)
-        ts_min = min((int(o.batch.columns["ts_ns"].min()) for o in origins if o.batch.n), default=None)
-        return out, ts_min is not None and past(ts_min, run[-1])
+        return out, False
 
     try:
         for p, start, end in _bounds(consumer, topic, rng):
@@ -304,11 +308,14 @@ def packet_batches(conf: Mapping[str, Any], topic: str, rng: Range, progress: Pr
                     progress.corrupt += 1
                     log.warning("message_corrupt", topic=topic, partition=p, offset=m.offset(), reason=str(e))
                     continue
-                if b.n and past(int(b.columns["ts_ns"].min()), m):
+                host = h.get(H.HOST) or b.metadata.get(H.HOST, "")
+                iface = h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, "")
+                run_id = h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, "")
+                if not wanted(host, iface, run_id) or b.n == 0:
+                    continue
+                if past(int(b.columns["ts_ns"].min()), m):
                     break
-                batch = select(b.columns, b.n, h.get(H.HOST) or b.metadata.get(H.HOST, ""),
-                               h.get(H.INTERFACE) or b.metadata.get(H.INTERFACE, ""),
-                               h.get(H.RUN_ID) or b.metadata.get(H.RUN_ID, ""))
+                batch = select(b.columns, b.n, host, iface, run_id)
                 if batch is not None:
                     yield batch
             if run:

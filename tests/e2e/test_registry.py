@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from pktstream.consumers.relay.batchproduce import ENV as BATCH_ENV
 from pktstream.runtime.kafka import ensure_topic
-from tests.support.apps import committed, log_events, run_usage, usage_cmd
+from tests.support.apps import committed, final_figures, log_events, run_usage, usage_cmd
+from tests.support.authproxy import AuthProxy
 from tests.support.connect import sink_to_files, struct_fields
 from tests.support.helpers import read_messages
 from tests.support.producer_proc import PKTSTREAM
@@ -231,9 +233,10 @@ def pcap_records(data: bytes) -> list[bytes]:
 
 def test_the_consumers_read_the_relayed_topic_as_they_read_the_packet_topic(
         kafka_bootstrap: str, registry: tuple[str, list[str]], packet_topic: tuple[str, Path, Path],
-        usage_topic: tuple[str, list[dict[str, Any]]]) -> None:
+        usage_topic: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     """pktstream usage over pktstream relay's copy of the packet topic (one record per message) counts
-    what it counted over the packet topic, record for record."""
+    what it counted over the packet topic, record for record, though the registry (behind TLS and a
+    password) was out when it first needed it."""
     url, _opts = registry
     topic, catalog, _rules = packet_topic
     _usage, printed = usage_topic
@@ -241,9 +244,31 @@ def test_the_consumers_read_the_relayed_topic_as_they_read_the_packet_topic(
     out = f"reg-relayed-{tag}"
     run(PKTSTREAM, "relay", "--bootstrap-servers", b, "--topic", topic, "--to", out, "--app-id", f"relay-{tag}",
         "--from-beginning", "--until-end", "--schema-registry", url, "--log-format", "json")
-    figures: dict[str, Any] = {}
-    got = run_usage(usage_cmd(b, out, f"u-{tag}", f"reg-usage-relayed-{tag}", catalog, "--partitions", "3",
-                              "--grace-s", "1", "--schema-registry", url), figures=figures)
+    # the registry is out (503) when the consumer first needs it: the relayed messages wait, nothing is lost
+    with AuthProxy(url.split("/apis/")[0], tmp_path) as px:
+        conf = tmp_path / "registry.properties"
+        conf.write_text(f"basic.auth.user.info={px.user}:{px.password}\nssl.ca.location={px.ca}\n")
+        px.failing = True
+        cmd = usage_cmd(b, out, f"u-{tag}", f"reg-usage-relayed-{tag}", catalog, "--partitions", "3", "--grace-s",
+                        "1", "--schema-registry", px.url + "/apis/ccompat/v7", "--schema-registry-config", str(conf))
+        with tempfile.NamedTemporaryFile("w+", dir=tmp_path) as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+            try:
+                deadline = time.monotonic() + 120
+                while Path(err.name).read_text().count('"registry_unavailable"') < 2:  # it tried, and again
+                    assert proc.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.1)
+                px.failing = False
+                stdout, _ = proc.communicate(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            err.seek(0)
+            events = log_events(err.read())
+        assert proc.returncode == 0, events[-5:]
+    assert sum(1 for e in events if e["event"] == "registry_unavailable") >= 2
+    got = [json.loads(line) for line in stdout.splitlines()]
+    figures = final_figures(events)
     key = lambda r: (r["window_s"], r["window_start_ms"], r["api"])  # noqa: E731
     assert sorted(got, key=key) == sorted(printed, key=key)
     assert figures["records_in"] == sum(1 for _ in read_messages(b, out))
@@ -356,3 +381,58 @@ def test_the_relay_writes_every_packet_record_once_through_a_sigkill_and_kafka_c
     assert sorted(struct_fields(line, ("api", "window_s", "requests", "packets", "bytes")) for line in rows[usage]) \
         == sorted((r["api"], str(r["window_s"]), str(r["requests"]), str(r["packets"]), str(r["bytes"]))
                   for r in printed)
+
+
+def test_a_registry_behind_tls_and_credentials_is_used_with_the_settings_users_give(
+        kafka_bootstrap: str, registry: tuple[str, list[str]], packet_topic: tuple[str, Path, Path],
+        tmp_path: Path) -> None:
+    """Production's registry wants HTTPS with its own CA and credentials (tests/support/authproxy.py in
+    front of the local one): with the settings file a user writes (basic auth, or a bearer token, and
+    ssl.ca.location) the app registers and writes, query reads back; a wrong password, or a CA not
+    trusted, stops the app with the registry's words before anything is published."""
+    url, _opts = registry
+    topic, catalog, _rules = packet_topic
+    b, tag = kafka_bootstrap, uuid.uuid4().hex[:6]
+    with AuthProxy(url.split("/apis/")[0], tmp_path) as px:
+        purl = px.url + "/apis/ccompat/v7"
+        settings = {
+            "basic": {"basic.auth.user.info": f"{px.user}:{px.password}", "ssl.ca.location": str(px.ca)},
+            "bearer": {"bearer.auth.credentials.source": "STATIC_TOKEN", "bearer.auth.token": px.token,
+                       "bearer.auth.logical.cluster": "lsrc-test", "ssl.ca.location": str(px.ca)},
+            "wrong": {"basic.auth.user.info": f"{px.user}:nope", "ssl.ca.location": str(px.ca)},
+            "untrusted": {"basic.auth.user.info": f"{px.user}:{px.password}"},
+        }
+        files = {}
+        for name, props in settings.items():
+            files[name] = tmp_path / f"{name}.properties"
+            files[name].write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+            files[name].chmod(0o600)
+        usage = f"reg-auth-{tag}"
+
+        def app(name: str) -> list[str]:
+            return usage_cmd(b, topic, f"u-auth-{name}-{tag}", usage, catalog, "--partitions", "3", "--grace-s", "1",
+                             "--wire-format", "registry", "--schema-registry", purl,
+                             "--schema-registry-config", str(files[name]))
+
+        for name, words in (("wrong", "HTTP 401"), ("untrusted", "cannot be reached")):
+            p = subprocess.run(app(name), capture_output=True, text=True, timeout=300)
+            assert p.returncode == 1, p.stderr[-2000:]
+            last = p.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"pktstream: error: the schema registry at {purl} ") and words in last, last
+        assert read_messages(b, usage, timeout_s=5) == []
+        refused = len(px.seen)
+        assert refused and not any(ok for _m, _p, ok in px.seen)  # (the untrusted CA's never got through TLS)
+        printed = run_usage(app("basic"))
+        assert printed and all(ok for _m, _p, ok in px.seen[refused:])
+        # query reads it back through the proxy with a bearer token
+        q = [PKTSTREAM, "query", "select api, sum(requests)::BIGINT r, count(*) n from usage group by api order by api",
+             "--bootstrap-servers", b, "--usage-topic", usage, "--schema-registry", purl,
+             "--schema-registry-config", str(files["bearer"]), "--format", "json"]
+        rows = [json.loads(line) for line in run(*q).stdout.splitlines()]
+        want: dict[str, list[int]] = {}
+        for r in printed:
+            w = want.setdefault(r["api"], [0, 0])
+            w[0] += r["requests"]
+            w[1] += 1
+        assert {r["api"]: [r["r"], r["n"]] for r in rows} == want
+        assert all(ok for _m, _p, ok in px.seen[refused:])

@@ -122,13 +122,19 @@ def test_consume_takes_few_enough_messages_to_stay_within_the_transaction() -> N
     assert it2.consume_size(1) <= 5
     # pktstream relay's topic: one record per message, read thousands at a time, still within the transaction
     it3 = intake(commit_records=500_000)
-    it3.records(64, messages=64)
+    it3.records(64, messages=64, relayed=True)
     assert it3.records_per_message < SMALL_MESSAGE
     assert it3.consume_size(1) == MAX_CONSUME_SMALL
-    it3.records(499_000, messages=499_000)
+    it3.records(499_000, messages=499_000, relayed=True)
     assert it3.consume_size(1) == 937  # what is left of the transaction, and one
     it3.records(100_000)  # a container again: a few messages at a time
     assert it3.consume_size(1) == 1
+    # small containers (a quiet host, or a hostile one) never open the door to thousands at once
+    it4 = intake(commit_records=500_000)
+    for _ in range(200):
+        it4.records(10)
+    assert it4.records_per_message <= SMALL_MESSAGE
+    assert it4.consume_size(1) == MAX_CONSUME
 
 
 def test_a_reset_forgets_everything_and_a_partition_that_leaves_is_forgotten() -> None:

@@ -169,7 +169,7 @@ def test_relayed_messages_read_as_their_records_and_one_bad_message_spoils_no_ot
     values.append(_relayed_value(6, rows[0][0], rows[0][1], rows[0][2]))  # id 6: not the relayed schema
     wr = WireReader()
     wr._writers[(5, "relayed")] = fastavro.parse_schema(relayed_schema())
-    wr._writers[(6, "relayed")] = None
+    wr._unknown[(6, "relayed")] = None
     origins, bad, n = wr.relayed(values)
     assert len(values) - 1 in bad and "schema id 6" in bad[len(values) - 1]
     # a cut or extended message may still read as one record only if it is one; ours never is
@@ -234,3 +234,53 @@ def test_new_schema_ids_are_looked_up_at_a_bounded_rate() -> None:
     assert sum("too many new schema ids" in why for why in bad.values()) == 2 * MAX_LOOKUPS_PER_S
     wr.relayed([wire.frame(100, b"\x00")])  # an id already answered is not asked again
     assert len(calls) == MAX_LOOKUPS_PER_S
+
+
+def test_made_up_ids_never_stand_between_the_reader_and_the_relayed_schema() -> None:
+    """Ids a hostile writer makes up, as many as it likes, first and all along: the relayed schema's id
+    is asked of its subject (TOPIC-value) once and kept, so the relay's records read all the same; the
+    made-up ids cost a bounded number of lookups and are set aside."""
+    from pktstream.consumers.engine.wirein import MAX_LOOKUPS_PER_S, MAX_WRITER_SCHEMAS
+
+    asked: list[Any] = []
+
+    class Registry:
+        def lookup(self, subject: str, schema: str, schema_type: str = "AVRO") -> int | None:
+            asked.append(subject)
+            return 5 if subject == "relayed-topic-value" and json.loads(schema) == relayed_schema() else None
+
+        def schema(self, sid: int) -> tuple[str, str]:
+            asked.append(sid)
+            raise LookupError(sid)
+
+    rec = {f["name"]: (bytes(16) if f["name"].endswith("_addr") else b"" if f["type"] == "bytes" else 0)
+           for f in load_schema_json("packet")["fields"]}
+    wr = WireReader()
+    wr._registry = Registry()
+    hostile = [wire.frame(1000 + i, b"\x00") for i in range(2 * MAX_WRITER_SCHEMAS)]
+    honest = _relayed_value(5, rec, "h", "eth0")
+    for k in range(4):
+        origins, bad, n = wr.relayed([*hostile[k::4], honest], "relayed-topic")
+        assert n == 1 and [(o.host, o.messages) for o in origins] == [("h", [len(hostile[k::4])])]
+        assert len(bad) == len(hostile[k::4])
+    assert asked.count("relayed-topic-value") == 1
+    assert len(asked) <= 1 + MAX_LOOKUPS_PER_S * 2  # (two one-second windows at most on a slow machine)
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), [
+    (404, 40403, LookupError), (404, 40401, LookupError), (400, 400, LookupError), (422, 42201, LookupError),
+    (404, -1, "error"), (401, 401, "error"), (403, 40301, "error"), (500, 50001, "error"), (503, -1, "error")])
+def test_registry_answers_read_as_nothing_or_as_a_failure(status: int, code: int, kind: Any) -> None:
+    """What a registry answers about an id a message names: 'no such schema' and refusals of the
+    question read as nothing (the id is untrusted input); a 404 of no registry (a wrong URL), 401/403
+    and 5xx are failures the reader must not hide."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from pktstream.runtime.errors import PktstreamError
+    from pktstream.runtime.registry import Registry
+
+    reg = Registry({"url": "http://127.0.0.1:9"})
+    err = reg._failure(SchemaRegistryError(status, code, "no"), "schema id 7")
+    assert isinstance(err, LookupError if kind is LookupError else PktstreamError)
+    with pytest.raises(LookupError, match="out of a registry's range"):
+        reg.schema(1 << 31)
