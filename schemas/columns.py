@@ -524,33 +524,31 @@ class Relayed:
     index: npt.NDArray[np.int64]  # the body each row of the batch came from
 
 
-def read_relayed(bodies: Sequence[bytes | memoryview]) -> Relayed:
-    """Records of the relayed schema, one per body (a message's bytes after the wire format's five),
-    into columns, as read_container does a container's. A body that is not exactly one such record
-    is named in ``bad`` and leaves the others alone: one pass of the compiled walk checks that every
-    record ends where its message does; only when one does not is each message walked alone."""
+def read_relayed(values: Sequence[bytes | memoryview], skip: int = 0) -> Relayed:
+    """Records of the relayed schema, one per value (after its first ``skip`` bytes: a message's bytes
+    after the wire format's five), into columns, as read_container does a container's. A value that
+    is not exactly one such record is named in ``bad`` and leaves the others alone: one pass of the
+    compiled walk checks that every record ends where its message does; only when one does not is
+    each message walked alone."""
     lay = _relayed_layout()
     width = DEFAULT_BYTES_WIDTH
     min_record, max_record, column_bytes = lay.record_bounds(width)
-    bad: dict[int, str] = {}
-    good: list[int] = []
-    for i, b in enumerate(bodies):
-        if len(b) < min_record or len(b) > max_record:
-            bad[i] = f"a relayed record of {len(b):,} bytes (the schema's take {min_record}..{max_record:,})"
-        else:
-            good.append(i)
+    lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) - skip
+    sized = (lens >= min_record) & (lens <= max_record)
+    bad: dict[int, str] = {int(i): f"a relayed record of {int(lens[i]):,} bytes (the schema's take "
+                           f"{min_record}..{max_record:,})" for i in np.flatnonzero(~sized)}
+    good = np.flatnonzero(sized).tolist()
     if len(good) * column_bytes > MAX_COLUMN_BYTES:
         raise DecodeError(f"{len(good):,} relayed records at once need more than {MAX_COLUMN_BYTES >> 20} MiB")
-    data = b"".join(bodies[i] for i in good)
-    lens = np.array([len(bodies[i]) for i in good], dtype=np.int64)
+    data = b"".join([values[i][skip:] for i in good] if bad else [v[skip:] for v in values])
     ends = _frame_ends(data, len(good), lay)
-    if isinstance(ends, str) or not np.array_equal(ends, np.cumsum(lens)):
+    if isinstance(ends, str) or not np.array_equal(ends, np.cumsum(lens[good])):
         for i in good:  # some message is not one record: find which, alone
-            why = _frame_ends(bodies[i], 1, lay)
+            why = _frame_ends(values[i][skip:], 1, lay)
             if isinstance(why, str):
                 bad[i] = why
         good = [i for i in good if i not in bad]
-        data = b"".join(bodies[i] for i in good)
+        data = b"".join([values[i][skip:] for i in good])
     out = _Columns.allocate(lay, len(good), width)
     out.decode(data, 0, len(good))
     cols = out.views()
@@ -582,8 +580,18 @@ def relayed_origins(batch: Batch) -> list[tuple[str, str, npt.NDArray[np.int64] 
         return (bytes(row[:hl]).decode("utf-8", "replace"),
                 bytes(row[NAME_WIDTH : NAME_WIDTH + il]).decode("utf-8", "replace"))
 
-    if (key == key[0]).all():
+    # rows of one capture point come in runs: the runs found by comparing neighbours (one vectorized pass),
+    # then grouped by their names' bytes (a step per run, never a sort of wide rows)
+    starts = np.flatnonzero(np.concatenate(([True], (key[1:] != key[:-1]).any(axis=1))))
+    if len(starts) == 1:
         return [(*text(key[0]), None)]
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    return [(*text(u), np.flatnonzero(inverse == k)) for k, u in enumerate(uniq)]
+    ends = np.append(starts[1:], len(key))
+    groups: dict[bytes, list[int]] = {}
+    for k, row in enumerate(key[starts]):
+        groups.setdefault(row.tobytes(), []).append(k)
+    out: list[tuple[str, str, npt.NDArray[np.int64] | None]] = []
+    for runs in groups.values():
+        rows = np.concatenate([np.arange(starts[k], ends[k]) for k in runs]) if len(runs) > 1 else \
+            np.arange(starts[runs[0]], ends[runs[0]])
+        out.append((*text(key[rows[0]]), np.sort(rows).astype(np.int64)))
+    return out

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -570,30 +571,35 @@ class StreamRunner:
         each, in the registry's wire format) of one packet partition is read at once. Packet messages
         past the transaction's records (intake.full), and a run that must wait for the registry, are
         read again later: the rest of their partition's messages with them."""
-        i = 0
+        topic, n = self.cfg.packet_topic, len(msgs)
+        # what decides each message's path, read once (a run of the relay's messages is thousands long)
+        tops = [m.topic() for m in msgs]
+        parts = [m.partition() or 0 for m in msgs]
+        framed = [t == topic and m.error() is None and (v := m.value()) is not None and len(v) >= wire.HEAD_BYTES
+                  and v[0] == wire.MAGIC for t, m in zip(tops, msgs, strict=True)]
         later: set[int] = set()  # packet partitions sought back: read again by the next consume()
-        while i < len(msgs):
-            m = msgs[i]
-            if m.topic() == self.cfg.packet_topic and (m.partition() or 0) in later:
+        i = 0
+        while i < n:
+            m, p = msgs[i], parts[i]
+            if tops[i] == topic and p in later:
                 i += 1
                 continue
             # the transaction holds its records: the rest waits for the next one (consume() may have returned
             # more than consume_size guessed: messages larger than lately)
-            if (self.intake.full and m.error() is None and m.topic() == self.cfg.packet_topic
-                    and (m.topic(), m.partition() or 0) in self.assigned
-                    and self._seek_back(m.partition() or 0, m.offset() or 0)):
-                later.add(m.partition() or 0)
+            if (self.intake.full and tops[i] == topic and m.error() is None and (topic, p) in self.assigned
+                    and self._seek_back(p, m.offset() or 0)):
+                later.add(p)
                 i += 1
                 continue
-            if not self._relayed(m):
+            if not (framed[i] and (topic, p) in self.assigned):
                 self._handle(m)
                 i += 1
                 continue
-            p, j = m.partition(), i + 1
-            while j < len(msgs) and j - i < MAX_RELAYED_RUN and msgs[j].partition() == p and self._relayed(msgs[j]):
+            j, end = i + 1, min(n, i + MAX_RELAYED_RUN)
+            while j < end and framed[j] and parts[j] == p:
                 j += 1
             if not self._handle_relayed(msgs[i:j]):
-                later.add(p or 0)
+                later.add(p)
             i = j
 
     def _seek_back(self, p: int, offset: int) -> bool:
@@ -605,10 +611,6 @@ class StreamRunner:
         except KafkaException as e:
             log.warning("seek_failed", partition=p, offset=offset, error=str(e))
             return False
-
-    def _relayed(self, m: Message) -> bool:
-        return (m.error() is None and m.topic() == self.cfg.packet_topic and wire.framed(m.value())
-                and (self.cfg.packet_topic, m.partition() or 0) in self.assigned)
 
     def _handle_relayed(self, run: list[Message]) -> bool:
         """A run of relayed messages of one partition; False: not read, the partition sought back to its
@@ -752,6 +754,13 @@ class StreamRunner:
                             error=reason, exc_info=e)
         self._dead_letter(m, reason)
 
+    def _reference_times(self, run: list[Message]) -> npt.NDArray[np.int64]:
+        """_reference_ns of each message of a run, at once."""
+        stamps = np.array([m.timestamp() for m in run], dtype=np.int64).reshape(-1, 2)
+        kind, ns = stamps[:, 0], stamps[:, 1] * 1_000_000
+        now = time.time_ns()
+        return np.where(ns <= 0, now, np.where(kind == TIMESTAMP_LOG_APPEND_TIME, ns, np.minimum(ns, now)))
+
     def _reference_ns(self, m: Message) -> int:
         """What a message's records are judged against: the broker's append time where the topic
         keeps it (the same in a replay), else the earlier of the message's time and our clock."""
@@ -807,6 +816,7 @@ class StreamRunner:
         if not n:
             return True
         p = run[0].partition() or 0
+        refs = self._reference_times(run)
         for o in origins:
             origin = f"{o.host or '?'}/{o.interface or '?'}"[:300]
             try:
@@ -823,7 +833,7 @@ class StreamRunner:
             for msgs, batch, f in parts:
                 self.counters.records_in += batch.n
                 self.intake.records(batch.n, messages=len(msgs), relayed=True)
-                self._stage_one(p, max(self._reference_ns(run[i]) for i in msgs), origin, f)
+                self._stage_one(p, int(refs[msgs].max()), origin, f)
         return True
 
     def _stage_one(self, p: int, ref: int, origin: str, f: Features) -> None:

@@ -106,20 +106,19 @@ class WireReader:
         if topic is not None and topic not in self._subjects and not self.unreachable:
             self._subjects.add(topic)
             self._subject_id(f"{topic}-value")
-        bad: dict[int, str] = {}
-        ok: list[int] = []
-        for i, v in enumerate(values):
-            sid = int.from_bytes(v[1:wire.HEAD_BYTES], "big")
+        sids = [int.from_bytes(v[1:wire.HEAD_BYTES], "big") for v in values]
+        why: dict[int, str] = {}  # each id that reads as nothing, and why (asked once per run)
+        for sid in set(sids):
             if self._writer(sid, "relayed") is None:
-                bad[i] = f"schema id {sid}: {self.miss}"
-            else:
-                ok.append(i)
+                why[sid] = f"schema id {sid}: {self.miss}"
+        bad = {i: why[sid] for i, sid in enumerate(sids) if sid in why} if why else {}
+        ok = [i for i, sid in enumerate(sids) if sid not in why] if why else list(range(len(values)))
         self.set_aside += len(bad)
         if not ok:
             return [], bad, 0
-        r = read_relayed([memoryview(values[i])[wire.HEAD_BYTES:] for i in ok])
-        for j, why in r.bad.items():
-            bad[ok[j]] = why
+        r = read_relayed(values if not why else [values[i] for i in ok], skip=wire.HEAD_BYTES)
+        for j, reason in r.bad.items():
+            bad[ok[j]] = reason
         self.set_aside += len(r.bad)
         out = []
         at = np.array(ok, dtype=np.int64)[r.index]  # each row's message

@@ -163,7 +163,7 @@ def test_relayed_messages_read_as_their_records_and_one_bad_message_spoils_no_ot
     values = [_relayed_value(5, r, h, i) for r, h, i in rows]
     spoiled: set[int] = set()
     for at, extra, cut in spoil:
-        if at < len(values):
+        if at < len(values) and at not in spoiled:  # (once: a byte cut and one added may make a record again)
             values[at] = values[at][:-1] if cut else values[at] + extra
             spoiled |= {at} if cut or extra else set()
     values.append(_relayed_value(6, rows[0][0], rows[0][1], rows[0][2]))  # id 6: not the relayed schema
