@@ -433,7 +433,7 @@ def relayed(data: bytes) -> None:
     values = relayed_values(Input(data))
     wr = WireReader()
     wr._writers[(RELAYED_ID, "relayed")] = relayed_schema()
-    wr._unknown[(OTHER_ID, "relayed")] = None
+    wr._unknown[(OTHER_ID, "relayed")] = float("inf")
     origins, bad, n = wr.relayed(values)
     assert all(0 <= i < len(values) for i in bad), bad
     assert all(i in bad for i, v in enumerate(values) if v[1:5] == wire.head(OTHER_ID)[1:5])

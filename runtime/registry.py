@@ -56,6 +56,11 @@ def registry_properties(url: str | None, file: str | None = None,
     return out
 
 
+DEFAULT_TIMEOUT_S = 30.0  # a request's timeout unless one is set (the client's own default is none)
+NUMBERS: dict[str, Any] = {"timeout": float, "max.retries": int, "retries.wait.ms": int, "retries.max.wait.ms": int,
+                           "cache.capacity": int, "cache.latest.ttl.sec": float}
+
+
 def _words(e: Exception) -> str:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -71,12 +76,23 @@ class Registry:
     """One registry: schemas registered under their subjects (ids cached), and schemas looked up by
     the id a message names (cached by the client)."""
 
-    def __init__(self, conf: Mapping[str, str]) -> None:
+    def __init__(self, conf: Mapping[str, Any]) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.url = conf["url"]
+        settings: dict[str, Any] = {"timeout": DEFAULT_TIMEOUT_S, **conf}
+        problems = []
+        for name, kind in NUMBERS.items():  # a properties file gives text; the client wants numbers
+            value = settings.get(name)
+            if isinstance(value, str):
+                try:
+                    settings[name] = kind(value)
+                except ValueError:
+                    problems.append(f"schema registry setting {name}={value[:40]!r}: not a number")
+        if problems:
+            raise ConfigError(problems)
         try:
-            self.client = SchemaRegistryClient(dict(conf))
+            self.client = SchemaRegistryClient(settings)
         except (ValueError, TypeError) as e:  # the client checks its settings here
             raise ConfigError([f"schema registry settings: {e}"]) from None
         self.ids: dict[tuple[str, str], int] = {}
@@ -177,6 +193,23 @@ class Registry:
                 return None
             raise err from None
         return int(sid) if sid is not None else None
+
+    def state(self) -> str:
+        """Is the registry up (it answers a question anyone may ask), down (it cannot be reached, or
+        fails: 5xx, timeouts), or refusing us (401, 403: the credentials)? Asked when a question about
+        one id failed, to tell that id's fault from the registry's."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            self.client.get_subjects()
+            return "up"
+        except SchemaRegistryError as e:
+            status = e.http_status_code or 0
+            if status in (401, 403, 407):
+                return "refused"
+            return "up" if 400 <= status < 500 and status not in (404, 408, 429) else "down"
+        except Exception:
+            return "down"
 
     def _failure(self, e: Exception, what: str) -> Exception:
         """A failed question as LookupError (the registry answered that it has no such thing, or would not

@@ -589,6 +589,7 @@ class StreamRunner:
             if (self.intake.full and tops[i] == topic and m.error() is None and (topic, p) in self.assigned
                     and self._seek_back(p, m.offset() or 0)):
                 later.add(p)
+                self.eof.discard((topic, p))
                 i += 1
                 continue
             if not (framed[i] and (topic, p) in self.assigned):
@@ -600,6 +601,7 @@ class StreamRunner:
                 j += 1
             if not self._handle_relayed(msgs[i:j]):
                 later.add(p)
+                self.eof.discard((topic, p))  # (it is not read to its end while it is read again)
             i = j
 
     def _seek_back(self, p: int, offset: int) -> bool:
@@ -757,7 +759,7 @@ class StreamRunner:
     def _reference_times(self, run: list[Message]) -> npt.NDArray[np.int64]:
         """_reference_ns of each message of a run, at once."""
         stamps = np.array([m.timestamp() for m in run], dtype=np.int64).reshape(-1, 2)
-        kind, ns = stamps[:, 0], stamps[:, 1] * 1_000_000
+        kind, ns = stamps[:, 0], np.minimum(stamps[:, 1], 1 << 42) * 1_000_000  # (ms of year 2109: no wrap)
         now = time.time_ns()
         return np.where(ns <= 0, now, np.where(kind == TIMESTAMP_LOG_APPEND_TIME, ns, np.minimum(ns, now)))
 
@@ -819,22 +821,30 @@ class StreamRunner:
         refs = self._reference_times(run)
         for o in origins:
             origin = f"{o.host or '?'}/{o.interface or '?'}"[:300]
-            try:
-                parts = [(o.messages, o.batch, self.proc.featurize(o.batch, origin))]
-            except Exception:  # the topic is untrusted input: each message alone, only the failing set aside
-                parts = []
-                for i in o.messages:
-                    rows = o.row_message == i
-                    one = Batch({}, int(rows.sum()), {k: v[rows] for k, v in o.batch.columns.items()})
-                    try:
-                        parts.append(([i], one, self.proc.featurize(one, origin)))
-                    except Exception as e:  # see _undecodable
-                        self._undecodable(run[i], e)
+            parts: list[tuple[list[int], Batch, Features]] = []
+            self._featurize_apart(run, o.messages, o.row_message, o.batch, origin, parts)
             for msgs, batch, f in parts:
                 self.counters.records_in += batch.n
                 self.intake.records(batch.n, messages=len(msgs), relayed=True)
                 self._stage_one(p, int(refs[msgs].max()), origin, f)
         return True
+
+    def _featurize_apart(self, run: list[Message], msgs: list[int], row_message: npt.NDArray[np.int64],
+                         batch: Batch, origin: str, out: list[tuple[list[int], Batch, Features]]) -> None:
+        """featurize a capture point's records of a run; when it fails (the topic is untrusted input),
+        each half of its messages apart, down to the messages that fail alone, which are set aside
+        (_undecodable): a few bad messages cost a few more calls, not one per message."""
+        try:
+            out.append((msgs, batch, self.proc.featurize(batch, origin)))
+            return
+        except Exception as e:
+            if len(msgs) == 1:
+                self._undecodable(run[msgs[0]], e)
+                return
+        for half in (msgs[: len(msgs) // 2], msgs[len(msgs) // 2 :]):
+            rows = np.isin(row_message, half)
+            self._featurize_apart(run, half, row_message[rows], Batch({}, int(rows.sum()),
+                                  {k: v[rows] for k, v in batch.columns.items()}), origin, out)
 
     def _stage_one(self, p: int, ref: int, origin: str, f: Features) -> None:
         """A packet message's features (one capture point's records): judged against its source's

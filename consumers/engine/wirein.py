@@ -36,6 +36,9 @@ log = structlog.get_logger("pktstream.wirein")
 MAX_WRITER_SCHEMAS = 1024  # ids that read as nothing, remembered (ours are all kept)
 MAX_LOOKUPS_PER_S = 20  # new schema ids looked up in the registry per second at most
 UNREACHABLE_RETRY_S = 60.0  # how long an unnamed registry that could not be reached is left alone
+UNKNOWN_TTL_S = 300.0  # how long an id that read as nothing is not asked again (a registry may lag)
+SUBJECT_RETRY_S = 10.0  # how often the relayed schema's subject is asked while it does not hold it
+READER_TIMEOUT_S = 10.0  # a registry request's timeout for readers (unless the settings give one)
 
 
 def _known(text: str, kind: str) -> bool:
@@ -70,8 +73,8 @@ class WireReader:
         self.registry_conf, self.named = registry_conf, named
         self._registry: Any = None
         self._writers: dict[tuple[int, str], Any] = {}  # (id, kind) -> parsed Avro schema: ours, never forgotten
-        self._unknown: dict[tuple[int, str], None] = {}  # ids that read as nothing (the oldest forgotten first)
-        self._subjects: set[str] = set()  # subjects asked for the relayed schema's id
+        self._unknown: dict[tuple[int, str], float] = {}  # ids that read as nothing -> until when (monotonic)
+        self._subjects: dict[str, float] = {}  # topics whose subject was asked for the relayed id -> when to ask again
         self.unreachable_until = 0.0  # (monotonic) an unnamed registry that could not be reached is not asked again
         self._lookups: deque[float] = deque()  # when the latest lookups were made (monotonic)
         self.miss = ""  # why the last id looked up reads as nothing
@@ -103,9 +106,8 @@ class WireReader:
         why) and how many records the batches hold. ``topic``: the topic they were read from, whose
         subject (TOPIC-value, where the relay registers) is asked once for the relayed schema's id, so
         that ids a hostile writer makes up never stand between the reader and the real one."""
-        if topic is not None and topic not in self._subjects and not self.unreachable:
-            self._subjects.add(topic)
-            self._subject_id(f"{topic}-value")
+        if topic is not None and time.monotonic() >= self._subjects.get(topic, 0.0) and not self.unreachable:
+            self._subject_id(topic)
         sids = [int.from_bytes(v[1:wire.HEAD_BYTES], "big") for v in values]
         why: dict[int, str] = {}  # each id that reads as nothing, and why (asked once per run)
         for sid in set(sids):
@@ -134,8 +136,27 @@ class WireReader:
         if self._registry is None:
             from pktstream.runtime.registry import Registry, registry_properties
 
-            self._registry = Registry(self.registry_conf() if self.registry_conf else registry_properties(None))
+            conf: dict[str, Any] = dict(self.registry_conf() if self.registry_conf else registry_properties(None))
+            # a reader asks in its loop: a short wait and one retry (the runner retries the run itself)
+            conf.setdefault("timeout", READER_TIMEOUT_S)
+            conf.setdefault("max.retries", 1)
+            self._registry = Registry(conf)
         return self._registry
+
+    def _failed(self, e: PktstreamError) -> bool:
+        """A question about one id or subject failed: True when the registry is up (the fault is that
+        id's: it reads as nothing); ConfigError when it refuses our credentials; else it is down
+        (_unreachable: a named one stops the reader, PktstreamError)."""
+        from pktstream.runtime.errors import ConfigError
+
+        state = self._connect().state()
+        if state == "up":
+            return True
+        if state == "refused":
+            raise ConfigError([f"{e} (and it refuses our credentials for any question: check "
+                               "basic.auth.user.info or bearer.auth.*)"])
+        self._unreachable(e)
+        return False
 
     def _unreachable(self, e: PktstreamError) -> None:
         """A registry that could not be reached (or failed, or refused us): a named one stops the
@@ -147,31 +168,36 @@ class WireReader:
         self.unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
         self.miss = "the schema registry could not be reached (name one with --schema-registry)"
 
-    def _subject_id(self, subject: str) -> None:
+    def _subject_id(self, topic: str) -> None:
+        """The relayed schema's id, asked of the topic's subject (not charged to the lookups' budget);
+        asked again after SUBJECT_RETRY_S until found (the relay may register it later)."""
         from pktstream.consumers.relay.relay import relayed_schema
 
         schema = relayed_schema()
+        self._subjects[topic] = time.monotonic() + SUBJECT_RETRY_S
         try:
-            sid = self._connect().lookup(subject, json.dumps(schema))
+            sid = self._connect().lookup(f"{topic}-value", json.dumps(schema))
         except PktstreamError as e:
-            self._subjects.discard(subject.removesuffix("-value"))  # asked again once it can be reached
-            self._unreachable(e)
+            self._failed(e)
             return
         if sid is not None:
             self._writers[(sid, "relayed")] = fastavro.parse_schema(schema)
             self._unknown.pop((sid, "relayed"), None)
+            self._subjects[topic] = float("inf")
 
     def _writer(self, sid: int, kind: str) -> Any:
         known = self._writers.get((sid, kind))
         if known is not None:
             return known
         self.miss = f"names no {kind} schema of ours"
-        if (sid, kind) in self._unknown:
+        now = time.monotonic()
+        if self._unknown.get((sid, kind), 0.0) > now:
+            return None
+        if not 0 <= sid < 1 << 31:  # registries number schemas with Java ints: no need to ask
             return None
         if self.unreachable:
             self.miss = "the schema registry could not be reached (name one with --schema-registry)"
             return None
-        now = time.monotonic()
         while self._lookups and now - self._lookups[0] > 1.0:
             self._lookups.popleft()
         if len(self._lookups) >= MAX_LOOKUPS_PER_S:  # ids no one registered, one after another: a hostile
@@ -186,16 +212,18 @@ class WireReader:
         except LookupError:
             pass
         except PktstreamError as e:
-            self._unreachable(e)
-            return None
+            if not self._failed(e):
+                return None
+            self.miss = f"the registry would not answer for it: {str(e)[:200]}"  # (another team's, say)
         except Exception as e:
             log.warning("registry_schema_unreadable", id=sid, error=f"{type(e).__name__}: {e}"[:200])
         if parsed is not None:
             self._writers[(sid, kind)] = parsed  # ours: a handful of ids, kept
             return parsed
+        self._unknown.pop((sid, kind), None)
         if len(self._unknown) >= MAX_WRITER_SCHEMAS:
             self._unknown.pop(next(iter(self._unknown)))
-        self._unknown[(sid, kind)] = None
+        self._unknown[(sid, kind)] = time.monotonic() + UNKNOWN_TTL_S
         return None
 
 

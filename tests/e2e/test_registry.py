@@ -263,6 +263,7 @@ def test_the_consumers_read_the_relayed_topic_as_they_read_the_packet_topic(
             finally:
                 if proc.poll() is None:
                     proc.kill()
+                    proc.communicate(timeout=30)
             err.seek(0)
             events = log_events(err.read())
         assert proc.returncode == 0, events[-5:]

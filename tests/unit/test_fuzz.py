@@ -69,7 +69,7 @@ def test_relayed_seeds_read() -> None:
 
     wr = WireReader()
     wr._writers[(targets.RELAYED_ID, "relayed")] = relayed_schema()
-    wr._unknown[(targets.OTHER_ID, "relayed")] = None
+    wr._unknown[(targets.OTHER_ID, "relayed")] = float("inf")
     seed = (campaign.SEEDS / "relayed" / "cut").read_bytes()
     origins, bad, n = wr.relayed(targets.relayed_values(targets.Input(seed)))
     assert n == 5 and sorted(o.host for o in origins) == ["host-a", "host-b"] and list(bad) == [5]

@@ -169,7 +169,7 @@ def test_relayed_messages_read_as_their_records_and_one_bad_message_spoils_no_ot
     values.append(_relayed_value(6, rows[0][0], rows[0][1], rows[0][2]))  # id 6: not the relayed schema
     wr = WireReader()
     wr._writers[(5, "relayed")] = fastavro.parse_schema(relayed_schema())
-    wr._unknown[(6, "relayed")] = None
+    wr._unknown[(6, "relayed")] = float("inf")
     origins, bad, n = wr.relayed(values)
     assert len(values) - 1 in bad and "schema id 6" in bad[len(values) - 1]
     # a cut or extended message may still read as one record only if it is one; ours never is
@@ -284,3 +284,85 @@ def test_registry_answers_read_as_nothing_or_as_a_failure(status: int, code: int
     assert isinstance(err, LookupError if kind is LookupError else PktstreamError)
     with pytest.raises(LookupError, match="out of a registry's range"):
         reg.schema(1 << 31)
+
+
+def test_one_id_the_registry_will_not_answer_for_is_set_aside_alone_and_bad_credentials_stop() -> None:
+    """A registry that is up but refuses the question about one id (another team's schema: 403, or a 5xx
+    for it alone) sets that message aside, even when the registry was named; a registry that refuses us
+    every question (the credentials) stops the reader with a clear error; the relayed schema's subject
+    is asked again while it does not hold the schema (the relay registers it later)."""
+    from pktstream.runtime.errors import ConfigError, PktstreamError
+
+    class Registry:
+        def __init__(self, state: str) -> None:
+            self.st, self.found = state, None
+
+        def lookup(self, subject: str, schema: str, schema_type: str = "AVRO") -> int | None:
+            return self.found
+
+        def schema(self, sid: int) -> tuple[str, str]:
+            raise PktstreamError(f"the schema registry at x: HTTP 403, error 40301: not yours ({sid})")
+
+        def state(self) -> str:
+            return self.st
+
+    rec = {f["name"]: (bytes(16) if f["name"].endswith("_addr") else b"" if f["type"] == "bytes" else 0)
+           for f in load_schema_json("packet")["fields"]}
+    honest, foreign = _relayed_value(5, rec, "h", "eth0"), wire.frame(77, b"\x00")
+    wr = WireReader(named=True)
+    wr._registry = reg = Registry("up")
+    origins, bad, n = wr.relayed([honest, foreign, honest], "t")
+    assert n == 0 and set(bad) == {0, 1, 2}  # the relay's id is not known yet: set aside, not fatal
+    assert "would not answer for it" in bad[1]
+    reg.found = 5
+    wr._subjects["t"] = 0.0  # (as SUBJECT_RETRY_S later)
+    wr._unknown.clear()
+    origins, bad, n = wr.relayed([honest, foreign, honest], "t")
+    assert n == 2 and list(bad) == [1] and origins[0].messages == [0, 2]
+    wr2 = WireReader(named=False)
+    wr2._registry = Registry("refused")
+    with pytest.raises(ConfigError, match="refuses our credentials"):
+        wr2.relayed([foreign])
+
+
+def test_numeric_registry_settings_from_a_properties_file_are_numbers() -> None:
+    from pktstream.runtime.registry import Registry
+
+    reg = Registry({"url": "http://127.0.0.1:9", "timeout": "5", "max.retries": "2", "retries.wait.ms": "100"})
+    assert reg.client._rest_client.timeout == 5.0 and reg.client._rest_client.max_retries == 2
+    with pytest.raises(ConfigError) as e:
+        Registry({"url": "http://127.0.0.1:9", "timeout": "soon", "max.retries": "x"})
+    assert len(e.value.problems) == 2
+
+
+def test_a_message_featurize_refuses_is_set_aside_alone_and_the_rest_of_its_run_is_counted() -> None:
+    """The runner's fallback when featurize fails on a capture point's records of a run: halves apart,
+    down to the failing messages alone (runner._featurize_apart), in a few calls, not one per message."""
+    import numpy as np
+
+    from pktstream.consumers.engine.runner import StreamRunner
+    from pktstream.schemas.columns import Batch
+
+    calls: list[int] = []
+
+    class Proc:
+        def featurize(self, batch: Batch, origin: str) -> Any:
+            calls.append(batch.n)
+            if (batch.columns["seq"] == 13).any():
+                raise ValueError("a hostile record")
+            return batch.columns["seq"].tolist()
+
+    r = object.__new__(StreamRunner)
+    r.proc = Proc()  # type: ignore[assignment]
+    set_aside: list[int] = []
+    r._undecodable = lambda m, e: set_aside.append(m)  # type: ignore[method-assign]
+    n = 1000
+    seq = np.arange(n, dtype=np.int64)
+    seq[[13, 700]] = 13  # messages 13 and 700 hold the hostile records
+    out: list[Any] = []
+    r._featurize_apart(list(range(n)), list(range(n)), np.arange(n, dtype=np.int64),
+                       Batch({}, n, {"seq": seq}), "h/eth0", out)
+    assert sorted(set_aside) == [13, 700]
+    assert sorted(i for msgs, _b, _f in out for i in msgs) == [i for i in range(n) if i not in (13, 700)]
+    assert all(f == b.columns["seq"].tolist() for _m, b, f in out)
+    assert len(calls) < 50
