@@ -13,6 +13,7 @@ names are the client's: ``url``, ``basic.auth.user.info`` (USER:PASSWORD),
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,14 @@ def registry_properties(url: str | None, file: str | None = None,
     return out
 
 
+class RegistryFailure(PktstreamError):
+    """The registry could not be reached (``status`` None), failed, or refused us (its HTTP status)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 DEFAULT_TIMEOUT_S = 30.0  # a request's timeout unless one is set (the client's own default is none)
 NUMBERS: dict[str, Any] = {"timeout": float, "max.retries": int, "retries.wait.ms": int, "retries.max.wait.ms": int,
                            "cache.capacity": int, "cache.latest.ttl.sec": float}
@@ -89,6 +98,12 @@ class Registry:
                     settings[name] = kind(value)
                 except ValueError:
                     problems.append(f"schema registry setting {name}={value[:40]!r}: not a number")
+        for name in ("max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity"):
+            if isinstance(settings.get(name), int) and settings[name] < 0:
+                problems.append(f"schema registry setting {name}={settings[name]}: not a count (0 or more)")
+        t = settings.get("timeout")
+        if isinstance(t, (int, float)) and not (t > 0 and math.isfinite(t)):
+            problems.append(f"schema registry setting timeout={t}: not a number of seconds above 0")
         if problems:
             raise ConfigError(problems)
         try:
@@ -194,26 +209,10 @@ class Registry:
             raise err from None
         return int(sid) if sid is not None else None
 
-    def state(self) -> str:
-        """Is the registry up (it answers a question anyone may ask), down (it cannot be reached, or
-        fails: 5xx, timeouts), or refusing us (401, 403: the credentials)? Asked when a question about
-        one id failed, to tell that id's fault from the registry's."""
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        try:
-            self.client.get_subjects()
-            return "up"
-        except SchemaRegistryError as e:
-            status = e.http_status_code or 0
-            if status in (401, 403, 407):
-                return "refused"
-            return "up" if 400 <= status < 500 and status not in (404, 408, 429) else "down"
-        except Exception:
-            return "down"
-
     def _failure(self, e: Exception, what: str) -> Exception:
         """A failed question as LookupError (the registry answered that it has no such thing, or would not
-        take the question: 4xx) or PktstreamError (it could not be reached, failed, or refused us)."""
+        take the question: 4xx) or RegistryFailure (it could not be reached, failed, or refused us), with
+        the HTTP status where there was one."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         if isinstance(e, SchemaRegistryError):
@@ -221,8 +220,8 @@ class Registry:
             if (status == 404 and e.error_code in (40401, 40402, 40403)) or \
                     status in (400, 405, 409, 413, 414, 415, 422):  # (a 404 of no registry: a wrong URL, below)
                 return LookupError(f"{what}: {_words(e)}")
-            return PktstreamError(f"the schema registry at {self.url}: {_words(e)}")
-        return PktstreamError(f"the schema registry at {self.url} cannot be reached: {_words(e)}")
+            return RegistryFailure(f"the schema registry at {self.url}: {_words(e)}", status)
+        return RegistryFailure(f"the schema registry at {self.url} cannot be reached: {_words(e)}", None)
 
     def close(self) -> None:
         close: Any = getattr(self.client, "__exit__", None)

@@ -27,6 +27,7 @@ import numpy.typing as npt
 import structlog
 
 from pktstream.runtime.errors import PktstreamError
+from pktstream.runtime.registry import RegistryFailure
 from pktstream.schemas import wire
 from pktstream.schemas.columns import MAX_SCHEMA_CHARS, Batch, read_relayed, relayed_origins
 from pktstream.schemas.decode import _is_ours
@@ -35,10 +36,11 @@ log = structlog.get_logger("pktstream.wirein")
 
 MAX_WRITER_SCHEMAS = 1024  # ids that read as nothing, remembered (ours are all kept)
 MAX_LOOKUPS_PER_S = 20  # new schema ids looked up in the registry per second at most
+MAX_LOOKUPS_PER_CALL = 4  # ... and per run of messages read at once (a slow registry's answers add up)
 UNREACHABLE_RETRY_S = 60.0  # how long an unnamed registry that could not be reached is left alone
 UNKNOWN_TTL_S = 300.0  # how long an id that read as nothing is not asked again (a registry may lag)
 SUBJECT_RETRY_S = 10.0  # how often the relayed schema's subject is asked while it does not hold it
-READER_TIMEOUT_S = 10.0  # a registry request's timeout for readers (unless the settings give one)
+READER_TIMEOUT_S = 5.0  # a registry request's timeout for readers (unless the settings give one)
 
 
 def _known(text: str, kind: str) -> bool:
@@ -78,6 +80,7 @@ class WireReader:
         self.unreachable_until = 0.0  # (monotonic) an unnamed registry that could not be reached is not asked again
         self._lookups: deque[float] = deque()  # when the latest lookups were made (monotonic)
         self.miss = ""  # why the last id looked up reads as nothing
+        self._call_lookups = 0  # ids looked up in this call of relayed()
         self.set_aside = 0
 
     @property
@@ -106,6 +109,7 @@ class WireReader:
         why) and how many records the batches hold. ``topic``: the topic they were read from, whose
         subject (TOPIC-value, where the relay registers) is asked once for the relayed schema's id, so
         that ids a hostile writer makes up never stand between the reader and the real one."""
+        self._call_lookups = 0
         if topic is not None and time.monotonic() >= self._subjects.get(topic, 0.0) and not self.unreachable:
             self._subject_id(topic)
         sids = [int.from_bytes(v[1:wire.HEAD_BYTES], "big") for v in values]
@@ -139,24 +143,9 @@ class WireReader:
             conf: dict[str, Any] = dict(self.registry_conf() if self.registry_conf else registry_properties(None))
             # a reader asks in its loop: a short wait and one retry (the runner retries the run itself)
             conf.setdefault("timeout", READER_TIMEOUT_S)
-            conf.setdefault("max.retries", 1)
+            conf.setdefault("max.retries", 0)
             self._registry = Registry(conf)
         return self._registry
-
-    def _failed(self, e: PktstreamError) -> bool:
-        """A question about one id or subject failed: True when the registry is up (the fault is that
-        id's: it reads as nothing); ConfigError when it refuses our credentials; else it is down
-        (_unreachable: a named one stops the reader, PktstreamError)."""
-        from pktstream.runtime.errors import ConfigError
-
-        state = self._connect().state()
-        if state == "up":
-            return True
-        if state == "refused":
-            raise ConfigError([f"{e} (and it refuses our credentials for any question: check "
-                               "basic.auth.user.info or bearer.auth.*)"])
-        self._unreachable(e)
-        return False
 
     def _unreachable(self, e: PktstreamError) -> None:
         """A registry that could not be reached (or failed, or refused us): a named one stops the
@@ -177,8 +166,13 @@ class WireReader:
         self._subjects[topic] = time.monotonic() + SUBJECT_RETRY_S
         try:
             sid = self._connect().lookup(f"{topic}-value", json.dumps(schema))
-        except PktstreamError as e:
-            self._failed(e)
+        except RegistryFailure as e:
+            if e.status in (401, 403, 407):  # the one subject this reader needs: the credentials are wrong
+                from pktstream.runtime.errors import ConfigError
+
+                raise ConfigError([f"{e} (reading subject {topic}-value: check basic.auth.user.info or "
+                                   "bearer.auth.*)"]) from None
+            self._unreachable(e)
             return
         if sid is not None:
             self._writers[(sid, "relayed")] = fastavro.parse_schema(schema)
@@ -200,10 +194,12 @@ class WireReader:
             return None
         while self._lookups and now - self._lookups[0] > 1.0:
             self._lookups.popleft()
-        if len(self._lookups) >= MAX_LOOKUPS_PER_S:  # ids no one registered, one after another: a hostile
-            self.miss = "too many new schema ids at once, not looked up"  # writer must not stall the reader
+        if len(self._lookups) >= MAX_LOOKUPS_PER_S or self._call_lookups >= MAX_LOOKUPS_PER_CALL:
+            # ids no one registered, one after another: a hostile writer must not stall the reader
+            self.miss = "too many new schema ids at once, not looked up"
             return None
         self._lookups.append(now)
+        self._call_lookups += 1
         parsed = None
         try:
             stype, text = self._connect().schema(sid)
@@ -211,8 +207,9 @@ class WireReader:
                 parsed = fastavro.parse_schema(json.loads(text))
         except LookupError:
             pass
-        except PktstreamError as e:
-            if not self._failed(e):
+        except RegistryFailure as e:
+            if e.status not in (401, 403):  # the registry is down or failing: not the id's fault
+                self._unreachable(e)
                 return None
             self.miss = f"the registry would not answer for it: {str(e)[:200]}"  # (another team's, say)
         except Exception as e:

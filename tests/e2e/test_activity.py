@@ -349,16 +349,16 @@ def test_activity_records_match_tshark_on_the_same_capture(kafka_bootstrap: str,
         assert sum(t < b - 0.005 for t in times) <= u["traffic"]["packets"] <= sum(t < b + 0.005 for t in times), \
             (u, times)
     assert ups[-1]["traffic"]["packets"] < long["traffic"]["packets"]  # the close came after the last boundary
-    # the other TCP and UDP conversations are shorter than an interval, but one open across a boundary (a DNS
-    # lookup begun 3 ms before one, seen in a loaded CI run) has its update too: each such update is its
-    # conversation's totals so far (the kernel's own ICMPv6 on the link may have updates as well)
+    # the other TCP and UDP conversations are shorter than an interval, but a UDP one still open a whole
+    # interval after it began (a DNS lookup, seen in a loaded CI run) has its update too: each update is on
+    # a boundary, at least an interval after its conversation began, with its totals so far (the kernel's
+    # own ICMPv6 on the link may have updates as well)
     others = [u for u in updates if u["connection_info"]["protocol_name"] in ("tcp", "udp")
               and u["connection_info"]["uid"] != long["connection_info"]["uid"]]
-    assert len(others) <= 2, [(u["src_endpoint"], u["dst_endpoint"], u["start_time"], u["end_time"]) for u in others]
     final_of = {d["connection_info"]["uid"]: d for d in finals}
     for u in others:
         f = final_of[u["connection_info"]["uid"]]
-        assert u["start_time"] == f["start_time"] < u["end_time"], (u, f)
+        assert u["end_time"] % 1000 == 0 and u["start_time"] == f["start_time"] <= u["end_time"] - 1000, (u, f)
         assert u["activity_name"] == "Traffic" and 0 < u["traffic"]["packets"] <= f["traffic"]["packets"], (u, f)
     # the records as the table connections of pktstream query (records not of this kind set aside)
     from confluent_kafka import Producer
