@@ -16,7 +16,9 @@ TS_LAST = "pktstream.ts_last"  # the newest record's event time (ns): audit meas
 # a consumer app's repartition topic
 SRC = "pktstream.src"  # the packet partition a feature batch came from
 PROGRESS = "pktstream.progress"  # how far that partition's event time had got (ns)
-SNAPSHOT_PART = "pktstream.snapshot.part"  # state topic: "GENERATION/INDEX/PARTS" of a snapshot in parts
+SNAPSHOT_PART = "pktstream.snapshot.part"  # state topic: "GENERATION/INDEX/PARTS" of a snapshot in parts (before 12-07)
+SNAPSHOT_BLOCK = "pktstream.snapshot.block"  # state topic: a snapshot's block, named by its digest (hex)
+SNAPSHOT_MANIFEST = "pktstream.snapshot.manifest"  # state topic: a snapshot's list of blocks (its generation)
 
 # dead-letter topics
 DLQ_REASON = "pktstream.dlq.reason"

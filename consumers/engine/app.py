@@ -43,6 +43,10 @@ COUNTERS = {
                        "one this process reads with unread input.",
     "barriers_retaken": "Watermark checks taken again because a commit was not yet readable in a repartition "
                         "partition (its markers on their way after a broker's death or a leader's move).",
+    "state_bytes_written": "Bytes of state snapshot blocks written to the state topic (the blocks a commit changed, "
+                           "and whole images now and then).",
+    "state_bytes_unchanged": "Bytes of state snapshot blocks a commit named that the state topic held already "
+                             "(not written again).",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",
@@ -127,7 +131,8 @@ def add_stream_options(p: argparse.ArgumentParser, app: str, metrics_port: int) 
                    help="how far (event time) a packet partition may be read ahead of the slowest one with "
                         "unread input (a backlog's partitions are read side by side; 0: no limit)")
     p.add_argument("--state-part-bytes", type=int, default=SNAPSHOT_PART_BYTES,
-                   help="the most one message of a state snapshot takes (a snapshot is written in parts)")
+                   help="the most one block of a state snapshot takes (64 KiB at most are used; a commit "
+                        "writes the blocks that changed)")
     p.add_argument("--dead-letter-topic", default=f"{app}.dead-letters",
                    help="where undecodable messages go ('' to only count and log them)")
     p.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus /metrics port (0: off)")

@@ -190,6 +190,8 @@ class RunCounters:
     intake_waits: int = 0  # times stage one waited for stage two (intake.py)
     partitions_held: int = 0  # times a packet partition waited for the slowest one (intake.py)
     barriers_retaken: int = 0  # watermark barriers dropped: a commit not yet readable in the partition (_advance)
+    state_bytes_written: int = 0  # bytes of snapshot blocks written to the state topic (statestore.py)
+    state_bytes_unchanged: int = 0  # bytes of snapshot blocks named again, already in the state topic
 
 
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
@@ -1074,8 +1076,10 @@ class StreamRunner:
                 continue
             st.token = token
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
-            # cost more than the rest of a commit); written in parts (statestore.py)
+            # cost more than the rest of a commit); the blocks that changed (statestore.py)
             self.store.write(self._produce, q, st, app_id=self.cfg.app_id)
+            self.counters.state_bytes_written = self.store.written
+            self.counters.state_bytes_unchanged = self.store.unchanged
             offsets.append(TopicPartition(rt, q, pos, token))
         assert self.txn is not None
         if not self.txn.commit(offsets, self.consumer.consumer_group_metadata()):

@@ -9,13 +9,28 @@ The header is the data with each array replaced by {"$nd": [byte length, dtype d
 ``unpack`` also reads the earlier form, plain JSON, so a state written by an older version is
 still restored.
 
-A snapshot travels as parts (``split``: at most a megabyte each by default), so no message comes
-near the broker's limit whatever the state's size; they are written in one transaction, part i
-keyed ``q`` (i = 0) or ``q.i``, each with the header ``pktstream.snapshot.part`` =
-``GENERATION/i/PARTS``, after tombstones for the keys of a previous, larger snapshot's parts (the
-compacted topic keeps the latest generation whole). ``Parts`` puts the last complete generation back
-together while the partition is read (a message without the header is a snapshot of one part, as
-earlier versions wrote them).
+A snapshot travels as blocks named by their content (``blocks``, ``Blocks``): the packed bytes cut
+into pieces of at most 64 KiB (``--state-part-bytes`` when smaller), each array of the state cut from
+its own start (a table that grows at its end, or changes some columns in place, leaves its other
+blocks as they were), small arrays and the JSON header gathered into shared blocks. Each block is a
+message keyed ``q.b<digest>`` (the first 16 bytes of its SHA-256, hex) with the header
+``pktstream.snapshot.block`` = the digest; the snapshot itself is a manifest keyed ``q`` with the
+header ``pktstream.snapshot.manifest`` = its generation:
+
+    b"PSM1" | u32 header length | header JSON {"gen", "size", "n"} | n digests of 16 bytes
+
+A commit writes only the blocks the partition's last manifest does not name, tombstones those it
+named and the new one does not, and the manifest last, all in one transaction: what a commit costs
+the broker follows what changed, not the state's size. The compacted topic keeps each live block's
+one message. Every few commits (when the blocks written since the last whole image exceed
+``FULL_EVERY`` times the state's size, and after every restore) the manifest's blocks are all
+written again, so that a restore finds the latest snapshot's blocks within a few images of the
+partition's end, however long ago a block was first written. ``Chain`` reads a partition in order
+and puts the newest snapshot back together, checking each block against its digest.
+
+Earlier builds wrote a snapshot as parts (``split``: keys ``q``, ``q.i``, header
+``pktstream.snapshot.part`` = ``GENERATION/i/PARTS``; ``Parts`` reads them) or as one message
+without a header; both are still read. The first manifest tombstones an earlier snapshot's part keys.
 
 ``pack_within`` bounds the whole: while a state packs to more than its budget it asks the processor
 to ``degrade`` it (less detail: see the processors) and packs again, logging ``state_degraded`` with
@@ -26,10 +41,10 @@ what was dropped; a state over the budget with nothing left to drop is logged as
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import struct
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +53,9 @@ import structlog
 from numpy.lib import format as npformat
 
 from pktstream.schemas.decode import DecodeError
+from pktstream.schemas.headers import SNAPSHOT_BLOCK as H_BLOCK
+from pktstream.schemas.headers import SNAPSHOT_MANIFEST as H_MANIFEST
+from pktstream.schemas.headers import SNAPSHOT_PART as H_PART
 
 MAGIC = b"PSS1"
 _KEY = "$nd"
@@ -106,34 +124,6 @@ def pack_within(doc: Callable[[], Any], degrade: Callable[[], dict[str, Any]], l
 MAX_PARTS = 1 << 16  # parts of one snapshot (a header naming more is not ours)
 
 
-def split(value: bytes | Packed, part_bytes: int) -> Iterator[tuple[bytes, bytes]]:
-    """A packed snapshot as (part, its header's value) in order, each part at most ``part_bytes``
-    (larger where that would take more than MAX_PARTS parts), cut as they are taken: what is held
-    besides the state's own arrays is one part."""
-    pk = value if isinstance(value, Packed) else Packed([value])
-    part_bytes = max(part_bytes, -(-pk.size // MAX_PARTS))
-    n = max(1, -(-pk.size // part_bytes))
-    gen = uuid.uuid4().hex[:16]
-    pieces: list[memoryview] = []
-    have = i = 0
-    for buf in pk.buffers:
-        view = memoryview(buf).cast("B")
-        while len(view):
-            take = min(len(view), part_bytes - have)
-            pieces.append(view[:take])
-            view, have = view[take:], have + take
-            if have == part_bytes:
-                yield b"".join(pieces), f"{gen}/{i}/{n}".encode()
-                pieces, have, i = [], 0, i + 1
-    if pieces or i == 0:
-        yield b"".join(pieces), f"{gen}/{i}/{n}".encode()
-
-
-def parts_of(size: int, part_bytes: int) -> int:
-    """How many parts ``split`` cuts a snapshot of ``size`` bytes into."""
-    return max(1, -(-size // max(part_bytes, -(-size // MAX_PARTS))))
-
-
 def part_key(q: int, i: int) -> bytes:
     """The key of part i of partition q's snapshot (compaction keeps the latest of each)."""
     return str(q).encode() if i == 0 else f"{q}.{i}".encode()
@@ -184,6 +174,153 @@ class Parts:
         if not self.complete:
             raise DecodeError(f"state snapshot {self.gen}: {len(self.parts)} of {self.n} parts found")
         return self.parts[0] if self.n == 1 else b"".join(self.parts[i] for i in range(self.n))
+
+
+BLOCK_BYTES = 64 << 10  # the most a block takes (less where --state-part-bytes is less)
+MAX_BLOCKS = 1 << 16  # blocks of one snapshot (more: larger blocks); a manifest names at most this many
+DIGEST = 16  # bytes of a block's name: the first 16 of its SHA-256
+FULL_EVERY = 4  # the blocks written since the last whole image, in states' sizes, before the next whole image
+MANIFEST_MAGIC = b"PSM1"
+
+
+def digest(block: bytes | memoryview) -> bytes:
+    return hashlib.sha256(block).digest()[:DIGEST]
+
+
+def block_key(q: int, d: bytes) -> bytes:
+    """The key of a block of partition q's snapshots (its content's digest: the same bytes, the same key)."""
+    return f"{q}.b{d.hex()}".encode()
+
+
+def block_size(size: int, part_bytes: int) -> int:
+    """The most one block of a snapshot of ``size`` bytes takes."""
+    return max(min(part_bytes, BLOCK_BYTES), -(-size // MAX_BLOCKS), 64)
+
+
+def blocks(value: Packed, block_bytes: int) -> list[bytes | memoryview]:
+    """A packed snapshot cut into blocks: an array of half a block or more starts a block of its own
+    and is cut from its start into blocks of ``block_bytes`` (its last block may be shorter); what
+    lies between such arrays (the header, small arrays) is gathered into blocks of at most
+    ``block_bytes``. Joined in order, the blocks are the packed bytes."""
+    out: list[bytes | memoryview] = []
+    pending: list[memoryview] = []
+    have = 0
+
+    def flush() -> None:
+        nonlocal pending, have
+        if pending:
+            out.append(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending, have = [], 0
+
+    for buf in value.buffers:
+        view = memoryview(buf).cast("B")
+        if len(view) * 2 >= block_bytes:
+            flush()
+            out.extend(view[i : i + block_bytes] for i in range(0, len(view), block_bytes))
+            continue
+        while len(view):
+            take = min(len(view), block_bytes - have)
+            pending.append(view[:take])
+            view, have = view[take:], have + take
+            if have == block_bytes:
+                flush()
+    flush()
+    return out or [b""]
+
+
+def manifest(gen: str, size: int, digests: list[bytes]) -> bytes:
+    head = json.dumps({"gen": gen, "size": size, "n": len(digests)}, separators=(",", ":")).encode()
+    return b"".join([MANIFEST_MAGIC, struct.pack("<I", len(head)), head, *digests])
+
+
+def read_manifest(value: bytes) -> tuple[str, int, list[bytes]]:
+    """A manifest's generation, snapshot size and block digests; DecodeError when it is not one."""
+    if value[:4] != MANIFEST_MAGIC or len(value) < 8:
+        raise DecodeError("state snapshot manifest: bad magic")
+    (hlen,) = struct.unpack_from("<I", value, 4)
+    try:
+        head = json.loads(value[8 : 8 + hlen])
+        gen, size, n = str(head["gen"]), int(head["size"]), int(head["n"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DecodeError(f"state snapshot manifest header unreadable: {e}") from None
+    body = value[8 + hlen :]
+    if not 0 < n <= MAX_BLOCKS or len(body) != n * DIGEST or size < 0:
+        raise DecodeError(f"state snapshot manifest names {n} blocks in {len(body)} bytes")
+    return gen, size, [body[i : i + DIGEST] for i in range(0, len(body), DIGEST)]
+
+
+class Chain:
+    """A state topic's partition read in order (``add`` each message): the newest snapshot, in
+    whichever form it was written (a manifest and its blocks, parts, one message). Blocks are kept
+    by digest as they come (a block's bytes are the same wherever it was read), so the newest
+    manifest is whole once every block it names has been read, before or after it."""
+
+    def __init__(self) -> None:
+        self.parts = Parts()
+        self.blocks: dict[bytes, bytes] = {}
+        self.manifest: tuple[str, int, list[bytes]] | None = None
+        self.last = ""  # the form of the newest snapshot read: "manifest", "parts" or ""
+
+    def add(self, value: bytes | None, headers: dict[str, str]) -> None:
+        if value is None:
+            return  # a tombstone: of an earlier snapshot's part or block
+        block = headers.get(H_BLOCK)
+        if block is not None:
+            try:
+                d = bytes.fromhex(block)
+            except ValueError:
+                raise DecodeError(f"state snapshot block named {block[:40]!r}") from None
+            self.blocks[d] = value
+            return
+        if H_MANIFEST in headers:
+            self.manifest, self.last = read_manifest(value), "manifest"
+            return
+        self.parts.add(value, headers.get(H_PART))
+        self.last = "parts"
+
+    def missing(self) -> int:
+        """Blocks the newest manifest names that were not read (0 when it is not a manifest)."""
+        if self.last != "manifest" or self.manifest is None:
+            return 0
+        return sum(d not in self.blocks for d in set(self.manifest[2]))
+
+    @property
+    def complete(self) -> bool:
+        if self.last == "manifest":
+            return self.missing() == 0
+        return self.parts.complete
+
+    @property
+    def found(self) -> bool:
+        return bool(self.last)
+
+    def digests(self) -> set[bytes]:
+        """The blocks of the newest snapshot (none when it is not a manifest)."""
+        return set(self.manifest[2]) if self.last == "manifest" and self.manifest is not None else set()
+
+    def live_keys(self) -> int:
+        """How many part keys (``q``, ``q.i``) may hold a part: a manifest's partition has tombstoned them."""
+        return 1 if self.last == "manifest" else self.parts.live_keys()
+
+    def value(self) -> bytes | None:
+        """The newest snapshot, its blocks or parts joined; None when none was read. DecodeError when it
+        is not whole or a block is not what its name says."""
+        if self.last != "manifest" or self.manifest is None:
+            return self.parts.value() if self.last else None
+        gen, size, ds = self.manifest
+        missing = self.missing()
+        if missing:
+            raise DecodeError(f"state snapshot {gen}: {missing} of {len(set(ds))} blocks not found")
+        checked: set[bytes] = set()
+        for d in ds:
+            if d not in checked:
+                if digest(self.blocks[d]) != d:
+                    raise DecodeError(f"state snapshot {gen}: block {d.hex()} is not what its name says")
+                checked.add(d)
+        out = b"".join(self.blocks[d] for d in ds)
+        if len(out) != size:
+            raise DecodeError(f"state snapshot {gen}: {len(out)} bytes, its manifest says {size}")
+        return out
 
 
 def unpack(value: bytes | Packed) -> Any:

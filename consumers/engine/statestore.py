@@ -1,12 +1,14 @@
 """A consumer app's state store: each repartition partition's state, snapshotted into the
 compacted ``<app>.state`` topic with every commit and read back when the partition is assigned
-(or the transaction aborted). How a snapshot is laid out and cut into parts is ``snapshot.py``;
-this is where the parts are written (with the runner's transactional producer, so a snapshot
-commits with the offsets it belongs to) and put back together from the topic."""
+(or the transaction aborted). How a snapshot is laid out and cut into blocks is ``snapshot.py``;
+this is where the blocks a commit changed and the manifest are written (with the runner's
+transactional producer, so a snapshot commits with the offsets it belongs to) and put back together
+from the topic."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,24 +47,33 @@ class PartState:
     data: Any
     sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
     watermark: int = NO_PROGRESS
-    parts: int = 1  # part keys its last snapshot left with a value (a smaller one tombstones the rest)
+    parts: int = 1  # part keys an earlier build's last snapshot left with a value (the next one tombstones them)
     # the snapshot's name, committed with it as the metadata of the partition's offset: a restore
     # that reads another (an older one whose successor's commit markers have not reached the state
     # topic yet) knows it is not the one that goes with the offset ("": a snapshot from before tokens)
     token: str = ""
+    blocks: set[bytes] = field(default_factory=set)  # digests of the blocks the partition's last manifest names
+    since_full: int = -1  # bytes of blocks written since the last whole image (-1: the next one is whole)
+    since_full_msgs: int = 0  # messages written since the last whole image (blocks, tombstones, manifests)
 
 
 Produce = Callable[..., None]  # runner._produce(topic, value, key=, partition=, headers=)
 
 
-def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, int] | None:
-    """The last committed snapshot of partition q of the state topic, its parts joined, and how
-    many part keys may hold a value (its parts, or more where an older snapshot's were seen);
-    None when there is none. Compacted, the partition holds the latest snapshot's parts near its
-    end: the last 64 offsets are read, then four times as many (at least as many as the parts
-    need) until the snapshot is whole or the partition was read from its start. Raises
-    SnapshotUnreadable when the partition could not be read to its end or its last snapshot is
-    not whole."""
+@dataclass
+class Found:
+    value: bytes  # the snapshot, its blocks or parts joined
+    parts: int  # part keys that may hold a value (an earlier build's parts; 1 after a manifest)
+    blocks: set[bytes]  # the blocks its manifest names (none for an earlier build's snapshot)
+
+
+def last_snapshot(loader: Consumer, state_topic: str, q: int) -> Found | None:
+    """The last committed snapshot of partition q of the state topic; None when there is none.
+    Its manifest is near the partition's end, its blocks within a few whole images of it (see
+    snapshot.py): the last 64 offsets are read, then four times as many (at least as many as
+    the missing blocks need) until the snapshot is whole or the partition was read from its
+    start. Raises SnapshotUnreadable when the partition could not be read to its end or its last
+    snapshot is not whole."""
     tp = TopicPartition(state_topic, q)
     lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks", timeout_s=20)
     if lo < 0 or hi < lo:
@@ -72,7 +83,7 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, in
     back = 64
     while True:  # from the last `back` offsets, four times as many each time, until a snapshot is whole
         start = max(lo, hi - back)
-        parts = snapshot.Parts()
+        chain = snapshot.Chain()
         loader.assign([TopicPartition(state_topic, q, start)])
         deadline = time.monotonic() + 60  # without a message: a read that goes on is not cut short
         at_end = False
@@ -90,23 +101,23 @@ def last_snapshot(loader: Consumer, state_topic: str, q: int) -> tuple[bytes, in
                     if not transient(merr):
                         raise KafkaException(merr)
                     continue  # a broker gone for a while: the client fails over and reads on
-                parts.add(m.value(), message_headers(m).get(H.SNAPSHOT_PART))
+                chain.add(m.value(), message_headers(m))
         except DecodeError as e:
             raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
         finally:
             loader.unassign()
         if not at_end:
             raise SnapshotUnreadable(f"{state_topic}[{q}]: not read to its end (60 s without a message)")
-        if parts.complete or start == lo:
+        if chain.complete or start == lo:
             break
         # nothing read (aborted transactions take offsets too), or the window began inside the
-        # last snapshot: further back, at least as far as its parts and their tombstones reach
-        back = max(4 * back, 2 * parts.n + 64)
+        # last snapshot, or after blocks it names: further back, at least as far as they reach
+        back = max(4 * back, 2 * (chain.parts.n + chain.missing()) + 64)
     try:
-        value = parts.value()
+        value = chain.value()
     except DecodeError as e:
         raise SnapshotUnreadable(f"{state_topic}[{q}]: {e}") from None
-    return None if value is None else (value, parts.live_keys())
+    return None if value is None else Found(value, chain.live_keys(), chain.digests())
 
 
 class StateStore:
@@ -115,21 +126,49 @@ class StateStore:
     def __init__(self, conf: Mapping[str, Any], app_id: str, topic: str, proc: StateProcessor,
                  part_bytes: int) -> None:
         self.conf, self.app_id, self.topic, self.proc = dict(conf), app_id, topic, proc
-        self.part_bytes = part_bytes  # the most one message of a snapshot takes
+        self.part_bytes = part_bytes  # the most one block of a snapshot takes (at most 64 KiB)
         self.loader = snapshot_loader(self.conf, app_id)
+        self.written = 0  # bytes of blocks written (manifests and tombstones aside)
+        self.unchanged = 0  # bytes of blocks a snapshot named that were in the topic already
 
     def write(self, produce: Produce, q: int, st: PartState, **context: Any) -> None:
         """Partition q's state into the open transaction: packed (degraded while over its budget,
-        logged as state_degraded), cut into parts, the keys of a previous snapshot's further parts
-        tombstoned first."""
+        logged as state_degraded), cut into blocks; the blocks the partition's last manifest does
+        not name written (all of them for a whole image), those it named that this one does not
+        tombstoned, an earlier build's part keys tombstoned, the manifest last."""
         value = snapshot.pack_within(partial(self._doc, st), partial(self.proc.degrade, st.data), MAX_SNAPSHOT,
                                      partition=q, **context)
-        n = snapshot.parts_of(len(value), self.part_bytes)
-        for i in range(n, st.parts):
+        pieces = snapshot.blocks(value, snapshot.block_size(len(value), self.part_bytes))
+        digests = [snapshot.digest(b) for b in pieces]
+        # a whole image when what a restore would read back to the last one passes FULL_EVERY images,
+        # in bytes or in messages (a commit that changes little still takes a block, a manifest)
+        whole = (st.since_full < 0 or st.since_full >= snapshot.FULL_EVERY * len(value)
+                 or st.since_full_msgs >= snapshot.FULL_EVERY * max(len(pieces) + 2, 64))
+        have = set() if whole else st.blocks
+        wrote = msgs = 0
+        done: set[bytes] = set()
+        for d, b in zip(digests, pieces, strict=True):
+            if d in done:
+                continue
+            done.add(d)
+            if d in have:
+                self.unchanged += len(b)
+                continue
+            produce(self.topic, bytes(b), key=snapshot.block_key(q, d), partition=q,
+                    headers=[(H.SNAPSHOT_BLOCK, d.hex())])
+            wrote, msgs = wrote + len(b), msgs + 1
+        for d in sorted(st.blocks - done):
+            produce(self.topic, None, key=snapshot.block_key(q, d), partition=q)
+            msgs += 1
+        for i in range(1, st.parts):
             produce(self.topic, None, key=snapshot.part_key(q, i), partition=q)
-        for i, (part, header) in enumerate(snapshot.split(value, self.part_bytes)):
-            produce(self.topic, part, key=snapshot.part_key(q, i), partition=q, headers=[(H.SNAPSHOT_PART, header)])
-        st.parts = n
+        gen = uuid.uuid4().hex[:16]
+        produce(self.topic, snapshot.manifest(gen, len(value), digests), key=snapshot.part_key(q, 0), partition=q,
+                headers=[(H.SNAPSHOT_MANIFEST, gen)])
+        self.written += wrote
+        st.blocks, st.parts = done, 1
+        st.since_full = 0 if whole else st.since_full + wrote
+        st.since_full_msgs = 0 if whole else st.since_full_msgs + msgs + 1
 
     def _doc(self, st: PartState) -> dict[str, Any]:
         return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark,
@@ -139,7 +178,7 @@ class StateStore:
         """The last committed snapshot of partition q, or a fresh state; and whether there was one.
         ``expect``: the partition's offsets are committed, so a snapshot must be there: not finding
         it is retried with a new reader, then an error (never a fresh state)."""
-        found: tuple[bytes, int] | None = None
+        found: Found | None = None
         for attempt in range(RESTORE_TRIES):
             last = attempt == RESTORE_TRIES - 1
             try:
@@ -163,11 +202,12 @@ class StateStore:
             time.sleep(min(8.0, 0.5 * 2**attempt))
         if found is None:
             return PartState(self.proc.new_state()), False
-        value, parts = found
-        doc = snapshot.unpack(value)
+        doc = snapshot.unpack(found.value)
+        # the next snapshot is a whole image (since_full -1): how far back the blocks were is not known
         st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
-                       int(doc["watermark"]), parts, str(doc.get("token") or ""))
-        log.info("state_restored", partition=q, bytes=len(value), parts=parts, watermark=st.watermark, token=st.token)
+                       int(doc["watermark"]), found.parts, token=str(doc.get("token") or ""), blocks=found.blocks)
+        log.info("state_restored", partition=q, bytes=len(found.value), blocks=len(found.blocks), parts=found.parts,
+                 watermark=st.watermark, token=st.token)
         return st, True
 
     def renew(self) -> None:

@@ -38,7 +38,7 @@ from tests.support.apps import (
     run_alerts,
     run_clients,
     servers,
-    snapshot_parts,
+    snapshot_blocks,
 )
 from tests.support.helpers import NetnsHost
 from tests.support.producer_proc import ProducerProcess
@@ -383,11 +383,11 @@ def test_alerts_consumer_killed_mid_stream_neither_repeats_nor_misses(kafka_boot
 
     app = f"t-kill-{uuid.uuid4().hex[:6]}"
     cmd = alerts_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", rules_file, catalog, "--commit-interval-s",
-                     "0.2", "--state-part-bytes", "4096")  # snapshots in parts
+                     "0.2", "--state-part-bytes", "4096")  # snapshots in blocks of 4 KB
     kill_twice_then_finish(cmd, kafka_bootstrap, app, topic)
     got = read_alerts(kafka_bootstrap, f"{topic}.killed")
     assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)
-    assert snapshot_parts(kafka_bootstrap, app) > 1
+    assert snapshot_blocks(kafka_bootstrap, app)[0] > 1  # what was restored had been written in blocks
 
 
 def reflection_frames(h: NetnsHost, victim: str, sport: int, payload: int, n: int) -> list[bytes]:

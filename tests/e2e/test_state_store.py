@@ -1,8 +1,9 @@
-"""The state store on a real broker: snapshots written in parts within transactions, read back as
-the last committed one whole, whatever came before (an earlier build's one-message snapshot, a
-larger snapshot whose extra keys were tombstoned) or after (an aborted transaction of more
-parts than the first window reads); and a restarted app that waits for the snapshot its committed
-offset names when that snapshot is not readable yet."""
+"""The state store on a real broker: snapshots written as blocks within transactions (only the
+blocks a commit changed, a whole image now and then), read back as the last committed one whole,
+whatever came before (earlier builds' one-message and in-parts snapshots, whose part keys get
+tombstones) or after (an aborted transaction of more blocks than the first window reads); and a
+restarted app that waits for the snapshot its committed offset names when that snapshot is not
+readable yet."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from pktstream.consumers.engine import snapshot
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import transactional_producer
 from pktstream.runtime.kafka import ensure_topic
+from pktstream.schemas import headers as H
 from tests.support.apps import key, log_events, read_usage, run_usage, usage_cmd
 from tests.support.helpers import read_messages
+from tests.support.legacy_snapshot import split
 from tests.support.traffic import CATALOG, containers, generate
 
 pytestmark = pytest.mark.kafka
@@ -47,8 +50,13 @@ class Counts:
         return {}
 
 
-def write(p: Producer, store: StateStore, st: PartState, commit: bool = True) -> None:
+def write(p: Producer, store: StateStore, st: PartState, commit: bool = True) -> list[tuple[bytes, bool]]:
+    """st's snapshot written in a transaction (aborted unless ``commit``); the messages it took, as
+    (key, whether it had a value)."""
+    sent: list[tuple[bytes, bool]] = []
+
     def produce(topic: str, value: bytes | None, **kw: Any) -> None:
+        sent.append((kw["key"], value is not None))
         p.produce(topic, value, **kw)
 
     p.begin_transaction()
@@ -58,6 +66,11 @@ def write(p: Producer, store: StateStore, st: PartState, commit: bool = True) ->
     else:
         p.flush(30)
         p.abort_transaction(30)
+    return sent
+
+
+def blocks_written(sent: list[tuple[bytes, bool]]) -> int:
+    return sum(1 for k, v in sent if v and b".b" in k)
 
 
 def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> None:
@@ -78,32 +91,59 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         st, found = store.restore(0)
         assert found and st.data["n"].tolist() == list(range(5)) and st.sources == {2: 7} and st.parts == 1
 
+        # the builds of 2026-12-06: parts keyed 0, 0.1 ... 0.9
         p = transactional_producer(conf, f"{app}-writer")
         p.init_transactions(30)
-        big = PartState({"n": np.arange(5000)}, {0: 1}, 10, st.parts)  # 40 KB: 10 parts
-        write(p, store, big)
-        assert big.parts == 10
+        p.begin_transaction()
+        old = snapshot.pack({"data": {"n": np.arange(5000)}, "sources": {"0": 1}, "watermark": 10})
+        for i, (part, header) in enumerate(split(old, PART)):
+            p.produce(topic, part, key=snapshot.part_key(0, i), partition=0, headers=[(H.SNAPSHOT_PART, header)])
+        p.commit_transaction(30)
         st, _ = store.restore(0)
-        assert st.data["n"].tolist() == list(range(5000)) and st.parts == 10
+        assert st.data["n"].tolist() == list(range(5000)) and st.parts == 10 and not st.blocks
 
-        small = PartState({"n": np.arange(1000, 2500)}, {0: 2}, 20, st.parts)  # 3 parts, keys 3..9 tombstoned
-        write(p, store, small)
-        aborted = PartState({"n": np.arange(200_000)}, {0: 3}, 30, small.parts)  # 196 parts, never committed
+        # this build: blocks and a manifest; the old part keys 0.1 ... 0.9 tombstoned
+        st.data["n"] = np.arange(6000)  # 48 KB: 12 blocks of 4 KB, and the header's
+        sent = write(p, store, st)
+        assert {k for k, v in sent if not v} == {f"0.{i}".encode() for i in range(1, 10)}
+        assert blocks_written(sent) == 13 and st.parts == 1 and len(st.blocks) == 13
+        back, _ = store.restore(0)
+        assert back.data["n"].tolist() == list(range(6000)) and back.blocks == st.blocks
+
+        # a commit writes the blocks that changed: values at the end, and the header (watermark)
+        st.since_full = 0
+        st.data["n"][-10:] += 1
+        st.watermark = 20
+        sent = write(p, store, st)
+        assert blocks_written(sent) == 2 and sum(1 for _k, v in sent if not v) == 2  # 2 new, 2 named no more
+        assert store.unchanged >= 11 * PART
+
+        # 392 blocks, never committed
+        aborted = PartState({"n": np.arange(200_000)}, {0: 3}, 30, st.parts, blocks=set(st.blocks), since_full=0)
         write(p, store, aborted, commit=False)
-        st, _ = store.restore(0)  # the first 64 offsets hold only the aborted transaction
-        assert st.data["n"].tolist() == list(range(1000, 2500)) and st.watermark == 20 and st.parts >= 3
+        back, _ = store.restore(0)  # the first 64 offsets hold only the aborted transaction
+        want = np.arange(6000)
+        want[-10:] += 1
+        assert back.data["n"].tolist() == want.tolist() and back.watermark == 20 and back.blocks == st.blocks
 
-        after = PartState({"n": np.arange(7)}, {0: 4}, 40, st.parts)
+        # after a restore, and when the blocks written since reach FULL_EVERY states, a whole image
+        sent = write(p, store, back)
+        assert blocks_written(sent) == 13 and back.since_full == 0
+        back.data["n"][:3] = -1
+        back.since_full = snapshot.FULL_EVERY * 50_000
+        assert blocks_written(write(p, store, back)) == 13
+
+        after = PartState({"n": np.arange(7)}, {0: 4}, 40, back.parts, blocks=set(back.blocks), since_full=0)
         write(p, store, after)
         st, _ = store.restore(0)
         assert st.data["n"].tolist() == list(range(7)) and st.sources == {0: 4} and st.parts == 1
 
-        # what compaction keeps of each key: the last snapshot's one part, tombstones for the rest
+        # what compaction keeps of each key: the last manifest and the blocks it names; tombstones for the rest
         latest: dict[bytes, bytes] = {}
         for k, v, _h in read_messages(kafka_bootstrap, topic):
             latest[k] = v
-        assert all(v == b"" for k, v in latest.items() if k != b"0"), sorted(latest)
-        assert len(latest[b"0"]) <= PART
+        live = {k for k, v in latest.items() if v != b""}
+        assert live == {b"0"} | {snapshot.block_key(0, d) for d in after.blocks}, sorted(live)
         p.flush(10)
     finally:
         store.close()

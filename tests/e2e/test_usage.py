@@ -34,7 +34,7 @@ from tests.support.apps import (
     run_clients,
     run_usage,
     servers,
-    snapshot_parts,
+    snapshot_blocks,
     usage_cmd,
 )
 from tests.support.helpers import NetnsHost, read_messages
@@ -292,7 +292,7 @@ def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
 
     app = f"t-kill-{uuid.uuid4().hex[:6]}"
     cmd = usage_cmd(kafka_bootstrap, topic, app, f"{topic}.killed", catalog, "--commit-interval-s", "0.2",
-                    "--dead-letter-topic", f"{topic}.killed.dlq", "--state-part-bytes", "4096")  # snapshots in parts
+                    "--dead-letter-topic", f"{topic}.killed.dlq", "--state-part-bytes", "4096")  # 4 KB blocks
     def not_finished() -> None:
         # what is readable now: the killed writer's transaction stays open until its restart fences it
         assert len(read_usage(kafka_bootstrap, f"{topic}.killed", settled=False)) < len(reference), \
@@ -303,7 +303,7 @@ def test_usage_consumer_killed_mid_stream_neither_loses_nor_double_counts(
     assert sorted(map(key, published)) == sorted(map(key, reference)), "a window lost or published twice"
     assert sorted(published, key=key) == sorted(reference, key=key)
     assert sorted(dead_letters(kafka_bootstrap, f"{topic}.killed.dlq")) == sorted(reasons)  # each set aside once
-    assert snapshot_parts(kafka_bootstrap, app) > 1  # what was restored had been written in parts
+    assert snapshot_blocks(kafka_bootstrap, app)[0] > 1  # what was restored had been written in blocks
 
 
 def test_late_rows_are_judged_by_their_partitions_order_even_after_a_restart(

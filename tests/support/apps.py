@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -193,10 +194,21 @@ def committed(bootstrap: str, group: str, *topics: str) -> int:
     return total
 
 
-def snapshot_parts(bootstrap: str, app: str) -> int:
-    """The most parts any committed state snapshot of an app was written in."""
-    heads = [h.get("pktstream.snapshot.part") for _k, _v, h in read_messages(bootstrap, f"{app}.state")]
-    return max(int(x.split(b"/")[2]) for x in heads if x)
+def snapshot_blocks(bootstrap: str, app: str) -> tuple[int, int]:
+    """Of an app's committed state snapshots: the most blocks one named, and how many were written
+    incrementally (their commit wrote fewer blocks than they named)."""
+    most = incremental = 0
+    written: dict[bytes, int] = {}  # partition -> blocks written since its last manifest
+    for k, v, h in read_messages(bootstrap, f"{app}.state"):
+        q = k.split(b".")[0]
+        if h.get("pktstream.snapshot.block") and v:
+            written[q] = written.get(q, 0) + 1
+        elif h.get("pktstream.snapshot.manifest"):
+            (hlen,) = struct.unpack_from("<I", v, 4)
+            named = len(set(v[8 + hlen + i : 8 + hlen + i + 16] for i in range(0, len(v) - 8 - hlen, 16)))
+            most = max(most, named)
+            incremental += written.pop(q, 0) < named
+    return most, incremental
 
 
 def kill_twice_then_finish(cmd: list[str], bootstrap: str, app: str, topic: str,

@@ -1,4 +1,5 @@
-"""State snapshots: arrays as raw bytes after a JSON header, the earlier plain-JSON form still read."""
+"""State snapshots: arrays as raw bytes after a JSON header, cut into blocks named by their content
+(a commit writes the blocks that changed); the earlier forms (parts, plain JSON) still read."""
 
 from __future__ import annotations
 
@@ -10,8 +11,22 @@ import pytest
 
 from pktstream.consumers.alerts.tables import Table
 from pktstream.consumers.engine.features import FEATURE_DTYPE
-from pktstream.consumers.engine.snapshot import MAX_PARTS, Parts, pack, packed, part_key, parts_of, split, unpack
+from pktstream.consumers.engine.snapshot import (
+    MAX_BLOCKS,
+    Chain,
+    Parts,
+    block_size,
+    blocks,
+    digest,
+    manifest,
+    pack,
+    packed,
+    part_key,
+    unpack,
+)
+from pktstream.schemas import headers as H
 from pktstream.schemas.decode import DecodeError
+from tests.support.legacy_snapshot import split
 
 
 def test_round_trip_keeps_values_dtypes_and_shapes() -> None:
@@ -125,20 +140,110 @@ def test_keys_of_an_older_larger_snapshot_are_counted_for_their_tombstones() -> 
     assert r.n == 3 and r.live_keys() == 10
 
 
-def test_a_snapshot_past_the_most_parts_takes_larger_parts() -> None:
-    parts = list(split(bytes(MAX_PARTS * 2 + 1), 1))
-    assert len(parts) <= MAX_PARTS and sum(len(p) for p, _ in parts) == MAX_PARTS * 2 + 1
+def state(n: int, grown: int = 0) -> dict[str, object]:
+    """A state of the alerts tables' shape: columns and sample rows of n groups (``grown`` more
+    appended), a small array and a JSON value between them."""
+    rec = np.zeros(n + grown, FEATURE_DTYPE)
+    rec["ts_ns"] = np.arange(n + grown)
+    return {"k": np.arange(n + grown, dtype=np.uint64), "n": np.ones(n + grown, np.int64), "rec": rec,
+            "small": np.arange(7), "watermark": 5}
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4096, 65536])
+def test_blocks_join_to_the_packed_bytes_each_large_array_from_its_own_start(block_bytes: int) -> None:
+    pk = packed(state(3000))
+    bs = blocks(pk, block_bytes)
+    assert b"".join(bytes(b) for b in bs) == pk.joined()
+    assert all(len(b) <= block_bytes for b in bs)
+    # a large array's first block begins at the array's first byte
+    rec_bytes = np.ascontiguousarray(state(3000)["rec"]).tobytes()  # type: ignore[call-overload]
+    assert any(bytes(b) == rec_bytes[:block_bytes] for b in bs)
+
+
+def test_a_table_that_grows_or_changes_a_column_keeps_its_other_blocks() -> None:
+    """What a commit writes follows what changed: 100 groups appended to 20,000 change the blocks at
+    the arrays' ends; counts changed in place change the count column's blocks, not the samples'."""
+    bb = block_size(0, 1 << 20)
+    before = {digest(b) for b in blocks(packed(state(20_000)), bb)}
+    grown = blocks(packed(state(20_000, grown=100)), bb)
+    new = [b for b in grown if digest(b) not in before]
+    assert sum(len(b) for b in new) < 0.1 * sum(len(b) for b in grown)
+    s = state(20_000)
+    s["n"][::50] += 1  # type: ignore[index]
+    changed = [b for b in blocks(packed(s), bb) if digest(b) not in before]
+    total = packed(s).size
+    assert sum(len(b) for b in changed) < 0.2 * total, (sum(len(b) for b in changed), total)
+
+
+def test_a_huge_state_takes_larger_blocks_not_more_than_a_manifest_names() -> None:
+    assert block_size(1 << 20, 1 << 20) == 64 << 10 and block_size(10, 4096) == 4096
+    assert block_size(MAX_BLOCKS * 200_000, 1 << 20) == 200_000
+
+
+def chain_of(value: bytes, block_bytes: int, gen: str = "g") -> list[tuple[bytes | None, dict[str, str]]]:
+    """A snapshot as the messages a commit writes: its blocks, then its manifest."""
+    bs = [bytes(b) for b in blocks(packed(unpack(value)), block_bytes)]
+    ds = [digest(b) for b in bs]
+    assert b"".join(bs) == value
+    return [*((b, {H.SNAPSHOT_BLOCK: d.hex()}) for b, d in zip(bs, ds, strict=True)),
+            (manifest(gen, len(value), ds), {H.SNAPSHOT_MANIFEST: gen})]
+
+
+def test_the_newest_manifest_comes_back_from_blocks_read_before_it_in_any_order() -> None:
+    first, second = pack(state(5000)), pack(state(5000, grown=10))
+    c = Chain()
+    msgs1, msgs2 = chain_of(first, 4096, "g1"), chain_of(second, 4096, "g2")
+    for v, h in msgs1:
+        c.add(v, h)
+    assert c.complete and c.value() == first
+    # the second commit writes only the blocks the first did not have, and the manifest
+    have = {h.get(H.SNAPSHOT_BLOCK) for _v, h in msgs1}
+    for v, h in msgs2:
+        if h.get(H.SNAPSHOT_BLOCK) not in have or H.SNAPSHOT_MANIFEST in h:
+            c.add(v, h)
+    c.add(None, {})  # a tombstone of a block no longer named
+    assert c.complete and c.value() == second and c.live_keys() == 1
+    assert c.digests() == {digest(bytes(b)) for b in blocks(packed(unpack(second)), 4096)}
+    # a reader that began after some of its blocks: incomplete, and says how many are missing
+    late = Chain()
+    for v, h in msgs2[3:]:
+        late.add(v, h)
+    assert not late.complete and late.missing() == 3
+    with pytest.raises(DecodeError, match="3 of"):
+        late.value()
+    # parts written after a manifest (an earlier build, going back) are the newest snapshot
+    legacy = Chain()
+    for v, h in msgs1:
+        legacy.add(v, h)
+    for part, header in split(first, 1000):
+        legacy.add(part, {H.SNAPSHOT_PART: header.decode()})
+    assert legacy.last == "parts" and legacy.value() == first and legacy.digests() == set()
+
+
+def test_a_block_that_is_not_what_its_name_says_is_an_error() -> None:
+    value = pack(state(100))
+    msgs = chain_of(value, 256)
+    c = Chain()
+    for v, h in msgs:
+        if H.SNAPSHOT_BLOCK in h and v is not None:
+            v = v[:-1] + bytes([v[-1] ^ 1])
+        c.add(v, h)
+    with pytest.raises(DecodeError, match="not what its name says"):
+        c.value()
+    with pytest.raises(DecodeError):
+        Chain().add(b"nonsense", {H.SNAPSHOT_MANIFEST: "g"})
+    with pytest.raises(DecodeError):
+        Chain().add(b"x", {H.SNAPSHOT_BLOCK: "not hex"})
 
 
 @pytest.mark.parametrize("part_bytes", [1, 7, 4096, 1 << 20])
-def test_parts_cut_across_the_arrays_join_to_the_packed_bytes(part_bytes: int) -> None:
+def test_an_earlier_builds_parts_cut_across_the_arrays_join_to_the_packed_bytes(part_bytes: int) -> None:
     rec = np.zeros(300, FEATURE_DTYPE)
     rec["ts_ns"] = np.arange(300)
     doc = {"w": [np.arange(1000, dtype=np.int64), rec[::2], np.zeros(0, np.uint64), np.full((3, 5), 2.5)], "s": "x"}
     pk = packed(doc)
     value = pack(doc)
     parts = list(split(pk, part_bytes))
-    assert len(parts) == parts_of(len(value), part_bytes) == parts_of(pk.size, part_bytes)
     assert all(len(p) <= max(part_bytes, 1) for p, _ in parts[:-1]) and b"".join(p for p, _ in parts) == value
     back = unpack(b"".join(p for p, _ in parts))
     assert back["w"][1]["ts_ns"].tolist() == list(range(0, 300, 2)) and unpack(pk)["s"] == "x"
