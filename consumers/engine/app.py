@@ -43,10 +43,10 @@ COUNTERS = {
                        "one this process reads with unread input.",
     "barriers_retaken": "Watermark checks taken again because a commit was not yet readable in a repartition "
                         "partition (its markers on their way after a broker's death or a leader's move).",
-    "state_bytes_written": "Bytes of state snapshot blocks written to the state topic (the blocks a commit changed, "
-                           "and whole images now and then).",
-    "state_bytes_unchanged": "Bytes of state snapshot blocks a commit named that the state topic held already "
-                             "(not written again).",
+    "state_bytes_written": "Bytes of state snapshot blocks committed to the state topic (the blocks a commit "
+                           "changed, and whole images now and then).",
+    "state_bytes_unchanged": "Bytes of state snapshot blocks a committed snapshot named that the state topic held "
+                             "already (not written again).",
     "late_records": "Records that arrived after their window had closed (counted, not added).",
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",

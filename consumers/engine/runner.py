@@ -1069,6 +1069,7 @@ class StreamRunner:
         self.dirty.update(q for t, q in self.changed if t == rt)
         token = uuid.uuid4().hex[:16]
         offsets = [self._offset(t, p) for (t, p) in sorted(self.changed) if (t, p) in self.positions and t != rt]
+        written = []
         for q in sorted(self.dirty):
             st = self.states.get(q)
             pos = self.positions.get((rt, q))
@@ -1078,8 +1079,7 @@ class StreamRunner:
             # arrays as raw bytes after a JSON header; the producer's lz4 compresses it (zlib here
             # cost more than the rest of a commit); the blocks that changed (statestore.py)
             self.store.write(self._produce, q, st, app_id=self.cfg.app_id)
-            self.counters.state_bytes_written = self.store.written
-            self.counters.state_bytes_unchanged = self.store.unchanged
+            written.append(st)
             offsets.append(TopicPartition(rt, q, pos, token))
         assert self.txn is not None
         if not self.txn.commit(offsets, self.consumer.consumer_group_metadata()):
@@ -1088,6 +1088,9 @@ class StreamRunner:
                 self._rewind()
             return False
         self.counters.transactions += 1
+        self.store.settle(written)  # (an aborted commit leaves each state's blocks as the last commit left them)
+        self.counters.state_bytes_written = self.store.written
+        self.counters.state_bytes_unchanged = self.store.unchanged
         self._take_barriers()
         self.changed.clear()
         self.dirty.clear()

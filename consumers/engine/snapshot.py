@@ -9,7 +9,7 @@ The header is the data with each array replaced by {"$nd": [byte length, dtype d
 ``unpack`` also reads the earlier form, plain JSON, so a state written by an older version is
 still restored.
 
-A snapshot travels as blocks named by their content (``blocks``, ``Blocks``): the packed bytes cut
+A snapshot travels as blocks named by their content (``blocks``, ``manifest``): the packed bytes cut
 into pieces of at most 64 KiB (``--state-part-bytes`` when smaller), each array of the state cut from
 its own start (a table that grows at its end, or changes some columns in place, leaves its other
 blocks as they were), small arrays and the JSON header gathered into shared blocks. Each block is a
@@ -66,7 +66,7 @@ log = structlog.get_logger("pktstream.stream")
 
 class Packed:
     """A packed snapshot as the buffers it is made of (the header, then each array's own memory:
-    nothing copied until the parts are cut), and its length."""
+    nothing copied until the blocks are cut), and its length."""
 
     def __init__(self, buffers: list[bytes | memoryview]) -> None:
         self.buffers = buffers
@@ -240,9 +240,11 @@ def read_manifest(value: bytes) -> tuple[str, int, list[bytes]]:
     (hlen,) = struct.unpack_from("<I", value, 4)
     try:
         head = json.loads(value[8 : 8 + hlen])
-        gen, size, n = str(head["gen"]), int(head["size"]), int(head["n"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DecodeError(f"state snapshot manifest header unreadable: {e}") from None
+        gen, size, n = head["gen"], head["size"], head["n"]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise DecodeError(f"state snapshot manifest header unreadable: {type(e).__name__}") from None
+    if not (isinstance(gen, str) and type(size) is int and type(n) is int):
+        raise DecodeError("state snapshot manifest header: gen, size or n of the wrong type")
     body = value[8 + hlen :]
     if not 0 < n <= MAX_BLOCKS or len(body) != n * DIGEST or size < 0:
         raise DecodeError(f"state snapshot manifest names {n} blocks in {len(body)} bytes")
@@ -274,6 +276,10 @@ class Chain:
             return
         if H_MANIFEST in headers:
             self.manifest, self.last = read_manifest(value), "manifest"
+            # a later manifest names only blocks this one names or its own transaction writes: the
+            # others read so far are of older snapshots (what a restore holds stays near one image)
+            names = set(self.manifest[2])
+            self.blocks = {d: b for d, b in self.blocks.items() if d in names}
             return
         self.parts.add(value, headers.get(H_PART))
         self.last = "parts"

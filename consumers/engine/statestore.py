@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -43,6 +43,17 @@ class StateProcessor(Protocol):
 
 
 @dataclass
+class Written:
+    """What a snapshot written into a transaction leaves in the state topic once it commits."""
+
+    blocks: set[bytes]
+    since_full: int
+    since_full_msgs: int
+    wrote: int  # bytes of blocks written
+    unchanged: int  # bytes of blocks named that the topic held already
+
+
+@dataclass
 class PartState:
     data: Any
     sources: dict[int, int] = field(default_factory=dict)  # packet partition -> event time reached (ns)
@@ -52,9 +63,12 @@ class PartState:
     # that reads another (an older one whose successor's commit markers have not reached the state
     # topic yet) knows it is not the one that goes with the offset ("": a snapshot from before tokens)
     token: str = ""
-    blocks: set[bytes] = field(default_factory=set)  # digests of the blocks the partition's last manifest names
+    # what the partition's last committed snapshot left in the state topic (settled by the store once
+    # a commit that wrote a snapshot succeeded; an aborted one leaves them as they were):
+    blocks: set[bytes] = field(default_factory=set)  # digests of the blocks its manifest names
     since_full: int = -1  # bytes of blocks written since the last whole image (-1: the next one is whole)
     since_full_msgs: int = 0  # messages written since the last whole image (blocks, tombstones, manifests)
+    pending: Written | None = None  # what the snapshot written into the open transaction makes true
 
 
 Produce = Callable[..., None]  # runner._produce(topic, value, key=, partition=, headers=)
@@ -128,31 +142,38 @@ class StateStore:
         self.conf, self.app_id, self.topic, self.proc = dict(conf), app_id, topic, proc
         self.part_bytes = part_bytes  # the most one block of a snapshot takes (at most 64 KiB)
         self.loader = snapshot_loader(self.conf, app_id)
-        self.written = 0  # bytes of blocks written (manifests and tombstones aside)
-        self.unchanged = 0  # bytes of blocks a snapshot named that were in the topic already
+        self.written = 0  # bytes of blocks committed (manifests and tombstones aside)
+        self.unchanged = 0  # bytes of blocks a committed snapshot named that were in the topic already
 
     def write(self, produce: Produce, q: int, st: PartState, **context: Any) -> None:
         """Partition q's state into the open transaction: packed (degraded while over its budget,
-        logged as state_degraded), cut into blocks; the blocks the partition's last manifest does
-        not name written (all of them for a whole image), those it named that this one does not
-        tombstoned, an earlier build's part keys tombstoned, the manifest last."""
+        logged as state_degraded), cut into blocks; the blocks the partition's last committed
+        manifest does not name written (all of them for a whole image), those it named that this
+        one does not tombstoned, an earlier build's part keys tombstoned, the manifest last. What
+        that leaves in the topic is ``st.pending`` until ``settle`` (the commit succeeded): an
+        aborted transaction leaves ``st`` describing the last committed snapshot."""
+        st.pending = None
         value = snapshot.pack_within(partial(self._doc, st), partial(self.proc.degrade, st.data), MAX_SNAPSHOT,
                                      partition=q, **context)
-        pieces = snapshot.blocks(value, snapshot.block_size(len(value), self.part_bytes))
+        block_bytes = snapshot.block_size(len(value), self.part_bytes)
+        pieces = snapshot.blocks(value, block_bytes)
+        while len(pieces) > snapshot.MAX_BLOCKS:  # (arrays each begin a block: more than size / block_bytes)
+            block_bytes *= 2
+            pieces = snapshot.blocks(value, block_bytes)
         digests = [snapshot.digest(b) for b in pieces]
         # a whole image when what a restore would read back to the last one passes FULL_EVERY images,
         # in bytes or in messages (a commit that changes little still takes a block, a manifest)
         whole = (st.since_full < 0 or st.since_full >= snapshot.FULL_EVERY * len(value)
                  or st.since_full_msgs >= snapshot.FULL_EVERY * max(len(pieces) + 2, 64))
         have = set() if whole else st.blocks
-        wrote = msgs = 0
+        wrote = msgs = unchanged = 0
         done: set[bytes] = set()
         for d, b in zip(digests, pieces, strict=True):
             if d in done:
                 continue
             done.add(d)
             if d in have:
-                self.unchanged += len(b)
+                unchanged += len(b)
                 continue
             produce(self.topic, bytes(b), key=snapshot.block_key(q, d), partition=q,
                     headers=[(H.SNAPSHOT_BLOCK, d.hex())])
@@ -165,10 +186,19 @@ class StateStore:
         gen = uuid.uuid4().hex[:16]
         produce(self.topic, snapshot.manifest(gen, len(value), digests), key=snapshot.part_key(q, 0), partition=q,
                 headers=[(H.SNAPSHOT_MANIFEST, gen)])
-        self.written += wrote
-        st.blocks, st.parts = done, 1
-        st.since_full = 0 if whole else st.since_full + wrote
-        st.since_full_msgs = 0 if whole else st.since_full_msgs + msgs + 1
+        st.pending = Written(done, 0 if whole else st.since_full + wrote,
+                             0 if whole else st.since_full_msgs + msgs + 1, wrote, unchanged)
+
+    def settle(self, states: Iterable[PartState]) -> None:
+        """The transaction these states' snapshots were written into committed."""
+        for st in states:
+            w = st.pending
+            if w is None:
+                continue
+            st.blocks, st.parts, st.since_full, st.since_full_msgs = w.blocks, 1, w.since_full, w.since_full_msgs
+            self.written += w.wrote
+            self.unchanged += w.unchanged
+            st.pending = None
 
     def _doc(self, st: PartState) -> dict[str, Any]:
         return {"data": self.proc.dump(st.data), "sources": st.sources, "watermark": st.watermark,
@@ -202,10 +232,14 @@ class StateStore:
             time.sleep(min(8.0, 0.5 * 2**attempt))
         if found is None:
             return PartState(self.proc.new_state()), False
-        doc = snapshot.unpack(found.value)
-        # the next snapshot is a whole image (since_full -1): how far back the blocks were is not known
-        st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
-                       int(doc["watermark"]), found.parts, token=str(doc.get("token") or ""), blocks=found.blocks)
+        try:
+            doc = snapshot.unpack(found.value)
+            # the next snapshot is a whole image (since_full -1): how far back the blocks were is not known
+            st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
+                           int(doc["watermark"]), found.parts, token=str(doc.get("token") or ""), blocks=found.blocks)
+        except (DecodeError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+            raise PktstreamError(f"state of {self.app_id}.repartition[{q}] cannot be restored: its snapshot does not "
+                                 f"read as this app's state ({type(e).__name__}: {e})") from None
         log.info("state_restored", partition=q, bytes=len(found.value), blocks=len(found.blocks), parts=found.parts,
                  watermark=st.watermark, token=st.token)
         return st, True

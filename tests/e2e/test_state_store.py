@@ -59,14 +59,28 @@ def write(p: Producer, store: StateStore, st: PartState, commit: bool = True) ->
         sent.append((kw["key"], value is not None))
         p.produce(topic, value, **kw)
 
+    st.token = uuid.uuid4().hex[:16]
     p.begin_transaction()
     store.write(produce, 0, st)
     if commit:
         p.commit_transaction(30)
+        store.settle([st])
     else:
         p.flush(30)
         p.abort_transaction(30)
     return sent
+
+
+def restore(store: StateStore, token: str) -> PartState:
+    """The partition's snapshot once the one named ``token`` is readable (a commit's markers reach
+    the partition a moment after commit_transaction returns)."""
+    deadline = time.monotonic() + 30
+    while True:
+        st, found = store.restore(0)
+        if found and st.token == token:
+            return st
+        assert time.monotonic() < deadline, f"snapshot {token} never readable (read {st.token!r})"
+        time.sleep(0.2)
 
 
 def blocks_written(sent: list[tuple[bytes, bool]]) -> int:
@@ -99,7 +113,10 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         for i, (part, header) in enumerate(split(old, PART)):
             p.produce(topic, part, key=snapshot.part_key(0, i), partition=0, headers=[(H.SNAPSHOT_PART, header)])
         p.commit_transaction(30)
-        st, _ = store.restore(0)
+        deadline = time.monotonic() + 30
+        while (st := store.restore(0)[0]).watermark != 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert st.data["n"].tolist() == list(range(5000)) and st.parts == 10 and not st.blocks
 
         # this build: blocks and a manifest; the old part keys 0.1 ... 0.9 tombstoned
@@ -107,7 +124,7 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         sent = write(p, store, st)
         assert {k for k, v in sent if not v} == {f"0.{i}".encode() for i in range(1, 10)}
         assert blocks_written(sent) == 13 and st.parts == 1 and len(st.blocks) == 13
-        back, _ = store.restore(0)
+        back = restore(store, st.token)
         assert back.data["n"].tolist() == list(range(6000)) and back.blocks == st.blocks
 
         # a commit writes the blocks that changed: values at the end, and the header (watermark)
@@ -121,7 +138,7 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         # 392 blocks, never committed
         aborted = PartState({"n": np.arange(200_000)}, {0: 3}, 30, st.parts, blocks=set(st.blocks), since_full=0)
         write(p, store, aborted, commit=False)
-        back, _ = store.restore(0)  # the first 64 offsets hold only the aborted transaction
+        back = restore(store, st.token)  # the first 64 offsets hold only the aborted transaction
         want = np.arange(6000)
         want[-10:] += 1
         assert back.data["n"].tolist() == want.tolist() and back.watermark == 20 and back.blocks == st.blocks
@@ -135,7 +152,7 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
 
         after = PartState({"n": np.arange(7)}, {0: 4}, 40, back.parts, blocks=set(back.blocks), since_full=0)
         write(p, store, after)
-        st, _ = store.restore(0)
+        st = restore(store, after.token)
         assert st.data["n"].tolist() == list(range(7)) and st.sources == {0: 4} and st.parts == 1
 
         # what compaction keeps of each key: the last manifest and the blocks it names; tombstones for the rest

@@ -24,6 +24,7 @@ from pktstream.consumers.engine.snapshot import (
     part_key,
     unpack,
 )
+from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.schemas import headers as H
 from pktstream.schemas.decode import DecodeError
 from tests.support.legacy_snapshot import split
@@ -247,3 +248,95 @@ def test_an_earlier_builds_parts_cut_across_the_arrays_join_to_the_packed_bytes(
     assert all(len(p) <= max(part_bytes, 1) for p, _ in parts[:-1]) and b"".join(p for p, _ in parts) == value
     back = unpack(b"".join(p for p, _ in parts))
     assert back["w"][1]["ts_ns"].tolist() == list(range(0, 300, 2)) and unpack(pk)["s"] == "x"
+
+
+def test_a_manifest_never_names_more_blocks_than_a_reader_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every array of half a block or more begins a block: a state of many such arrays cuts into
+    more blocks than size / block size; the store then takes larger blocks."""
+    from pktstream.consumers.engine import snapshot
+
+    monkeypatch.setattr(snapshot, "MAX_BLOCKS", 64)
+    doc = {"a": [np.full(300, i, np.int64) for i in range(100)]}  # 2,400-byte arrays, 4,096-byte blocks
+    pk = packed(doc)
+    assert len(blocks(pk, block_size(pk.size, 4096))) > 64
+    store, sent = fake_store(4096)
+    st = PartState({"n": doc})
+    store.write(sent.append, 0, st)
+    c = Chain()
+    for _t, v, kw in sent.calls:
+        c.add(v, {k: (x.decode() if isinstance(x, bytes) else x) for k, x in kw.get("headers") or []})
+    assert len(c.digests()) <= 64 and unpack(c.value() or b"")["data"]["n"]["a"][99].tolist() == [99] * 300
+
+
+class Sent:
+    """A produce() that records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes | None, dict[str, object]]] = []
+
+    def append(self, topic: str, value: bytes | None, **kw: object) -> None:
+        self.calls.append((topic, value, kw))
+
+    def blocks(self) -> list[bytes]:
+        return [v for _t, v, kw in self.calls if v is not None and b".b" in kw["key"]]  # type: ignore[operator]
+
+    def tombstones(self) -> list[bytes]:
+        return [kw["key"] for _t, v, kw in self.calls if v is None]  # type: ignore[misc]
+
+
+class Doc:
+    """A processor whose state is the document it dumps."""
+
+    def new_state(self) -> object:
+        return {}
+
+    def dump(self, state: object) -> object:
+        return state
+
+    def load(self, data: object) -> object:
+        return data
+
+    def degrade(self, state: object) -> dict[str, object]:
+        return {}
+
+
+def fake_store(part_bytes: int) -> tuple[StateStore, Sent]:
+    store = StateStore({"bootstrap.servers": "127.0.0.1:9"}, "t", "t.state", Doc(), part_bytes)
+    store.loader.close()  # (never reads: no broker here)
+    return store, Sent()
+
+
+def test_the_store_writes_what_changed_and_settles_only_what_committed() -> None:
+    zeros = np.zeros(4096 * 4 // 8, np.int64)  # four identical 4 KB blocks: written once, named four times
+    st = PartState({"z": zeros, "n": np.arange(2048)})
+    store, sent = fake_store(4096)
+    store.write(sent.append, 3, st)
+    assert len(sent.blocks()) == 1 + 1 + 4 and st.pending is not None and not st.blocks  # header, zeros, n
+    store.settle([st])
+    first = set(st.blocks)
+    assert len(first) == 6 and st.since_full == 0 and store.written == sum(map(len, sent.blocks()))
+
+    st.data["n"][-1] = -1  # the last of n's blocks changes
+    sent2 = Sent()
+    store.write(sent2.append, 3, st)
+    assert len(sent2.blocks()) == 1 and len(sent2.tombstones()) == 1
+    assert sent2.tombstones()[0].startswith(b"3.b")
+    # the transaction aborted (not settled): the next commit is measured against what is committed
+    sent3 = Sent()
+    store.write(sent3.append, 3, st)
+    assert len(sent3.blocks()) == 1 and st.blocks == first
+    store.settle([st])
+    assert len(st.blocks & first) == 5 and st.pending is None
+    store.settle([st])  # (nothing pending: nothing changes)
+    assert len(st.blocks) == 6
+
+
+@pytest.mark.parametrize("head", [b'{"gen":"g","size":1e400,"n":1}', b'{"gen":"g","size":Infinity,"n":1}',
+                                  b"[" * 100_000 + b"]" * 100_000, b'{"gen":1,"size":1,"n":1}',
+                                  b'{"gen":"g","size":1,"n":true}'])
+def test_a_manifest_header_that_is_not_ours_is_an_error(head: bytes) -> None:
+    import struct
+
+    value = b"PSM1" + struct.pack("<I", len(head)) + head + bytes(16)
+    with pytest.raises(DecodeError):
+        Chain().add(value, {H.SNAPSHOT_MANIFEST: "g"})
