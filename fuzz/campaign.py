@@ -61,6 +61,8 @@ TARGETS = [
            ("avro.dict", "http.dict")),
     Target("relayed", "py", "pktstream relay's messages read (engine/wirein.py, columns.read_relayed)",
            ("avro.dict",)),
+    Target("snapshot", "py", "a state topic's partition read back (engine/snapshot.py: Chain, manifests, unpack)",
+           ("snapshot.dict",)),
     Target("payloads", "py", "parse.py, attacks.py prefilter and scan, privacy.redact", ("http.dict",)),
 ]
 BY_NAME = {t.name: t for t in TARGETS}

@@ -195,7 +195,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
     payloads = list(PAYLOADS.items())
     by_target: dict[str, dict[str, bytes]] = {t: {} for t in
                                               ("decode", "parse", "redact", "container", "features", "payloads",
-                                               "relayed")}
+                                               "relayed", "snapshot")}
     by_target["container"] = {k: b"\0" + v for k, v in conts.items()}
     # containers whose header the target writes (targets.synthesized_container): codec and schema,
     # width, one block: record count and the records' bytes, as the producer encodes them
@@ -278,7 +278,37 @@ def seeds() -> dict[str, dict[str, bytes]]:
     for k, p in more.items():
         by_target["redact"][f"rules_{k}"] = b"\x00" + p
         by_target["redact"][f"rules_keep_h2_{k}"] = b"\x20" + p
+    by_target["snapshot"] = snapshot_seeds()
     return by_target
+
+
+def snapshot_seeds() -> dict[str, bytes]:
+    """State topics' partitions (targets.snapshot_messages): a snapshot in blocks and its manifest,
+    one that grew (its new blocks, a tombstone, its manifest), an earlier build's parts and a
+    one-message snapshot."""
+    from pktstream.consumers.engine import snapshot
+
+    def msg(kind: int, value: bytes, name: bytes = b"") -> bytes:
+        return bytes([kind]) + _u16(len(value)) + name + value
+
+    def image(doc: object, have: set[bytes]) -> tuple[bytes, set[bytes]]:
+        pk = snapshot.packed(doc)
+        bs = [bytes(b) for b in snapshot.blocks(pk, 256)]
+        ds = [snapshot.digest(b) for b in bs]
+        out = b"".join(msg(0, b) for b, d in zip(bs, ds, strict=True) if d not in have)
+        return out + msg(2, snapshot.manifest("g", pk.size, ds)), set(ds)
+
+    doc = {"data": {"n": np.arange(100), "rec": [np.zeros(3, "u1"), "x"]}, "sources": {"0": 5}, "watermark": 7,
+           "token": "t"}
+    first, have = image(doc, set())
+    grown, _ = image({**doc, "data": {"n": np.arange(120), "rec": []}}, have)
+    value = snapshot.pack(doc)
+    n = -(-len(value) // 300)  # an earlier build's parts of 300 bytes: header GENERATION/i/PARTS
+    heads = [f"g/{i}/{n}".encode() for i in range(n)]
+    parts = b"".join(bytes([3]) + _u16(len(value[i * 300 : (i + 1) * 300])) + bytes([len(h)]) + h
+                     + value[i * 300 : (i + 1) * 300] for i, h in enumerate(heads))
+    return {"blocks": first, "grown": first + grown + msg(4, b""), "parts": parts, "one": msg(3, value, b"\0"),
+            "named_wrong": msg(1, b"x" * 40, bytes(16)) + msg(2, snapshot.manifest("g", 40, [bytes(16)]))}
 
 
 def write(out: Path = OUT) -> Mapping[str, int]:

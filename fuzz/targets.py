@@ -19,6 +19,7 @@ failed check (AssertionError): each check is a property the callers rely on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -449,5 +450,61 @@ def relayed(data: bytes) -> None:
     assert len({(o.host, o.interface) for o in origins}) == len(origins)
 
 
+# -- state snapshots ----------------------------------------------------------------------------
+
+MAX_SNAPSHOT_MESSAGES = 64
+# what restore (statestore.StateStore.restore) turns into a clear error when a snapshot that read
+# whole does not unpack as a state: the reader itself (Chain) raises DecodeError only
+UNPACK_ERRORS = (DecodeError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
+
+
+def snapshot_messages(inp: Input) -> list[tuple[bytes | None, dict[str, str]]]:
+    """A state topic's partition: per message a kind byte (mod 5: 0 a block named by its digest,
+    1 a block under a digest the input gives, 2 a manifest, 3 a part with a header the input
+    gives, 4 a tombstone), a length (u16) and the value."""
+    from pktstream.consumers.engine import snapshot
+
+    out: list[tuple[bytes | None, dict[str, str]]] = []
+    while inp.left() and len(out) < MAX_SNAPSHOT_MESSAGES:
+        kind, n = inp.u8() % 5, inp.uint(2)
+        if kind == 1:
+            name = inp.take(16).hex()
+        elif kind == 3:
+            name = inp.take(inp.u8() % 40).decode("latin-1")
+        value = inp.take(n)
+        if kind == 0:
+            out.append((value, {H.SNAPSHOT_BLOCK: snapshot.digest(value).hex()}))
+        elif kind == 1:
+            out.append((value, {H.SNAPSHOT_BLOCK: name}))
+        elif kind == 2:
+            out.append((value, {H.SNAPSHOT_MANIFEST: "g"}))
+        elif kind == 3:
+            out.append((value, {H.SNAPSHOT_PART: name} if name else {}))
+        else:
+            out.append((None, {}))
+    return out
+
+
+def state_snapshot(data: bytes) -> None:
+    """A state topic's partition read back (snapshot.Chain), then the snapshot unpacked: only
+    DecodeError from the reader, only what restore reports from unpack."""
+    from pktstream.consumers.engine import snapshot
+
+    c = snapshot.Chain()
+    try:
+        for value, headers in snapshot_messages(Input(data)):
+            c.add(value, headers)
+        value = c.value()
+    except DecodeError:
+        return
+    assert c.missing() == 0 or c.last != "manifest"
+    if value is None:
+        return
+    if c.last == "manifest":
+        assert c.manifest is not None and len(value) == c.manifest[1]
+    with contextlib.suppress(*UNPACK_ERRORS):
+        snapshot.unpack(value)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {"container": container, "features": features, "payloads": payloads,
-                                               "relayed": relayed}
+                                               "relayed": relayed, "snapshot": state_snapshot}

@@ -13,7 +13,7 @@ A snapshot travels as blocks named by their content (``blocks``, ``manifest``): 
 into pieces of at most 64 KiB (``--state-part-bytes`` when smaller), each array of the state cut from
 its own start (a table that grows at its end, or changes some columns in place, leaves its other
 blocks as they were), small arrays and the JSON header gathered into shared blocks. Each block is a
-message keyed ``q.b<digest>`` (the first 16 bytes of its SHA-256, hex) with the header
+message keyed ``q.b<digest>`` (16 bytes of its BLAKE3 hash, hex) with the header
 ``pktstream.snapshot.block`` = the digest; the snapshot itself is a manifest keyed ``q`` with the
 header ``pktstream.snapshot.manifest`` = its generation:
 
@@ -41,7 +41,6 @@ what was dropped; a state over the budget with nothing left to drop is logged as
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import struct
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
+from blake3 import blake3
 from numpy.lib import format as npformat
 
 from pktstream.schemas.decode import DecodeError
@@ -157,11 +157,13 @@ class Parts:
         self.keys = max(self.keys, i + 1)
         if gen != self.gen:
             self.gen, self.parts, self.n = gen, {}, n
+        elif n != self.n:
+            raise DecodeError(f"state snapshot {gen}: parts disagree on their count ({self.n}, {n})")
         self.parts[i] = value
 
     @property
     def complete(self) -> bool:
-        return self.n > 0 and len(self.parts) == self.n
+        return self.n > 0 and len(self.parts) == self.n and all(i in self.parts for i in range(self.n))
 
     def live_keys(self) -> int:
         """How many part keys may hold a value (the next snapshot tombstones those it does not use)."""
@@ -178,13 +180,14 @@ class Parts:
 
 BLOCK_BYTES = 64 << 10  # the most a block takes (less where --state-part-bytes is less)
 MAX_BLOCKS = 1 << 16  # blocks of one snapshot (more: larger blocks); a manifest names at most this many
-DIGEST = 16  # bytes of a block's name: the first 16 of its SHA-256
+DIGEST = 16  # bytes of a block's name: 16 of its BLAKE3 hash
 FULL_EVERY = 4  # the blocks written since the last whole image, in states' sizes, before the next whole image
 MANIFEST_MAGIC = b"PSM1"
 
 
 def digest(block: bytes | memoryview) -> bytes:
-    return hashlib.sha256(block).digest()[:DIGEST]
+    """A block's name: 16 bytes of its BLAKE3 hash."""
+    return blake3(block).digest(DIGEST)
 
 
 def block_key(q: int, d: bytes) -> bytes:

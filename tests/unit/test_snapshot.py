@@ -340,3 +340,13 @@ def test_a_manifest_header_that_is_not_ours_is_an_error(head: bytes) -> None:
     value = b"PSM1" + struct.pack("<I", len(head)) + head + bytes(16)
     with pytest.raises(DecodeError):
         Chain().add(value, {H.SNAPSHOT_MANIFEST: "g"})
+
+
+def test_parts_of_one_generation_that_disagree_on_their_count_are_an_error() -> None:
+    """(found by the snapshot fuzz target: two parts numbered 1 and 2 of a generation that first said 2
+    parts read as complete without part 0)"""
+    r = Parts()
+    r.add(b"b", "g/1/2")
+    with pytest.raises(DecodeError, match="disagree"):
+        r.add(b"c", "g/2/3")
+    assert not r.complete
