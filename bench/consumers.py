@@ -2,7 +2,7 @@
 ``activity``).
 
     sudo .venv/bin/python -m bench.consumers [--app usage|alerts|activity] [--connections 200000] [--cpu 1]
-        [--span-s 20] [--directions both|ingress]
+        [--span-s 20] [--directions both|ingress] [--restart-check SECONDS]
 
 Generates traffic with a realistic API mix (tests/support/traffic.py: connections of 6 packets with
 HTTP/1.1 requests and TLS ClientHellos, plus DNS; with --directions both, the default, the servers'
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,16 +94,21 @@ def topic_bytes(data_dir: Path | None, topic: str) -> int | None:
     return sum(f.stat().st_size for d in data_dir.rglob(f"{topic}-*") if d.is_dir() for f in d.glob("*.log"))
 
 
-def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
-                  data_dir: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
-    app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
+def command(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int, app_id: str, out_topic: str,
+            extra: list[str] | None = None) -> list[str]:
+    """The consumer's command line, pinned to ``cpu``."""
     cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
-           app_id, "--connections-topic" if app == "activity" else f"--{app}-topic", f"{topic}.{app}",
+           app_id, "--connections-topic" if app == "activity" else f"--{app}-topic", out_topic,
            "--catalog", str(catalog),
            "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json",
            *(extra or [])]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(cpu), *cmd]
+    return ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") else cmd
+
+
+def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
+                  data_dir: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
+    app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
+    cmd = command(app, bootstrap, topic, catalog, cpu, app_id, f"{topic}.{app}", extra)
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         peak_mb = wait_peak_rss_mb(proc, every_s=0.05)  # the command's own peak (VmHWM)
@@ -137,6 +143,38 @@ def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
             "state_bytes": topic_bytes(data_dir, f"{app_id}.state")}
 
 
+def outputs(app: str, bootstrap: str, topic: str) -> list[str]:
+    """An output topic's committed records, each as sorted JSON (the order of a topic's partitions
+    aside)."""
+    from tests.support.apps import read_usage
+    from tests.support.helpers import read_messages
+
+    if app == "usage":
+        recs = read_usage(bootstrap, topic)
+    else:
+        recs = [json.loads(v) for _k, v, _h in read_messages(bootstrap, topic)]
+    return sorted(json.dumps(r, sort_keys=True, default=str) for r in recs)
+
+
+def restart_check(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int, kill_after_s: float,
+                  extra: list[str]) -> tuple[int, int, float]:
+    """The same run under another app id, SIGKILLed ``kill_after_s`` after a commit, twice, then
+    finished: how many records it published, how many of them differ from the uninterrupted run's
+    (in either direction), and its wall time."""
+    from tests.support.apps import kill_twice_then_finish
+
+    app_id = f"bench-{app}-kill-{uuid.uuid4().hex[:6]}"
+    out = f"{topic}.{app}.restarted"
+    t = time.monotonic()
+    kill_twice_then_finish(command(app, bootstrap, topic, catalog, cpu, app_id, out, extra), bootstrap, app_id,
+                           topic, delay_s=lambda: kill_after_s)
+    wall = time.monotonic() - t
+    ref, got = outputs(app, bootstrap, f"{topic}.{app}"), outputs(app, bootstrap, out)
+    a, b = Counter(ref), Counter(got)
+    diff = sum(((a - b) + (b - a)).values())
+    return len(got), diff, wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--app", choices=["usage", "alerts", "activity"], default="usage")
@@ -152,6 +190,9 @@ def main() -> None:
                          "a longer span is a quieter network replayed faster, with more windows per record)")
     ap.add_argument("--app-arg", action="append", default=[], metavar="ARG",
                     help="an argument for the consumer's command line (repeat: --app-arg=-X --app-arg=PROP=VALUE)")
+    ap.add_argument("--restart-check", type=float, default=None, metavar="SECONDS",
+                    help="after the measured run, run the app again under another id, SIGKILLed this many seconds "
+                         "after a commit, twice, then finished; and compare what the two published")
     a = ap.parse_args()
     span_ns = int(a.span_s * 1e9)
     t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000,
@@ -187,6 +228,9 @@ def main() -> None:
         res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu, lk.dir if lk is not None else None,
                             a.app_arg)
         packet_bytes = topic_bytes(lk.dir if lk is not None else None, topic)
+        restarted = None
+        if a.restart_check is not None:
+            restarted = restart_check(a.app, bootstrap, topic, Path(f.name), a.cpu, a.restart_check, a.app_arg)
         os.unlink(f.name)
     finally:
         if lk is not None:
@@ -203,6 +247,11 @@ def main() -> None:
     print(f"connections: {conns:,} ({conns / res['seconds']:,.0f} per second)  peak RSS: {res['peak_rss_mb']:,.0f} MB")
     print(f"transactions: {res['transactions']:,} (stage one waited {res['intake_waits']}, partitions held "
           f"{res['partitions_held']})  state_degraded lines: {res['degraded']}")
+    if restarted is not None:
+        n, diff, wall = restarted
+        print(f"restart check: killed {a.restart_check:g} s after a commit, twice, then finished ({wall:.0f} s): "
+              f"{n:,} records published, {diff} differing from the uninterrupted run's "
+              f"({res['outputs']:,})" + (" IDENTICAL" if diff == 0 else " DIFFERENT"))
     if packet_bytes:
         rb, sb = res["repartition_bytes"] or 0, res["state_bytes"] or 0
         print(f"bytes per record: packet topic {packet_bytes / res['records']:.1f} (zstd), repartition "

@@ -17,7 +17,7 @@ message keyed ``q.b<digest>`` (16 bytes of its BLAKE3 hash, hex) with the header
 ``pktstream.snapshot.block`` = the digest; the snapshot itself is a manifest keyed ``q`` with the
 header ``pktstream.snapshot.manifest`` = its generation:
 
-    b"PSM1" | u32 header length | header JSON {"gen", "size", "n"} | n digests of 16 bytes
+    b"PSM1" | u32 header length | header JSON {"gen", "size", "n", "hash": "blake3-128"} | n digests of 16 bytes
 
 A commit writes only the blocks the partition's last manifest does not name, tombstones those it
 named and the new one does not, and the manifest last, all in one transaction: what a commit costs
@@ -163,7 +163,7 @@ class Parts:
 
     @property
     def complete(self) -> bool:
-        return self.n > 0 and len(self.parts) == self.n and all(i in self.parts for i in range(self.n))
+        return self.n > 0 and len(self.parts) == self.n  # (indices below n, one count per generation)
 
     def live_keys(self) -> int:
         """How many part keys may hold a value (the next snapshot tombstones those it does not use)."""
@@ -231,8 +231,11 @@ def blocks(value: Packed, block_bytes: int) -> list[bytes | memoryview]:
     return out or [b""]
 
 
+HASH = "blake3-128"  # how a manifest's blocks are named (its header says so)
+
+
 def manifest(gen: str, size: int, digests: list[bytes]) -> bytes:
-    head = json.dumps({"gen": gen, "size": size, "n": len(digests)}, separators=(",", ":")).encode()
+    head = json.dumps({"gen": gen, "size": size, "n": len(digests), "hash": HASH}, separators=(",", ":")).encode()
     return b"".join([MANIFEST_MAGIC, struct.pack("<I", len(head)), head, *digests])
 
 
@@ -248,6 +251,9 @@ def read_manifest(value: bytes) -> tuple[str, int, list[bytes]]:
         raise DecodeError(f"state snapshot manifest header unreadable: {type(e).__name__}") from None
     if not (isinstance(gen, str) and type(size) is int and type(n) is int):
         raise DecodeError("state snapshot manifest header: gen, size or n of the wrong type")
+    if head.get("hash") != HASH:
+        raise DecodeError(f"state snapshot manifest names its blocks by {str(head.get('hash'))[:40]!r}; this build "
+                          f"reads {HASH}")
     body = value[8 + hlen :]
     if not 0 < n <= MAX_BLOCKS or len(body) != n * DIGEST or size < 0:
         raise DecodeError(f"state snapshot manifest names {n} blocks in {len(body)} bytes")
@@ -333,8 +339,19 @@ class Chain:
 
 
 def unpack(value: bytes | Packed) -> Any:
+    """A snapshot's data; DecodeError for anything that does not read as one (a state topic's
+    content is checked like any other input)."""
     if isinstance(value, Packed):
         value = value.joined()
+    try:
+        return _unpack(value)
+    except DecodeError:
+        raise
+    except Exception as e:  # (a dtype text numpy cannot parse raises SyntaxError; nesting RecursionError)
+        raise DecodeError(f"state snapshot unreadable: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def _unpack(value: bytes) -> Any:
     if value[:4] != MAGIC:
         return json.loads(value)  # the earlier form
     if len(value) < 8:
@@ -351,7 +368,7 @@ def unpack(value: bytes | Packed) -> Any:
         if isinstance(x, dict):
             if set(x) == {_KEY}:
                 size, descr, shape = x[_KEY]
-                if at + size > len(value):
+                if type(size) is not int or size < 0 or at + size > len(value):
                     raise DecodeError("state snapshot arrays run past the message")
                 spec: Any = descr if isinstance(descr, str) else [tuple(d) for d in descr]
                 dtype = npformat.descr_to_dtype(spec)

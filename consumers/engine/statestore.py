@@ -152,18 +152,22 @@ class StateStore:
         one does not tombstoned, an earlier build's part keys tombstoned, the manifest last. What
         that leaves in the topic is ``st.pending`` until ``settle`` (the commit succeeded): an
         aborted transaction leaves ``st`` describing the last committed snapshot."""
-        st.pending = None
+        # a snapshot written before and never settled (a commit whose outcome is not known: a
+        # stuck transaction's producer replaced, a failed commit while partitions were revoked)
+        # may or may not be in the topic: this one is a whole image, tombstoning what either named
+        unsure, st.pending = st.pending, None
         value = snapshot.pack_within(partial(self._doc, st), partial(self.proc.degrade, st.data), MAX_SNAPSHOT,
                                      partition=q, **context)
         block_bytes = snapshot.block_size(len(value), self.part_bytes)
         pieces = snapshot.blocks(value, block_bytes)
-        while len(pieces) > snapshot.MAX_BLOCKS:  # (arrays each begin a block: more than size / block_bytes)
+        # (arrays each begin a block: more than size / block_bytes); a manifest within a part too
+        while len(pieces) > snapshot.MAX_BLOCKS or snapshot.DIGEST * len(pieces) + 256 > max(self.part_bytes, 1 << 16):
             block_bytes *= 2
             pieces = snapshot.blocks(value, block_bytes)
         digests = [snapshot.digest(b) for b in pieces]
         # a whole image when what a restore would read back to the last one passes FULL_EVERY images,
         # in bytes or in messages (a commit that changes little still takes a block, a manifest)
-        whole = (st.since_full < 0 or st.since_full >= snapshot.FULL_EVERY * len(value)
+        whole = (unsure is not None or st.since_full < 0 or st.since_full >= snapshot.FULL_EVERY * len(value)
                  or st.since_full_msgs >= snapshot.FULL_EVERY * max(len(pieces) + 2, 64))
         have = set() if whole else st.blocks
         wrote = msgs = unchanged = 0
@@ -178,7 +182,7 @@ class StateStore:
             produce(self.topic, bytes(b), key=snapshot.block_key(q, d), partition=q,
                     headers=[(H.SNAPSHOT_BLOCK, d.hex())])
             wrote, msgs = wrote + len(b), msgs + 1
-        for d in sorted(st.blocks - done):
+        for d in sorted((st.blocks | (unsure.blocks if unsure is not None else set())) - done):
             produce(self.topic, None, key=snapshot.block_key(q, d), partition=q)
             msgs += 1
         for i in range(1, st.parts):
@@ -233,13 +237,13 @@ class StateStore:
         if found is None:
             return PartState(self.proc.new_state()), False
         try:
-            doc = snapshot.unpack(found.value)
+            doc = snapshot.unpack(found.value)  # (DecodeError only)
             # the next snapshot is a whole image (since_full -1): how far back the blocks were is not known
             st = PartState(self.proc.load(doc["data"]), {int(k): int(v) for k, v in doc["sources"].items()},
                            int(doc["watermark"]), found.parts, token=str(doc.get("token") or ""), blocks=found.blocks)
-        except (DecodeError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        except (DecodeError, ValueError, LookupError, TypeError, AttributeError, OverflowError) as e:
             raise PktstreamError(f"state of {self.app_id}.repartition[{q}] cannot be restored: its snapshot does not "
-                                 f"read as this app's state ({type(e).__name__}: {e})") from None
+                                 f"read as this app's state ({type(e).__name__}: {e})") from e
         log.info("state_restored", partition=q, bytes=len(found.value), blocks=len(found.blocks), parts=found.parts,
                  watermark=st.watermark, token=st.token)
         return st, True
