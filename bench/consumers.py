@@ -172,6 +172,11 @@ def restart_check(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
     ref, got = outputs(app, bootstrap, f"{topic}.{app}"), outputs(app, bootstrap, out)
     a, b = Counter(ref), Counter(got)
     diff = sum(((a - b) + (b - a)).values())
+    if diff:
+        with tempfile.NamedTemporaryFile("w", prefix="pktstream-restart-diff-", suffix=".txt", delete=False) as f:
+            f.writelines(f"only uninterrupted: {r}\n" for r in (a - b).elements())
+            f.writelines(f"only restarted: {r}\n" for r in (b - a).elements())
+        print(f"restart check: the differing records are in {f.name}")
     return len(got), diff, wall
 
 
