@@ -3,6 +3,7 @@ per-partition processor (exact counts on generated traffic, snapshots, late reco
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import numpy as np
 import pytest
 from hypothesis import given
@@ -464,3 +466,45 @@ def test_table_shows_the_busiest_apis() -> None:
     assert cols[:4] == ["API", "req/min", "err%", "p99"]
     assert row20.split()[:4] == ["api20", "200", "12.5", "247.5"] and "12.0 kB" in row20
     assert row19.split()[:4] == ["api19", "190", "-", "-"]
+
+
+def test_a_port_reused_by_a_later_connection_counts_under_its_own_api_however_batched() -> None:
+    """Two connections on one 5-tuple 17 s apart (POST /v1/orders, then GET /v1/orders/5/items): each
+    one's handshake, request, answer and close count under its own API, whether the two share a
+    process() call, come in two, or the second is cut inside its handshake. (Before, when they shared
+    a batch, the second one's handshake counted under the first one's API: which rows share a batch
+    follows the runner's commit timing, so two runs over the same topic published different counts.)"""
+    syn, ack, psh, fin = 0x02, 0x10, 0x08, 0x01
+    t0 = 1_700_000_000_000_000_000 + 5 * 10**9
+    client, server = "10.100.0.7", "10.1.0.10"
+
+    def conn(t: int, req: bytes, status: int) -> list[dict[str, Any]]:
+        up = {"src": client, "dst": server, "sport": 40000, "dport": 80}
+        dn = {"src": server, "dst": client, "sport": 80, "dport": 40000}
+        answer = f"HTTP/1.1 {status} R\r\nContent-Length: 0\r\n\r\n".encode()
+        return [{"ts": t, "flags": syn, "len": 66, **up}, {"ts": t + 50_000, "flags": syn | ack, "len": 66, **dn},
+                {"ts": t + 100_000, "flags": ack, "len": 66, **up},
+                {"ts": t + 200_000, "flags": psh | ack, "len": 66 + len(req), "payload": req, **up},
+                {"ts": t + 20_000_000, "flags": psh | ack, "len": 90, "payload": answer, **dn},
+                {"ts": t + 20_100_000, "flags": fin | ack, "len": 66, **up}]
+
+    a = conn(t0, b"POST /v1/orders HTTP/1.1\r\nHost: api.shop.test\r\n\r\n", 201)
+    b = conn(t0 + 17 * 10**9, b"GET /v1/orders/5/items HTTP/1.1\r\nHost: api.shop.test\r\n\r\n", 200)
+    p = UsageProcessor(Catalog.from_data(CATALOG))
+
+    def feats(pkts: list[dict[str, Any]]) -> features.Features:
+        return p.featurize(read_container(containers(packets_traffic(pkts), batch=100)[0]), "h/eth0")
+
+    def table(calls: list[list[features.Features]]) -> dict[str, tuple[int, int, int, int]]:
+        s = p.new_state()
+        for fs in calls:
+            p.process(s, features.concat(fs))
+        return {r["api"]: (r["packets"], r["bytes"], r["new_connections"], r["response_packets"])
+                for o in p.close(s, FOREVER) for r in fastavro.reader(io.BytesIO(o.value)) if r["window_s"] == 60}
+
+    fa, fb, fb1, fb2 = feats(a), feats(b), feats(b[:2]), feats(b[2:])
+    want = {"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)}
+    assert table([[fa], [fb]]) == want
+    assert table([[fa, fb]]) == want
+    assert table([[fa, fb1], [fb2]]) == want
+    assert table([[fa], [fb1], [fb2]]) == want
