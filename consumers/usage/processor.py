@@ -41,6 +41,7 @@ from pktstream.consumers.engine.features import (
     Features,
     addr_hash,
     featurize,
+    flow_order,
     mix,
     take,
     words_bytes,
@@ -425,31 +426,11 @@ class UsageProcessor:
             row_api[req_idx] = ids[inv.ravel()]
         # 2. other packets -> their connection's API
         fh = _flow_hash(rows)
-        # each flow's rows in event-time order, cut into connections at the SYN that opens a new one: a
-        # client SYN after a request of the flow (since its previous SYN), or the flow's first SYN in the
-        # batch unless that connection waits for its request (a SYN again: retransmitted, or seen by
-        # another capture point). A port reused by a later connection must not take the earlier one's
-        # API, and whether the two share a batch (which follows commit timing) must not matter.
-        fs0 = fh >> np.uint64(20)
-        order = np.lexsort((np.arange(n), rows["ts_ns"], fs0))
-        fs = fs0[order]
-        a_sorted = row_api[order]
-        gnew = np.r_[True, fs[1:] != fs[:-1]]
-        gstart = np.flatnonzero(gnew)
-        g_of = np.repeat(gstart, np.diff(np.r_[gstart, n]))
-        syn_s = (rows["syns"][order] > 0) & (rows["answer"][order] == 0) & (rows["protocol"][order] == PROTO_TCP)
-        ar = np.arange(n)
-        prev_syn = np.r_[-1, np.maximum.accumulate(np.where(syn_s, ar, -1))[:-1]]
-        prev_syn = np.where(prev_syn >= g_of, prev_syn, -1)
-        prev_req = np.maximum.accumulate(np.where(a_sorted >= 0, ar, -1))
-        prev_req = np.where(prev_req >= g_of, prev_req, -1)
-        waiting = np.zeros(n, bool)
-        if st.pending:
-            waiting = np.isin(fs, np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending)))
-        cut = syn_s & ((prev_req > prev_syn) | ((prev_syn < 0) & ~waiting))
-        starts = np.flatnonzero(gnew | cut)
-        seg_cut = cut[starts]  # the segment starts at a SYN that opens a new connection
+        order = flow_order(fh)
+        fs = fh[order] >> np.uint64(20)
+        starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
         gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        a_sorted = row_api[order]
         pos = np.where(a_sorted >= 0, np.arange(n), -1)
         last = np.maximum.accumulate(pos)
         ffill = np.where(last >= starts[gid], a_sorted[np.maximum(last, 0)], -1)
@@ -462,7 +443,7 @@ class UsageProcessor:
         # rows before the connection's first request in this batch: the flow table, else that request
         need = np.flatnonzero(ffill < 0)
         if need.size:
-            opened = np.logical_or.reduceat(is_syn_s, starts) | seg_cut  # per connection
+            opened = np.logical_or.reduceat(is_syn_s, starts)  # a SYN: a new connection, whatever the table says
             groups = np.unique(gid[need])
             tcp_s = rows["protocol"][order][starts] == PROTO_TCP  # only TCP connections are in the table
             groups = groups[~opened[groups] & tcp_s[groups]]
@@ -487,8 +468,8 @@ class UsageProcessor:
             pair = self._pair_ids(st, a_sorted[ps], srv[order][ps], api_names, servers)
             st.flows.update(zip(keys, zip(pair.tolist(), rows["ts_ns"][order][ps].tolist(), closing[gs].tolist(),
                                           strict=True), strict=True))
-            if st.pending:  # a waiting connection: resolved by its first request (the first segment with one)
-                for key, a in zip(keys, a_sorted[np.minimum(firstpos[gs], n - 1)].tolist(), strict=True):
+            if st.pending:
+                for key, a in zip(keys, a_sorted[ps].tolist(), strict=True):
                     pend = st.pending.pop(key, None)
                     if pend is not None:
                         self._resolve(st, pend, api_names[a])
@@ -512,13 +493,6 @@ class UsageProcessor:
                 g = int(ug[gi_])
                 key = int(fs[starts[g]])
                 pend = st.pending.get(key)
-                if hs and seg_cut[g] and st.pending.get(key) is not None:
-                    pend = None  # a new connection: the old one's waiting packets go to the catch-all now
-                    old = st.pending.pop(key)
-                    for w, acc in old.windows.items():
-                        _add_pending(self._rows(st, w, [self._key(st, old.service, old.server)])[1][0], old, acc)
-                if hs and seg_cut[g]:
-                    st.flows.pop(key, None)  # the previous connection's API is not this one's
                 if pend is None and hs and len(st.pending) < MAX_PENDING_FLOWS:
                     r0 = rows_s[us]
                     pend = st.pending[key] = Pending(

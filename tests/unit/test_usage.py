@@ -468,12 +468,17 @@ def test_table_shows_the_busiest_apis() -> None:
     assert row19.split()[:4] == ["api19", "190", "-", "-"]
 
 
+@pytest.mark.xfail(strict=True, reason="known (issue 24): a flow's rows are grouped by 5-tuple alone, so a later "
+                   "connection on a reused port takes the earlier one's request when both share a process() call")
 def test_a_port_reused_by_a_later_connection_counts_under_its_own_api_however_batched() -> None:
     """Two connections on one 5-tuple 17 s apart (POST /v1/orders, then GET /v1/orders/5/items): each
-    one's handshake, request, answer and close count under its own API, whether the two share a
-    process() call, come in two, or the second is cut inside its handshake. (Before, when they shared
-    a batch, the second one's handshake counted under the first one's API: which rows share a batch
-    follows the runner's commit timing, so two runs over the same topic published different counts.)"""
+    one's handshake, request, answer and close should count under its own API, whether the two share
+    a process() call, come in two, or the second is cut inside its handshake. Today, when they share a
+    batch, the second one's handshake counts under the first one's API; which rows share a batch
+    follows the runner's commit timing, so two runs over the same topic can publish different counts.
+    A fix that cut flows into connections at each SYN (7664c7a, reverted) broke a connection seen by
+    two capture points a few ms apart: the cut must tell a reused port from another capture point's
+    SYN (by time since the flow's last request, or by capture point)."""
     syn, ack, psh, fin = 0x02, 0x10, 0x08, 0x01
     t0 = 1_700_000_000_000_000_000 + 5 * 10**9
     client, server = "10.100.0.7", "10.1.0.10"
