@@ -26,7 +26,7 @@ from pktstream.runtime.kafka import ensure_topic
 from pktstream.schemas import headers as H
 from tests.support.apps import key, log_events, read_usage, run_usage, usage_cmd
 from tests.support.helpers import read_messages
-from tests.support.legacy_snapshot import split
+from tests.support.snapshots import Verbatim, split
 from tests.support.traffic import CATALOG, containers, generate
 
 pytestmark = pytest.mark.kafka
@@ -164,22 +164,6 @@ def test_the_last_committed_snapshot_comes_back_whole(kafka_bootstrap: str) -> N
         p.flush(10)
     finally:
         store.close()
-
-
-class Verbatim:
-    """A processor whose state is a snapshot's data as read (to write a snapshot again unchanged)."""
-
-    def new_state(self) -> Any:
-        return {}
-
-    def dump(self, state: Any) -> Any:
-        return state
-
-    def load(self, data: Any) -> Any:
-        return data
-
-    def degrade(self, state: Any) -> dict[str, Any]:
-        return {}
 
 
 def wait_group_empty(bootstrap: str, group: str, timeout_s: float = 60) -> None:

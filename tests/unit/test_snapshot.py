@@ -30,7 +30,7 @@ from pktstream.consumers.engine.snapshot import (
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.schemas import headers as H
 from pktstream.schemas.decode import DecodeError
-from tests.support.legacy_snapshot import split
+from tests.support.snapshots import Verbatim, split
 
 
 def test_round_trip_keeps_values_dtypes_and_shapes() -> None:
@@ -287,24 +287,8 @@ class Sent:
         return [kw["key"] for _t, v, kw in self.calls if v is None]  # type: ignore[misc]
 
 
-class Doc:
-    """A processor whose state is the document it dumps."""
-
-    def new_state(self) -> object:
-        return {}
-
-    def dump(self, state: object) -> object:
-        return state
-
-    def load(self, data: object) -> object:
-        return data
-
-    def degrade(self, state: object) -> dict[str, object]:
-        return {}
-
-
 def fake_store(part_bytes: int) -> tuple[StateStore, Sent]:
-    store = StateStore({"bootstrap.servers": "127.0.0.1:9"}, "t", "t.state", Doc(), part_bytes)
+    store = StateStore({"bootstrap.servers": "127.0.0.1:9"}, "t", "t.state", Verbatim(), part_bytes)
     store.loader.close()  # (never reads: no broker here)
     return store, Sent()
 

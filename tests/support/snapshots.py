@@ -1,11 +1,13 @@
-"""State snapshots as the builds of 2026-12-06 wrote them (in parts, each a message keyed ``q`` or
-``q.i`` with the header ``pktstream.snapshot.part`` = ``GENERATION/i/PARTS``): what the reader of
-today's builds must still restore."""
+"""State snapshots in tests: as the builds of 2026-12-06 wrote them (``split``: in parts, each a
+message keyed ``q`` or ``q.i`` with the header ``pktstream.snapshot.part`` = ``GENERATION/i/PARTS``,
+what the reader of today's builds must still restore), and a processor whose state is the data it
+dumps (``Verbatim``)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from pktstream.consumers.engine.snapshot import MAX_PARTS, Packed
 
@@ -20,3 +22,19 @@ def split(value: bytes | Packed, part_bytes: int) -> Iterator[tuple[bytes, bytes
     data = b"".join(pk.buffers)
     for i in range(n):
         yield data[i * part_bytes : (i + 1) * part_bytes], f"{gen}/{i}/{n}".encode()
+
+
+class Verbatim:
+    """A processor whose state is a snapshot's data as read (to write a snapshot again unchanged)."""
+
+    def new_state(self) -> Any:
+        return {}
+
+    def dump(self, state: Any) -> Any:
+        return state
+
+    def load(self, data: Any) -> Any:
+        return data
+
+    def degrade(self, state: Any) -> dict[str, Any]:
+        return {}
