@@ -256,8 +256,9 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
     ``answers``: packets of both directions become rows of their conversation, each oriented
     client -> server (source and destination swapped for the server's packets, which have
     ``answer`` set; see answers_of), so that both directions share one flow hash; runs fold
-    one direction's packets. ``egress``: a host's egress records are rows too, as they are
-    (``direction`` 1). With neither, a host's egress records are left out."""
+    one direction's packets, a SYN or SYN-ACK starts a run (a reused port's next connection), and
+    the rows are in capture order of their first packets. ``egress``: a host's egress records are
+    rows too, as they are (``direction`` 1). With neither, a host's egress records are left out."""
     n = batch.n
     c = batch.columns
     strings = StringTable()
@@ -343,6 +344,9 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         if answer is not None:
             a_s = answer[order]
             new[1:] |= a_s[1:] != a_s[:-1]
+            # a SYN or SYN-ACK opens a connection: a port reused by the next one must not fold into the
+            # last one's request or answer
+            new[1:] |= (flags[order][1:] & SYN) != 0
         if keep_apart is not None:
             odd = np.asarray(keep_apart(flags, proto))[order] != 0
             new[1:] |= odd[1:] | odd[:-1]
@@ -356,6 +360,13 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
             big = np.iinfo(np.int64).max
             first_data = np.minimum.reduceat(np.where(data_ts[order] > 0, data_ts[order], big), starts)
             data_ts = np.where(first_data == big, 0, first_data)
+        if answer is not None:
+            # the runs in capture order (of their first packets), both directions interleaved: a
+            # connection's answer run then comes before the next connection's on a reused port
+            back = np.argsort(idx, kind="stable")
+            idx, packets, nbytes, syns, flags_or = idx[back], packets[back], nbytes[back], syns[back], flags_or[back]
+            if data_ts is not None:
+                data_ts = data_ts[back]
     elif data_ts is not None:
         data_ts = data_ts[idx]
     k = len(idx)

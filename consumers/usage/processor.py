@@ -74,11 +74,14 @@ from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
 from pktstream.schemas.columns import Batch
 from pktstream.schemas.decode import addr_text
-from pktstream.schemas.protocols import FIN, PROTO_TCP, PROTO_UDP, RST
+from pktstream.schemas.protocols import FIN, PROTO_TCP, PROTO_UDP, RST, SYN
 
 MINUTE_NS = 60_000_000_000
 HOUR_NS = 3600_000_000_000
 FLOW_IDLE_NS = 600_000_000_000  # a connection without a request for 10 minutes leaves the flow table
+# Two capture points' records of one connection are this close in time (their clocks agree this well),
+# and a client reuses a port no sooner than this after the last connection on it (TIME_WAIT)
+SAME_CONNECTION_NS = 1_000_000_000
 MAX_PENDING_FLOWS = 200_000
 CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find it for 10 s
 RESPONSE_TIMEOUT_S = 30.0  # a request no answer follows within this is unanswered
@@ -269,6 +272,7 @@ class Pending:
     # window start -> [packets, bytes, syns, the server's packets, their bytes]
     windows: dict[int, list[int]] = field(default_factory=dict)
     server: str = ""  # "address:port" of the connection's server
+    since: int = 0  # its first packet's ts (ns): a request seen long before is another connection's
 
 
 @dataclass
@@ -425,80 +429,104 @@ class UsageProcessor:
                 ids[j] = api_id(ref.name)
             row_api[req_idx] = ids[inv.ravel()]
         # 2. other packets -> their connection's API
+        # Each capture point's rows of a flow are a group, in capture order, cut into connections at
+        # the first handshake row (a SYN, a SYN-ACK) after other rows: a port reused by a later
+        # connection. Another point's rows of the same connection, by a clock of its own, are not
+        # cut by it; a connection whose request a point did not see (it sees one direction, or the
+        # request is in another batch) takes the one another point saw of the flow nearest in time.
         fh = _flow_hash(rows)
-        order = flow_order(fh)
-        fs = fh[order] >> np.uint64(20)
-        starts = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
-        gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        point = fh ^ (mix(rows["origin"]) << np.uint64(20))
+        order = flow_order(point)
+        fs = fh[order] >> np.uint64(20)  # the flow: the flow table's and the waiting handshakes' key
+        gk = point[order] >> np.uint64(20)  # the flow at one capture point
+        ts_s = rows["ts_ns"][order]
         a_sorted = row_api[order]
-        pos = np.where(a_sorted >= 0, np.arange(n), -1)
+        is_syn_s = rows["syns"][order] > 0  # a client's SYN
+        handshake = (rows["tcp_flags"][order] & SYN) != 0  # a row that starts at a SYN or SYN-ACK
+        idx = np.arange(n)
+        gstart = np.r_[True, gk[1:] != gk[:-1]]
+        if n > 1:
+            gfirst = np.flatnonzero(gstart)
+            g0 = np.repeat(gfirst, np.diff(np.r_[gfirst, n]))  # each row's group's first row
+            lastother = np.maximum.accumulate(np.where(handshake, -1, idx))
+            cand = np.r_[False, handshake[1:] & (lastother[:-1] >= g0[1:])]
+            prevcand = np.maximum.accumulate(np.where(cand, idx, -1))
+            gstart = gstart | (cand & np.r_[False, lastother[:-1] > prevcand[:-1]])  # (not a retransmitted SYN)
+        starts = np.flatnonzero(gstart)
+        gid = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        pos = np.where(a_sorted >= 0, idx, -1)
         last = np.maximum.accumulate(pos)
         ffill = np.where(last >= starts[gid], a_sorted[np.maximum(last, 0)], -1)
         # per connection (groups are contiguous in sorted order: reduceat over their starts)
         flags_s = rows["flags_or"][order]
-        is_syn_s = rows["syns"][order] > 0
         has_req = np.logical_or.reduceat(a_sorted >= 0, starts)
         big = np.iinfo(np.int64).max
-        firstpos = np.minimum.reduceat(np.where(a_sorted >= 0, np.arange(n), big), starts)
-        # rows before the connection's first request in this batch: the flow table, else that request
+        firstpos = np.minimum.reduceat(np.where(a_sorted >= 0, idx, big), starts)
+        tcp_s = rows["protocol"][order][starts] == PROTO_TCP  # only TCP connections are in the table
+        # opening: a SYN in it, or it starts at a handshake row (a point that sees only the answers)
+        opening = (np.logical_or.reduceat(is_syn_s, starts) | handshake[starts]) & tcp_s
+        # rows before the connection's first request in this batch
         need = np.flatnonzero(ffill < 0)
         if need.size:
-            opened = np.logical_or.reduceat(is_syn_s, starts)  # a SYN: a new connection, whatever the table says
-            groups = np.unique(gid[need])
-            tcp_s = rows["protocol"][order][starts] == PROTO_TCP  # only TCP connections are in the table
-            groups = groups[~opened[groups] & tcp_s[groups]]
-            table_api = np.full(len(starts), -1, dtype=np.int64)
-            for g in groups.tolist():
-                ent = st.flows.get(int(fs[starts[g]]))
-                if ent is not None:
-                    table_api[g] = api_id(st.names.key(ent[0])[0])  # the name; its server is the rows'
-            fill = table_api[gid[need]]
-            nofill = fill < 0
-            hr = has_req[gid[need]]
-            fill = np.where(nofill & hr, a_sorted[np.minimum(firstpos[gid[need]], n - 1)], fill)
-            ffill[need] = fill
+            ng = np.unique(gid[need])
+            # an opening connection's rows: its first request here (the common case, at once)
+            fill = np.where(opening & has_req, a_sorted[np.minimum(firstpos, n - 1)], -1)
+            rest_g = ng[fill[ng] < 0]
+            if rest_g.size:
+                org_s = rows["origin"][order]
+                self._fill_apart(st, rest_g, fill, starts, fs, gk, ts_s, a_sorted, has_req, firstpos, opening,
+                                 tcp_s, api_id, lambda i: f.text(int(org_s[i])))
+            ffill[need] = fill[gid[need]]
         row_api_sorted = ffill
-        # 3. the flow table learns each connection's latest request (and whether it is closing)
+        # 3. the flow table learns each connection's latest request (and whether it is closing), the
+        # latest in time last; a waiting handshake goes to the flow's first request since it began
         if req_idx.size:
-            lastreq = np.maximum.reduceat(np.where(a_sorted >= 0, np.arange(n), -1), starts)
+            lastreq = np.maximum.reduceat(np.where(a_sorted >= 0, idx, -1), starts)
             closing = np.logical_or.reduceat((flags_s & (FIN | RST)) != 0, starts)
             gs = np.flatnonzero(lastreq >= 0)
+            gs = gs[np.argsort(ts_s[lastreq[gs]], kind="stable")]
             ps = lastreq[gs]
             keys = fs[ps].tolist()
             pair = self._pair_ids(st, a_sorted[ps], srv[order][ps], api_names, servers)
-            st.flows.update(zip(keys, zip(pair.tolist(), rows["ts_ns"][order][ps].tolist(), closing[gs].tolist(),
+            st.flows.update(zip(keys, zip(pair.tolist(), ts_s[ps].tolist(), closing[gs].tolist(),
                                           strict=True), strict=True))
             if st.pending:
-                for key, a in zip(keys, a_sorted[ps].tolist(), strict=True):
-                    pend = st.pending.pop(key, None)
-                    if pend is not None:
-                        self._resolve(st, pend, api_names[a])
+                fp = firstpos[gs]
+                for i in np.argsort(ts_s[fp], kind="stable").tolist():
+                    key = keys[i]
+                    pend = st.pending.get(key)
+                    if pend is not None and int(ts_s[fp[i]]) >= pend.since - SAME_CONNECTION_NS:
+                        del st.pending[key]
+                        self._resolve(st, pend, api_names[int(a_sorted[fp[i]])])
         # 4. packets of connections still without a request: wait (TCP that opened here) or catch-all
         unk = np.flatnonzero(row_api_sorted < 0)
         if unk.size:
             rows_s = take(rows, order[unk])  # the rows concerned, in sorted order: unk indexes them
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
-            syn_u = is_syn_s[unk] & (rows_s["protocol"] == PROTO_TCP)
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
-            has_syn = np.logical_or.reduceat(syn_u, ustart)
-            # candidates to wait: TCP connections opening here, or already waiting
+            has_syn = opening[ug]
+            # candidates to wait: TCP connections opening here, or already waiting since before them
             cand = has_syn.copy()
             if st.pending:
-                waiting_keys = np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending))
-                cand |= np.isin(fs[starts[ug]], waiting_keys)
+                for j, (g, us) in enumerate(zip(ug.tolist(), ustart.tolist(), strict=True)):
+                    if not cand[j]:
+                        cand[j] = self._waits(st, int(fs[starts[g]]), int(ts_s[starts[g]]),
+                                              f.text(int(rows_s["origin"][us])))
             wait_rows: list[npt.NDArray[np.intp]] = []
             for gi_, us, uc, hs in zip(np.flatnonzero(cand).tolist(), ustart[cand].tolist(), ucnt[cand].tolist(),
                                        has_syn[cand].tolist(), strict=True):
                 g = int(ug[gi_])
                 key = int(fs[starts[g]])
                 pend = st.pending.get(key)
+                if pend is not None and int(ts_s[starts[g]]) < pend.since - SAME_CONNECTION_NS:
+                    continue  # an older connection's rows (a point that lags): not the waiting one's
                 if pend is None and hs and len(st.pending) < MAX_PENDING_FLOWS:
                     r0 = rows_s[us]
                     pend = st.pending[key] = Pending(
                         words_bytes(r0["src_addr"]), self._service(st, words_bytes(r0["dst_addr"]), int(r0["dst_port"]),
                                                               int(r0["protocol"])),
-                        server=servers[int(srv[order[unk[us]]])])
+                        server=servers[int(srv[order[unk[us]]])], since=int(ts_s[starts[g]]))
                 if pend is not None:
                     sel = unk[us : us + uc]
                     win_s = win[order][sel]
@@ -710,6 +738,66 @@ class UsageProcessor:
                 tid[j] = i
         return aggs, tid, folded
 
+    def _fill_apart(self, st: UsageState, groups: npt.NDArray[np.int64], fill: npt.NDArray[np.int64],
+                    starts: npt.NDArray[np.intp], fs: npt.NDArray[np.uint64], gk: npt.NDArray[np.uint64],
+                    ts_s: npt.NDArray[np.int64], a_sorted: npt.NDArray[np.int64], has_req: npt.NDArray[np.bool_],
+                    firstpos: npt.NDArray[np.int64], opening: npt.NDArray[np.bool_], tcp_s: npt.NDArray[np.bool_],
+                    api_id: Any, origin: Any) -> None:
+        """fill[g]: the API of the rows before connection g's first request in this batch (its rows
+        in the sorted batch from starts[g]), for the connections the common case does not settle.
+        One that opens here or whose handshake waits (_waits) takes its own first request, else the
+        first request of the same connection opening at another point (within SAME_CONNECTION_NS), else
+        the flow table's request if that was as close in time; else none (it waits). One that began
+        before this batch takes the latest request another point saw of the flow before its first
+        row, else the flow table's, else its own first request here."""
+        want = np.unique(fs[starts[groups]])
+        # the other points' requests of these flows: flow -> [(ts, API, point)] in time order
+        others: dict[int, list[tuple[int, int, int]]] = {}
+        req = np.flatnonzero(a_sorted >= 0)
+        req = req[np.isin(fs[req], want)]
+        for f_, t_, a_, k_ in zip(fs[req].tolist(), ts_s[req].tolist(), a_sorted[req].tolist(), gk[req].tolist(),
+                                  strict=True):
+            others.setdefault(f_, []).append((t_, a_, k_))
+        for v in others.values():
+            v.sort()
+        # the connections of these flows that open here with a request: flow -> [(start, its API, point)]
+        opened: dict[int, list[tuple[int, int, int]]] = {}
+        og = np.flatnonzero(opening & has_req)
+        og = og[np.isin(fs[starts[og]], want)]
+        for g2, a2 in zip(og.tolist(), a_sorted[firstpos[og]].tolist(), strict=True):
+            s2 = int(starts[g2])
+            opened.setdefault(int(fs[s2]), []).append((int(ts_s[s2]), a2, int(gk[s2])))
+        for g in groups.tolist():
+            s0 = int(starts[g])
+            key, t0, own = int(fs[s0]), int(ts_s[s0]), int(gk[s0])
+            a = -1
+            if opening[g] or self._waits(st, key, t0, origin(s0)):
+                if has_req[g]:
+                    a = int(a_sorted[firstpos[g]])
+                else:  # the same connection opening at another point, else one the table saw begin then
+                    a = next((a2 for t2, a2, k2 in opened.get(key, ()) if k2 != own
+                              and abs(t2 - t0) <= SAME_CONNECTION_NS), -1)
+                    ent = st.flows.get(key) if a < 0 else None
+                    if ent is not None and abs(ent[1] - t0) <= SAME_CONNECTION_NS:
+                        a = api_id(st.names.key(ent[0])[0])
+                    # (none: it waits for its request, which this point or another may see later)
+            else:
+                a = next((a2 for t2, a2, k2 in reversed(others.get(key, ())) if k2 != own and t2 <= t0), -1)
+                if a < 0 and tcp_s[g]:
+                    ent = st.flows.get(key)
+                    if ent is not None:
+                        a = api_id(st.names.key(ent[0])[0])  # the name; its server is the rows'
+                if a < 0 and has_req[g]:
+                    a = int(a_sorted[firstpos[g]])
+            fill[g] = a
+
+    @staticmethod
+    def _waits(st: UsageState, key: int, t0: int, origin: str) -> bool:
+        """Whether rows of flow key from this capture point, the first at t0, continue the handshake
+        waiting for its request: this point saw it, and not long after these rows."""
+        pend = st.pending.get(key)
+        return pend is not None and t0 >= pend.since - SAME_CONNECTION_NS and origin in pend.origins
+
     def _resolve(self, st: UsageState, pend: Pending, api: str) -> None:
         key = self._key(st, api, pend.server)
         for w, acc in pend.windows.items():
@@ -873,7 +961,7 @@ class UsageProcessor:
             "flow_table": [np.fromiter(flows.keys(), dtype="<u8", count=len(flows)), vals[:, 0].astype("<i4"),
                            vals[:, 1].astype("<i8"), vals[:, 2].astype("u1")],
             "pending": {str(k): [p.src.hex(), p.service, sorted(p.origins), {str(w): v for w, v in p.windows.items()},
-                                 p.server] for k, p in st.pending.items()},
+                                 p.server, p.since] for k, p in st.pending.items()},
             "apis": {k: [r.host, r.port, r.protocol, r.matched, r.rate_limit_per_min] for k, r in st.apis.items()},
             "late_records": st.late_records, "records": st.records,
             "queue": st.pairing.dump(), "names": st.names.items, "names_free": st.names.free,
@@ -907,7 +995,8 @@ class UsageProcessor:
             closed_until=int(d["closed_until"]),
             flows=flows,
             pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]),
-                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()}, v[4] if len(v) > 4 else "")
+                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()}, v[4] if len(v) > 4 else "",
+                                     int(v[5]) if len(v) > 5 else 0)
                      for k, v in d["pending"].items()},
             apis=apis, late_records=int(d["late_records"]), records=int(d["records"]),
             apis_folded=folded[0], requests_folded=folded[1],

@@ -468,48 +468,129 @@ def test_table_shows_the_busiest_apis() -> None:
     assert row19.split()[:4] == ["api19", "190", "-", "-"]
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 24): a flow's rows are grouped by 5-tuple alone, so a later "
-                   "connection on a reused port takes the earlier one's request when both share a process() call")
+SYN_, ACK_, PSH_, FIN_ = 0x02, 0x10, 0x08, 0x01
+T0 = 1_700_000_000_000_000_000 + 5 * 10**9
+REQ_CREATE = b"POST /v1/orders HTTP/1.1\r\nHost: api.shop.test\r\n\r\n"
+REQ_ITEMS = b"GET /v1/orders/5/items HTTP/1.1\r\nHost: api.shop.test\r\n\r\n"
+Row = tuple[int, int, int, int | None]  # packets, bytes, new connections, response packets
+
+
+def one_conn(t: int, *exchanges: tuple[int, bytes, int], sport: int = 40000,
+             syn_again: bool = False) -> list[dict[str, Any]]:
+    """A connection's packets: handshake, then per (time after t, request, status) the request and its
+    answer 20 ms later, then the client's FIN 100 us after the last answer."""
+    up = {"src": "10.100.0.7", "dst": "10.1.0.10", "sport": sport, "dport": 80}
+    dn = {"src": "10.1.0.10", "dst": "10.100.0.7", "sport": 80, "dport": sport}
+    out = [{"ts": t, "flags": SYN_, "len": 66, **up}]
+    if syn_again:  # a retransmitted SYN
+        out.append({"ts": t + 10_000, "flags": SYN_, "len": 66, **up})
+    out += [{"ts": t + 50_000, "flags": SYN_ | ACK_, "len": 66, **dn},
+            {"ts": t + 100_000, "flags": ACK_, "len": 66, **up}]
+    for dt, req, status in exchanges:
+        answer = f"HTTP/1.1 {status} R\r\nContent-Length: 0\r\n\r\n".encode()
+        out += [{"ts": t + dt, "flags": PSH_ | ACK_, "len": 66 + len(req), "payload": req, **up},
+                {"ts": t + dt + 20_000_000, "flags": PSH_ | ACK_, "len": 90, "payload": answer, **dn}]
+    return [*out, {"ts": out[-1]["ts"] + 100_000, "flags": FIN_ | ACK_, "len": 66, **up}]
+
+
+class Points:
+    """Capture points' feature batches of given packets, and the minute rows of process() calls."""
+
+    def __init__(self) -> None:
+        self.p = UsageProcessor(Catalog.from_data(CATALOG))
+
+    def feats(self, pkts: list[dict[str, Any]], origin: str = "h/eth0", shift: int = 0,
+              keep: str = "both") -> features.Features:
+        """keep: "up" (the client's packets only), "down" (the server's), "both"."""
+        moved = [{**x, "ts": x["ts"] + shift} for x in pkts
+                 if keep == "both" or (x["src"] == "10.100.0.7") == (keep == "up")]
+        return self.p.featurize(read_container(containers(packets_traffic(moved), batch=100)[0]), origin)
+
+    def table(self, calls: list[list[features.Features]]) -> dict[str, Row]:
+        s = self.p.new_state()
+        for fs in calls:
+            self.p.process(s, features.concat(fs))
+        return {r["api"]: (r["packets"], r["bytes"], r["new_connections"], r["response_packets"])
+                for o in self.p.close(s, FOREVER) for r in fastavro.reader(io.BytesIO(o.value)) if r["window_s"] == 60}
+
+
+def twice(t: dict[str, Row]) -> dict[str, Row]:
+    """Two capture points each count what they saw (issue 25 counts a conversation once)."""
+    return {k: (2 * v[0], 2 * v[1], 2 * v[2], None if v[3] is None else 2 * v[3]) for k, v in t.items()}
+
+
 def test_a_port_reused_by_a_later_connection_counts_under_its_own_api_however_batched() -> None:
     """Two connections on one 5-tuple 17 s apart (POST /v1/orders, then GET /v1/orders/5/items): each
-    one's handshake, request, answer and close should count under its own API, whether the two share
-    a process() call, come in two, or the second is cut inside its handshake. Today, when they share a
-    batch, the second one's handshake counts under the first one's API; which rows share a batch
-    follows the runner's commit timing, so two runs over the same topic can publish different counts.
-    A fix that cut flows into connections at each SYN (7664c7a, reverted) broke a connection seen by
-    two capture points a few ms apart: the cut must tell a reused port from another capture point's
-    SYN (by time since the flow's last request, or by capture point)."""
-    syn, ack, psh, fin = 0x02, 0x10, 0x08, 0x01
-    t0 = 1_700_000_000_000_000_000 + 5 * 10**9
-    client, server = "10.100.0.7", "10.1.0.10"
-
-    def conn(t: int, req: bytes, status: int) -> list[dict[str, Any]]:
-        up = {"src": client, "dst": server, "sport": 40000, "dport": 80}
-        dn = {"src": server, "dst": client, "sport": 80, "dport": 40000}
-        answer = f"HTTP/1.1 {status} R\r\nContent-Length: 0\r\n\r\n".encode()
-        return [{"ts": t, "flags": syn, "len": 66, **up}, {"ts": t + 50_000, "flags": syn | ack, "len": 66, **dn},
-                {"ts": t + 100_000, "flags": ack, "len": 66, **up},
-                {"ts": t + 200_000, "flags": psh | ack, "len": 66 + len(req), "payload": req, **up},
-                {"ts": t + 20_000_000, "flags": psh | ack, "len": 90, "payload": answer, **dn},
-                {"ts": t + 20_100_000, "flags": fin | ack, "len": 66, **up}]
-
-    a = conn(t0, b"POST /v1/orders HTTP/1.1\r\nHost: api.shop.test\r\n\r\n", 201)
-    b = conn(t0 + 17 * 10**9, b"GET /v1/orders/5/items HTTP/1.1\r\nHost: api.shop.test\r\n\r\n", 200)
-    p = UsageProcessor(Catalog.from_data(CATALOG))
-
-    def feats(pkts: list[dict[str, Any]]) -> features.Features:
-        return p.featurize(read_container(containers(packets_traffic(pkts), batch=100)[0]), "h/eth0")
-
-    def table(calls: list[list[features.Features]]) -> dict[str, tuple[int, int, int, int]]:
-        s = p.new_state()
-        for fs in calls:
-            p.process(s, features.concat(fs))
-        return {r["api"]: (r["packets"], r["bytes"], r["new_connections"], r["response_packets"])
-                for o in p.close(s, FOREVER) for r in fastavro.reader(io.BytesIO(o.value)) if r["window_s"] == 60}
-
-    fa, fb, fb1, fb2 = feats(a), feats(b), feats(b[:2]), feats(b[2:])
+    one's handshake, request, answer and close count under its own API, whether the two share a
+    process() call or one producer container, come in two, or the second is cut inside its handshake.
+    (Which rows share a batch follows the runner's commit timing: before, two runs over one topic
+    published different counts.)"""
+    pt = Points()
+    a, b = one_conn(T0, (200_000, REQ_CREATE, 201)), one_conn(T0 + 17 * 10**9, (200_000, REQ_ITEMS, 200))
+    fa, fb, fb1, fb2 = pt.feats(a), pt.feats(b), pt.feats(b[:2]), pt.feats(b[2:])
     want = {"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)}
-    assert table([[fa], [fb]]) == want
-    assert table([[fa, fb]]) == want
-    assert table([[fa, fb1], [fb2]]) == want
-    assert table([[fa], [fb1], [fb2]]) == want
+    assert pt.table([[fa], [fb]]) == want
+    assert pt.table([[fa, fb]]) == want
+    assert pt.table([[pt.feats(a + b)]]) == want  # one container: the second SYN must not fold into the first request
+    assert pt.table([[fa, fb1], [fb2]]) == want
+    assert pt.table([[fa], [fb1], [fb2]]) == want
+    assert pt.table([[pt.feats(a[:4])], [pt.feats(a[4:] + b)]]) == want  # the first one's tail with the second's SYN
+    # a retransmitted SYN opens no third connection
+    b2 = one_conn(T0 + 17 * 10**9, (200_000, REQ_ITEMS, 200), syn_again=True)
+    want2 = {**want, "orders.get": (5, 5 * 66 + 56, 2, 2)}
+    assert pt.table([[pt.feats(a + b2)]]) == want2
+    assert pt.table([[pt.feats(a + b2[:5])], [pt.feats(b2[5:])]]) == want2
+
+
+@pytest.mark.parametrize("sport", [40000, 40001, 40002, 40005])
+def test_a_reused_port_seen_by_two_capture_points(sport: int) -> None:
+    """The same two connections seen by the server's host and the client's (whose clock is 3 ms
+    behind), their records batched every way the runner may: each point's records of a connection
+    count under its API, the other point's SYN a few ms later cuts nothing. (The flow's hash, so
+    the order of groups in a batch, changes with the port.)"""
+    pt = Points()
+    a = one_conn(T0, (200_000, REQ_CREATE, 201), sport=sport)
+    b = one_conn(T0 + 17 * 10**9, (200_000, REQ_ITEMS, 200), sport=sport)
+    want = twice({"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)})
+    S, C, sk = "server/eth0", "client/eth0", -3_000_000
+    srv, cli = pt.feats(a + b, S), pt.feats(a + b, C, sk)
+    assert pt.table([[srv, cli]]) == want
+    assert pt.table([[cli, srv]]) == want
+    assert pt.table([[cli], [srv]]) == want
+    s_a, s_b1, s_b2 = pt.feats(a, S), pt.feats(b[:2], S), pt.feats(b[2:], S)
+    c_a, c_b1, c_b2 = pt.feats(a, C, sk), pt.feats(b[:2], C, sk), pt.feats(b[2:], C, sk)
+    assert pt.table([[c_a, s_a, c_b1], [s_b1, c_b2], [s_b2]]) == want
+    assert pt.table([[c_a, c_b1], [s_a, s_b1, c_b2, s_b2]]) == want
+    assert pt.table([[c_a, c_b1], [c_b2, s_a, s_b1, s_b2]]) == want
+    assert pt.table([[c_a, c_b1], [s_a], [s_b1, c_b2, s_b2]]) == want
+
+
+def test_points_that_each_see_one_direction() -> None:
+    """The server's host records the clients' packets, the client's host only the answers (ingress
+    capture on both): the answers count under the API of the request the other point saw, on a reused
+    port too, in one batch or several."""
+    pt = Points()
+    a, b = one_conn(T0, (200_000, REQ_CREATE, 201)), one_conn(T0 + 17 * 10**9, (200_000, REQ_ITEMS, 200))
+    want = {"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)}
+    S, C, sk = "server/eth0", "client/eth0", -3_000_000
+    for calls in ([[pt.feats(a + b, S, keep="up"), pt.feats(a + b, C, sk, keep="down")]],
+                  [[pt.feats(a + b, C, sk, keep="down"), pt.feats(a + b, S, keep="up")]],
+                  [[pt.feats(a, S, keep="up"), pt.feats(a, C, sk, keep="down")],
+                   [pt.feats(b, C, sk, keep="down"), pt.feats(b, S, keep="up")]],
+                  [[pt.feats(a, S, keep="up")], [pt.feats(a, C, sk, keep="down"), pt.feats(b, S, keep="up")],
+                   [pt.feats(b, C, sk, keep="down")]]):
+        assert pt.table(calls) == want
+
+
+def test_a_lagging_point_keeps_a_keep_alive_connections_requests_apart() -> None:
+    """A keep-alive connection (POST, then GET five seconds later) seen whole by the client's host,
+    while the server's host's records come later and cut up: the handshake goes to the first request
+    at both points, each answer to its request."""
+    pt = Points()
+    k = one_conn(T0, (200_000, REQ_CREATE, 201), (5_000_000_000, REQ_ITEMS, 200))
+    one = pt.table([[pt.feats(k, "client/eth0")]])
+    assert one == {"orders.create": (3, 3 * 66 + 49, 1, 2), "orders.get": (2, 66 + 56 + 66, 0, 1)}
+    C, S = "client/eth0", "server/eth0"
+    assert pt.table([[pt.feats(k[:6], C)], [pt.feats(k[:2], S)], [pt.feats(k[6:], C)], [pt.feats(k[2:], S)]]) \
+        == twice(one)
+    assert pt.table([[pt.feats(k, C)], [pt.feats(k[:3], S)], [pt.feats(k[3:], S)]]) == twice(one)
