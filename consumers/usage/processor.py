@@ -469,9 +469,9 @@ class UsageProcessor:
         need = np.flatnonzero(ffill < 0)
         if need.size:
             ng = np.unique(gid[need])
-            # an opening connection's rows: its first request here (the common case, at once)
-            fill = np.where(opening & has_req, a_sorted[np.minimum(firstpos, n - 1)], -1)
-            rest_g = ng[fill[ng] < 0]
+            # an opening connection's rows, and other protocols': the first request here (at once)
+            fill = np.where((opening | ~tcp_s) & has_req, a_sorted[np.minimum(firstpos, n - 1)], -1)
+            rest_g = ng[(fill[ng] < 0) & tcp_s[ng]]
             if rest_g.size:
                 org_s = rows["origin"][order]
                 self._fill_apart(st, rest_g, fill, starts, fs, gk, ts_s, a_sorted, has_req, firstpos, opening,
@@ -744,7 +744,7 @@ class UsageProcessor:
                     firstpos: npt.NDArray[np.int64], opening: npt.NDArray[np.bool_], tcp_s: npt.NDArray[np.bool_],
                     api_id: Any, origin: Any) -> None:
         """fill[g]: the API of the rows before connection g's first request in this batch (its rows
-        in the sorted batch from starts[g]), for the connections the common case does not settle.
+        in the sorted batch from starts[g]), for the TCP connections the common case does not settle.
         One that opens here or whose handshake waits (_waits) takes its own first request, else the
         first request of the same connection opening at another point (within SAME_CONNECTION_NS), else
         the flow table's request if that was as close in time; else none (it waits). One that began
