@@ -95,9 +95,10 @@ def topic_bytes(data_dir: Path | None, topic: str) -> int | None:
 
 
 def command(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int, app_id: str, out_topic: str,
-            extra: list[str] | None = None) -> list[str]:
-    """The consumer's command line, pinned to ``cpu``."""
-    cmd = [PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
+            extra: list[str] | None = None, profile: str | None = None) -> list[str]:
+    """The consumer's command line, pinned to ``cpu`` (under cProfile, writing ``profile``, when given)."""
+    prof = [sys.executable, "-m", "cProfile", "-o", profile] if profile else []
+    cmd = [*prof, PKTSTREAM, app, "--bootstrap-servers", bootstrap, "--topic", topic, "--app-id",
            app_id, "--connections-topic" if app == "activity" else f"--{app}-topic", out_topic,
            "--catalog", str(catalog),
            "--from-beginning", "--until-end", "--output", "none", "--metrics-port", "0", "--log-format", "json",
@@ -106,9 +107,10 @@ def command(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int, app_i
 
 
 def through_kafka(app: str, bootstrap: str, topic: str, catalog: Path, cpu: int,
-                  data_dir: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
+                  data_dir: Path | None = None, extra: list[str] | None = None,
+                  profile: str | None = None) -> dict[str, Any]:
     app_id = f"bench-{app}-{uuid.uuid4().hex[:6]}"
-    cmd = command(app, bootstrap, topic, catalog, cpu, app_id, f"{topic}.{app}", extra)
+    cmd = command(app, bootstrap, topic, catalog, cpu, app_id, f"{topic}.{app}", extra, profile)
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         peak_mb = wait_peak_rss_mb(proc, every_s=0.05)  # the command's own peak (VmHWM)
@@ -198,6 +200,9 @@ def main() -> None:
     ap.add_argument("--restart-check", type=float, default=None, metavar="SECONDS",
                     help="after the measured run, run the app again under another id, SIGKILLed this many seconds "
                          "after a commit, twice, then finished; and compare what the two published")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run the measured consumer under cProfile, its statistics written to FILE (slower: for "
+                         "where the time goes, not for the figures)")
     a = ap.parse_args()
     span_ns = int(a.span_s * 1e9)
     t = generate(a.connections, time.time_ns() - span_ns - 300 * 10**9, span_ns, clients=5000,
@@ -231,7 +236,7 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(CATALOG, f)
         res = through_kafka(a.app, bootstrap, topic, Path(f.name), a.cpu, lk.dir if lk is not None else None,
-                            a.app_arg)
+                            a.app_arg, a.profile)
         packet_bytes = topic_bytes(lk.dir if lk is not None else None, topic)
         restarted = None
         if a.restart_check is not None:
