@@ -344,9 +344,10 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         if answer is not None:
             a_s = answer[order]
             new[1:] |= a_s[1:] != a_s[:-1]
-            # a SYN or SYN-ACK opens a connection: a port reused by the next one must not fold into the
-            # last one's request or answer
-            new[1:] |= (flags[order][1:] & SYN) != 0
+            # a SYN or SYN-ACK after other packets opens a connection: a port reused by the next one must
+            # not fold into the last one's request or answer (repeated SYNs, a flood's, stay one row)
+            hs = (flags[order] & SYN) != 0
+            new[1:] |= hs[1:] & ~hs[:-1]
         if keep_apart is not None:
             odd = np.asarray(keep_apart(flags, proto))[order] != 0
             new[1:] |= odd[1:] | odd[:-1]

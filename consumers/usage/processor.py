@@ -449,7 +449,11 @@ class UsageProcessor:
             gfirst = np.flatnonzero(gstart)
             g0 = np.repeat(gfirst, np.diff(np.r_[gfirst, n]))  # each row's group's first row
             lastother = np.maximum.accumulate(np.where(handshake, -1, idx))
-            cand = np.r_[False, handshake[1:] & (lastother[:-1] >= g0[1:])]
+            # a connection opens at the client's SYN; at a point that sees no SYN of the flow (only the
+            # answers), at the SYN-ACK (elsewhere a SYN-ACK after the request is a late or repeated one)
+            no_syn = np.logical_or.reduceat(is_syn_s, gfirst) == 0
+            opens = is_syn_s | (handshake & np.repeat(no_syn, np.diff(np.r_[gfirst, n])))
+            cand = np.r_[False, opens[1:] & (lastother[:-1] >= g0[1:])]
             prevcand = np.maximum.accumulate(np.where(cand, idx, -1))
             gstart = gstart | (cand & np.r_[False, lastother[:-1] > prevcand[:-1]])  # (not a retransmitted SYN)
         starts = np.flatnonzero(gstart)
@@ -475,7 +479,7 @@ class UsageProcessor:
             if rest_g.size:
                 org_s = rows["origin"][order]
                 self._fill_apart(st, rest_g, fill, starts, fs, gk, ts_s, a_sorted, has_req, firstpos, opening,
-                                 tcp_s, api_id, lambda i: f.text(int(org_s[i])))
+                                 np.logical_or.reduceat(is_syn_s, starts), api_id, lambda i: f.text(int(org_s[i])))
             ffill[need] = fill[gid[need]]
         row_api_sorted = ffill
         # 3. the flow table learns each connection's latest request (and whether it is closing), the
@@ -505,14 +509,17 @@ class UsageProcessor:
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
-            has_syn = opening[ug]
-            # candidates to wait: TCP connections opening here, or already waiting since before them
+            # candidates to wait: TCP connections whose client's SYN is here (not a point that sees
+            # only the answers: no request will come to it), or already waiting since before them
+            has_syn = np.logical_or.reduceat(is_syn_s[unk] & (rows_s["protocol"] == PROTO_TCP), ustart)
             cand = has_syn.copy()
             if st.pending:
-                for j, (g, us) in enumerate(zip(ug.tolist(), ustart.tolist(), strict=True)):
-                    if not cand[j]:
-                        cand[j] = self._waits(st, int(fs[starts[g]]), int(ts_s[starts[g]]),
-                                              f.text(int(rows_s["origin"][us])))
+                waiting_keys = np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending))
+                for j in np.flatnonzero(~cand & np.isin(fs[starts[ug]], waiting_keys)).tolist():
+                    g = int(ug[j])
+                    cand[j] = self._waits(st, int(fs[starts[g]]), int(ts_s[starts[g]]),
+                                          f.text(int(rows_s["origin"][ustart[j]])))
+            win_o = win[order]
             wait_rows: list[npt.NDArray[np.intp]] = []
             for gi_, us, uc, hs in zip(np.flatnonzero(cand).tolist(), ustart[cand].tolist(), ucnt[cand].tolist(),
                                        has_syn[cand].tolist(), strict=True):
@@ -529,7 +536,7 @@ class UsageProcessor:
                         server=servers[int(srv[order[unk[us]]])], since=int(ts_s[starts[g]]))
                 if pend is not None:
                     sel = unk[us : us + uc]
-                    win_s = win[order][sel]
+                    win_s = win_o[sel]
                     for i, w in zip(pos_of[sel].tolist(), win_s.tolist(), strict=True):
                         acc = pend.windows.setdefault(int(w), [0, 0, 0, 0, 0])
                         if rows_s["answer"][i]:
@@ -741,7 +748,7 @@ class UsageProcessor:
     def _fill_apart(self, st: UsageState, groups: npt.NDArray[np.int64], fill: npt.NDArray[np.int64],
                     starts: npt.NDArray[np.intp], fs: npt.NDArray[np.uint64], gk: npt.NDArray[np.uint64],
                     ts_s: npt.NDArray[np.int64], a_sorted: npt.NDArray[np.int64], has_req: npt.NDArray[np.bool_],
-                    firstpos: npt.NDArray[np.int64], opening: npt.NDArray[np.bool_], tcp_s: npt.NDArray[np.bool_],
+                    firstpos: npt.NDArray[np.int64], opening: npt.NDArray[np.bool_], syn: npt.NDArray[np.bool_],
                     api_id: Any, origin: Any) -> None:
         """fill[g]: the API of the rows before connection g's first request in this batch (its rows
         in the sorted batch from starts[g]), for the TCP connections the common case does not settle.
@@ -778,12 +785,14 @@ class UsageProcessor:
                     a = next((a2 for t2, a2, k2 in opened.get(key, ()) if k2 != own
                               and abs(t2 - t0) <= SAME_CONNECTION_NS), -1)
                     ent = st.flows.get(key) if a < 0 else None
-                    if ent is not None and abs(ent[1] - t0) <= SAME_CONNECTION_NS:
+                    # (a closed connection's is not that of one whose client's SYN this point saw: a
+                    # port reused within the second)
+                    if ent is not None and abs(ent[1] - t0) <= SAME_CONNECTION_NS and not (ent[2] and syn[g]):
                         a = api_id(st.names.key(ent[0])[0])
                     # (none: it waits for its request, which this point or another may see later)
             else:
                 a = next((a2 for t2, a2, k2 in reversed(others.get(key, ())) if k2 != own and t2 <= t0), -1)
-                if a < 0 and tcp_s[g]:
+                if a < 0:
                     ent = st.flows.get(key)
                     if ent is not None:
                         a = api_id(st.names.key(ent[0])[0])  # the name; its server is the rows'
@@ -847,14 +856,16 @@ class UsageProcessor:
         limit = FOREVER if final else watermark_ns - self.grace_ns
         self._add_paired(st, st.pairing.expire(limit))  # before the windows they count in close
         closing = sorted(w for w in st.windows if w + MINUTE_NS <= limit)
-        if closing:
-            # waiting connections' packets of those windows go to the server's catch-all
+        if closing or final:
+            # waiting connections' packets of those windows go to the server's catch-all (and of the
+            # windows that hold nothing else: a flood's; at the end, or with the next window that closes)
             for key, pend in list(st.pending.items()):
                 for w in [w for w in pend.windows if w + MINUTE_NS <= limit]:
                     _add_pending(self._rows(st, w, [self._key(st, pend.service, pend.server)])[1][0], pend,
                                  pend.windows.pop(w))
                 if not pend.windows:
                     del st.pending[key]
+            closing = sorted(w for w in st.windows if w + MINUTE_NS <= limit)
         for w in closing:
             rows = st.windows.pop(w)
             st.caps.pop(w, None)
