@@ -856,9 +856,9 @@ class UsageProcessor:
         limit = FOREVER if final else watermark_ns - self.grace_ns
         self._add_paired(st, st.pairing.expire(limit))  # before the windows they count in close
         closing = sorted(w for w in st.windows if w + MINUTE_NS <= limit)
-        if closing or final:
-            # waiting connections' packets of those windows go to the server's catch-all (and of the
-            # windows that hold nothing else: a flood's; at the end, or with the next window that closes)
+        if closing or final or (st.pending and limit - limit % MINUTE_NS > st.closed_until):
+            # waiting connections' packets of the windows that close go to the server's catch-all (also
+            # of windows that hold nothing else, a flood's: whenever a minute closes)
             for key, pend in list(st.pending.items()):
                 for w in [w for w in pend.windows if w + MINUTE_NS <= limit]:
                     _add_pending(self._rows(st, w, [self._key(st, pend.service, pend.server)])[1][0], pend,

@@ -630,3 +630,26 @@ def test_repeated_handshakes_floods_and_answer_only_points_stay_cheap_and_in_pla
     pt.p.process(s, f)
     assert len(s.pending) == 1
     assert pt.table([[f]]) == {"10.1.0.10:80/tcp": (6000, 6000 * 60, 3000, 3000)}
+
+
+def test_a_window_that_only_waiting_connections_fill_is_published_once_when_its_minute_closes() -> None:
+    """A SYN flood on one 5-tuple (nothing else in its minute, every connection waiting for a request)
+    is published when the watermark passes its minute, once, and rolled up into its hour."""
+    pt = Points()
+    up = {"src": "10.100.0.7", "dst": "10.1.0.10", "sport": 40000, "dport": 80}
+
+    def flood(t: int) -> list[dict[str, Any]]:
+        return [x for i in range(30) for x in ({"ts": t + i * 1_000_000, "flags": SYN_, "len": 60, **up},
+                                                {"ts": t + i * 1_000_000 + 100_000, "flags": 0x04, "len": 60, **up})]
+
+    def rows(outs: list[Output]) -> list[tuple[int, str, int]]:
+        return [(r["window_s"], r["api"], r["packets"]) for o in outs for r in fastavro.reader(io.BytesIO(o.value))]
+
+    s = pt.p.new_state()
+    pt.p.process(s, pt.feats(flood(T0)))
+    assert rows(pt.p.close(s, T0 + 30 * 10**9)) == []  # its minute is open
+    assert rows(pt.p.close(s, T0 + 75 * 10**9)) == [(60, "10.1.0.10:80/tcp", 60)]
+    assert rows(pt.p.close(s, T0 + 140 * 10**9)) == []
+    pt.p.process(s, pt.feats(flood(T0 + 130 * 10**9)))
+    assert rows(pt.p.close(s, FOREVER)) == [(60, "10.1.0.10:80/tcp", 60), (3600, "10.1.0.10:80/tcp", 120)]
+    assert not s.pending
