@@ -509,45 +509,52 @@ class UsageProcessor:
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
-            # candidates to wait: TCP connections whose client's SYN is here (not a point that sees
-            # only the answers: no request will come to it), or already waiting since before them
+            # to wait: TCP connections whose client's SYN is here (not those of a point that sees only
+            # the answers: no request will come to it), then rows of connections already waiting
             has_syn = np.logical_or.reduceat(is_syn_s[unk] & (rows_s["protocol"] == PROTO_TCP), ustart)
-            cand = has_syn.copy()
-            if st.pending:
-                waiting_keys = np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending))
-                for j in np.flatnonzero(~cand & np.isin(fs[starts[ug]], waiting_keys)).tolist():
-                    g = int(ug[j])
-                    cand[j] = self._waits(st, int(fs[starts[g]]), int(ts_s[starts[g]]),
-                                          f.text(int(rows_s["origin"][ustart[j]])))
             win_o = win[order]
             wait_rows: list[npt.NDArray[np.intp]] = []
-            for gi_, us, uc, hs in zip(np.flatnonzero(cand).tolist(), ustart[cand].tolist(), ucnt[cand].tolist(),
-                                       has_syn[cand].tolist(), strict=True):
-                g = int(ug[gi_])
+
+            def wait(j: int, hs: bool) -> None:
+                g, us, uc = int(ug[j]), int(ustart[j]), int(ucnt[j])
                 key = int(fs[starts[g]])
                 pend = st.pending.get(key)
                 if pend is not None and int(ts_s[starts[g]]) < pend.since - SAME_CONNECTION_NS:
-                    continue  # an older connection's rows (a point that lags): not the waiting one's
+                    return  # an older connection's rows (a point that lags): not the waiting one's
                 if pend is None and hs and len(st.pending) < MAX_PENDING_FLOWS:
                     r0 = rows_s[us]
                     pend = st.pending[key] = Pending(
                         words_bytes(r0["src_addr"]), self._service(st, words_bytes(r0["dst_addr"]), int(r0["dst_port"]),
                                                               int(r0["protocol"])),
                         server=servers[int(srv[order[unk[us]]])], since=int(ts_s[starts[g]]))
-                if pend is not None:
-                    sel = unk[us : us + uc]
-                    win_s = win_o[sel]
-                    for i, w in zip(pos_of[sel].tolist(), win_s.tolist(), strict=True):
-                        acc = pend.windows.setdefault(int(w), [0, 0, 0, 0, 0])
-                        if rows_s["answer"][i]:
-                            acc[3] += int(rows_s["packets"][i])
-                            acc[4] += int(rows_s["nbytes"][i])
-                        else:
-                            acc[0] += int(rows_s["packets"][i])
-                            acc[1] += int(rows_s["nbytes"][i])
-                            acc[2] += int(rows_s["syns"][i])
-                        pend.origins.add(f.text(int(rows_s["origin"][i])))
-                    wait_rows.append(sel)
+                if pend is None:
+                    return
+                sel = unk[us : us + uc]
+                for i, w in zip(pos_of[sel].tolist(), win_o[sel].tolist(), strict=True):
+                    acc = pend.windows.setdefault(int(w), [0, 0, 0, 0, 0])
+                    if rows_s["answer"][i]:
+                        acc[3] += int(rows_s["packets"][i])
+                        acc[4] += int(rows_s["nbytes"][i])
+                    else:
+                        acc[0] += int(rows_s["packets"][i])
+                        acc[1] += int(rows_s["nbytes"][i])
+                        acc[2] += int(rows_s["syns"][i])
+                    pend.origins.add(f.text(int(rows_s["origin"][i])))
+                wait_rows.append(sel)
+
+            for j in np.flatnonzero(has_syn).tolist():
+                wait(j, True)
+            if st.pending:
+                waiting_keys = np.fromiter(st.pending.keys(), dtype=np.uint64, count=len(st.pending))
+                for j in np.flatnonzero(~has_syn & np.isin(fs[starts[ug]], waiting_keys)).tolist():
+                    g = int(ug[j])
+                    key, t0 = int(fs[starts[g]]), int(ts_s[starts[g]])
+                    if opening[g]:  # a handshake from the answers' side: the waiting one's, if as recent
+                        joins = t0 >= st.pending[key].since - SAME_CONNECTION_NS
+                    else:
+                        joins = self._waits(st, key, t0, f.text(int(rows_s["origin"][ustart[j]])))
+                    if joins:
+                        wait(j, False)
             if wait_rows:
                 row_api_sorted[np.concatenate(wait_rows)] = -2  # waiting in the flow table
             rest = np.flatnonzero(row_api_sorted == -1)
@@ -784,6 +791,10 @@ class UsageProcessor:
                 else:  # the same connection opening at another point, else one the table saw begin then
                     a = next((a2 for t2, a2, k2 in opened.get(key, ()) if k2 != own
                               and abs(t2 - t0) <= SAME_CONNECTION_NS), -1)
+                    pend = st.pending.get(key)
+                    if a < 0 and pend is not None:  # the request that ends the wait here (step 3)
+                        a = next((a2 for t2, a2, k2 in others.get(key, ())
+                                  if k2 != own and t2 >= pend.since - SAME_CONNECTION_NS), -1)
                     ent = st.flows.get(key) if a < 0 else None
                     # (a closed connection's is not that of one whose client's SYN this point saw: a
                     # port reused within the second)

@@ -653,3 +653,18 @@ def test_a_window_that_only_waiting_connections_fill_is_published_once_when_its_
     pt.p.process(s, pt.feats(flood(T0 + 130 * 10**9)))
     assert rows(pt.p.close(s, FOREVER)) == [(60, "10.1.0.10:80/tcp", 60), (3600, "10.1.0.10:80/tcp", 120)]
     assert not s.pending
+
+
+def test_an_answers_only_point_joins_a_handshake_that_waits_for_its_request() -> None:
+    """One point sees a connection both ways, another only its answers; the first point's handshake
+    and request come in different batches: the second point's SYN-ACK waits with the handshake and
+    counts under the request, in every batching."""
+    pt = Points()
+    a = one_conn(T0, (200_000, REQ_CREATE, 201))
+    dn = [x for x in a if x["src"] == "10.1.0.10"]
+    P1, P2 = "h1/eth0", "h2/eth0"
+    want = {"orders.create": (4, 4 * 66 + 49, 1, 4)}
+    assert pt.table([[pt.feats(a, P1), pt.feats(dn, P2)]]) == want
+    assert pt.table([[pt.feats(a[:3], P1), pt.feats(dn[:1], P2)], [pt.feats(a[3:], P1), pt.feats(dn[1:], P2)]]) == want
+    assert pt.table([[pt.feats(a[:3], P1)], [pt.feats(dn[:1], P2)], [pt.feats(a[3:], P1), pt.feats(dn[1:], P2)]]) \
+        == want
