@@ -430,10 +430,10 @@ class UsageProcessor:
             row_api[req_idx] = ids[inv.ravel()]
         # 2. other packets -> their connection's API
         # Each capture point's rows of a flow are a group, in capture order, cut into connections at
-        # the first handshake row (a SYN, a SYN-ACK) after other rows: a port reused by a later
-        # connection. Another point's rows of the same connection, by a clock of its own, are not
-        # cut by it; a connection whose request a point did not see (it sees one direction, or the
-        # request is in another batch) takes the one another point saw of the flow nearest in time.
+        # the client's first SYN after other rows (at a point that sees only the answers, the SYN-ACK):
+        # a port reused by a later connection. Another point's rows of the same connection, by a clock
+        # of its own, are not cut by it; a connection whose request a point did not see (it sees one
+        # direction, or the request is in another batch) takes the one another point saw (_fill_apart).
         fh = _flow_hash(rows)
         point = fh ^ (mix(rows["origin"]) << np.uint64(20))
         order = flow_order(point)
@@ -761,7 +761,9 @@ class UsageProcessor:
         in the sorted batch from starts[g]), for the TCP connections the common case does not settle.
         One that opens here or whose handshake waits (_waits) takes its own first request, else the
         first request of the same connection opening at another point (within SAME_CONNECTION_NS), else
-        the flow table's request if that was as close in time; else none (it waits). One that began
+        the other point's request that ends the wait, else the flow table's request if that was as
+        close in time (and not a closed connection's, when this point saw the client's SYN); else none
+        (it waits). One that began
         before this batch takes the latest request another point saw of the flow before its first
         row, else the flow table's, else its own first request here."""
         want = np.unique(fs[starts[groups]])
