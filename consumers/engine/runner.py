@@ -87,7 +87,7 @@ from pktstream.consumers.engine.topics import (
 from pktstream.consumers.engine.transactions import Transactions
 from pktstream.consumers.engine.wirein import WireReader
 from pktstream.runtime.errors import ConfigError, PktstreamError
-from pktstream.runtime.kafka import retrying
+from pktstream.runtime.kafka import retrying, transient
 from pktstream.schemas import headers as H
 from pktstream.schemas import wire
 from pktstream.schemas.columns import Batch, read_container
@@ -328,7 +328,18 @@ class StreamRunner:
     def _start_offset(self, tp: TopicPartition) -> int:
         assert self.consumer is not None
         consumer = self.consumer
-        lo, hi = retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks")
+        try:
+            lo, hi = retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks",
+                              timeout_s=30)
+        except KafkaException as e:
+            if not transient(e.args[0] if e.args else None):
+                raise
+            # a client whose metadata kept a broker that left the cluster may never find the partition
+            # again (librdkafka#5511, as the store's reader): a new client asks afresh
+            log.warning("watermarks_asked_afresh", topic=tp.topic, partition=tp.partition, error=str(e))
+            self.store.renew()
+            loader = self.store.loader
+            lo, hi = retrying(lambda: loader.get_watermark_offsets(tp, timeout=10, cached=False), "watermarks")
         if self.cfg.start == "beginning":
             return int(lo)
         if self.cfg.start == "time" and self.cfg.since_ms is not None:
