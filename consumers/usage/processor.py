@@ -467,8 +467,9 @@ class UsageProcessor:
         big = np.iinfo(np.int64).max
         firstpos = np.minimum.reduceat(np.where(a_sorted >= 0, idx, big), starts)
         tcp_s = rows["protocol"][order][starts] == PROTO_TCP  # only TCP connections are in the table
+        syn_g = np.logical_or.reduceat(is_syn_s, starts)  # the client's SYN is in it
         # opening: a SYN in it, or it starts at a handshake row (a point that sees only the answers)
-        opening = (np.logical_or.reduceat(is_syn_s, starts) | handshake[starts]) & tcp_s
+        opening = (syn_g | handshake[starts]) & tcp_s
         # rows before the connection's first request in this batch
         need = np.flatnonzero(ffill < 0)
         if need.size:
@@ -479,7 +480,7 @@ class UsageProcessor:
             if rest_g.size:
                 org_s = rows["origin"][order]
                 self._fill_apart(st, rest_g, fill, starts, fs, gk, ts_s, a_sorted, has_req, firstpos, opening,
-                                 np.logical_or.reduceat(is_syn_s, starts), api_id, lambda i: f.text(int(org_s[i])))
+                                 syn_g, api_id, lambda i: f.text(int(org_s[i])))
             ffill[need] = fill[gid[need]]
         row_api_sorted = ffill
         # 3. the flow table learns each connection's latest request (and whether it is closing), the
