@@ -176,29 +176,91 @@ class Clients:
         return cls(addr, cnt, int(d[2]) if len(d) > 2 else 0)
 
 
-def _add_pending(a: Agg, pend: Pending, acc: list[int]) -> None:
-    """A waiting connection's packets of one window ([packets, bytes, syns, the server's packets,
-    their bytes]) added to an API's window."""
-    p, b, s = acc[0], acc[1], acc[2]
-    a.packets += p
-    a.nbytes += b
-    a.syns += s
-    a.seen_by |= pend.origins
-    if p or b:
-        a.clients.add(*_one_client(pend.src, p, b))
-    if len(acc) > 3 and acc[3]:
-        a.answered = True
-        a.rpackets += acc[3]
-        a.rbytes += acc[4]
+def _add_pending(a: Agg, pend: Pending, accs: dict[str, list[int]]) -> None:
+    """A waiting connection's packets of one window, per capture point ([packets, bytes, syns, the
+    server's packets, their bytes, the point's request and answer ranks]), added to an API's window."""
+    for origin, acc in accs.items():
+        sub = a.sub(origin)
+        p, b, s = acc[0], acc[1], acc[2]
+        sub.packets += p
+        sub.nbytes += b
+        sub.syns += s
+        sub.req_rank = max(sub.req_rank, acc[5])
+        sub.ans_rank = max(sub.ans_rank, acc[6])
+        if p or b:
+            sub.clients.add(*_one_client(pend.src, p, b))
+        if acc[3]:
+            sub.answered = True
+            sub.rpackets += acc[3]
+            sub.rbytes += acc[4]
+        if acc[3] and sub.blind():
+            sub.cover.add(_hashed(addr_hash(_one_client(pend.src, 0, 0)[0])), np.array([[0, acc[3], acc[4]]], np.int64))
+
+
+def _tables(a: Agg) -> list[Clients]:
+    """A row's client tables: its own and, while its minute is open, its capture points'."""
+    return [a.clients, a.cover, *(c for p in a.points.values() for c in (p.clients, p.cover))]
+
+
+def _pending_windows(d: dict[str, Any], origins: list[str]) -> dict[int, dict[str, list[int]]]:
+    """A waiting connection's windows from a snapshot; one written before they were kept per capture
+    point gives each window's figures to the first point that saw the connection."""
+    out: dict[int, dict[str, list[int]]] = {}
+    for w, x in d.items():
+        if isinstance(x, dict):
+            out[int(w)] = {str(o): _acc(acc) for o, acc in x.items()}
+        else:
+            out[int(w)] = {str(min(origins)) if origins else "": _acc(x)}
+    return out
+
+
+def _acc(x: list[Any]) -> list[int]:
+    v = [int(y) for y in x][:7]
+    return v + [0, 0, 0, 0, 0, -1, -1][len(v):]
 
 
 def _one_client(src: bytes, packets: int, nbytes: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     return (np.frombuffer(src, dtype="<u8").reshape(1, 2).copy(), np.array([[0, packets, nbytes]], dtype=np.int64))
 
 
+def _addrs(c: Clients) -> npt.NDArray[np.uint64]:
+    """A client table's addresses as one 64-bit hash each (features.addr_hash)."""
+    c.reduce()
+    return addr_hash(c.addr) if len(c.addr) else np.zeros(0, np.uint64)
+
+
+def _covered(c: Clients) -> npt.NDArray[np.uint64]:
+    """A cover table's clients (their address hashes, in its first column)."""
+    c.reduce()
+    return np.ascontiguousarray(c.addr[:, 0])
+
+
+def _hashed(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Address hashes as a cover table's address column."""
+    return np.stack([h, np.zeros(len(h), np.uint64)], axis=1)
+
+
+def rank_of(ttl: npt.NDArray[np.uint8], direction: npt.NDArray[np.uint8],
+            answer: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """How near the server each row's capture point is (higher: nearer), from the packet's TTL and
+    whether it was captured arriving or leaving. A request's hops from the client are its sender's
+    initial TTL (64, 128 or 255, the next at or above) minus its TTL, and at equal hops its arrival is
+    nearer the server than its departure (the next host's ingress follows the last one's egress);
+    an answer's hops from the server count down the same way, its departure nearer the server."""
+    t = ttl.astype(np.int64)
+    hops = np.where(t <= 64, 64, np.where(t <= 128, 128, 255)) - t
+    received = direction == 0
+    out: npt.NDArray[np.int64] = np.where(answer, 2 * (255 - hops) + ~received, 2 * hops + received).astype(np.int64)
+    return out
+
+
 @dataclass
 class Agg:
-    """One API in one window."""
+    """One API in one window. While the minute is open its figures are kept per capture point
+    (``points``) and ``resolve`` counts each conversation once when it closes: what the point
+    nearest the server saw, plus what only points farther away saw (their clients the nearer ones
+    did not see), for the client's side (requests, packets, bytes, clients) and the server's
+    (answers, status codes, latency) apart."""
 
     requests: int = 0
     partial: int = 0
@@ -218,8 +280,44 @@ class Agg:
     codes: dict[int, int] = field(default_factory=dict)  # status code -> responses (0: unreadable)
     hist: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(NBUCKETS, np.int64))
     latency_sum_us: int = 0
+    # an open minute's figures per capture point ("host/interface" -> its own Agg), resolved at close
+    points: dict[str, Agg] = field(default_factory=dict)
+    # a capture point's own Agg: how near the server it saw the requests and the answers (rank_of;
+    # -1: none), and, while it has seen none of the clients' packets (blind), the clients whose answers
+    # or unanswered requests it saw, by their address' hash ([hash, 0] as the address)
+    req_rank: int = -1
+    ans_rank: int = -1
+    cover: Clients = field(default_factory=Clients)
+    overlaps: int = 0  # capture points whose clients nearer points saw only in part (figures approximated)
+
+    def blind(self) -> bool:
+        """A capture point's figures without any client's packets (so far): its answers' clients are
+        kept apart (``cover``), its clients say which conversations it holds otherwise."""
+        return not self.clients.parts and not len(self.clients.addr)
+
+    def sub(self, origin: str) -> Agg:
+        a = self.points.get(origin)
+        if a is None:
+            a = self.points[origin] = Agg()
+            a.seen_by.add(origin)
+        return a
 
     def merge(self, o: Agg) -> None:
+        self._merge_figures(o)
+        for origin, sub in o.points.items():
+            self.sub(origin).merge(sub)
+        self.req_rank = max(self.req_rank, o.req_rank)
+        self.ans_rank = max(self.ans_rank, o.ans_rank)
+        if len(o.cover.addr) or o.cover.parts:
+            self.cover.extend(o.cover)
+        self.overlaps += o.overlaps
+
+    def _merge_figures(self, o: Agg) -> None:
+        self._merge_requests(o)
+        self.seen_by |= o.seen_by
+        self._merge_answers(o)
+
+    def _merge_requests(self, o: Agg) -> None:
         self.requests += o.requests
         self.partial += o.partial
         self.packets += o.packets
@@ -229,7 +327,8 @@ class Agg:
         for k, v in o.methods.items():
             self.methods[k] = self.methods.get(k, 0) + v
         self.clients.extend(o.clients)
-        self.seen_by |= o.seen_by
+
+    def _merge_answers(self, o: Agg) -> None:
         self.answered |= o.answered
         self.rpackets += o.rpackets
         self.rbytes += o.rbytes
@@ -240,17 +339,80 @@ class Agg:
         self.hist = self.hist + o.hist
         self.latency_sum_us += o.latency_sum_us
 
+    def resolve(self) -> None:
+        """The capture points' figures counted once each (see the class): nearest the server first;
+        a farther point adds what it saw of clients no nearer point saw, all of it when none of its
+        clients was seen nearer, nothing when all were, and only its per-client counters (requests,
+        packets, bytes) when some were (``overlaps``; of the server's side nothing then)."""
+        points, self.points = self.points, {}
+        if not points:
+            return
+        for sub in points.values():
+            self.seen_by |= sub.seen_by
+        if len(points) == 1:
+            (only,) = points.values()
+            self._merge_figures(only)
+            return
+        # the client's side
+        seen: list[npt.NDArray[Any]] = []
+        for _origin, sub in sorted(points.items(), key=lambda kv: (-kv[1].req_rank, kv[0])):
+            if not (sub.requests or sub.packets or sub.syns or len(sub.clients)):
+                continue
+            mine = _addrs(sub.clients)
+            new = ~np.isin(mine, np.concatenate(seen)) if seen else np.ones(len(mine), bool)
+            seen.append(mine)
+            if new.all():
+                self._merge_requests(sub)
+            elif new.any():
+                cnt = sub.clients.cnt[new]
+                self.requests += int(cnt[:, 0].sum())
+                self.packets += int(cnt[:, 1].sum())
+                self.nbytes += int(cnt[:, 2].sum())
+                self.sampled |= sub.sampled
+                self.clients.add(sub.clients.addr[new], cnt)
+                self.overlaps += 1
+        # the server's side: the clients whose answers each point saw
+        seen = []
+        for _origin, sub in sorted(points.items(), key=lambda kv: (-kv[1].ans_rank, kv[0])):
+            if not sub.answered:
+                continue
+            mine = np.concatenate([_covered(sub.cover), _addrs(sub.clients)])
+            new = ~np.isin(mine, np.concatenate(seen)) if seen else np.ones(len(mine), bool)
+            seen.append(mine)
+            if new.all():
+                self._merge_answers(sub)
+            elif new.any():
+                self.overlaps += 1
+
+    def _empty(self) -> bool:
+        return not (self.requests or self.partial or self.packets or self.nbytes or self.syns or self.sampled
+                    or self.methods or len(self.clients) or self.answered or self.overlaps or len(self.cover))
+
     def dump(self) -> list[Any]:
-        return [self.requests, self.partial, self.packets, self.nbytes, self.syns, self.sampled, self.methods,
-                self.clients.dump(), sorted(self.seen_by),
-                [self.answered, self.rpackets, self.rbytes, self.responses, self.unanswered,
-                 {str(k): v for k, v in self.codes.items()}, self.hist.tolist(), self.latency_sum_us]]
+        if self.points and self._empty():  # an open minute's row: its capture points' figures only
+            return [{k: v.dump() for k, v in self.points.items()}]
+        out: list[Any] = [
+            self.requests, self.partial, self.packets, self.nbytes, self.syns, self.sampled, self.methods,
+            self.clients.dump(), sorted(self.seen_by),
+            [self.answered, self.rpackets, self.rbytes, self.responses, self.unanswered,
+             {str(k): v for k, v in self.codes.items()}, self.hist.tolist(), self.latency_sum_us]
+            if self.answered or self.responses or self.unanswered or self.codes or self.latency_sum_us else None]
+        if self.points or self.req_rank >= 0 or self.ans_rank >= 0 or self.overlaps or len(self.cover):
+            out.append([{k: v.dump() for k, v in self.points.items()}, self.req_rank, self.ans_rank,
+                        self.cover.dump() if len(self.cover) else None, self.overlaps])
+        return out
 
     @classmethod
-    def load(cls, d: list[Any]) -> Agg:
+    def load(cls, d: list[Any], depth: int = 0) -> Agg:
+        if len(d) == 1:  # an open minute's row (see dump)
+            if depth or not isinstance(d[0], dict):
+                raise ValueError("snapshot: a capture point's figures hold capture points")
+            a = cls()
+            a.points = {str(k): cls.load(v, 1) for k, v in d[0].items()}
+            return a
         a = cls(int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), bool(d[5]), dict(d[6]),
                 Clients.load(d[7]), set(d[8]))
-        if len(d) > 9:  # written by a version that pairs answers
+        if len(d) > 9 and d[9] is not None:  # written by a version that pairs answers (None: no answers)
             r = d[9]
             a.answered, a.rpackets, a.rbytes, a.responses, a.unanswered = bool(r[0]), int(r[1]), int(r[2]), \
                 int(r[3]), int(r[4])
@@ -259,6 +421,14 @@ class Agg:
             if a.hist.shape != (NBUCKETS,):
                 raise ValueError("snapshot: latency histogram of another size")
             a.latency_sum_us = int(r[7])
+        if len(d) > 10:  # written by a version that counts each conversation once (per capture point)
+            p = d[10]
+            if p[0] and depth:
+                raise ValueError("snapshot: a capture point's figures hold capture points")
+            a.points = {str(k): cls.load(v, depth + 1) for k, v in p[0].items()}
+            a.req_rank, a.ans_rank, a.overlaps = int(p[1]), int(p[2]), int(p[4])
+            if p[3] is not None:
+                a.cover = Clients.load(p[3])
         return a
 
 
@@ -269,8 +439,9 @@ class Pending:
     src: bytes
     service: str  # the catch-all API they go to if no request comes
     origins: set[str] = field(default_factory=set)
-    # window start -> [packets, bytes, syns, the server's packets, their bytes]
-    windows: dict[int, list[int]] = field(default_factory=dict)
+    # window start -> capture point -> [packets, bytes, syns, the server's packets, their bytes, the
+    # point's ranks (rank_of) of the requests and of the answers]
+    windows: dict[int, dict[str, list[int]]] = field(default_factory=dict)
     server: str = ""  # "address:port" of the connection's server
     since: int = 0  # its first packet's ts (ns): a request seen long before is another connection's
 
@@ -286,6 +457,8 @@ class UsageState:
     # flow hash -> (its latest request's (API, server) in names, that request's ts, closing)
     flows: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)
+    point_names: dict[int, str] = field(default_factory=dict)  # capture point hash -> "host/interface"
+    overlaps: int = 0  # (window, API, capture point) figures approximated: nearer points saw part of its clients
     apis: dict[str, ApiRef] = field(default_factory=dict)  # the catalogued APIs seen
     late_records: int = 0
     records: int = 0
@@ -507,6 +680,7 @@ class UsageProcessor:
         unk = np.flatnonzero(row_api_sorted < 0)
         if unk.size:
             rows_s = take(rows, order[unk])  # the rows concerned, in sorted order: unk indexes them
+            rank_s = rank_of(rows_s["ttl"], rows_s["direction"], rows_s["answer"] != 0)
             pos_of = np.full(n, -1, dtype=np.int64)
             pos_of[unk] = np.arange(len(unk))
             ug, ustart, ucnt = np.unique(gid[unk], return_index=True, return_counts=True)
@@ -532,15 +706,20 @@ class UsageProcessor:
                     return
                 sel = unk[us : us + uc]
                 for i, w in zip(pos_of[sel].tolist(), win_o[sel].tolist(), strict=True):
-                    acc = pend.windows.setdefault(int(w), [0, 0, 0, 0, 0])
+                    origin = f.text(int(rows_s["origin"][i]))
+                    acc = pend.windows.setdefault(int(w), {}).get(origin)
+                    if acc is None:
+                        acc = pend.windows[int(w)][origin] = [0, 0, 0, 0, 0, -1, -1]
                     if rows_s["answer"][i]:
                         acc[3] += int(rows_s["packets"][i])
                         acc[4] += int(rows_s["nbytes"][i])
+                        acc[6] = max(acc[6], int(rank_s[i]))
                     else:
                         acc[0] += int(rows_s["packets"][i])
                         acc[1] += int(rows_s["nbytes"][i])
                         acc[2] += int(rows_s["syns"][i])
-                    pend.origins.add(f.text(int(rows_s["origin"][i])))
+                        acc[5] = max(acc[5], int(rank_s[i]))
+                    pend.origins.add(origin)
                 wait_rows.append(sel)
 
             for j in np.flatnonzero(has_syn).tolist():
@@ -596,6 +775,8 @@ class UsageProcessor:
         # the connection per capture point: its flow hash mixed with a stable hash of the capture point
         uo, oinv = np.unique(rows["origin"].astype(np.int64), return_inverse=True)
         crc = np.array([zlib.crc32(f.text(o).encode()) for o in uo.tolist()], dtype=np.int64)
+        for o, c in zip(uo.tolist(), crc.tolist(), strict=True):
+            st.point_names.setdefault(c, f.text(o))
         conn = mix(rows["fh"], crc[oinv.ravel()])
         ans_conn = np.unique(conn[answer])
         ri = np.flatnonzero(is_req)
@@ -616,6 +797,8 @@ class UsageProcessor:
             reqs["http"] = rows["kind"][ri] == KIND_HTTP1
             reqs["seen"] = np.isin(reqs["conn"], ans_conn)
             reqs["content_length"] = rows["content_length"][ri]
+            reqs["point"] = crc[oinv.ravel()[ri]]
+            reqs["client"] = addr_hash(rows["src_addr"][ri])
         r_api = np.full(len(rs), -1, np.int64)
         if len(rs):
             r_api[known] = ids[len(ri) :]
@@ -624,7 +807,8 @@ class UsageProcessor:
                 service = self._service(st, words_bytes(r["dst_addr"]), int(r["dst_port"]), int(r["protocol"]))
                 r_api[j] = st.names.add_pair(service, servers[int(srv[rs[j]])], service in st.apis)
         responses = {"conn": conn[rs], "ts": rows["ts_ns"][rs], "status": status[rs],
-                     "content_length": rows["content_length"][rs], "api": r_api}
+                     "content_length": rows["content_length"][rs], "api": r_api,
+                     "point": crc[oinv.ravel()[rs]].astype(np.uint32), "client": addr_hash(rows["src_addr"][rs])}
         ds = np.flatnonzero(answer & (rows["ts_data"] > 0))
         first_bytes = {"conn": conn[ds], "ts": rows["ts_data"][ds]}
         self._add_paired(st, st.pairing.add(reqs, ans_conn, responses, first_bytes))
@@ -641,8 +825,19 @@ class UsageProcessor:
         na = int(p.api.max()) + 1
         groups, gi = np.unique(winv.ravel().astype(np.int64) * na + p.api, return_inverse=True)
         keys = [st.names.key(i) for i in (groups % na).tolist()]
-        aggs, tid, _folded = self._place(st, wins, groups // na, keys)
-        ti, nt = tid[gi.ravel()], len(aggs)
+        rows_of, tid, _folded = self._place(st, wins, groups // na, keys)
+        # each answer's row, then its capture point's figures in it (Agg.points)
+        pt, ti = np.unique(tid[gi.ravel()] << 32 | p.point.astype(np.int64), return_inverse=True)
+        ti = ti.ravel()
+        aggs = [rows_of[k >> 32].sub(st.point_names.get(k & 0xFFFFFFFF, "")) for k in pt.tolist()]
+        nt = len(aggs)
+        if any(a.blind() for a in aggs):  # whose answers (unanswered requests) a point that saw no client's saw
+            co = np.argsort(ti, kind="stable")
+            cb = np.searchsorted(ti[co], np.arange(nt + 1))
+            ccl, zero = _hashed(p.client[co]), np.zeros((len(co), 3), np.int64)
+            for j, a in enumerate(aggs):
+                if a.blind():
+                    a.cover.add(ccl[cb[j] : cb[j + 1]], zero[cb[j] : cb[j + 1]])
         un = p.unanswered
         unanswered = np.bincount(ti[un], minlength=nt)
         responses = np.bincount(ti[~un], minlength=nt)
@@ -669,22 +864,38 @@ class UsageProcessor:
                    srv: npt.NDArray[np.int64], servers: list[str]) -> None:
         wins, winv = np.unique(win, return_inverse=True)
         na, ns = len(api_names), len(servers) + 1
-        # a group per (window, API, server); a catalogued API's servers share its row (server 0)
+        # the capture points, numbered 0.. in this batch (without a sort)
+        orig = rows["origin"].astype(np.int64)
+        present = np.zeros(int(orig.max()) + 1, np.int64)
+        present[orig] = 1
+        point_of = np.cumsum(present) - 1
+        points = np.flatnonzero(present)
+        no = len(points)
+        # a group per (window, API, server, capture point); a catalogued API's servers share its row (server 0)
         catalogued = np.array([nm in st.apis for nm in api_names], dtype=bool)
-        key = (winv.ravel().astype(np.int64) * na + api) * ns + np.where(catalogued[api], 0, srv + 1)
+        key = ((winv.ravel().astype(np.int64) * na + api) * ns + np.where(catalogued[api], 0, srv + 1)) * no \
+            + point_of[orig]
         groups, gi = np.unique(key, return_inverse=True)
         gi = gi.ravel()
         rate = rows["sample_rate"].astype(np.int64)
         reqw = np.where(is_req, rate, 0)
-        # each group's row (caps.Admission); the groups that go to one row (an _OTHER row) are added up
-        # first, so that Python sees each row once
-        keys = [(api_names[g // ns % na], servers[g % ns - 1] if g % ns else "") for g in groups.tolist()]
-        aggs, tid, folded = self._place(st, wins, groups // (na * ns), keys)
+        # each group's row (caps.Admission), and in it its capture point's figures (Agg.points); the groups
+        # that go to one (an _OTHER row's) are added up first, so that Python sees each once
+        rg, rinv = np.unique(groups // no, return_inverse=True)
+        keys = [(api_names[g // ns % na], servers[g % ns - 1] if g % ns else "") for g in rg.tolist()]
+        rows_of, tid, folded = self._place(st, wins, rg // (na * ns), keys)
         if folded.any():
-            st.requests_folded += int(reqw[folded[gi]].sum())
-        gi = tid[gi]  # from here on: each row's row
+            st.requests_folded += int(reqw[folded[rinv.ravel()][gi]].sum())
+        sk, sinv = np.unique(tid[rinv.ravel()] * no + groups % no, return_inverse=True)
+        gi = sinv.ravel()[gi]  # from here on: each row's capture point's figures in its row
+        aggs = [rows_of[k // no].sub(f.text(int(points[k % no]))) for k in sk.tolist()]
         ng = len(aggs)
         ans = rows["answer"] != 0
+        rank = rank_of(rows["ttl"], rows["direction"], ans)
+        req_rank = np.full(ng, -1, np.int64)
+        np.maximum.at(req_rank, gi[~ans], rank[~ans])
+        ans_rank = np.full(ng, -1, np.int64)
+        np.maximum.at(ans_rank, gi[ans], rank[ans])
         npk_all = rows["packets"].astype(np.int64)
         nbytes_all = rows["nbytes"].astype(np.int64)
         npk = np.where(ans, 0, npk_all)
@@ -706,6 +917,8 @@ class UsageProcessor:
             a.nbytes += int(byts[j])
             a.syns += int(syns[j])
             a.sampled |= bool(sampled[j])
+            a.req_rank = max(a.req_rank, int(req_rank[j]))
+            a.ans_rank = max(a.ans_rank, int(ans_rank[j]))
             if nans[j]:
                 a.answered = True
                 a.rpackets += int(rpk[j])
@@ -728,9 +941,19 @@ class UsageProcessor:
         ccnt = np.stack([reqw, npk, nbytes], axis=1)[corder]
         for j in range(ng):
             lo, hi = int(cstarts[j]), int(cstarts[j + 1])
-            aggs[j].clients.add(src[lo:hi], ccnt[lo:hi])
-        for u in np.unique(gi.astype(np.int64) * 65536 + rows["origin"].astype(np.int64)).tolist():
-            aggs[u >> 16].seen_by.add(f.text(u & 0xFFFF))
+            if hi > lo:
+                aggs[j].clients.add(src[lo:hi], ccnt[lo:hi])
+        # the clients whose answers a point saw, where it saw none of the clients' packets (Agg.cover)
+        ai = np.flatnonzero(ans)
+        if ai.size and any(a.blind() for a in aggs):
+            ao = ai[np.argsort(gi[ai], kind="stable")]
+            abounds = np.searchsorted(gi[ao], np.arange(ng + 1))
+            acnt = np.stack([np.zeros(len(ao), np.int64), npk_all[ao], nbytes_all[ao]], axis=1)
+            asrc = _hashed(addr_hash(rows["src_addr"][ao]))
+            for j in np.flatnonzero(np.diff(abounds)).tolist():
+                if aggs[j].blind():
+                    lo, hi = int(abounds[j]), int(abounds[j + 1])
+                    aggs[j].cover.add(asrc[lo:hi], acnt[lo:hi])
 
     def _place(self, st: UsageState, wins: npt.NDArray[np.int64], gw: npt.NDArray[np.int64],
                keys: list[Key]) -> tuple[list[Agg], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
@@ -860,7 +1083,8 @@ class UsageProcessor:
                 b.merge(a)
             if not hour and not is_fold(src):
                 st.apis_folded += 1
-                st.requests_folded += a.requests
+                # (an open minute's requests are its capture points', each point's count of a request)
+                st.requests_folded += a.requests + sum(p.requests for p in a.points.values())
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -883,6 +1107,9 @@ class UsageProcessor:
         for w in closing:
             rows = st.windows.pop(w)
             st.caps.pop(w, None)
+            for a in rows.values():  # each conversation counted once, whatever number of points saw it
+                a.resolve()
+                st.overlaps += a.overlaps
             out += self._outputs(st, rows, w, 60)
             if self.hours:  # the hour's caps place the minute's rows (caps.py: the roll-up stays exact)
                 keys = sorted(rows)
@@ -899,6 +1126,9 @@ class UsageProcessor:
             for key in [k for k, v in st.flows.items() if v[1] < (linger if v[2] else idle)]:
                 del st.flows[key]
             self._drop_names(st)
+            if st.point_names:  # the capture points the waiting requests name
+                keep = set(np.unique(st.pairing.queue["point"]).tolist())
+                st.point_names = {c: t for c, t in st.point_names.items() if c in keep}
         return out
 
     @staticmethod
@@ -991,6 +1221,8 @@ class UsageProcessor:
             "late_records": st.late_records, "records": st.records,
             "queue": st.pairing.dump(), "names": st.names.items, "names_free": st.names.free,
             "folded": [st.apis_folded, st.requests_folded, st.names.folded],
+            "points": [np.fromiter(st.point_names.keys(), dtype="<u4", count=len(st.point_names)),
+                       list(st.point_names.values()), st.overlaps],
         }
 
     def load(self, d: Any) -> UsageState:
@@ -1010,6 +1242,7 @@ class UsageProcessor:
         if any(i < 0 or i >= len(names.items) for i, _t, _c in flows.values()):
             raise ValueError("snapshot: a flow refers to no API name")
         windows = {int(w): {key_of(k): Agg.load(a) for k, a in rows.items()} for w, rows in d["windows"].items()}
+        pts = d.get("points", [np.zeros(0, "<u4"), [], 0])
         hours = {int(w): {key_of(k): Agg.load(a) for k, a in rows.items()} for w, rows in d["hours"].items()}
         return UsageState(
             pairing=Pairing.load(self.timeout_ns, d["queue"]) if "queue" in d else Pairing(self.timeout_ns),
@@ -1019,12 +1252,13 @@ class UsageProcessor:
                        for w, a in d.get("hour_caps", {}).items()},
             closed_until=int(d["closed_until"]),
             flows=flows,
-            pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]),
-                                     {int(w): [*x, 0, 0][:5] for w, x in v[3].items()}, v[4] if len(v) > 4 else "",
-                                     int(v[5]) if len(v) > 5 else 0)
+            pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]), _pending_windows(v[3], v[2]),
+                                     v[4] if len(v) > 4 else "", int(v[5]) if len(v) > 5 else 0)
                      for k, v in d["pending"].items()},
             apis=apis, late_records=int(d["late_records"]), records=int(d["records"]),
             apis_folded=folded[0], requests_folded=folded[1],
+            point_names=dict(zip(snapshot_array(pts[0], "<u4").tolist(), [str(t) for t in pts[1]], strict=True)),
+            overlaps=int(pts[2]),
         )
 
     def figures(self, states: list[UsageState]) -> dict[str, float]:
@@ -1036,6 +1270,7 @@ class UsageProcessor:
             "waiting_requests": sum(len(s.pairing.queue) for s in states),
             "apis_folded": sum(s.apis_folded for s in states),
             "requests_folded": sum(s.requests_folded for s in states),
+            "capture_point_overlaps": sum(s.overlaps for s in states),
             "waiting_names_folded": sum(s.names.folded for s in states),
             "api_rows": sum(len(r) for s in states for r in (*s.windows.values(), *s.hours.values())),
         }
@@ -1061,7 +1296,7 @@ class UsageProcessor:
         Each step depends on the state alone; which commit needs one depends on when commits happen,
         so a degraded window's rows may differ from a replay's."""
         open_rows = [*st.windows.values(), *st.hours.values()]
-        dropped = sum(a.clients.trim(self.top_clients) for rows in open_rows for a in rows.values())
+        dropped = sum(c.trim(self.top_clients) for rows in open_rows for a in rows.values() for c in _tables(a))
         if dropped:
             return {"dropped": "client detail", "clients": dropped, "kept_per_row": self.top_clients}
         before = sum(len(r) for r in open_rows)
@@ -1074,7 +1309,7 @@ class UsageProcessor:
                     shrunk = True
         if shrunk:
             rows = [*st.windows.values(), *st.hours.values()]
-            trimmed = sum(a.clients.trim(self.top_clients) for r in rows for a in r.values())  # the _OTHER rows'
+            trimmed = sum(c.trim(self.top_clients) for r in rows for a in r.values() for c in _tables(a))  # _OTHER'
             return {"dropped": "api names", "rows_folded": before - sum(len(r) for r in rows), "clients": trimmed,
                     "max_apis_per_server": max((a.per_server for a in st.caps.values()), default=0)}
         if st.flows or st.pending:

@@ -39,7 +39,11 @@ QUEUE_DTYPE = np.dtype([
     ("http", "u1"),  # 1: HTTP/1.x (answered by a status line); 0: TLS / HTTP/2 (by the first bytes)
     ("seen", "u1"),  # 1 once a packet of the server's on the connection was seen
     ("content_length", "<i4"),
+    ("point", "<u4"),  # the capture point (a stable hash of its "host/interface")
+    ("client", "<u8"),  # the client's address (features.addr_hash)
 ])
+# the queue as snapshots before the capture point and client were in it held it
+_QUEUE_V1 = np.dtype(QUEUE_DTYPE.descr[:7])
 
 
 def bucket(latency_ns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -79,6 +83,8 @@ class Paired:
     req_length: npt.NDArray[np.int64]  # request Content-Length, -1 unknown
     resp_length: npt.NDArray[np.int64]  # response Content-Length, -1 unknown
     unanswered: npt.NDArray[np.bool_]
+    point: npt.NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))  # the capture point
+    client: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))  # its address' hash
 
     @classmethod
     def empty(cls) -> Paired:
@@ -91,7 +97,8 @@ class Paired:
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("api", "ts", "status", "latency", "method", "req_length", "resp_length", "unanswered")))
+                     ("api", "ts", "status", "latency", "method", "req_length", "resp_length", "unanswered",
+                      "point", "client")))
 
 
 def _unanswered(q: npt.NDArray[Any], timeout_ns: int) -> Paired:
@@ -99,14 +106,15 @@ def _unanswered(q: npt.NDArray[Any], timeout_ns: int) -> Paired:
     z = np.zeros(n, np.int64)
     return Paired(q["api"].astype(np.int64), q["ts"] + timeout_ns, z, np.full(n, -1, np.int64),
                   q["method"].astype(np.int64), q["content_length"].astype(np.int64), np.full(n, -1, np.int64),
-                  np.ones(n, bool))
+                  np.ones(n, bool), q["point"].copy(), q["client"].copy())
 
 
 def _answered(q: npt.NDArray[Any], ts: npt.NDArray[np.int64], status: npt.NDArray[np.int64],
               latency: npt.NDArray[np.int64], resp_length: npt.NDArray[np.int64]) -> Paired:
     """Requests (QUEUE_DTYPE rows) and their answers, row by row."""
     return Paired(q["api"].astype(np.int64), ts, status, latency, q["method"].astype(np.int64),
-                  q["content_length"].astype(np.int64), resp_length, np.zeros(len(q), bool))
+                  q["content_length"].astype(np.int64), resp_length, np.zeros(len(q), bool), q["point"].copy(),
+                  q["client"].copy())
 
 
 @dataclass
@@ -120,7 +128,7 @@ class Pairing:
             responses: dict[str, npt.NDArray[Any]], first_bytes: dict[str, npt.NDArray[Any]]) -> Paired:
         """One batch: ``requests`` (QUEUE_DTYPE rows, their ``seen`` already set from the batch),
         the connections whose server packets the batch holds, HTTP responses (conn, ts, status,
-        content_length, api: the connection's API for an answer without a request) and the server's
+        content_length, api: the connection's API for an answer without a request, point, client) and the server's
         packets with payload (conn, ts: the first payload's time)."""
         q = np.concatenate([self.queue, requests]) if len(self.queue) else requests
         if len(q) and len(answers_conn):
@@ -157,7 +165,8 @@ class Pairing:
                 m = len(li)
                 out.append(Paired(r["api"][li].astype(np.int64), r["ts"][li], r["status"][li].astype(np.int64),
                                   np.full(m, -1, np.int64), np.zeros(m, np.int64), np.full(m, -1, np.int64),
-                                  r["content_length"][li].astype(np.int64), np.zeros(m, bool)))
+                                  r["content_length"][li].astype(np.int64), np.zeros(m, bool), r["point"][li],
+                                  r["client"][li]))
         # TLS / HTTP/2: the server's first payload at or after the request
         tls = np.flatnonzero(q["http"] == 0)
         if len(tls) and len(first_bytes["conn"]):
@@ -199,7 +208,14 @@ class Pairing:
 
     @classmethod
     def load(cls, timeout_ns: int, d: Any) -> Pairing:
-        return cls(timeout_ns, snapshot_array(d, QUEUE_DTYPE).copy())
+        if isinstance(d, np.ndarray) and d.dtype.itemsize == QUEUE_DTYPE.itemsize:
+            return cls(timeout_ns, snapshot_array(d, QUEUE_DTYPE).copy())
+        # written before the queue named each request's capture point and client (pktstream 0.1's base64 too)
+        old = snapshot_array(d, _QUEUE_V1)
+        q = np.zeros(len(old), QUEUE_DTYPE)
+        for k in _QUEUE_V1.names or ():
+            q[k] = old[k]
+        return cls(timeout_ns, q)
 
 
 def _next_at_or_after(conn: npt.NDArray[np.uint64], ts: npt.NDArray[np.int64], e_conn: npt.NDArray[np.uint64],

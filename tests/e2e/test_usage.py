@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -37,7 +38,7 @@ from tests.support.apps import (
     snapshot_blocks,
     usage_cmd,
 )
-from tests.support.helpers import NetnsHost, read_messages
+from tests.support.helpers import NetnsHost, read_messages, sh
 from tests.support.producer_proc import ProducerProcess
 from tests.support.traffic import CATALOG as GEN_CATALOG
 from tests.support.traffic import containers, fleet, generate
@@ -404,3 +405,81 @@ def test_two_consumers_share_the_work_and_give_the_same_windows(kafka_bootstrap:
     published = read_usage(kafka_bootstrap, f"{topic}.two")
     assert sorted(published, key=key) == sorted(read_usage(kafka_bootstrap, f"{topic}.one"), key=key)
     assert len(published) == len(reference)
+
+
+def test_a_routed_conversation_counts_the_same_at_either_link_of_the_router_or_both(
+        kafka_bootstrap: str, make_host: Callable[..., NetnsHost], tmp_path: Path) -> None:
+    """Clients in one namespace call the HTTP server in another through this host, which routes
+    between them; a producer captures each of its two links (both directions). The usage of the
+    client's link alone, of the server's link alone, and of the two together (one topic, as a fleet
+    writes it) is the same: requests, status codes, latency buckets, packets, bytes, new
+    connections and clients per API, each conversation counted once (docs/usage.md, a fleet)."""
+    c, s = make_host(), make_host()
+    for h in (c, s):  # this host routes between the two (these two links only)
+        sh("sysctl", "-qw", f"net.ipv4.conf.{h.host_if}.forwarding=1")
+    # (a route to the other namespace's network only: nothing else is forwarded, off the machine least)
+    c.run("ip", "route", "add", s.host_ip.rsplit(".", 1)[0] + ".0/24", "via", c.host_ip)
+    s.run("ip", "route", "add", c.host_ip.rsplit(".", 1)[0] + ".0/24", "via", s.host_ip)
+    topic = f"usage-routed-{uuid.uuid4().hex[:8]}"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    if time.time() % 60 > 40:  # all traffic inside one minute window
+        time.sleep(61 - time.time() % 60)
+    c2, c3 = c.peer_ip[:-1] + "3", c.peer_ip[:-1] + "4"
+    plan = [
+        conn(c.peer_ip, s.peer_ip, "http", "users.get", ("GET", "/v1/users/1"), ("GET", "/v1/users/2")),
+        conn(c2, s.peer_ip, "http", "users.get", ("GET", "/v1/users/3")),
+        conn(c3, s.peer_ip, "http", "orders.create", ("POST", "/v1/orders"), ("POST", "/v1/orders")),
+        conn(c.peer_ip, s.peer_ip, "http", "orders.items", ("GET", "/v1/orders/7/items")),
+        conn(c2, s.peer_ip, "http", "api.shop.test:18080 GET /misc/{id}/x", ("GET", "/misc/12345/x")),
+    ]
+    root = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen(["ip", "netns", "exec", s.ns, sys.executable, "-m", "tests.support.api_server",
+                               s.peer_ip], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prods = [ProducerProcess("--interface", h.host_if, "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+                             "--partitions", "2", "--batch-age-ms", "50", "--payload-bytes", "256",
+                             env={"PKTSTREAM_HOST_ID": name})
+             for h, name in ((c, "router-c"), (s, "router-s"))]
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        for p in prods:
+            p.wait_event("producer_started")
+        done = run_clients(c, plan)
+        time.sleep(1.0)
+    finally:
+        rcs = [p.stop() for p in prods]
+        server.kill()
+        server.communicate(timeout=30)
+    assert rcs == [0, 0] and len(done) == len(plan)
+    # each link's messages alone in a topic of its own, as its producer wrote them
+    prod = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    for name in ("router-c", "router-s"):
+        ensure_topic({"bootstrap.servers": kafka_bootstrap}, f"{topic}.{name}", 2)
+        for k, v, hdrs in read_messages(kafka_bootstrap, topic):
+            if k == name.encode():
+                prod.produce(f"{topic}.{name}", v, key=k, headers=hdrs)
+    assert prod.flush(60) == 0
+    outs = {}
+    for t in (topic, f"{topic}.router-c", f"{topic}.router-s"):
+        outs[t] = [r for r in run_usage(usage_cmd(kafka_bootstrap, t, f"t-usage-{uuid.uuid4().hex[:6]}",
+                                                  f"{t}.usage", catalog, "--partitions", "1", "--grace-s", "1"))
+                   if r["window_s"] == 60]
+    both, client_side, server_side = (merged(outs[t]) for t in (topic, f"{topic}.router-c", f"{topic}.router-s"))
+    assert both["users.get"]["seen_by"] == sorted([f"router-c/{c.host_if}", f"router-s/{s.host_if}"])
+    assert server_side["users.get"]["seen_by"] == [f"router-s/{s.host_if}"]
+    fields = ("requests", "partial_requests", "packets", "bytes", "new_connections", "distinct_clients",
+              "methods", "status_codes", "responses", "unanswered", "latency_buckets", "response_packets",
+              "response_bytes")
+    for api in both:
+        for f in fields:
+            assert both[api][f] == client_side[api][f] == server_side[api][f], (api, f)
+    # what the plan sent and the server answered
+    want = Counter()
+    codes: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in plan:
+        for method, path in e["requests"]:
+            want[e["api"]] += 1
+            codes[e["api"]][str(answer_for(method, path)[0])] += 1
+    assert {api: r["requests"] for api, r in both.items()} == dict(want)
+    assert {api: r["status_codes"] for api, r in both.items()} == {api: dict(v) for api, v in codes.items()}
+    assert both["users.get"]["distinct_clients"] == 2 and both["users.get"]["new_connections"] == 2

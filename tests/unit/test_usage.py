@@ -514,11 +514,6 @@ class Points:
                 for o in self.p.close(s, FOREVER) for r in fastavro.reader(io.BytesIO(o.value)) if r["window_s"] == 60}
 
 
-def twice(t: dict[str, Row]) -> dict[str, Row]:
-    """Two capture points each count what they saw (issue 25 counts a conversation once)."""
-    return {k: (2 * v[0], 2 * v[1], 2 * v[2], None if v[3] is None else 2 * v[3]) for k, v in t.items()}
-
-
 def test_a_port_reused_by_a_later_connection_counts_under_its_own_api_however_batched() -> None:
     """Two connections on one 5-tuple 17 s apart (POST /v1/orders, then GET /v1/orders/5/items): each
     one's handshake, request, answer and close count under its own API, whether the two share a
@@ -551,7 +546,7 @@ def test_a_reused_port_seen_by_two_capture_points(sport: int) -> None:
     pt = Points()
     a = one_conn(T0, (200_000, REQ_CREATE, 201), sport=sport)
     b = one_conn(T0 + 17 * 10**9, (200_000, REQ_ITEMS, 200), sport=sport)
-    want = twice({"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)})
+    want = {"orders.create": (4, 4 * 66 + 49, 1, 2), "orders.get": (4, 4 * 66 + 56, 1, 2)}
     S, C, sk = "server/eth0", "client/eth0", -3_000_000
     srv, cli = pt.feats(a + b, S), pt.feats(a + b, C, sk)
     assert pt.table([[srv, cli]]) == want
@@ -592,8 +587,8 @@ def test_a_lagging_point_keeps_a_keep_alive_connections_requests_apart() -> None
     assert one == {"orders.create": (3, 3 * 66 + 49, 1, 2), "orders.get": (2, 66 + 56 + 66, 0, 1)}
     C, S = "client/eth0", "server/eth0"
     assert pt.table([[pt.feats(k[:6], C)], [pt.feats(k[:2], S)], [pt.feats(k[6:], C)], [pt.feats(k[2:], S)]]) \
-        == twice(one)
-    assert pt.table([[pt.feats(k, C)], [pt.feats(k[:3], S)], [pt.feats(k[3:], S)]]) == twice(one)
+        == one
+    assert pt.table([[pt.feats(k, C)], [pt.feats(k[:3], S)], [pt.feats(k[3:], S)]]) == one
 
 
 def test_repeated_handshakes_floods_and_answer_only_points_stay_cheap_and_in_place() -> None:
@@ -663,8 +658,117 @@ def test_an_answers_only_point_joins_a_handshake_that_waits_for_its_request() ->
     a = one_conn(T0, (200_000, REQ_CREATE, 201))
     dn = [x for x in a if x["src"] == "10.1.0.10"]
     P1, P2 = "h1/eth0", "h2/eth0"
-    want = {"orders.create": (4, 4 * 66 + 49, 1, 4)}
+    want = {"orders.create": (4, 4 * 66 + 49, 1, 2)}  # the answers once, though both points saw them
     assert pt.table([[pt.feats(a, P1), pt.feats(dn, P2)]]) == want
     assert pt.table([[pt.feats(a[:3], P1), pt.feats(dn[:1], P2)], [pt.feats(a[3:], P1), pt.feats(dn[1:], P2)]]) == want
     assert pt.table([[pt.feats(a[:3], P1)], [pt.feats(dn[:1], P2)], [pt.feats(a[3:], P1), pt.feats(dn[1:], P2)]]) \
         == want
+
+
+# Where each capture point sees a client's packets and the server's (direction: 0 received, 1 sent;
+# TTL): a client, a router (a link towards the client, one towards the server) and a server in a row
+TOPOLOGY = {
+    "client": ((1, 64), (0, 63)),
+    "router-a": ((0, 64), (1, 63)),
+    "router-b": ((1, 63), (0, 64)),
+    "server": ((0, 63), (1, 64)),
+}
+
+
+def seen_at(pkts: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    (ud, ut), (dd, dt) = TOPOLOGY[where]
+    return [{**x, "direction": ud, "ttl": ut} if x["src"].startswith("10.100.") else {**x, "direction": dd, "ttl": dt}
+            for x in pkts]
+
+
+def as_client(pkts: list[dict[str, Any]], addr: str) -> list[dict[str, Any]]:
+    return [{**x, "src": addr if x["src"] == "10.100.0.7" else x["src"], "dst": addr if x["dst"] == "10.100.0.7"
+             else x["dst"]} for x in pkts]
+
+
+def usage_records(p: UsageProcessor, calls: list[list[features.Features]],
+                  restore_after: int = -1) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """The minute records of process() calls by API (with their seen_by), and the state's figures; the
+    state dumped and restored after call ``restore_after``."""
+    s = p.new_state()
+    for i, fs in enumerate(calls):
+        p.process(s, features.concat(fs))
+        if i == restore_after:
+            s = p.load(snapshot.unpack(snapshot.pack(p.dump(s))))
+    out = {r["api"]: r for o in p.close(s, FOREVER) for r in fastavro.reader(io.BytesIO(o.value))
+           if r["window_s"] == 60}
+    return out, p.figures([s])
+
+
+def without_points(recs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: {f: v for f, v in r.items() if f != "seen_by"} for k, r in recs.items()}
+
+
+def test_a_conversation_seen_by_several_capture_points_counts_once() -> None:
+    """Two clients' connections (one keep-alive with two requests) seen by the server's host alone, the
+    client's host alone, a router's two links, and all four points at once (the client's clock 3 ms
+    behind), batched per point, all together, or cut in halves: the same records (requests, packets,
+    bytes, new connections, status codes, latency buckets, clients), each conversation counted once;
+    seen_by names every point that saw it."""
+    pt = Points()
+    p = pt.p
+    k = one_conn(T0, (200_000, REQ_CREATE, 201), (5_000_000_000, REQ_ITEMS, 200))
+    c2 = as_client(one_conn(T0 + 10**9, (300_000, REQ_CREATE, 201), sport=41000), "10.100.0.8")
+    pk = sorted(k + c2, key=lambda x: x["ts"])
+
+    def at(where: str, part: slice = slice(None), skew: int = 0) -> features.Features:
+        return pt.feats(seen_at(pk, where)[part], f"{where}/eth0", skew)
+
+    one, figures = usage_records(p, [[at("server")]])
+    assert one["orders.create"]["requests"] == 2 and one["orders.get"]["requests"] == 1
+    assert one["orders.create"]["distinct_clients"] == 2 and one["orders.create"]["new_connections"] == 2
+    assert one["orders.create"]["status_codes"] == {"201": 2} and one["orders.get"]["status_codes"] == {"200": 1}
+    assert one["orders.create"]["packets"] == 7 and one["orders.create"]["response_packets"] == 4
+    want = without_points(one)
+    half = len(pk) // 2
+    for points in (["client"], ["router-a", "router-b"], ["server", "client"], ["client", "router-a", "router-b",
+                                                                               "server"]):
+        skews = {w: -3_000_000 if w == "client" else 0 for w in points}
+        for calls in ([[at(w, skew=skews[w]) for w in points]],
+                      [[at(w, skew=skews[w])] for w in points],
+                      [[at(w, skew=skews[w])] for w in reversed(points)],
+                      [[at(w, slice(None, half), skews[w]) for w in points],
+                       [at(w, slice(half, None), skews[w]) for w in reversed(points)]]):
+            got, figures = usage_records(p, calls)
+            assert without_points(got) == want, (points, len(calls))
+            assert {r["seen_by"] == sorted(f"{w}/eth0" for w in points) for r in got.values()} == {True}
+            assert figures["capture_point_overlaps"] == 0
+    # the state restored between two points' batches
+    got, _f = usage_records(p, [[at("server")], [at("client", skew=-3_000_000)]], restore_after=0)
+    assert without_points(got) == want
+    got, _f = usage_records(p, [[at("router-b", slice(None, half))], [at("router-a")],
+                                [at("router-b", slice(half, None))]], restore_after=1)
+    assert without_points(got) == want
+
+
+def test_points_that_see_different_clients_add_up() -> None:
+    """The server not captured: each client's own host sees its connections (they add up); a router
+    that sees both clients with one of the client hosts (the router counts, the host adds nothing);
+    and a router link nearer the server that sees one client while a farther one sees both (the
+    farther adds the other client's requests, packets and bytes, and the figures say they overlapped)."""
+    pt = Points()
+    p = pt.p
+    k = one_conn(T0, (200_000, REQ_CREATE, 201))
+    c2 = as_client(one_conn(T0 + 10**9, (300_000, REQ_CREATE, 201), sport=41000), "10.100.0.8")
+    both = sorted(k + c2, key=lambda x: x["ts"])
+    want = without_points(usage_records(p, [[pt.feats(seen_at(both, "server"), "server/eth0")]])[0])
+    hosts = [pt.feats(seen_at(k, "client"), "c1/eth0"), pt.feats(seen_at(c2, "client"), "c2/eth0")]
+    got, figures = usage_records(p, [hosts])
+    assert without_points(got) == want and figures["capture_point_overlaps"] == 0
+    assert got["orders.create"]["seen_by"] == ["c1/eth0", "c2/eth0"]
+    got, figures = usage_records(p, [[hosts[0]], [pt.feats(seen_at(both, "router-a"), "r/eth0")]])
+    assert without_points(got) == want and figures["capture_point_overlaps"] == 0
+    got, figures = usage_records(p, [[pt.feats(seen_at(k, "router-b"), "r/eth1"),
+                                      pt.feats(seen_at(both, "router-a"), "r/eth0")]])
+    r, w = got["orders.create"], want["orders.create"]
+    for f in ("requests", "packets", "bytes", "distinct_clients", "top_clients"):
+        assert r[f] == w[f], f
+    # (the other client's new connection and its answer are not added: the figures per client are
+    # requests, packets and bytes; once for the client's side, once for the server's)
+    assert (r["new_connections"], r["responses"]) == (1, 1) and figures["capture_point_overlaps"] == 2
+    assert r["response_packets"] == w["response_packets"] // 2
