@@ -83,6 +83,9 @@ FLOW_IDLE_NS = 600_000_000_000  # a connection without a request for 10 minutes 
 # and a client reuses a port no sooner than this after the last connection on it (TIME_WAIT)
 SAME_CONNECTION_NS = 1_000_000_000
 MAX_PENDING_FLOWS = 200_000
+# capture points a row keeps figures of apart while its minute is open; the others' are kept together
+MAX_POINTS_PER_ROW = 64
+OTHER_POINTS = "_OTHER"
 CLOSED_LINGER_NS = 10_000_000_000  # a closed connection's last ACKs still find it for 10 s
 RESPONSE_TIMEOUT_S = 30.0  # a request no answer follows within this is unanswered
 _SCHEMA = load_schema_json("usage")
@@ -193,18 +196,21 @@ def _add_pending(a: Agg, pend: Pending, accs: dict[str, list[int]]) -> None:
             sub.answered = True
             sub.rpackets += acc[3]
             sub.rbytes += acc[4]
-        if acc[3] and sub.blind():
-            sub.cover.add(_hashed(addr_hash(_one_client(pend.src, 0, 0)[0])), np.array([[0, acc[3], acc[4]]], np.int64))
+        conv = np.array([pend.flow], np.uint64)
+        if p or b or s:
+            sub.req_seen.add(conv)
+        if acc[3]:
+            sub.ans_seen.add(conv)
 
 
 def _tables(a: Agg) -> list[Clients]:
     """A row's client tables: its own and, while its minute is open, its capture points'."""
-    return [a.clients, a.cover, *(c for p in a.points.values() for c in (p.clients, p.cover))]
+    return [a.clients, *(p.clients for p in a.points.values())]
 
 
 def _pending_windows(d: dict[str, Any], origins: list[str]) -> dict[int, dict[str, list[int]]]:
     """A waiting connection's windows from a snapshot; one written before they were kept per capture
-    point gives each window's figures to the first point that saw the connection."""
+    point gives each window's figures to the first of the points that saw the connection by name."""
     out: dict[int, dict[str, list[int]]] = {}
     for w, x in d.items():
         if isinstance(x, dict):
@@ -223,21 +229,58 @@ def _one_client(src: bytes, packets: int, nbytes: int) -> tuple[npt.NDArray[np.u
     return (np.frombuffer(src, dtype="<u8").reshape(1, 2).copy(), np.array([[0, packets, nbytes]], dtype=np.int64))
 
 
-def _addrs(c: Clients) -> npt.NDArray[np.uint64]:
-    """A client table's addresses as one 64-bit hash each (features.addr_hash)."""
-    c.reduce()
-    return addr_hash(c.addr) if len(c.addr) else np.zeros(0, np.uint64)
+class Hashes:
+    """A set of 64-bit hashes (the connections a capture point saw, by their 5-tuple's hash): batches
+    append theirs as they are, folded to sorted distinct values when they outgrow what is folded."""
+
+    __slots__ = ("parts", "v", "waiting")
+
+    def __init__(self, v: npt.NDArray[np.uint64] | None = None) -> None:
+        self.v = v if v is not None else np.zeros(0, np.uint64)
+        self.parts: list[npt.NDArray[np.uint64]] = []
+        self.waiting = 0
+
+    def add(self, h: npt.NDArray[np.uint64]) -> None:
+        if len(h):
+            self.parts.append(h)
+            self.waiting += len(h)
+            if self.waiting > max(1 << 16, 4 * len(self.v)):  # (folding less often: each fold sorts v again)
+                self.values()
+
+    def values(self) -> npt.NDArray[np.uint64]:
+        if self.parts:
+            self.v = np.unique(np.concatenate([self.v, *self.parts]))
+            self.parts, self.waiting = [], 0
+        return self.v
+
+    def __len__(self) -> int:
+        return len(self.values())
+
+    def dump(self) -> npt.NDArray[np.uint64]:
+        return np.ascontiguousarray(self.values(), dtype="<u8")
+
+    @classmethod
+    def load(cls, d: Any) -> Hashes:
+        return cls(snapshot_array(d, "<u8").copy())
 
 
-def _covered(c: Clients) -> npt.NDArray[np.uint64]:
-    """A cover table's clients (their address hashes, in its first column)."""
-    c.reduce()
-    return np.ascontiguousarray(c.addr[:, 0])
-
-
-def _hashed(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Address hashes as a cover table's address column."""
-    return np.stack([h, np.zeros(len(h), np.uint64)], axis=1)
+def _claims(sets: list[Hashes]) -> list[tuple[bool, bool]]:
+    """For capture points in order (nearest the server first): whether to count a point's figures,
+    and whether that is a judgement (it shares some but not all of its connections with points
+    before it). A point whose connections points before it counted, half of them or more, is not
+    counted (the same traffic, seen farther from the server, or across a minute boundary by a clock
+    of its own); one that shares fewer is (its own traffic, a few 5-tuples that happen to repeat)."""
+    arrays = [h.values() for h in sets]
+    every = np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
+    first = np.zeros(len(every), bool)
+    if len(every):
+        first[np.unique(every, return_index=True)[1]] = True
+    out, at = [], 0
+    for a in arrays:
+        shared = len(a) - int(first[at : at + len(a)].sum())
+        at += len(a)
+        out.append((2 * shared < len(a) or len(a) == 0, 0 < shared < len(a)))
+    return out
 
 
 def rank_of(ttl: npt.NDArray[np.uint8], direction: npt.NDArray[np.uint8],
@@ -283,23 +326,24 @@ class Agg:
     # an open minute's figures per capture point ("host/interface" -> its own Agg), resolved at close
     points: dict[str, Agg] = field(default_factory=dict)
     # a capture point's own Agg: how near the server it saw the requests and the answers (rank_of;
-    # -1: none), and, while it has seen none of the clients' packets (blind), the clients whose answers
-    # or unanswered requests it saw, by their address' hash ([hash, 0] as the address)
+    # -1: none), and the connections (their 5-tuple's hash) whose client's packets it counted
+    # (req_seen) and whose answers or unanswered requests it counted (ans_seen)
     req_rank: int = -1
     ans_rank: int = -1
-    cover: Clients = field(default_factory=Clients)
-    overlaps: int = 0  # capture points whose clients nearer points saw only in part (figures approximated)
-
-    def blind(self) -> bool:
-        """A capture point's figures without any client's packets (so far): its answers' clients are
-        kept apart (``cover``), its clients say which conversations it holds otherwise."""
-        return not self.clients.parts and not len(self.clients.addr)
+    req_seen: Hashes = field(default_factory=Hashes)
+    ans_seen: Hashes = field(default_factory=Hashes)
+    overlaps: int = 0  # capture point sides counted or not by a judgement: some of their connections were nearer
 
     def sub(self, origin: str) -> Agg:
         a = self.points.get(origin)
         if a is None:
-            a = self.points[origin] = Agg()
-            a.seen_by.add(origin)
+            # past MAX_POINTS_PER_ROW the others as one point (seen_by still names each)
+            key = origin if len(self.points) < MAX_POINTS_PER_ROW else OTHER_POINTS
+            a = self.points.get(key)
+            if a is None:
+                a = self.points[key] = Agg()
+            if origin != OTHER_POINTS:
+                a.seen_by.add(origin)
         return a
 
     def merge(self, o: Agg) -> None:
@@ -308,8 +352,8 @@ class Agg:
             self.sub(origin).merge(sub)
         self.req_rank = max(self.req_rank, o.req_rank)
         self.ans_rank = max(self.ans_rank, o.ans_rank)
-        if len(o.cover.addr) or o.cover.parts:
-            self.cover.extend(o.cover)
+        self.req_seen.add(o.req_seen.values())
+        self.ans_seen.add(o.ans_seen.values())
         self.overlaps += o.overlaps
 
     def _merge_figures(self, o: Agg) -> None:
@@ -340,10 +384,10 @@ class Agg:
         self.latency_sum_us += o.latency_sum_us
 
     def resolve(self) -> None:
-        """The capture points' figures counted once each (see the class): nearest the server first;
-        a farther point adds what it saw of clients no nearer point saw, all of it when none of its
-        clients was seen nearer, nothing when all were, and only its per-client counters (requests,
-        packets, bytes) when some were (``overlaps``; of the server's side nothing then)."""
+        """The capture points' figures counted once each (see the class), the client's side and the
+        server's apart: points nearest the server first (ties by name); a farther point adds its
+        figures when none of its connections (5-tuples) was counted nearer, nothing when all were,
+        and when some were, all of them if fewer than half, else nothing (``overlaps``)."""
         points, self.points = self.points, {}
         if not points:
             return
@@ -353,40 +397,23 @@ class Agg:
             (only,) = points.values()
             self._merge_figures(only)
             return
-        # the client's side
-        seen: list[npt.NDArray[Any]] = []
-        for _origin, sub in sorted(points.items(), key=lambda kv: (-kv[1].req_rank, kv[0])):
-            if not (sub.requests or sub.packets or sub.syns or len(sub.clients)):
-                continue
-            mine = _addrs(sub.clients)
-            new = ~np.isin(mine, np.concatenate(seen)) if seen else np.ones(len(mine), bool)
-            seen.append(mine)
-            if new.all():
+        near = sorted(points.items(), key=lambda kv: (-kv[1].req_rank, kv[0]))
+        subs = [sub for _o, sub in near if sub.requests or sub.packets or sub.syns or len(sub.req_seen)]
+        for sub, (counted, judged) in zip(subs, _claims([sub.req_seen for sub in subs]), strict=True):
+            if counted:
                 self._merge_requests(sub)
-            elif new.any():
-                cnt = sub.clients.cnt[new]
-                self.requests += int(cnt[:, 0].sum())
-                self.packets += int(cnt[:, 1].sum())
-                self.nbytes += int(cnt[:, 2].sum())
-                self.sampled |= sub.sampled
-                self.clients.add(sub.clients.addr[new], cnt)
-                self.overlaps += 1
-        # the server's side: the clients whose answers each point saw
-        seen = []
-        for _origin, sub in sorted(points.items(), key=lambda kv: (-kv[1].ans_rank, kv[0])):
-            if not sub.answered:
-                continue
-            mine = np.concatenate([_covered(sub.cover), _addrs(sub.clients)])
-            new = ~np.isin(mine, np.concatenate(seen)) if seen else np.ones(len(mine), bool)
-            seen.append(mine)
-            if new.all():
+            self.overlaps += judged
+        near = sorted(points.items(), key=lambda kv: (-kv[1].ans_rank, kv[0]))
+        subs = [sub for _o, sub in near if sub.answered or sub.responses or sub.unanswered or len(sub.ans_seen)]
+        for sub, (counted, judged) in zip(subs, _claims([sub.ans_seen for sub in subs]), strict=True):
+            if counted:
                 self._merge_answers(sub)
-            elif new.any():
-                self.overlaps += 1
+            self.overlaps += judged
 
     def _empty(self) -> bool:
         return not (self.requests or self.partial or self.packets or self.nbytes or self.syns or self.sampled
-                    or self.methods or len(self.clients) or self.answered or self.overlaps or len(self.cover))
+                    or self.methods or len(self.clients) or self.answered or self.overlaps or len(self.req_seen)
+                    or len(self.ans_seen))
 
     def dump(self) -> list[Any]:
         if self.points and self._empty():  # an open minute's row: its capture points' figures only
@@ -397,9 +424,10 @@ class Agg:
             [self.answered, self.rpackets, self.rbytes, self.responses, self.unanswered,
              {str(k): v for k, v in self.codes.items()}, self.hist.tolist(), self.latency_sum_us]
             if self.answered or self.responses or self.unanswered or self.codes or self.latency_sum_us else None]
-        if self.points or self.req_rank >= 0 or self.ans_rank >= 0 or self.overlaps or len(self.cover):
-            out.append([{k: v.dump() for k, v in self.points.items()}, self.req_rank, self.ans_rank,
-                        self.cover.dump() if len(self.cover) else None, self.overlaps])
+        if self.points or self.req_rank >= 0 or self.ans_rank >= 0 or self.overlaps or len(self.req_seen) \
+                or len(self.ans_seen):
+            out.append([{k: v.dump() for k, v in self.points.items()}, self.req_rank, self.ans_rank, self.overlaps,
+                        self.req_seen.dump(), self.ans_seen.dump()])
         return out
 
     @classmethod
@@ -426,9 +454,8 @@ class Agg:
             if p[0] and depth:
                 raise ValueError("snapshot: a capture point's figures hold capture points")
             a.points = {str(k): cls.load(v, depth + 1) for k, v in p[0].items()}
-            a.req_rank, a.ans_rank, a.overlaps = int(p[1]), int(p[2]), int(p[4])
-            if p[3] is not None:
-                a.cover = Clients.load(p[3])
+            a.req_rank, a.ans_rank, a.overlaps = int(p[1]), int(p[2]), int(p[3])
+            a.req_seen, a.ans_seen = Hashes.load(p[4]), Hashes.load(p[5])
         return a
 
 
@@ -444,6 +471,7 @@ class Pending:
     windows: dict[int, dict[str, list[int]]] = field(default_factory=dict)
     server: str = ""  # "address:port" of the connection's server
     since: int = 0  # its first packet's ts (ns): a request seen long before is another connection's
+    flow: int = 0  # the hash of its 5-tuple (features' fh)
 
 
 @dataclass
@@ -701,7 +729,7 @@ class UsageProcessor:
                     pend = st.pending[key] = Pending(
                         words_bytes(r0["src_addr"]), self._service(st, words_bytes(r0["dst_addr"]), int(r0["dst_port"]),
                                                               int(r0["protocol"])),
-                        server=servers[int(srv[order[unk[us]]])], since=int(ts_s[starts[g]]))
+                        server=servers[int(srv[order[unk[us]]])], since=int(ts_s[starts[g]]), flow=int(r0["fh"]))
                 if pend is None:
                     return
                 sel = unk[us : us + uc]
@@ -785,6 +813,7 @@ class UsageProcessor:
         rs = np.flatnonzero(answer & (rows["kind"] == KIND_HTTP1_RESPONSE) & final)
         ra = row_api[rs]
         known = ra >= 0
+        conv_req, conv_rs = rows["fh"][ri], rows["fh"][rs]  # each request's and answer's connection (5-tuple)
         # (API, server) numbers of the requests and of the answers whose connection has one, at once
         both = np.concatenate([ri, rs[known]])
         ids = self._pair_ids(st, row_api[both], srv[both], api_names, servers)
@@ -798,7 +827,7 @@ class UsageProcessor:
             reqs["seen"] = np.isin(reqs["conn"], ans_conn)
             reqs["content_length"] = rows["content_length"][ri]
             reqs["point"] = crc[oinv.ravel()[ri]]
-            reqs["client"] = addr_hash(rows["src_addr"][ri])
+            reqs["client"] = conv_req
         r_api = np.full(len(rs), -1, np.int64)
         if len(rs):
             r_api[known] = ids[len(ri) :]
@@ -808,7 +837,7 @@ class UsageProcessor:
                 r_api[j] = st.names.add_pair(service, servers[int(srv[rs[j]])], service in st.apis)
         responses = {"conn": conn[rs], "ts": rows["ts_ns"][rs], "status": status[rs],
                      "content_length": rows["content_length"][rs], "api": r_api,
-                     "point": crc[oinv.ravel()[rs]].astype(np.uint32), "client": addr_hash(rows["src_addr"][rs])}
+                     "point": crc[oinv.ravel()[rs]].astype(np.uint32), "client": conv_rs}
         ds = np.flatnonzero(answer & (rows["ts_data"] > 0))
         first_bytes = {"conn": conn[ds], "ts": rows["ts_data"][ds]}
         self._add_paired(st, st.pairing.add(reqs, ans_conn, responses, first_bytes))
@@ -831,13 +860,16 @@ class UsageProcessor:
         ti = ti.ravel()
         aggs = [rows_of[k >> 32].sub(st.point_names.get(k & 0xFFFFFFFF, "")) for k in pt.tolist()]
         nt = len(aggs)
-        if any(a.blind() for a in aggs):  # whose answers (unanswered requests) a point that saw no client's saw
-            co = np.argsort(ti, kind="stable")
-            cb = np.searchsorted(ti[co], np.arange(nt + 1))
-            ccl, zero = _hashed(p.client[co]), np.zeros((len(co), 3), np.int64)
+        # the connections each point counted unanswered requests and lone answers of (the others' answer
+        # rows are in _aggregate's, or in a waiting connection's, with their connection)
+        lone = p.unanswered | (p.latency < 0)
+        if lone.any():
+            ui = np.flatnonzero(lone)
+            co = ui[np.argsort(ti[ui], kind="stable")]
+            cb = np.searchsorted(ti[co], np.arange(nt + 1)).tolist()
+            cv = p.client[co]
             for j, a in enumerate(aggs):
-                if a.blind():
-                    a.cover.add(ccl[cb[j] : cb[j + 1]], zero[cb[j] : cb[j + 1]])
+                a.ans_seen.add(cv[cb[j] : cb[j + 1]])
         un = p.unanswered
         unanswered = np.bincount(ti[un], minlength=nt)
         responses = np.bincount(ti[~un], minlength=nt)
@@ -934,26 +966,19 @@ class UsageProcessor:
                 d = aggs[k // 16].methods
                 d[m] = d.get(m, 0) + int(c)
         # clients: each row's rows go to its client table as they are (folded later)
-        gi_c = np.where(ans, ng, gi)  # the server's packets are not a client's
+        gi_c = np.where(ans, ng + gi, gi)  # the server's packets are not a client's: after them, by row too
         corder = np.argsort(gi_c, kind="stable")
-        cstarts = np.searchsorted(gi_c[corder], np.arange(ng + 1))
+        cstarts = np.searchsorted(gi_c[corder], np.arange(2 * ng + 1))
         src = rows["src_addr"][corder]
         ccnt = np.stack([reqw, npk, nbytes], axis=1)[corder]
+        cv = rows["fh"][corder]  # and the connections (5-tuples) each point counted each side of
+        bounds = cstarts.tolist()
         for j in range(ng):
-            lo, hi = int(cstarts[j]), int(cstarts[j + 1])
+            lo, hi = bounds[j], bounds[j + 1]
             if hi > lo:
                 aggs[j].clients.add(src[lo:hi], ccnt[lo:hi])
-        # the clients whose answers a point saw, where it saw none of the clients' packets (Agg.cover)
-        ai = np.flatnonzero(ans)
-        if ai.size and any(a.blind() for a in aggs):
-            ao = ai[np.argsort(gi[ai], kind="stable")]
-            abounds = np.searchsorted(gi[ao], np.arange(ng + 1))
-            acnt = np.stack([np.zeros(len(ao), np.int64), npk_all[ao], nbytes_all[ao]], axis=1)
-            asrc = _hashed(addr_hash(rows["src_addr"][ao]))
-            for j in np.flatnonzero(np.diff(abounds)).tolist():
-                if aggs[j].blind():
-                    lo, hi = int(abounds[j]), int(abounds[j + 1])
-                    aggs[j].cover.add(asrc[lo:hi], acnt[lo:hi])
+                aggs[j].req_seen.add(cv[lo:hi])
+            aggs[j].ans_seen.add(cv[bounds[ng + j] : bounds[ng + j + 1]])
 
     def _place(self, st: UsageState, wins: npt.NDArray[np.int64], gw: npt.NDArray[np.int64],
                keys: list[Key]) -> tuple[list[Agg], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
@@ -1216,7 +1241,7 @@ class UsageProcessor:
             "flow_table": [np.fromiter(flows.keys(), dtype="<u8", count=len(flows)), vals[:, 0].astype("<i4"),
                            vals[:, 1].astype("<i8"), vals[:, 2].astype("u1")],
             "pending": {str(k): [p.src.hex(), p.service, sorted(p.origins), {str(w): v for w, v in p.windows.items()},
-                                 p.server, p.since] for k, p in st.pending.items()},
+                                 p.server, p.since, p.flow] for k, p in st.pending.items()},
             "apis": {k: [r.host, r.port, r.protocol, r.matched, r.rate_limit_per_min] for k, r in st.apis.items()},
             "late_records": st.late_records, "records": st.records,
             "queue": st.pairing.dump(), "names": st.names.items, "names_free": st.names.free,
@@ -1253,7 +1278,8 @@ class UsageProcessor:
             closed_until=int(d["closed_until"]),
             flows=flows,
             pending={int(k): Pending(bytes.fromhex(v[0]), v[1], set(v[2]), _pending_windows(v[3], v[2]),
-                                     v[4] if len(v) > 4 else "", int(v[5]) if len(v) > 5 else 0)
+                                     v[4] if len(v) > 4 else "", int(v[5]) if len(v) > 5 else 0,
+                                     int(v[6]) if len(v) > 6 else 0)
                      for k, v in d["pending"].items()},
             apis=apis, late_records=int(d["late_records"]), records=int(d["records"]),
             apis_folded=folded[0], requests_folded=folded[1],

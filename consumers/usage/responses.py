@@ -40,7 +40,7 @@ QUEUE_DTYPE = np.dtype([
     ("seen", "u1"),  # 1 once a packet of the server's on the connection was seen
     ("content_length", "<i4"),
     ("point", "<u4"),  # the capture point (a stable hash of its "host/interface")
-    ("client", "<u8"),  # the client's address (features.addr_hash)
+    ("client", "<u8"),  # the connection's 5-tuple hash (features.flow_hash), the same at every capture point
 ])
 # the queue as snapshots before the capture point and client were in it held it
 _QUEUE_V1 = np.dtype(QUEUE_DTYPE.descr[:7])
@@ -84,7 +84,7 @@ class Paired:
     resp_length: npt.NDArray[np.int64]  # response Content-Length, -1 unknown
     unanswered: npt.NDArray[np.bool_]
     point: npt.NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))  # the capture point
-    client: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))  # its address' hash
+    client: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))  # its 5-tuple hash
 
     @classmethod
     def empty(cls) -> Paired:

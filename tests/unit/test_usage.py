@@ -765,10 +765,77 @@ def test_points_that_see_different_clients_add_up() -> None:
     assert without_points(got) == want and figures["capture_point_overlaps"] == 0
     got, figures = usage_records(p, [[pt.feats(seen_at(k, "router-b"), "r/eth1"),
                                       pt.feats(seen_at(both, "router-a"), "r/eth0")]])
-    r, w = got["orders.create"], want["orders.create"]
-    for f in ("requests", "packets", "bytes", "distinct_clients", "top_clients"):
-        assert r[f] == w[f], f
-    # (the other client's new connection and its answer are not added: the figures per client are
-    # requests, packets and bytes; once for the client's side, once for the server's)
-    assert (r["new_connections"], r["responses"]) == (1, 1) and figures["capture_point_overlaps"] == 2
-    assert r["response_packets"] == w["response_packets"] // 2
+    # (the farther link shares one conversation with the nearer and has one of its own: it adds
+    # nothing, once for the client's side, once for the server's, and the figures say so)
+    alone = without_points(usage_records(p, [[pt.feats(seen_at(k, "router-b"), "r/eth1")]])[0])
+    assert without_points(got) == alone and figures["capture_point_overlaps"] == 2
+    assert got["orders.create"]["requests"] == 1 and want["orders.create"]["requests"] == 2
+
+
+def test_replicas_of_one_api_seen_by_their_own_hosts_add_up() -> None:
+    """One client calls a catalogued API on two replicas, each captured on its own host (and the
+    client's host captures both): every request counts once, the replicas' conversations apart."""
+    pt = Points()
+    p = pt.p
+    k1 = one_conn(T0, (200_000, REQ_CREATE, 201))
+    k2 = [{**x, "src": "10.1.0.11" if x["src"] == "10.1.0.10" else x["src"],
+           "dst": "10.1.0.11" if x["dst"] == "10.1.0.10" else x["dst"]}
+          for x in one_conn(T0 + 10**9, (200_000, REQ_CREATE, 201), (300_000, REQ_CREATE, 201), sport=41000)]
+    both = sorted(k1 + k2, key=lambda x: x["ts"])
+    want = without_points(usage_records(p, [[pt.feats(seen_at(both, "server"), "one/eth0")]])[0])
+    assert want["orders.create"]["requests"] == 3
+    replicas = [pt.feats(seen_at(k1, "server"), "s1/eth0"), pt.feats(seen_at(k2, "server"), "s2/eth0")]
+    got, figures = usage_records(p, [replicas])
+    assert without_points(got) == want and figures["capture_point_overlaps"] == 0
+    got, figures = usage_records(p, [[*replicas, pt.feats(seen_at(both, "client"), "c/eth0")]])
+    assert without_points(got) == want and figures["capture_point_overlaps"] == 0
+
+
+def test_an_unanswered_request_seen_at_both_ends_counts_once() -> None:
+    """A request the server never answers, seen by the client's host and the server's; its timeout
+    ends in the next minute, in which the server's host sees only another client: one unanswered
+    request, as the server's host alone counts it."""
+    pt = Points()
+    p = pt.p
+    lost = [x for x in one_conn(T0 + 50 * 10**9, (200_000, REQ_CREATE, 201))
+            if not x.get("payload", b"").startswith(b"HTTP")]
+    other = as_client(one_conn(T0 + 75 * 10**9, (200_000, REQ_ITEMS, 200), sport=41000), "10.100.0.8")
+    every = sorted(lost + other, key=lambda x: x["ts"])
+    alone, _f = usage_records(p, [[pt.feats(seen_at(every, "server"), "s/eth0")]])
+    assert sum(r["unanswered"] or 0 for r in alone.values()) == 1
+    got, _f = usage_records(p, [[pt.feats(seen_at(every, "server"), "s/eth0"),
+                                 pt.feats(seen_at(lost, "client"), "c/eth0")]])
+    assert without_points(got) == without_points(alone)
+
+
+def test_a_degraded_snapshot_keeps_conversations_counted_once() -> None:
+    """Twenty clients, each captured on its own host and all on the server's; the state gives up its
+    client detail (degrade, --top-clients 10) before the minute closes: still twenty requests from
+    twenty clients, not the trimmed clients counted again from their own hosts."""
+    pt = Points()
+    p = pt.p
+    conns = [as_client(one_conn(T0 + i * 10**8, (200_000, REQ_CREATE, 201), sport=41000 + i), f"10.100.1.{i + 1}")
+             for i in range(20)]
+    every = sorted((x for c in conns for x in c), key=lambda x: x["ts"])
+    s = p.new_state()
+    p.process(s, features.concat([pt.feats(seen_at(every, "server"), "s/eth0"),
+                                  *(pt.feats(seen_at(c, "client"), f"c{i}/eth0") for i, c in enumerate(conns))]))
+    assert p.degrade(s)["dropped"] == "client detail"
+    r = next(o.record for o in p.close(s, FOREVER) if o.record["window_s"] == 60 and o.record["api"] == "orders.create")
+    assert (r["requests"], r["distinct_clients"], r["responses"]) == (20, 20, 20)
+
+
+def test_a_row_keeps_at_most_max_points_apart() -> None:
+    """Seventy client hosts each calling the API (the server not captured): past MAX_POINTS_PER_ROW
+    the others' figures are kept together, and every request still counts once; seen_by names all."""
+    from pktstream.consumers.usage.processor import MAX_POINTS_PER_ROW
+
+    pt = Points()
+    p = pt.p
+    n = MAX_POINTS_PER_ROW + 6
+    conns = [as_client(one_conn(T0 + i * 10**8, (200_000, REQ_CREATE, 201), sport=41000 + i), f"10.100.1.{i + 1}")
+             for i in range(n)]
+    got, _f = usage_records(p, [[pt.feats(seen_at(c, "client"), f"c{i:02}/eth0") for i, c in enumerate(conns)]],
+                            restore_after=0)
+    r = got["orders.create"]
+    assert (r["requests"], r["distinct_clients"], len(r["seen_by"])) == (n, n, n)
