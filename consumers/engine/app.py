@@ -51,8 +51,9 @@ COUNTERS = {
     "apis_folded": "Uncatalogued API names a minute window counted in an _OTHER row instead of their own "
                    "(usage: --max-apis, --max-apis-per-server; each batch's decisions).",
     "requests_folded": "Requests counted in a minute's _OTHER row instead of their API's own (usage).",
-    "capture_point_overlaps": "Sides of a (minute, API, capture point) whose clients a point nearer the server saw in "
-                              "part: only their requests, packets and bytes added (usage, docs/usage.md).",
+    "capture_point_overlaps": "Sides of a (minute, API, capture point) that shared some but not all of their "
+                              "connections with points nearer the server: counted if fewer than half (usage, "
+                              "docs/usage.md).",
     "waiting_names_folded": "Connections and waiting requests whose API name was taken as its server's _OTHER "
                             "row, the table of names they refer to being full (usage).",
     "red_folded": "Answers counted under an _OTHER label in the RED histograms (usage: --metrics-max-*).",

@@ -183,7 +183,7 @@ def _add_pending(a: Agg, pend: Pending, accs: dict[str, list[int]]) -> None:
     """A waiting connection's packets of one window, per capture point ([packets, bytes, syns, the
     server's packets, their bytes, the point's request and answer ranks]), added to an API's window."""
     for origin, acc in accs.items():
-        sub = a.sub(origin)
+        sub = a.sub(origin, max(acc[5], acc[6]))
         p, b, s = acc[0], acc[1], acc[2]
         sub.packets += p
         sub.nbytes += b
@@ -242,7 +242,7 @@ class Hashes:
 
     def add(self, h: npt.NDArray[np.uint64]) -> None:
         if len(h):
-            self.parts.append(h)
+            self.parts.append(h.copy())  # (not a view that keeps a whole batch's array alive)
             self.waiting += len(h)
             if self.waiting > max(1 << 16, 4 * len(self.v)):  # (folding less often: each fold sorts v again)
                 self.values()
@@ -266,20 +266,23 @@ class Hashes:
 
 def _claims(sets: list[Hashes]) -> list[tuple[bool, bool]]:
     """For capture points in order (nearest the server first): whether to count a point's figures,
-    and whether that is a judgement (it shares some but not all of its connections with points
-    before it). A point whose connections points before it counted, half of them or more, is not
-    counted (the same traffic, seen farther from the server, or across a minute boundary by a clock
-    of its own); one that shares fewer is (its own traffic, a few 5-tuples that happen to repeat)."""
-    arrays = [h.values() for h in sets]
-    every = np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
-    first = np.zeros(len(every), bool)
-    if len(every):
-        first[np.unique(every, return_index=True)[1]] = True
-    out, at = [], 0
-    for a in arrays:
-        shared = len(a) - int(first[at : at + len(a)].sum())
-        at += len(a)
-        out.append((2 * shared < len(a) or len(a) == 0, 0 < shared < len(a)))
+    and whether that is a judgement (it shares some but not all of its connections with the points
+    before it that were counted). A point half or more of whose connections counted points before it
+    hold is not counted (the same traffic, seen farther from the server, or across a minute boundary
+    by a clock of its own); one that shares fewer is (its own traffic, a few 5-tuples that repeat)."""
+    out: list[tuple[bool, bool]] = []
+    held: npt.NDArray[np.uint64] = np.zeros(0, np.uint64)  # sorted: the counted points' connections
+    for h in sets:
+        mine = h.values()
+        if len(held) and len(mine):
+            at = np.minimum(np.searchsorted(held, mine), len(held) - 1)
+            shared = int((held[at] == mine).sum())
+        else:
+            shared = 0
+        counted = 2 * shared < len(mine) or len(mine) == 0
+        out.append((counted, 0 < shared < len(mine)))
+        if counted and len(mine):
+            held = np.union1d(held, mine)
     return out
 
 
@@ -334,15 +337,18 @@ class Agg:
     ans_seen: Hashes = field(default_factory=Hashes)
     overlaps: int = 0  # capture point sides counted or not by a judgement: some of their connections were nearer
 
-    def sub(self, origin: str) -> Agg:
+    def sub(self, origin: str, rank: int = -1) -> Agg:
         a = self.points.get(origin)
         if a is None:
-            # past MAX_POINTS_PER_ROW the others as one point (seen_by still names each)
-            key = origin if len(self.points) < MAX_POINTS_PER_ROW else OTHER_POINTS
+            # past MAX_POINTS_PER_ROW the others together, a point per rank (points at one distance
+            # from the server: seen_by still names each)
+            key = origin if len(self.points) < MAX_POINTS_PER_ROW or origin.startswith(OTHER_POINTS) \
+                else next((k for k, v in self.points.items() if k.startswith(OTHER_POINTS) and origin in v.seen_by),
+                          f"{OTHER_POINTS}:{rank}")  # (where its rows went: its answers follow them)
             a = self.points.get(key)
             if a is None:
                 a = self.points[key] = Agg()
-            if origin != OTHER_POINTS:
+            if not origin.startswith(OTHER_POINTS):
                 a.seen_by.add(origin)
         return a
 
@@ -860,16 +866,13 @@ class UsageProcessor:
         ti = ti.ravel()
         aggs = [rows_of[k >> 32].sub(st.point_names.get(k & 0xFFFFFFFF, "")) for k in pt.tolist()]
         nt = len(aggs)
-        # the connections each point counted unanswered requests and lone answers of (the others' answer
-        # rows are in _aggregate's, or in a waiting connection's, with their connection)
-        lone = p.unanswered | (p.latency < 0)
-        if lone.any():
-            ui = np.flatnonzero(lone)
-            co = ui[np.argsort(ti[ui], kind="stable")]
-            cb = np.searchsorted(ti[co], np.arange(nt + 1)).tolist()
-            cv = p.client[co]
-            for j, a in enumerate(aggs):
-                a.ans_seen.add(cv[cb[j] : cb[j + 1]])
+        # the connections each point counted answers and unanswered requests of (an answer's own rows may
+        # have gone to another row: a lagging point's, a catch-all's after the flow table was given up)
+        co = np.argsort(ti, kind="stable")
+        cb = np.searchsorted(ti[co], np.arange(nt + 1)).tolist()
+        cv = p.client[co]
+        for j, a in enumerate(aggs):
+            a.ans_seen.add(cv[cb[j] : cb[j + 1]])
         un = p.unanswered
         unanswered = np.bincount(ti[un], minlength=nt)
         responses = np.bincount(ti[~un], minlength=nt)
@@ -920,10 +923,13 @@ class UsageProcessor:
             st.requests_folded += int(reqw[folded[rinv.ravel()][gi]].sum())
         sk, sinv = np.unique(tid[rinv.ravel()] * no + groups % no, return_inverse=True)
         gi = sinv.ravel()[gi]  # from here on: each row's capture point's figures in its row
-        aggs = [rows_of[k // no].sub(f.text(int(points[k % no]))) for k in sk.tolist()]
-        ng = len(aggs)
         ans = rows["answer"] != 0
         rank = rank_of(rows["ttl"], rows["direction"], ans)
+        grank = np.full(len(sk), -1, np.int64)  # (a point's rank, for a row past MAX_POINTS_PER_ROW)
+        np.maximum.at(grank, gi, rank)
+        aggs = [rows_of[k // no].sub(f.text(int(points[k % no])), r)
+                for k, r in zip(sk.tolist(), grank.tolist(), strict=True)]
+        ng = len(aggs)
         req_rank = np.full(ng, -1, np.int64)
         np.maximum.at(req_rank, gi[~ans], rank[~ans])
         ans_rank = np.full(ng, -1, np.int64)
@@ -1317,7 +1323,9 @@ class UsageProcessor:
            takes (their rows go to the _OTHER rows, whose clients are trimmed too);
         3. the flow table and the connections waiting for their first request (their later packets
            go to the server's catch-all row);
-        4. the requests waiting for answers (neither answered nor unanswered).
+        4. the requests waiting for answers (neither answered nor unanswered);
+        5. the connections each capture point of an open minute counted (Agg.req_seen, ans_seen): from
+           then on each point of those minutes counts what it saw, however many others saw it too.
 
         Each step depends on the state alone; which commit needs one depends on when commits happen,
         so a degraded window's rows may differ from a replay's."""
@@ -1353,4 +1361,11 @@ class UsageProcessor:
             st.pairing.queue = st.pairing.queue[:0]
             self._drop_names(st)
             return {"dropped": "waiting requests", "requests": n}
+        sets = [h for rows in st.windows.values() for a in rows.values() for p in a.points.values()
+                for h in (p.req_seen, p.ans_seen) if len(h)]
+        if sets:  # from here on every capture point of those minutes counts what it saw
+            n = sum(len(h) for h in sets)
+            for h in sets:
+                h.v, h.parts, h.waiting = np.zeros(0, np.uint64), [], 0
+            return {"dropped": "capture points' connections", "connections": n}
         return {}

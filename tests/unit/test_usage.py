@@ -839,3 +839,41 @@ def test_a_row_keeps_at_most_max_points_apart() -> None:
                             restore_after=0)
     r = got["orders.create"]
     assert (r["requests"], r["distinct_clients"], len(r["seen_by"])) == (n, n, n)
+
+
+def test_a_point_left_out_does_not_hide_the_points_after_it() -> None:
+    """A catalogued API on two replicas, one captured on its host: a router link sees all five
+    connections (three to the captured replica, so it is left out), a second client's host sees its
+    two to the other replica: those two count, though the router saw them too."""
+    pt = Points()
+    p = pt.p
+
+    def to(server: str, c: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**x, "src": server if x["src"] == "10.1.0.10" else x["src"],
+                 "dst": server if x["dst"] == "10.1.0.10" else x["dst"]} for x in c]
+
+    r1 = [one_conn(T0 + i * 10**8, (200_000, REQ_CREATE, 201), sport=41000 + i) for i in range(3)]
+    r2 = [to("10.1.0.11", as_client(one_conn(T0 + (3 + i) * 10**8, (200_000, REQ_CREATE, 201), sport=42000 + i),
+                                    "10.100.0.8")) for i in range(2)]
+    flat = sorted((x for c in r1 + r2 for x in c), key=lambda x: x["ts"])
+    got, figures = usage_records(p, [[pt.feats(seen_at(sorted((x for c in r1 for x in c), key=lambda x: x["ts"]),
+                                                       "server"), "r1/eth0"),
+                                      pt.feats(seen_at(flat, "router-a"), "rt/eth0"),
+                                      pt.feats(seen_at(sorted((x for c in r2 for x in c), key=lambda x: x["ts"]),
+                                                       "client"), "c2/eth0")]])
+    assert got["orders.create"]["requests"] == 5 and got["orders.create"]["responses"] == 5
+    assert figures["capture_point_overlaps"] == 2  # the router's two sides: judged, left out
+
+
+def test_points_past_the_cap_are_kept_apart_by_their_distance_from_the_server() -> None:
+    """Seventy client hosts, then the server's host (the seventy-first point of the row): the server's
+    figures are not lumped with the clients' past MAX_POINTS_PER_ROW, every request counts once."""
+    pt = Points()
+    p = pt.p
+    conns = [as_client(one_conn(T0 + i * 10**8, (200_000, REQ_CREATE, 201), sport=41000 + i), f"10.100.1.{i + 1}")
+             for i in range(70)]
+    every = sorted((x for c in conns for x in c), key=lambda x: x["ts"])
+    got, _f = usage_records(p, [[pt.feats(seen_at(c, "client"), f"c{i:02}/eth0") for i, c in enumerate(conns)],
+                                [pt.feats(seen_at(every, "server"), "s/eth0")]])
+    r = got["orders.create"]
+    assert (r["requests"], r["responses"], r["distinct_clients"], len(r["seen_by"])) == (70, 70, 70, 71)
