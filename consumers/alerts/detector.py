@@ -57,11 +57,11 @@ class Add:
 
 class View:
     """Feature rows with the columns the detectors share, extracted once: address hashes, ports,
-    protocol, packets, bytes, time, capture point (an index into the state's strings), and which
+    protocol, packets, bytes, time, capture point (an index into the state's strings) and its rank, and which
     keying a row belongs to (``dst_rows``: routed by destination; ``src_rows``: by source)."""
 
     __slots__ = ("_attempts", "b", "dst_port", "dst_rows", "egress_dst", "egress_src", "f", "fh", "flags_or", "hd",
-                 "hs", "ip_dst", "n", "o", "protocol", "rows", "src_port", "src_rows", "status", "syns", "t")
+                 "hs", "ip_dst", "n", "o", "protocol", "r", "rows", "src_port", "src_rows", "status", "syns", "t")
 
     def __init__(self, f: Features, omap: npt.NDArray[np.int64], dst_rows: npt.NDArray[np.bool_]) -> None:
         rows = f.rows
@@ -76,6 +76,9 @@ class View:
         self.b = rows["nbytes"].astype(np.int64)
         self.t = rows["ts_ns"].astype(np.int64)
         self.o = omap[rows["origin"]]
+        # how far along its path each packet was captured: where several points saw the same packets,
+        # the window counts them once (processor._nearest)
+        self.r = path_rank(rows["ttl"], rows["direction"])
         self.syns = rows["syns"].astype(np.int64)
         self.flags_or = rows["flags_or"]
         self.fh = np.ascontiguousarray(rows["fh"])  # features.flow_hash of the 5-tuple, from stage one
@@ -242,6 +245,16 @@ def attempts(proto: npt.NDArray[Any], syns: npt.NDArray[Any], flags_or: npt.NDAr
     return out
 
 
+def path_rank(ttl: npt.NDArray[Any], direction: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """How far along its path each packet was captured (higher: nearer its destination): the TTL it
+    lost (255 minus its TTL) times two, plus one when it was captured arriving. A packet's rank only
+    grows along its path (its sender's egress, each router's ingress then egress, the destination's
+    ingress) whatever TTL it started with: random or forged TTLs included, since no initial TTL is
+    guessed (a guess would rank a packet lower after it crossed 65 to 64)."""
+    out: npt.NDArray[np.int64] = 2 * (255 - ttl.astype(np.int64)) + (direction == 0)
+    return out
+
+
 def addr_text(words_row: npt.NDArray[Any] | bytes) -> str:
     return decode_addr_text(words_row if isinstance(words_row, bytes) else words_bytes(words_row))
 
@@ -262,4 +275,4 @@ def first_per_key(kinv: npt.NDArray[np.intp], nk: int) -> npt.NDArray[np.int64]:
 
 
 __all__ = ["SEC", "Add", "Detector", "Evidence", "PacketFlood", "Setup", "View", "Window", "addr_text", "attempts",
-           "distinct_sources", "first_per_key", "proto_name"]
+           "distinct_sources", "first_per_key", "path_rank", "proto_name"]

@@ -123,7 +123,7 @@ class AlertsProcessor:
             return
         w = self.rules.step_ns(det.name)  # a window, or a sliding window's hop
         a = agg_batch(len(sel), k=k, item=item, o=v.o[sel], n=v.n[sel] if n is None else n, b=v.b[sel],
-                      t=v.t[sel], sub=sub, s=s)
+                      t=v.t[sel], sub=sub, s=s, r=v.r[sel])
         win = a[5] - a[5] % w
         closed = st.closed_until.get(det.name, 0)
         if int(win.min()) < closed:
@@ -237,26 +237,67 @@ class AlertsProcessor:
         kinv, kg = group_index(c["k"])
         keys = kg.view()["k"]
         nk = len(keys)
+        # distinct items per key: the (key, item) pairs over all capture points
+        pinv, pairs = group_index(kinv, c["item"])
+        distinct = np.bincount(pairs.view()["k"].astype(np.int64), minlength=nk)
+        counted, counted_b = self._nearest(c, pinv, len(pairs))
+        if counted is not None and counted_b is not None:  # the same packets seen by several points count once
+            if recent is None:  # (a sliding window's hops are judged again in every window that holds them)
+                st.seen_nearer += int((~counted).sum())
+            c = {**c, "n": np.where(counted, c["n"], 0), "b": np.where(counted_b, c["b"], 0)}
         n = np.bincount(kinv, c["n"], nk).astype(np.int64)
         b = np.bincount(kinv, c["b"], nk).astype(np.int64)
-        # distinct items per key: the (key, item) pairs over all capture points
-        _pinv, pairs = group_index(kinv, c["item"])
-        distinct = np.bincount(pairs.view()["k"].astype(np.int64), minlength=nk)
         fire = det.fire(Window(c, kinv, keys, n, b, distinct, st))
         if recent is not None:
             fire &= np.isin(keys, recent)
         out: dict[str, dict[str, Any]] = {}
         if fire.any():
-            c = expand(t.with_samples())
+            full = expand(t.with_samples())
+            c = full if counted is None else {**full, "n": c["n"], "b": c["b"]}
         fj = np.flatnonzero(fire)
         for j in fj[np.argsort(keys[fj], kind="stable")].tolist():
             rows = np.flatnonzero(kinv == j)
-            out_key, facts = self._facts(st, det, c, rows, int(n[j]), int(b[j]), int(distinct[j]))
+            seen = rows
+            if counted is not None:  # evidence from the groups counted; every point that saw the key named
+                rows = rows[counted[rows]]
+            out_key, facts = self._facts(st, det, c, rows, int(n[j]), int(b[j]), int(distinct[j]), seen)
             out[out_key] = facts
         return out
 
+    @staticmethod
+    def _nearest(c: dict[str, Any], pinv: npt.NDArray[np.int64],
+                 npairs: int) -> tuple[npt.NDArray[np.bool_] | None, npt.NDArray[np.bool_] | None]:
+        """Which groups' packets and which groups' bytes count, where capture points saw the same
+        (key, item): those of one rank (detector.path_rank, each group's greatest), several points at it
+        adding up (parallel links, or each half of a flood at its own host). The rank is the one whose
+        points together counted the most packets (for the bytes: the most bytes), the nearest the
+        destination among equals: where the points saw the same packets (a path), the nearest counts
+        them; and a host that writes records with false TTLs, claiming another rank, can add to what
+        is counted (as any record it writes can) but not take away what the others saw.
+        (None, None): one rank per pair, all count."""
+        o = c["o"]
+        if len(o) == 0 or not (o != o[0]).any():
+            return None, None
+        rinv, ranks = group_index(pinv.astype(np.uint64), c["r"])
+        rv = ranks.view()
+        if len(rv["k"]) == npairs:  # one rank per (key, item)
+            return None, None
+        rank = rv["item"].view(np.int64)
+        pair = rv["k"].astype(np.int64)
+
+        def pick(weights: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+            total = np.bincount(rinv, weights, len(pair))
+            order = np.lexsort((rank, total, pair))  # per pair, its greatest total, then its greatest rank
+            last = np.r_[pair[order][1:] != pair[order][:-1], True]
+            chosen = np.empty(npairs, np.int64)
+            chosen[pair[order][last]] = order[last]
+            out: npt.NDArray[np.bool_] = rinv == chosen[pinv]
+            return out
+
+        return pick(c["n"]), pick(c["b"])
+
     def _facts(self, st: AlertsState, det: Detector, c: dict[str, Any], rows: npt.NDArray[np.intp], n: int, b: int,
-               distinct: int) -> tuple[str, dict[str, Any]]:
+               distinct: int, seen: npt.NDArray[np.intp]) -> tuple[str, dict[str, Any]]:
         first = int(rows[np.argmin(c["t0"][rows])])
         src, dst = addr_text(c["src_addr"][first]), addr_text(c["dst_addr"][first])
         items = c["item"][rows]
@@ -271,7 +312,7 @@ class AlertsProcessor:
             it = int(c["item"][r])
             if it not in item_text:
                 item_text[it] = det.item_text(c, r, it)
-        seen_by = sorted({st.strings.items[int(o)] for o in c["o"][rows].tolist() if 0 <= o < len(st.strings.items)})
+        seen_by = sorted({st.strings.items[int(o)] for o in c["o"][seen].tolist() if 0 <= o < len(st.strings.items)})
         sample = {"src": src, "dst": dst, "src_port": int(c["src_port"][first]), "dst_port": int(c["dst_port"][first]),
                   "protocol": int(c["protocol"][first]), "tcp_flags": int(c["tcp_flags"][first]),
                   "ttl": int(c["ttl"][first]), "wire_len": int(c["wire_len"][first])}
@@ -335,7 +376,7 @@ class AlertsProcessor:
             "baselines": st.baselines.dump(),
             "extra_baselines": {k: b.dump() for k, b in st.extra_baselines.items()},
             "strings": st.strings.items, "late_records": st.late_records,
-            "alerts_raised": st.alerts_raised,
+            "alerts_raised": st.alerts_raised, "seen_nearer": st.seen_nearer,
             "strings_free": st.strings.free, "payload_strings": sorted(st.strings.payload),
             "paths_folded": st.strings.folded,
         }
@@ -353,6 +394,7 @@ class AlertsProcessor:
                                  int(d.get("paths_folded", 0))),
             late_records=int(d["late_records"]),
             alerts_raised=int(d["alerts_raised"]),
+            seen_nearer=int(d.get("seen_nearer", 0)),
         )
 
     def figures(self, states: list[AlertsState]) -> dict[str, float]:
@@ -360,6 +402,7 @@ class AlertsProcessor:
                 "open_alerts": sum(len(s.open) for s in states),
                 "open_windows": sum(len(w) for s in states for w in s.windows.values()),
                 "paths_folded": sum(s.strings.folded for s in states),
+                "capture_point_duplicates": sum(s.seen_nearer for s in states),
                 "paths": sum(len(s.strings.payload) for s in states)}
 
     # -- a snapshot over its size limit ---------------------------------------------------------
@@ -370,7 +413,8 @@ class AlertsProcessor:
         order: the request paths of the open windows' samples (their alerts' evidence reads
         ``_OTHER``); then half the baselines' keys, down to MIN_BASELINE_KEYS (the least busy; a
         key that comes back starts its history again); then the open windows' sample rows per
-        group, one per key kept (evidence and messages that count distinct sources read one)."""
+        group, one per key and capture point kept (evidence and messages that count distinct sources
+        read one per point)."""
         if st.strings.payload:
             gone = np.array(sorted(st.strings.payload), dtype=np.int64)
             other = st.strings.add(OTHER)

@@ -20,9 +20,10 @@ _S = list(AGG_COLS).index("s")
 
 
 class Table:
-    """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), with
-    sample feature rows: one per group, or, in a light table, one per key (``side``), which is
-    all that the detectors with large tables (floods, volume) need."""
+    """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), each with the
+    greatest rank of its rows (how near the packets' destination the point saw them), with
+    sample feature rows: one per group, or, in a light table, one per key and capture point
+    (``side``), which is all that the detectors with large tables (floods, volume) need."""
 
     __slots__ = ("g", "light", "side")
 
@@ -47,30 +48,35 @@ class Table:
         out: dict[str, Any] = dict(self.g.view())
         if self.side is not None:
             sv = self.side.view()
-            out["side"] = {"k": sv["k"], "t0": sv["t0"], "rec": sv["rec"]}
+            out["side"] = {"k": sv["k"], "o": sv["o"], "t0": sv["t0"], "rec": sv["rec"]}
         return out
 
     @classmethod
     def load(cls, d: dict[str, Any]) -> Table:
         dec = snapshot_array
 
-        cols = {k: dec(d[k], t) for k, t in AGG_COLS.items()}
+        # a snapshot from before capture points were ranked has no "r": every group ranks 0 (all counted)
+        cols = {k: dec(d[k], t) if k in d or k != "r" else np.zeros(len(dec(d["k"], np.uint64)), t)
+                for k, t in AGG_COLS.items()}
         light = "side" in d
         t = cls(light)
         rec = None if light else dec(d["rec"], FEATURE_DTYPE)
         n = len(cols["k"])
         if any(len(v) != n for v in cols.values()) or (rec is not None and len(rec) != n):
             raise ValueError("snapshot: alert table columns differ in length")
-        t.g.add(cols["k"], cols["item"], cols["o"], cols["n"], cols["b"], cols["t0"], cols["sub"], cols["s"], rows=rec)
+        t.g.add(cols["k"], cols["item"], cols["o"], cols["n"], cols["b"], cols["t0"], cols["sub"], cols["s"], rows=rec,
+                r=cols["r"])
         if len(t.g) != n:
             raise ValueError("snapshot: alert table has repeated keys")
         t.g.data[list(AGG_COLS).index("t1"), :n] = cols["t1"]
         if t.side is not None:
             sk, st0, srec = (dec(d["side"]["k"], np.uint64), dec(d["side"]["t0"], np.int64),
                              dec(d["side"]["rec"], FEATURE_DTYPE))
-            if not len(sk) == len(st0) == len(srec):
+            # (a snapshot from before the samples were kept per capture point has one per key, o 0)
+            so = dec(d["side"]["o"], np.int64) if "o" in d["side"] else np.zeros(len(sk), np.int64)
+            if not len(sk) == len(st0) == len(srec) == len(so):
                 raise ValueError("snapshot: alert table columns differ in length")
-            t.side.add_batch(agg_batch(len(sk), k=sk, t=st0), srec, key_only=True)
+            t.side.add_batch(agg_batch(len(sk), k=sk, o=so, t=st0), srec, key_only=True)
         return t
 
     @classmethod
@@ -84,11 +90,13 @@ class Table:
         for t in tables:
             c = t.g.view()
             rec = None if t.light else c["rec"]
-            out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec)
+            out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec, r=c["r"])
             out.g.add(c["k"], c["item"], c["o"], 0, 0, c["t1"], c["sub"], c["s"])  # the latest time
             if out.side is not None:
-                sv = t.side.view() if t.side is not None else {"k": c["k"], "t0": c["t0"], "rec": c["rec"]}
-                out.side.add_batch(agg_batch(len(sv["k"]), k=sv["k"], t=sv["t0"]), sv["rec"], key_only=True)
+                sv = t.side.view() if t.side is not None else {"k": c["k"], "o": c["o"], "t0": c["t0"],
+                                                               "rec": c["rec"]}
+                out.side.add_batch(agg_batch(len(sv["k"]), k=sv["k"], o=sv["o"], t=sv["t0"]), sv["rec"],
+                                   key_only=True)
         return out
 
     def strings_used(self) -> npt.NDArray[np.int64]:
@@ -104,26 +112,30 @@ class Table:
         return int(hit.sum())
 
     def lighten(self) -> int:
-        """One sample feature row per key instead of per group (a snapshot over its limit); returns the
-        sample rows dropped."""
+        """One sample feature row per key and capture point instead of per group (a snapshot over its
+        limit); returns the sample rows dropped."""
         if self.light:
             return 0
         c = self.g.view()
         light = Table(light=True)
         n = len(c["k"])
-        light.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"])
+        light.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], r=c["r"])
         light.g.data[list(AGG_COLS).index("t1"), :n] = c["t1"]
         assert light.side is not None
-        light.side.add_batch(agg_batch(n, k=c["k"], t=c["t0"]), c["rec"], key_only=True)
+        light.side.add_batch(agg_batch(n, k=c["k"], o=c["o"], t=c["t0"]), c["rec"], key_only=True)
         self.light, self.g, self.side = True, light.g, light.side
         return n - len(self.side)
 
     def with_samples(self) -> dict[str, Any]:
-        """The groups' columns, each with a sample feature row (a light table's is its key's)."""
+        """The groups' columns, each with a sample feature row (a light table's is its key's at its
+        capture point)."""
         c = self.g.view()
         if self.side is None:
             return c
-        idx = self.side.find(c["k"])
+        idx = self.side.find(c["k"], 0, c["o"])
+        miss = idx < 0
+        if miss.any():  # samples restored from a snapshot that kept one per key
+            idx[miss] = self.side.find(c["k"][miss])
         rec = self.side.view()["rec"]
         return {**c, "rec": take(rec, np.maximum(idx, 0)) if len(rec) else np.zeros(len(idx), FEATURE_DTYPE)}
 
@@ -286,3 +298,4 @@ class AlertsState:
     strings: StateStrings = field(default_factory=StateStrings)  # capture points, API names, paths
     late_records: int = 0
     alerts_raised: int = 0
+    seen_nearer: int = 0  # counters of closed tumbling windows left out: another rank's points counted (_nearest)

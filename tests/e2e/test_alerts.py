@@ -10,6 +10,7 @@ import io
 import json
 import random
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from tests.support.apps import (
     alerts_cmd,
     final_figures,
     kill_twice_then_finish,
+    log_events,
     read_alerts,
     restart_scenario,
     run_alerts,
@@ -40,7 +42,7 @@ from tests.support.apps import (
     servers,
     snapshot_blocks,
 )
-from tests.support.helpers import NetnsHost
+from tests.support.helpers import NetnsHost, sh, split_by_host
 from tests.support.producer_proc import ProducerProcess
 
 pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
@@ -460,3 +462,76 @@ def test_reflection_profiles_and_a_scan_across_a_window_boundary_from_real_packe
                                 tumbling, catalog))
     assert ("port_scan", f"{base}.9->{base}.204") not in fired(old)
 
+
+
+def test_a_flood_received_at_two_capture_points_on_its_way_raises_the_same_alerts_as_at_one(
+        kafka_bootstrap: str, make_host: Callable[..., NetnsHost], tmp_path: Path) -> None:
+    """A SYN flood and a UDP flood from the client's namespace to the server's cross this host twice:
+    it routes them (a rule for what arrives from the client's link) to a middle namespace, a router
+    that sends them back on a third link, from where they go on to the server. A producer on the
+    client's link and one on the middle router's link both receive every flood packet (TTL 64 at the
+    first, 62 at the second). The alerts of either link alone and of both together (one topic, as a
+    fleet writes it) are the same alerts with the same counts (docs/alerts.md, several capture points)."""
+    c, s, m = make_host(), make_host(), make_host()
+    net = {h.ns: h.peer_ip.rsplit(".", 1)[0] for h in (c, s, m)}
+    for h in (c, s, m):  # this host routes between the three (these links only)
+        sh("sysctl", "-qw", f"net.ipv4.conf.{h.host_if}.forwarding=1")
+    sh("sysctl", "-qw", f"net.ipv4.conf.{m.host_if}.rp_filter=2")  # the client's packets come back on m's link
+    s.run("ip", "route", "add", f"{net[c.ns]}.0/24", "via", s.host_ip)
+    # the middle router sends what it receives for the server back to this host (no redirects)
+    m.run("sysctl", "-qw", f"net.ipv4.conf.{m.peer_if}.forwarding=1")
+    m.run("sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
+    m.run("sysctl", "-qw", f"net.ipv4.conf.{m.peer_if}.send_redirects=0")
+    m.run("ip", "route", "add", f"{net[s.ns]}.0/24", "via", m.host_ip)
+    pref = str(random.randrange(20000, 30000))
+    sh("ip", "route", "add", f"{net[s.ns]}.0/24", "via", m.peer_ip, "dev", m.host_if, "table", pref)
+    sh("ip", "rule", "add", "pref", pref, "iif", c.host_if, "to", f"{net[s.ns]}.0/24", "lookup", pref)
+    topic = f"alerts-twice-{uuid.uuid4().hex[:8]}"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules([])))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    rng = random.Random(11)
+    # sources in the client's network that no socket uses (the server's answers die there); nothing
+    # listens on the server, so its answers are resets and port-unreachables, never SYN-ACKs
+    flood = [*[IP(src=f"{net[c.ns]}.{rng.randrange(100, 250)}", dst=s.peer_ip)
+               / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S") for _ in range(800)],
+             *[IP(src=f"{net[c.ns]}.4", dst=s.peer_ip) / UDP(sport=40000 + i % 50, dport=9999) / (b"x" * 64)
+               for i in range(3500)]]
+    try:
+        with capture(kafka_bootstrap, topic, [c, m]):
+            while not 0.2 <= time.time() % 10 <= 0.6:  # inside one 10-s window
+                time.sleep(0.02)
+            c.send_frames(frames_of(c, flood))
+    finally:
+        sh("ip", "rule", "del", "pref", pref)
+    split_by_host(kafka_bootstrap, topic, ["cap0", "cap1"])
+    procs = {t: subprocess.Popen(alerts_cmd(kafka_bootstrap, t, f"t-al-{uuid.uuid4().hex[:6]}", f"{t}.alerts",
+                                            rules_file, catalog), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+             for t in (topic, f"{topic}.cap0", f"{topic}.cap1")}
+    outs, logs = {}, {}
+    for t, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs[t] = [json.loads(line) for line in out.splitlines()]
+        logs[t] = final_figures(log_events(err))
+
+    def alerts(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((d["unmapped"]["pktstream"]["rule"], d["activity_name"], d["finding_info"]["uid"], d["count"],
+                       d["message"]) for d in docs)
+
+    both, client_link, middle_link = (outs[t] for t in (topic, f"{topic}.cap0", f"{topic}.cap1"))
+    assert alerts(both) == alerts(client_link) == alerts(middle_link), [
+        (t, sorted({(r["direction"], r["ttl"], r["protocol"]) for r in records(kafka_bootstrap, t)}),
+         {k: v for k, v in logs[t].items() if isinstance(v, int) and v}) for t in outs]
+    creates = {d["unmapped"]["pktstream"]["rule"]: d for d in both if d["activity_id"] == 1}
+    assert sorted(creates) == ["syn_flood", "udp_flood"], alerts(both)
+    assert creates["syn_flood"]["message"] == f"800 of 800 connections to {s.peer_ip} left half-open"
+    assert creates["udp_flood"]["count"] == 3500
+    assert creates["syn_flood"]["unmapped"]["pktstream"]["seen_by"] == [f"cap0/{c.host_if}", f"cap1/{m.host_if}"]
+    # the evidence is the nearer point's: the middle router's link, two routers on
+    assert creates["udp_flood"]["evidences"][0]["data"]["ttl"] == 62
+    # what the client's link saw of the floods was left out, counted
+    assert logs[topic]["capture_point_duplicates"] > 0
+    assert logs[f"{topic}.cap0"]["capture_point_duplicates"] == logs[f"{topic}.cap1"]["capture_point_duplicates"] == 0

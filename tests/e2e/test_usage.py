@@ -38,7 +38,7 @@ from tests.support.apps import (
     snapshot_blocks,
     usage_cmd,
 )
-from tests.support.helpers import NetnsHost, read_messages, sh
+from tests.support.helpers import NetnsHost, read_messages, sh, split_by_host
 from tests.support.producer_proc import ProducerProcess
 from tests.support.traffic import CATALOG as GEN_CATALOG
 from tests.support.traffic import containers, fleet, generate
@@ -452,13 +452,7 @@ def test_a_routed_conversation_counts_the_same_at_either_link_of_the_router_or_b
         server.communicate(timeout=30)
     assert rcs == [0, 0] and len(done) == len(plan)
     # each link's messages alone in a topic of its own, as its producer wrote them
-    prod = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
-    for name in ("router-c", "router-s"):
-        ensure_topic({"bootstrap.servers": kafka_bootstrap}, f"{topic}.{name}", 2)
-        for k, v, hdrs in read_messages(kafka_bootstrap, topic):
-            if k == name.encode():
-                prod.produce(f"{topic}.{name}", v, key=k, headers=hdrs)
-    assert prod.flush(60) == 0
+    split_by_host(kafka_bootstrap, topic, ["router-c", "router-s"])
     outs = {}
     for t in (topic, f"{topic}.router-c", f"{topic}.router-s"):
         outs[t] = [r for r in run_usage(usage_cmd(kafka_bootstrap, t, f"t-usage-{uuid.uuid4().hex[:6]}",

@@ -42,6 +42,39 @@ def running_broker(port: int, name: str, **kw: Any) -> Iterator[LocalKafka]:
 Message = tuple[bytes | None, bytes, dict[str, bytes]]
 
 
+def split_by_host(bootstrap: str, topic: str, hosts: list[str], partitions: int = 2) -> None:
+    """Each capture host's messages of a packet topic copied alone into a topic of its own,
+    ``{topic}.{host}`` (the message key is the producer's host id), as its producer wrote them."""
+    from confluent_kafka import Producer
+
+    from pktstream.runtime.kafka import ensure_topic
+
+    # (as large messages as the producers wrote: a burst's batch can pass librdkafka's 1 MB default)
+    prod = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "message.max.bytes": 64 << 20})
+    messages = read_messages(bootstrap, topic)
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    for name in hosts:
+        out = f"{topic}.{name}"
+        ensure_topic({"bootstrap.servers": bootstrap}, out, partitions, config={"max.message.bytes": str(64 << 20)})
+        deadline = time.monotonic() + 30
+        while True:  # a topic just created has its partitions' leaders a moment later
+            md = prod.list_topics(out, timeout=10).topics.get(out)
+            if md is not None and md.error is None and len(md.partitions) == partitions \
+                    and all(p.leader >= 0 for p in md.partitions.values()):
+                break
+            assert time.monotonic() < deadline, f"{out}: no leaders"
+            time.sleep(0.2)
+        for k, v, hdrs in messages:
+            if k == name.encode():
+                prod.produce(out, v, key=k, headers=hdrs, on_delivery=delivered)
+    assert prod.flush(60) == 0 and not failed, failed[:3]
+
+
 def read_messages(bootstrap: str, topic: str, timeout_s: float = 60, settled: bool = True) -> list[Message]:
     """(key, value, headers) of every committed message of a topic, partition by partition, up to
     its end now (read_committed, librdkafka's default: what transactional writers committed).

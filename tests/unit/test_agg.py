@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pktstream.consumers.engine.agg import Groups, first_rows, group_index
+from pktstream.consumers.engine.agg import Groups, batch, first_rows, group_index
 
 REC = np.dtype([("id", "<i8")])
 
@@ -23,10 +23,11 @@ def reference(batches: list[list[tuple[int, ...]]]) -> dict[tuple[int, int, int]
             key = (k * 0x9E3779B97F4A7C15 % 2**64, item, o)
             g = out.get(key)
             if g is None:
-                out[key] = {"n": n, "b": b, "t0": t, "t1": t, "sub": t * 7, "s": seq, "rec": seq}
+                out[key] = {"n": n, "b": b, "t0": t, "t1": t, "sub": t * 7, "s": seq, "rec": seq, "r": b % 17}
             else:
                 g["n"] += n
                 g["b"] += b
+                g["r"] = max(g["r"], b % 17)  # the greatest rank
                 g["t1"] = max(g["t1"], t)
                 if t < g["t0"]:  # the earliest row's fields; the first of equally early rows
                     g.update(t0=t, sub=t * 7, s=seq, rec=seq)
@@ -46,13 +47,14 @@ def test_groups_sum_and_keep_the_earliest_sample(batches: list[list[tuple[int, .
         recs["id"] = np.arange(seq, seq + m)
         k = (a[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         g.add(k, a[:, 1].astype(np.uint64), a[:, 2], a[:, 3], a[:, 4], a[:, 5], sub=a[:, 5] * 7,
-              s=np.arange(seq, seq + m), rows=recs)
+              s=np.arange(seq, seq + m), rows=recs, r=a[:, 4] % 17)
         seq += m
     ref = reference(batches)
     v = g.view()
     got = {(int(v["k"][i]), int(v["item"][i]), int(v["o"][i])): {
         "n": int(v["n"][i]), "b": int(v["b"][i]), "t0": int(v["t0"][i]), "t1": int(v["t1"][i]),
-        "sub": int(v["sub"][i]), "s": int(v["s"][i]), "rec": int(v["rec"]["id"][i])} for i in range(len(g))}
+        "sub": int(v["sub"][i]), "s": int(v["s"][i]), "rec": int(v["rec"]["id"][i]), "r": int(v["r"][i])}
+        for i in range(len(g))}
     assert got == ref
     assert len(g) == len(ref)
     keys = list(ref)
@@ -61,6 +63,22 @@ def test_groups_sum_and_keep_the_earliest_sample(batches: list[list[tuple[int, .
                        dtype=np.uint64), np.array([o for _k, _i, o in keys]))
         assert (found >= 0).all() and len(set(found.tolist())) == len(keys)
     assert (g.find(np.array([1], dtype=np.uint64), 99, 99) == -1).all()
+
+
+def test_a_sample_table_keeps_one_row_per_key_and_capture_point() -> None:
+    """key_only (the light tables' samples): grouped by (k, o), the earliest row of each, nothing summed."""
+    k = np.array([1, 1, 1, 2, 2], dtype=np.uint64)
+    o = np.array([0, 3, 3, 3, 3])
+    t = np.array([50, 40, 30, 20, 25])
+    recs = np.zeros(5, REC)
+    recs["id"] = np.arange(5)
+    g = Groups(REC)
+    g.add_batch(batch(5, k=k, item=np.array([9, 9, 8, 7, 7], dtype=np.uint64), o=o, n=5, b=6, t=t, r=4), recs,
+                key_only=True)
+    v = g.view()
+    got = {(int(v["k"][i]), int(v["o"][i])): (int(v["rec"]["id"][i]), int(v["t0"][i]), int(v["item"][i]),
+                                              int(v["n"][i]), int(v["r"][i])) for i in range(len(g))}
+    assert got == {(1, 0): (0, 50, 0, 0, 0), (1, 3): (2, 30, 0, 0, 0), (2, 3): (3, 20, 0, 0, 0)}
 
 
 def test_groups_grow_through_many_rows_in_one_batch() -> None:

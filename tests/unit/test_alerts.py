@@ -342,6 +342,138 @@ def test_snapshot_restore_gives_the_same_alerts() -> None:
     assert sorted(json.dumps(d, sort_keys=True) for d in got) == sorted(json.dumps(d, sort_keys=True) for d in ref)
 
 
+def floods_seen(ttl: int, seed: int = 4, part: slice = slice(None), random_ttl: bool = False) -> Traffic:
+    """A SYN flood from spoofed sources (their packets at the given TTL) and a UDP flood from one
+    source, to the same server, as one capture point sees them (``part``: only those packets).
+    ``random_ttl``: each packet's TTL is a random one (1 to 250, the same for a seed) plus ``ttl``."""
+    rng = random.Random(seed)
+    tr = random.Random(seed + 1)
+
+    def t() -> int:
+        return ttl + tr.randrange(1, 251) if random_ttl else ttl
+
+    syn = [{"ts": ts, "src": f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}", "dst": "10.1.0.10",
+            "sport": rng.randrange(1024, 65535), "dport": 80, "flags": 0x02, "ttl": t()}
+           for ts in spread(T0 + 12 * SEC, 3000, 5 * SEC)]
+    udp = [{"ts": ts, "src": "192.0.2.1", "dst": "10.1.0.10", "sport": 40000 + i % 1000, "dport": 9999,
+            "proto": 17, "len": 100, "ttl": t()} for i, ts in enumerate(spread(T0 + 31 * SEC, 24000, 5 * SEC))]
+    return packets(sorted(syn + udp, key=lambda x: x["ts"])[part])
+
+
+def findings(docs: list[dict[str, Any]]) -> list[str]:
+    """The alerts without the capture points that saw them."""
+    out = []
+    for d in docs:
+        d = json.loads(json.dumps(d))
+        d["unmapped"]["pktstream"].pop("seen_by", None)
+        out.append(json.dumps(d, sort_keys=True))
+    return sorted(out)
+
+
+def test_packets_received_by_two_capture_points_on_their_way_count_once() -> None:
+    """A router's ingress (the packets one hop before the server: TTL one more) and the server's host
+    both capture the floods: the alerts, their counts and messages are those of either point alone."""
+    server = run(merge(benign(), floods_seen(54)))
+    router = run(floods_seen(55), origin="router/eth1")
+    both = run(merge(benign(), floods_seen(54)), extra=[(floods_seen(55), "router/eth1")])
+    assert {(d["unmapped"]["pktstream"]["rule"], d["activity_name"]) for d in server} >= {
+        ("syn_flood", "Create"), ("udp_flood", "Create")}
+    syn = next(d for d in both if d["unmapped"]["pktstream"]["rule"] == "syn_flood" and d["activity_id"] == 1)
+    assert syn["message"].startswith("3000 of ") and syn["unmapped"]["pktstream"]["seen_by"] == [
+        "gen/eth0", "router/eth1"]
+    udp = next(d for d in both if d["unmapped"]["pktstream"]["rule"] == "udp_flood" and d["activity_id"] == 1)
+    assert udp["unmapped"]["pktstream"]["window_count"] == 24000
+    assert findings(both) == findings(server)
+    # the router's floods alone (no benign traffic there) raise the same floods with the same counts
+    def floods(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((d["unmapped"]["pktstream"]["rule"], d["activity_name"], d["finding_info"]["uid"], d["count"],
+                       d["message"]) for d in docs if d["unmapped"]["pktstream"]["rule"] in {"syn_flood", "udp_flood"})
+    alone = run(floods_seen(54))
+    assert floods(router) == floods(alone) and len(floods(alone)) >= 4
+
+
+def test_a_flood_with_random_ttls_received_at_two_points_on_its_way_counts_once() -> None:
+    """Flood tools forge TTLs: each packet's at random (crossing 64 and 128 on its way), one less at
+    the server than at the router before it. Counted once, at the server."""
+    server = run(floods_seen(0, random_ttl=True))
+    both = run(floods_seen(0, random_ttl=True), extra=[(floods_seen(1, random_ttl=True), "router/eth1")])
+    assert findings(both) == findings(server)
+    assert {d["unmapped"]["pktstream"]["rule"] for d in both} == {"syn_flood", "udp_flood"}
+
+
+def test_a_host_writing_false_ttls_cannot_hide_what_another_point_saw() -> None:
+    """A capture point that claims to be nearer the server (TTL 1) for a few of the flood's packets does
+    not take the count: the rank whose points saw the most counts. Nor does one that claims many small
+    packets take away the bytes of a reflection that another point saw."""
+    server = run(floods_seen(54))
+    with_liar = run(floods_seen(54), extra=[(floods_seen(1, part=slice(0, None, 500)), "liar/eth0")])
+    assert findings(with_liar) == findings(server)
+    assert all("liar/eth0" in d["unmapped"]["pktstream"]["seen_by"] for d in with_liar if d["activity_id"] == 1)
+    # 400 DNS answers of 1,200 bytes to a victim; the liar claims 450 answers of 60 bytes at TTL 1
+    reflected = packets([{"ts": ts, "src": f"45.33.32.{10 + i % 40}", "dst": "10.1.0.20", "sport": 53,
+                          "dport": 4444 + i % 7, "proto": 17, "len": 1200, "ttl": 50}
+                         for i, ts in enumerate(spread(T0 + 12 * SEC, 400, 4 * SEC))])
+    small = packets([{"ts": ts, "src": "45.33.32.10", "dst": "10.1.0.20", "sport": 53, "dport": 4444, "proto": 17,
+                      "len": 60, "ttl": 1} for ts in spread(T0 + 12 * SEC, 450, 4 * SEC)])
+    rules = {**RULES, "detectors": {**RULES["detectors"], "amplification": {"min_packets": 300}}}
+    alone = run(reflected, rules)
+    assert [(d["unmapped"]["pktstream"]["rule"], d["activity_name"]) for d in alone] == [
+        ("amplification", "Create"), ("amplification", "Close")]
+    assert rules_fired(run(reflected, rules, extra=[(small, "liar/eth0")])) == rules_fired(alone)
+
+
+def test_a_hairpin_link_that_sees_each_packet_leave_and_come_back_counts_its_arrivals() -> None:
+    """A host that routes the floods out of a link and receives them back on the same link (a
+    router on a stick) records each packet twice at one capture point, leaving then arriving: the
+    two records are not folded into one row, and the arrivals raise the floods as they would alone."""
+    def both_ways(t: Traffic) -> Traffic:
+        cols = {k: np.concatenate([np.asarray(v), np.asarray(v)]) for k, v in t.columns.items()}
+        cols["direction"] = np.r_[np.ones(t.n, np.int64), np.zeros(t.n, np.int64)]  # leaving, then back
+        cols["ttl"] = np.r_[np.full(t.n, 63, np.int64), np.full(t.n, 62, np.int64)]
+        order = np.argsort(cols["ts_ns"], kind="stable")
+        return Traffic({k: v[order] for k, v in cols.items()}, 2 * t.n)
+
+    def counted(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:  # (twice the records: other batches, and
+        # a row's time is its run's first packet's in its batch: the last seen times may differ)
+        return sorted((d["unmapped"]["pktstream"]["rule"], d["activity_name"], d["finding_info"]["uid"], d["count"],
+                       d["message"], d["unmapped"]["pktstream"].get("seen_by"), json.dumps(d.get("evidences")))
+                      for d in docs)
+
+    alone = run(floods_seen(62))
+    assert counted(run(both_ways(floods_seen(62)))) == counted(alone)
+    assert {d["unmapped"]["pktstream"]["rule"] for d in alone} == {"syn_flood", "udp_flood"}
+
+
+def test_a_flood_split_between_two_points_at_the_same_distance_adds_up() -> None:
+    """Two hosts (or two parallel links) each receive half of the floods, at the same TTL: the alerts
+    count both halves, as one point receiving all of it would."""
+    whole = run(floods_seen(54))
+    halves = run(floods_seen(54, part=slice(0, None, 2)), origin="a/eth0",
+                 extra=[(floods_seen(54, part=slice(1, None, 2)), "b/eth0")])
+    assert findings(halves) == findings(whole)
+    assert {s for d in halves for s in d["unmapped"]["pktstream"].get("seen_by", [])} == {"a/eth0", "b/eth0"}
+
+
+def test_a_snapshot_from_before_ranked_points_still_loads() -> None:
+    p = AlertsProcessor(load_rules(None, RULES), Catalog.from_data(CATALOG))
+    s = p.new_state()
+    for origin in ("other/eth0", "gen/eth0"):  # (the floods' capture point is not the state's first string)
+        t = floods_seen(54) if origin == "gen/eth0" else benign(200)
+        for m in containers(t, batch=100_000):
+            for part in p.route(p.featurize(read_container(m), origin), 1).values():
+                p.process(s, part)
+    d = snapshot.unpack(snapshot.pack(p.dump(s)))
+    tables = [t for wins in d["windows"].values() for t in wins.values()]
+    assert tables and all("r" in t for t in tables)
+    assert any("o" in t.get("side", {}) for t in tables)  # the floods' tables are light
+    for t in tables:  # as written before: no ranks, one sample per key
+        del t["r"]
+        t.get("side", {}).pop("o", None)
+    d.pop("seen_nearer")
+    old = p.load(d)
+    assert findings([o.record for o in p.close(old, FOREVER)]) == findings([o.record for o in p.close(s, FOREVER)])
+
+
 def test_config_errors_are_listed_together(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as e:
         load_rules(None, {"detectors": {"port_scan": {"min_ports": -1, "colour": 1}, "nope": {},
