@@ -275,8 +275,8 @@ class AlertsProcessor:
         them; and a host that writes records with false TTLs, claiming another rank, can add to what
         is counted (as any record it writes can) but not take away what the others saw.
         (None, None): one rank per pair, all count."""
-        o = c["o"]
-        if len(o) == 0 or not (o != o[0]).any():
+        o, r = c["o"], c["r"]
+        if len(o) == 0 or not (o != o[0]).any() or not (r != r[0]).any():  # one point, or one rank: all count
             return None, None
         rinv, ranks = group_index(pinv.astype(np.uint64), c["r"])
         rv = ranks.view()
