@@ -76,8 +76,8 @@ class View:
         self.b = rows["nbytes"].astype(np.int64)
         self.t = rows["ts_ns"].astype(np.int64)
         self.o = omap[rows["origin"]]
-        # how far along its path each packet was captured: where several points saw the same packets,
-        # the window counts them once (processor._nearest)
+        # how far along its path each packet was captured: of the points that counted the same flows
+        # as much, the nearest the destination gives its evidence (processor._nearest)
         self.r = path_rank(rows["ttl"], rows["direction"])
         self.syns = rows["syns"].astype(np.int64)
         self.flags_or = rows["flags_or"]

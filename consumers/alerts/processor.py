@@ -123,7 +123,7 @@ class AlertsProcessor:
             return
         w = self.rules.step_ns(det.name)  # a window, or a sliding window's hop
         a = agg_batch(len(sel), k=k, item=item, o=v.o[sel], n=v.n[sel] if n is None else n, b=v.b[sel],
-                      t=v.t[sel], sub=sub, s=s, r=v.r[sel])
+                      t=v.t[sel], sub=sub, s=s, r=v.r[sel], f=v.fh[sel])
         win = a[5] - a[5] % w
         closed = st.closed_until.get(det.name, 0)
         if int(win.min()) < closed:
@@ -240,11 +240,11 @@ class AlertsProcessor:
         # distinct items per key: the (key, item) pairs over all capture points
         pinv, pairs = group_index(kinv, c["item"])
         distinct = np.bincount(pairs.view()["k"].astype(np.int64), minlength=nk)
-        counted, counted_b = self._nearest(c, pinv, len(pairs))
-        if counted is not None and counted_b is not None:  # the same packets seen by several points count once
+        counted = self._nearest(c, pinv)
+        if counted is not None:  # the same packets seen by several points count once
             if recent is None:  # (a sliding window's hops are judged again in every window that holds them)
                 st.seen_nearer += int((~counted).sum())
-            c = {**c, "n": np.where(counted, c["n"], 0), "b": np.where(counted_b, c["b"], 0)}
+            c = {**c, "n": np.where(counted, c["n"], 0), "b": np.where(counted, c["b"], 0)}
         n = np.bincount(kinv, c["n"], nk).astype(np.int64)
         b = np.bincount(kinv, c["b"], nk).astype(np.int64)
         fire = det.fire(Window(c, kinv, keys, n, b, distinct, st))
@@ -265,36 +265,30 @@ class AlertsProcessor:
         return out
 
     @staticmethod
-    def _nearest(c: dict[str, Any], pinv: npt.NDArray[np.int64],
-                 npairs: int) -> tuple[npt.NDArray[np.bool_] | None, npt.NDArray[np.bool_] | None]:
-        """Which groups' packets and which groups' bytes count, where capture points saw the same
-        (key, item): those of one rank (detector.path_rank, each group's greatest), several points at it
-        adding up (parallel links, or each half of a flood at its own host). The rank is the one whose
-        points together counted the most packets (for the bytes: the most bytes), the nearest the
-        destination among equals: where the points saw the same packets (a path), the nearest counts
-        them; and a host that writes records with false TTLs, claiming another rank, can add to what
-        is counted (as any record it writes can) but not take away what the others saw.
-        (None, None): one rank per pair, all count."""
-        o, r = c["o"], c["r"]
-        if len(o) == 0 or not (o != o[0]).any() or not (r != r[0]).any():  # one point, or one rank: all count
-            return None, None
-        rinv, ranks = group_index(pinv.astype(np.uint64), c["r"])
-        rv = ranks.view()
-        if len(rv["k"]) == npairs:  # one rank per (key, item)
-            return None, None
-        rank = rv["item"].view(np.int64)
-        pair = rv["k"].astype(np.int64)
-
-        def pick(weights: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-            total = np.bincount(rinv, weights, len(pair))
-            order = np.lexsort((rank, total, pair))  # per pair, its greatest total, then its greatest rank
-            last = np.r_[pair[order][1:] != pair[order][:-1], True]
-            chosen = np.empty(npairs, np.int64)
-            chosen[pair[order][last]] = order[last]
-            out: npt.NDArray[np.bool_] = rinv == chosen[pinv]
-            return out
-
-        return pick(c["n"]), pick(c["b"])
+    def _nearest(c: dict[str, Any], pinv: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
+        """Which groups count, where several capture points counted the same (key, item). Points that
+        counted the same flows (the same least flow hash, ``f``) saw the same packets along their path:
+        they count once, the one that counted the most (the nearest the destination, by rank, among
+        equals). Points that counted other flows add up: each host its share of a flood, each of a
+        service address's hosts its clients. No TTL decides a count, so forged or expiring TTLs change
+        nothing; and a host that writes records of flows of its own can add to a count, as any record
+        it writes can, but not take away what others counted (to replace another point's figures it
+        would have to name that point's least flow). None: every group counts."""
+        o = c["o"]
+        m = len(o)
+        if m == 0 or not (o != o[0]).any():
+            return None
+        cinv, classes = group_index(pinv.astype(np.uint64), c["f"])
+        nc = len(classes)
+        if nc == m:  # each group counted flows of its own
+            return None
+        # per class, its group of the most packets, then of the greatest rank, then the first
+        order = np.lexsort((-np.arange(m), c["r"], c["n"], cinv))
+        cs = cinv[order]
+        last = np.r_[cs[1:] != cs[:-1], True]
+        counted = np.zeros(m, dtype=bool)
+        counted[order[last]] = True
+        return counted
 
     def _facts(self, st: AlertsState, det: Detector, c: dict[str, Any], rows: npt.NDArray[np.intp], n: int, b: int,
                distinct: int, seen: npt.NDArray[np.intp]) -> tuple[str, dict[str, Any]]:

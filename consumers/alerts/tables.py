@@ -21,7 +21,8 @@ _S = list(AGG_COLS).index("s")
 
 class Table:
     """Counters of (key, item, capture point) groups in one C hash table (agg.Groups), each with the
-    greatest rank of its rows (how near the packets' destination the point saw them), with
+    greatest rank of its rows (how near the packets' destination the point saw them) and the least
+    flow hash among them (which flows it counted), with
     sample feature rows: one per group, or, in a light table, one per key and capture point
     (``side``), which is all that the detectors with large tables (floods, volume) need."""
 
@@ -55,8 +56,10 @@ class Table:
     def load(cls, d: dict[str, Any]) -> Table:
         dec = snapshot_array
 
-        # a snapshot from before capture points were ranked has no "r": every group ranks 0 (all counted)
-        cols = {k: dec(d[k], t) if k in d or k != "r" else np.zeros(len(dec(d["k"], np.uint64)), t)
+        # a snapshot from before capture points were told apart has no "r" (rank 0) nor "f": each group
+        # its own flows (-1, -2, ...), so that its counts add up with the others' as they did then
+        n0 = len(dec(d["k"], np.uint64))
+        cols = {k: dec(d[k], t) if k in d else np.zeros(n0, t) if k == "r" else -np.arange(1, n0 + 1, dtype=t)
                 for k, t in AGG_COLS.items()}
         light = "side" in d
         t = cls(light)
@@ -65,7 +68,7 @@ class Table:
         if any(len(v) != n for v in cols.values()) or (rec is not None and len(rec) != n):
             raise ValueError("snapshot: alert table columns differ in length")
         t.g.add(cols["k"], cols["item"], cols["o"], cols["n"], cols["b"], cols["t0"], cols["sub"], cols["s"], rows=rec,
-                r=cols["r"])
+                r=cols["r"], f=cols["f"])
         if len(t.g) != n:
             raise ValueError("snapshot: alert table has repeated keys")
         t.g.data[list(AGG_COLS).index("t1"), :n] = cols["t1"]
@@ -90,8 +93,9 @@ class Table:
         for t in tables:
             c = t.g.view()
             rec = None if t.light else c["rec"]
-            out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec, r=c["r"])
-            out.g.add(c["k"], c["item"], c["o"], 0, 0, c["t1"], c["sub"], c["s"])  # the latest time
+            out.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], rows=rec, r=c["r"],
+                      f=c["f"])
+            out.g.add(c["k"], c["item"], c["o"], 0, 0, c["t1"], c["sub"], c["s"], f=c["f"])  # the latest time
             if out.side is not None:
                 sv = t.side.view() if t.side is not None else {"k": c["k"], "o": c["o"], "t0": c["t0"],
                                                                "rec": c["rec"]}
@@ -119,7 +123,7 @@ class Table:
         c = self.g.view()
         light = Table(light=True)
         n = len(c["k"])
-        light.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], r=c["r"])
+        light.g.add(c["k"], c["item"], c["o"], c["n"], c["b"], c["t0"], c["sub"], c["s"], r=c["r"], f=c["f"])
         light.g.data[list(AGG_COLS).index("t1"), :n] = c["t1"]
         assert light.side is not None
         light.side.add_batch(agg_batch(n, k=c["k"], o=c["o"], t=c["t0"]), c["rec"], key_only=True)
@@ -298,4 +302,4 @@ class AlertsState:
     strings: StateStrings = field(default_factory=StateStrings)  # capture points, API names, paths
     late_records: int = 0
     alerts_raised: int = 0
-    seen_nearer: int = 0  # counters of closed tumbling windows left out: another rank's points counted (_nearest)
+    seen_nearer: int = 0  # counters of closed tumbling windows left out: another point counted the same flows

@@ -3,8 +3,9 @@
  * A table is a set of groups keyed by (k, item, o), stored column-wise in arrays the caller owns,
  * with an open-addressing index (linear probing; slot = group index + 1, 0 = empty; the caller
  * keeps it at most half full). Adding a batch of rows sums n and b into each row's group, keeps
- * the least t0 and greatest t1 and the greatest r, and the group's "sample" fields (sub, s, and
- * the feature row the caller keeps) from its earliest row (the first one added among equally early rows). Plain C,
+ * the least t0 and greatest t1, the greatest r and the least f, and the group's "sample" fields (sub,
+ * s, and the feature row the caller keeps) from its earliest row (the first one added among equally
+ * early rows). Plain C,
  * called through ctypes; every index is bounded by the capacities the caller passes.
  */
 #include <stdint.h>
@@ -36,13 +37,13 @@ static inline int64_t probe(int64_t k, int64_t item, int64_t o, int64_t mask, co
 	return -1;
 }
 
-/* The columns of a batch (in, 9 rows of m) and of the groups (g, 10 rows of cap), as int64. */
-enum { I_K, I_ITEM, I_O, I_N, I_B, I_T, I_SUB, I_S, I_R };
-enum { G_K, G_ITEM, G_O, G_N, G_B, G_T0, G_T1, G_SUB, G_S, G_R };
+/* The columns of a batch (in, 10 rows of m) and of the groups (g, 11 rows of cap), as int64. */
+enum { I_K, I_ITEM, I_O, I_N, I_B, I_T, I_SUB, I_S, I_R, I_F };
+enum { G_K, G_ITEM, G_O, G_N, G_B, G_T0, G_T1, G_SUB, G_S, G_R, G_F };
 
 /* Rows [0, m) of in added to the table of *ng groups (capacity cap, index of mask + 1 slots).
  * Stops before a row that would need a group beyond cap; returns the number of rows added.
- * key_only: the rows are grouped by k and o alone (item, n, b and r taken as 0): a table of
+ * key_only: the rows are grouped by k and o alone (item, n, b, r and f taken as 0): a table of
  * one sample per key and capture point, from the same batch.
  * gid (out, may be 0): each row's group. pick (out, may be 0): for each row, the group whose
  * sample it becomes, else -1; a row that a later row of the same batch displaces gets -1 again
@@ -52,17 +53,17 @@ int64_t pkt_agg_add(int64_t m, const int64_t *in, int64_t key_only, int64_t mask
 {
 	const int64_t *k = in + I_K * m, *item = in + I_ITEM * m, *o = in + I_O * m, *n = in + I_N * m;
 	const int64_t *b = in + I_B * m, *t = in + I_T * m, *sub = in + I_SUB * m, *s = in + I_S * m;
-	const int64_t *r = in + I_R * m;
+	const int64_t *r = in + I_R * m, *f = in + I_F * m;
 	int64_t *gk = gcols + G_K * cap, *gitem = gcols + G_ITEM * cap, *go = gcols + G_O * cap;
 	int64_t *gn = gcols + G_N * cap, *gb = gcols + G_B * cap, *gt0 = gcols + G_T0 * cap;
 	int64_t *gt1 = gcols + G_T1 * cap, *gsub = gcols + G_SUB * cap, *gs = gcols + G_S * cap;
-	int64_t *gr = gcols + G_R * cap;
+	int64_t *gr = gcols + G_R * cap, *gf = gcols + G_F * cap;
 	int64_t i, done = m;
 	int64_t groups = *ng;
 	static const int64_t zero = 0;
 	int64_t step = 1;
-	if (key_only) { /* item, n, b, sub, r: a zero each (step 0); s: -1 */
-		item = n = b = sub = r = &zero;
+	if (key_only) { /* item, n, b, sub, r, f: a zero each (step 0); s: -1 */
+		item = n = b = sub = r = f = &zero;
 		step = 0;
 	}
 	for (i = 0; i < m; i++) {
@@ -85,12 +86,15 @@ int64_t pkt_agg_add(int64_t m, const int64_t *in, int64_t key_only, int64_t mask
 			gsub[g] = sub[ia];
 			gs[g] = key_only ? -1 : s[i];
 			gr[g] = r[ia];
+			gf[g] = f[ia];
 			gpick[g] = -1;
 		} else {
 			gn[g] += n[ia];
 			gb[g] += b[ia];
 			if (r[ia] > gr[g])
 				gr[g] = r[ia];
+			if (f[ia] < gf[g])
+				gf[g] = f[ia];
 			if (t[i] > gt1[g])
 				gt1[g] = t[i];
 			if (t[i] >= gt0[g]) {

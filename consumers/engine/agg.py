@@ -2,8 +2,9 @@
 
 ``Groups`` keeps one row per distinct (k, item, o) key: n and b summed, t0 the least and t1 the
 greatest time, r the greatest rank (alerts: how near the packets' destination the capture point
-saw them), and sub, s and (optionally) a sample feature row taken from the group's earliest row.
-Adding a batch is one C pass over it, whatever the table's size: no sort, no fold.
+saw them), f the least flow hash (alerts: which flows it counted), and sub, s and (optionally) a
+sample feature row taken from the group's earliest row. Adding a batch is one C pass over it,
+whatever the table's size: no sort, no fold.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pktstream.consumers.engine.features import as_records
 from pktstream.runtime.native import load_native
 
 COLS: dict[str, Any] = {"k": np.uint64, "item": np.uint64, "o": np.int64, "n": np.int64, "b": np.int64,
-                        "t0": np.int64, "t1": np.int64, "sub": np.int64, "s": np.int64, "r": np.int64}
+                        "t0": np.int64, "t1": np.int64, "sub": np.int64, "s": np.int64, "r": np.int64,
+                        "f": np.int64}
 _ORDER = tuple(COLS)  # the rows of Groups.data
-IN = ("k", "item", "o", "n", "b", "t", "sub", "s", "r")  # the rows of a batch (see batch())
-_DEFAULTS = (0, 0, 0, 1, 0, 0, 0, -1, 0)
+IN = ("k", "item", "o", "n", "b", "t", "sub", "s", "r", "f")  # the rows of a batch (see batch())
+_DEFAULTS = (0, 0, 0, 1, 0, 0, 0, -1, 0, 0)
 
 
 @cache
@@ -40,7 +42,8 @@ def _lib() -> ctypes.CDLL:
 
 def batch(m: int, **cols: Any) -> npt.NDArray[np.int64]:
     """A batch of m rows for Groups.add_batch: one int64 row per IN column (uint64 keys stored
-    as their bits); columns not given take their default (item 0, o 0, n 1, b 0, t 0, sub 0, s -1, r 0)."""
+    as their bits); columns not given take their default (item 0, o 0, n 1, b 0, t 0, sub 0, s -1, r 0,
+    f 0)."""
     a = np.empty((len(IN), m), np.int64)
     for i, name in enumerate(IN):
         v = cols.get(name, _DEFAULTS[i])
@@ -85,10 +88,10 @@ class Groups:
 
     def add(self, k: Any, item: Any = 0, o: Any = 0, n: Any = 1, b: Any = 0, t: Any = 0, sub: Any = 0,
             s: Any = -1, rows: npt.NDArray[Any] | None = None, want_gid: bool = False,
-            r: Any = 0) -> npt.NDArray[np.int64] | None:
+            r: Any = 0, f: Any = 0) -> npt.NDArray[np.int64] | None:
         """Rows added (scalars stand for a column of that value); see add_batch."""
         kk = np.asarray(k)
-        return self.add_batch(batch(len(kk), k=kk, item=item, o=o, n=n, b=b, t=t, sub=sub, s=s, r=r), rows,
+        return self.add_batch(batch(len(kk), k=kk, item=item, o=o, n=n, b=b, t=t, sub=sub, s=s, r=r, f=f), rows,
                               want_gid=want_gid)
 
     def add_batch(self, a: npt.NDArray[np.int64], rows: npt.NDArray[Any] | None = None,

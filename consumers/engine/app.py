@@ -55,8 +55,8 @@ COUNTERS = {
                               "connections with points nearer the server: counted if fewer than half (usage, "
                               "docs/usage.md).",
     "capture_point_duplicates": "Counters of a closed tumbling window (detector key, item, capture point) left out "
-                                "because the points of another rank counted that key and item: the same packets "
-                                "seen along a path count once (alerts, docs/alerts.md).",
+                                "because another point counted the same flows of that key and item, as many packets "
+                                "or more: the same packets seen along a path count once (alerts, docs/alerts.md).",
     "waiting_names_folded": "Connections and waiting requests whose API name was taken as its server's _OTHER "
                             "row, the table of names they refer to being full (usage).",
     "red_folded": "Answers counted under an _OTHER label in the RED histograms (usage: --metrics-max-*).",

@@ -483,9 +483,6 @@ def test_a_flood_received_at_two_capture_points_on_its_way_raises_the_same_alert
     m.run("sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
     m.run("sysctl", "-qw", f"net.ipv4.conf.{m.peer_if}.send_redirects=0")
     m.run("ip", "route", "add", f"{net[s.ns]}.0/24", "via", m.host_ip)
-    pref = str(random.randrange(20000, 30000))
-    sh("ip", "route", "add", f"{net[s.ns]}.0/24", "via", m.peer_ip, "dev", m.host_if, "table", pref)
-    sh("ip", "rule", "add", "pref", pref, "iif", c.host_if, "to", f"{net[s.ns]}.0/24", "lookup", pref)
     topic = f"alerts-twice-{uuid.uuid4().hex[:8]}"
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(rules([])))
@@ -498,13 +495,18 @@ def test_a_flood_received_at_two_capture_points_on_its_way_raises_the_same_alert
                / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S") for _ in range(800)],
              *[IP(src=f"{net[c.ns]}.4", dst=s.peer_ip) / UDP(sport=40000 + i % 50, dport=9999) / (b"x" * 64)
                for i in range(3500)]]
+    pref = str(random.randrange(20000, 30000))
+    # (the route goes with m's link; the rule must be deleted, whatever happens from here)
+    rule = ["pref", pref, "iif", c.host_if, "to", f"{net[s.ns]}.0/24", "lookup", pref]
+    sh("ip", "route", "add", f"{net[s.ns]}.0/24", "via", m.peer_ip, "dev", m.host_if, "table", pref)
+    sh("ip", "rule", "add", *rule)
     try:
         with capture(kafka_bootstrap, topic, [c, m]):
             while not 0.2 <= time.time() % 10 <= 0.6:  # inside one 10-s window
                 time.sleep(0.02)
             c.send_frames(frames_of(c, flood))
     finally:
-        sh("ip", "rule", "del", "pref", pref)
+        sh("ip", "rule", "del", *rule)
     split_by_host(kafka_bootstrap, topic, ["cap0", "cap1"])
     procs = {t: subprocess.Popen(alerts_cmd(kafka_bootstrap, t, f"t-al-{uuid.uuid4().hex[:6]}", f"{t}.alerts",
                                             rules_file, catalog), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

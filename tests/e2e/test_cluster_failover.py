@@ -54,7 +54,7 @@ def cluster(root: None) -> Iterator[LocalCluster]:
     try:
         yield c
     finally:
-        c.down()
+        c.down(timeout_s=15)  # (a node left waiting for a quorum that is gone: its data goes anyway)
 
 
 @pytest.fixture

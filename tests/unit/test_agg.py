@@ -23,11 +23,13 @@ def reference(batches: list[list[tuple[int, ...]]]) -> dict[tuple[int, int, int]
             key = (k * 0x9E3779B97F4A7C15 % 2**64, item, o)
             g = out.get(key)
             if g is None:
-                out[key] = {"n": n, "b": b, "t0": t, "t1": t, "sub": t * 7, "s": seq, "rec": seq, "r": b % 17}
+                out[key] = {"n": n, "b": b, "t0": t, "t1": t, "sub": t * 7, "s": seq, "rec": seq, "r": b % 17,
+                            "f": (b * 31) % 23 - 11}
             else:
                 g["n"] += n
                 g["b"] += b
                 g["r"] = max(g["r"], b % 17)  # the greatest rank
+                g["f"] = min(g["f"], (b * 31) % 23 - 11)  # the least flow hash (as int64)
                 g["t1"] = max(g["t1"], t)
                 if t < g["t0"]:  # the earliest row's fields; the first of equally early rows
                     g.update(t0=t, sub=t * 7, s=seq, rec=seq)
@@ -47,13 +49,15 @@ def test_groups_sum_and_keep_the_earliest_sample(batches: list[list[tuple[int, .
         recs["id"] = np.arange(seq, seq + m)
         k = (a[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         g.add(k, a[:, 1].astype(np.uint64), a[:, 2], a[:, 3], a[:, 4], a[:, 5], sub=a[:, 5] * 7,
-              s=np.arange(seq, seq + m), rows=recs, r=a[:, 4] % 17)
+              s=np.arange(seq, seq + m), rows=recs, r=a[:, 4] % 17,
+              f=(a[:, 4] * 31) % 23 - 11)
         seq += m
     ref = reference(batches)
     v = g.view()
     got = {(int(v["k"][i]), int(v["item"][i]), int(v["o"][i])): {
         "n": int(v["n"][i]), "b": int(v["b"][i]), "t0": int(v["t0"][i]), "t1": int(v["t1"][i]),
-        "sub": int(v["sub"][i]), "s": int(v["s"][i]), "rec": int(v["rec"]["id"][i]), "r": int(v["r"][i])}
+        "sub": int(v["sub"][i]), "s": int(v["s"][i]), "rec": int(v["rec"]["id"][i]), "r": int(v["r"][i]),
+        "f": int(v["f"][i])}
         for i in range(len(g))}
     assert got == ref
     assert len(g) == len(ref)
@@ -73,12 +77,12 @@ def test_a_sample_table_keeps_one_row_per_key_and_capture_point() -> None:
     recs = np.zeros(5, REC)
     recs["id"] = np.arange(5)
     g = Groups(REC)
-    g.add_batch(batch(5, k=k, item=np.array([9, 9, 8, 7, 7], dtype=np.uint64), o=o, n=5, b=6, t=t, r=4), recs,
-                key_only=True)
+    g.add_batch(batch(5, k=k, item=np.array([9, 9, 8, 7, 7], dtype=np.uint64), o=o, n=5, b=6, t=t, r=4, f=-3),
+                recs, key_only=True)
     v = g.view()
     got = {(int(v["k"][i]), int(v["o"][i])): (int(v["rec"]["id"][i]), int(v["t0"][i]), int(v["item"][i]),
-                                              int(v["n"][i]), int(v["r"][i])) for i in range(len(g))}
-    assert got == {(1, 0): (0, 50, 0, 0, 0), (1, 3): (2, 30, 0, 0, 0), (2, 3): (3, 20, 0, 0, 0)}
+                                              int(v["n"][i]), int(v["r"][i]), int(v["f"][i])) for i in range(len(g))}
+    assert got == {(1, 0): (0, 50, 0, 0, 0, 0), (1, 3): (2, 30, 0, 0, 0, 0), (2, 3): (3, 20, 0, 0, 0, 0)}
 
 
 def test_groups_grow_through_many_rows_in_one_batch() -> None:
