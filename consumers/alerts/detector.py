@@ -45,7 +45,8 @@ class Setup:
 class Add:
     """Rows ``sel`` of a view counted under keys ``k`` (one per row) in the detector's window tables.
     ``item`` is what the window counts distinct values of; ``n`` the count added per row (default:
-    the row's packets); ``sub`` a kind code; ``s`` an index into the state's strings."""
+    the row's packets); ``sub`` a kind code; ``s`` an index into the state's strings; ``f`` the flow
+    of each row (default: its 5-tuple's hash), the same at every capture point that sees it."""
 
     sel: npt.NDArray[np.intp]
     k: npt.NDArray[np.uint64]
@@ -53,6 +54,8 @@ class Add:
     n: Any = None
     sub: Any = 0
     s: Any = -1
+    f: Any = None  # the flow each row belongs to (default: its own 5-tuple's hash, fh): how capture
+    # points that counted the same flows are told apart from points that counted others
 
 
 class View:

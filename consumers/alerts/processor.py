@@ -117,13 +117,13 @@ class AlertsProcessor:
         return AlertsState(strings=StateStrings(limit=self.max_paths))
 
     def _add(self, st: AlertsState, det: Detector, v: View, sel: npt.NDArray[np.intp], k: npt.NDArray[np.uint64],
-             item: Any = 0, n: Any = None, sub: Any = 0, s: Any = -1) -> None:
+             item: Any = 0, n: Any = None, sub: Any = 0, s: Any = -1, f: Any = None) -> None:
         """Rows sel of a view added to the detector's window tables under key k (one per row)."""
         if len(sel) == 0:
             return
         w = self.rules.step_ns(det.name)  # a window, or a sliding window's hop
         a = agg_batch(len(sel), k=k, item=item, o=v.o[sel], n=v.n[sel] if n is None else n, b=v.b[sel],
-                      t=v.t[sel], sub=sub, s=s, r=v.r[sel], f=v.fh[sel])
+                      t=v.t[sel], sub=sub, s=s, r=v.r[sel], f=v.fh[sel] if f is None else f)
         win = a[5] - a[5] % w
         closed = st.closed_until.get(det.name, 0)
         if int(win.min()) < closed:
@@ -166,7 +166,7 @@ class AlertsProcessor:
         v = View(f, omap, rows["view"] == VIEW_DST)
         for det in self.detectors.values():
             for a in det.select(v, st):
-                self._add(st, det, v, a.sel, a.k, a.item, a.n, a.sub, a.s)
+                self._add(st, det, v, a.sel, a.k, a.item, a.n, a.sub, a.s, a.f)
 
     # -- closing windows ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import numpy.typing as npt
 from pktstream.consumers.engine.agg import COLS as AGG_COLS
 from pktstream.consumers.engine.agg import Groups
 from pktstream.consumers.engine.agg import batch as agg_batch
-from pktstream.consumers.engine.features import FEATURE_DTYPE, StringTable, take
+from pktstream.consumers.engine.features import FEATURE_DTYPE, StringTable, mix, take
 from pktstream.consumers.engine.snapshot import array as snapshot_array
 
 OTHER = "_OTHER"  # what a string from a payload past the cap reads (StateStrings)
@@ -58,9 +58,12 @@ class Table:
 
         # a snapshot from before capture points were told apart has no "r" (rank 0) nor "f": each group
         # its own flows (-1, -2, ...), so that its counts add up with the others' as they did then
-        n0 = len(dec(d["k"], np.uint64))
-        cols = {k: dec(d[k], t) if k in d else np.zeros(n0, t) if k == "r" else -np.arange(1, n0 + 1, dtype=t)
-                for k, t in AGG_COLS.items()}
+        k0 = dec(d["k"], np.uint64)
+        cols = {k: dec(d[k], t) for k, t in AGG_COLS.items() if k in d or k not in ("r", "f")}
+        if "r" not in cols:
+            cols["r"] = np.zeros(len(k0), np.int64)
+        if "f" not in cols:  # each group a flow of its own, the same whatever table it is merged into
+            cols["f"] = mix(k0, cols["item"], cols["o"]).view(np.int64)
         light = "side" in d
         t = cls(light)
         rec = None if light else dec(d["rec"], FEATURE_DTYPE)

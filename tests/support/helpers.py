@@ -51,12 +51,20 @@ def split_by_host(bootstrap: str, topic: str, hosts: list[str], partitions: int 
 
     # (as large messages as the producers wrote: a burst's batch can pass librdkafka's 1 MB default)
     prod = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "message.max.bytes": 64 << 20})
+    # read until two reads a second apart agree: what producers just stopped wrote may take a moment
+    # to be readable (a partial first read once left a host's topic without its first batches)
     messages = read_messages(bootstrap, topic)
-    failed: list[str] = []
+    for _ in range(20):
+        time.sleep(1.0)
+        again = read_messages(bootstrap, topic)
+        if len(again) == len(messages):
+            break
+        messages = again
+    errors: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
         if err is not None:
-            failed.append(str(err))
+            errors.append(str(err))
 
     for name in hosts:
         out = f"{topic}.{name}"
@@ -69,10 +77,22 @@ def split_by_host(bootstrap: str, topic: str, hosts: list[str], partitions: int 
                 break
             assert time.monotonic() < deadline, f"{out}: no leaders"
             time.sleep(0.2)
+        # one message at a time, each delivered before the next (in order: the consumers judge lateness
+        # by a partition's order), again when the broker refused it (a topic just created can refuse one)
         for k, v, hdrs in messages:
-            if k == name.encode():
+            if k != name.encode():
+                continue
+            for attempt in range(5):
+                errors.clear()
                 prod.produce(out, v, key=k, headers=hdrs, on_delivery=delivered)
-    assert prod.flush(60) == 0 and not failed, failed[:3]
+                assert prod.flush(60) == 0
+                if not errors:
+                    break
+                assert attempt < 4, errors
+                time.sleep(1.0)
+    for name in hosts:
+        want = sum(k == name.encode() for k, _v, _h in messages)
+        assert want and len(read_messages(bootstrap, f"{topic}.{name}")) == want, name
 
 
 def read_messages(bootstrap: str, topic: str, timeout_s: float = 60, settled: bool = True) -> list[Message]:

@@ -438,6 +438,25 @@ def test_a_host_writing_false_ttls_cannot_hide_what_another_point_saw() -> None:
     assert next(d for d in lied if d["activity_id"] == 1)["count"] == 850
 
 
+def test_answered_syn_acks_also_seen_on_a_router_that_misses_the_acks_stay_answered() -> None:
+    """The server's host sends 600 SYN-ACKs and receives each client's ACK; a router link on the way
+    out sees the SYN-ACKs only (the ACKs come back another way). Both points counted the same
+    connections: nothing is unanswered."""
+    rules = {**RULES, "detectors": {**RULES["detectors"],
+                                    "synack_unanswered": {"min_unanswered": 50, "min_ratio": 0.1}}}
+    ts = spread(T0 + 12 * SEC, 600, 4 * SEC)
+
+    def synacks(ttl: int) -> list[dict[str, Any]]:
+        return [{"ts": t, "src": "10.1.0.10", "dst": f"198.51.{i % 200}.{1 + i % 250}", "sport": 443,
+                 "dport": 30000 + i, "flags": 0x12, "direction": 1, "ttl": ttl} for i, t in enumerate(ts)]
+
+    acks = [{"ts": t + 2_000_000, "src": f"198.51.{i % 200}.{1 + i % 250}", "dst": "10.1.0.10",
+             "sport": 30000 + i, "dport": 443, "flags": 0x10, "ttl": 50} for i, t in enumerate(ts)]
+    server = packets(synacks(64) + acks)
+    assert run(server, rules) == []
+    assert run(server, rules, extra=[(packets(synacks(63)), "router/eth1")]) == []
+
+
 def test_a_hairpin_link_that_sees_each_packet_leave_and_come_back_counts_its_arrivals() -> None:
     """A host that routes the floods out of a link and receives them back on the same link (a
     router on a stick) records each packet twice at one capture point, leaving then arriving: the

@@ -39,7 +39,7 @@ class SynAckUnanswered(Detector, name="synack_unanswered", order=32, severity_id
         sa = np.flatnonzero(v.egress_src & tcp & ((v.flags_or & (SYN | ACK)) == (SYN | ACK)))
         client_flow = flow_hash(r["dst_addr"][sa], r["src_addr"][sa], v.dst_port[sa], v.src_port[sa],
                                 v.protocol[sa])
-        yield Add(sa, mix(v.hs[sa]), item=client_flow, n=SYNACK)
+        yield Add(sa, mix(v.hs[sa]), item=client_flow, n=SYNACK, f=client_flow)  # (f: the connection's, as the ACKs')
         # the clients' packets with ACK on those connections (a completed handshake, or more)
         ack = np.flatnonzero(v.dst_rows & tcp & ((v.flags_or & ACK) != 0))
         yield Add(ack, mix(v.hd[ack]), item=v.fh[ack], n=1)
