@@ -340,20 +340,18 @@ def featurize(batch: Batch, origin: str, attack_scan: Any = None, transport_only
         # a packet a host forwards back out of the link it came in on (a hairpin) is seen arriving and
         # leaving: its two records never fold into one row (the row would have one direction)
         dirs = col("direction") if direction is not None else None
-        two_ways = dirs is not None and bool(dirs.any()) and not bool(dirs.all())
-        if two_ways:
-            assert dirs is not None
-            key = key ^ np.where(dirs != 0, _EGRESS_BIT, np.uint64(0))
+        leaving = dirs != 0 if dirs is not None and dirs.any() and not dirs.all() else None
+        if leaving is not None:
+            key = key ^ np.where(leaving, _EGRESS_BIT, np.uint64(0))
         order = flow_order(key)
         fs = fh[order] >> np.uint64(20)
         w = ts[order] // coalesce_ns
         new = np.empty(m, dtype=bool)
         new[0] = True
         new[1:] = (fs[1:] != fs[:-1]) | (w[1:] != w[:-1]) | _STARTS_RUN[kind[order][1:]]
-        if two_ways:
-            assert dirs is not None
-            d_s = dirs[order]
-            new[1:] |= d_s[1:] != d_s[:-1]
+        if leaving is not None:
+            e_s = leaving[order]
+            new[1:] |= e_s[1:] != e_s[:-1]
         if answer is not None:
             a_s = answer[order]
             new[1:] |= a_s[1:] != a_s[:-1]
@@ -574,22 +572,6 @@ def concat(fs: list[Features]) -> Features:
         for k in ("name", "path", "origin"):
             rows[k] = remap[rows[k]]
     return Features(out, strings)
-
-
-def rank_of(ttl: npt.NDArray[np.uint8], direction: npt.NDArray[np.uint8],
-            answer: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """How near the packet's destination (for an answer: how near the server) each row's capture
-    point is (higher: nearer), from the packet's TTL and whether it was captured arriving or leaving.
-    Along a packet's path the rank only grows: its sender's egress, each router's ingress then egress,
-    the destination's ingress. A request's hops from the client are its sender's
-    initial TTL (64, 128 or 255, the next at or above) minus its TTL, and at equal hops its arrival is
-    nearer the server than its departure (the next host's ingress follows the last one's egress);
-    an answer's hops from the server count down the same way, its departure nearer the server."""
-    t = ttl.astype(np.int64)
-    hops = np.where(t <= 64, 64, np.where(t <= 128, 128, 255)) - t
-    received = direction == 0
-    out: npt.NDArray[np.int64] = np.where(answer, 2 * (255 - hops) + ~received, 2 * hops + received).astype(np.int64)
-    return out
 
 
 def addr_hash(words: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:

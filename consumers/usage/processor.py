@@ -43,7 +43,6 @@ from pktstream.consumers.engine.features import (
     featurize,
     flow_order,
     mix,
-    rank_of,
     take,
     words_bytes,
 )
@@ -284,6 +283,20 @@ def _claims(sets: list[Hashes]) -> list[tuple[bool, bool]]:
         out.append((counted, 0 < shared < len(mine)))
         if counted and len(mine):
             held = np.union1d(held, mine)
+    return out
+
+
+def rank_of(ttl: npt.NDArray[np.uint8], direction: npt.NDArray[np.uint8],
+            answer: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """How near the server each row's capture point is (higher: nearer), from the packet's TTL and
+    whether it was captured arriving or leaving. A request's hops from the client are its sender's
+    initial TTL (64, 128 or 255, the next at or above) minus its TTL, and at equal hops its arrival is
+    nearer the server than its departure (the next host's ingress follows the last one's egress);
+    an answer's hops from the server count down the same way, its departure nearer the server."""
+    t = ttl.astype(np.int64)
+    hops = np.where(t <= 64, 64, np.where(t <= 128, 128, 255)) - t
+    received = direction == 0
+    out: npt.NDArray[np.int64] = np.where(answer, 2 * (255 - hops) + ~received, 2 * hops + received).astype(np.int64)
     return out
 
 
