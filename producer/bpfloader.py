@@ -31,6 +31,15 @@ def main() -> int:
         fds += [b[name.encode()].map_fd for name in MAPS]
         meta = {"ok": True, "ringbuf_size": int(b[b"events"].max_entries)}
         socket.send_fds(sock, [json.dumps(meta).encode()], fds)
+        if request.get("cache_key"):  # what a restart loads without compiling (bpfcache.py)
+            from bcc.libbcc import lib
+
+            from pktstream.producer import bpfcache
+
+            bpfcache.save(request["cache_key"], {name: b[name.encode()].map_fd for name in MAPS},
+                          [(fn, int(getattr(BPF, kind)), b.dump_func(fn.encode())) for fn, kind in PROGRAMS],
+                          (lib.bpf_module_license(b.module) or b"GPL").decode(),
+                          int(lib.bpf_module_kern_version(b.module)), meta["ringbuf_size"])
     except Exception as e:  # reported to the parent, which raises BpfLoadError
         sock.sendall(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}).encode())
         return 1

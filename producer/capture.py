@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from pktstream.bpf import BPF_DIR, PROGRAM
-from pktstream.producer import bpfloader, sysbpf
+from pktstream.producer import bpfcache, bpfloader, sysbpf
 from pktstream.producer.ringbuf import RingReader
 from pktstream.runtime.errors import BpfLoadError, InterfaceError, PrivilegeError
 from pktstream.schemas import record
@@ -107,11 +107,29 @@ class Counters:
     egress_sampled_out: int = 0
 
 
+def program_flags(payload_bytes: int, ringbuf_bytes: int, bpf_dir: Path = BPF_DIR,
+                  pin_counters: str | None = None) -> list[str]:
+    """The capture programs' compile flags."""
+    pages = ringbuf_bytes // os.sysconf("SC_PAGE_SIZE")
+    cflags = [f"-I{bpf_dir}", f"-DPAYLOAD_BYTES={payload_bytes}", f"-DRINGBUF_PAGES={pages}"]
+    if pin_counters:
+        cflags.append(f'-DPIN_COUNTERS="{pin_counters}"')
+    return cflags
+
+
+def load_cached(cflags: list[str], bpf_dir: Path = BPF_DIR,
+                pin_counters: str | None = None) -> tuple[list[int], int] | None:
+    """The programs' and maps' fds (bpfloader's order) and the ring size from the cache, else None."""
+    return bpfcache.load(Path(bpf_dir), cflags, pin_counters, tuple(p for p, _ in bpfloader.PROGRAMS),
+                         bpfloader.MAPS)
+
+
 class Capture:
     """The loaded programs: attach/detach per direction, ring-buffer reader, counters, config.
 
     The program is compiled and loaded by a short-lived child process (see
-    bpfloader.py), so this process holds only file descriptors.
+    bpfloader.py), so this process holds only file descriptors; a restart with the same
+    source, flags and kernel loads the bytecode that compile stored (bpfcache.py).
     """
 
     def __init__(
@@ -123,11 +141,13 @@ class Capture:
     ) -> None:
         self.payload_bytes = payload_bytes
         self.dtype = record.record_dtype(payload_bytes)
-        pages = ringbuf_bytes // os.sysconf("SC_PAGE_SIZE")
-        cflags = [f"-I{bpf_dir}", f"-DPAYLOAD_BYTES={payload_bytes}", f"-DRINGBUF_PAGES={pages}"]
-        if pin_counters:
-            cflags.append(f'-DPIN_COUNTERS="{pin_counters}"')
-        fds, ring_size = _load_program(str(PROGRAM), cflags)
+        cflags = program_flags(payload_bytes, ringbuf_bytes, bpf_dir, pin_counters)
+        cached = load_cached(cflags, bpf_dir, pin_counters)
+        self.from_cache = cached is not None  # loaded without compiling (bpfcache.py)
+        if cached is None:
+            fds, ring_size = _load_program(str(PROGRAM), cflags, bpfcache.cache_key(Path(bpf_dir), cflags))
+        else:
+            fds, ring_size = cached
         self.prog_fd, self.tc_prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
         self.prog_id = sysbpf.prog_id(self.prog_fd)
         self.tc_prog_id = sysbpf.prog_id(self.tc_prog_fd)
@@ -318,14 +338,16 @@ def _tc(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess([exe, *args], 127, "", "tc (iproute2) is not installed")
 
 
-def _load_program(src: str, cflags: list[str], timeout_s: float = 120.0) -> tuple[list[int], int]:
-    """Run bpfloader in a child; returns [xdp, classifier, events, counters, config] fds and the ring size."""
+def _load_program(src: str, cflags: list[str], cache_key: str = "",
+                  timeout_s: float = 120.0) -> tuple[list[int], int]:
+    """Run bpfloader in a child; returns [xdp, classifier, events, counters, config] fds and the ring size.
+    With a cache key, the child also stores the compiled programs (bpfcache.py) after sending them."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pktstream.producer.bpfloader", str(child.fileno()),
-                 json.dumps({"src": src, "cflags": cflags})],
+                 json.dumps({"src": src, "cflags": cflags, "cache_key": cache_key})],
                 pass_fds=(child.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
         finally:

@@ -236,7 +236,7 @@ def load_config(
         name = k[len("PKTSTREAM_") :].lower()
         if name in _FIELDS and name != "kafka":
             values[name] = v
-        elif name not in ("venv", "home"):
+        elif name not in ("venv", "home", "cache_dir"):
             problems.append(f"environment: unknown variable {k}")
 
     for k, v in (flags or {}).items():

@@ -22,6 +22,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = _TMP_ROOT  # and the processes the tests start
     if not config.option.basetemp:
         config.option.basetemp = os.path.join(_TMP_ROOT, "pytest")
+    # the compiled capture programs (producer/bpfcache.py) of this run, shared by its producers and
+    # kernel tests and removed with the rest: a test run neither reads nor leaves a user's cache
+    cache = os.path.join(_TMP_ROOT, "cache")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    os.environ["PKTSTREAM_CACHE_DIR"] = cache
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
