@@ -1,7 +1,7 @@
 """Faults: the broker stops in the middle of a stream and comes back.
 
-A broker of its own for each test (stopping the shared one would disturb the
-rest of the suite). Traffic flows before, during and after the outage; the
+A broker of their own (stopping the suite's would disturb the rest of it), up
+at the start of each test. Traffic flows before, during and after the outage; the
 producer keeps draining the ring; nothing the buffer budget covers is lost,
 what exceeds it is counted exactly, and nothing is duplicated.
 """
@@ -28,10 +28,18 @@ pytestmark = [pytest.mark.kernel, pytest.mark.kafka]
 OUTAGE_PORT = int(os.environ.get("PKTSTREAM_TEST_OUTAGE_PORT", "19300"))
 
 
-@pytest.fixture
-def own_broker(root: None) -> Iterator[LocalKafka]:
+@pytest.fixture(scope="module")
+def _outage_broker(root: None) -> Iterator[LocalKafka]:
     with running_broker(OUTAGE_PORT, "outage") as lk:
         yield lk
+
+
+@pytest.fixture
+def own_broker(_outage_broker: LocalKafka) -> LocalKafka:
+    """A broker apart from the suite's, shared by this module's tests (each stops and starts it; each
+    has topics of its own): up at the start of every test, whatever the one before left."""
+    _outage_broker.up()
+    return _outage_broker
 
 
 def burst(host: NetnsHost, n: int, tag: int) -> None:

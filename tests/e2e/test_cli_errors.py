@@ -141,12 +141,3 @@ def test_every_command_says_an_unreachable_broker_and_a_missing_topic_in_the_sam
         assert r.returncode == 1, (verb, r.stderr)
         assert f"packet topic '{missing}' does not exist on the broker" in r.stderr, (verb, r.stderr)
         assert "Traceback" not in r.stderr and "KafkaError{" not in r.stderr, (verb, r.stderr)
-
-
-@pytest.mark.kafka
-def test_consumers_unreachable_broker_and_missing_topic(kafka_bootstrap: str) -> None:
-    r = run("usage", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0")
-    assert r.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in r.stderr, r.stderr
-    r = run("alerts", "--bootstrap-servers", kafka_bootstrap, "--topic", f"nosuch-{uuid.uuid4().hex[:6]}",
-            "--metrics-port", "0")
-    assert r.returncode == 1 and "does not exist on the broker" in r.stderr, r.stderr

@@ -117,7 +117,6 @@ def produce_through(c: LocalCluster, host: NetnsHost, disturb: Callable[[str], N
         time.sleep(2)
         disturb(topic)
         time.sleep(2)
-    time.sleep(2)
     assert prod.stop(timeout=180) == 0, prod.events[-5:]
     run = single_run_audit(c.bootstrap, topic, stats)
     rep = run["report"]

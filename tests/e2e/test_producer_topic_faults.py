@@ -48,23 +48,28 @@ def test_the_packet_topic_deleted_mid_run_and_created_again(kafka_bootstrap: str
         time.sleep(0.2)
     # the broker's metadata says the topic is gone a moment before its partitions stop taking appends
     # (KRaft updates the metadata cache first): records sent in that window are acknowledged and then
-    # deleted with the old log (seen once in a loaded CI run: 1,000 of burst 2)
+    # deleted with the old log. How long the window lasts depends on the broker's load (two CI runs lost
+    # 500 and 1,000 records of burst 2 even 3 s after the metadata said the topic was gone), so the
+    # audit below is checked against what the broker did, not against a guess of the window.
     time.sleep(3)
     burst(host, 2_000, 2)
     time.sleep(4)
     adm.create_topics([NewTopic(topic, parts, 1)])[topic].result(30)
     burst(host, 1_000, 3)
-    time.sleep(4)
-    assert prod.stop(timeout=120) == 0
+    assert prod.stop(timeout=120) == 0  # (the stop drains the ring and delivers what it holds)
     stopped = prod.event("producer_stopped")
     # nothing given up: librdkafka held the batches while the topic was missing and sent them once
     # it was back
     assert stopped["records_delivered"] == 4_000 and stopped["records_failed"] == 0
     (run,) = audit_runs(kafka_bootstrap, topic, stats)
-    # the audit names exactly what the deletion destroyed: the first 1,000 records, delivered (and
-    # acknowledged) before it, by their sequence numbers; the rest are in the new topic once
-    assert run["unique"] == 3_000 and run["duplicates"] == 0 and run["missing"] == 1_000
-    assert run["gaps"] == [[0, 999]] and run["report"]["records_delivered"] == 4_000
+    # the audit names exactly what the deletion destroyed, by sequence numbers: the first 1,000 records
+    # (delivered and acknowledged before it) and whatever batches of burst 2 the old log still
+    # acknowledged; everything else in the new topic once, burst 3 (sent after the topic was back) whole
+    gaps = run["gaps"]
+    assert gaps[0][0] == 0 and gaps[0][1] >= 999 and all(b < 3_000 for _, b in gaps), gaps
+    lost = sum(b - a + 1 for a, b in gaps)
+    assert run["missing"] == lost and run["unique"] == 4_000 - lost and run["duplicates"] == 0
+    assert run["report"]["records_delivered"] == 4_000
     assert run["report"]["final"] and run["kernel_identity"]
 
 
@@ -95,7 +100,6 @@ def test_max_message_bytes_lowered_under_the_producer(kafka_bootstrap: str,
     limit(64 << 20)
     time.sleep(2)
     burst(host, 1_000, 3, size=128)
-    time.sleep(4)
     assert prod.stop(timeout=120) == 3  # some records were given up, as documented
     stopped = prod.event("producer_stopped")
     assert stopped["records_failed"] == 2_000 and stopped["records_delivered"] == 2_000
