@@ -120,7 +120,7 @@ def program_flags(payload_bytes: int, ringbuf_bytes: int, bpf_dir: Path = BPF_DI
 def load_cached(cflags: list[str], bpf_dir: Path = BPF_DIR,
                 pin_counters: str | None = None) -> tuple[list[int], int] | None:
     """The programs' and maps' fds (bpfloader's order) and the ring size from the cache, else None."""
-    return bpfcache.load(Path(bpf_dir), cflags, pin_counters, tuple(p for p, _ in bpfloader.PROGRAMS),
+    return bpfcache.load(PROGRAM, Path(bpf_dir), cflags, pin_counters, tuple(p for p, _ in bpfloader.PROGRAMS),
                          bpfloader.MAPS)
 
 
@@ -145,7 +145,11 @@ class Capture:
         cached = load_cached(cflags, bpf_dir, pin_counters)
         self.from_cache = cached is not None  # loaded without compiling (bpfcache.py)
         if cached is None:
-            fds, ring_size = _load_program(str(PROGRAM), cflags, bpfcache.cache_key(Path(bpf_dir), cflags))
+            key = bpfcache.cache_key(PROGRAM, Path(bpf_dir), cflags)
+            fds, ring_size = _load_program(str(PROGRAM), cflags, key)
+            if not bpfcache.entry_path(key).exists():  # (the child's own log goes nowhere)
+                log.warning("bpf_cache_not_written", directory=str(bpfcache.cache_dir()),
+                            hint="the next start compiles again; is the cache directory this user's?")
         else:
             fds, ring_size = cached
         self.prog_fd, self.tc_prog_fd, self._events_fd, self._counters_fd, self._config_fd = fds
@@ -278,6 +282,11 @@ class Capture:
 
     def counters(self) -> Counters:
         return read_counters(self._counters_fd, self._ncpus)
+
+    def ringbuf_full(self) -> int:
+        """Records the kernel could not queue so far, both directions (one map lookup)."""
+        raw = sysbpf.map_lookup(self._counters_fd, struct.pack("=I", record.CNT_RINGBUF_FULL), 8 * self._ncpus)
+        return sum(struct.unpack(f"={self._ncpus}Q", raw))
 
     def reset_counters(self) -> None:
         """Zero the counters (a pinned map keeps the previous run's totals until then)."""

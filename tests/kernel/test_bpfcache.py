@@ -7,15 +7,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pktstream.bpf import BPF_DIR
+from pktstream.producer import bpfcache
 from pktstream.producer.capture import Capture, load_cached, program_flags
-from tests.kernel.test_egress import kernel_refuses
-from tests.support.frames import build_cases, read_records
+from tests.support.frames import build_cases, kernel_refuses, read_records
 
 pytestmark = pytest.mark.kernel
 
@@ -88,14 +90,63 @@ def test_an_entry_that_does_not_load_or_that_others_could_write_is_compiled_agai
         assert not cap.from_cache
         assert cap.test_run(b"\0" * 60).retval == 2
     assert entry.read_text() == good
+    # whatever else the file holds: not loaded, nothing left open
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for bad in ("[]", json.dumps({**doc, "programs": [{**p, "insns": 7} for p in doc["programs"]]}),
+                json.dumps({**doc, "kern_version": None}), json.dumps({**doc, "maps": [{**doc["maps"][0], "fd": []}]})):
+        entry.write_text(bad)
+        assert not cached(**FLAGS)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    entry.write_text(good)
+    assert cached(**FLAGS)
     # code another user could have written is not loaded into the kernel
     os.chmod(entry, 0o620)
     assert not cached(**FLAGS)
     os.chmod(entry, 0o600)
+    os.chown(entry, 65534, 65534)
+    assert not cached(**FLAGS)
+    os.chown(entry, 0, 0)
     os.chmod(cache / "bpf", 0o777)
     assert not cached(**FLAGS)
     os.chmod(cache / "bpf", 0o700)
+    os.chmod(cache.parent, 0o777)  # a directory above: not sticky, writable by all
+    assert not cached(**FLAGS)
+    os.chmod(cache.parent, 0o1777)  # sticky, as /tmp: others cannot move what is not theirs
     assert cached(**FLAGS)
+    os.chmod(cache.parent, 0o700)
+    os.rename(entry, cache / "elsewhere.json")
+    os.symlink(cache / "elsewhere.json", entry)  # an entry that is a link: not followed
+    assert not cached(**FLAGS)
+    os.unlink(entry)
+    os.rename(cache / "elsewhere.json", entry)
+    assert cached(**FLAGS)
+
+
+def test_the_key_follows_the_source_the_flags_and_the_cache_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: None) -> None:
+    src = tmp_path / "bpf"
+    shutil.copytree(BPF_DIR, src)
+    flags = program_flags(64, 1 << 20, src)
+    key = bpfcache.cache_key(src / "capture.c", src, flags)
+    assert bpfcache.cache_key(src / "capture.c", src, flags) == key
+    # the pinned counters' path names a map, not code
+    assert bpfcache.cache_key(src / "capture.c", src, program_flags(64, 1 << 20, src, "/sys/fs/bpf/x/a")) == \
+        bpfcache.cache_key(src / "capture.c", src, program_flags(64, 1 << 20, src, "/sys/fs/bpf/y/b"))
+    assert bpfcache.cache_key(src / "capture.c", src, program_flags(128, 1 << 20, src)) != key
+    with (src / "pktstream.h").open("a") as f:
+        f.write("\n/* an edit */\n")
+    assert bpfcache.cache_key(src / "capture.c", src, flags) != key
+    monkeypatch.setenv("PKTSTREAM_CACHE_DIR", "relative/dir")  # ignored: root's cache
+    assert bpfcache.cache_dir() == Path("/var/cache/pktstream")
+    # a reference to a kernel object that is not a map descriptor is not relocated blindly
+    ld_map_value = bytes([0x18, 0x21, 0, 0, 5, 0, 0, 0]) + bytes(8)  # ld_imm64 r1, BPF_PSEUDO_MAP_VALUE
+    with pytest.raises(ValueError):
+        bpfcache.relocate(ld_map_value, {5: 9})
+    ld_map_fd = bytes([0x18, 0x11, 0, 0, 5, 0, 0, 0]) + bytes(8)
+    assert bpfcache.relocate(ld_map_fd + bytes([0x95]) + bytes(7), {5: 9}) == \
+        bytes([0x18, 0x11, 0, 0, 9, 0, 0, 0]) + bytes(8) + bytes([0x95]) + bytes(7)
+    with pytest.raises(KeyError):
+        bpfcache.relocate(ld_map_fd, {6: 9})
 
 
 def test_a_cached_load_keeps_the_pinned_counters_of_the_run_before(cache: Path) -> None:

@@ -22,7 +22,7 @@ import structlog
 from pktstream.producer import sysbpf
 from pktstream.producer.capture import TC_PREF, Capture
 from pktstream.schemas import record as R
-from tests.support.frames import build_cases, check_record, read_records, record_dict
+from tests.support.frames import build_cases, check_record, kernel_refuses, read_records, record_dict
 from tests.support.helpers import NetnsHost
 
 pytestmark = pytest.mark.kernel
@@ -82,14 +82,6 @@ def test_frames_sent_from_the_host_are_egress_records(capture: Capture, test_hos
     # detached: nothing of pktstream's left on the egress hook
     assert sysbpf.tcx_programs(test_host.ifindex) == []
     assert "bpf" not in tc_filters(test_host.host_if)
-
-
-def kernel_refuses(frame: bytes) -> bool:
-    """BPF_PROG_TEST_RUN of a classifier refuses (EINVAL) a frame whose EtherType is IPv4 or IPv6
-    but that cannot hold the IP header; such frames reach the classifier on a real interface (the
-    veth test sends them)."""
-    ethertype = int.from_bytes(frame[12:14], "big")
-    return (ethertype == 0x0800 and len(frame) < 34) or (ethertype == 0x86DD and len(frame) < 54)
 
 
 def test_classifier_parses_like_xdp_and_never_drops(root: None) -> None:

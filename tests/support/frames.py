@@ -191,3 +191,11 @@ def read_records(capture: Any, n: int, timeout_s: float = 5.0) -> list[Any]:
         capture.reader.wait(0.1)
         recs.extend(capture.reader.read(1000))
     return recs
+
+
+def kernel_refuses(frame: bytes) -> bool:
+    """BPF_PROG_TEST_RUN of a classifier refuses (EINVAL) a frame whose EtherType is IPv4 or IPv6
+    but that cannot hold the IP header; such frames reach the classifier on a real interface (the
+    veth test sends them)."""
+    ethertype = int.from_bytes(frame[12:14], "big")
+    return (ethertype == 0x0800 and len(frame) < 34) or (ethertype == 0x86DD and len(frame) < 54)
