@@ -44,7 +44,9 @@ class BatchEncoder:
         self.redacted = 0  # records whose payload had credentials replaced
         self.payload_cleared = 0  # records whose payload was out of scope
 
-    def encode(self, recs: npt.NDArray[np.void]) -> Message:
+    def encode(self, recs: npt.NDArray[np.void], ringbuf_full: int = 0) -> Message:
+        """One message of the records; ``ringbuf_full``: the records the kernel could not queue since
+        the previous message was cut (the header is absent when there were none)."""
         n = len(recs)
         if self.payload_bytes:
             self.payload_cleared += self.scope.apply(recs)
@@ -64,5 +66,7 @@ class BatchEncoder:
         egress = int(np.count_nonzero(recs["direction"]))
         if egress:
             headers.append((H.RECORDS_EGRESS, str(egress).encode()))
+        if ringbuf_full > 0:
+            headers.append((H.RINGBUF_FULL, str(ringbuf_full).encode()))
         self.next_seq += n
         return Message(value, headers, n, int(cols["ts_ns"][0]), int(cols["ts_ns"][-1]))

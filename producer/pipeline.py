@@ -80,6 +80,7 @@ class ProducerRun:
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self._last_counters = Counters()
+        self._full_stamped = 0  # ring-buffer losses already told in a message's header
         self.directions: list[str] = []  # what the run captures (attached at run())
         self.sampler = SamplingController(base_rate=cfg.sample_rate, max_rate=cfg.max_sample_rate)
         self.heartbeat = Heartbeat()
@@ -197,8 +198,10 @@ class ProducerRun:
         recs = self.batcher.take()
         if recs is None:
             return
-        assert self.publisher is not None
-        m = self.encoder.encode(recs)
+        assert self.publisher is not None and self.capture is not None
+        full = self.capture.ringbuf_full()  # the losses since the previous message travel with this one
+        m = self.encoder.encode(recs, full - self._full_stamped)
+        self._full_stamped = full
         self.publisher.publish(self.key, m.value, m.headers, m.records, m.ts_first_ns, m.ts_last_ns)
         self.totals.batches += 1
 

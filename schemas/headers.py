@@ -12,10 +12,12 @@ RECORDS_EGRESS = "pktstream.records_egress"  # of which egress records (the head
 SEQ_FIRST = "pktstream.seq_first"  # the run's sequence numbers of the first and last record
 SEQ_LAST = "pktstream.seq_last"
 TS_LAST = "pktstream.ts_last"  # the newest record's event time (ns): audit measures the host's clock with it
+RINGBUF_FULL = "pktstream.ringbuf_full"  # records lost (ring buffer full) since the run's previous message
 
 # a consumer app's repartition topic
 SRC = "pktstream.src"  # the packet partition a feature batch came from
 PROGRESS = "pktstream.progress"  # how far that partition's event time had got (ns)
+LOST = "pktstream.lost"  # a capture point's ring-buffer losses: JSON [origin, event time (ns), records]
 SNAPSHOT_PART = "pktstream.snapshot.part"  # state topic: "GENERATION/INDEX/PARTS" of a snapshot in parts (before 12-07)
 SNAPSHOT_BLOCK = "pktstream.snapshot.block"  # state topic: a snapshot's block, named by its digest (hex)
 SNAPSHOT_MANIFEST = "pktstream.snapshot.manifest"  # state topic: a snapshot's list of blocks (its generation)

@@ -693,6 +693,9 @@ class ActivityProcessor:
         st.finished.append(take(st.t, slots))
         self._free(st, slots)
 
+    def lost(self, st: ActivityState, origin: str, t_ns: int, records: int) -> None:
+        """(Conversation records do not carry the capture's completeness yet: the note is not kept.)"""
+
     def close(self, st: ActivityState, watermark_ns: int) -> list[Output]:
         final = watermark_ns >= FOREVER
         limit = FOREVER if final else watermark_ns - self.grace_ns

@@ -84,7 +84,7 @@ def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: i
         "time": time_ms,
         "severity_id": r.severity_id, "severity": SEVERITY[r.severity_id],
         "status_id": status_id, "status": status,
-        "message": (facts or {}).get("what") or f"{r.title} {a.key}: no longer seen",
+        "message": _message(facts) or f"{r.title} {a.key}: no longer seen",
         "count": a.count,
         "start_time": a.first_seen // 1_000_000, "end_time": last_seen // 1_000_000,
         "timezone_offset": 0,  # every time is UTC (epoch milliseconds)
@@ -128,8 +128,23 @@ def ocsf(a: OpenAlert, activity: int, facts: dict[str, Any] | None, window_ns: i
                               {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s["dst"]}]
         doc["unmapped"]["pktstream"].update({"window_count": facts["count"], "window_bytes": facts["bytes"],
                                              "distinct": facts["distinct"], "top": facts["top"],
-                                             "seen_by": facts["seen_by"]})
+                                             "seen_by": facts["seen_by"],
+                                             "records_lost": facts.get("records_lost", 0),
+                                             "sampled": bool(facts.get("sampled", False))})
     return doc
+
+
+def _message(facts: dict[str, Any] | None) -> str:
+    """What the window saw, and that the capture behind it was not whole when it was not."""
+    if not facts or not facts.get("what"):
+        return ""
+    text = str(facts["what"])
+    if facts.get("sampled"):
+        text += "; estimated from sampled records"
+    lost = int(facts.get("records_lost", 0))
+    if lost:
+        text += f"; capture incomplete: {lost} records lost by {', '.join(facts['seen_by'])} meanwhile"
+    return text
 
 
 def avro_record(doc: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +165,8 @@ def avro_record(doc: dict[str, Any]) -> dict[str, Any]:
         "src_port": (ev.get("src_endpoint") or {}).get("port", 0),
         "dst_port": (ev.get("dst_endpoint") or {}).get("port", 0),
         "protocol": (ev.get("connection_info") or {}).get("protocol_num", 0),
-        "seen_by": list(p.get("seen_by", [])),
+        "seen_by": list(p.get("seen_by", [])), "records_lost": int(p.get("records_lost", 0)),
+        "sampled": bool(p.get("sampled", False)),
         "ocsf_version": doc["metadata"]["version"],
         "direction_id": (ev.get("connection_info") or {}).get("direction_id", 0),
         "community_id": str((ev.get("data") or {}).get("community_id") or ""),

@@ -46,6 +46,7 @@ from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.agg import group_index
 from pktstream.consumers.engine.features import VIEW_DST, VIEW_SRC, Features, addr_hash, featurize, take
+from pktstream.consumers.engine.losses import SECOND, Losses
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
@@ -164,6 +165,13 @@ class AlertsProcessor:
             omap[i] = st.strings.add(f.strings[i])
         # both keyings' rows in one view: dst_rows marks the destination view's, the rest the source view's
         v = View(f, omap, rows["view"] == VIEW_DST)
+        sampled = rows["sample_rate"] > 1
+        if sampled.any():  # which capture points sampled, by second (an alert counted from them says so)
+            pts, secs = np.unique(np.stack([rows["origin"][sampled].astype(np.int64),
+                                            rows["ts_ns"][sampled] // SECOND]), axis=1)
+            for o, sec in zip(pts.tolist(), secs.tolist(), strict=True):
+                if 0 <= o < ns:
+                    st.sampled_at.add(f.strings[o], sec * SECOND, 1)
         for det in self.detectors.values():
             for a in det.select(v, st):
                 self._add(st, det, v, a.sel, a.k, a.item, a.n, a.sub, a.s, a.f)
@@ -196,7 +204,12 @@ class AlertsProcessor:
                 out.append(self._emit(st, a, 3, None))
         if st.strings.payload and sum(len(w) for w in st.windows.values()) < tables:
             st.strings.drop_payload(self._strings_used(st))  # those only the closed windows referred to
+        st.losses.prune(limit)
+        st.sampled_at.prune(limit)
         return out
+
+    def lost(self, st: AlertsState, origin: str, t_ns: int, records: int) -> None:
+        st.losses.add(origin, t_ns, records)
 
     @staticmethod
     def _strings_used(st: AlertsState) -> npt.NDArray[np.int64]:
@@ -312,8 +325,10 @@ class AlertsProcessor:
                   "ttl": int(c["ttl"][first]), "wire_len": int(c["wire_len"][first])}
         e = Evidence(c, rows, first, src, dst, int(c["sub"][first]), n, b, distinct, st, sample)
         key, what = det.describe(e)
-        facts = {"count": n, "bytes": b, "distinct": distinct, "t0": int(c["t0"][rows].min()),
-                 "t1": int(c["t1"][rows].max()), "what": what, "sample": e.sample, "seen_by": seen_by,
+        t0, t1 = int(c["t0"][rows].min()), int(c["t1"][rows].max())
+        facts = {"count": n, "bytes": b, "distinct": distinct, "t0": t0, "t1": t1, "what": what, "sample": e.sample,
+                 "seen_by": seen_by, "records_lost": st.losses.within(seen_by, t0, t1 + 1),
+                 "sampled": st.sampled_at.within(seen_by, t0, t1 + 1) > 0,
                  "top": [{"value": item_text.get(v, str(v)), "count": k} for v, k in ev_items]}
         return key, facts
 
@@ -372,7 +387,7 @@ class AlertsProcessor:
             "strings": st.strings.items, "late_records": st.late_records,
             "alerts_raised": st.alerts_raised, "seen_nearer": st.seen_nearer,
             "strings_free": st.strings.free, "payload_strings": sorted(st.strings.payload),
-            "paths_folded": st.strings.folded,
+            "paths_folded": st.strings.folded, "losses": st.losses.dump(), "sampled_at": st.sampled_at.dump(),
         }
 
     def load(self, d: Any) -> AlertsState:
@@ -388,7 +403,8 @@ class AlertsProcessor:
                                  int(d.get("paths_folded", 0))),
             late_records=int(d["late_records"]),
             alerts_raised=int(d["alerts_raised"]),
-            seen_nearer=int(d.get("seen_nearer", 0)),
+            seen_nearer=int(d.get("seen_nearer", 0)), losses=Losses.load(d.get("losses")),
+            sampled_at=Losses.load(d.get("sampled_at")),
         )
 
     def figures(self, states: list[AlertsState]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from pktstream.consumers.engine.agg import COLS as AGG_COLS
 from pktstream.consumers.engine.agg import Groups
 from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.features import FEATURE_DTYPE, StringTable, mix, take
+from pktstream.consumers.engine.losses import Losses
 from pktstream.consumers.engine.snapshot import array as snapshot_array
 
 OTHER = "_OTHER"  # what a string from a payload past the cap reads (StateStrings)
@@ -306,3 +307,5 @@ class AlertsState:
     late_records: int = 0
     alerts_raised: int = 0
     seen_nearer: int = 0  # counters of closed tumbling windows left out: another point counted the same flows
+    losses: Losses = field(default_factory=Losses)  # the capture points' ring-buffer losses (engine/losses.py)
+    sampled_at: Losses = field(default_factory=Losses)  # the seconds in which they sampled (1 per second)

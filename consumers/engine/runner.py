@@ -41,6 +41,7 @@ windows whatever the timing (replays and restarts included).
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -135,6 +136,11 @@ class Processor(Protocol):
 
     def load(self, data: Any) -> Any: ...
 
+    def lost(self, state: Any, origin: str, t_ns: int, records: int) -> None:
+        """A capture point could not queue ``records`` records around event time ``t_ns`` (its ring
+        buffer was full): noted, so that the results of its windows say so."""
+        ...
+
     def degrade(self, state: Any) -> dict[str, Any]:
         """One step less detail in the state, for a snapshot over its size limit (snapshot.pack_within
         dumps it again after each step): what was dropped, logged as ``state_degraded``; {} when
@@ -196,6 +202,29 @@ class RunCounters:
 
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
 BARRIER_PATIENCE_S = 60.0  # how long a partition's barriers wait for a source's committed progress (_advance)
+
+
+MAX_LOST = 1 << 40  # a header naming more lost records than this is no count
+
+
+def ringbuf_full(h: Mapping[str, str]) -> int:
+    """The ring-buffer losses a packet message's header tells (0 when absent or not a count: the
+    header is untrusted input, and a bad one costs its own point's stamp, nothing else)."""
+    v = h.get(H.RINGBUF_FULL)
+    if v is None or not (v.isascii() and v.isdigit()) or len(v) > 13:
+        return 0
+    return min(int(v), MAX_LOST)
+
+
+def lost_note(v: str) -> tuple[str, int, int] | None:
+    """A repartition message's loss note (written by stage one): (origin, event time, records)."""
+    try:
+        origin, t, n = json.loads(v)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(origin, str) and isinstance(t, int) and isinstance(n, int) and 0 < n <= MAX_LOST):
+        return None
+    return origin[:300], t, n
 
 
 def encode_within(f: Features, limit: int) -> list[bytes]:
@@ -797,7 +826,7 @@ class StreamRunner:
             return
         self.counters.records_in += batch.n
         self.intake.records(batch.n, relayed=False)
-        self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f)
+        self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f, ringbuf_full(h))
 
     def _rekey_relayed(self, run: list[Message]) -> bool:
         """A run of pktstream relay's messages of one packet partition (engine/wirein.py): decoded at
@@ -859,9 +888,12 @@ class StreamRunner:
             self._featurize_apart(run, half, row_message[rows], Batch({}, int(rows.sum()),
                                   {k: v[rows] for k, v in batch.columns.items()}), origin, out)
 
-    def _stage_one(self, p: int, ref: int, origin: str, f: Features) -> None:
+    def _stage_one(self, p: int, ref: int, origin: str, f: Features, lost: int = 0) -> None:
         """A packet message's features (one capture point's records): judged against its source's
-        clock, then written to the repartition topic by key."""
+        clock, then written to the repartition topic by key. ``lost``: the records the capture point
+        could not queue since its previous message (its ring buffer was full), told to every
+        partition (each may hold rows of the point's windows) with the event time of the message's
+        newest honest record (else its reference time)."""
         clock = self.clocks.setdefault(p, SourceClock())
         head = None
         if len(f.rows):
@@ -888,14 +920,24 @@ class StreamRunner:
         progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
         headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]
+        # the losses, once to each partition: on its first message of these rows, else an empty one
+        told = [*headers, (H.LOST, json.dumps([origin, head if head is not None else ref, lost]).encode())] \
+            if lost else headers
         limit = self._repartition_limit()
         for q in sorted(routed):
             if not len(routed[q].rows):
                 continue
-            for value in encode_within(routed[q], limit):
-                self._produce(self.cfg.repartition_topic, value, partition=q, headers=headers,
+            for i, value in enumerate(encode_within(routed[q], limit)):
+                self._produce(self.cfg.repartition_topic, value, partition=q, headers=told if i == 0 else headers,
                               on_delivery=self._delivered)
             self.told[(p, q)] = clock.progress
+        if lost:
+            empty = encode(Features(np.zeros(0, FEATURE_DTYPE), []))
+            for q in range(self.nparts):
+                if q not in routed or not len(routed[q].rows):
+                    self._produce(self.cfg.repartition_topic, empty, partition=q, headers=told,
+                                  on_delivery=self._delivered)
+                    self.told[(p, q)] = clock.progress
         self.counters.batches_rekeyed += 1
 
     def _tell_progress(self) -> None:
@@ -940,6 +982,9 @@ class StreamRunner:
         if len(f.rows):
             self._batches.setdefault(q, []).append(f)
             self._batch_rows[q] = self._batch_rows.get(q, 0) + len(f.rows)
+        note = lost_note(h[H.LOST]) if H.LOST in h else None
+        if note is not None:  # (read when its windows close: no order with the rows to keep)
+            self.proc.lost(st.data, *note)
         self.dirty.add(q)
 
     def _process_batches(self, force: bool = True) -> None:

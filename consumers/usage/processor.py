@@ -46,6 +46,7 @@ from pktstream.consumers.engine.features import (
     take,
     words_bytes,
 )
+from pktstream.consumers.engine.losses import Losses
 from pktstream.consumers.engine.parse import (
     F_HEADERS_CUT,
     F_LINE_CUT,
@@ -497,6 +498,7 @@ class UsageState:
     late_records: int = 0
     records: int = 0
     pairing: Pairing = field(default_factory=lambda: Pairing(int(RESPONSE_TIMEOUT_S * 1e9)))
+    losses: Losses = field(default_factory=Losses)  # the capture points' ring-buffer losses (engine/losses.py)
     # the (API, server) pairs the flow table and the request queue refer to
     names: WaitingNames = field(default_factory=WaitingNames)
     apis_folded: int = 0  # (window, name) pairs that went to an _OTHER row (each batch's decisions)
@@ -1160,7 +1162,11 @@ class UsageProcessor:
             if st.point_names:  # the capture points the waiting requests name
                 keep = set(np.unique(st.pairing.queue["point"]).tolist())
                 st.point_names = {c: t for c, t in st.point_names.items() if c in keep}
+        st.losses.prune(limit)
         return out
+
+    def lost(self, st: UsageState, origin: str, t_ns: int, records: int) -> None:
+        st.losses.add(origin, t_ns, records)
 
     @staticmethod
     def _drop_names(st: UsageState) -> None:
@@ -1201,6 +1207,7 @@ class UsageProcessor:
             "top_clients": [{"client": addr_text(c), "requests": v[0], "packets": v[1], "bytes": v[2]}
                             for c, v in top],
             "seen_by": sorted(a.seen_by), "sampled": a.sampled,
+            "records_lost": st.losses.within(a.seen_by, w, w + window_s * 1_000_000_000),
             **self._answers(a),
         }
         buf = io.BytesIO()
@@ -1254,6 +1261,7 @@ class UsageProcessor:
             "folded": [st.apis_folded, st.requests_folded, st.names.folded],
             "points": [np.fromiter(st.point_names.keys(), dtype="<u4", count=len(st.point_names)),
                        list(st.point_names.values()), st.overlaps],
+            "losses": st.losses.dump(),
         }
 
     def load(self, d: Any) -> UsageState:
@@ -1290,7 +1298,7 @@ class UsageProcessor:
             apis=apis, late_records=int(d["late_records"]), records=int(d["records"]),
             apis_folded=folded[0], requests_folded=folded[1],
             point_names=dict(zip(snapshot_array(pts[0], "<u4").tolist(), [str(t) for t in pts[1]], strict=True)),
-            overlaps=int(pts[2]),
+            overlaps=int(pts[2]), losses=Losses.load(d.get("losses")),
         )
 
     def figures(self, states: list[UsageState]) -> dict[str, float]:

@@ -177,7 +177,7 @@ CREATE TABLE pktstream.usage_queue ON CLUSTER '${CLUSTER}'
     port Int32, protocol String, requests Int64, partial_requests Int64, packets Int64, bytes Int64,
     new_connections Int64, methods Map(String, Int64), distinct_clients Int64,
     top_clients Array(Tuple(client String, requests Int64, packets Int64, bytes Int64)),
-    seen_by Array(String), sampled Bool,
+    seen_by Array(String), sampled Bool, records_lost Int64,
     response_packets Nullable(Int64), response_bytes Nullable(Int64), responses Nullable(Int64),
     unanswered Nullable(Int64), status_classes Map(String, Int64), status_codes Map(String, Int64),
     latency_buckets Array(Int64), latency_sum_us Nullable(Int64), latency_count Nullable(Int64),
@@ -197,7 +197,7 @@ CREATE TABLE pktstream.usage_local ON CLUSTER '${CLUSTER}'
     packets UInt64, bytes UInt64, new_connections UInt64, methods Map(String, UInt64),
     distinct_clients UInt64,
     top_clients Array(Tuple(client String, requests UInt64, packets UInt64, bytes UInt64)),
-    seen_by Array(String), sampled Bool,
+    seen_by Array(String), sampled Bool, records_lost UInt64,
     -- the answers (docs/usage.md): null where the server's packets were not seen; the maps and the
     -- buckets are empty then
     response_packets Nullable(UInt64), response_bytes Nullable(UInt64), responses Nullable(UInt64),
@@ -218,7 +218,7 @@ ENGINE = Distributed('${CLUSTER}', pktstream, usage_local, rand());
 CREATE MATERIALIZED VIEW pktstream.usage_mv ON CLUSTER '${CLUSTER}' TO pktstream.usage_local AS
 SELECT window_start_ms AS window_start, window_s, api, matched, host, port, protocol, requests,
        partial_requests, packets, bytes, new_connections, methods, distinct_clients, top_clients,
-       seen_by, sampled, response_packets, response_bytes, responses, unanswered, status_classes,
+       seen_by, sampled, records_lost, response_packets, response_bytes, responses, unanswered, status_classes,
        status_codes, latency_buckets, latency_sum_us, latency_count, latency_p50_ms, latency_p90_ms,
        latency_p99_ms, error_rate
 FROM pktstream.usage_queue
