@@ -143,7 +143,7 @@ def _message(facts: dict[str, Any] | None) -> str:
         text += "; estimated from sampled records"
     lost = int(facts.get("records_lost", 0))
     if lost:
-        text += f"; capture incomplete: {lost} records lost by {', '.join(facts['seen_by'])} meanwhile"
+        text += f"; capture incomplete: {lost} records lost by {', '.join(facts.get('lost_by', []))} meanwhile"
     return text
 
 

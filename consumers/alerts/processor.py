@@ -46,7 +46,7 @@ from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine.agg import batch as agg_batch
 from pktstream.consumers.engine.agg import group_index
 from pktstream.consumers.engine.features import VIEW_DST, VIEW_SRC, Features, addr_hash, featurize, take
-from pktstream.consumers.engine.losses import SECOND, Losses
+from pktstream.consumers.engine.losses import MAX_LOST, SECOND, Losses
 from pktstream.consumers.engine.runner import FOREVER, Output
 from pktstream.schemas import headers as H
 from pktstream.schemas import load_schema_json
@@ -167,9 +167,11 @@ class AlertsProcessor:
         v = View(f, omap, rows["view"] == VIEW_DST)
         sampled = rows["sample_rate"] > 1
         if sampled.any():  # which capture points sampled, by second (an alert counted from them says so)
-            pts, secs = np.unique(np.stack([rows["origin"][sampled].astype(np.int64),
-                                            rows["ts_ns"][sampled] // SECOND]), axis=1)
-            for o, sec in zip(pts.tolist(), secs.tolist(), strict=True):
+            secs = rows["ts_ns"][sampled] // SECOND
+            lo = int(secs.min())
+            keys = np.unique((rows["origin"][sampled].astype(np.int64) << 40) | (secs - lo))
+            for key in keys.tolist():
+                o, sec = key >> 40, (key & ((1 << 40) - 1)) + lo
                 if 0 <= o < ns:
                     st.sampled_at.add(f.strings[o], sec * SECOND, 1)
         for det in self.detectors.values():
@@ -326,8 +328,10 @@ class AlertsProcessor:
         e = Evidence(c, rows, first, src, dst, int(c["sub"][first]), n, b, distinct, st, sample)
         key, what = det.describe(e)
         t0, t1 = int(c["t0"][rows].min()), int(c["t1"][rows].max())
+        lost = {o: st.losses.within([o], t0, t1 + 1) for o in seen_by} if st.losses.marks else {}
+        lost = {o: m for o, m in lost.items() if m}
         facts = {"count": n, "bytes": b, "distinct": distinct, "t0": t0, "t1": t1, "what": what, "sample": e.sample,
-                 "seen_by": seen_by, "records_lost": st.losses.within(seen_by, t0, t1 + 1),
+                 "seen_by": seen_by, "records_lost": min(sum(lost.values()), MAX_LOST), "lost_by": sorted(lost),
                  "sampled": st.sampled_at.within(seen_by, t0, t1 + 1) > 0,
                  "top": [{"value": item_text.get(v, str(v)), "count": k} for v, k in ev_items]}
         return key, facts
@@ -413,6 +417,7 @@ class AlertsProcessor:
                 "open_windows": sum(len(w) for s in states for w in s.windows.values()),
                 "paths_folded": sum(s.strings.folded for s in states),
                 "capture_point_duplicates": sum(s.seen_nearer for s in states),
+                "loss_marks_dropped": sum(s.losses.dropped + s.sampled_at.dropped for s in states),
                 "paths": sum(len(s.strings.payload) for s in states)}
 
     # -- a snapshot over its size limit ---------------------------------------------------------

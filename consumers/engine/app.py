@@ -57,6 +57,9 @@ COUNTERS = {
     "capture_point_duplicates": "Counters of a closed tumbling window (detector key, item, capture point) left out "
                                 "because another point counted the same flows of that key and item, as many packets "
                                 "or more: the same packets seen along a path count once (alerts, docs/alerts.md).",
+    "loss_marks_dropped": "Capture points' ring-buffer loss marks a partition gave up past its bounds (usage, "
+                          "alerts): the records_lost of windows they fell in reads lower (docs/usage.md, "
+                          "Completeness).",
     "waiting_names_folded": "Connections and waiting requests whose API name was taken as its server's _OTHER "
                             "row, the table of names they refer to being full (usage).",
     "red_folded": "Answers counted under an _OTHER label in the RED histograms (usage: --metrics-max-*).",

@@ -77,6 +77,7 @@ from pktstream.consumers.engine.eventtime import (
 )
 from pktstream.consumers.engine.features import FEATURE_DTYPE, Features, compact, concat, decode, encode, take
 from pktstream.consumers.engine.intake import Intake
+from pktstream.consumers.engine.losses import MAX_LOST
 from pktstream.consumers.engine.statestore import PartState, StateStore
 from pktstream.consumers.engine.topics import (
     SNAPSHOT_PART_BYTES,
@@ -202,9 +203,6 @@ class RunCounters:
 
 OFFSETS_VISIBLE_S = 120.0  # how long a committed snapshot's offsets may take to become visible
 BARRIER_PATIENCE_S = 60.0  # how long a partition's barriers wait for a source's committed progress (_advance)
-
-
-MAX_LOST = 1 << 40  # a header naming more lost records than this is no count
 
 
 def ringbuf_full(h: Mapping[str, str]) -> int:
@@ -826,7 +824,9 @@ class StreamRunner:
             return
         self.counters.records_in += batch.n
         self.intake.records(batch.n, relayed=False)
-        self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f, ringbuf_full(h))
+        # (a message without records tells no loss: our producer never writes one, and each told
+        # loss costs a message to every partition)
+        self._stage_one(m.partition() or 0, self._reference_ns(m), origin, f, ringbuf_full(h) if batch.n else 0)
 
     def _rekey_relayed(self, run: list[Message]) -> bool:
         """A run of pktstream relay's messages of one packet partition (engine/wirein.py): decoded at
@@ -895,6 +895,7 @@ class StreamRunner:
         partition (each may hold rows of the point's windows) with the event time of the message's
         newest honest record (else its reference time)."""
         clock = self.clocks.setdefault(p, SourceClock())
+        oldest_kept = clock.progress - self.rules.grace_ns if clock.progress != NO_PROGRESS else NO_PROGRESS
         head = None
         if len(f.rows):
             before = clock.progress
@@ -920,9 +921,10 @@ class StreamRunner:
         progress = str(clock.progress).encode()
         routed = self.proc.route(f, self.nparts)
         headers = [(H.SRC, str(p).encode()), (H.PROGRESS, progress)]
-        # the losses, once to each partition: on its first message of these rows, else an empty one
-        told = [*headers, (H.LOST, json.dumps([origin, head if head is not None else ref, lost]).encode())] \
-            if lost else headers
+        # the losses, once to each partition: on its first message of these rows, else an empty one;
+        # stamped no older than what the partition still takes (a window that is open)
+        at = max(head if head is not None else ref, oldest_kept)
+        told = [*headers, (H.LOST, json.dumps([origin, at, lost]).encode())] if lost else headers
         limit = self._repartition_limit()
         for q in sorted(routed):
             if not len(routed[q].rows):

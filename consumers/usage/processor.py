@@ -46,7 +46,7 @@ from pktstream.consumers.engine.features import (
     take,
     words_bytes,
 )
-from pktstream.consumers.engine.losses import Losses
+from pktstream.consumers.engine.losses import MAX_LOST, Losses
 from pktstream.consumers.engine.parse import (
     F_HEADERS_CUT,
     F_LINE_CUT,
@@ -1183,6 +1183,7 @@ class UsageProcessor:
         by_name: dict[str, list[Key]] = {}
         for k in sorted(rows):
             by_name.setdefault(k[0], []).append(k)
+        lost = st.losses.per_point(w, w + window_s * 1_000_000_000)  # once for all the window's rows
         out = []
         for name in sorted(by_name):
             ks = by_name[name]
@@ -1191,10 +1192,10 @@ class UsageProcessor:
                 a = Agg()
                 for k in ks:
                     a.merge(rows[k])
-            out.append(self._output(st, ks[0], w, window_s, a))
+            out.append(self._output(st, ks[0], w, window_s, a, lost))
         return out
 
-    def _output(self, st: UsageState, key: Key, w: int, window_s: int, a: Agg) -> Output:
+    def _output(self, st: UsageState, key: Key, w: int, window_s: int, a: Agg, lost: dict[str, int]) -> Output:
         name = key[0]
         ref = st.ref_of(*key)
         top = a.clients.top(self.top_clients)
@@ -1207,7 +1208,7 @@ class UsageProcessor:
             "top_clients": [{"client": addr_text(c), "requests": v[0], "packets": v[1], "bytes": v[2]}
                             for c, v in top],
             "seen_by": sorted(a.seen_by), "sampled": a.sampled,
-            "records_lost": st.losses.within(a.seen_by, w, w + window_s * 1_000_000_000),
+            "records_lost": min(sum(lost.get(o, 0) for o in a.seen_by), MAX_LOST),
             **self._answers(a),
         }
         buf = io.BytesIO()
@@ -1304,6 +1305,7 @@ class UsageProcessor:
     def figures(self, states: list[UsageState]) -> dict[str, float]:
         out: dict[str, float] = {
             "late_records": sum(s.late_records for s in states),
+            "loss_marks_dropped": sum(s.losses.dropped for s in states),
             "open_windows": sum(len(s.windows) for s in states),
             "flows": sum(len(s.flows) for s in states),
             "pending_flows": sum(len(s.pending) for s in states),

@@ -15,7 +15,7 @@ from pktstream.consumers.alerts.processor import AlertsProcessor
 from pktstream.consumers.alerts.rules import load_rules
 from pktstream.consumers.catalog import Catalog
 from pktstream.consumers.engine import features, snapshot
-from pktstream.consumers.engine.losses import HORIZON_NS, PER_POINT, SECOND, Losses
+from pktstream.consumers.engine.losses import HORIZON_NS, MAX_LOST, MAX_POINTS, PER_POINT, SECOND, Losses
 from pktstream.consumers.engine.runner import FOREVER, lost_note, ringbuf_full
 from pktstream.consumers.usage.processor import MINUTE_NS, UsageProcessor
 from pktstream.producer.encode import BatchEncoder
@@ -57,6 +57,19 @@ def test_marks_add_up_by_point_and_second_and_stay_bounded() -> None:
     for s in range(300):
         small.add("busy/x", T0 + s * SECOND, 1)
     assert small.marks <= 100 and small.within(["b/eth0"], T0, T0 + 1) == 1 and small.dropped > 0
+    # names by the thousand: at most MAX_POINTS kept, and no point left without marks
+    many = Losses()
+    for i in range(3 * MAX_POINTS):
+        many.add(f"invented-{i}/x", T0 + (i % 50) * SECOND, 1)
+    assert len(many.by) == MAX_POINTS and all(many.by.values()) and many.marks == MAX_POINTS
+    assert many.dropped == 2 * MAX_POINTS
+    # counts saturate: no sum outgrows what a result can hold
+    huge = Losses()
+    for _ in range(5):
+        huge.add("a/eth0", T0, MAX_LOST)
+    huge.add("b/eth0", T0, MAX_LOST)
+    assert huge.within(["a/eth0", "b/eth0"], T0, T0 + SECOND) == MAX_LOST
+    assert huge.per_point(T0, T0 + SECOND) == {"a/eth0": MAX_LOST, "b/eth0": MAX_LOST}
 
 
 @pytest.mark.parametrize(("value", "count"), [
