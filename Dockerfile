@@ -14,5 +14,7 @@ RUN python3 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH
 # the spool and other state; mount a volume here so that a restarted container replays its spool
 ENV PKTSTREAM_HOME=/var/lib/pktstream
+# and the compiled capture programs, so that a restarted container loads them without compiling
+ENV PKTSTREAM_CACHE_DIR=/var/lib/pktstream/cache
 VOLUME /var/lib/pktstream
 ENTRYPOINT ["pktstream"]
