@@ -218,7 +218,7 @@ def lost_note(v: str) -> tuple[str, int, int] | None:
     """A repartition message's loss note (written by stage one): (origin, event time, records)."""
     try:
         origin, t, n = json.loads(v)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if not (isinstance(origin, str) and isinstance(t, int) and isinstance(n, int) and 0 < n <= MAX_LOST):
         return None

@@ -1,8 +1,8 @@
 """A short fuzz campaign: every target of fuzz/ (fuzz.campaign.TARGETS: the C harnesses of the
 block decoder, the payload parsers and the redaction loop; read_container, featurize and the
 payload paths under atheris over a sanitizer build) built from the current sources into a
-temporary directory and run for a bounded time each (PKTSTREAM_TEST_FUZZ_SECONDS, default 8:
-about a minute and a half for all). Passes when no input crashed, tripped a sanitizer, failed a check or
+temporary directory and run for a bounded time each (PKTSTREAM_TEST_FUZZ_SECONDS, default 6:
+about a minute and a quarter for all). Passes when no input crashed, tripped a sanitizer, failed a check or
 blew the memory limit. The long campaign is scripts/fuzz.sh."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from fuzz import campaign, targets
 from tests.support.helpers import require
 
-SECONDS = int(os.environ.get("PKTSTREAM_TEST_FUZZ_SECONDS", "8"))
+SECONDS = int(os.environ.get("PKTSTREAM_TEST_FUZZ_SECONDS", "6"))
 
 
 @pytest.fixture(scope="module")

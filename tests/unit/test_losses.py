@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
 
 from pktstream.consumers.alerts.ocsf import avro_record
 from pktstream.consumers.alerts.processor import AlertsProcessor
@@ -77,6 +79,19 @@ def test_marks_add_up_by_point_and_second_and_stay_bounded() -> None:
 ])
 def test_the_header_is_a_count_or_nothing(value: str | None, count: int) -> None:
     assert ringbuf_full({} if value is None else {H.RINGBUF_FULL: value}) == count
+
+
+@given(hs.one_of(hs.text(max_size=40), hs.from_regex(r"\A[0-9]{1,20}\Z")))
+def test_any_header_value_reads_as_a_bounded_count(value: str) -> None:
+    n = ringbuf_full({H.RINGBUF_FULL: value})
+    assert 0 <= n <= MAX_LOST and (n == 0 or value.isascii())
+
+
+@given(hs.one_of(hs.text(max_size=60), hs.builds(json.dumps, hs.lists(
+    hs.one_of(hs.integers(), hs.text(max_size=5), hs.none(), hs.floats(allow_nan=False)), max_size=4))))
+def test_any_note_reads_as_a_bounded_note_or_none(value: str) -> None:
+    note = lost_note(value)
+    assert note is None or (len(note[0]) <= 300 and 0 < note[2] <= MAX_LOST)
 
 
 def test_a_loss_note_reads_back_or_not_at_all() -> None:
