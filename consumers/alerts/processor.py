@@ -328,8 +328,7 @@ class AlertsProcessor:
         e = Evidence(c, rows, first, src, dst, int(c["sub"][first]), n, b, distinct, st, sample)
         key, what = det.describe(e)
         t0, t1 = int(c["t0"][rows].min()), int(c["t1"][rows].max())
-        lost = {o: st.losses.within([o], t0, t1 + 1) for o in seen_by} if st.losses.marks else {}
-        lost = {o: m for o, m in lost.items() if m}
+        lost = st.losses.per_point(t0, t1 + 1, seen_by)
         facts = {"count": n, "bytes": b, "distinct": distinct, "t0": t0, "t1": t1, "what": what, "sample": e.sample,
                  "seen_by": seen_by, "records_lost": min(sum(lost.values()), MAX_LOST), "lost_by": sorted(lost),
                  "sampled": st.sampled_at.within(seen_by, t0, t1 + 1) > 0,

@@ -67,12 +67,12 @@ class Losses:
                 total += sum(n for s, n in per.items() if lo <= s < hi)
         return min(total, MAX_LOST)
 
-    def per_point(self, start_ns: int, end_ns: int) -> dict[str, int]:
-        """Each point's losses in [start_ns, end_ns), the points that lost any (one pass over the marks,
-        for all the rows of a window at once)."""
+    def per_point(self, start_ns: int, end_ns: int, origins: Iterable[str] | None = None) -> dict[str, int]:
+        """Each point's losses in [start_ns, end_ns) (of ``origins``, else of every point), the points
+        that lost any: one pass over the marks, for all the rows of a window at once."""
         if not self.marks:
             return {}
-        out = {o: self.within([o], start_ns, end_ns) for o in self.by}
+        out = {o: self.within([o], start_ns, end_ns) for o in (self.by if origins is None else origins)}
         return {o: n for o, n in out.items() if n}
 
     def prune(self, watermark_ns: int) -> None:
