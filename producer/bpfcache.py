@@ -245,14 +245,13 @@ def relocate(insns: bytes, fds: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-def load(source: Path, bpf_dir: Path, cflags: list[str], pin_counters: str | None, order: tuple[str, ...],
+def load(key: str, pin_counters: str | None, order: tuple[str, ...],
          maps_order: tuple[str, ...]) -> tuple[list[int], int] | None:
     """The programs' and maps' descriptors (programs in ``order``, then maps in ``maps_order``) and
-    the ring size, from the cache; None when there is no usable entry (the caller compiles)."""
-    path = Path("?")
+    the ring size, from the cache entry of ``key`` (cache_key); None when there is no usable entry
+    (the caller compiles, and stores under the same key)."""
+    path = entry_path(key)
     try:
-        key = cache_key(source, bpf_dir, cflags)
-        path = entry_path(key)
         if not path.exists():
             return None
         raw = _read_trusted(path)

@@ -117,11 +117,11 @@ def program_flags(payload_bytes: int, ringbuf_bytes: int, bpf_dir: Path = BPF_DI
     return cflags
 
 
-def load_cached(cflags: list[str], bpf_dir: Path = BPF_DIR,
-                pin_counters: str | None = None) -> tuple[list[int], int] | None:
+def load_cached(cflags: list[str], bpf_dir: Path = BPF_DIR, pin_counters: str | None = None,
+                key: str | None = None) -> tuple[list[int], int] | None:
     """The programs' and maps' fds (bpfloader's order) and the ring size from the cache, else None."""
-    return bpfcache.load(PROGRAM, Path(bpf_dir), cflags, pin_counters, tuple(p for p, _ in bpfloader.PROGRAMS),
-                         bpfloader.MAPS)
+    return bpfcache.load(key or bpfcache.cache_key(PROGRAM, Path(bpf_dir), cflags), pin_counters,
+                         tuple(p for p, _ in bpfloader.PROGRAMS), bpfloader.MAPS)
 
 
 class Capture:
@@ -142,12 +142,16 @@ class Capture:
         self.payload_bytes = payload_bytes
         self.dtype = record.record_dtype(payload_bytes)
         cflags = program_flags(payload_bytes, ringbuf_bytes, bpf_dir, pin_counters)
-        cached = load_cached(cflags, bpf_dir, pin_counters)
+        try:
+            key = bpfcache.cache_key(PROGRAM, Path(bpf_dir), cflags)
+        except OSError as e:  # the sources cannot be read: the compile says so, no cache
+            log.warning("bpf_cache_unreadable", error=str(e))
+            key = ""
+        cached = load_cached(cflags, bpf_dir, pin_counters, key) if key else None
         self.from_cache = cached is not None  # loaded without compiling (bpfcache.py)
         if cached is None:
-            key = bpfcache.cache_key(PROGRAM, Path(bpf_dir), cflags)
             fds, ring_size = _load_program(str(PROGRAM), cflags, key)
-            if not bpfcache.entry_path(key).exists():  # (the child's own log goes nowhere)
+            if key and not bpfcache.entry_path(key).exists():  # (the child's own log goes nowhere)
                 log.warning("bpf_cache_not_written", directory=str(bpfcache.cache_dir()),
                             hint="the next start compiles again; is the cache directory this user's?")
         else:
@@ -285,8 +289,7 @@ class Capture:
 
     def ringbuf_full(self) -> int:
         """Records the kernel could not queue so far, both directions (one map lookup)."""
-        raw = sysbpf.map_lookup(self._counters_fd, struct.pack("=I", record.CNT_RINGBUF_FULL), 8 * self._ncpus)
-        return sum(struct.unpack(f"={self._ncpus}Q", raw))
+        return sum(per_cpu(self._counters_fd, record.CNT_RINGBUF_FULL, self._ncpus))
 
     def reset_counters(self) -> None:
         """Zero the counters (a pinned map keeps the previous run's totals until then)."""
@@ -315,26 +318,31 @@ class Capture:
         self.close()
 
 
+def per_cpu(counters_fd: int, idx: int, ncpus: int) -> list[int]:
+    """One counter of the per-CPU counters map, CPU by CPU."""
+    raw = sysbpf.map_lookup(counters_fd, struct.pack("=I", idx), 8 * ncpus)
+    return list(struct.unpack(f"={ncpus}Q", raw))
+
+
 def read_counters(counters_fd: int, ncpus: int | None = None) -> Counters:
     """Sum the per-CPU counters map (also one pinned by a producer that is gone)."""
-    ncpus = ncpus or sysbpf.possible_cpus()
+    n = ncpus or sysbpf.possible_cpus()
 
-    def per_cpu(idx: int) -> list[int]:
-        raw = sysbpf.map_lookup(counters_fd, struct.pack("=I", idx), 8 * ncpus)
-        return list(struct.unpack(f"={ncpus}Q", raw))
+    def cpus(idx: int) -> list[int]:
+        return per_cpu(counters_fd, idx, n)
 
-    full = per_cpu(record.CNT_RINGBUF_FULL)
+    full = cpus(record.CNT_RINGBUF_FULL)
     e = record.CNT_EGRESS
     return Counters(
-        packets=sum(per_cpu(record.CNT_PACKETS)),
-        records=sum(per_cpu(record.CNT_RECORDS)),
+        packets=sum(cpus(record.CNT_PACKETS)),
+        records=sum(cpus(record.CNT_RECORDS)),
         ringbuf_full=sum(full),
-        sampled_out=sum(per_cpu(record.CNT_SAMPLED_OUT)),
+        sampled_out=sum(cpus(record.CNT_SAMPLED_OUT)),
         ringbuf_full_per_cpu=tuple(full),
-        egress_packets=sum(per_cpu(e + record.CNT_PACKETS)),
-        egress_records=sum(per_cpu(e + record.CNT_RECORDS)),
-        egress_ringbuf_full=sum(per_cpu(e + record.CNT_RINGBUF_FULL)),
-        egress_sampled_out=sum(per_cpu(e + record.CNT_SAMPLED_OUT)),
+        egress_packets=sum(cpus(e + record.CNT_PACKETS)),
+        egress_records=sum(cpus(e + record.CNT_RECORDS)),
+        egress_ringbuf_full=sum(cpus(e + record.CNT_RINGBUF_FULL)),
+        egress_sampled_out=sum(cpus(e + record.CNT_SAMPLED_OUT)),
     )
 
 
